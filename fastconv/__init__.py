@@ -1,0 +1,17 @@
+"""fastconv: deep-learning convolutions on the CPU as GEMM.
+
+Two lowerings, explicit stretching (im2col then GEMM) and index-mapped im2col
+(tiles gathered through an index map), Cython kernels over SciPy's BLAS, OpenMP
+across the batch, and a planner that keeps the workspace under a memory limit.
+"""
+from fastconv._config import config_context, get_config, set_config
+from fastconv._info import show_config
+from fastconv._plan import ConvPlan, WorkspaceLimitError, plan_conv2d
+from fastconv.conv import conv1d, conv2d
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvPlan", "WorkspaceLimitError", "config_context", "conv1d", "conv2d",
+    "get_config", "plan_conv2d", "set_config", "show_config",
+]

@@ -1,0 +1,224 @@
+"""Global and thread-local settings: the workspace memory limit and the thread count.
+
+Like scikit-learn's ``_config``: defaults come from the environment
+(``FASTCONV_MEMORY_LIMIT``, ``FASTCONV_NUM_THREADS``) or the machine,
+``set_config`` changes them for the calling thread, and ``config_context``
+changes them for a ``with`` block, restoring them on exit (also on error).
+"""
+import math
+import os
+import re
+import threading
+from contextlib import contextmanager
+
+__all__ = ["get_config", "set_config", "config_context", "parse_bytes"]
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6,
+    "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+    "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20,
+    "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40,
+}
+_SIZE_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_bytes(value, name="memory_limit"):
+    """Return a byte count from an int or a string such as ``"512MB"``,
+    ``"1.5GiB"`` or ``"64k"``.
+
+    Decimal units (k, kB, MB, GB, TB) are powers of 1000, binary units (KiB,
+    MiB, GiB, TiB) powers of 1024; units are case-insensitive.
+
+    Examples
+    --------
+    >>> parse_bytes("1.5GiB")
+    1610612736
+    >>> parse_bytes(4096)
+    4096
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of bytes or a string like '512MB', got {value!r}")
+    if isinstance(value, str):
+        match = _SIZE_PATTERN.match(value)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise ValueError(
+                f"{name}={value!r} is not a size: use bytes as an int or a string "
+                "like '512MB', '1.5GiB', '64k' (units B, k/kB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+        number = float(match.group(1)) * _UNITS[unit]
+    else:
+        try:
+            number = float(value) if not hasattr(value, "__index__") else int(value.__index__())
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{name} must be a number of bytes or a string like '512MB', got {value!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a non-negative, finite number of bytes, got {value!r}")
+    return int(number)
+
+
+def check_num_threads(value, name="num_threads"):
+    """Validate a thread count: an int >= 1."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an int >= 1 or None, got {value!r}")
+    value = int(value.__index__())
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _available_memory():
+    """Bytes of memory this process may still use (cgroup limit, then the OS)."""
+    candidates = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    candidates.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+            if text.isdigit():
+                candidates.append(int(text))
+        except OSError:
+            pass
+    if not candidates:
+        try:
+            candidates.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            pass
+    return min(candidates) if candidates else None
+
+
+def _usable_cpus():
+    """CPUs this process may run on: affinity mask and cgroup CPU quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:
+        count = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def default_num_threads():
+    """All usable cores, or OMP_NUM_THREADS when it is set (OpenMP's own default)."""
+    from fastconv._kernels.openmp_info import omp_max_threads, openmp_enabled
+    if not openmp_enabled():
+        return 1
+    if os.environ.get("OMP_NUM_THREADS"):
+        return max(1, omp_max_threads())
+    return min(_usable_cpus(), max(1, omp_max_threads()))
+
+
+def _defaults():
+    env_limit = os.environ.get("FASTCONV_MEMORY_LIMIT")
+    if env_limit:
+        memory_limit = parse_bytes(env_limit, "FASTCONV_MEMORY_LIMIT")
+    else:
+        available = _available_memory()
+        memory_limit = 2**30 if available is None else min(2**30, available // 4)
+    env_threads = os.environ.get("FASTCONV_NUM_THREADS")
+    if env_threads:
+        try:
+            num_threads = check_num_threads(int(env_threads), "FASTCONV_NUM_THREADS")
+        except ValueError:
+            raise ValueError(f"FASTCONV_NUM_THREADS={env_threads!r} is not an int >= 1") from None
+    else:
+        num_threads = None  # resolved lazily: default_num_threads()
+    return {"memory_limit": memory_limit, "num_threads": num_threads}
+
+
+_global_config = _defaults()
+_thread_local = threading.local()
+
+
+def _local():
+    if not hasattr(_thread_local, "config"):
+        _thread_local.config = dict(_global_config)
+    return _thread_local.config
+
+
+def get_config():
+    """The settings in force for the calling thread.
+
+    Returns
+    -------
+    dict
+        ``memory_limit`` (bytes) and ``num_threads`` (int).
+
+    Examples
+    --------
+    >>> import fastconv
+    >>> sorted(fastconv.get_config())
+    ['memory_limit', 'num_threads']
+    """
+    config = dict(_local())
+    if config["num_threads"] is None:
+        config["num_threads"] = default_num_threads()
+    return config
+
+
+def set_config(memory_limit=None, num_threads=None):
+    """Change the settings for the calling thread; ``None`` leaves one unchanged.
+
+    Parameters
+    ----------
+    memory_limit : int or str, optional
+        Upper bound of the workspace a call may allocate beyond its output,
+        in bytes or as a string like ``"512MB"``.
+    num_threads : int, optional
+        Threads per call (>= 1).
+
+    Examples
+    --------
+    >>> import fastconv
+    >>> fastconv.set_config(memory_limit="256MiB")
+    >>> fastconv.get_config()["memory_limit"]
+    268435456
+    """
+    local = _local()
+    if memory_limit is not None:
+        local["memory_limit"] = parse_bytes(memory_limit)
+    if num_threads is not None:
+        local["num_threads"] = check_num_threads(num_threads)
+
+
+@contextmanager
+def config_context(*, memory_limit=None, num_threads=None):
+    """Change settings within a ``with`` block (this thread only; nestable).
+
+    Examples
+    --------
+    >>> import fastconv
+    >>> with fastconv.config_context(memory_limit="64MiB"):
+    ...     fastconv.get_config()["memory_limit"]
+    67108864
+    """
+    saved = dict(_local())
+    set_config(memory_limit=memory_limit, num_threads=num_threads)
+    try:
+        yield
+    finally:
+        _local().clear()
+        _local().update(saved)
+
+
+def resolve(memory_limit, num_threads):
+    """Per-call values: the arguments if given, else the configuration."""
+    config = _local()
+    limit = config["memory_limit"] if memory_limit is None else parse_bytes(memory_limit)
+    if num_threads is None:
+        threads = config["num_threads"] or default_num_threads()
+    else:
+        threads = check_num_threads(num_threads)
+    return limit, threads

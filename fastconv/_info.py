@@ -1,0 +1,52 @@
+"""show_config(): what this build and this machine give fastconv."""
+import sys
+
+import numpy as np
+
+
+def build_info():
+    """A dict: version, OpenMP, default threads, memory limit, BLAS libraries."""
+    import fastconv
+    from fastconv._config import get_config
+    from fastconv._kernels.openmp_info import openmp_enabled
+    import fastconv._kernels.stretch  # noqa: F401  (loads SciPy's BLAS)
+    from threadpoolctl import threadpool_info
+
+    config = get_config()
+    return {
+        "fastconv": fastconv.__version__,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "openmp": openmp_enabled(),
+        "num_threads": config["num_threads"],
+        "memory_limit": config["memory_limit"],
+        "threadpools": [
+            {k: info.get(k) for k in ("user_api", "internal_api", "version",
+                                      "num_threads", "filepath", "architecture")}
+            for info in threadpool_info()
+        ],
+    }
+
+
+def show_config(file=None):
+    """Print whether OpenMP is built in, the BLAS SciPy loaded, and the defaults.
+
+    Examples
+    --------
+    >>> import fastconv
+    >>> fastconv.show_config()  # doctest: +SKIP
+    fastconv 0.1.0 (Python 3.11.7, NumPy 2.4.6)
+    OpenMP: built in
+    ...
+    """
+    info = build_info()
+    lines = [
+        f"fastconv {info['fastconv']} (Python {info['python']}, NumPy {info['numpy']})",
+        f"OpenMP: {'built in' if info['openmp'] else 'not built in (serial kernels)'}",
+        f"default threads: {info['num_threads']}",
+        f"default memory limit: {info['memory_limit']} bytes ({info['memory_limit'] / 2**20:.0f} MiB)",
+    ]
+    for pool in info["threadpools"]:
+        lines.append(f"{pool['user_api']}: {pool['internal_api']} {pool['version']} "
+                     f"({pool['architecture']}, {pool['num_threads']} threads) {pool['filepath']}")
+    print("\n".join(lines), file=file or sys.stdout)

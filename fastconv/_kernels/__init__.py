@@ -1,0 +1,1 @@
+"""Cython kernels: nogil, fused float/double, no Python objects in the hot loops."""

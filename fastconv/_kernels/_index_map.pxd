@@ -1,0 +1,126 @@
+# The index map of im2col, shared by the stretch and mapped lowerings.
+#
+# Element (row, col) of the stretched matrix of one image and one group, with
+# row = (c, kr, ks) and col = (oh, ow), is the input element
+#     x[c, oh*sh + kr*dh - pad_top, ow*sw + ks*dw - pad_left]
+# or zero where that falls in the padding. The map factors into
+#   * a ROW TABLE, one entry per row: the element offset of (c, kr*dh - pad_top,
+#     ks*dw - pad_left) and the range of output rows oh and output columns ow
+#     for which that kernel tap lands inside the input (the padding bounds);
+#   * a COLUMN MAP, (oh, ow) -> oh*sh*stride_h + ow*sw*stride_w, which is affine
+#     and needs no table.
+# Zero padding is therefore decided per (row, output row) by two comparisons
+# and per run of output columns by a precomputed interval: no padded copy of
+# the input, no per-element bounds test, and the input may have any strides.
+
+from libc.string cimport memset
+from cython cimport floating
+
+# Columns of the row table.
+cdef enum:
+    ROW_OFFSET = 0
+    ROW_OH_LO = 1
+    ROW_OH_HI = 2
+    ROW_OW_LO = 3
+    ROW_OW_HI = 4
+    ROW_FIELDS = 5
+
+
+cdef inline Py_ssize_t _first_valid(Py_ssize_t shift, Py_ssize_t stride,
+                                    Py_ssize_t limit) noexcept nogil:
+    # smallest o >= 0 with o*stride + shift >= 0, capped at limit
+    cdef Py_ssize_t o = 0
+    if shift < 0:
+        o = (-shift + stride - 1) // stride
+    return o if o < limit else limit
+
+
+cdef inline Py_ssize_t _end_valid(Py_ssize_t shift, Py_ssize_t stride,
+                                  Py_ssize_t size, Py_ssize_t limit) noexcept nogil:
+    # smallest o >= 0 with o*stride + shift >= size, capped at limit
+    cdef Py_ssize_t o = 0
+    if size - shift > 0:
+        o = (size - shift + stride - 1) // stride
+    return o if o < limit else limit
+
+
+cdef inline void build_row_table(Py_ssize_t *table, Py_ssize_t channels,
+                                 Py_ssize_t R, Py_ssize_t S,
+                                 Py_ssize_t H, Py_ssize_t W,
+                                 Py_ssize_t Ho, Py_ssize_t Wo,
+                                 Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                 Py_ssize_t pad_top, Py_ssize_t pad_left,
+                                 Py_ssize_t dil_h, Py_ssize_t dil_w,
+                                 Py_ssize_t xs_c, Py_ssize_t xs_h,
+                                 Py_ssize_t xs_w) noexcept nogil:
+    cdef Py_ssize_t c, kr, ks, dh, dw, lo, hi
+    cdef Py_ssize_t *row = table
+    for c in range(channels):
+        for kr in range(R):
+            dh = kr * dil_h - pad_top
+            for ks in range(S):
+                dw = ks * dil_w - pad_left
+                row[ROW_OFFSET] = c * xs_c + dh * xs_h + dw * xs_w
+                lo = _first_valid(dh, stride_h, Ho)
+                hi = _end_valid(dh, stride_h, H, Ho)
+                row[ROW_OH_LO] = lo
+                row[ROW_OH_HI] = hi if hi > lo else lo
+                lo = _first_valid(dw, stride_w, Wo)
+                hi = _end_valid(dw, stride_w, W, Wo)
+                row[ROW_OW_LO] = lo
+                row[ROW_OW_HI] = hi if hi > lo else lo
+                row += ROW_FIELDS
+
+
+cdef inline void gather_columns(const floating *x_group, const Py_ssize_t *table,
+                                Py_ssize_t n_rows, Py_ssize_t Wo,
+                                Py_ssize_t out_row_step, Py_ssize_t out_col_step,
+                                Py_ssize_t col_start, Py_ssize_t col_stop,
+                                floating *tile) noexcept nogil:
+    """Write columns [col_start, col_stop) of the stretched matrix into `tile`
+    (n_rows x width, row-major, width = col_stop - col_start).
+
+    out_row_step / out_col_step are the input-element steps between adjacent
+    output rows / columns (stride_h * xs_h, stride_w * xs_w). The columns are
+    walked in runs that share an output row, so each run is one bounds
+    decision and one strided copy.
+    """
+    cdef Py_ssize_t width = col_stop - col_start
+    cdef Py_ssize_t r, col, oh, ow, run, ow_end, a, b, t
+    cdef const Py_ssize_t *row
+    cdef const floating *src
+    cdef floating *dst
+    for r in range(n_rows):
+        row = table + r * ROW_FIELDS
+        dst = tile + r * width
+        col = col_start
+        while col < col_stop:
+            oh = col // Wo
+            ow = col - oh * Wo
+            run = Wo - ow
+            if run > col_stop - col:
+                run = col_stop - col
+            ow_end = ow + run
+            if oh < row[ROW_OH_LO] or oh >= row[ROW_OH_HI]:
+                memset(dst, 0, run * sizeof(floating))
+            else:
+                a = row[ROW_OW_LO] if row[ROW_OW_LO] > ow else ow
+                b = row[ROW_OW_HI] if row[ROW_OW_HI] < ow_end else ow_end
+                if a > ow_end:
+                    a = ow_end
+                if b < a:
+                    b = a
+                if a > ow:
+                    memset(dst, 0, (a - ow) * sizeof(floating))
+                if b > a:
+                    src = x_group + row[ROW_OFFSET] + oh * out_row_step + a * out_col_step
+                    if out_col_step == 1:
+                        for t in range(b - a):
+                            dst[a - ow + t] = src[t]
+                    else:
+                        for t in range(b - a):
+                            dst[a - ow + t] = src[t * out_col_step]
+                if ow_end > b:
+                    memset(dst + (b - ow), 0, (ow_end - b) * sizeof(floating))
+            dst += run
+            col += run

@@ -1,0 +1,236 @@
+"""Normalising and validating convolution arguments; output shapes; dtypes.
+
+Everything the kernels assume is established here, so that a wrong argument
+becomes a ValueError/TypeError naming the argument and the shapes, never a
+crash or a wrong answer inside a kernel.
+"""
+from dataclasses import dataclass
+import operator
+
+import numpy as np
+
+_PADDING_STRINGS = ("valid", "same", "full")
+_INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A 2-D convolution, fully resolved: every size the kernels need.
+
+    1-D convolutions are the 2-D case with H = R = 1 (``spatial_dims`` = 1
+    keeps the user's view for messages and output shapes).
+    """
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    R: int
+    S: int
+    groups: int
+    stride: tuple       # (sh, sw)
+    padding: tuple      # ((top, bottom), (left, right))
+    dilation: tuple     # (dh, dw)
+    Ho: int
+    Wo: int
+    spatial_dims: int = 2
+
+    @property
+    def rows(self):
+        """Rows of the stretched matrix of one group: C/groups * R * S."""
+        return self.C // self.groups * self.R * self.S
+
+    @property
+    def cols(self):
+        """Columns of the stretched matrix of one image: Ho * Wo."""
+        return self.Ho * self.Wo
+
+    @property
+    def output_shape(self):
+        if self.spatial_dims == 1:
+            return (self.N, self.K, self.Wo)
+        return (self.N, self.K, self.Ho, self.Wo)
+
+    @property
+    def flops(self):
+        """Multiply-adds counted as 2 FLOPs: 2 * N * K * Ho*Wo * C/groups*R*S."""
+        return 2 * self.N * self.K * self.cols * self.rows
+
+    @property
+    def is_pointwise(self):
+        """1x1, stride 1, no padding: the input already is the stretched matrix."""
+        return (self.R == 1 and self.S == 1 and self.stride == (1, 1)
+                and self.padding == ((0, 0), (0, 0)))
+
+
+def _as_int(value, name):
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be given as ints, got {value!r} ({type(value).__name__})")
+    return operator.index(value)
+
+
+def int_tuple(value, name, n, minimum):
+    """An int or a sequence of n ints, each >= minimum, as an n-tuple."""
+    if hasattr(value, "__index__") and not isinstance(value, bool):
+        values = (operator.index(value),) * n
+    elif isinstance(value, (tuple, list, np.ndarray)) and len(value) == n:
+        values = tuple(_as_int(v, name) for v in value)
+    else:
+        raise TypeError(f"{name} must be an int or a sequence of {n} ints, got {value!r}")
+    if any(v < minimum for v in values):
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return values
+
+
+def padding_pairs(padding, n, kernel, dilation, stride):
+    """Normalise ``padding`` to n (before, after) pairs, one per spatial axis.
+
+    Accepts an int; n ints (symmetric per axis); n (before, after) pairs; for
+    1-D also a bare (before, after) pair; or "valid", "same", "full".
+    """
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode not in _PADDING_STRINGS:
+            raise ValueError(f"padding={padding!r} is not one of {_PADDING_STRINGS}")
+        spans = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        if mode == "valid":
+            return tuple((0, 0) for _ in range(n))
+        if mode == "full":
+            return tuple((s, s) for s in spans)
+        if any(s != 1 for s in stride):
+            raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
+        # an odd total puts the extra element after (bottom/right), as PyTorch
+        return tuple((s // 2, s - s // 2) for s in spans)
+    if hasattr(padding, "__index__") and not isinstance(padding, bool):
+        pairs = ((operator.index(padding),) * 2,) * n
+    elif isinstance(padding, (tuple, list, np.ndarray)):
+        items = list(padding)
+        if n == 1 and len(items) == 2 and all(np.ndim(v) == 0 for v in items):
+            items = [tuple(items)]
+        if len(items) != n:
+            raise ValueError(
+                f"padding={padding!r} must have one entry per spatial axis ({n}), "
+                "each an int or a (before, after) pair")
+        pairs = []
+        for item in items:
+            if np.ndim(item) == 0:
+                p = _as_int(item, "padding")
+                pairs.append((p, p))
+            elif len(item) == 2:
+                pairs.append(tuple(_as_int(v, "padding") for v in item))
+            else:
+                raise ValueError(f"padding={padding!r}: each entry is an int or a (before, after) pair")
+        pairs = tuple(pairs)
+    else:
+        raise TypeError(f"padding must be an int, a sequence, or one of {_PADDING_STRINGS}, got {padding!r}")
+    if any(p < 0 for pair in pairs for p in pair):
+        raise ValueError(f"padding must be >= 0, got {padding!r}")
+    return tuple(pairs)
+
+
+def conv_geometry(x_shape, weight_shape, *, stride, padding, dilation, groups,
+                  spatial_dims=2):
+    """Validate shapes and parameters of a convolution; return its geometry.
+
+    x_shape is (N, C, *spatial), weight_shape (K, C/groups, *kernel).
+    """
+    n = spatial_dims
+    x_shape = tuple(int(s) for s in x_shape)
+    weight_shape = tuple(int(s) for s in weight_shape)
+    layout = "(N, C, L)" if n == 1 else "(N, C, H, W)"
+    wlayout = "(K, C/groups, S)" if n == 1 else "(K, C/groups, R, S)"
+    if len(x_shape) != n + 2:
+        raise ValueError(f"x must be {n + 2}-D {layout}, got shape {x_shape}")
+    if len(weight_shape) != n + 2:
+        raise ValueError(f"weight must be {n + 2}-D {wlayout}, got shape {weight_shape}")
+    groups = _as_int(groups, "groups")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    N, C, *in_size = x_shape
+    K, c_group, *kernel = weight_shape
+    if C % groups:
+        raise ValueError(f"x has {C} channels (shape {x_shape}), not divisible by groups={groups}")
+    if K % groups:
+        raise ValueError(f"weight has {K} filters (shape {weight_shape}), not divisible by groups={groups}")
+    if c_group != C // groups:
+        raise ValueError(
+            f"weight.shape[1] must be C/groups = {C}/{groups} = {C // groups} for x of shape "
+            f"{x_shape}, got weight of shape {weight_shape}")
+    stride = int_tuple(stride, "stride", n, 1)
+    dilation = int_tuple(dilation, "dilation", n, 1)
+    pads = padding_pairs(padding, n, kernel, dilation, stride)
+    out_size = []
+    for axis, (size, k, s, d, (lo, hi)) in enumerate(zip(in_size, kernel, stride, dilation, pads)):
+        span = d * (k - 1) + 1
+        if k < 1:
+            raise ValueError(f"weight has an empty kernel (shape {weight_shape})")
+        if size + lo + hi < span:
+            raise ValueError(
+                f"kernel larger than the padded input: x of shape {x_shape} padded to "
+                f"{size + lo + hi} along spatial axis {axis}, but the kernel (shape {weight_shape}, "
+                f"dilation {d}) spans {span}")
+        out_size.append((size + lo + hi - span) // s + 1)
+    if n == 1:
+        in_size, kernel, out_size = [1] + in_size, [1] + kernel, [1] + out_size
+        stride, dilation, pads = (1,) + stride, (1,) + dilation, ((0, 0),) + pads
+    geometry = ConvGeometry(N=N, C=C, H=in_size[0], W=in_size[1], K=K, R=kernel[0],
+                            S=kernel[1], groups=groups, stride=stride, padding=pads,
+                            dilation=dilation, Ho=out_size[0], Wo=out_size[1],
+                            spatial_dims=n)
+    # BLAS takes 32-bit sizes; refuse what would not fit instead of overflowing.
+    if max(geometry.cols, geometry.rows, K) > _INT32_MAX:
+        raise ValueError(
+            f"convolution too large for 32-bit BLAS: x {x_shape}, weight {weight_shape} "
+            f"gives a {geometry.rows} x {geometry.cols} stretched matrix")
+    return geometry
+
+
+def as_array(value, name):
+    """np.asarray with the argument named in the error."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} cannot be converted to a numeric array: {exc}") from None
+
+
+def _computable(dtype, name, shape):
+    if dtype.kind in "biu":
+        return np.dtype(np.float64)
+    if dtype.kind == "f":
+        return dtype
+    raise TypeError(
+        f"{name} has dtype {dtype} (shape {shape}); fastconv computes in float32/float64 "
+        "and converts integer and bool inputs to float64")
+
+
+def resolve_dtypes(**arrays):
+    """(compute dtype, result dtype) of the named arrays (None entries ignored).
+
+    Integer and bool inputs count as float64; the result dtype is their
+    np.result_type; float16 is computed in float32 and longdouble in float64.
+    """
+    dtypes = [_computable(a.dtype, name, a.shape) for name, a in arrays.items() if a is not None]
+    result = np.result_type(*dtypes)
+    compute = np.dtype(np.float32) if result.itemsize <= 4 else np.dtype(np.float64)
+    return compute, result
+
+
+def kernel_input(x, dtype):
+    """x as the kernels can read it: the given native dtype, aligned, strides a
+    whole number of elements. Any layout that already satisfies this is passed
+    through without a copy (the kernels take arbitrary strides, including
+    negative and zero ones); anything else is copied once, C-contiguous."""
+    if (x.dtype == dtype and x.dtype.isnative and x.flags.aligned
+            and all(s % dtype.itemsize == 0 for s in x.strides)):
+        return x
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def check_bias(bias, K, weight_shape):
+    if bias is None:
+        return None
+    if bias.ndim != 1 or bias.shape[0] != K:
+        raise ValueError(
+            f"bias must have shape ({K},), one value per filter of weight {weight_shape}, "
+            f"got shape {bias.shape}")
+    return bias

@@ -1,0 +1,338 @@
+"""Planning a convolution: which lowering, what tile, how many threads, and
+how much workspace, under a memory limit. The choice lives here and only here.
+
+Workspace is every byte a call allocates beyond its output: the per-thread
+buffers, the filter matrix (a contiguous, possibly flipped copy of the
+weights) and the row table of the index map. Inputs that must be converted
+first (another dtype, byte order or alignment; non-contiguous channel planes
+for the 1x1 path) are copied once before the plan runs; that copy is the
+caller's data, not workspace, and is not counted.
+"""
+from dataclasses import dataclass, field
+import threading
+
+import numpy as np
+
+from fastconv import _config
+from fastconv._params import (ConvGeometry, as_array, check_bias, conv_geometry,
+                              kernel_input)
+
+__all__ = ["ConvPlan", "WorkspaceLimitError", "plan_conv2d", "plan_conv"]
+
+METHODS = ("auto", "stretch", "mapped", "gemm1x1")
+
+# Per-thread tile buffer the mapped lowering aims for (rows x tile x itemsize).
+# About the size of a core's L2: the tile is gathered and then read by GEMM
+# while it is still in cache. Measured on layers.json (bench/), 256 KiB-1 MiB
+# all run within a few percent of stretch; below ~64 columns GEMM's N
+# dimension gets too thin for its micro-kernel and time rises.
+TILE_TARGET_BYTES = 512 * 1024
+TILE_MIN_COLS = 64
+_ROW_TABLE_FIELDS = 5
+_INDEX_BYTES = np.dtype(np.intp).itemsize
+
+
+class WorkspaceLimitError(MemoryError):
+    """The memory limit is too small for any lowering of this convolution."""
+
+
+def _format_bytes(n):
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """An immutable, executable decision about how to compute one convolution.
+
+    Attributes
+    ----------
+    method : str
+        ``'gemm1x1'`` (no lowering), ``'stretch'`` (whole im2col matrix per
+        image) or ``'mapped'`` (index-mapped tiles).
+    workspace_bytes : int
+        Upper bound of the memory the call allocates beyond its output.
+    output_shape : tuple
+    num_threads : int
+        Threads the call uses (OpenMP over work items, or BLAS's own).
+    tile_cols : int
+        Output columns per GEMM (Ho*Wo for stretch and gemm1x1).
+    flops : int
+        2 * multiply-adds.
+    """
+    geometry: ConvGeometry
+    dtype: np.dtype
+    method: str
+    tile_cols: int
+    num_threads: int
+    kernel_threads: int
+    blas_threads: int
+    workspace_bytes: int
+    memory_limit: int
+    flip: bool
+    reason: str = field(compare=False)
+
+    @property
+    def output_shape(self):
+        return self.geometry.output_shape
+
+    @property
+    def flops(self):
+        return self.geometry.flops
+
+    @property
+    def input_shape(self):
+        g = self.geometry
+        return (g.N, g.C, g.W) if g.spatial_dims == 1 else (g.N, g.C, g.H, g.W)
+
+    @property
+    def weight_shape(self):
+        g = self.geometry
+        cg = g.C // g.groups
+        return (g.K, cg, g.S) if g.spatial_dims == 1 else (g.K, cg, g.R, g.S)
+
+    def __repr__(self):
+        return (f"ConvPlan({self.method}, {self.dtype.name}, x{self.input_shape} * "
+                f"w{self.weight_shape} -> {self.output_shape}, workspace "
+                f"{_format_bytes(self.workspace_bytes)} of {_format_bytes(self.memory_limit)}, "
+                f"{self.num_threads} thread(s): {self.reason})")
+
+    def execute(self, x, weight, bias=None):
+        """Run the planned convolution; x and weight must have the planned shapes.
+
+        Inputs are converted to the plan's dtype; the result has that dtype.
+
+        Examples
+        --------
+        >>> import numpy as np, fastconv
+        >>> plan = fastconv.plan_conv2d((1, 1, 4, 4), (1, 1, 3, 3), "float64")
+        >>> plan.execute(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3))).ravel()
+        array([9., 9., 9., 9.])
+        """
+        x = as_array(x, "x")
+        weight = as_array(weight, "weight")
+        bias = None if bias is None else as_array(bias, "bias")
+        if x.shape != self.input_shape:
+            raise ValueError(f"x has shape {x.shape}, but the plan is for {self.input_shape}")
+        if weight.shape != self.weight_shape:
+            raise ValueError(f"weight has shape {weight.shape}, but the plan is for {self.weight_shape}")
+        for name, array in (("x", x), ("weight", weight), ("bias", bias)):
+            if array is not None and array.dtype.kind not in "biuf":
+                raise TypeError(f"{name} has dtype {array.dtype} (shape {array.shape}); "
+                                "fastconv computes in float32/float64")
+        check_bias(bias, self.geometry.K, weight.shape)
+        return _run(self, x, weight, bias)
+
+
+def _workspace(g, itemsize, method, tile_cols, kernel_threads):
+    filters = g.K * g.rows * itemsize
+    if method == "gemm1x1":
+        return filters
+    table = g.rows * _ROW_TABLE_FIELDS * _INDEX_BYTES
+    return filters + table + kernel_threads * g.rows * tile_cols * itemsize
+
+
+def _threads(work_items, num_threads):
+    """(kernel threads, BLAS threads). OpenMP over work items when there are
+    at least as many items as threads, BLAS single-threaded inside; otherwise
+    a serial loop whose GEMMs use threaded BLAS, so no core is left idle and
+    OpenMP and BLAS threads never multiply."""
+    if work_items >= num_threads:
+        return num_threads, 1
+    return 1, num_threads
+
+
+def plan_conv(geometry, dtype, *, flip=False, method="auto", memory_limit=None,
+              num_threads=None):
+    """Plan a convolution whose geometry is already validated."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {METHODS}")
+    limit, threads = _config.resolve(memory_limit, num_threads)
+    g = geometry
+    itemsize = dtype.itemsize
+    items = g.N * g.groups
+    common = dict(geometry=g, dtype=dtype, memory_limit=limit, flip=bool(flip))
+
+    def make(method_, tile, work_items, reason):
+        kernel_threads, blas_threads = _threads(work_items, threads)
+        ws = _workspace(g, itemsize, method_, tile, kernel_threads)
+        used = max(kernel_threads, blas_threads)
+        return ConvPlan(method=method_, tile_cols=tile, num_threads=used,
+                        kernel_threads=kernel_threads, blas_threads=blas_threads,
+                        workspace_bytes=ws, reason=reason, **common)
+
+    if method in ("auto", "gemm1x1") and g.is_pointwise:
+        plan = make("gemm1x1", g.cols, items, "1x1 stride 1 unpadded: the input is its own im2col matrix")
+        if plan.workspace_bytes <= limit:
+            return plan
+        raise WorkspaceLimitError(
+            f"memory_limit {_format_bytes(limit)} ({limit} bytes) is below the "
+            f"{plan.workspace_bytes} bytes the filter matrix alone needs")
+    if method == "gemm1x1":
+        raise ValueError(f"method='gemm1x1' needs a 1x1 kernel, stride 1 and no padding; "
+                         f"got kernel {g.R}x{g.S}, stride {g.stride}, padding {g.padding}")
+
+    stretch = make("stretch", g.cols, items, "")
+    if method == "stretch" or (method == "auto" and stretch.workspace_bytes <= limit):
+        if stretch.workspace_bytes > limit:
+            raise WorkspaceLimitError(
+                f"method='stretch' needs {stretch.workspace_bytes} bytes "
+                f"({_format_bytes(stretch.workspace_bytes)}) of workspace for "
+                f"{stretch.kernel_threads} whole {g.rows}x{g.cols} im2col matrices, "
+                f"above memory_limit {limit} bytes ({_format_bytes(limit)}); "
+                "use method='mapped' or a larger memory_limit")
+        why = (f"whole-image im2col ({g.rows}x{g.cols}) x {stretch.kernel_threads} "
+               f"fits the limit" if method == "auto" else "method='stretch' requested")
+        return _replace_reason(stretch, why)
+
+    # mapped: the widest tile the limit allows, up to the cache-sized target
+    min_cols = min(TILE_MIN_COLS, g.cols)
+    per_col = g.rows * itemsize
+    target = max(min_cols, min(g.cols, TILE_TARGET_BYTES // max(per_col, 1)))
+    trial = make("mapped", target, items * -(-g.cols // target), "")
+    fixed = _workspace(g, itemsize, "mapped", 0, trial.kernel_threads)
+    affordable = (limit - fixed) // (trial.kernel_threads * per_col) if limit > fixed else 0
+    if affordable < min_cols:
+        needed = fixed + trial.kernel_threads * per_col * min_cols
+        raise WorkspaceLimitError(
+            f"memory_limit {limit} bytes ({_format_bytes(limit)}) is too small: the narrowest "
+            f"efficient mapped tile ({min_cols} columns x {g.rows} rows x {trial.kernel_threads} "
+            f"thread(s)) needs {needed} bytes ({_format_bytes(needed)})")
+    tile = min(target, affordable)
+    n_tiles = -(-g.cols // tile)
+    tile = -(-g.cols // n_tiles)  # even tiles: no thin last GEMM
+    if method == "auto":
+        why = (f"whole-image im2col needs {_format_bytes(stretch.workspace_bytes)} > limit "
+               f"{_format_bytes(limit)}; tiles of {tile} columns")
+    else:
+        why = f"method='mapped' requested; {n_tiles} tile(s) of {tile} columns per image"
+    return make("mapped", tile, items * n_tiles, why)
+
+
+def _replace_reason(plan, reason):
+    from dataclasses import replace
+    return replace(plan, reason=reason)
+
+
+def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
+                dilation=1, groups=1, flip=False, method="auto", memory_limit=None,
+                num_threads=None):
+    """Plan a 2-D convolution: choose the lowering, tile and threads.
+
+    Parameters
+    ----------
+    x_shape : tuple of int
+        (N, C, H, W).
+    weight_shape : tuple of int
+        (K, C/groups, R, S).
+    dtype : dtype-like
+        ``float32`` or ``float64`` (integer types plan as float64).
+    stride, padding, dilation, groups, flip
+        As in :func:`fastconv.conv2d`.
+    method : {"auto", "stretch", "mapped", "gemm1x1"}
+    memory_limit : int or str, optional
+        Workspace bound; default from :func:`fastconv.get_config`.
+    num_threads : int, optional
+
+    Returns
+    -------
+    ConvPlan
+
+    Raises
+    ------
+    WorkspaceLimitError
+        If no lowering fits the memory limit.
+
+    Examples
+    --------
+    >>> import fastconv
+    >>> plan = fastconv.plan_conv2d((16, 64, 224, 224), (64, 64, 3, 3), padding=1,
+    ...                             memory_limit="64MiB")
+    >>> plan.method, plan.workspace_bytes <= 64 * 2**20
+    ('mapped', True)
+    """
+    geometry = conv_geometry(x_shape, weight_shape, stride=stride, padding=padding,
+                             dilation=dilation, groups=groups)
+    return plan_conv(geometry, _plan_dtype(dtype), flip=flip, method=method,
+                     memory_limit=memory_limit, num_threads=num_threads)
+
+
+def _plan_dtype(dtype):
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype={dtype!r} is not a NumPy dtype") from None
+    if dtype.kind in "biu":
+        return np.dtype(np.float64)
+    if dtype.kind != "f":
+        raise TypeError(f"dtype={dtype} is not supported: fastconv computes in float32/float64")
+    return np.dtype(np.float32) if dtype.itemsize <= 4 else np.dtype(np.float64)
+
+
+# --------------------------------------------------------------------------
+# execution
+
+_controller_lock = threading.Lock()
+_controller = None
+
+
+def _blas_limit(n):
+    """A context limiting BLAS (the one SciPy loaded) to n threads."""
+    global _controller
+    if _controller is None:
+        with _controller_lock:
+            if _controller is None:
+                from threadpoolctl import ThreadpoolController
+                _controller = ThreadpoolController()
+    return _controller.limit(limits=n, user_api="blas")
+
+
+def _planes_contiguous(x4):
+    _, _, H, W = x4.shape
+    item = x4.itemsize
+    return (W == 1 or x4.strides[3] == item) and (H == 1 or x4.strides[2] == W * item)
+
+
+def _run(plan, x, weight, bias):
+    from fastconv._kernels.gemm1x1 import conv2d_gemm1x1
+    from fastconv._kernels.mapped import conv2d_mapped
+    from fastconv._kernels.stretch import conv2d_stretch
+
+    g = plan.geometry
+    dtype = plan.dtype
+    out = np.empty((g.N, g.K, g.cols), dtype=dtype)
+    if out.size == 0:
+        return out.reshape(g.output_shape)
+    if g.spatial_dims == 1:
+        x = x[:, :, None, :]
+        weight = weight[:, :, None, :]
+    if plan.flip:
+        weight = weight[..., ::-1, ::-1]
+    filters = np.ascontiguousarray(weight, dtype=dtype).reshape(g.K, g.rows)
+    bias_vec = (np.zeros(0, dtype) if bias is None
+                else np.ascontiguousarray(bias, dtype=dtype).reshape(g.K))
+    if x.size == 0 or g.rows == 0:
+        # nothing to sum over (empty channels or an input made only of padding)
+        out[...] = 0 if bias is None else bias_vec[:, None]
+        return out.reshape(g.output_shape)
+    x = kernel_input(x, dtype)
+    sh, sw = g.stride
+    (pt, _), (pl, _) = g.padding
+    dh, dw = g.dilation
+    with _blas_limit(plan.blas_threads):
+        if plan.method == "gemm1x1":
+            if not _planes_contiguous(x) or (g.C // g.groups > 1 and x.strides[1] < g.H * g.W * x.itemsize):
+                x = np.ascontiguousarray(x)
+            conv2d_gemm1x1(x, filters, bias_vec, out, g.groups, plan.kernel_threads)
+        else:
+            workspace = np.empty((plan.kernel_threads, g.rows * plan.tile_cols), dtype=dtype)
+            if plan.method == "stretch":
+                conv2d_stretch(x, filters, bias_vec, out, workspace, g.R, g.S, g.Wo,
+                               sh, sw, pt, pl, dh, dw, g.groups, plan.kernel_threads)
+            else:
+                conv2d_mapped(x, filters, bias_vec, out, workspace, g.R, g.S, g.Wo,
+                              sh, sw, pt, pl, dh, dw, g.groups, plan.tile_cols,
+                              plan.kernel_threads)
+    return out.reshape(g.output_shape)

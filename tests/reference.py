@@ -1,0 +1,56 @@
+"""An independent NumPy reference for convolution, written for clarity, not speed.
+
+It shares no code with fastconv: padding is an explicit np.pad, windows come
+from sliding_window_view, and the sum over (channel, kernel row, kernel column)
+is one einsum per group, in float64.
+"""
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def conv2d_reference(x, weight, bias=None, *, stride=(1, 1),
+                     padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1, flip=False):
+    """Cross-correlation of x (N, C, H, W) with weight (K, C/groups, R, S).
+
+    padding is explicit ((top, bottom), (left, right)); the result is float64.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    if flip:
+        weight = weight[:, :, ::-1, ::-1]
+    N, C, H, W = x.shape
+    K, Cg, R, S = weight.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    padded = np.pad(x, ((0, 0), (0, 0), padding[0], padding[1]))
+    span_h, span_w = dh * (R - 1) + 1, dw * (S - 1) + 1
+    # windows[n, c, i, j, a, b] = padded[n, c, i + a, j + b]
+    windows = sliding_window_view(padded, (span_h, span_w), axis=(2, 3))
+    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # stride, then dilation inside the window
+    Kg = K // groups
+    out = np.empty((N, K) + windows.shape[2:4])
+    for g in range(groups):
+        out[:, g * Kg:(g + 1) * Kg] = np.einsum(
+            "nchwrs,kcrs->nkhw", windows[:, g * Cg:(g + 1) * Cg], weight[g * Kg:(g + 1) * Kg])
+    if bias is not None:
+        out += np.asarray(bias, dtype=np.float64)[None, :, None, None]
+    return out
+
+
+def conv1d_reference(x, weight, bias=None, *, stride=1, padding=(0, 0), dilation=1,
+                     groups=1, flip=False):
+    """1-D cross-correlation via the 2-D reference on a height-1 image."""
+    out = conv2d_reference(np.asarray(x)[:, :, None, :], np.asarray(weight)[:, :, None, :],
+                           bias, stride=(1, stride), padding=((0, 0), padding),
+                           dilation=(1, dilation), groups=groups, flip=flip)
+    return out[:, :, 0, :]
+
+
+def assert_close(actual, expected, dtype):
+    """float64: 1e-10 relative; float32: 1e-4 relative, both scaled by the
+    magnitude of the result so that entries near zero are judged fairly."""
+    rtol = 1e-10 if np.dtype(dtype) == np.float64 else 1e-4
+    expected = np.asarray(expected, dtype=np.float64)
+    actual = np.asarray(actual)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    np.testing.assert_allclose(actual.astype(np.float64), expected, rtol=rtol, atol=rtol * scale)
