@@ -191,24 +191,31 @@ def plan_conv(geometry, dtype, *, flip=False, method="auto", memory_limit=None,
     min_cols = min(TILE_MIN_COLS, g.cols)
     per_col = g.rows * itemsize
     target = max(min_cols, min(g.cols, TILE_TARGET_BYTES // max(per_col, 1)))
-    trial = make("mapped", target, items * -(-g.cols // target), "")
-    fixed = _workspace(g, itemsize, "mapped", 0, trial.kernel_threads)
-    affordable = (limit - fixed) // (trial.kernel_threads * per_col) if limit > fixed else 0
-    if affordable < min_cols:
-        needed = fixed + trial.kernel_threads * per_col * min_cols
-        raise WorkspaceLimitError(
-            f"memory_limit {limit} bytes ({_format_bytes(limit)}) is too small: the narrowest "
-            f"efficient mapped tile ({min_cols} columns x {g.rows} rows x {trial.kernel_threads} "
-            f"thread(s)) needs {needed} bytes ({_format_bytes(needed)})")
-    tile = min(target, affordable)
-    n_tiles = -(-g.cols // tile)
-    tile = -(-g.cols // n_tiles)  # even tiles: no thin last GEMM
+
+    def mapped(tile, why):
+        n_tiles = -(-g.cols // tile)
+        tile = -(-g.cols // n_tiles)  # even tiles: no thin last GEMM; never wider
+        reason = why.format(tile=tile, n_tiles=n_tiles)
+        return make("mapped", tile, items * n_tiles, reason)
+
     if method == "auto":
         why = (f"whole-image im2col needs {_format_bytes(stretch.workspace_bytes)} > limit "
-               f"{_format_bytes(limit)}; tiles of {tile} columns")
+               f"{_format_bytes(limit)}; " "{n_tiles} tile(s) of {tile} columns per image")
     else:
-        why = f"method='mapped' requested; {n_tiles} tile(s) of {tile} columns per image"
-    return make("mapped", tile, items * n_tiles, why)
+        why = "method='mapped' requested; {n_tiles} tile(s) of {tile} columns per image"
+    plan = mapped(target, why)
+    if plan.workspace_bytes <= limit:
+        return plan
+    # Narrower tiles, sized for the worst case of every thread holding one.
+    fixed = _workspace(g, itemsize, "mapped", 0, threads)
+    affordable = (limit - fixed) // (threads * per_col) if limit > fixed else 0
+    if affordable < min_cols:
+        needed = fixed + threads * per_col * min_cols
+        raise WorkspaceLimitError(
+            f"memory_limit {limit} bytes ({_format_bytes(limit)}) is too small: the narrowest "
+            f"efficient mapped tile ({min_cols} columns x {g.rows} rows x {threads} "
+            f"thread(s)) needs {needed} bytes ({_format_bytes(needed)})")
+    return mapped(min(target, affordable), why)
 
 
 def _replace_reason(plan, reason):

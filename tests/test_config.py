@@ -1,0 +1,104 @@
+"""Configuration: parsing, per-call overrides, contexts, thread-locality, environment."""
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv._config import parse_bytes
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("512MB", 512 * 10**6), ("1.5GiB", int(1.5 * 2**30)), ("64MiB", 64 * 2**20),
+    ("512k", 512_000), ("2 KiB", 2048), ("1e9", 10**9), ("100", 100), ("7b", 7),
+    (" 3 gb ", 3 * 10**9), (4096, 4096), (np.int64(10), 10), (2.5e6, 2_500_000), (0, 0),
+])
+def test_parse_bytes(text, expected):
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "MB", "1.2.3GB", "-5MB", "5 parsecs", "nan", "1e400", "inf"])
+def test_parse_bytes_rejects_nonsense(text):
+    with pytest.raises(ValueError, match="memory_limit"):
+        parse_bytes(text)
+
+
+def test_context_nests_and_restores():
+    before = fastconv.get_config()
+    with fastconv.config_context(memory_limit="64MiB"):
+        assert fastconv.get_config()["memory_limit"] == 64 * 2**20
+        with fastconv.config_context(memory_limit=1000, num_threads=1):
+            assert fastconv.get_config() == {"memory_limit": 1000, "num_threads": 1}
+        assert fastconv.get_config()["memory_limit"] == 64 * 2**20
+        assert fastconv.get_config()["num_threads"] == before["num_threads"]
+    assert fastconv.get_config() == before
+
+
+def test_context_restores_on_error():
+    before = fastconv.get_config()
+    with pytest.raises(RuntimeError):
+        with fastconv.config_context(memory_limit="1MiB"):
+            raise RuntimeError
+    assert fastconv.get_config() == before
+
+
+def test_config_reaches_the_planner():
+    shape, wshape = (4, 64, 56, 56), (64, 64, 3, 3)
+    with fastconv.config_context(memory_limit="4MiB", num_threads=1):
+        plan = fastconv.plan_conv2d(shape, wshape, padding=1)
+        assert plan.method == "mapped" and plan.workspace_bytes <= 4 * 2**20
+        assert plan.num_threads == 1
+        # an explicit argument wins over the configuration
+        assert fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit="1GiB").method == "stretch"
+
+
+def test_set_config_is_thread_local():
+    seen = {}
+
+    def worker(name, limit):
+        fastconv.set_config(memory_limit=limit)
+        barrier.wait()
+        seen[name] = fastconv.get_config()["memory_limit"]
+
+    barrier = threading.Barrier(2)
+    threads = [threading.Thread(target=worker, args=(n, l)) for n, l in (("a", "1MiB"), ("b", "2MiB"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"a": 2**20, "b": 2 * 2**20}
+    assert fastconv.get_config()["memory_limit"] not in (2**20, 2 * 2**20)
+
+
+def test_set_config_validates():
+    with pytest.raises(ValueError, match="memory_limit"):
+        fastconv.set_config(memory_limit="much")
+    with pytest.raises(ValueError, match="num_threads"):
+        fastconv.set_config(num_threads=0)
+
+
+def _config_in_subprocess(env):
+    code = "import fastconv, json; print(json.dumps(fastconv.get_config()))"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTCONV_", "OMP_"))}
+    full_env.update(env)
+    result = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True,
+                            text=True, cwd=os.path.dirname(__file__))
+    return result
+
+
+def test_environment_defaults():
+    import json
+    result = _config_in_subprocess({"FASTCONV_MEMORY_LIMIT": "300MiB", "FASTCONV_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"memory_limit": 300 * 2**20, "num_threads": 1}
+    result = _config_in_subprocess({"OMP_NUM_THREADS": "1"})
+    assert json.loads(result.stdout)["num_threads"] == 1
+    result = _config_in_subprocess({})
+    config = json.loads(result.stdout)
+    assert 0 < config["memory_limit"] <= 2**30
+    assert config["num_threads"] >= 1
+    bad = _config_in_subprocess({"FASTCONV_MEMORY_LIMIT": "a lot"})
+    assert bad.returncode != 0 and "FASTCONV_MEMORY_LIMIT" in bad.stderr

@@ -1,0 +1,87 @@
+"""The planner: lowering choice, workspace bound, and that the bound is real."""
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import fastconv
+from reference import assert_close, conv2d_reference
+
+
+@settings(max_examples=60, deadline=None)
+@given(N=st.integers(1, 4), C=st.integers(1, 16), K=st.integers(1, 16), H=st.integers(3, 40),
+       W=st.integers(3, 40), R=st.integers(1, 3), stride=st.integers(1, 2),
+       limit=st.integers(20_000, 3_000_000), threads=st.integers(1, 3),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_workspace_within_limit_and_really_allocated(N, C, K, H, W, R, stride, limit, threads, dtype):
+    shape, wshape = (N, C, H, W), (K, C, R, R)
+    try:
+        plan = fastconv.plan_conv2d(shape, wshape, dtype, stride=stride, padding=R // 2,
+                                    memory_limit=limit, num_threads=threads)
+    except fastconv.WorkspaceLimitError as exc:
+        assert "needs" in str(exc)
+        return
+    assert plan.workspace_bytes <= limit
+    g = plan.geometry
+    stretch_ws = g.K * g.rows * plan.dtype.itemsize + g.rows * 40 + g.rows * g.cols * plan.dtype.itemsize
+    if plan.method == "mapped":
+        # the planner only tiles when one whole stretched matrix does not fit
+        assert stretch_ws > limit
+        assert plan.tile_cols <= g.cols
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal(wshape).astype(dtype)
+    plan.execute(x, w)  # warm-up: first-call imports are not the call's memory
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        out = plan.execute(x, w)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    # everything beyond the output is workspace, plus a little interpreter slack
+    assert peak - out.nbytes <= plan.workspace_bytes + 64 * 1024, (plan, peak)
+    assert_close(out, conv2d_reference(x, w, stride=(stride, stride),
+                                       padding=((R // 2,) * 2,) * 2), dtype)
+
+
+def test_choice_rules():
+    vgg = (16, 64, 224, 224), (64, 64, 3, 3)
+    assert fastconv.plan_conv2d(*vgg, padding=1, memory_limit="64MiB").method == "mapped"
+    assert fastconv.plan_conv2d(*vgg, padding=1, memory_limit="1GiB").method == "stretch"
+    assert fastconv.plan_conv2d((8, 256, 56, 56), (64, 256, 1, 1)).method == "gemm1x1"
+    assert fastconv.plan_conv2d((8, 256, 56, 56), (64, 256, 1, 1), method="mapped").method == "mapped"
+    assert fastconv.plan_conv2d((8, 256, 56, 56), (512, 256, 1, 1), stride=2).method == "stretch"
+
+
+def test_plan_explains_itself():
+    plan = fastconv.plan_conv2d((16, 64, 224, 224), (64, 64, 3, 3), padding=1, memory_limit="64MiB")
+    text = repr(plan)
+    assert "mapped" in text and "64.0 MiB" in text and "> limit" in text
+    assert plan.output_shape == (16, 64, 224, 224)
+    assert plan.flops == 2 * 16 * 64 * 224 * 224 * 64 * 9
+    with pytest.raises(Exception):
+        plan.method = "stretch"  # immutable
+
+
+def test_few_images_use_threaded_blas():
+    plan = fastconv.plan_conv2d((1, 64, 56, 56), (64, 64, 3, 3), padding=1, method="stretch",
+                                num_threads=2)
+    assert plan.kernel_threads == 1 and plan.blas_threads == 2
+    plan = fastconv.plan_conv2d((1, 64, 56, 56), (64, 64, 3, 3), padding=1, method="mapped",
+                                num_threads=2)
+    assert plan.kernel_threads == 2 and plan.blas_threads == 1  # tiles spread over threads
+    plan = fastconv.plan_conv2d((4, 64, 56, 56), (64, 64, 3, 3), padding=1, method="stretch",
+                                num_threads=2)
+    assert plan.kernel_threads == 2 and plan.blas_threads == 1
+
+
+@pytest.mark.parametrize("method", ["stretch", "mapped"])
+def test_stretch_and_mapped_agree_on_a_real_layer(method):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 32, 28, 28)).astype(np.float32)
+    w = rng.standard_normal((48, 32, 3, 3)).astype(np.float32)
+    out = fastconv.conv2d(x, w, padding=1, method=method, memory_limit="300KiB" if method == "mapped" else None)
+    assert_close(out, conv2d_reference(x, w, padding=((1, 1), (1, 1))), np.float32)
