@@ -21,13 +21,24 @@ __all__ = ["ConvPlan", "WorkspaceLimitError", "plan_conv2d", "plan_conv"]
 
 METHODS = ("auto", "stretch", "mapped", "gemm1x1")
 
-# Per-thread tile buffer the mapped lowering aims for (rows x tile x itemsize).
-# About the size of a core's L2: the tile is gathered and then read by GEMM
-# while it is still in cache. Measured on layers.json (bench/), 256 KiB-1 MiB
-# all run within a few percent of stretch; below ~64 columns GEMM's N
-# dimension gets too thin for its micro-kernel and time rises.
-TILE_TARGET_BYTES = 512 * 1024
-TILE_MIN_COLS = 64
+# Tiles of the mapped lowering (measured with bench/interleaved.py on
+# ../shared/layers.json, 2 threads, fp32 and fp64; see the sweep in the
+# foundation issue's note):
+# * TILE_TARGET_BYTES: the per-thread tile buffer (rows x tile x itemsize)
+#   aimed for, about one core's L2 (2 MiB here): the tile is gathered and then
+#   read by GEMM while still in cache. 1-4 MiB measured alike.
+# * TILE_MIN_COLS: narrower tiles make GEMM's N dimension too thin for its
+#   micro-kernel: 49-64 columns ran 1.3x slower than 196-256 on ResNet layers.
+# * TILE_FLOOR_COLS: the narrowest tile accepted when the memory limit allows
+#   no more; below it the limit is refused (WorkspaceLimitError).
+TILE_TARGET_BYTES = 2 * 2**20
+TILE_MIN_COLS = 256
+TILE_FLOOR_COLS = 32
+# "auto" prefers mapped tiles to a whole stretched matrix once that matrix is
+# larger than this: writing it and reading it back leaves the cache (VGG-16
+# conv1_2: mapped 0.5x the time of stretch; ResNet-50 stem 0.8-0.9x), while
+# smaller ones ran within a few percent of mapped either way.
+STRETCH_CACHE_BYTES = 2 * TILE_TARGET_BYTES
 _ROW_TABLE_FIELDS = 5
 _INDEX_BYTES = np.dtype(np.intp).itemsize
 
@@ -175,7 +186,9 @@ def plan_conv(geometry, dtype, *, flip=False, method="auto", memory_limit=None,
                          f"got kernel {g.R}x{g.S}, stride {g.stride}, padding {g.padding}")
 
     stretch = make("stretch", g.cols, items, "")
-    if method == "stretch" or (method == "auto" and stretch.workspace_bytes <= limit):
+    stretch_matrix = g.rows * g.cols * itemsize
+    prefer_stretch = stretch.workspace_bytes <= limit and stretch_matrix <= STRETCH_CACHE_BYTES
+    if method == "stretch" or (method == "auto" and prefer_stretch):
         if stretch.workspace_bytes > limit:
             raise WorkspaceLimitError(
                 f"method='stretch' needs {stretch.workspace_bytes} bytes "
@@ -183,8 +196,8 @@ def plan_conv(geometry, dtype, *, flip=False, method="auto", memory_limit=None,
                 f"{stretch.kernel_threads} whole {g.rows}x{g.cols} im2col matrices, "
                 f"above memory_limit {limit} bytes ({_format_bytes(limit)}); "
                 "use method='mapped' or a larger memory_limit")
-        why = (f"whole-image im2col ({g.rows}x{g.cols}) x {stretch.kernel_threads} "
-               f"fits the limit" if method == "auto" else "method='stretch' requested")
+        why = (f"whole-image im2col ({g.rows}x{g.cols}, {_format_bytes(stretch_matrix)}) "
+               f"fits the cache and the limit" if method == "auto" else "method='stretch' requested")
         return _replace_reason(stretch, why)
 
     # mapped: the widest tile the limit allows, up to the cache-sized target
@@ -198,22 +211,26 @@ def plan_conv(geometry, dtype, *, flip=False, method="auto", memory_limit=None,
         reason = why.format(tile=tile, n_tiles=n_tiles)
         return make("mapped", tile, items * n_tiles, reason)
 
-    if method == "auto":
+    if method == "auto" and stretch.workspace_bytes > limit:
         why = (f"whole-image im2col needs {_format_bytes(stretch.workspace_bytes)} > limit "
                f"{_format_bytes(limit)}; " "{n_tiles} tile(s) of {tile} columns per image")
+    elif method == "auto":
+        why = (f"whole-image im2col ({_format_bytes(stretch_matrix)}) would spill the cache; "
+               "{n_tiles} cache-sized tile(s) of {tile} columns per image")
     else:
         why = "method='mapped' requested; {n_tiles} tile(s) of {tile} columns per image"
     plan = mapped(target, why)
     if plan.workspace_bytes <= limit:
         return plan
     # Narrower tiles, sized for the worst case of every thread holding one.
+    floor_cols = min(TILE_FLOOR_COLS, g.cols)
     fixed = _workspace(g, itemsize, "mapped", 0, threads)
     affordable = (limit - fixed) // (threads * per_col) if limit > fixed else 0
-    if affordable < min_cols:
-        needed = fixed + threads * per_col * min_cols
+    if affordable < floor_cols:
+        needed = fixed + threads * per_col * floor_cols
         raise WorkspaceLimitError(
             f"memory_limit {limit} bytes ({_format_bytes(limit)}) is too small: the narrowest "
-            f"efficient mapped tile ({min_cols} columns x {g.rows} rows x {threads} "
+            f"efficient mapped tile ({floor_cols} columns x {g.rows} rows x {threads} "
             f"thread(s)) needs {needed} bytes ({_format_bytes(needed)})")
     return mapped(min(target, affordable), why)
 

@@ -52,7 +52,8 @@ def test_config_reaches_the_planner():
         assert plan.method == "mapped" and plan.workspace_bytes <= 4 * 2**20
         assert plan.num_threads == 1
         # an explicit argument wins over the configuration
-        assert fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit="1GiB").method == "stretch"
+        assert fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit="1GiB",
+                                    method="stretch").memory_limit == 2**30
 
 
 def test_set_config_is_thread_local():

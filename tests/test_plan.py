@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import fastconv
+from fastconv import _plan
 from reference import assert_close, conv2d_reference
 
 
@@ -24,11 +25,16 @@ def test_workspace_within_limit_and_really_allocated(N, C, K, H, W, R, stride, l
         return
     assert plan.workspace_bytes <= limit
     g = plan.geometry
-    stretch_ws = g.K * g.rows * plan.dtype.itemsize + g.rows * 40 + g.rows * g.cols * plan.dtype.itemsize
+    stretch_ws = fastconv.plan_conv2d(shape, wshape, dtype, stride=stride, padding=R // 2,
+                                      method="stretch", memory_limit="1TiB",
+                                      num_threads=threads).workspace_bytes
     if plan.method == "mapped":
         # the planner only tiles when one whole stretched matrix does not fit
-        assert stretch_ws > limit
+        # the limit or would spill the cache
+        assert stretch_ws > limit or g.rows * g.cols * plan.dtype.itemsize > _plan.STRETCH_CACHE_BYTES
         assert plan.tile_cols <= g.cols
+    elif plan.method == "stretch":
+        assert g.rows * g.cols * plan.dtype.itemsize <= _plan.STRETCH_CACHE_BYTES
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(dtype)
     w = rng.standard_normal(wshape).astype(dtype)
@@ -50,7 +56,12 @@ def test_workspace_within_limit_and_really_allocated(N, C, K, H, W, R, stride, l
 def test_choice_rules():
     vgg = (16, 64, 224, 224), (64, 64, 3, 3)
     assert fastconv.plan_conv2d(*vgg, padding=1, memory_limit="64MiB").method == "mapped"
-    assert fastconv.plan_conv2d(*vgg, padding=1, memory_limit="1GiB").method == "stretch"
+    # fits 1 GiB, but a 110 MiB matrix per image spills the cache: tiles
+    assert fastconv.plan_conv2d(*vgg, padding=1, memory_limit="1GiB").method == "mapped"
+    # ResNet-50 conv4: a 1.7 MiB matrix per image stays in cache: stretch
+    assert fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1).method == "stretch"
+    assert fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1,
+                                memory_limit="5MiB").method == "mapped"
     assert fastconv.plan_conv2d((8, 256, 56, 56), (64, 256, 1, 1)).method == "gemm1x1"
     assert fastconv.plan_conv2d((8, 256, 56, 56), (64, 256, 1, 1), method="mapped").method == "mapped"
     assert fastconv.plan_conv2d((8, 256, 56, 56), (512, 256, 1, 1), stride=2).method == "stretch"
