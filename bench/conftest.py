@@ -1,13 +1,11 @@
 """Benchmark layers: ../shared/layers.json beside the repository, or the file
 named by --layers or FASTCONV_LAYERS. Without a layers file every benchmark
 is skipped, with that reason."""
-import json
 import os
-import pathlib
 
 import pytest
 
-_DEFAULT = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "layers.json"
+from _layers import DEFAULT_LAYERS, load_layers
 
 
 def pytest_addoption(parser):
@@ -22,16 +20,9 @@ def threads(request):
 
 
 def _layers(config):
-    path = config.getoption("--layers") or os.environ.get("FASTCONV_LAYERS") or _DEFAULT
-    path = pathlib.Path(path)
-    if not path.is_file():
-        return None, f"no layers file at {path}"
-    layers = json.loads(path.read_text())["layers"]
-    names = config.getoption("--layer-names")
-    if names:
-        wanted = set(names.split(","))
-        layers = [layer for layer in layers if layer["name"] in wanted]
-    return layers, None
+    path = config.getoption("--layers") or os.environ.get("FASTCONV_LAYERS") or DEFAULT_LAYERS
+    layers = load_layers(path, config.getoption("--layer-names"))
+    return layers, (None if layers is not None else f"no layers file at {path}")
 
 
 def pytest_generate_tests(metafunc):

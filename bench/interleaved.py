@@ -7,38 +7,23 @@ cases one after another). Prints min and median per case and the ratios.
 """
 import argparse
 import json
-import pathlib
 import time
 
 import numpy as np
 
 import fastconv
+from _layers import DEFAULT_LAYERS, conv_kwargs, layer_arrays, load_layers, same_shape_gemm
 
-DEFAULT_LAYERS = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "layers.json"
-CASES = {"gemm": None, "stretch": ("stretch", "64GiB"), "mapped": ("mapped", None),
-         "auto": ("auto", None)}
+CASES = {"stretch": ("stretch", "64GiB"), "mapped": ("mapped", None), "auto": ("auto", None)}
 
 
 def build_cases(layer, dtype, threads):
-    rng = np.random.default_rng(0)
-    conv = dict(stride=layer["stride"], padding=layer["padding"], dilation=layer["dilation"],
-                groups=layer["groups"])
-    x = rng.standard_normal((layer["N"], layer["C"], layer["H"], layer["W"]), dtype=np.float32).astype(dtype)
-    w = rng.standard_normal((layer["K"], layer["C"] // layer["groups"], layer["R"], layer["S"]),
-                            dtype=np.float32).astype(dtype)
-    runs = {}
-    for name, spec in CASES.items():
-        if spec is None:
-            continue
-        plan = fastconv.plan_conv2d(x.shape, w.shape, dtype, method=spec[0], memory_limit=spec[1],
-                                    num_threads=threads, **conv)
+    x, w = layer_arrays(layer, dtype)
+    runs = {"gemm": same_shape_gemm(layer, dtype, threads)}
+    for name, (method, limit) in CASES.items():
+        plan = fastconv.plan_conv2d(x.shape, w.shape, dtype, method=method, memory_limit=limit,
+                                    num_threads=threads, **conv_kwargs(layer))
         runs[name] = (plan, (lambda p=plan: p.execute(x, w)))
-    g = runs["stretch"][0].geometry
-    stretched = rng.standard_normal((g.N, g.groups * g.rows, 1, g.cols), dtype=np.float32).astype(dtype)
-    filters = rng.standard_normal((g.K, g.rows, 1, 1), dtype=np.float32).astype(dtype)
-    gplan = fastconv.plan_conv2d(stretched.shape, filters.shape, dtype, groups=g.groups,
-                                 num_threads=threads)
-    runs["gemm"] = (gplan, (lambda: gplan.execute(stretched, filters)))
     return runs
 
 
@@ -63,9 +48,9 @@ def main():
     parser.add_argument("--names", default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    layers = json.load(open(args.layers))["layers"]
-    if args.names:
-        layers = [l for l in layers if l["name"] in args.names.split(",")]
+    layers = load_layers(args.layers, args.names)
+    if layers is None:
+        raise SystemExit(f"no layers file at {args.layers}")
     results = []
     print(f"{args.dtype}, threads={args.threads or fastconv.get_config()['num_threads']}, "
           f"{args.rounds} interleaved rounds; ratios of medians (min in brackets)")

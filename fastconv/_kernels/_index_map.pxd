@@ -13,7 +13,7 @@
 # and per run of output columns by a precomputed interval: no padded copy of
 # the input, no per-element bounds test, and the input may have any strides.
 
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from cython cimport floating
 
 # Columns of the row table.
@@ -115,8 +115,12 @@ cdef inline void gather_columns(const floating *x_group, const Py_ssize_t *table
                 if b > a:
                     src = x_group + row[ROW_OFFSET] + oh * out_row_step + a * out_col_step
                     if out_col_step == 1:
+                        memcpy(dst + (a - ow), src, (b - a) * sizeof(floating))
+                    elif out_col_step == 2:
+                        # stride 2 (downsampling layers): a constant step the
+                        # compiler can vectorize, unlike the general case
                         for t in range(b - a):
-                            dst[a - ow + t] = src[t]
+                            dst[a - ow + t] = src[2 * t]
                     else:
                         for t in range(b - a):
                             dst[a - ow + t] = src[t * out_col_step]
