@@ -3,7 +3,7 @@ so that drift of a shared machine hits every case alike (pytest-benchmark runs
 cases one after another). Prints min and median per case and the ratios.
 
     python bench/interleaved.py [--layers FILE] [--dtype float32] [--rounds 15]
-                                [--threads 2] [--names a,b] [--json out.json]
+                                [--threads 2] [--names a,b] [--scaling] [--json out.json]
 """
 import argparse
 import json
@@ -14,16 +14,28 @@ import numpy as np
 import fastconv
 from _layers import DEFAULT_LAYERS, conv_kwargs, layer_arrays, load_layers, same_shape_gemm
 
-CASES = {"stretch": ("stretch", "64GiB"), "mapped": ("mapped", None), "auto": ("auto", None)}
-
-
-def build_cases(layer, dtype, threads):
+def build_cases(layer, dtype, threads, scaling=False):
+    """name -> (plan, run). 'mapped_1/8' is mapped held to an eighth of
+    stretch's workspace; with scaling, stretch and mapped also on 1 thread."""
     x, w = layer_arrays(layer, dtype)
-    runs = {"gemm": same_shape_gemm(layer, dtype, threads)}
-    for name, (method, limit) in CASES.items():
+    conv = conv_kwargs(layer)
+
+    def planned(method, limit, n_threads=threads):
         plan = fastconv.plan_conv2d(x.shape, w.shape, dtype, method=method, memory_limit=limit,
-                                    num_threads=threads, **conv_kwargs(layer))
-        runs[name] = (plan, (lambda p=plan: p.execute(x, w)))
+                                    num_threads=n_threads, **conv)
+        return plan, (lambda: plan.execute(x, w))
+
+    runs = {"gemm": same_shape_gemm(layer, dtype, threads)}
+    runs["stretch"] = planned("stretch", "64GiB")
+    runs["mapped"] = planned("mapped", None)
+    try:
+        runs["mapped_1/8"] = planned("mapped", runs["stretch"][0].workspace_bytes // 8)
+    except fastconv.WorkspaceLimitError:
+        pass  # small layers: an eighth is below the narrowest tile
+    runs["auto"] = planned("auto", None)
+    if scaling:
+        runs["stretch_1t"] = planned("stretch", "64GiB", 1)
+        runs["mapped_1t"] = planned("mapped", None, 1)
     return runs
 
 
@@ -47,25 +59,37 @@ def main():
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--names", default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--scaling", action="store_true", help="also time 1 thread")
     args = parser.parse_args()
     layers = load_layers(args.layers, args.names)
     if layers is None:
         raise SystemExit(f"no layers file at {args.layers}")
     results = []
     print(f"{args.dtype}, threads={args.threads or fastconv.get_config()['num_threads']}, "
-          f"{args.rounds} interleaved rounds; ratios of medians (min in brackets)")
-    print(f"{'layer':<18} {'gemm ms':>8} {'stretch/gemm':>14} {'mapped/gemm':>14} {'auto/gemm':>14} "
-          f"{'mapped/stretch':>15} {'ws str/map':>10} {'auto':>8}")
+          f"{args.rounds} interleaved rounds; ratios of medians (of minima in brackets)")
+    head = (f"{'layer':<18} {'gemm ms':>8} {'stretch/gemm':>13} {'mapped/gemm':>13} "
+            f"{'auto/gemm':>13} {'map/str':>13} {'ws str/map':>10} {'map1/8/str':>13} {'auto':>8}")
+    if args.scaling:
+        head += f" {'str 1T/2T':>13} {'map 1T/2T':>13}"
+    print(head)
     for layer in layers:
-        runs = build_cases(layer, args.dtype, args.threads)
+        runs = build_cases(layer, args.dtype, args.threads, args.scaling)
         times = measure(runs, args.rounds)
         med = {k: float(np.median(v)) for k, v in times.items()}
         low = {k: float(np.min(v)) for k, v in times.items()}
         ws = {k: runs[k][0].workspace_bytes for k in runs}
-        r = lambda a, b: f"{med[a] / med[b]:5.2f} ({low[a] / low[b]:4.2f})"
-        print(f"{layer['name']:<18} {med['gemm'] * 1e3:8.2f} {r('stretch', 'gemm'):>14} "
-              f"{r('mapped', 'gemm'):>14} {r('auto', 'gemm'):>14} {r('mapped', 'stretch'):>15} "
-              f"{ws['stretch'] / max(ws['mapped'], 1):10.1f} {runs['auto'][0].method:>8}", flush=True)
+
+        def r(a, b):
+            if a not in med:
+                return "-"
+            return f"{med[a] / med[b]:5.2f} ({low[a] / low[b]:4.2f})"
+        line = (f"{layer['name']:<18} {med['gemm'] * 1e3:8.2f} {r('stretch', 'gemm'):>13} "
+                f"{r('mapped', 'gemm'):>13} {r('auto', 'gemm'):>13} {r('mapped', 'stretch'):>13} "
+                f"{ws['stretch'] / max(ws['mapped'], 1):10.1f} {r('mapped_1/8', 'stretch'):>13} "
+                f"{runs['auto'][0].method:>8}")
+        if args.scaling:
+            line += f" {r('stretch_1t', 'stretch'):>13} {r('mapped_1t', 'mapped'):>13}"
+        print(line, flush=True)
         results.append(dict(layer=layer["name"], dtype=args.dtype, threads=args.threads,
                             median=med, min=low, workspace=ws,
                             methods={k: runs[k][0].method for k in runs},

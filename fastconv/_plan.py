@@ -2,11 +2,13 @@
 how much workspace, under a memory limit. The choice lives here and only here.
 
 Workspace is every byte a call allocates beyond its output: the per-thread
-buffers, the filter matrix (a contiguous, possibly flipped copy of the
-weights) and the row table of the index map. Inputs that must be converted
-first (another dtype, byte order or alignment; non-contiguous channel planes
-for the 1x1 path) are copied once before the plan runs; that copy is the
-caller's data, not workspace, and is not counted.
+buffers and the row table of the index map. Arguments that must be converted
+first are copied once before the kernels run: an input of another dtype,
+byte order or alignment (or, for the 1x1 path, with non-contiguous channel
+planes), and weights that are not C-contiguous in the compute dtype. Those
+copies are the caller's data in another form, not workspace, and are not
+counted; arrays already in the compute dtype are read in place (any strides
+for the input; flip=True is done by the index map, not by a copy).
 """
 from dataclasses import dataclass, field
 import threading
@@ -138,11 +140,10 @@ class ConvPlan:
 
 
 def _workspace(g, itemsize, method, tile_cols, kernel_threads):
-    filters = g.K * g.rows * itemsize
     if method == "gemm1x1":
-        return filters
+        return 0
     table = g.rows * _ROW_TABLE_FIELDS * _INDEX_BYTES
-    return filters + table + kernel_threads * g.rows * tile_cols * itemsize
+    return table + kernel_threads * g.rows * tile_cols * itemsize
 
 
 def _threads(work_items, num_threads):
@@ -175,12 +176,7 @@ def plan_conv(geometry, dtype, *, flip=False, method="auto", memory_limit=None,
                         workspace_bytes=ws, reason=reason, **common)
 
     if method in ("auto", "gemm1x1") and g.is_pointwise:
-        plan = make("gemm1x1", g.cols, items, "1x1 stride 1 unpadded: the input is its own im2col matrix")
-        if plan.workspace_bytes <= limit:
-            return plan
-        raise WorkspaceLimitError(
-            f"memory_limit {_format_bytes(limit)} ({limit} bytes) is below the "
-            f"{plan.workspace_bytes} bytes the filter matrix alone needs")
+        return make("gemm1x1", g.cols, items, "1x1 stride 1 unpadded: the input is its own im2col matrix")
     if method == "gemm1x1":
         raise ValueError(f"method='gemm1x1' needs a 1x1 kernel, stride 1 and no padding; "
                          f"got kernel {g.R}x{g.S}, stride {g.stride}, padding {g.padding}")
@@ -332,9 +328,7 @@ def _run(plan, x, weight, bias):
     if g.spatial_dims == 1:
         x = x[:, :, None, :]
         weight = weight[:, :, None, :]
-    if plan.flip:
-        weight = weight[..., ::-1, ::-1]
-    filters = np.ascontiguousarray(weight, dtype=dtype).reshape(g.K, g.rows)
+    filters = np.ascontiguousarray(weight, dtype=dtype).reshape(g.K, g.rows)  # a view if it can be
     bias_vec = (np.zeros(0, dtype) if bias is None
                 else np.ascontiguousarray(bias, dtype=dtype).reshape(g.K))
     if x.size == 0 or g.rows == 0:
@@ -354,9 +348,9 @@ def _run(plan, x, weight, bias):
             workspace = np.empty((plan.kernel_threads, g.rows * plan.tile_cols), dtype=dtype)
             if plan.method == "stretch":
                 conv2d_stretch(x, filters, bias_vec, out, workspace, g.R, g.S, g.Wo,
-                               sh, sw, pt, pl, dh, dw, g.groups, plan.kernel_threads)
+                               sh, sw, pt, pl, dh, dw, g.groups, plan.flip, plan.kernel_threads)
             else:
                 conv2d_mapped(x, filters, bias_vec, out, workspace, g.R, g.S, g.Wo,
                               sh, sw, pt, pl, dh, dw, g.groups, plan.tile_cols,
-                              plan.kernel_threads)
+                              plan.flip, plan.kernel_threads)
     return out.reshape(g.output_shape)

@@ -52,14 +52,16 @@ cdef inline void build_row_table(Py_ssize_t *table, Py_ssize_t channels,
                                  Py_ssize_t pad_top, Py_ssize_t pad_left,
                                  Py_ssize_t dil_h, Py_ssize_t dil_w,
                                  Py_ssize_t xs_c, Py_ssize_t xs_h,
-                                 Py_ssize_t xs_w) noexcept nogil:
+                                 Py_ssize_t xs_w, bint flip) noexcept nogil:
+    # flip (mathematical convolution) pairs weight row (c, kr, ks) with input
+    # tap (R-1-kr, S-1-ks): the kernel is reversed in the map, not copied.
     cdef Py_ssize_t c, kr, ks, dh, dw, lo, hi
     cdef Py_ssize_t *row = table
     for c in range(channels):
         for kr in range(R):
-            dh = kr * dil_h - pad_top
+            dh = ((R - 1 - kr) if flip else kr) * dil_h - pad_top
             for ks in range(S):
-                dw = ks * dil_w - pad_left
+                dw = ((S - 1 - ks) if flip else ks) * dil_w - pad_left
                 row[ROW_OFFSET] = c * xs_c + dh * xs_h + dw * xs_w
                 lo = _first_valid(dh, stride_h, Ho)
                 hi = _end_valid(dh, stride_h, H, Ho)

@@ -26,7 +26,8 @@ def conv2d_mapped(const floating[:, :, :, :] x,
                   Py_ssize_t stride_h, Py_ssize_t stride_w,
                   Py_ssize_t pad_top, Py_ssize_t pad_left,
                   Py_ssize_t dil_h, Py_ssize_t dil_w,
-                  Py_ssize_t groups, Py_ssize_t tile_cols, int num_threads):
+                  Py_ssize_t groups, Py_ssize_t tile_cols, bint flip,
+                  int num_threads):
     """Same contract as conv2d_stretch, with workspace (num_threads, >=
     C/groups*R*S*tile_cols): the buffer holds one tile, not one image."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -48,7 +49,7 @@ def conv2d_mapped(const floating[:, :, :, :] x,
     with nogil:
         build_row_table(&table[0, 0], c_group, R, S, H, W, Ho, Wo,
                         stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
-                        xs_c, xs_h, xs_w)
+                        xs_c, xs_h, xs_w, flip)
         for item in prange(N * groups * n_tiles, schedule="dynamic", num_threads=num_threads):
             n = item // (groups * n_tiles)
             g = (item // n_tiles) % groups

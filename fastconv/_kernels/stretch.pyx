@@ -25,11 +25,12 @@ def conv2d_stretch(const floating[:, :, :, :] x,
                    Py_ssize_t stride_h, Py_ssize_t stride_w,
                    Py_ssize_t pad_top, Py_ssize_t pad_left,
                    Py_ssize_t dil_h, Py_ssize_t dil_w,
-                   Py_ssize_t groups, int num_threads):
+                   Py_ssize_t groups, bint flip, int num_threads):
     """out[n] (K x Ho*Wo) = weight (K x C/g*R*S, per group) @ im2col(x[n]) (+ bias).
 
     x: (N, C, H, W), any strides. weight: (K, C/groups*R*S). bias: (K,) or
     empty. out: (N, K, Ho*Wo). workspace: (num_threads, >= C/groups*R*S*Ho*Wo).
+    flip: reverse the kernel spatially (through the index map, not a copy).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = weight.shape[0], n_rows = weight.shape[1]
@@ -49,7 +50,7 @@ def conv2d_stretch(const floating[:, :, :, :] x,
     with nogil:
         build_row_table(&table[0, 0], c_group, R, S, H, W, Ho, Wo,
                         stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
-                        xs_c, xs_h, xs_w)
+                        xs_c, xs_h, xs_w, flip)
         for item in prange(N * groups, schedule="dynamic", num_threads=num_threads):
             n = item // groups
             g = item - n * groups
@@ -82,7 +83,7 @@ def im2col(const floating[:, :, :, :] x, floating[:, :, ::1] cols,
     with nogil:
         build_row_table(&table[0, 0], C, R, S, H, W, Ho, Wo,
                         stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
-                        xs_c, xs_h, xs_w)
+                        xs_c, xs_h, xs_w, False)
         for n in prange(N, schedule="static", num_threads=num_threads):
             gather_columns(x0 + n * xs_n, &table[0, 0], n_rows, Wo,
                            stride_h * xs_h, stride_w * xs_w, 0, n_cols, &cols[n, 0, 0])
