@@ -181,8 +181,10 @@ def plan_conv(geometry, dtype, *, flip=False, method="auto", memory_limit=None,
         raise ValueError(f"method='gemm1x1' needs a 1x1 kernel, stride 1 and no padding; "
                          f"got kernel {g.R}x{g.S}, stride {g.stride}, padding {g.padding}")
 
-    stretch = make("stretch", g.cols, items, "")
     stretch_matrix = g.rows * g.cols * itemsize
+    stretch = make("stretch", g.cols, items,
+                   f"whole-image im2col ({g.rows}x{g.cols}, {_format_bytes(stretch_matrix)}) "
+                   "fits the cache and the limit" if method == "auto" else "method='stretch' requested")
     prefer_stretch = stretch.workspace_bytes <= limit and stretch_matrix <= STRETCH_CACHE_BYTES
     if method == "stretch" or (method == "auto" and prefer_stretch):
         if stretch.workspace_bytes > limit:
@@ -192,9 +194,7 @@ def plan_conv(geometry, dtype, *, flip=False, method="auto", memory_limit=None,
                 f"{stretch.kernel_threads} whole {g.rows}x{g.cols} im2col matrices, "
                 f"above memory_limit {limit} bytes ({_format_bytes(limit)}); "
                 "use method='mapped' or a larger memory_limit")
-        why = (f"whole-image im2col ({g.rows}x{g.cols}, {_format_bytes(stretch_matrix)}) "
-               f"fits the cache and the limit" if method == "auto" else "method='stretch' requested")
-        return _replace_reason(stretch, why)
+        return stretch
 
     # mapped: the widest tile the limit allows, up to the cache-sized target
     min_cols = min(TILE_MIN_COLS, g.cols)
@@ -229,11 +229,6 @@ def plan_conv(geometry, dtype, *, flip=False, method="auto", memory_limit=None,
             f"efficient mapped tile ({floor_cols} columns x {g.rows} rows x {threads} "
             f"thread(s)) needs {needed} bytes ({_format_bytes(needed)})")
     return mapped(min(target, affordable), why)
-
-
-def _replace_reason(plan, reason):
-    from dataclasses import replace
-    return replace(plan, reason=reason)
 
 
 def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
