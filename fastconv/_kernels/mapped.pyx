@@ -5,7 +5,8 @@
 # of the output (leading dimension Ho*Wo, so no copy-back).
 #
 # Work items are (image, group, tile) triples, so even a batch of one image
-# keeps every OpenMP thread busy while BLAS stays single-threaded.
+# keeps every OpenMP thread busy while BLAS stays single-threaded. With one
+# tile of all Ho*Wo columns this is the stretch lowering (stretch.pyx).
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
