@@ -114,7 +114,7 @@ def default_num_threads():
     """All usable cores, or OMP_NUM_THREADS when it is set (OpenMP's own default)."""
     from fastconv._kernels.openmp_info import omp_max_threads, openmp_enabled
     if not openmp_enabled():
-        return 1
+        return _usable_cpus()  # still used, by threaded BLAS
     if os.environ.get("OMP_NUM_THREADS"):
         return max(1, omp_max_threads())
     return min(_usable_cpus(), max(1, omp_max_threads()))

@@ -146,12 +146,18 @@ def _workspace(g, itemsize, method, tile_cols, kernel_threads):
     return table + kernel_threads * g.rows * tile_cols * itemsize
 
 
+def _openmp_enabled():
+    from fastconv._kernels.openmp_info import openmp_enabled
+    return openmp_enabled()
+
+
 def _threads(work_items, num_threads):
     """(kernel threads, BLAS threads). OpenMP over work items when there are
     at least as many items as threads, BLAS single-threaded inside; otherwise
     a serial loop whose GEMMs use threaded BLAS, so no core is left idle and
-    OpenMP and BLAS threads never multiply."""
-    if work_items >= num_threads:
+    OpenMP and BLAS threads never multiply. A build without OpenMP has only
+    BLAS's threads."""
+    if work_items >= num_threads and _openmp_enabled():
         return num_threads, 1
     return 1, num_threads
 

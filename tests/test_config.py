@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv._kernels.openmp_info import openmp_enabled
+
+# thread-count and lowering rules below assume OpenMP threads over the batch
+requires_openmp = pytest.mark.skipif(not openmp_enabled(), reason="built without OpenMP")
 from fastconv._config import parse_bytes
 
 
@@ -90,6 +94,7 @@ def _config_in_subprocess(env):
     return result
 
 
+@requires_openmp
 def test_environment_defaults():
     import json
     result = _config_in_subprocess({"FASTCONV_MEMORY_LIMIT": "300MiB", "FASTCONV_NUM_THREADS": "1"})

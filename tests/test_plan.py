@@ -6,6 +6,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import fastconv
+from fastconv._kernels.openmp_info import openmp_enabled
+
+# thread-count and lowering rules below assume OpenMP threads over the batch
+requires_openmp = pytest.mark.skipif(not openmp_enabled(), reason="built without OpenMP")
 from fastconv import _plan
 from reference import assert_close, conv2d_reference
 
@@ -54,6 +58,7 @@ def test_workspace_within_limit_and_really_allocated(N, C, K, H, W, R, stride, l
                                        padding=((R // 2,) * 2,) * 2), dtype)
 
 
+@requires_openmp
 def test_choice_rules():
     vgg = (16, 64, 224, 224), (64, 64, 3, 3)
     assert fastconv.plan_conv2d(*vgg, padding=1, memory_limit="64MiB").method == "mapped"
@@ -78,6 +83,7 @@ def test_plan_explains_itself():
         plan.method = "stretch"  # immutable
 
 
+@requires_openmp
 def test_few_images_use_threaded_blas():
     plan = fastconv.plan_conv2d((1, 64, 56, 56), (64, 64, 3, 3), padding=1, method="stretch",
                                 num_threads=2)
