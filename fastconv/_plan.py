@@ -37,10 +37,11 @@ TILE_TARGET_BYTES = 2 * 2**20
 TILE_MIN_COLS = 256
 TILE_FLOOR_COLS = 32
 # "auto" prefers mapped tiles to a whole stretched matrix once that matrix is
-# larger than this: writing it and reading it back leaves the cache (VGG-16
-# conv1_2: mapped 0.5x the time of stretch; ResNet-50 stem 0.8-0.9x), while
-# smaller ones ran within a few percent of mapped either way.
-STRETCH_CACHE_BYTES = 2 * TILE_TARGET_BYTES
+# larger than one tile: writing it and reading it back leaves the cache.
+# Measured (fp32, 2 threads, mapped time / stretch time): VGG-16 conv1_2
+# 0.47, ResNet-50 stem 0.70, conv2 3x3 0.70, conv3 3x3 (3.5 MiB) 0.83-0.88;
+# a matrix of one tile or less is the same computation either way.
+STRETCH_CACHE_BYTES = TILE_TARGET_BYTES
 _ROW_TABLE_FIELDS = 5
 _INDEX_BYTES = np.dtype(np.intp).itemsize
 
