@@ -52,7 +52,7 @@ def _small_tiles(tile_bytes):
     return mock.patch.multiple(_plan, TILE_TARGET_BYTES=tile_bytes, TILE_MIN_COLS=1)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conv_cases())
 def test_conv2d_matches_reference(case):
     x, w, b = _random(case)
