@@ -17,7 +17,7 @@ import numpy as np
 
 from fastconv import _config
 from fastconv._params import (ConvGeometry, as_array, check_bias, conv_geometry,
-                              kernel_input)
+                              kernel_input, resolve_dtypes)
 
 __all__ = ["ConvPlan", "WorkspaceLimitError", "plan_conv2d", "plan_conv"]
 
@@ -132,10 +132,7 @@ class ConvPlan:
             raise ValueError(f"x has shape {x.shape}, but the plan is for {self.input_shape}")
         if weight.shape != self.weight_shape:
             raise ValueError(f"weight has shape {weight.shape}, but the plan is for {self.weight_shape}")
-        for name, array in (("x", x), ("weight", weight), ("bias", bias)):
-            if array is not None and array.dtype.kind not in "biuf":
-                raise TypeError(f"{name} has dtype {array.dtype} (shape {array.shape}); "
-                                "fastconv computes in float32/float64")
+        resolve_dtypes(x=x, weight=weight, bias=bias)  # rejects complex, object, strings...
         check_bias(bias, self.geometry.K, weight.shape)
         return _run(self, x, weight, bias)
 

@@ -6,7 +6,7 @@ reverses the kernel along every spatial axis (mathematical convolution).
 """
 import numpy as np
 
-from fastconv._params import as_array, check_bias, conv_geometry, resolve_dtypes
+from fastconv._params import as_array, conv_geometry, resolve_dtypes
 from fastconv._plan import plan_conv
 
 __all__ = ["conv1d", "conv2d"]
@@ -20,10 +20,9 @@ def _conv(x, weight, bias, spatial_dims, stride, padding, dilation, groups, flip
     compute, result = resolve_dtypes(x=x, weight=weight, bias=bias)
     geometry = conv_geometry(x.shape, weight.shape, stride=stride, padding=padding,
                              dilation=dilation, groups=groups, spatial_dims=spatial_dims)
-    check_bias(bias, geometry.K, weight.shape)
     plan = plan_conv(geometry, compute, flip=flip, method=method,
                      memory_limit=memory_limit, num_threads=num_threads)
-    out = plan.execute(x, weight, bias)
+    out = plan.execute(x, weight, bias)  # checks bias against the plan
     return out if out.dtype == result else out.astype(result)
 
 
