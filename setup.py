@@ -18,7 +18,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("FASTCONV_DEBUG", "0") not in ("", "0")
-KERNELS = ["openmp_info", "gemm1x1", "stretch", "mapped"]
+KERNELS = ["openmp_info", "gemm1x1", "stretch", "mapped", "batched"]
 
 
 def openmp_flags():

@@ -218,7 +218,10 @@ def resolve(memory_limit, num_threads):
     config = _local()
     limit = config["memory_limit"] if memory_limit is None else parse_bytes(memory_limit)
     if num_threads is None:
-        threads = config["num_threads"] or default_num_threads()
+        # the automatic default also obeys limits set around the call
+        # (threadpool_limits, OPENBLAS_NUM_THREADS): see _runtime
+        from fastconv._runtime import thread_limits_in_force
+        threads = config["num_threads"] or thread_limits_in_force()
     else:
         threads = check_num_threads(num_threads)
     return limit, threads

@@ -10,12 +10,14 @@ copies are the caller's data in another form, not workspace, and are not
 counted; arrays already in the compute dtype are read in place (any strides
 for the input; flip=True is done by the index map, not by a copy).
 """
+import dataclasses
 from dataclasses import dataclass, field
-import threading
+import functools
+import time
 
 import numpy as np
 
-from fastconv import _config
+from fastconv import _config, _runtime
 from fastconv._params import (ConvGeometry, as_array, check_bias, conv_geometry,
                               kernel_input, resolve_dtypes)
 
@@ -31,6 +33,7 @@ METHODS = ("auto", "stretch", "mapped", "gemm1x1")
 #   read by GEMM while still in cache. 1-4 MiB measured alike.
 # * TILE_MIN_COLS: narrower tiles make GEMM's N dimension too thin for its
 #   micro-kernel: 49-64 columns ran 1.3x slower than 196-256 on ResNet layers.
+#   The same rule batches small images (below).
 # * TILE_FLOOR_COLS: the narrowest tile accepted when the memory limit allows
 #   no more; below it the limit is refused (WorkspaceLimitError).
 TILE_TARGET_BYTES = 2 * 2**20
@@ -42,8 +45,15 @@ TILE_FLOOR_COLS = 32
 # 0.47, ResNet-50 stem 0.70, conv2 3x3 0.70, conv3 3x3 (3.5 MiB) 0.83-0.88;
 # a matrix of one tile or less is the same computation either way.
 STRETCH_CACHE_BYTES = TILE_TARGET_BYTES
+# Images with fewer than TILE_MIN_COLS output positions are stretched several
+# at a time into one GEMM (kernels/batched.pyx), as many as make the GEMM
+# TILE_MIN_COLS wide while every thread still gets a batch. Measured on
+# ResNet-50 (fp32, 1 thread per GEMM): a 512x4608 by 4x49 GEMM is 1.43x
+# faster than four of 49 columns, 2x196 over 196 1.17x, 784 columns 0.95x.
 _ROW_TABLE_FIELDS = 5
 _INDEX_BYTES = np.dtype(np.intp).itemsize
+# plans cached per distinct call (shapes, dtype, limits, threads)
+PLAN_CACHE_SIZE = 1024
 
 
 class WorkspaceLimitError(MemoryError):
@@ -57,6 +67,13 @@ def _format_bytes(n):
     return f"{n} B"
 
 
+def _format_flops(n):
+    for unit, size in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} FLOP"
+
+
 @dataclass(frozen=True)
 class ConvPlan:
     """An immutable, executable decision about how to compute one convolution.
@@ -67,19 +84,26 @@ class ConvPlan:
         ``'gemm1x1'`` (no lowering), ``'stretch'`` (whole im2col matrix per
         image) or ``'mapped'`` (index-mapped tiles).
     workspace_bytes : int
-        Upper bound of the memory the call allocates beyond its output.
+        Upper bound of the memory the call allocates beyond its output (for
+        inputs already in the plan's dtype; see :func:`plan_conv2d`).
     output_shape : tuple
     num_threads : int
-        Threads the call uses (OpenMP over work items, or BLAS's own).
+        Most threads the call uses (OpenMP over work items, or BLAS's own);
+        fewer while other calls in the process hold some.
     tile_cols : int
-        Output columns per GEMM (Ho*Wo for stretch and gemm1x1).
+        Output positions (GEMM columns) per image in one GEMM (Ho*Wo unless mapped).
+    images_per_gemm : int
+        Images whose stretched matrices share one GEMM (> 1 for small images).
     flops : int
         2 * multiply-adds.
+    reason : str
+        Why this plan (also in the repr).
     """
     geometry: ConvGeometry
     dtype: np.dtype
     method: str
     tile_cols: int
+    images_per_gemm: int
     num_threads: int
     kernel_threads: int
     blas_threads: int
@@ -107,11 +131,25 @@ class ConvPlan:
         cg = g.C // g.groups
         return (g.K, cg, g.S) if g.spatial_dims == 1 else (g.K, cg, g.R, g.S)
 
+    @property
+    def gemm_shape(self):
+        """(M, N, K) of each GEMM: filters x stretched columns x reduction."""
+        g = self.geometry
+        return (g.K // g.groups, self.tile_cols * self.images_per_gemm, g.rows)
+
     def __repr__(self):
+        if self.kernel_threads > 1:
+            threads = f"{self.kernel_threads} OpenMP threads, BLAS on 1"
+        elif self.blas_threads > 1:
+            threads = f"1 loop, BLAS on {self.blas_threads} threads"
+        else:
+            threads = "1 thread"
+        m, n, k = self.gemm_shape
         return (f"ConvPlan({self.method}, {self.dtype.name}, x{self.input_shape} * "
-                f"w{self.weight_shape} -> {self.output_shape}, workspace "
-                f"{_format_bytes(self.workspace_bytes)} of {_format_bytes(self.memory_limit)}, "
-                f"{self.num_threads} thread(s): {self.reason})")
+                f"w{self.weight_shape} -> {self.output_shape}, {_format_flops(self.flops)}; "
+                f"GEMMs {m}x{k} @ {k}x{n} ({self.tile_cols} columns x {self.images_per_gemm} "
+                f"image(s)); workspace {_format_bytes(self.workspace_bytes)} of limit "
+                f"{_format_bytes(self.memory_limit)}; {threads}: {self.reason})")
 
     def execute(self, x, weight, bias=None):
         """Run the planned convolution; x and weight must have the planned shapes.
@@ -137,11 +175,16 @@ class ConvPlan:
         return _run(self, x, weight, bias)
 
 
-def _workspace(g, itemsize, method, tile_cols, kernel_threads):
+def _workspace(g, itemsize, method, tile_cols, images, kernel_threads):
+    """Bytes of the row table and the per-thread buffers: the gathered tile,
+    and for several images per GEMM the product before it is copied out."""
     if method == "gemm1x1":
         return 0
     table = g.rows * _ROW_TABLE_FIELDS * _INDEX_BYTES
-    return table + kernel_threads * g.rows * tile_cols * itemsize
+    per_thread = g.rows * tile_cols * images
+    if images > 1:
+        per_thread += (g.K // g.groups) * tile_cols * images
+    return table + kernel_threads * per_thread * itemsize
 
 
 def _openmp_enabled():
@@ -160,85 +203,229 @@ def _threads(work_items, num_threads):
     return 1, num_threads
 
 
-def plan_conv(geometry, dtype, *, flip=False, method="auto", memory_limit=None,
-              num_threads=None):
-    """Plan a convolution whose geometry is already validated."""
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {METHODS}")
-    limit, threads = _config.resolve(memory_limit, num_threads)
-    g = geometry
-    itemsize = dtype.itemsize
-    items = g.N * g.groups
-    common = dict(geometry=g, dtype=dtype, memory_limit=limit, flip=bool(flip))
+def _images_per_gemm(g, threads):
+    """How many small images to stretch into one GEMM (1: no batching)."""
+    if g.cols >= TILE_MIN_COLS or g.N < 2:
+        return 1
+    most = -(-TILE_MIN_COLS // g.cols)
+    # no fewer batches than threads (counting groups as separate work)
+    images = max(1, min(most, g.N // -(-threads // g.groups)))
+    return -(-g.N // -(-g.N // images))  # even batches: no short last one
 
-    def make(method_, tile, work_items, reason):
-        kernel_threads, blas_threads = _threads(work_items, threads)
-        ws = _workspace(g, itemsize, method_, tile, kernel_threads)
-        used = max(kernel_threads, blas_threads)
-        return ConvPlan(method=method_, tile_cols=tile, num_threads=used,
+
+class _Planner:
+    """Builds the candidate plans of one convolution under one limit."""
+
+    def __init__(self, g, dtype, flip, limit, threads):
+        self.g, self.dtype, self.limit, self.threads = g, dtype, limit, threads
+        self.common = dict(geometry=g, dtype=dtype, memory_limit=limit, flip=flip)
+
+    def make(self, method, tile, images, work_items, reason, split=None):
+        kernel_threads, blas_threads = split or _threads(work_items, self.threads)
+        ws = _workspace(self.g, self.dtype.itemsize, method, tile, images, kernel_threads)
+        return ConvPlan(method=method, tile_cols=tile, images_per_gemm=images,
+                        num_threads=max(kernel_threads, blas_threads),
                         kernel_threads=kernel_threads, blas_threads=blas_threads,
-                        workspace_bytes=ws, reason=reason, **common)
+                        workspace_bytes=ws, reason=reason, **self.common)
 
+    def fitted(self, plan):
+        """The plan, or with one buffer and threaded BLAS if per-thread
+        buffers exceed the limit (the cores still work, inside GEMM); None if
+        even that does not fit."""
+        if plan.workspace_bytes <= self.limit:
+            return plan
+        if plan.kernel_threads > 1:
+            single = dataclasses.replace(
+                plan, kernel_threads=1, blas_threads=self.threads,
+                workspace_bytes=_workspace(self.g, self.dtype.itemsize, plan.method,
+                                           plan.tile_cols, plan.images_per_gemm, 1),
+                reason=plan.reason + f"; one buffer, not {plan.kernel_threads}, to fit the limit")
+            if single.workspace_bytes <= self.limit:
+                return single
+        return None
+
+    def gemm1x1(self):
+        g = self.g
+        return self.make("gemm1x1", g.cols, 1, g.N * g.groups,
+                         "1x1 stride 1 unpadded: the input is its own im2col matrix")
+
+    def stretch(self, reason, single_buffer=True):
+        """Whole stretched matrices, several small images per GEMM; the
+        largest batch that fits the limit, or None. single_buffer: accept one
+        buffer with threaded BLAS if one per thread does not fit."""
+        g = self.g
+        images = _images_per_gemm(g, self.threads)
+        while True:
+            items = -(-g.N // images) * g.groups
+            why = reason if images == 1 else (
+                reason + f"; {images} images of {g.cols} columns per GEMM (thin GEMMs are slow)")
+            plan = self.make("stretch", g.cols, images, items, why)
+            plan = self.fitted(plan) if single_buffer else (
+                plan if plan.workspace_bytes <= self.limit else None)
+            if plan is not None or images == 1:
+                return plan
+            images = max(1, images // 2)
+
+    def mapped(self, why):
+        """The widest tile up to the cache-sized target that fits, or None."""
+        g, itemsize = self.g, self.dtype.itemsize
+        per_col = g.rows * itemsize
+        target = max(min(TILE_MIN_COLS, g.cols), min(g.cols, TILE_TARGET_BYTES // max(per_col, 1)))
+        # a batch of fewer images than threads: enough tiles for every thread
+        # (OpenMP over tiles ran 1.3-1.7x faster than threaded BLAS on each GEMM)
+        tiles_for_threads = -(-self.threads // max(1, g.N * g.groups))
+        target = min(target, max(TILE_MIN_COLS, -(-g.cols // tiles_for_threads)))
+
+        def tiled(tile, split=None):
+            n_tiles = -(-g.cols // tile)
+            tile = -(-g.cols // n_tiles)  # even tiles: no thin last GEMM; never wider
+            return self.make("mapped", tile, 1, g.N * g.groups * n_tiles,
+                             why.format(tile=tile, n_tiles=n_tiles), split)
+
+        plan = tiled(target)
+        if plan.workspace_bytes <= self.limit:
+            return plan
+        # narrower tiles: as wide as the limit allows with one buffer per
+        # thread, else with a single buffer and threaded BLAS
+        floor = min(TILE_FLOOR_COLS, g.cols)
+        fixed = _workspace(g, itemsize, "mapped", 0, 1, 1)
+        for buffers, split in ((self.threads, None), (1, (1, self.threads))):
+            affordable = (self.limit - fixed) // (buffers * per_col) if self.limit > fixed else 0
+            if affordable >= floor:
+                plan = tiled(min(target, affordable), split)
+                if plan.workspace_bytes <= self.limit:
+                    return plan
+        return None
+
+    def too_small(self):
+        g = self.g
+        floor = min(TILE_FLOOR_COLS, g.cols)
+        needed = _workspace(g, self.dtype.itemsize, "mapped", floor, 1, 1)
+        return WorkspaceLimitError(
+            f"memory_limit {self.limit} bytes ({_format_bytes(self.limit)}) is too small: the "
+            f"narrowest efficient mapped tile ({floor} columns x {g.rows} rows, one thread) "
+            f"needs {needed} bytes ({_format_bytes(needed)})")
+
+
+def _tuning():
+    # part of the cache key, so that changing a constant (tests do) is seen
+    return (TILE_TARGET_BYTES, TILE_MIN_COLS, TILE_FLOOR_COLS, STRETCH_CACHE_BYTES)
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _choose(g, dtype, flip, method, limit, threads, tuning):
+    """The one place where the lowering is chosen (see the constants above)."""
+    planner = _Planner(g, dtype, flip, limit, threads)
     if method in ("auto", "gemm1x1") and g.is_pointwise:
-        return make("gemm1x1", g.cols, items, "1x1 stride 1 unpadded: the input is its own im2col matrix")
+        return planner.gemm1x1()
     if method == "gemm1x1":
         raise ValueError(f"method='gemm1x1' needs a 1x1 kernel, stride 1 and no padding; "
                          f"got kernel {g.R}x{g.S}, stride {g.stride}, padding {g.padding}")
-
-    stretch_matrix = g.rows * g.cols * itemsize
-    stretch = make("stretch", g.cols, items,
-                   f"whole-image im2col ({g.rows}x{g.cols}, {_format_bytes(stretch_matrix)}) "
-                   "fits the cache and the limit" if method == "auto" else "method='stretch' requested")
-    prefer_stretch = stretch.workspace_bytes <= limit and stretch_matrix <= STRETCH_CACHE_BYTES
-    if method == "stretch" or (method == "auto" and prefer_stretch):
-        if stretch.workspace_bytes > limit:
+    matrix = g.rows * g.cols * dtype.itemsize
+    if method == "stretch":
+        plan = planner.stretch("method='stretch' requested")
+        if plan is None:
+            needed = _workspace(g, dtype.itemsize, "stretch", g.cols, 1, 1)
             raise WorkspaceLimitError(
-                f"method='stretch' needs {stretch.workspace_bytes} bytes "
-                f"({_format_bytes(stretch.workspace_bytes)}) of workspace for "
-                f"{stretch.kernel_threads} whole {g.rows}x{g.cols} im2col matrices, "
-                f"above memory_limit {limit} bytes ({_format_bytes(limit)}); "
-                "use method='mapped' or a larger memory_limit")
-        return stretch
-
-    # mapped: the widest tile the limit allows, up to the cache-sized target
-    min_cols = min(TILE_MIN_COLS, g.cols)
-    per_col = g.rows * itemsize
-    target = max(min_cols, min(g.cols, TILE_TARGET_BYTES // max(per_col, 1)))
-
-    def mapped(tile, why):
-        n_tiles = -(-g.cols // tile)
-        tile = -(-g.cols // n_tiles)  # even tiles: no thin last GEMM; never wider
-        reason = why.format(tile=tile, n_tiles=n_tiles)
-        return make("mapped", tile, items * n_tiles, reason)
-
-    if method == "auto" and stretch.workspace_bytes > limit:
-        why = (f"whole-image im2col needs {_format_bytes(stretch.workspace_bytes)} > limit "
-               f"{_format_bytes(limit)}; " "{n_tiles} tile(s) of {tile} columns per image")
-    elif method == "auto":
-        why = (f"whole-image im2col ({_format_bytes(stretch_matrix)}) would spill the cache; "
-               "{n_tiles} cache-sized tile(s) of {tile} columns per image")
-    else:
-        why = "method='mapped' requested; {n_tiles} tile(s) of {tile} columns per image"
-    plan = mapped(target, why)
-    if plan.workspace_bytes <= limit:
+                f"method='stretch' needs {needed} bytes ({_format_bytes(needed)}) of workspace "
+                f"for one whole {g.rows}x{g.cols} im2col matrix, above memory_limit {limit} "
+                f"bytes ({_format_bytes(limit)}); use method='mapped' or a larger memory_limit")
         return plan
-    # Narrower tiles, sized for the worst case of every thread holding one.
-    floor_cols = min(TILE_FLOOR_COLS, g.cols)
-    fixed = _workspace(g, itemsize, "mapped", 0, threads)
-    affordable = (limit - fixed) // (threads * per_col) if limit > fixed else 0
-    if affordable < floor_cols:
-        needed = fixed + threads * per_col * floor_cols
-        raise WorkspaceLimitError(
-            f"memory_limit {limit} bytes ({_format_bytes(limit)}) is too small: the narrowest "
-            f"efficient mapped tile ({floor_cols} columns x {g.rows} rows x {threads} "
-            f"thread(s)) needs {needed} bytes ({_format_bytes(needed)})")
-    return mapped(min(target, affordable), why)
+    if method == "auto" and matrix <= STRETCH_CACHE_BYTES:
+        # With fewer images than threads, stretch would rely on threaded BLAS
+        # (1.3-1.7x slower than OpenMP threads here, and OpenBLAS's threads
+        # keep spinning after each call, slowing the next OpenMP region), so
+        # tiles that give every thread work come first.
+        plan = planner.stretch(f"whole-image im2col ({g.rows}x{g.cols}, {_format_bytes(matrix)}) "
+                               "fits the cache and the limit", single_buffer=False)
+        if plan is not None and plan.blas_threads > 1:
+            tiled = planner.mapped("fewer images than threads: {n_tiles} tile(s) of {tile} "
+                                   "columns per image, so each thread gets tiles")
+            if tiled is not None and tiled.kernel_threads > 1:
+                return tiled
+        if plan is not None:
+            return plan
+    if method == "mapped":
+        why = "method='mapped' requested; {n_tiles} tile(s) of {tile} columns per image"
+    else:
+        stretch_ws = _workspace(g, dtype.itemsize, "stretch", g.cols, 1, 1)
+        if stretch_ws > limit:
+            why = (f"whole-image im2col needs {_format_bytes(stretch_ws)} > limit "
+                   f"{_format_bytes(limit)}; " "{n_tiles} tile(s) of {tile} columns per image")
+        else:
+            why = (f"whole-image im2col ({_format_bytes(matrix)}) would spill the cache; "
+                   "{n_tiles} cache-sized tile(s) of {tile} columns per image")
+    plan = planner.mapped(why)
+    if plan is None:
+        raise planner.too_small()
+    return plan
+
+
+def plan_conv(geometry, dtype, *, flip=False, method="auto", memory_limit=None,
+              num_threads=None, measure=False):
+    """Plan a convolution whose geometry is already validated (cached)."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {METHODS}")
+    limit, threads = _config.resolve(memory_limit, num_threads)
+    args = (geometry, np.dtype(dtype), bool(flip), method, limit, threads, _tuning())
+    if measure:
+        return _measured(*args)
+    return _choose(*args)
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _measured(g, dtype, flip, method, limit, threads, tuning):
+    """Time every candidate that fits once, on random data, and keep the
+    fastest (as scipy.signal.choose_conv_method(measure=True))."""
+    planner = _Planner(g, dtype, flip, limit, threads)
+    candidates = []
+    if method in ("auto", "gemm1x1") and g.is_pointwise:
+        candidates.append(planner.gemm1x1())
+    if method in ("auto", "stretch") and not (method == "auto" and g.is_pointwise):
+        candidates.append(planner.stretch("measured fastest"))
+        images = _images_per_gemm(g, threads)
+        if images > 1:
+            candidates.append(planner.fitted(planner.make(
+                "stretch", g.cols, 1, g.N * g.groups, "measured fastest")))
+    if method in ("auto", "mapped"):
+        candidates.append(planner.mapped("measured fastest; {n_tiles} tile(s) of {tile} columns"))
+    candidates = list(dict.fromkeys(c for c in candidates if c is not None))
+    if not candidates:
+        return _choose(g, dtype, flip, method, limit, threads, tuning)  # raises the reason
+    if len(candidates) == 1:
+        return candidates[0]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(candidates[0].input_shape).astype(dtype)
+    w = rng.standard_normal(candidates[0].weight_shape).astype(dtype)
+    timings = []
+    for plan in candidates:
+        plan.execute(x, w)  # warm-up
+        best = min(_timed(plan.execute, x, w) for _ in range(2))
+        timings.append((best, plan))
+    timings.sort(key=lambda pair: pair[0])
+    best, winner = timings[0]
+    others = ", ".join(f"{p.method}x{p.images_per_gemm} {t * 1e3:.2f} ms" for t, p in timings[1:])
+    return dataclasses.replace(winner, reason=f"measured {best * 1e3:.2f} ms against {others}")
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
 
 
 def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
                 dilation=1, groups=1, flip=False, method="auto", memory_limit=None,
-                num_threads=None):
+                num_threads=None, measure=False):
     """Plan a 2-D convolution: choose the lowering, tile and threads.
+
+    The rules, in order: a 1x1 kernel with stride 1 and no padding is one GEMM
+    on the input itself (no workspace); a stretched matrix that fits the cache
+    and the limit is built whole (several small images per GEMM); otherwise
+    the stretched matrix is gathered in cache-sized tiles through the index
+    map, as wide as the limit allows, with one buffer per thread or, if the
+    limit allows only one, a single buffer and threaded BLAS. Plans are
+    cached: planning the same call again costs a dictionary look-up.
 
     Parameters
     ----------
@@ -254,10 +441,22 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
     memory_limit : int or str, optional
         Workspace bound; default from :func:`fastconv.get_config`.
     num_threads : int, optional
+        Most threads to use. Default: the configured number, capped by the
+        OpenMP/BLAS limits in force in the calling thread (threadpoolctl's
+        ``threadpool_limits``, ``OMP_NUM_THREADS``). Calls running at once in
+        several Python threads share the cores instead of oversubscribing.
+    measure : bool
+        Time each candidate plan that fits once on random data (of the full
+        input size) and return the fastest; remembered for later calls, like
+        ``scipy.signal.choose_conv_method(..., measure=True)``.
 
     Returns
     -------
     ConvPlan
+        ``workspace_bytes`` bounds what the call allocates beyond its output
+        when the input is already in the plan's dtype and native byte order;
+        other inputs are first converted (a copy of the input), and weights
+        that are not C-contiguous are copied (a copy of the weights).
 
     Raises
     ------
@@ -275,7 +474,7 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
     geometry = conv_geometry(x_shape, weight_shape, stride=stride, padding=padding,
                              dilation=dilation, groups=groups)
     return plan_conv(geometry, _plan_dtype(dtype), flip=flip, method=method,
-                     memory_limit=memory_limit, num_threads=num_threads)
+                     memory_limit=memory_limit, num_threads=num_threads, measure=measure)
 
 
 def _plan_dtype(dtype):
@@ -293,21 +492,6 @@ def _plan_dtype(dtype):
 # --------------------------------------------------------------------------
 # execution
 
-_controller_lock = threading.Lock()
-_controller = None
-
-
-def _blas_limit(n):
-    """A context limiting BLAS (the one SciPy loaded) to n threads."""
-    global _controller
-    if _controller is None:
-        with _controller_lock:
-            if _controller is None:
-                from threadpoolctl import ThreadpoolController
-                _controller = ThreadpoolController()
-    return _controller.limit(limits=n, user_api="blas")
-
-
 def _planes_contiguous(x4):
     _, _, H, W = x4.shape
     item = x4.itemsize
@@ -315,6 +499,7 @@ def _planes_contiguous(x4):
 
 
 def _run(plan, x, weight, bias):
+    from fastconv._kernels.batched import conv2d_batched
     from fastconv._kernels.gemm1x1 import conv2d_gemm1x1
     from fastconv._kernels.mapped import conv2d_mapped
     from fastconv._kernels.stretch import conv2d_stretch
@@ -338,18 +523,26 @@ def _run(plan, x, weight, bias):
     sh, sw = g.stride
     (pt, _), (pl, _) = g.padding
     dh, dw = g.dilation
-    with _blas_limit(plan.blas_threads):
+    if plan.method == "gemm1x1" and (
+            not _planes_contiguous(x) or (g.C // g.groups > 1 and x.strides[1] < g.H * g.W * x.itemsize)):
+        x = np.ascontiguousarray(x)
+    images = plan.images_per_gemm
+    with _runtime.budget.lend(plan.kernel_threads, plan.blas_threads) as (threads, _):
+        # buffers for the threads granted now (never more than planned)
         if plan.method == "gemm1x1":
-            if not _planes_contiguous(x) or (g.C // g.groups > 1 and x.strides[1] < g.H * g.W * x.itemsize):
-                x = np.ascontiguousarray(x)
-            conv2d_gemm1x1(x, filters, bias_vec, out, g.groups, plan.kernel_threads)
+            conv2d_gemm1x1(x, filters, bias_vec, out, g.groups, threads)
+        elif images > 1:
+            workspace = np.empty((threads, g.rows * g.cols * images), dtype=dtype)
+            product = np.empty((threads, (g.K // g.groups) * g.cols * images), dtype=dtype)
+            conv2d_batched(x, filters, bias_vec, out, workspace, product, g.R, g.S, g.Wo,
+                           sh, sw, pt, pl, dh, dw, g.groups, images, plan.flip, threads)
+        elif plan.method == "stretch":
+            workspace = np.empty((threads, g.rows * g.cols), dtype=dtype)
+            conv2d_stretch(x, filters, bias_vec, out, workspace, g.R, g.S, g.Wo,
+                           sh, sw, pt, pl, dh, dw, g.groups, plan.flip, threads)
         else:
-            workspace = np.empty((plan.kernel_threads, g.rows * plan.tile_cols), dtype=dtype)
-            if plan.method == "stretch":
-                conv2d_stretch(x, filters, bias_vec, out, workspace, g.R, g.S, g.Wo,
-                               sh, sw, pt, pl, dh, dw, g.groups, plan.flip, plan.kernel_threads)
-            else:
-                conv2d_mapped(x, filters, bias_vec, out, workspace, g.R, g.S, g.Wo,
-                              sh, sw, pt, pl, dh, dw, g.groups, plan.tile_cols,
-                              plan.flip, plan.kernel_threads)
+            workspace = np.empty((threads, g.rows * plan.tile_cols), dtype=dtype)
+            conv2d_mapped(x, filters, bias_vec, out, workspace, g.R, g.S, g.Wo,
+                          sh, sw, pt, pl, dh, dw, g.groups, plan.tile_cols,
+                          plan.flip, threads)
     return out.reshape(g.output_shape)

@@ -223,3 +223,20 @@ def test_conv1d_matches_numpy_correlate():
         assert_close(out, np.correlate(signal, kernel, mode=mode), np.float64)
         out = fastconv.conv1d(signal[None, None], kernel[None, None], padding=mode, flip=True)[0, 0]
         assert_close(out, np.convolve(signal, kernel, mode=mode), np.float64)
+
+
+@pytest.mark.parametrize("N, threads", [(2, 1), (5, 2), (7, 3), (9, 2)])
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_images_share_a_gemm(N, threads, groups, dtype):
+    # 6x5 outputs: several images per GEMM, an uneven last batch, every group
+    rng = np.random.default_rng(N)
+    x = rng.standard_normal((N, 6, 8, 7)).astype(dtype)[:, :, ::-1]
+    w = rng.standard_normal((9, 6 // groups, 3, 3)).astype(dtype)
+    b = rng.standard_normal(9).astype(dtype)
+    plan = fastconv.plan_conv2d(x.shape, w.shape, dtype, padding=((1, 0), (0, 1)), groups=groups,
+                                num_threads=threads, flip=True)
+    assert plan.method == "stretch" and plan.images_per_gemm > 1
+    out = plan.execute(x, w, b)
+    expected = conv2d_reference(x, w, b, padding=((1, 0), (0, 1)), groups=groups, flip=True)
+    assert_close(out, expected, dtype)

@@ -30,16 +30,21 @@ def test_workspace_within_limit_and_really_allocated(N, C, K, H, W, R, stride, l
         return
     assert plan.workspace_bytes <= limit
     g = plan.geometry
-    stretch_ws = fastconv.plan_conv2d(shape, wshape, dtype, stride=stride, padding=R // 2,
-                                      method="stretch", memory_limit="1TiB",
-                                      num_threads=threads).workspace_bytes
+    matrix = g.rows * g.cols * plan.dtype.itemsize
+    # one whole stretched matrix per thread, one image per GEMM
+    per_image_stretch = (g.rows * 5 * 8 + min(threads, g.N * g.groups) * matrix)
     if plan.method == "mapped":
-        # the planner only tiles when one whole stretched matrix does not fit
-        # the limit or would spill the cache
-        assert stretch_ws > limit or g.rows * g.cols * plan.dtype.itemsize > _plan.STRETCH_CACHE_BYTES
+        # the planner only tiles when whole stretched matrices do not fit the
+        # limit, would spill the cache, or would leave threads idle
+        assert (per_image_stretch > limit or matrix > _plan.STRETCH_CACHE_BYTES
+                or g.N * g.groups < threads), plan
         assert plan.tile_cols <= g.cols
     elif plan.method == "stretch":
-        assert g.rows * g.cols * plan.dtype.itemsize <= _plan.STRETCH_CACHE_BYTES
+        assert matrix <= _plan.STRETCH_CACHE_BYTES
+        assert plan.images_per_gemm == 1 or g.cols < _plan.TILE_MIN_COLS
+    if plan.blas_threads > 1:
+        # threaded BLAS only when the limit allows a single buffer
+        assert plan.kernel_threads == 1 and threads > 1
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(dtype)
     w = rng.standard_normal(wshape).astype(dtype)
@@ -65,7 +70,15 @@ def test_choice_rules():
     # fits 1 GiB, but a 110 MiB matrix per image spills the cache: tiles
     assert fastconv.plan_conv2d(*vgg, padding=1, memory_limit="1GiB").method == "mapped"
     # ResNet-50 conv4: a 1.7 MiB matrix per image stays in cache: stretch
-    assert fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1).method == "stretch"
+    conv4 = fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1, num_threads=2)
+    assert conv4.method == "stretch" and conv4.images_per_gemm == 2  # 392-column GEMMs
+    # ResNet-50 conv5 (7x7): 4 images per GEMM, one batch per thread
+    conv5 = fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3), padding=1, num_threads=2)
+    assert conv5.method == "stretch" and conv5.images_per_gemm == 4 and conv5.kernel_threads == 2
+    assert conv5.gemm_shape == (512, 196, 4608)
+    # one image, two threads: tiles for both threads rather than threaded BLAS
+    one = fastconv.plan_conv2d((1, 64, 28, 28), (64, 64, 3, 3), padding=1, num_threads=2)
+    assert one.method == "mapped" and one.kernel_threads == 2 and one.blas_threads == 1
     assert fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1,
                                 memory_limit="3MiB").method == "mapped"
     assert fastconv.plan_conv2d((8, 256, 56, 56), (64, 256, 1, 1)).method == "gemm1x1"
@@ -77,6 +90,7 @@ def test_plan_explains_itself():
     plan = fastconv.plan_conv2d((16, 64, 224, 224), (64, 64, 3, 3), padding=1, memory_limit="64MiB")
     text = repr(plan)
     assert "mapped" in text and "64.0 MiB" in text and "> limit" in text
+    assert "GFLOP" in text and "columns x 1 image" in text
     assert plan.output_shape == (16, 64, 224, 224)
     assert plan.flops == 2 * 16 * 64 * 224 * 224 * 64 * 9
     with pytest.raises(Exception):
@@ -103,3 +117,38 @@ def test_stretch_and_mapped_agree_on_a_real_layer(method):
     w = rng.standard_normal((48, 32, 3, 3)).astype(np.float32)
     out = fastconv.conv2d(x, w, padding=1, method=method, memory_limit="300KiB" if method == "mapped" else None)
     assert_close(out, conv2d_reference(x, w, padding=((1, 1), (1, 1))), np.float32)
+
+
+@requires_openmp
+def test_tight_limit_uses_one_buffer_and_threaded_blas():
+    shape, wshape = (4, 64, 56, 56), (64, 64, 3, 3)
+    per_col = 64 * 9 * 4
+    table = 64 * 9 * 5 * 8
+    # room for one 48-column tile, not two of the 32-column floor
+    limit = table + 48 * per_col
+    plan = fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit=limit, num_threads=2)
+    assert plan.method == "mapped" and plan.kernel_threads == 1 and plan.blas_threads == 2
+    assert plan.workspace_bytes <= limit and plan.tile_cols <= 48
+    with pytest.raises(fastconv.WorkspaceLimitError, match="needs"):
+        fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit=table + 16 * per_col)
+
+
+def test_plans_are_cached_and_tuning_changes_are_seen():
+    args = (3, 16, 30, 30), (8, 16, 3, 3)
+    first = fastconv.plan_conv2d(*args, padding=1, num_threads=2)
+    assert fastconv.plan_conv2d(*args, padding=1, num_threads=2) is first
+    assert fastconv.plan_conv2d(*args, padding=1, num_threads=1) is not first
+    from unittest import mock
+    with mock.patch.object(_plan, "TILE_TARGET_BYTES", 1024):
+        assert fastconv.plan_conv2d(*args, padding=1, num_threads=2) is not first
+
+
+def test_measure_picks_a_candidate_that_fits_and_is_remembered():
+    args = (8, 64, 7, 7), (64, 64, 3, 3)
+    plan = fastconv.plan_conv2d(*args, padding=1, measure=True, memory_limit="8MiB")
+    assert plan.reason.startswith("measured") and plan.workspace_bytes <= 8 * 2**20
+    assert fastconv.plan_conv2d(*args, padding=1, measure=True, memory_limit="8MiB") is plan
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal(args[0]), rng.standard_normal(args[1])
+    p64 = fastconv.plan_conv2d(*args, "float64", padding=1, measure=True)
+    assert_close(p64.execute(x, w), conv2d_reference(x, w, padding=((1, 1), (1, 1))), np.float64)

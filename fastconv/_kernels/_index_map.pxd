@@ -78,23 +78,23 @@ cdef inline void gather_columns(const floating *x_group, const Py_ssize_t *table
                                 Py_ssize_t n_rows, Py_ssize_t Wo,
                                 Py_ssize_t out_row_step, Py_ssize_t out_col_step,
                                 Py_ssize_t col_start, Py_ssize_t col_stop,
-                                floating *tile) noexcept nogil:
+                                floating *tile, Py_ssize_t ld_tile) noexcept nogil:
     """Write columns [col_start, col_stop) of the stretched matrix into `tile`
-    (n_rows x width, row-major, width = col_stop - col_start).
+    (n_rows x (col_stop - col_start), row-major with leading dimension
+    ld_tile: several images' columns can sit side by side in one buffer).
 
     out_row_step / out_col_step are the input-element steps between adjacent
     output rows / columns (stride_h * xs_h, stride_w * xs_w). The columns are
     walked in runs that share an output row, so each run is one bounds
     decision and one strided copy.
     """
-    cdef Py_ssize_t width = col_stop - col_start
     cdef Py_ssize_t r, col, oh, ow, run, ow_end, a, b, t
     cdef const Py_ssize_t *row
     cdef const floating *src
     cdef floating *dst
     for r in range(n_rows):
         row = table + r * ROW_FIELDS
-        dst = tile + r * width
+        dst = tile + r * ld_tile
         col = col_start
         while col < col_stop:
             oh = col // Wo

@@ -62,7 +62,7 @@ def conv2d_mapped(const floating[:, :, :, :] x,
             buf = &workspace[threadid(), 0]
             gather_columns(x0 + n * xs_n + g * c_group * xs_c, &table[0, 0],
                            n_rows, Wo, stride_h * xs_h, stride_w * xs_w,
-                           start, start + width, buf)
+                           start, start + width, buf, width)
             block = &out[n, g * k_group, start]
             beta = start_block(block, cols, k_group, width,
                                bias_ptr + g * k_group if bias_ptr != NULL else NULL)

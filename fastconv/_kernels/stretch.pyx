@@ -53,4 +53,4 @@ def im2col(const floating[:, :, :, :] x, floating[:, :, ::1] cols,
                         xs_c, xs_h, xs_w, False)
         for n in prange(N, schedule="static", num_threads=num_threads):
             gather_columns(x0 + n * xs_n, &table[0, 0], n_rows, Wo,
-                           stride_h * xs_h, stride_w * xs_w, 0, n_cols, &cols[n, 0, 0])
+                           stride_h * xs_h, stride_w * xs_w, 0, n_cols, &cols[n, 0, 0], n_cols)

@@ -1,0 +1,138 @@
+"""Threads at run time: one budget of cores shared by every call in the process.
+
+A plan says how many threads a call may use; this module decides how many it
+gets *now*. Two things make that necessary:
+
+* Several Python threads may call fastconv at once (a thread pool, a web
+  server, Dask's threaded scheduler). Each call's OpenMP team plus the others'
+  would oversubscribe the cores, so calls draw threads from a shared budget of
+  the machine's usable cores and wait (without holding the GIL) while none is
+  free. CPU-bound work gains nothing from more threads than cores.
+* BLAS's thread count is one process-wide setting (OpenBLAS has no per-call
+  argument). OpenMP kernels need it at 1, so that each OpenMP thread's GEMM does
+  not start a BLAS team of its own; a call whose parallelism *is* BLAS's threads
+  needs it at its thread count. The setting is changed when the first call
+  starts and restored when the last one ends, and a call runs on threaded BLAS
+  only when it is alone (otherwise it runs on one thread), so the setting is
+  never changed under a running GEMM.
+
+The caller's own limits are respected: the default thread count of a call
+(``num_threads=None``) is capped by the OpenMP and BLAS limits in force in the
+calling thread, e.g. inside ``threadpoolctl.threadpool_limits(1)``.
+"""
+import threading
+from contextlib import contextmanager
+
+from fastconv import _config
+
+__all__ = ["budget", "thread_limits_in_force"]
+
+_controller_lock = threading.Lock()
+_controller = None
+
+
+def _blas_controller():
+    """The threadpoolctl controller of the BLAS libraries loaded (built once:
+    scanning the loaded libraries costs milliseconds)."""
+    global _controller
+    if _controller is None:
+        with _controller_lock:
+            if _controller is None:
+                # the kernels load SciPy's BLAS: it must be loaded before the
+                # scan, or the controller would only see NumPy's
+                import fastconv._kernels.mapped  # noqa: F401
+                from threadpoolctl import ThreadpoolController
+                _controller = ThreadpoolController().select(user_api="blas")
+    return _controller
+
+
+def _blas_threads_now():
+    counts = [lib.num_threads for lib in _blas_controller().lib_controllers]
+    counts = [c for c in counts if isinstance(c, int) and c >= 1]
+    return min(counts) if counts else None
+
+
+class ThreadBudget:
+    """The usable cores of the process, lent to calls for their duration."""
+
+    def __init__(self, capacity=None):
+        self._capacity = capacity
+        self._cond = threading.Condition()
+        self._active = 0
+        self._in_use = 0
+        self._exclusive = False
+        self._blas_before = None   # the BLAS setting found by the first call
+        self._blas_limiter = None
+
+    @property
+    def capacity(self):
+        if self._capacity is None:
+            self._capacity = _config.default_num_threads()
+        return self._capacity
+
+    def blas_threads_outside(self):
+        """BLAS threads as the caller set them (not as fastconv set them for a
+        running call)."""
+        with self._cond:
+            if self._active:
+                return self._blas_before
+        return _blas_threads_now()
+
+    @contextmanager
+    def lend(self, kernel_threads, blas_threads):
+        """Lend threads to one call; yields the (kernel, BLAS) threads to use.
+
+        kernel_threads > 1: an OpenMP team over work items, BLAS at 1.
+        blas_threads > 1: a serial loop over threaded GEMMs.
+        The grant never exceeds the request; it is smaller while other calls
+        hold part of the budget.
+        """
+        want = max(kernel_threads, blas_threads)
+        with self._cond:
+            while self._active and (self._exclusive or self._in_use >= self.capacity):
+                self._cond.wait()
+            if self._active == 0:
+                granted = want  # alone: an explicit request above the core count is honoured
+            else:
+                granted = min(want, self.capacity - self._in_use)
+            if blas_threads > 1 and self._active == 0:
+                kernel, blas, exclusive = 1, granted, True
+            elif blas_threads > 1:
+                kernel, blas, exclusive, granted = 1, 1, False, 1
+            else:
+                kernel, blas, exclusive = granted, 1, False
+            if self._active == 0:
+                self._blas_before = _blas_threads_now()
+                if self._blas_before != blas:
+                    self._blas_limiter = _blas_controller().limit(limits=blas)
+            self._active += 1
+            self._in_use += granted
+            self._exclusive = exclusive
+        try:
+            yield kernel, blas
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._in_use -= granted
+                if exclusive:
+                    self._exclusive = False
+                if self._active == 0 and self._blas_limiter is not None:
+                    self._blas_limiter.restore_original_limits()
+                    self._blas_limiter = None
+                self._cond.notify_all()
+
+
+budget = ThreadBudget()
+
+
+def thread_limits_in_force():
+    """The most threads the calling thread's OpenMP and BLAS limits allow
+    (``threadpool_limits`` blocks, OMP_NUM_THREADS, OPENBLAS_NUM_THREADS)."""
+    from fastconv._kernels.openmp_info import omp_max_threads, openmp_enabled
+    limits = [budget.capacity]
+    if openmp_enabled():
+        limits.append(omp_max_threads())
+    blas = budget.blas_threads_outside()
+    if blas is not None:
+        limits.append(blas)
+    return max(1, min(limits))
