@@ -1,0 +1,103 @@
+"""Threads at run time: concurrent calls share the cores, BLAS's setting is
+restored, and the caller's threadpool limits cap the default."""
+import threading
+import time
+from contextlib import contextmanager
+from unittest import mock
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import fastconv
+from fastconv import _runtime
+from fastconv._kernels.openmp_info import openmp_enabled
+from reference import assert_close, conv2d_reference
+
+
+def _hold(budget, request, log, lock):
+    with budget.lend(*request) as (kernel, blas):
+        with lock:
+            log["now"] += max(kernel, blas)
+            log["peak"] = max(log["peak"], log["now"])
+            log["grants"].append((request, kernel, blas))
+        time.sleep(0.005)
+        with lock:
+            log["now"] -= max(kernel, blas)
+
+
+def test_budget_never_lends_more_than_capacity():
+    budget = _runtime.ThreadBudget(capacity=3)
+    log, lock = {"now": 0, "peak": 0, "grants": []}, threading.Lock()
+    requests = [(3, 1), (1, 3), (2, 1), (1, 1), (1, 2)] * 8
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda r: _hold(budget, r, log, lock), requests))
+    assert len(log["grants"]) == len(requests)
+    assert log["peak"] <= 3
+    for (kernel_req, blas_req), kernel, blas in log["grants"]:
+        assert 1 <= kernel <= kernel_req and 1 <= blas <= blas_req
+        assert kernel == 1 or blas == 1  # OpenMP and BLAS threads never multiply
+    assert budget._active == 0 and budget._in_use == 0
+
+
+def test_budget_alone_honours_an_explicit_request():
+    budget = _runtime.ThreadBudget(capacity=2)
+    with budget.lend(4, 1) as granted:
+        assert granted == (4, 1)
+    with budget.lend(1, 2) as granted:
+        assert granted == (1, 2)
+        # threaded BLAS holds the process's BLAS setting: a second call waits
+        # for it rather than running GEMMs on its threads
+
+
+def test_blas_setting_is_restored_after_concurrent_calls():
+    before = _runtime._blas_threads_now()
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(12):
+        n = 1 + i % 3  # 1 image: tiles; 2-3 images: OpenMP over the batch
+        x = rng.standard_normal((n, 8, 20 + i, 17)).astype(np.float32)
+        w = rng.standard_normal((6, 8, 3, 3)).astype(np.float32)
+        cases.append((x, w, ["auto", "stretch", "mapped"][i % 3]))
+
+    def run(case):
+        x, w, method = case
+        return fastconv.conv2d(x, w, padding=1, method=method)
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(run, cases * 3))
+    for (x, w, _), out in zip(cases * 3, results):
+        assert_close(out, conv2d_reference(x, w, padding=((1, 1), (1, 1))), np.float32)
+    assert _runtime._blas_threads_now() == before
+    assert _runtime.budget._active == 0 and _runtime.budget._in_use == 0
+
+
+def test_threadpool_limits_cap_the_default_threads():
+    shape, wshape = (8, 16, 32, 32), (16, 16, 3, 3)
+    with threadpool_limits(limits=1):
+        plan = fastconv.plan_conv2d(shape, wshape, padding=1)
+        assert plan.num_threads == 1
+        fastconv.conv2d(np.ones(shape, np.float32), np.ones(wshape, np.float32), padding=1)
+        assert _runtime._blas_threads_now() == 1  # the caller's limit is left alone
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert fastconv.plan_conv2d(shape, wshape, padding=1).num_threads == 1
+    # an explicit request is the caller's own decision
+    with threadpool_limits(limits=1):
+        assert fastconv.plan_conv2d(shape, wshape, padding=1, num_threads=2).num_threads == 2
+
+
+@pytest.mark.skipif(not openmp_enabled(), reason="built without OpenMP")
+def test_blas_is_single_threaded_inside_openmp_kernels():
+    seen = []
+    real_lend = _runtime.ThreadBudget.lend
+
+    @contextmanager
+    def spy(self, kernel_threads, blas_threads):
+        with real_lend(self, kernel_threads, blas_threads) as granted:
+            seen.append((granted, _runtime._blas_threads_now()))
+            yield granted
+
+    with mock.patch.object(_runtime.ThreadBudget, "lend", spy):
+        fastconv.conv2d(np.ones((4, 8, 30, 30)), np.ones((8, 8, 3, 3)), num_threads=2)
+    assert seen == [((2, 1), 1)]
