@@ -39,16 +39,40 @@ def build_cases(layer, dtype, threads, scaling=False):
     return runs
 
 
-def measure(runs, rounds):
+def measure(runs, rounds, block=1, cooldown=0.0):
+    """Round-robin over the cases; in each round a case runs `block` timed
+    calls after one untimed call, following `cooldown` seconds of rest: the
+    threads of the previous case (OpenMP's or BLAS's) stop spinning first."""
     times = {name: [] for name in runs}
     for _, fn in runs.values():
         fn()
     for _ in range(rounds):
         for name, (_, fn) in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            if cooldown:
+                time.sleep(cooldown)
+            if block > 1:
+                fn()
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     return times
+
+
+def auto_over_best(med, low):
+    """auto's time over the faster of stretch and mapped (medians; minima)."""
+    best_med = min(med["stretch"], med["mapped"])
+    best_low = min(low["stretch"], low["mapped"])
+    return f"{med['auto'] / best_med:5.2f} ({low['auto'] / best_low:4.2f})"
+
+
+def auto_label(plan):
+    label = plan.method
+    if plan.images_per_gemm > 1:
+        label += f"x{plan.images_per_gemm}"
+    if plan.blas_threads > 1:
+        label += "/blas"
+    return label
 
 
 def main():
@@ -60,6 +84,8 @@ def main():
     parser.add_argument("--names", default=None)
     parser.add_argument("--json", default=None)
     parser.add_argument("--scaling", action="store_true", help="also time 1 thread")
+    parser.add_argument("--block", type=int, default=1, help="timed calls per case per round")
+    parser.add_argument("--cooldown", type=float, default=0.0, help="seconds of rest between cases")
     args = parser.parse_args()
     layers = load_layers(args.layers, args.names)
     if layers is None:
@@ -68,13 +94,14 @@ def main():
     print(f"{args.dtype}, threads={args.threads or fastconv.get_config()['num_threads']}, "
           f"{args.rounds} interleaved rounds; ratios of medians (of minima in brackets)")
     head = (f"{'layer':<18} {'gemm ms':>8} {'stretch/gemm':>13} {'mapped/gemm':>13} "
-            f"{'auto/gemm':>13} {'map/str':>13} {'ws str/map':>10} {'map1/8/str':>13} {'auto':>8}")
+            f"{'auto/gemm':>13} {'map/str':>13} {'ws str/map':>10} {'map1/8/str':>13} "
+            f"{'auto/best':>13} {'auto':>10}")
     if args.scaling:
         head += f" {'str 1T/2T':>13} {'map 1T/2T':>13}"
     print(head)
     for layer in layers:
         runs = build_cases(layer, args.dtype, args.threads, args.scaling)
-        times = measure(runs, args.rounds)
+        times = measure(runs, args.rounds, args.block, args.cooldown)
         med = {k: float(np.median(v)) for k, v in times.items()}
         low = {k: float(np.min(v)) for k, v in times.items()}
         ws = {k: runs[k][0].workspace_bytes for k in runs}
@@ -86,7 +113,7 @@ def main():
         line = (f"{layer['name']:<18} {med['gemm'] * 1e3:8.2f} {r('stretch', 'gemm'):>13} "
                 f"{r('mapped', 'gemm'):>13} {r('auto', 'gemm'):>13} {r('mapped', 'stretch'):>13} "
                 f"{ws['stretch'] / max(ws['mapped'], 1):10.1f} {r('mapped_1/8', 'stretch'):>13} "
-                f"{runs['auto'][0].method:>8}")
+                f"{auto_over_best(med, low):>13} {auto_label(runs['auto'][0]):>10}")
         if args.scaling:
             line += f" {r('stretch_1t', 'stretch'):>13} {r('mapped_1t', 'mapped'):>13}"
         print(line, flush=True)
