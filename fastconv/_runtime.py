@@ -20,6 +20,7 @@ The caller's own limits are respected: the default thread count of a call
 (``num_threads=None``) is capped by the OpenMP and BLAS limits in force in the
 calling thread, e.g. inside ``threadpoolctl.threadpool_limits(1)``.
 """
+import os
 import threading
 from contextlib import contextmanager
 
@@ -122,7 +123,21 @@ class ThreadBudget:
                 self._cond.notify_all()
 
 
+    def _after_fork_in_child(self):
+        # the calls in flight belong to threads the child does not have: a
+        # budget that still counted them would make the child's calls wait forever
+        limiter = self._blas_limiter
+        self.__init__(self._capacity)
+        if limiter is not None:
+            try:
+                limiter.restore_original_limits()
+            except Exception:  # the library may not be usable in the child; keep going
+                pass
+
+
 budget = ThreadBudget()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=budget._after_fork_in_child)
 
 
 def thread_limits_in_force():

@@ -101,3 +101,32 @@ def test_blas_is_single_threaded_inside_openmp_kernels():
     with mock.patch.object(_runtime.ThreadBudget, "lend", spy):
         fastconv.conv2d(np.ones((4, 8, 30, 30)), np.ones((8, 8, 3, 3)), num_threads=2)
     assert seen == [((2, 1), 1)]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_child_forked_during_a_call_is_not_left_waiting():
+    import multiprocessing as mp
+    budget = _runtime.budget
+    ctx = mp.get_context("fork")
+    started, release = threading.Event(), threading.Event()
+
+    def hold():
+        with budget.lend(budget.capacity, 1):
+            started.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    started.wait(10)
+    try:
+        with ctx.Pool(1) as pool:  # forked while the budget is fully lent
+            result = pool.apply_async(_small_conv)
+            out = result.get(timeout=60)
+    finally:
+        release.set()
+        holder.join()
+    assert out.shape == (1, 2, 6, 6)
+
+
+def _small_conv():
+    return fastconv.conv2d(np.ones((1, 1, 8, 8)), np.ones((2, 1, 3, 3)), num_threads=1)
