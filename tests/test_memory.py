@@ -44,18 +44,20 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _run_child(limit):
+def _run_child(limit, tmp_path):
+    # run from an empty folder: from the repository root, `import fastconv`
+    # would find the uncompiled sources before the installed package
     proc = subprocess.run([sys.executable, "-c", CHILD, limit], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_limit_holds_in_a_fresh_process():
+def test_limit_holds_in_a_fresh_process(tmp_path):
     plan = fastconv.plan_conv2d((16, 64, 224, 224), (64, 64, 3, 3), "float32", padding=1)
     whole_batch_columns = 16 * plan.geometry.rows * plan.geometry.cols * 4
     assert whole_batch_columns > 2**30  # the layer is worth the test
-    result = _run_child("64MiB")
+    result = _run_child("64MiB", tmp_path)
     assert result["ok"] and result["method"] == "mapped"
     assert result["workspace"] <= result["limit"] == 64 * 2**20
     assert result["growth"] <= result["out"] + result["limit"] + SLACK, result
