@@ -54,3 +54,33 @@ def assert_close(actual, expected, dtype):
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
     np.testing.assert_allclose(actual.astype(np.float64), expected, rtol=rtol, atol=rtol * scale)
+
+
+def im2col_reference(x, kernel_size, *, stride=(1, 1), padding=((0, 0), (0, 0)),
+                     dilation=(1, 1)):
+    """(N, C*R*S, Ho*Wo) by explicit loops over the kernel taps (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    N, C, H, W = x.shape
+    R, S = kernel_size
+    (sh, sw), (dh, dw) = stride, dilation
+    padded = np.pad(x, ((0, 0), (0, 0), padding[0], padding[1]))
+    Ho = (padded.shape[2] - dh * (R - 1) - 1) // sh + 1
+    Wo = (padded.shape[3] - dw * (S - 1) - 1) // sw + 1
+    cols = np.empty((N, C, R, S, Ho, Wo))
+    for r in range(R):
+        for s in range(S):
+            cols[:, :, r, s] = padded[:, :, r * dh:r * dh + sh * (Ho - 1) + 1:sh,
+                                      s * dw:s * dw + sw * (Wo - 1) + 1:sw]
+    return cols.reshape(N, C * R * S, Ho * Wo)
+
+
+def conv_matrix_reference(weight, input_shape, **conv):
+    """The matrix of the reference convolution, column by column: the image
+    of each unit input (float64; only for small shapes)."""
+    C, H, W = input_shape
+    columns = []
+    for i in range(C * H * W):
+        unit = np.zeros(C * H * W)
+        unit[i] = 1.0
+        columns.append(conv2d_reference(unit.reshape(1, C, H, W), weight, **conv).ravel())
+    return np.stack(columns, axis=1)

@@ -130,3 +130,39 @@ cdef inline void gather_columns(const floating *x_group, const Py_ssize_t *table
                     memset(dst + (b - ow), 0, (ow_end - b) * sizeof(floating))
             dst += run
             col += run
+
+
+cdef inline void scatter_add_columns(floating *x_group, const Py_ssize_t *table,
+                                     Py_ssize_t n_rows, Py_ssize_t Wo,
+                                     Py_ssize_t out_row_step, Py_ssize_t out_col_step,
+                                     Py_ssize_t col_start, Py_ssize_t col_stop,
+                                     const floating *tile, Py_ssize_t ld_tile) noexcept nogil:
+    """The adjoint of gather_columns: add each element of `tile` (columns
+    [col_start, col_stop) of a stretched matrix) into the input element it was
+    gathered from; elements that came from the padding are dropped. Inputs
+    shared by several columns (overlapping windows) receive the sum. Not safe
+    for two threads on the same image: callers split work by image."""
+    cdef Py_ssize_t r, col, oh, ow, run, ow_end, a, b, t
+    cdef const Py_ssize_t *row
+    cdef floating *dst
+    cdef const floating *src
+    for r in range(n_rows):
+        row = table + r * ROW_FIELDS
+        src = tile + r * ld_tile
+        col = col_start
+        while col < col_stop:
+            oh = col // Wo
+            ow = col - oh * Wo
+            run = Wo - ow
+            if run > col_stop - col:
+                run = col_stop - col
+            ow_end = ow + run
+            if row[ROW_OH_LO] <= oh < row[ROW_OH_HI]:
+                a = row[ROW_OW_LO] if row[ROW_OW_LO] > ow else ow
+                b = row[ROW_OW_HI] if row[ROW_OW_HI] < ow_end else ow_end
+                if b > a:
+                    dst = x_group + row[ROW_OFFSET] + oh * out_row_step + a * out_col_step
+                    for t in range(b - a):
+                        dst[t * out_col_step] += src[a - ow + t]
+            src += run
+            col += run

@@ -1,0 +1,205 @@
+"""The fully connected view of a convolution.
+
+A convolutional layer is a fully connected layer whose weight matrix is
+sparse and shares its values. Two factorisations make that concrete:
+
+* ``im2col``: stretch every input window into a column. The convolution is
+  then one matrix product, ``weight.reshape(K, -1) @ im2col(x)[n]``, the
+  lowering fastconv computes with. ``col2im`` is its adjoint (transpose):
+  each column is added back where it came from, overlaps summed.
+* ``conv_matrix``: the (K*Ho*Wo) x (C*H*W) matrix ``W`` of the layer itself,
+  with ``conv2d(x[None], weight)[0].ravel() == W @ x.ravel()``. Each row holds
+  one filter placed at one output position; most entries are zero.
+"""
+import numpy as np
+
+from fastconv import _config
+from fastconv._params import as_array, conv_geometry, int_tuple, kernel_input, resolve_dtypes
+
+__all__ = ["im2col", "col2im", "conv_matrix"]
+
+
+def _window_geometry(x_shape, kernel_size, stride, padding, dilation, name):
+    x_shape = tuple(int(s) for s in x_shape)
+    if len(x_shape) != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {x_shape}")
+    R, S = int_tuple(kernel_size, "kernel_size", 2, 1)
+    C = x_shape[1]
+    return conv_geometry(x_shape, (1, C, R, S), stride=stride, padding=padding,
+                         dilation=dilation, groups=1)
+
+
+def _kernel_args(g):
+    (pt, _), (pl, _) = g.padding
+    return (g.R, g.S, g.Wo, g.stride[0], g.stride[1], pt, pl, g.dilation[0], g.dilation[1])
+
+
+def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None):
+    """The stretched (im2col) matrix of every image: one column per window.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    kernel_size : int or (int, int)
+        (R, S).
+    stride, padding, dilation
+        As in :func:`fastconv.conv2d`.
+    num_threads : int, optional
+
+    Returns
+    -------
+    ndarray, shape (N, C*R*S, Ho*Wo)
+        Row ``(c*R + r)*S + s``, column ``oh*Wo + ow`` holds
+        ``x[n, c, oh*sh + r*dh - pad_top, ow*sw + s*dw - pad_left]``, or 0 in
+        the padding. ``weight.reshape(K, -1) @ cols[n]`` is ``conv2d(x, weight)[n]``
+        flattened.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(9.0).reshape(1, 1, 3, 3)
+    >>> fastconv.im2col(x, 2)[0]
+    array([[0., 1., 3., 4.],
+           [1., 2., 4., 5.],
+           [3., 4., 6., 7.],
+           [4., 5., 7., 8.]])
+    """
+    from fastconv._kernels.stretch import im2col as im2col_kernel
+    x = as_array(x, "x")
+    compute, result = resolve_dtypes(x=x)
+    g = _window_geometry(x.shape, kernel_size, stride, padding, dilation, "x")
+    _, threads = _config.resolve(None, num_threads)
+    cols = np.zeros((g.N, g.rows, g.cols), dtype=compute)
+    if cols.size and x.size:
+        im2col_kernel(kernel_input(x, compute), cols, *_kernel_args(g), threads)
+    return cols if compute == result else cols.astype(result)
+
+
+def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1,
+           num_threads=None):
+    """The adjoint of :func:`im2col`: add every column back into its window.
+
+    Parameters
+    ----------
+    cols : array_like, shape (N, C*R*S, Ho*Wo)
+    input_shape : tuple of int
+        (N, C, H, W) of the image the columns came from.
+    kernel_size, stride, padding, dilation
+        As for :func:`im2col`.
+    num_threads : int, optional
+
+    Returns
+    -------
+    ndarray, shape input_shape
+        Elements covered by several windows receive the sum of their copies;
+        entries that fell in the padding are dropped. For any x and c,
+        ``(im2col(x) * c).sum() == (x * col2im(c)).sum()``: the two are
+        transposes of one linear map. ``col2im(im2col(x))`` is therefore x
+        times the number of windows covering each element, not x.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> fastconv.col2im(np.ones((1, 4, 4)), (1, 1, 3, 3), 2)[0, 0]  # windows per pixel
+    array([[1., 2., 1.],
+           [2., 4., 2.],
+           [1., 2., 1.]])
+    """
+    from fastconv._kernels.col2im import col2im as col2im_kernel
+    cols = as_array(cols, "cols")
+    compute, result = resolve_dtypes(cols=cols)
+    g = _window_geometry(input_shape, kernel_size, stride, padding, dilation, "input_shape")
+    expected = (g.N, g.rows, g.cols)
+    if cols.shape != expected:
+        raise ValueError(
+            f"cols must have shape (N, C*R*S, Ho*Wo) = {expected} for input_shape "
+            f"{tuple(input_shape)} and kernel {g.R}x{g.S}, got shape {cols.shape}")
+    _, threads = _config.resolve(None, num_threads)
+    x = np.zeros((g.N, g.C, g.H, g.W), dtype=compute)
+    if cols.size and x.size:
+        cols = kernel_input(cols, compute)
+        if cols.strides[2] != cols.itemsize:
+            cols = np.ascontiguousarray(cols)
+        col2im_kernel(cols, x, *_kernel_args(g), threads)
+    return x if compute == result else x.astype(result)
+
+
+def conv_matrix(weight, input_shape, *, stride=1, padding=0, dilation=1, groups=1,
+                sparse=False):
+    """The matrix of a convolutional layer seen as a fully connected layer.
+
+    Parameters
+    ----------
+    weight : array_like, shape (K, C/groups, R, S)
+    input_shape : tuple of int
+        (C, H, W) of one image.
+    stride, padding, dilation, groups
+        As in :func:`fastconv.conv2d`.
+    sparse : bool
+        Return a ``scipy.sparse`` CSR matrix, built from its nonzeros without
+        a dense intermediate (a ResNet layer's matrix has billions of entries,
+        fewer than one in a thousand nonzero).
+
+    Returns
+    -------
+    ndarray or scipy.sparse.csr_matrix, shape (K*Ho*Wo, C*H*W)
+        ``W`` with ``conv2d(x[None], weight, ...)[0].ravel() == W @ x.ravel()``.
+        Row ``(k*Ho + oh)*Wo + ow`` is filter k placed at output (oh, ow).
+
+    Notes
+    -----
+    ``W.T`` maps an output gradient to the input gradient, and is itself a
+    convolution: the full correlation with the kernel mirrored in space (and
+    the roles of K and C swapped). For one channel, a 3-tap kernel [a, b, c]
+    on a 4-sample input without padding gives::
+
+        W = [[a, b, c, 0],        W.T = [[a, 0],
+             [0, a, b, c]]               [b, a],
+                                         [c, b],
+                                         [0, c]]
+
+    and each row of W.T, read right to left, is the mirrored kernel [c, b, a]
+    sliding over the (zero-padded) output gradient.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> fastconv.conv_matrix(np.array([[[[1.0, 2.0, 3.0]]]]), (1, 1, 4))
+    array([[1., 2., 3., 0.],
+           [0., 1., 2., 3.]])
+    >>> x = np.random.default_rng(0).standard_normal((3, 5, 5))
+    >>> w = np.random.default_rng(1).standard_normal((2, 3, 3, 3))
+    >>> W = fastconv.conv_matrix(w, x.shape, padding=1, sparse=True)
+    >>> np.allclose(W @ x.ravel(), fastconv.conv2d(x[None], w, padding=1).ravel())
+    True
+    """
+    weight = as_array(weight, "weight")
+    compute, result = resolve_dtypes(weight=weight)
+    input_shape = tuple(int(s) for s in input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (C, H, W) of one image, got {input_shape}")
+    g = conv_geometry((1,) + input_shape, weight.shape, stride=stride, padding=padding,
+                      dilation=dilation, groups=groups)
+    n_out, n_in = g.K * g.cols, g.C * g.H * g.W
+    # Which input element each (tap, output position) reads: im2col of the
+    # element numbers 1..C*H*W (0 = padding), exact in float64 below 2**53.
+    numbers = np.arange(1, n_in + 1, dtype=np.float64).reshape((1,) + input_shape)
+    source = im2col(numbers, (g.R, g.S), stride=g.stride, padding=g.padding,
+                    dilation=g.dilation, num_threads=1)[0].astype(np.int64) - 1
+    rows_g, k_g = g.rows, g.K // g.groups
+    filters = weight.astype(result, copy=False).reshape(g.K, rows_g)
+    out_rows, in_cols, values = [], [], []
+    for grp in range(g.groups):
+        taps = source[grp * rows_g:(grp + 1) * rows_g]    # (rows, cols)
+        tap, pos = np.nonzero(taps >= 0)                    # valid (tap, position) pairs
+        ks = np.arange(grp * k_g, (grp + 1) * k_g)
+        out_rows.append((ks[:, None] * g.cols + pos[None, :]).ravel())
+        in_cols.append(np.broadcast_to(taps[tap, pos], (k_g, tap.size)).ravel())
+        values.append(filters[ks][:, tap].ravel())
+    out_rows, in_cols, values = (np.concatenate(a) for a in (out_rows, in_cols, values))
+    if sparse:
+        from scipy.sparse import csr_matrix
+        return csr_matrix((values, (out_rows, in_cols)), shape=(n_out, n_in))
+    dense = np.zeros((n_out, n_in), dtype=result)
+    dense[out_rows, in_cols] = values
+    return dense
