@@ -44,7 +44,7 @@ kw = dict(stride=layer["stride"], padding=layer["padding"], dilation=layer["dila
           groups=layer["groups"])
 w = np.random.default_rng(0).standard_normal(
     (layer["K"], layer["C"] // layer["groups"], layer["R"], layer["S"])).astype(dtype)
-def run(n, **extra):
+def run(n):
     x = np.empty((n, layer["C"], layer["H"], layer["W"]), dtype)
     x[...] = 1.0
     plan = fastconv.plan_conv2d(x.shape, w.shape, dtype, method=method, memory_limit=limit,

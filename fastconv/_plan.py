@@ -235,11 +235,9 @@ class _Planner:
         if plan.workspace_bytes <= self.limit:
             return plan
         if plan.kernel_threads > 1:
-            single = dataclasses.replace(
-                plan, kernel_threads=1, blas_threads=self.threads,
-                workspace_bytes=_workspace(self.g, self.dtype.itemsize, plan.method,
-                                           plan.tile_cols, plan.images_per_gemm, 1),
-                reason=plan.reason + f"; one buffer, not {plan.kernel_threads}, to fit the limit")
+            single = self.make(plan.method, plan.tile_cols, plan.images_per_gemm, 0,
+                               plan.reason + f"; one buffer, not {plan.kernel_threads}, "
+                               "to fit the limit", split=(1, self.threads))
             if single.workspace_bytes <= self.limit:
                 return single
         return None
@@ -379,12 +377,12 @@ def _measured(g, dtype, flip, method, limit, threads, tuning):
     fastest (as scipy.signal.choose_conv_method(measure=True))."""
     planner = _Planner(g, dtype, flip, limit, threads)
     candidates = []
-    if method in ("auto", "gemm1x1") and g.is_pointwise:
+    pointwise = method in ("auto", "gemm1x1") and g.is_pointwise
+    if pointwise:
         candidates.append(planner.gemm1x1())
-    if method in ("auto", "stretch") and not (method == "auto" and g.is_pointwise):
+    if method == "stretch" or (method == "auto" and not pointwise):
         candidates.append(planner.stretch("measured fastest"))
-        images = _images_per_gemm(g, threads)
-        if images > 1:
+        if _images_per_gemm(g, threads) > 1:  # and one image per GEMM
             candidates.append(planner.fitted(planner.make(
                 "stretch", g.cols, 1, g.N * g.groups, "measured fastest")))
     if method in ("auto", "mapped"):

@@ -69,6 +69,7 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None)
     compute, result = resolve_dtypes(x=x)
     g = _window_geometry(x.shape, kernel_size, stride, padding, dilation, "x")
     _, threads = _config.resolve(None, num_threads)
+    # zeros: an input with no elements (H or W of 0, padded) gives all-padding columns
     cols = np.zeros((g.N, g.rows, g.cols), dtype=compute)
     if cols.size and x.size:
         im2col_kernel(kernel_input(x, compute), cols, *_kernel_args(g), threads)
@@ -117,10 +118,7 @@ def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1,
     _, threads = _config.resolve(None, num_threads)
     x = np.zeros((g.N, g.C, g.H, g.W), dtype=compute)
     if cols.size and x.size:
-        cols = kernel_input(cols, compute)
-        if cols.strides[2] != cols.itemsize:
-            cols = np.ascontiguousarray(cols)
-        col2im_kernel(cols, x, *_kernel_args(g), threads)
+        col2im_kernel(np.ascontiguousarray(cols, dtype=compute), x, *_kernel_args(g), threads)
     return x if compute == result else x.astype(result)
 
 
