@@ -18,7 +18,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("FASTCONV_DEBUG", "0") not in ("", "0")
-KERNELS = ["openmp_info", "gemm1x1", "stretch", "mapped", "batched", "col2im"]
+KERNELS = ["openmp_info", "gemm1x1", "stretch", "mapped", "batched", "col2im",
+           "input_grad", "weight_grad"]
 
 
 def openmp_flags():

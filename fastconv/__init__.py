@@ -7,12 +7,16 @@ across the batch, and a planner that keeps the workspace under a memory limit.
 from fastconv._config import config_context, get_config, set_config
 from fastconv._info import show_config
 from fastconv._plan import ConvPlan, WorkspaceLimitError, plan_conv2d
-from fastconv.conv import conv1d, conv2d
+from fastconv.conv import (conv1d, conv1d_input_grad, conv1d_weight_grad, conv2d,
+                           conv2d_input_grad, conv2d_weight_grad, conv_transpose1d,
+                           conv_transpose2d)
 from fastconv.equivalence import col2im, conv_matrix, im2col
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvPlan", "WorkspaceLimitError", "col2im", "config_context", "conv1d", "conv2d",
-    "conv_matrix", "get_config", "im2col", "plan_conv2d", "set_config", "show_config",
+    "ConvPlan", "WorkspaceLimitError", "col2im", "config_context", "conv1d",
+    "conv1d_input_grad", "conv1d_weight_grad", "conv2d", "conv2d_input_grad",
+    "conv2d_weight_grad", "conv_matrix", "conv_transpose1d", "conv_transpose2d", "get_config",
+    "im2col", "plan_conv2d", "set_config", "show_config",
 ]

@@ -57,6 +57,13 @@ class ConvGeometry:
         return 2 * self.N * self.K * self.cols * self.rows
 
     @property
+    def kernel_args(self):
+        """(R, S, Wo, sh, sw, pad_top, pad_left, dh, dw): what every kernel's
+        index map is built from, in the kernels' argument order."""
+        (pad_top, _), (pad_left, _) = self.padding
+        return (self.R, self.S, self.Wo, *self.stride, pad_top, pad_left, *self.dilation)
+
+    @property
     def is_pointwise(self):
         """1x1, stride 1, no padding: the input already is the stretched matrix."""
         return (self.R == 1 and self.S == 1 and self.stride == (1, 1)

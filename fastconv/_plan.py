@@ -24,6 +24,8 @@ from fastconv._params import (ConvGeometry, as_array, check_bias, conv_geometry,
 __all__ = ["ConvPlan", "WorkspaceLimitError", "plan_conv2d", "plan_conv"]
 
 METHODS = ("auto", "stretch", "mapped", "gemm1x1")
+# what a plan computes: the convolution, or one of its two gradients
+KINDS = ("forward", "input_grad", "weight_grad")
 
 # Tiles of the mapped lowering (measured with bench/interleaved.py on
 # ../shared/layers.json, 2 threads, fp32 and fp64; see the sweep in the
@@ -95,7 +97,12 @@ class ConvPlan:
     images_per_gemm : int
         Images whose stretched matrices share one GEMM (> 1 for small images).
     flops : int
-        2 * multiply-adds.
+        2 * multiply-adds (the same for the forward pass and each gradient).
+    kind : str
+        ``'forward'``, ``'input_grad'`` or ``'weight_grad'``.
+    channel_blocks : int
+        Input gradient only: blocks of input channels handled as separate
+        work items (> 1 when the batch has fewer images than threads).
     reason : str
         Why this plan (also in the repr).
     """
@@ -110,7 +117,9 @@ class ConvPlan:
     workspace_bytes: int
     memory_limit: int
     flip: bool
-    reason: str = field(compare=False)
+    kind: str = "forward"
+    channel_blocks: int = 1
+    reason: str = field(compare=False, default="")
 
     @property
     def output_shape(self):
@@ -133,9 +142,16 @@ class ConvPlan:
 
     @property
     def gemm_shape(self):
-        """(M, N, K) of each GEMM: filters x stretched columns x reduction."""
+        """(M, N, K) of each GEMM. Forward: filters x stretched columns x rows
+        of the stretched matrix; input gradient: those rows (of one channel
+        block) x columns x filters; weight gradient: filters x rows x columns."""
         g = self.geometry
-        return (g.K // g.groups, self.tile_cols * self.images_per_gemm, g.rows)
+        columns = self.tile_cols * self.images_per_gemm
+        if self.kind == "input_grad":
+            return (_block_rows(g, self.channel_blocks), columns, g.K // g.groups)
+        if self.kind == "weight_grad":
+            return (g.K // g.groups, g.rows, columns)
+        return (g.K // g.groups, columns, g.rows)
 
     def __repr__(self):
         if self.kernel_threads > 1:
@@ -145,7 +161,8 @@ class ConvPlan:
         else:
             threads = "1 thread"
         m, n, k = self.gemm_shape
-        return (f"ConvPlan({self.method}, {self.dtype.name}, x{self.input_shape} * "
+        kind = "" if self.kind == "forward" else f"{self.kind}, "
+        return (f"ConvPlan({kind}{self.method}, {self.dtype.name}, x{self.input_shape} * "
                 f"w{self.weight_shape} -> {self.output_shape}, {_format_flops(self.flops)}; "
                 f"GEMMs {m}x{k} @ {k}x{n} ({self.tile_cols} columns x {self.images_per_gemm} "
                 f"image(s)); workspace {_format_bytes(self.workspace_bytes)} of limit "
@@ -163,6 +180,9 @@ class ConvPlan:
         >>> plan.execute(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3))).ravel()
         array([9., 9., 9., 9.])
         """
+        if self.kind != "forward":
+            raise TypeError(f"this plan computes the {self.kind.replace('_', ' ')}ient; run it "
+                            f"through fastconv.conv{self.geometry.spatial_dims}d_{self.kind}")
         x = as_array(x, "x")
         weight = as_array(weight, "weight")
         bias = None if bias is None else as_array(bias, "bias")
@@ -175,16 +195,26 @@ class ConvPlan:
         return _run(self, x, weight, bias)
 
 
-def _workspace(g, itemsize, method, tile_cols, images, kernel_threads):
-    """Bytes of the row table and the per-thread buffers: the gathered tile,
-    and for several images per GEMM the product before it is copied out."""
+def _block_rows(g, channel_blocks):
+    """Rows of the stretched matrix in the largest block of input channels."""
+    return -(-(g.C // g.groups) // channel_blocks) * g.R * g.S
+
+
+def _workspace(g, itemsize, method, tile_cols, images, kernel_threads, kind="forward",
+               channel_blocks=1):
+    """Bytes of the row table and the per-thread buffers: the gathered tile
+    (forward, weight gradient) or the product tile before it is scattered
+    (input gradient); for several images per GEMM the product before it is
+    copied out; for the weight gradient one accumulator per extra thread."""
+    accumulators = (kernel_threads - 1) * g.K * g.rows if kind == "weight_grad" else 0
     if method == "gemm1x1":
-        return 0
+        return accumulators * itemsize
     table = g.rows * _ROW_TABLE_FIELDS * _INDEX_BYTES
-    per_thread = g.rows * tile_cols * images
+    rows = _block_rows(g, channel_blocks) if kind == "input_grad" else g.rows
+    per_thread = rows * tile_cols * images
     if images > 1:
         per_thread += (g.K // g.groups) * tile_cols * images
-    return table + kernel_threads * per_thread * itemsize
+    return table + (kernel_threads * per_thread + accumulators) * itemsize
 
 
 def _openmp_enabled():
@@ -203,9 +233,10 @@ def _threads(work_items, num_threads):
     return 1, num_threads
 
 
-def _images_per_gemm(g, threads):
-    """How many small images to stretch into one GEMM (1: no batching)."""
-    if g.cols >= TILE_MIN_COLS or g.N < 2:
+def _images_per_gemm(g, threads, kind="forward"):
+    """How many small images to stretch into one GEMM (1: no batching; the
+    gradients always take one image per GEMM)."""
+    if kind != "forward" or g.cols >= TILE_MIN_COLS or g.N < 2:
         return 1
     most = -(-TILE_MIN_COLS // g.cols)
     # no fewer batches than threads (counting groups as separate work)
@@ -216,17 +247,29 @@ def _images_per_gemm(g, threads):
 class _Planner:
     """Builds the candidate plans of one convolution under one limit."""
 
-    def __init__(self, g, dtype, flip, limit, threads):
-        self.g, self.dtype, self.limit, self.threads = g, dtype, limit, threads
-        self.common = dict(geometry=g, dtype=dtype, memory_limit=limit, flip=flip)
+    def __init__(self, g, dtype, flip, limit, threads, kind):
+        self.g, self.dtype, self.limit, self.threads, self.kind = g, dtype, limit, threads, kind
+        self.common = dict(geometry=g, dtype=dtype, memory_limit=limit, flip=flip, kind=kind)
 
-    def make(self, method, tile, images, work_items, reason, split=None):
+    def make(self, method, tile, images, reason, split=None):
+        g = self.g
+        blocks = 1
+        if self.kind == "input_grad":
+            # tiles of one image scatter into the same pixels, so the work
+            # items are (image, group, channel block), never tiles
+            blocks = max(1, min(g.C // g.groups, -(-self.threads // max(1, g.N * g.groups))))
+            work_items = g.N * g.groups * blocks
+        else:
+            work_items = -(-g.N // images) * g.groups * -(-g.cols // tile)
         kernel_threads, blas_threads = split or _threads(work_items, self.threads)
-        ws = _workspace(self.g, self.dtype.itemsize, method, tile, images, kernel_threads)
+        if kernel_threads == 1:
+            blocks = 1
+        ws = _workspace(g, self.dtype.itemsize, method, tile, images, kernel_threads,
+                        self.kind, blocks)
         return ConvPlan(method=method, tile_cols=tile, images_per_gemm=images,
                         num_threads=max(kernel_threads, blas_threads),
                         kernel_threads=kernel_threads, blas_threads=blas_threads,
-                        workspace_bytes=ws, reason=reason, **self.common)
+                        workspace_bytes=ws, channel_blocks=blocks, reason=reason, **self.common)
 
     def fitted(self, plan):
         """The plan, or with one buffer and threaded BLAS if per-thread
@@ -235,7 +278,7 @@ class _Planner:
         if plan.workspace_bytes <= self.limit:
             return plan
         if plan.kernel_threads > 1:
-            single = self.make(plan.method, plan.tile_cols, plan.images_per_gemm, 0,
+            single = self.make(plan.method, plan.tile_cols, plan.images_per_gemm,
                                plan.reason + f"; one buffer, not {plan.kernel_threads}, "
                                "to fit the limit", split=(1, self.threads))
             if single.workspace_bytes <= self.limit:
@@ -244,20 +287,19 @@ class _Planner:
 
     def gemm1x1(self):
         g = self.g
-        return self.make("gemm1x1", g.cols, 1, g.N * g.groups,
-                         "1x1 stride 1 unpadded: the input is its own im2col matrix")
+        return self.fitted(self.make(
+            "gemm1x1", g.cols, 1, "1x1 stride 1 unpadded: the input is its own im2col matrix"))
 
     def stretch(self, reason, single_buffer=True):
         """Whole stretched matrices, several small images per GEMM; the
         largest batch that fits the limit, or None. single_buffer: accept one
         buffer with threaded BLAS if one per thread does not fit."""
         g = self.g
-        images = _images_per_gemm(g, self.threads)
+        images = _images_per_gemm(g, self.threads, self.kind)
         while True:
-            items = -(-g.N // images) * g.groups
             why = reason if images == 1 else (
                 reason + f"; {images} images of {g.cols} columns per GEMM (thin GEMMs are slow)")
-            plan = self.make("stretch", g.cols, images, items, why)
+            plan = self.make("stretch", g.cols, images, why)
             plan = self.fitted(plan) if single_buffer else (
                 plan if plan.workspace_bytes <= self.limit else None)
             if plan is not None or images == 1:
@@ -270,15 +312,16 @@ class _Planner:
         per_col = g.rows * itemsize
         target = max(min(TILE_MIN_COLS, g.cols), min(g.cols, TILE_TARGET_BYTES // max(per_col, 1)))
         # a batch of fewer images than threads: enough tiles for every thread
-        # (OpenMP over tiles ran 1.3-1.7x faster than threaded BLAS on each GEMM)
-        tiles_for_threads = -(-self.threads // max(1, g.N * g.groups))
-        target = min(target, max(TILE_MIN_COLS, -(-g.cols // tiles_for_threads)))
+        # (OpenMP over tiles ran 1.3-1.7x faster than threaded BLAS on each
+        # GEMM); the input gradient splits channels instead (see make)
+        if self.kind != "input_grad":
+            tiles_for_threads = -(-self.threads // max(1, g.N * g.groups))
+            target = min(target, max(TILE_MIN_COLS, -(-g.cols // tiles_for_threads)))
 
         def tiled(tile, split=None):
             n_tiles = -(-g.cols // tile)
             tile = -(-g.cols // n_tiles)  # even tiles: no thin last GEMM; never wider
-            return self.make("mapped", tile, 1, g.N * g.groups * n_tiles,
-                             why.format(tile=tile, n_tiles=n_tiles), split)
+            return self.make("mapped", tile, 1, why.format(tile=tile, n_tiles=n_tiles), split)
 
         plan = tiled(target)
         if plan.workspace_bytes <= self.limit:
@@ -286,8 +329,8 @@ class _Planner:
         # narrower tiles: as wide as the limit allows with one buffer per
         # thread, else with a single buffer and threaded BLAS
         floor = min(TILE_FLOOR_COLS, g.cols)
-        fixed = _workspace(g, itemsize, "mapped", 0, 1, 1)
         for buffers, split in ((self.threads, None), (1, (1, self.threads))):
+            fixed = _workspace(g, itemsize, "mapped", 0, 1, buffers, self.kind)
             affordable = (self.limit - fixed) // (buffers * per_col) if self.limit > fixed else 0
             if affordable >= floor:
                 plan = tiled(min(target, affordable), split)
@@ -298,7 +341,7 @@ class _Planner:
     def too_small(self):
         g = self.g
         floor = min(TILE_FLOOR_COLS, g.cols)
-        needed = _workspace(g, self.dtype.itemsize, "mapped", floor, 1, 1)
+        needed = _workspace(g, self.dtype.itemsize, "mapped", floor, 1, 1, self.kind)
         return WorkspaceLimitError(
             f"memory_limit {self.limit} bytes ({_format_bytes(self.limit)}) is too small: the "
             f"narrowest efficient mapped tile ({floor} columns x {g.rows} rows, one thread) "
@@ -311,11 +354,15 @@ def _tuning():
 
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
-def _choose(g, dtype, flip, method, limit, threads, tuning):
-    """The one place where the lowering is chosen (see the constants above)."""
-    planner = _Planner(g, dtype, flip, limit, threads)
+def _choose(g, dtype, flip, method, limit, threads, kind, tuning):
+    """The one place where the lowering is chosen (see the constants above).
+    The gradients follow the same rules, with one image per GEMM."""
+    planner = _Planner(g, dtype, flip, limit, threads, kind)
     if method in ("auto", "gemm1x1") and g.is_pointwise:
-        return planner.gemm1x1()
+        plan = planner.gemm1x1()
+        if plan is None:
+            raise planner.too_small()
+        return plan
     if method == "gemm1x1":
         raise ValueError(f"method='gemm1x1' needs a 1x1 kernel, stride 1 and no padding; "
                          f"got kernel {g.R}x{g.S}, stride {g.stride}, padding {g.padding}")
@@ -323,7 +370,7 @@ def _choose(g, dtype, flip, method, limit, threads, tuning):
     if method == "stretch":
         plan = planner.stretch("method='stretch' requested")
         if plan is None:
-            needed = _workspace(g, dtype.itemsize, "stretch", g.cols, 1, 1)
+            needed = _workspace(g, dtype.itemsize, "stretch", g.cols, 1, 1, kind)
             raise WorkspaceLimitError(
                 f"method='stretch' needs {needed} bytes ({_format_bytes(needed)}) of workspace "
                 f"for one whole {g.rows}x{g.cols} im2col matrix, above memory_limit {limit} "
@@ -346,7 +393,7 @@ def _choose(g, dtype, flip, method, limit, threads, tuning):
     if method == "mapped":
         why = "method='mapped' requested; {n_tiles} tile(s) of {tile} columns per image"
     else:
-        stretch_ws = _workspace(g, dtype.itemsize, "stretch", g.cols, 1, 1)
+        stretch_ws = _workspace(g, dtype.itemsize, "stretch", g.cols, 1, 1, kind)
         if stretch_ws > limit:
             why = (f"whole-image im2col needs {_format_bytes(stretch_ws)} > limit "
                    f"{_format_bytes(limit)}; " "{n_tiles} tile(s) of {tile} columns per image")
@@ -360,45 +407,50 @@ def _choose(g, dtype, flip, method, limit, threads, tuning):
 
 
 def plan_conv(geometry, dtype, *, flip=False, method="auto", memory_limit=None,
-              num_threads=None, measure=False):
-    """Plan a convolution whose geometry is already validated (cached)."""
+              num_threads=None, measure=False, kind="forward"):
+    """Plan a convolution (or a gradient) whose geometry is already validated (cached)."""
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {KINDS}")
     limit, threads = _config.resolve(memory_limit, num_threads)
-    args = (geometry, np.dtype(dtype), bool(flip), method, limit, threads, _tuning())
+    args = (geometry, np.dtype(dtype), bool(flip), method, limit, threads, kind, _tuning())
     if measure:
         return _measured(*args)
     return _choose(*args)
 
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
-def _measured(g, dtype, flip, method, limit, threads, tuning):
+def _measured(g, dtype, flip, method, limit, threads, kind, tuning):
     """Time every candidate that fits once, on random data, and keep the
     fastest (as scipy.signal.choose_conv_method(measure=True))."""
-    planner = _Planner(g, dtype, flip, limit, threads)
+    planner = _Planner(g, dtype, flip, limit, threads, kind)
     candidates = []
     pointwise = method in ("auto", "gemm1x1") and g.is_pointwise
     if pointwise:
         candidates.append(planner.gemm1x1())
     if method == "stretch" or (method == "auto" and not pointwise):
         candidates.append(planner.stretch("measured fastest"))
-        if _images_per_gemm(g, threads) > 1:  # and one image per GEMM
-            candidates.append(planner.fitted(planner.make(
-                "stretch", g.cols, 1, g.N * g.groups, "measured fastest")))
+        if _images_per_gemm(g, threads, kind) > 1:  # and one image per GEMM
+            candidates.append(planner.fitted(planner.make("stretch", g.cols, 1, "measured fastest")))
     if method in ("auto", "mapped"):
         candidates.append(planner.mapped("measured fastest; {n_tiles} tile(s) of {tile} columns"))
     candidates = list(dict.fromkeys(c for c in candidates if c is not None))
     if not candidates:
-        return _choose(g, dtype, flip, method, limit, threads, tuning)  # raises the reason
+        return _choose(g, dtype, flip, method, limit, threads, kind, tuning)  # raises the reason
     if len(candidates) == 1:
         return candidates[0]
     rng = np.random.default_rng(0)
     x = rng.standard_normal(candidates[0].input_shape).astype(dtype)
     w = rng.standard_normal(candidates[0].weight_shape).astype(dtype)
+    grad = rng.standard_normal(candidates[0].output_shape).astype(dtype)
     timings = []
     for plan in candidates:
-        plan.execute(x, w)  # warm-up
-        best = min(_timed(plan.execute, x, w) for _ in range(2))
+        run = {"forward": lambda: _run(plan, x, w, None),
+               "input_grad": lambda: run_input_grad(plan, w, grad),
+               "weight_grad": lambda: run_weight_grad(plan, x, grad)}[kind]
+        run()  # warm-up
+        best = min(_timed(run) for _ in range(2))
         timings.append((best, plan))
     timings.sort(key=lambda pair: pair[0])
     best, winner = timings[0]
@@ -414,8 +466,9 @@ def _timed(fn, *args):
 
 def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
                 dilation=1, groups=1, flip=False, method="auto", memory_limit=None,
-                num_threads=None, measure=False):
-    """Plan a 2-D convolution: choose the lowering, tile and threads.
+                num_threads=None, measure=False, kind="forward"):
+    """Plan a 2-D convolution or one of its gradients: choose the lowering,
+    tile and threads.
 
     The rules, in order: a 1x1 kernel with stride 1 and no padding is one GEMM
     on the input itself (no workspace); a stretched matrix that fits the cache
@@ -447,6 +500,14 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
         Time each candidate plan that fits once on random data (of the full
         input size) and return the fastest; remembered for later calls, like
         ``scipy.signal.choose_conv_method(..., measure=True)``.
+    kind : {"forward", "input_grad", "weight_grad"}
+        What the plan computes: the convolution, or the gradient of a loss
+        with respect to its input (:func:`fastconv.conv2d_input_grad`, also
+        the transposed convolution) or its weight
+        (:func:`fastconv.conv2d_weight_grad`). The gradients are GEMMs of
+        the same size, lowered by the same rules; their workspace also
+        counts the product tiles scattered back (input gradient) and one
+        accumulator of the weight's size per extra thread (weight gradient).
 
     Returns
     -------
@@ -472,7 +533,8 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
     geometry = conv_geometry(x_shape, weight_shape, stride=stride, padding=padding,
                              dilation=dilation, groups=groups)
     return plan_conv(geometry, _plan_dtype(dtype), flip=flip, method=method,
-                     memory_limit=memory_limit, num_threads=num_threads, measure=measure)
+                     memory_limit=memory_limit, num_threads=num_threads, measure=measure,
+                     kind=kind)
 
 
 def _plan_dtype(dtype):
@@ -496,6 +558,63 @@ def _planes_contiguous(x4):
     return (W == 1 or x4.strides[3] == item) and (H == 1 or x4.strides[2] == W * item)
 
 
+def _filters(plan, weight):
+    """The weight as the kernels take it: (K, C/groups*R*S), C-contiguous in
+    the plan's dtype (a view when it already is)."""
+    g = plan.geometry
+    return np.ascontiguousarray(weight, dtype=plan.dtype).reshape(g.K, g.rows)
+
+
+def _as_2d(g, array):
+    """A 1-D convolution's (N, C, L) array as the (N, C, 1, L) the kernels take."""
+    return array[:, :, None, :] if g.spatial_dims == 1 else array
+
+
+def _pointwise_readable(g, x):
+    """Whether the 1x1 GEMM can read x's channel planes in place (each plane
+    contiguous, planes far enough apart to be a matrix's rows)."""
+    return _planes_contiguous(x) and (g.C // g.groups == 1 or x.strides[1] >= g.H * g.W * x.itemsize)
+
+
+def run_input_grad(plan, weight, grad_output):
+    """The input gradient (also the transposed convolution) of an input_grad plan."""
+    from fastconv._kernels.input_grad import conv2d_input_grad
+
+    g = plan.geometry
+    grad_x = np.zeros((g.N, g.C, g.H, g.W), dtype=plan.dtype)
+    if grad_x.size and g.rows and g.K and g.cols:
+        grad = np.ascontiguousarray(grad_output, dtype=plan.dtype).reshape(g.N, g.K, g.cols)
+        filters = _filters(plan, weight)
+        with _runtime.budget.lend(plan.kernel_threads, plan.blas_threads) as (threads, _):
+            rows = 0 if plan.method == "gemm1x1" else _block_rows(g, plan.channel_blocks)
+            workspace = np.empty((threads, rows * plan.tile_cols), dtype=plan.dtype)
+            conv2d_input_grad(grad, filters, grad_x, workspace, *g.kernel_args, g.groups,
+                              plan.tile_cols, plan.channel_blocks, plan.flip,
+                              plan.method == "gemm1x1", threads)
+    return grad_x.reshape(plan.input_shape)
+
+
+def run_weight_grad(plan, x, grad_output):
+    """The weight gradient of a weight_grad plan."""
+    from fastconv._kernels.weight_grad import conv2d_weight_grad
+
+    g = plan.geometry
+    grad_w = np.zeros((g.K, g.rows), dtype=plan.dtype)
+    if grad_w.size and g.N and g.cols and x.size:
+        grad = np.ascontiguousarray(grad_output, dtype=plan.dtype).reshape(g.N, g.K, g.cols)
+        x = kernel_input(_as_2d(g, x), plan.dtype)
+        pointwise = plan.method == "gemm1x1"
+        if pointwise and not _pointwise_readable(g, x):
+            x = np.ascontiguousarray(x)
+        with _runtime.budget.lend(plan.kernel_threads, plan.blas_threads) as (threads, _):
+            accumulators = np.zeros((threads - 1, g.K * g.rows), dtype=plan.dtype)
+            workspace = np.empty((threads, 0 if pointwise else g.rows * plan.tile_cols),
+                                 dtype=plan.dtype)
+            conv2d_weight_grad(x, grad, grad_w, accumulators, workspace, *g.kernel_args,
+                               g.groups, plan.tile_cols, plan.flip, pointwise, threads)
+    return grad_w.reshape(plan.weight_shape)
+
+
 def _run(plan, x, weight, bias):
     from fastconv._kernels.batched import conv2d_batched
     from fastconv._kernels.gemm1x1 import conv2d_gemm1x1
@@ -507,10 +626,8 @@ def _run(plan, x, weight, bias):
     out = np.empty((g.N, g.K, g.cols), dtype=dtype)
     if out.size == 0:
         return out.reshape(g.output_shape)
-    if g.spatial_dims == 1:
-        x = x[:, :, None, :]
-        weight = weight[:, :, None, :]
-    filters = np.ascontiguousarray(weight, dtype=dtype).reshape(g.K, g.rows)  # a view if it can be
+    x = _as_2d(g, x)
+    filters = _filters(plan, weight)
     bias_vec = (np.zeros(0, dtype) if bias is None
                 else np.ascontiguousarray(bias, dtype=dtype).reshape(g.K))
     if x.size == 0 or g.rows == 0:
@@ -518,11 +635,7 @@ def _run(plan, x, weight, bias):
         out[...] = 0 if bias is None else bias_vec[:, None]
         return out.reshape(g.output_shape)
     x = kernel_input(x, dtype)
-    sh, sw = g.stride
-    (pt, _), (pl, _) = g.padding
-    dh, dw = g.dilation
-    if plan.method == "gemm1x1" and (
-            not _planes_contiguous(x) or (g.C // g.groups > 1 and x.strides[1] < g.H * g.W * x.itemsize)):
+    if plan.method == "gemm1x1" and not _pointwise_readable(g, x):
         x = np.ascontiguousarray(x)
     images = plan.images_per_gemm
     with _runtime.budget.lend(plan.kernel_threads, plan.blas_threads) as (threads, _):
@@ -532,15 +645,14 @@ def _run(plan, x, weight, bias):
         elif images > 1:
             workspace = np.empty((threads, g.rows * g.cols * images), dtype=dtype)
             product = np.empty((threads, (g.K // g.groups) * g.cols * images), dtype=dtype)
-            conv2d_batched(x, filters, bias_vec, out, workspace, product, g.R, g.S, g.Wo,
-                           sh, sw, pt, pl, dh, dw, g.groups, images, plan.flip, threads)
+            conv2d_batched(x, filters, bias_vec, out, workspace, product, *g.kernel_args,
+                           g.groups, images, plan.flip, threads)
         elif plan.method == "stretch":
             workspace = np.empty((threads, g.rows * g.cols), dtype=dtype)
-            conv2d_stretch(x, filters, bias_vec, out, workspace, g.R, g.S, g.Wo,
-                           sh, sw, pt, pl, dh, dw, g.groups, plan.flip, threads)
+            conv2d_stretch(x, filters, bias_vec, out, workspace, *g.kernel_args, g.groups,
+                           plan.flip, threads)
         else:
             workspace = np.empty((threads, g.rows * plan.tile_cols), dtype=dtype)
-            conv2d_mapped(x, filters, bias_vec, out, workspace, g.R, g.S, g.Wo,
-                          sh, sw, pt, pl, dh, dw, g.groups, plan.tile_cols,
-                          plan.flip, threads)
+            conv2d_mapped(x, filters, bias_vec, out, workspace, *g.kernel_args, g.groups,
+                          plan.tile_cols, plan.flip, threads)
     return out.reshape(g.output_shape)

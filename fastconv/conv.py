@@ -1,15 +1,25 @@
-"""Convolutions: validate -> plan -> run a kernel.
+"""Convolutions and their gradients: validate -> plan -> run a kernel.
 
 The layout is NCHW (NCL in 1-D), weights (K, C/groups, R, S), and the
 operation is cross-correlation as in deep-learning libraries; ``flip=True``
 reverses the kernel along every spatial axis (mathematical convolution).
+
+For a loss L and y = conv2d(x, weight, bias), the three gradients are
+``conv2d_input_grad(x.shape, weight, dL/dy)``, ``conv2d_weight_grad(x,
+weight.shape, dL/dy)`` and ``(dL/dy).sum(axis=(0, 2, 3))`` for the bias. The
+transposed convolution is the input gradient with the roles of input and
+output exchanged.
 """
+import dataclasses
+
 import numpy as np
 
-from fastconv._params import as_array, conv_geometry, resolve_dtypes
-from fastconv._plan import plan_conv
+from fastconv._params import (as_array, conv_geometry, int_tuple, padding_pairs,
+                              resolve_dtypes)
+from fastconv._plan import plan_conv, run_input_grad, run_weight_grad
 
-__all__ = ["conv1d", "conv2d"]
+__all__ = ["conv1d", "conv2d", "conv1d_input_grad", "conv2d_input_grad", "conv1d_weight_grad",
+           "conv2d_weight_grad", "conv_transpose1d", "conv_transpose2d"]
 
 
 def _conv(x, weight, bias, spatial_dims, stride, padding, dilation, groups, flip,
@@ -108,3 +118,339 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     """
     return _conv(x, weight, bias, 1, stride, padding, dilation, groups, flip,
                  method, memory_limit, num_threads)
+
+
+# --------------------------------------------------------------------------
+# gradients
+
+def _shape_tuple(shape, name, ndim):
+    """A user-given shape: ndim non-negative ints."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of {ndim} ints, got {shape!r}") from None
+    if len(dims) != ndim or not all(hasattr(d, "__index__") and not isinstance(d, bool)
+                                    for d in dims):
+        raise ValueError(f"{name} must be a tuple of {ndim} ints, got {shape!r}")
+    dims = tuple(int(d) for d in dims)
+    if min(dims) < 0:
+        raise ValueError(f"{name} must not have negative sizes, got {dims}")
+    return dims
+
+
+def _check_grad_output(grad_output, geometry, x_shape, weight_shape):
+    if grad_output.shape != geometry.output_shape:
+        raise ValueError(
+            f"grad_output must have the convolution's output shape {geometry.output_shape} "
+            f"(x {tuple(x_shape)}, weight {tuple(weight_shape)}), got shape {grad_output.shape}")
+
+
+def _input_grad(input_shape, weight, grad_output, spatial_dims, stride, padding, dilation,
+                groups, flip, method, memory_limit, num_threads):
+    weight = as_array(weight, "weight")
+    grad_output = as_array(grad_output, "grad_output")
+    compute, result = resolve_dtypes(weight=weight, grad_output=grad_output)
+    input_shape = _shape_tuple(input_shape, "input_shape", spatial_dims + 2)
+    geometry = conv_geometry(input_shape, weight.shape, stride=stride, padding=padding,
+                             dilation=dilation, groups=groups, spatial_dims=spatial_dims)
+    _check_grad_output(grad_output, geometry, input_shape, weight.shape)
+    plan = plan_conv(geometry, compute, flip=flip, method=method, memory_limit=memory_limit,
+                     num_threads=num_threads, kind="input_grad")
+    out = run_input_grad(plan, weight, grad_output)
+    return out if out.dtype == result else out.astype(result)
+
+
+def _weight_grad(x, weight_shape, grad_output, spatial_dims, stride, padding, dilation,
+                 groups, flip, method, memory_limit, num_threads):
+    x = as_array(x, "x")
+    grad_output = as_array(grad_output, "grad_output")
+    compute, result = resolve_dtypes(x=x, grad_output=grad_output)
+    weight_shape = _shape_tuple(weight_shape, "weight_shape", spatial_dims + 2)
+    geometry = conv_geometry(x.shape, weight_shape, stride=stride, padding=padding,
+                             dilation=dilation, groups=groups, spatial_dims=spatial_dims)
+    _check_grad_output(grad_output, geometry, x.shape, weight_shape)
+    plan = plan_conv(geometry, compute, flip=flip, method=method, memory_limit=memory_limit,
+                     num_threads=num_threads, kind="weight_grad")
+    out = run_weight_grad(plan, x, grad_output)
+    return out if out.dtype == result else out.astype(result)
+
+
+def conv2d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, dilation=1,
+                      groups=1, flip=False, method="auto", memory_limit=None, num_threads=None):
+    """Gradient of a loss with respect to the input of :func:`conv2d`.
+
+    The same as ``torch.nn.grad.conv2d_input``: per image and group,
+    ``col2im(W^T @ grad_output)``, the transpose of the forward lowering. The
+    stretch lowering makes the whole product ``W^T @ grad_output`` of an
+    image and then adds it back (:func:`fastconv.col2im`); the mapped one
+    makes it a tile of columns at a time and scatter-adds each tile through
+    the index map, never holding the whole matrix. Images (and, for small
+    batches, blocks of channels) are split between threads, so no two
+    threads add into the same element and the result does not depend on the
+    thread count.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        (N, C, H, W) of the convolution's input.
+    weight : array_like, shape (K, C/groups, R, S)
+    grad_output : array_like, shape (N, K, Ho, Wo)
+        Gradient of the loss with respect to the convolution's output.
+    stride, padding, dilation, groups, flip, method, memory_limit, num_threads
+        As in :func:`conv2d`; the same planner chooses the lowering under
+        the same memory limit.
+
+    Returns
+    -------
+    ndarray, shape input_shape
+        dtype: ``np.result_type`` of weight and grad_output (as :func:`conv2d`).
+
+    See Also
+    --------
+    conv2d_weight_grad, conv_transpose2d
+    fastconv.conv_matrix : ``conv_matrix(w, ...).T @ g.ravel()`` is this gradient.
+
+    Notes
+    -----
+    The bias gradient needs no kernel: ``grad_output.sum(axis=(0, 2, 3))``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> w = np.ones((1, 1, 2, 2))
+    >>> fastconv.conv2d_input_grad((1, 1, 3, 3), w, np.ones((1, 1, 2, 2)))[0, 0]
+    array([[1., 2., 1.],
+           [2., 4., 2.],
+           [1., 2., 1.]])
+    """
+    return _input_grad(input_shape, weight, grad_output, 2, stride, padding, dilation, groups,
+                       flip, method, memory_limit, num_threads)
+
+
+def conv2d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1,
+                       groups=1, flip=False, method="auto", memory_limit=None, num_threads=None):
+    """Gradient of a loss with respect to the weight of :func:`conv2d`.
+
+    The same as ``torch.nn.grad.conv2d_weight``: per group, the sum over
+    images of ``grad_output[n] @ im2col(x[n]).T``. The stretched matrix is
+    gathered whole (stretch) or a tile at a time (mapped); each thread adds
+    its images' terms into its own accumulator (counted in the workspace)
+    and the accumulators are summed in a fixed order at the end, so a given
+    thread count always gives the same bits.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+        The convolution's input (any layout, as in :func:`conv2d`).
+    weight_shape : tuple of int
+        (K, C/groups, R, S).
+    grad_output : array_like, shape (N, K, Ho, Wo)
+    stride, padding, dilation, groups, flip, method, memory_limit, num_threads
+        As in :func:`conv2d`.
+
+    Returns
+    -------
+    ndarray, shape weight_shape
+        dtype: ``np.result_type`` of x and grad_output.
+
+    Notes
+    -----
+    The bias gradient: ``grad_output.sum(axis=(0, 2, 3))``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(9.0).reshape(1, 1, 3, 3)
+    >>> fastconv.conv2d_weight_grad(x, (1, 1, 2, 2), np.ones((1, 1, 2, 2)))[0, 0]
+    array([[ 8., 12.],
+           [20., 24.]])
+    """
+    return _weight_grad(x, weight_shape, grad_output, 2, stride, padding, dilation, groups,
+                        flip, method, memory_limit, num_threads)
+
+
+def conv1d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, dilation=1,
+                      groups=1, flip=False, method="auto", memory_limit=None, num_threads=None):
+    """Gradient of a loss with respect to the input of :func:`conv1d`.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        (N, C, L).
+    weight : array_like, shape (K, C/groups, S)
+    grad_output : array_like, shape (N, K, Lo)
+    stride, padding, dilation, groups, flip, method, memory_limit, num_threads
+        As in :func:`conv1d`.
+
+    Returns
+    -------
+    ndarray, shape input_shape
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> fastconv.conv1d_input_grad((1, 1, 4), np.array([[[1.0, -1.0]]]), np.ones((1, 1, 3)))
+    array([[[ 1.,  0.,  0., -1.]]])
+    """
+    return _input_grad(input_shape, weight, grad_output, 1, stride, padding, dilation, groups,
+                       flip, method, memory_limit, num_threads)
+
+
+def conv1d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1,
+                       groups=1, flip=False, method="auto", memory_limit=None, num_threads=None):
+    """Gradient of a loss with respect to the weight of :func:`conv1d`.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, L)
+    weight_shape : tuple of int
+        (K, C/groups, S).
+    grad_output : array_like, shape (N, K, Lo)
+    stride, padding, dilation, groups, flip, method, memory_limit, num_threads
+        As in :func:`conv1d`.
+
+    Returns
+    -------
+    ndarray, shape weight_shape
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> fastconv.conv1d_weight_grad(np.array([[[1.0, 2.0, 3.0, 4.0]]]), (1, 1, 2), np.ones((1, 1, 3)))
+    array([[[6., 9.]]])
+    """
+    return _weight_grad(x, weight_shape, grad_output, 1, stride, padding, dilation, groups,
+                        flip, method, memory_limit, num_threads)
+
+
+# --------------------------------------------------------------------------
+# transposed convolution
+
+def _conv_transpose(x, weight, bias, spatial_dims, stride, padding, output_padding, groups,
+                    dilation, method, memory_limit, num_threads):
+    x = as_array(x, "x")
+    weight = as_array(weight, "weight")
+    bias = None if bias is None else as_array(bias, "bias")
+    compute, result = resolve_dtypes(x=x, weight=weight, bias=bias)
+    n = spatial_dims
+    layout, wlayout = ("(N, C_in, L)", "(C_in, C_out/groups, S)") if n == 1 else (
+        "(N, C_in, H, W)", "(C_in, C_out/groups, R, S)")
+    if x.ndim != n + 2:
+        raise ValueError(f"x must be {n + 2}-D {layout}, got shape {x.shape}")
+    if weight.ndim != n + 2:
+        raise ValueError(f"weight must be {n + 2}-D {wlayout}, got shape {weight.shape}")
+    if weight.shape[0] != x.shape[1]:
+        raise ValueError(f"weight.shape[0] must be C_in = {x.shape[1]} (x of shape {x.shape}); "
+                         f"got weight of shape {weight.shape}, laid out {wlayout}")
+    if isinstance(padding, str):
+        raise ValueError(f"padding={padding!r}: a transposed convolution takes numeric padding "
+                         "(the padding of the convolution it transposes)")
+    if isinstance(groups, bool) or not hasattr(groups, "__index__") or groups < 1:
+        raise ValueError(f"groups must be an int >= 1, got {groups!r}")
+    stride = int_tuple(stride, "stride", n, 1)
+    dilation = int_tuple(dilation, "dilation", n, 1)
+    output_padding = int_tuple(output_padding, "output_padding", n, 0)
+    kernel = weight.shape[2:]
+    pads = padding_pairs(padding, n, kernel, dilation, stride)
+    for op, s, d in zip(output_padding, stride, dilation):
+        if op >= s and op >= d:
+            raise ValueError(f"output_padding={output_padding} must be smaller than the stride "
+                             f"{stride} or the dilation {dilation} on each axis")
+    out_size = tuple((size - 1) * s - lo - hi + d * (k - 1) + op + 1 for size, s, (lo, hi), d, k, op
+                     in zip(x.shape[2:], stride, pads, dilation, kernel, output_padding))
+    if min(out_size, default=1) < 1:
+        raise ValueError(f"x of shape {x.shape} with weight {weight.shape}, stride {stride}, "
+                         f"padding {padding!r} and dilation {dilation} gives an empty output "
+                         f"of size {out_size}")
+    out_shape = (x.shape[0], weight.shape[1] * groups) + out_size
+    # the convolution whose input gradient this is: input out_shape, output x
+    geometry = conv_geometry(out_shape, weight.shape, stride=stride, padding=pads,
+                             dilation=dilation, groups=groups, spatial_dims=n)
+    # output_padding rows beyond the last window see no input; the conv's own
+    # output may count them as one more position, but x has exactly H x W
+    geometry = dataclasses.replace(geometry, Ho=1 if n == 1 else x.shape[2], Wo=x.shape[-1])
+    bias = None if bias is None else _checked_bias(bias, out_shape[1])
+    plan = plan_conv(geometry, compute, method=method, memory_limit=memory_limit,
+                     num_threads=num_threads, kind="input_grad")
+    out = run_input_grad(plan, weight, x)
+    if bias is not None:
+        out += bias.astype(compute, copy=False).reshape((-1,) + (1,) * n)
+    return out if out.dtype == result else out.astype(result)
+
+
+def _checked_bias(bias, channels):
+    if bias.ndim != 1 or bias.shape[0] != channels:
+        raise ValueError(f"bias must have shape ({channels},), one value per output channel "
+                         f"(C_out = weight.shape[1] * groups), got shape {bias.shape}")
+    return bias
+
+
+def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, method="auto", memory_limit=None, num_threads=None):
+    """2-D transposed convolution ("deconvolution"), as ``torch.nn.functional.conv_transpose2d``.
+
+    It is the input gradient of the convolution with the same weight,
+    stride, padding and dilation that maps an output-shaped image back to
+    x's shape: every input pixel scatters a copy of the kernel, scaled, into
+    the (stride-spaced) output. Computed by the input-gradient kernels
+    (:func:`conv2d_input_grad`), with the same planner and memory limit.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C_in, H, W)
+    weight : array_like, shape (C_in, C_out/groups, R, S)
+        PyTorch's layout for transposed convolutions.
+    bias : array_like, shape (C_out,), optional
+    stride, dilation : int or (int, int)
+    padding : int, (ph, pw) or ((top, bottom), (left, right))
+        Removed from the output's borders (the padding of the transposed
+        convolution); no strings.
+    output_padding : int or (int, int)
+        Extra rows/columns at the bottom/right, to pick among the output
+        sizes a strided convolution maps to the same size; each must be
+        smaller than the stride or the dilation.
+    groups : int
+    method, memory_limit, num_threads
+        As in :func:`conv2d`.
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, Hout, Wout)
+        Hout = (H - 1)*stride - pad_top - pad_bottom + dilation*(R - 1) + output_padding + 1.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.array([[[[1.0, 2.0]]]])
+    >>> fastconv.conv_transpose2d(x, np.ones((1, 1, 1, 2)), stride=2)
+    array([[[[1., 1., 2., 2.]]]])
+    """
+    return _conv_transpose(x, weight, bias, 2, stride, padding, output_padding, groups,
+                           dilation, method, memory_limit, num_threads)
+
+
+def conv_transpose1d(x, weight, bias=None, *, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, method="auto", memory_limit=None, num_threads=None):
+    """1-D transposed convolution, as ``torch.nn.functional.conv_transpose1d``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C_in, L)
+    weight : array_like, shape (C_in, C_out/groups, S)
+    bias : array_like, shape (C_out,), optional
+    stride, padding, output_padding, groups, dilation, method, memory_limit, num_threads
+        As in :func:`conv_transpose2d`, one value per axis.
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, Lout)
+        Lout = (L - 1)*stride - 2*padding + dilation*(S - 1) + output_padding + 1.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> fastconv.conv_transpose1d(np.array([[[1.0, 2.0]]]), np.array([[[1.0, 10.0]]]))
+    array([[[ 1., 12., 20.]]])
+    """
+    return _conv_transpose(x, weight, bias, 1, stride, padding, output_padding, groups,
+                           dilation, method, memory_limit, num_threads)

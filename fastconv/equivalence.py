@@ -29,11 +29,6 @@ def _window_geometry(x_shape, kernel_size, stride, padding, dilation, name):
                          dilation=dilation, groups=1)
 
 
-def _kernel_args(g):
-    (pt, _), (pl, _) = g.padding
-    return (g.R, g.S, g.Wo, g.stride[0], g.stride[1], pt, pl, g.dilation[0], g.dilation[1])
-
-
 def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None):
     """The stretched (im2col) matrix of every image: one column per window.
 
@@ -72,7 +67,7 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None)
     # zeros: an input with no elements (H or W of 0, padded) gives all-padding columns
     cols = np.zeros((g.N, g.rows, g.cols), dtype=compute)
     if cols.size and x.size:
-        im2col_kernel(kernel_input(x, compute), cols, *_kernel_args(g), threads)
+        im2col_kernel(kernel_input(x, compute), cols, *g.kernel_args, threads)
     return cols if compute == result else cols.astype(result)
 
 
@@ -118,7 +113,7 @@ def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1,
     _, threads = _config.resolve(None, num_threads)
     x = np.zeros((g.N, g.C, g.H, g.W), dtype=compute)
     if cols.size and x.size:
-        col2im_kernel(np.ascontiguousarray(cols, dtype=compute), x, *_kernel_args(g), threads)
+        col2im_kernel(np.ascontiguousarray(cols, dtype=compute), x, *g.kernel_args, threads)
     return x if compute == result else x.astype(result)
 
 

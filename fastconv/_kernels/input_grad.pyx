@@ -1,0 +1,94 @@
+# The input gradient of a convolution, also the transposed convolution:
+#     grad_x[n] = col2im(W^T @ grad_y[n])   (per group)
+# The product W^T @ grad_y is the stretched matrix of the gradient; it is made
+# a tile of columns at a time in a per-thread buffer and each tile is added
+# back into grad_x through the index map (scatter_add_columns, the adjoint of
+# the gather of the forward pass). One tile of all Ho*Wo columns is the stretch
+# lowering (GEMM, then col2im of the whole matrix); narrower tiles are the
+# mapped one, which never holds the whole matrix.
+#
+# Overlapping windows make tiles of one image add into the same input
+# elements, so two threads must never scatter the same (image, channel): work
+# items are (image, group, block of input channels), each owning its slice of
+# grad_x, and tiles are walked in order inside an item. The result is the
+# same whatever the thread count or schedule. Channel blocks exist so that a
+# batch smaller than the thread count still gives every thread work (rows of
+# W^T belonging to different channels scatter into different planes).
+
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+
+from fastconv._kernels._blas cimport gemm_rowmajor_op
+from fastconv._kernels._index_map cimport build_row_table, scatter_add_columns, ROW_FIELDS
+
+import numpy as np
+
+
+def conv2d_input_grad(const floating[:, :, ::1] grad,
+                      const floating[:, ::1] weight,
+                      floating[:, :, :, ::1] grad_x,
+                      floating[:, ::1] workspace,
+                      Py_ssize_t R, Py_ssize_t S, Py_ssize_t Wo,
+                      Py_ssize_t stride_h, Py_ssize_t stride_w,
+                      Py_ssize_t pad_top, Py_ssize_t pad_left,
+                      Py_ssize_t dil_h, Py_ssize_t dil_w,
+                      Py_ssize_t groups, Py_ssize_t tile_cols,
+                      Py_ssize_t channel_blocks, bint flip, bint pointwise,
+                      int num_threads):
+    """grad_x (N, C, H, W), zeroed by the caller, += the input gradient of
+    grad (N, K, Ho*Wo) through weight (K, C/groups*R*S).
+
+    workspace: (num_threads, >= ceil(C/groups / channel_blocks)*R*S*tile_cols).
+    pointwise (1x1, stride 1, no padding): the product is grad_x itself, so
+    each GEMM writes straight into it (no buffer, no scatter, no zeroing).
+    """
+    cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1]
+    cdef Py_ssize_t H = grad_x.shape[2], W = grad_x.shape[3]
+    cdef Py_ssize_t K = weight.shape[0], n_rows = weight.shape[1]
+    cdef Py_ssize_t cols = grad.shape[2], Ho = cols // Wo, taps = R * S
+    cdef Py_ssize_t c_group = C // groups, k_group = K // groups
+    cdef Py_ssize_t n_tiles = (cols + tile_cols - 1) // tile_cols
+    cdef Py_ssize_t xs_n = C * H * W, xs_c = H * W
+    cdef Py_ssize_t[:, ::1] table = np.empty((n_rows, ROW_FIELDS), dtype=np.intp)
+    cdef floating *x0 = &grad_x[0, 0, 0, 0]
+    cdef Py_ssize_t item, n, g, block, c_lo, c_hi, block_rows, tile, start, width
+    cdef floating *buf
+    cdef floating *x_group
+    cdef const floating *w_block
+    cdef const floating *g_block
+
+    with nogil:
+        build_row_table(&table[0, 0], c_group, R, S, H, W, Ho, Wo,
+                        stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
+                        xs_c, W, 1, flip)
+        for item in prange(N * groups * channel_blocks, schedule="dynamic",
+                           num_threads=num_threads):
+            n = item // (groups * channel_blocks)
+            g = (item // channel_blocks) % groups
+            block = item % channel_blocks
+            c_lo = block * c_group // channel_blocks
+            c_hi = (block + 1) * c_group // channel_blocks
+            block_rows = (c_hi - c_lo) * taps
+            # W^T restricted to this block's channels: columns c_lo*R*S... of
+            # the group's filters, transposed by the GEMM, not copied
+            w_block = &weight[g * k_group, c_lo * taps]
+            x_group = x0 + n * xs_n + g * c_group * xs_c
+            buf = &workspace[threadid(), 0]
+            for tile in range(n_tiles):
+                start = tile * tile_cols
+                width = cols - start
+                if width > tile_cols:
+                    width = tile_cols
+                g_block = &grad[n, g * k_group, start]
+                if pointwise:
+                    gemm_rowmajor_op(True, False, <int> (c_hi - c_lo), <int> width,
+                                     <int> k_group, w_block, <int> n_rows,
+                                     g_block, <int> cols, 0.0, x_group + c_lo * xs_c + start,
+                                     <int> xs_c)
+                else:
+                    gemm_rowmajor_op(True, False, <int> block_rows, <int> width,
+                                     <int> k_group, w_block, <int> n_rows,
+                                     g_block, <int> cols, 0.0, buf, <int> width)
+                    scatter_add_columns(x_group, &table[c_lo * taps, 0], block_rows, Wo,
+                                        stride_h * W, stride_w, start, start + width,
+                                        buf, width)
