@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from _layers import DEFAULT_LAYERS, conv_kwargs, load_layers
+from _layers import DEFAULT_LAYERS, load_layers
 
 CHILD = r"""
 import json, resource, sys, time

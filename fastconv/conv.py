@@ -12,8 +12,6 @@ output exchanged.
 """
 import dataclasses
 
-import numpy as np
-
 from fastconv._params import (as_array, conv_geometry, int_tuple, padding_pairs,
                               resolve_dtypes)
 from fastconv._plan import plan_conv, run_input_grad, run_weight_grad

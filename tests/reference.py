@@ -84,3 +84,72 @@ def conv_matrix_reference(weight, input_shape, **conv):
         unit[i] = 1.0
         columns.append(conv2d_reference(unit.reshape(1, C, H, W), weight, **conv).ravel())
     return np.stack(columns, axis=1)
+
+
+def _strided_taps(R, S, stride, dilation, out_hw):
+    """Slices of the padded input that kernel tap (r, s) meets at every output position."""
+    (sh, sw), (dh, dw), (Ho, Wo) = stride, dilation, out_hw
+    for r in range(R):
+        for s in range(S):
+            yield r, s, (slice(r * dh, r * dh + sh * (Ho - 1) + 1, sh),
+                         slice(s * dw, s * dw + sw * (Wo - 1) + 1, sw))
+
+
+def conv2d_input_grad_reference(input_shape, weight, grad_output, *, stride=(1, 1),
+                                padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1, flip=False):
+    """d<conv2d(x, weight), grad_output>/dx by scattering every tap's
+    contribution into a padded zero image, then cutting the padding (float64)."""
+    weight = np.asarray(weight, dtype=np.float64)
+    if flip:
+        weight = weight[:, :, ::-1, ::-1]
+    grad = np.asarray(grad_output, dtype=np.float64)
+    N, C, H, W = input_shape
+    K, Cg, R, S = weight.shape
+    Kg = K // groups
+    (pt, pb), (pl, pr) = padding
+    padded = np.zeros((N, C, H + pt + pb, W + pl + pr))
+    for r, s, (rows, cols) in _strided_taps(R, S, stride, dilation, grad.shape[2:]):
+        for g in range(groups):
+            padded[:, g * Cg:(g + 1) * Cg, rows, cols] += np.einsum(
+                "nkhw,kc->nchw", grad[:, g * Kg:(g + 1) * Kg], weight[g * Kg:(g + 1) * Kg, :, r, s])
+    return padded[:, :, pt:pt + H, pl:pl + W]
+
+
+def conv2d_weight_grad_reference(x, weight_shape, grad_output, *, stride=(1, 1),
+                                 padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1, flip=False):
+    """d<conv2d(x, weight), grad_output>/dweight, one kernel tap at a time (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    grad = np.asarray(grad_output, dtype=np.float64)
+    K, Cg, R, S = weight_shape
+    Kg = K // groups
+    padded = np.pad(x, ((0, 0), (0, 0), padding[0], padding[1]))
+    out = np.zeros(weight_shape)
+    for r, s, (rows, cols) in _strided_taps(R, S, stride, dilation, grad.shape[2:]):
+        for g in range(groups):
+            out[g * Kg:(g + 1) * Kg, :, r, s] = np.einsum(
+                "nkhw,nchw->kc", grad[:, g * Kg:(g + 1) * Kg], padded[:, g * Cg:(g + 1) * Cg, rows, cols])
+    return out[:, :, ::-1, ::-1] if flip else out
+
+
+def conv_transpose2d_reference(x, weight, bias=None, *, stride=(1, 1), padding=((0, 0), (0, 0)),
+                               output_padding=(0, 0), dilation=(1, 1), groups=1):
+    """PyTorch's transposed convolution, from its definition: every input pixel
+    adds weight[c] * x[n, c, h, w] at (h*stride, w*stride) of a full-size
+    output, whose borders (padding) are then cut (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    N, C_in, H, W = x.shape
+    _, Cog, R, S = weight.shape
+    Cig = C_in // groups
+    (sh, sw), (dh, dw), (oph, opw) = stride, dilation, output_padding
+    full = np.zeros((N, Cog * groups, (H - 1) * sh + dh * (R - 1) + 1 + oph,
+                     (W - 1) * sw + dw * (S - 1) + 1 + opw))
+    for r, s, (rows, cols) in _strided_taps(R, S, stride, dilation, (H, W)):
+        for g in range(groups):
+            full[:, g * Cog:(g + 1) * Cog, rows, cols] += np.einsum(
+                "nchw,co->nohw", x[:, g * Cig:(g + 1) * Cig], weight[g * Cig:(g + 1) * Cig, :, r, s])
+    (pt, pb), (pl, pr) = padding
+    out = full[:, :, pt:full.shape[2] - pb, pl:full.shape[3] - pr]
+    if bias is not None:
+        out = out + np.asarray(bias, dtype=np.float64)[None, :, None, None]
+    return out

@@ -7,7 +7,7 @@ import scipy.sparse
 from hypothesis import given, settings, strategies as st
 
 import fastconv
-from reference import assert_close, conv2d_reference, conv_matrix_reference, im2col_reference
+from reference import assert_close, conv_matrix_reference, im2col_reference
 
 
 @st.composite

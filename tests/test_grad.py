@@ -1,0 +1,364 @@
+"""Gradients and the transposed convolution against the NumPy reference,
+finite differences, adjointness and the fully connected view."""
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, HealthCheck, strategies as st
+
+import fastconv
+from cases import DTYPES, METHODS, conv_cases, random_arrays, small_tiles
+from reference import (assert_close, conv2d_input_grad_reference, conv2d_reference,
+                       conv2d_weight_grad_reference, conv_transpose2d_reference)
+
+
+def _conv(case):
+    return dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                groups=case["groups"], flip=case["flip"])
+
+
+def _grad_output(case, rng):
+    x_shape = (case["N"], case["C"], case["H"], case["W"])
+    w_shape = (case["K"], case["C"] // case["groups"], case["R"], case["S"])
+    out_shape = fastconv.plan_conv2d(x_shape, w_shape, stride=case["stride"],
+                                     padding=case["padding"], dilation=case["dilation"],
+                                     groups=case["groups"]).output_shape
+    return rng.standard_normal(out_shape).astype(case["dtype"])
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases())
+def test_gradients_match_reference(case):
+    x, w, _ = random_arrays(case)
+    grad = _grad_output(case, np.random.default_rng(case["seed"] + 1))
+    kw = dict(_conv(case), method=case["method"], num_threads=case["threads"])
+    with small_tiles(case["tile_bytes"]):
+        grad_x = fastconv.conv2d_input_grad(x.shape, w, grad, **kw)
+        grad_w = fastconv.conv2d_weight_grad(x, w.shape, grad, **kw)
+    assert grad_x.dtype == grad_w.dtype == case["dtype"]
+    assert grad_x.flags.c_contiguous and grad_w.flags.c_contiguous
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), case["dtype"])
+    assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), case["dtype"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(conv_cases())
+def test_adjointness(case):
+    """<conv2d(x, w), g> == <x, input_grad(g)> == <w, weight_grad(x, g)> in float64."""
+    case = dict(case, dtype=np.float64)
+    x, w, _ = random_arrays(case)
+    g = _grad_output(case, np.random.default_rng(case["seed"] + 1))
+    kw = dict(_conv(case), method=case["method"], num_threads=case["threads"])
+    lhs = np.vdot(fastconv.conv2d(x, w, **kw), g)
+    tol = 1e-10 * max(1.0, abs(lhs))
+    assert abs(lhs - np.vdot(x, fastconv.conv2d_input_grad(x.shape, w, g, **kw))) <= tol
+    assert abs(lhs - np.vdot(w, fastconv.conv2d_weight_grad(x, w.shape, g, **kw))) <= tol
+
+
+@pytest.mark.parametrize("method", METHODS + ["auto"])
+@pytest.mark.parametrize("conv", [
+    dict(stride=1, padding=1, dilation=1, groups=1),
+    dict(stride=2, padding=((0, 2), (1, 0)), dilation=1, groups=2),
+    dict(stride=(1, 3), padding=2, dilation=(2, 1), groups=1),
+    dict(stride=1, padding=0, dilation=1, groups=4, flip=True),
+])
+def test_gradients_match_finite_differences(method, conv):
+    """A nonlinear loss, L = sum(tanh(conv2d(x, w) + b)), differentiated both
+    ways along random directions (central differences, float64)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 4, 7, 6))
+    w = rng.standard_normal((4, 4 // conv["groups"], 3, 2))
+    b = rng.standard_normal(4)
+
+    def loss(x, w, b):
+        return np.tanh(fastconv.conv2d(x, w, b, method=method, **conv)).sum()
+
+    grad_y = 1 - np.tanh(fastconv.conv2d(x, w, b, method=method, **conv)) ** 2
+    analytic = dict(x=fastconv.conv2d_input_grad(x.shape, w, grad_y, method=method, **conv),
+                    w=fastconv.conv2d_weight_grad(x, w.shape, grad_y, method=method, **conv),
+                    b=grad_y.sum(axis=(0, 2, 3)))  # the bias gradient, as documented
+    eps = 1e-6
+    for name, value in dict(x=x, w=w, b=b).items():
+        direction = rng.standard_normal(value.shape)
+        args = dict(x=x, w=w, b=b)
+        args[name] = value + eps * direction
+        up = loss(**args)
+        args[name] = value - eps * direction
+        numeric = (up - loss(**args)) / (2 * eps)
+        np.testing.assert_allclose(np.vdot(analytic[name], direction), numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_matrix_transpose_is_the_input_gradient(groups):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 4 // groups, 3, 3))
+    conv = dict(stride=2, padding=1, dilation=1, groups=groups)
+    g = rng.standard_normal((1, 4, 4, 3))
+    expected = fastconv.conv2d_input_grad((1, 4, 7, 6), w, g, **conv)[0].ravel()
+    assert_close(fastconv.conv_matrix(w, (4, 7, 6), **conv).T @ g.ravel(), expected, np.float64)
+    assert_close(fastconv.conv_matrix(w, (4, 7, 6), sparse=True, **conv).T @ g.ravel(),
+                 expected, np.float64)
+
+
+@pytest.mark.parametrize("method", METHODS + ["gemm1x1"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pointwise_gradients(method, dtype):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 6, 5, 7)).astype(dtype)[:, :, :, ::-1]  # reversed rows: copied
+    w = rng.standard_normal((4, 3, 1, 1)).astype(dtype)
+    g = rng.standard_normal((3, 4, 5, 7)).astype(dtype)
+    assert_close(fastconv.conv2d_input_grad(x.shape, w, g, groups=2, method=method),
+                 conv2d_input_grad_reference(x.shape, w, g, groups=2), dtype)
+    assert_close(fastconv.conv2d_weight_grad(x, w.shape, g, groups=2, method=method),
+                 conv2d_weight_grad_reference(x, w.shape, g, groups=2), dtype)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_weight_grad_is_reproducible_and_input_grad_thread_independent(method):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((7, 8, 12, 11)).astype(np.float32)
+    g = rng.standard_normal((7, 6, 12, 11)).astype(np.float32)
+    w = rng.standard_normal((6, 8, 3, 3)).astype(np.float32)
+    with small_tiles(64 * 72 * 4):
+        for threads in (1, 2, 3):
+            first = fastconv.conv2d_weight_grad(x, w.shape, g, padding=1, method=method,
+                                                num_threads=threads)
+            for _ in range(3):
+                again = fastconv.conv2d_weight_grad(x, w.shape, g, padding=1, method=method,
+                                                    num_threads=threads)
+                assert np.array_equal(first, again)
+        # each input element is summed by one thread in tile order: the bits
+        # do not depend on the thread count
+        one = fastconv.conv2d_input_grad(x.shape, w, g, padding=1, method=method, num_threads=1)
+        for threads in (2, 3):
+            assert np.array_equal(one, fastconv.conv2d_input_grad(
+                x.shape, w, g, padding=1, method=method, num_threads=threads))
+
+
+@pytest.mark.parametrize("N, threads", [(1, 2), (1, 3), (2, 3)])
+def test_small_batches_split_channels_between_threads(N, threads):
+    rng = np.random.default_rng(6)
+    x_shape, w = (N, 5, 9, 9), rng.standard_normal((4, 5, 3, 3))
+    g = rng.standard_normal((N, 4, 9, 9))
+    plan = fastconv.plan_conv2d(x_shape, w.shape, "float64", padding=1, num_threads=threads,
+                                kind="input_grad")
+    if plan.kernel_threads > 1:
+        assert plan.channel_blocks >= -(-threads // N)
+    assert_close(fastconv.conv2d_input_grad(x_shape, w, g, padding=1, num_threads=threads),
+                 conv2d_input_grad_reference(x_shape, w, g, padding=((1, 1), (1, 1))), np.float64)
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(["input_grad", "weight_grad"]), N=st.integers(1, 4),
+       C=st.integers(1, 12), K=st.integers(1, 12), H=st.integers(3, 30), R=st.integers(1, 3),
+       limit=st.integers(20_000, 2_000_000), threads=st.integers(1, 3),
+       dtype=st.sampled_from(DTYPES))
+def test_gradient_workspace_within_limit_and_really_allocated(kind, N, C, K, H, R, limit,
+                                                              threads, dtype):
+    shape, wshape = (N, C, H, H + 3), (K, C, R, R)
+    try:
+        plan = fastconv.plan_conv2d(shape, wshape, dtype, padding=R // 2, memory_limit=limit,
+                                    num_threads=threads, kind=kind)
+    except fastconv.WorkspaceLimitError as exc:
+        assert "needs" in str(exc)
+        return
+    assert plan.workspace_bytes <= limit and plan.kind == kind
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal(shape).astype(dtype), rng.standard_normal(wshape).astype(dtype)
+    g = rng.standard_normal(plan.output_shape).astype(dtype)
+    conv = dict(padding=R // 2, memory_limit=limit, num_threads=threads)
+    run = {"input_grad": lambda: fastconv.conv2d_input_grad(shape, w, g, **conv),
+           "weight_grad": lambda: fastconv.conv2d_weight_grad(x, wshape, g, **conv)}[kind]
+    run()  # warm-up: first-call imports are not the call's memory
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        out = run()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak - out.nbytes <= plan.workspace_bytes + 64 * 1024, (plan, peak)
+    pads = ((R // 2,) * 2,) * 2
+    expected = (conv2d_input_grad_reference(shape, w, g, padding=pads) if kind == "input_grad"
+                else conv2d_weight_grad_reference(x, wshape, g, padding=pads))
+    assert_close(out, expected, dtype)
+
+
+def test_gradient_plans_follow_the_forward_rules():
+    vgg = (16, 64, 224, 224), (64, 64, 3, 3)
+    for kind in ("input_grad", "weight_grad"):
+        plan = fastconv.plan_conv2d(*vgg, padding=1, memory_limit="64MiB", kind=kind)
+        assert plan.method == "mapped" and plan.workspace_bytes <= 64 * 2**20, plan
+        assert f"{kind}, mapped" in repr(plan)
+        small = fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1, kind=kind)
+        assert small.method == "stretch" and small.images_per_gemm == 1
+        assert fastconv.plan_conv2d((8, 64, 56, 56), (256, 64, 1, 1), kind=kind).method == "gemm1x1"
+    with pytest.raises(TypeError, match="conv2d_input_grad"):
+        fastconv.plan_conv2d((1, 1, 4, 4), (1, 1, 3, 3), kind="input_grad").execute(
+            np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)))
+    with pytest.raises(ValueError, match="kind"):
+        fastconv.plan_conv2d((1, 1, 4, 4), (1, 1, 3, 3), kind="backward")
+
+
+def test_weight_grad_accumulators_counted_and_dropped_under_a_tight_limit():
+    shape, wshape = (8, 64, 16, 16), (128, 64, 3, 3)
+    roomy = fastconv.plan_conv2d(shape, wshape, padding=1, num_threads=2, kind="weight_grad")
+    accumulator = 128 * 64 * 9 * 4
+    assert roomy.kernel_threads == 2 and roomy.workspace_bytes > accumulator
+    tight = fastconv.plan_conv2d(shape, wshape, padding=1, num_threads=2, kind="weight_grad",
+                                 memory_limit=accumulator)
+    assert tight.kernel_threads == 1 and tight.workspace_bytes <= accumulator
+
+
+# ---------------------------------------------------------------------------
+# 1-D
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_conv1d_gradients(method):
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((3, 4, 29)), rng.standard_normal((6, 2, 5))
+    conv = dict(stride=2, padding=(3, 1), dilation=2, groups=2)
+    g = rng.standard_normal(fastconv.conv1d(x, w, **conv).shape)
+    ref2d = dict(stride=(1, 2), padding=((0, 0), (3, 1)), dilation=(1, 2), groups=2)
+    grad_x = fastconv.conv1d_input_grad(x.shape, w, g, method=method, **conv)
+    grad_w = fastconv.conv1d_weight_grad(x, w.shape, g, method=method, **conv)
+    assert grad_x.shape == x.shape and grad_w.shape == w.shape
+    assert_close(grad_x, conv2d_input_grad_reference(
+        (3, 4, 1, 29), w[:, :, None], g[:, :, None], **ref2d)[:, :, 0], np.float64)
+    assert_close(grad_w, conv2d_weight_grad_reference(
+        x[:, :, None], (6, 2, 1, 5), g[:, :, None], **ref2d)[:, :, 0], np.float64)
+    y = rng.standard_normal((3, 6, 10))
+    out = fastconv.conv_transpose1d(y, rng.standard_normal((6, 2, 3)), stride=3, padding=1,
+                                    output_padding=2, groups=2, method=method)
+    assert out.shape == (3, 4, (10 - 1) * 3 - 2 + 2 + 2 + 1)
+
+
+# ---------------------------------------------------------------------------
+# transposed convolution
+
+
+@st.composite
+def transpose_cases(draw):
+    groups = draw(st.integers(1, 3))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(2))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(2))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(2))
+    H, W = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    # output_padding below stride or dilation; padding that leaves an output
+    output_padding = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
+    pads = []
+    for size, s, d, k, op in zip((H, W), stride, dilation, kernel, output_padding):
+        full = (size - 1) * s + d * (k - 1) + 1 + op
+        top = draw(st.integers(0, min(3, full - 1)))
+        pads.append((top, draw(st.integers(0, min(3, full - 1 - top)))))
+    return dict(x_shape=(draw(st.integers(1, 3)), groups * draw(st.integers(1, 3)), H, W),
+                c_out_group=draw(st.integers(1, 3)), kernel=kernel, groups=groups, stride=stride,
+                dilation=dilation, padding=tuple(pads), output_padding=output_padding,
+                bias=draw(st.booleans()), dtype=draw(st.sampled_from(DTYPES)),
+                method=draw(st.sampled_from(METHODS + ["auto"])),
+                threads=draw(st.sampled_from([1, 2, 3])), seed=draw(st.integers(0, 2**31)))
+
+
+def _transpose_args(case):
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal(case["x_shape"]).astype(case["dtype"])
+    w = rng.standard_normal((case["x_shape"][1], case["c_out_group"]) + case["kernel"])
+    b = rng.standard_normal(case["c_out_group"] * case["groups"]) if case["bias"] else None
+    conv = {k: case[k] for k in ("stride", "padding", "output_padding", "dilation", "groups")}
+    return x, w.astype(case["dtype"]), None if b is None else b.astype(case["dtype"]), conv
+
+
+@settings(max_examples=400, deadline=None)
+@given(transpose_cases())
+def test_conv_transpose2d_matches_reference(case):
+    x, w, b, conv = _transpose_args(case)
+    out = fastconv.conv_transpose2d(x, w, b, method=case["method"], num_threads=case["threads"],
+                                    **conv)
+    assert out.dtype == case["dtype"]
+    assert_close(out, conv_transpose2d_reference(x, w, b, **conv), case["dtype"])
+
+
+def test_conv_transpose2d_inverts_the_shape_of_conv2d():
+    """A strided conv2d and its transpose map shapes back and forth, and the
+    transpose is the conv2d's input gradient."""
+    rng = np.random.default_rng(9)
+    x, w = rng.standard_normal((2, 3, 11, 10)), rng.standard_normal((5, 3, 3, 3))
+    y = fastconv.conv2d(x, w, stride=2, padding=1)
+    back = fastconv.conv_transpose2d(y, w, stride=2, padding=1, output_padding=(0, 1))
+    assert back.shape == x.shape
+    assert_close(back, fastconv.conv2d_input_grad(x.shape, w, y, stride=2, padding=1), np.float64)
+    assert_close(back, conv2d_input_grad_reference(x.shape, w, y, stride=(2, 2),
+                                                   padding=((1, 1), (1, 1))), np.float64)
+
+
+def test_gradients_take_any_array():
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 3, 8, 9))
+    w = rng.standard_normal((4, 3, 3, 3))
+    g = rng.standard_normal((2, 4, 6, 7))
+    expected_x = conv2d_input_grad_reference(x.shape, w, g)
+    expected_w = conv2d_weight_grad_reference(x, w.shape, g)
+    for view in (lambda a: a.astype(">f8"), np.asfortranarray, lambda a: a.tolist()):
+        assert_close(fastconv.conv2d_input_grad(x.shape, view(w), view(g)), expected_x, np.float64)
+        assert_close(fastconv.conv2d_weight_grad(view(x), w.shape, view(g)), expected_w, np.float64)
+    # strided views read in place; integers count as float64
+    x2 = np.repeat(x, 2, axis=3)[..., ::2]
+    assert_close(fastconv.conv2d_weight_grad(x2, w.shape, g), expected_w, np.float64)
+    out = fastconv.conv2d_input_grad(np.array(x.shape), w.astype(np.float32), g.astype(np.int64))
+    assert out.dtype == np.float64
+    assert fastconv.conv2d_weight_grad(x.astype(np.float32), w.shape, g.astype(np.float32)).dtype \
+        == np.float32
+    # empty batch and zero-size kernels' reduction
+    assert fastconv.conv2d_input_grad((0, 3, 8, 9), w, g[:0]).shape == (0, 3, 8, 9)
+    assert not fastconv.conv2d_weight_grad(x[:0], w.shape, g[:0]).any()
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: fastconv.conv2d_input_grad((2, 3, 8, 9), np.ones((4, 3, 3, 3)), np.ones((2, 4, 6, 6))),
+     r"grad_output must have .*\(2, 4, 6, 7\).*got shape \(2, 4, 6, 6\)"),
+    (lambda: fastconv.conv2d_input_grad((2, 3, 8), np.ones((4, 3, 3, 3)), np.ones((2, 4, 6, 7))),
+     "input_shape must be a tuple of 4 ints"),
+    (lambda: fastconv.conv2d_input_grad((2, -3, 8, 9), np.ones((4, 3, 3, 3)), np.ones((2, 4, 6, 7))),
+     "negative"),
+    (lambda: fastconv.conv2d_input_grad((2, 4, 8, 9), np.ones((4, 3, 3, 3)), np.ones((2, 4, 6, 7))),
+     r"weight.shape\[1\] must be C/groups"),
+    (lambda: fastconv.conv2d_weight_grad(np.ones((2, 3, 8, 9)), (4, 3, 3), np.ones((2, 4, 6, 7))),
+     "weight_shape must be a tuple of 4 ints"),
+    (lambda: fastconv.conv2d_weight_grad(np.ones((2, 3, 8, 9)), (4, 3, 3, 3), np.ones((2, 4, 7))),
+     "grad_output must have"),
+    (lambda: fastconv.conv2d_weight_grad(np.ones((2, 3, 8, 9)), "abc", np.ones((2, 4, 6, 7))),
+     "weight_shape"),
+    (lambda: fastconv.conv_transpose2d(np.ones((1, 3, 4, 4)), np.ones((2, 3, 3, 3))),
+     r"weight.shape\[0\] must be C_in = 3"),
+    (lambda: fastconv.conv_transpose2d(np.ones((1, 2, 4, 4)), np.ones((2, 3, 3, 3)), stride=2,
+                                       output_padding=2), "output_padding"),
+    (lambda: fastconv.conv_transpose2d(np.ones((1, 2, 4, 4)), np.ones((2, 3, 3, 3)), padding="same"),
+     "numeric padding"),
+    (lambda: fastconv.conv_transpose2d(np.ones((1, 2, 1, 1)), np.ones((2, 3, 1, 1)), padding=1),
+     "empty output"),
+    (lambda: fastconv.conv_transpose2d(np.ones((1, 2, 4, 4)), np.ones((2, 3, 3, 3)), np.ones(2)),
+     r"bias must have shape \(3,\)"),
+    (lambda: fastconv.conv_transpose2d(np.ones((1, 3, 4, 4)), np.ones((3, 3, 3, 3)), groups=2),
+     "divisible by groups=2"),
+    (lambda: fastconv.conv_transpose2d(np.ones((1, 2, 4)), np.ones((2, 3, 3, 3))), "x must be 4-D"),
+    (lambda: fastconv.conv2d_input_grad((1, 1, 4, 4), np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)),
+                                        method="fast"), "method"),
+])
+def test_bad_arguments_raise_clear_errors(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+def test_gradients_reach_the_reference_through_conv2d_reference():
+    """The reference gradients are themselves the adjoints of the reference
+    convolution (so the tests above compare against an independent truth)."""
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal((2, 4, 6, 7)), rng.standard_normal((6, 2, 3, 2))
+    conv = dict(stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2), groups=2)
+    y = conv2d_reference(x, w, **conv)
+    g = rng.standard_normal(y.shape)
+    lhs = np.vdot(y, g)
+    assert abs(lhs - np.vdot(x, conv2d_input_grad_reference(x.shape, w, g, **conv))) < 1e-10 * abs(lhs)
+    assert abs(lhs - np.vdot(w, conv2d_weight_grad_reference(x, w.shape, g, **conv))) < 1e-10 * abs(lhs)
