@@ -234,9 +234,10 @@ def _threads(work_items, num_threads):
 
 
 def _images_per_gemm(g, threads, kind="forward"):
-    """How many small images to stretch into one GEMM (1: no batching; the
-    gradients always take one image per GEMM)."""
-    if kind != "forward" or g.cols >= TILE_MIN_COLS or g.N < 2:
+    """How many small images to stretch into one GEMM (1: no batching). The
+    weight gradient sums over images anyway: its GEMMs are as deep as the
+    columns, never thin in their output, so it takes one image at a time."""
+    if kind == "weight_grad" or g.cols >= TILE_MIN_COLS or g.N < 2:
         return 1
     most = -(-TILE_MIN_COLS // g.cols)
     # no fewer batches than threads (counting groups as separate work)
@@ -256,9 +257,10 @@ class _Planner:
         blocks = 1
         if self.kind == "input_grad":
             # tiles of one image scatter into the same pixels, so the work
-            # items are (image, group, channel block), never tiles
-            blocks = max(1, min(g.C // g.groups, -(-self.threads // max(1, g.N * g.groups))))
-            work_items = g.N * g.groups * blocks
+            # items are (batch of images, group, channel block), never tiles
+            batches = -(-g.N // images) * g.groups
+            blocks = max(1, min(g.C // g.groups, -(-self.threads // max(1, batches))))
+            work_items = batches * blocks
         else:
             work_items = -(-g.N // images) * g.groups * -(-g.cols // tile)
         kernel_threads, blas_threads = split or _threads(work_items, self.threads)
@@ -323,6 +325,13 @@ class _Planner:
             tile = -(-g.cols // n_tiles)  # even tiles: no thin last GEMM; never wider
             return self.make("mapped", tile, 1, why.format(tile=tile, n_tiles=n_tiles), split)
 
+        images = _images_per_gemm(g, self.threads, self.kind)
+        if images > 1 and target >= g.cols:
+            # a tile holds whole small images: several per GEMM, as stretch does
+            plan = self.make("mapped", g.cols, images, why.format(tile=g.cols, n_tiles=1)
+                             + f"; {images} images per GEMM (thin GEMMs are slow)")
+            if plan.workspace_bytes <= self.limit:
+                return plan
         plan = tiled(target)
         if plan.workspace_bytes <= self.limit:
             return plan
@@ -581,16 +590,21 @@ def run_input_grad(plan, weight, grad_output):
     from fastconv._kernels.input_grad import conv2d_input_grad
 
     g = plan.geometry
-    grad_x = np.zeros((g.N, g.C, g.H, g.W), dtype=plan.dtype)
+    pointwise = plan.method == "gemm1x1"
+    # the 1x1 GEMMs write every element; the others add into zeros
+    grad_x = (np.empty if pointwise and g.K else np.zeros)((g.N, g.C, g.H, g.W), dtype=plan.dtype)
     if grad_x.size and g.rows and g.K and g.cols:
         grad = np.ascontiguousarray(grad_output, dtype=plan.dtype).reshape(g.N, g.K, g.cols)
         filters = _filters(plan, weight)
+        images = plan.images_per_gemm
         with _runtime.budget.lend(plan.kernel_threads, plan.blas_threads) as (threads, _):
-            rows = 0 if plan.method == "gemm1x1" else _block_rows(g, plan.channel_blocks)
-            workspace = np.empty((threads, rows * plan.tile_cols), dtype=plan.dtype)
-            conv2d_input_grad(grad, filters, grad_x, workspace, *g.kernel_args, g.groups,
-                              plan.tile_cols, plan.channel_blocks, plan.flip,
-                              plan.method == "gemm1x1", threads)
+            rows = 0 if pointwise else _block_rows(g, plan.channel_blocks)
+            workspace = np.empty((threads, rows * plan.tile_cols * images), dtype=plan.dtype)
+            packed = np.empty((threads, (g.K // g.groups) * g.cols * images if images > 1 else 0),
+                              dtype=plan.dtype)
+            conv2d_input_grad(grad, filters, grad_x, workspace, packed, *g.kernel_args, g.groups,
+                              plan.tile_cols, plan.channel_blocks, images, plan.flip, pointwise,
+                              threads)
     return grad_x.reshape(plan.input_shape)
 
 

@@ -14,9 +14,15 @@
 # same whatever the thread count or schedule. Channel blocks exist so that a
 # batch smaller than the thread count still gives every thread work (rows of
 # W^T belonging to different channels scatter into different planes).
+#
+# Small images (few output positions) make thin GEMMs, as in the forward pass
+# (batched.pyx): several images' gradients are then packed side by side into
+# one (K/groups x images*Ho*Wo) matrix, one GEMM makes all their stretched
+# gradients, and each image's columns are scattered into its own plane.
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
+from libc.string cimport memcpy
 
 from fastconv._kernels._blas cimport gemm_rowmajor_op
 from fastconv._kernels._index_map cimport build_row_table, scatter_add_columns, ROW_FIELDS
@@ -28,17 +34,20 @@ def conv2d_input_grad(const floating[:, :, ::1] grad,
                       const floating[:, ::1] weight,
                       floating[:, :, :, ::1] grad_x,
                       floating[:, ::1] workspace,
+                      floating[:, ::1] packed,
                       Py_ssize_t R, Py_ssize_t S, Py_ssize_t Wo,
                       Py_ssize_t stride_h, Py_ssize_t stride_w,
                       Py_ssize_t pad_top, Py_ssize_t pad_left,
                       Py_ssize_t dil_h, Py_ssize_t dil_w,
                       Py_ssize_t groups, Py_ssize_t tile_cols,
-                      Py_ssize_t channel_blocks, bint flip, bint pointwise,
-                      int num_threads):
+                      Py_ssize_t channel_blocks, Py_ssize_t images, bint flip,
+                      bint pointwise, int num_threads):
     """grad_x (N, C, H, W), zeroed by the caller, += the input gradient of
     grad (N, K, Ho*Wo) through weight (K, C/groups*R*S).
 
-    workspace: (num_threads, >= ceil(C/groups / channel_blocks)*R*S*tile_cols).
+    workspace: (num_threads, >= ceil(C/groups / channel_blocks)*R*S*tile_cols*images).
+    images > 1 (only with tile_cols = Ho*Wo): images per GEMM, with packed
+    (num_threads, >= K/groups*Ho*Wo*images) holding their gradients.
     pointwise (1x1, stride 1, no padding): the product is grad_x itself, so
     each GEMM writes straight into it (no buffer, no scatter, no zeroing).
     """
@@ -51,7 +60,10 @@ def conv2d_input_grad(const floating[:, :, ::1] grad,
     cdef Py_ssize_t xs_n = C * H * W, xs_c = H * W
     cdef Py_ssize_t[:, ::1] table = np.empty((n_rows, ROW_FIELDS), dtype=np.intp)
     cdef floating *x0 = &grad_x[0, 0, 0, 0]
+    cdef Py_ssize_t n_batches = (N + images - 1) // images
     cdef Py_ssize_t item, n, g, block, c_lo, c_hi, block_rows, tile, start, width
+    cdef Py_ssize_t batch, count, i, k
+    cdef floating *pack
     cdef floating *buf
     cdef floating *x_group
     cdef const floating *w_block
@@ -61,9 +73,9 @@ def conv2d_input_grad(const floating[:, :, ::1] grad,
         build_row_table(&table[0, 0], c_group, R, S, H, W, Ho, Wo,
                         stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
                         xs_c, W, 1, flip)
-        for item in prange(N * groups * channel_blocks, schedule="dynamic",
+        for item in prange(n_batches * groups * channel_blocks, schedule="dynamic",
                            num_threads=num_threads):
-            n = item // (groups * channel_blocks)
+            batch = item // (groups * channel_blocks)
             g = (item // channel_blocks) % groups
             block = item % channel_blocks
             c_lo = block * c_group // channel_blocks
@@ -72,8 +84,28 @@ def conv2d_input_grad(const floating[:, :, ::1] grad,
             # W^T restricted to this block's channels: columns c_lo*R*S... of
             # the group's filters, transposed by the GEMM, not copied
             w_block = &weight[g * k_group, c_lo * taps]
-            x_group = x0 + n * xs_n + g * c_group * xs_c
             buf = &workspace[threadid(), 0]
+            if images > 1:
+                n = batch * images
+                count = N - n if N - n < images else images
+                # images side by side: row k of the packed matrix is
+                # grad[n, k, :] | grad[n+1, k, :] | ...
+                pack = &packed[threadid(), 0]
+                for k in range(k_group):
+                    for i in range(count):
+                        memcpy(pack + (k * count + i) * cols,
+                               &grad[n + i, g * k_group + k, 0], cols * sizeof(floating))
+                gemm_rowmajor_op(True, False, <int> block_rows, <int> (count * cols),
+                                 <int> k_group, w_block, <int> n_rows,
+                                 pack, <int> (count * cols), 0.0, buf, <int> (count * cols))
+                for i in range(count):
+                    scatter_add_columns(x0 + (n + i) * xs_n + g * c_group * xs_c,
+                                        &table[c_lo * taps, 0], block_rows, Wo,
+                                        stride_h * W, stride_w, 0, cols, buf + i * cols,
+                                        count * cols)
+                continue
+            n = batch
+            x_group = x0 + n * xs_n + g * c_group * xs_c
             for tile in range(n_tiles):
                 start = tile * tile_cols
                 width = cols - start
