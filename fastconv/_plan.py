@@ -591,9 +591,10 @@ def run_input_grad(plan, weight, grad_output):
 
     g = plan.geometry
     pointwise = plan.method == "gemm1x1"
-    # the 1x1 GEMMs write every element; the others add into zeros
-    grad_x = (np.empty if pointwise and g.K else np.zeros)((g.N, g.C, g.H, g.W), dtype=plan.dtype)
-    if grad_x.size and g.rows and g.K and g.cols:
+    runs = g.N * g.C * g.H * g.W and g.rows and g.K and g.cols
+    # the kernel writes every element (each work item clears its slice)
+    grad_x = (np.empty if runs else np.zeros)((g.N, g.C, g.H, g.W), dtype=plan.dtype)
+    if runs:
         grad = np.ascontiguousarray(grad_output, dtype=plan.dtype).reshape(g.N, g.K, g.cols)
         filters = _filters(plan, weight)
         images = plan.images_per_gemm

@@ -162,7 +162,15 @@ cdef inline void scatter_add_columns(floating *x_group, const Py_ssize_t *table,
                 b = row[ROW_OW_HI] if row[ROW_OW_HI] < ow_end else ow_end
                 if b > a:
                     dst = x_group + row[ROW_OFFSET] + oh * out_row_step + a * out_col_step
-                    for t in range(b - a):
-                        dst[t * out_col_step] += src[a - ow + t]
+                    # constant steps (stride 1 and 2) vectorize; see gather_columns
+                    if out_col_step == 1:
+                        for t in range(b - a):
+                            dst[t] += src[a - ow + t]
+                    elif out_col_step == 2:
+                        for t in range(b - a):
+                            dst[2 * t] += src[a - ow + t]
+                    else:
+                        for t in range(b - a):
+                            dst[t * out_col_step] += src[a - ow + t]
             src += run
             col += run
