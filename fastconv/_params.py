@@ -66,8 +66,10 @@ class ConvGeometry:
     @property
     def is_pointwise(self):
         """1x1, stride 1, no padding: the input already is the stretched matrix."""
+        # (the output of a transposed convolution with output_padding has a
+        # row or column more than the image it comes from: not pointwise)
         return (self.R == 1 and self.S == 1 and self.stride == (1, 1)
-                and self.padding == ((0, 0), (0, 0)))
+                and self.padding == ((0, 0), (0, 0)) and (self.Ho, self.Wo) == (self.H, self.W))
 
 
 def _as_int(value, name):

@@ -296,6 +296,19 @@ def test_conv_transpose2d_inverts_the_shape_of_conv2d():
                                                    padding=((1, 1), (1, 1))), np.float64)
 
 
+@pytest.mark.parametrize("method", ["auto", "stretch", "mapped"])
+def test_conv_transpose2d_output_padding_beyond_a_1x1_kernel(method):
+    """1x1 kernel, dilation 2, output_padding 1: the output has a row and a
+    column no input reaches; they must be zero (bias), not left unwritten."""
+    rng = np.random.default_rng(12)
+    x, w, b = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((3, 2, 1, 1)), np.ones(2)
+    conv = dict(dilation=2, output_padding=1)
+    out = fastconv.conv_transpose2d(x, w, b, method=method, **conv)
+    assert_close(out, conv_transpose2d_reference(x, w, b, dilation=(2, 2), output_padding=(1, 1)),
+                 np.float64)
+    assert np.all(out[:, :, -1, :] == 1) and np.all(out[:, :, :, -1] == 1)
+
+
 def test_gradients_take_any_array():
     rng = np.random.default_rng(10)
     x = rng.standard_normal((2, 3, 8, 9))
