@@ -1,11 +1,9 @@
 """Benchmark layers: ../shared/layers.json beside the repository, or the file
-named by --layers or FASTCONV_LAYERS. Without a layers file every benchmark
-is skipped, with that reason."""
-import os
-
+named by --layers or FASTCONV_LAYERS (fastconv._benchcases.default_layers_path).
+Without a layers file every benchmark is skipped, with that reason."""
 import pytest
 
-from _layers import DEFAULT_LAYERS, load_layers
+from fastconv._benchcases import default_layers_path, load_layers
 
 
 def pytest_addoption(parser):
@@ -19,17 +17,13 @@ def threads(request):
     return request.config.getoption("--threads")
 
 
-def _layers(config):
-    path = config.getoption("--layers") or os.environ.get("FASTCONV_LAYERS") or DEFAULT_LAYERS
-    layers = load_layers(path, config.getoption("--layer-names"))
-    return layers, (None if layers is not None else f"no layers file at {path}")
-
-
 def pytest_generate_tests(metafunc):
     if "layer" in metafunc.fixturenames:
-        layers, why = _layers(metafunc.config)
-        if layers is None:
-            metafunc.parametrize("layer", [pytest.param(None, marks=pytest.mark.skip(reason=why))],
+        path = metafunc.config.getoption("--layers") or default_layers_path()
+        try:
+            layers = load_layers(path, metafunc.config.getoption("--layer-names"))
+        except (FileNotFoundError, ValueError) as exc:
+            metafunc.parametrize("layer", [pytest.param(None, marks=pytest.mark.skip(reason=str(exc)))],
                                  ids=["no-layers"])
         else:
             metafunc.parametrize("layer", layers, ids=[layer["name"] for layer in layers])

@@ -11,7 +11,7 @@ import json
 import numpy as np
 
 import fastconv
-from _layers import DEFAULT_LAYERS, conv_kwargs, layer_arrays, load_layers
+from fastconv._benchcases import conv_kwargs, layer_arrays, load_layers
 from interleaved import auto_label, measure
 
 
@@ -44,7 +44,7 @@ def geometric_mean(values):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--layers", default=str(DEFAULT_LAYERS))
+    parser.add_argument("--layers", default=None)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--names", default=None)
@@ -54,8 +54,6 @@ def main():
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     layers = load_layers(args.layers, args.names)
-    if layers is None:
-        raise SystemExit(f"no layers file at {args.layers}")
     print(f"{args.dtype}, threads={args.threads or fastconv.get_config()['num_threads']}, "
           f"{args.rounds} rounds x {args.block} calls, medians")
     print(f"{'layer':<18} {'fwd ms':>8} {'in/fwd':>7} {'wt/fwd':>7} {'in map/str':>10} "

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 import fastconv
-from _layers import DEFAULT_LAYERS, conv_kwargs, layer_arrays, load_layers, same_shape_gemm
+from fastconv._benchcases import conv_kwargs, layer_arrays, load_layers, same_shape_gemm
 
 def build_cases(layer, dtype, threads, scaling=False):
     """name -> (plan, run). 'mapped_1/8' is mapped held to an eighth of
@@ -77,7 +77,7 @@ def auto_label(plan):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--layers", default=str(DEFAULT_LAYERS))
+    parser.add_argument("--layers", default=None)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None)
@@ -88,8 +88,6 @@ def main():
     parser.add_argument("--cooldown", type=float, default=0.0, help="seconds of rest between cases")
     args = parser.parse_args()
     layers = load_layers(args.layers, args.names)
-    if layers is None:
-        raise SystemExit(f"no layers file at {args.layers}")
     results = []
     print(f"{args.dtype}, threads={args.threads or fastconv.get_config()['num_threads']}, "
           f"{args.rounds} interleaved rounds; ratios of medians (of minima in brackets)")

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from _layers import DEFAULT_LAYERS, load_layers
+from fastconv._benchcases import load_layers
 
 CHILD = r"""
 import json, resource, sys, time
@@ -71,7 +71,7 @@ print(json.dumps(dict(growth=growth, times=times, workspace=plan.workspace_bytes
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--layers", default=str(DEFAULT_LAYERS))
+    parser.add_argument("--layers", default=None)
     parser.add_argument("--layer", default="vgg16_1_2")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--dtype", default="float32")

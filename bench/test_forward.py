@@ -1,60 +1,49 @@
-"""Forward convolution: each lowering, fp32 and fp64, against the GEMM of the
-same shape (the ceiling of any GEMM lowering).
+"""Forward convolution: each lowering (stretch, mapped at the default limit and
+at an eighth of stretch's workspace, auto), fp32 and fp64, and the peers where
+installed: PyTorch, plain NumPy, and the GEMM of the same shape (the ceiling of
+any GEMM lowering). Grouped per layer, so --benchmark-compare reads naturally.
 
     pytest bench/ --benchmark-group-by=param:layer,param:dtype
     pytest bench/ -k "resnet50 and float32" --threads 1     # one thread
+    pytest bench/ --layers my_layers.json --layer-names a,b
 
-extra_info of every benchmark: method, workspace bytes, GFLOP/s, threads.
+extra_info of every benchmark: case, kind, method, workspace bytes, GFLOP/s, threads.
 """
 import pytest
 
 import fastconv
-from _layers import conv_kwargs, layer_arrays, same_shape_gemm
-
-CASES = {
-    # name: (method, memory_limit)
-    "stretch": ("stretch", "64GiB"),
-    "mapped": ("mapped", None),
-    "mapped_4MiB": ("mapped", "4MiB"),
-    "auto": ("auto", None),
-}
+from fastconv._benchcases import (LOWERINGS, PEERS, conv_kwargs, make_case, peer_available,
+                                  shapes)
 
 
-def _record(benchmark, layer, plan, name):
-    benchmark.group = f"{layer['name']}"
-    benchmark.extra_info.update(
-        layer=layer["name"], case=name, method=plan.method, workspace_bytes=plan.workspace_bytes,
-        tile_cols=plan.tile_cols, num_threads=plan.num_threads, flops=plan.flops,
-        dtype=plan.dtype.name)
+def _record(benchmark, layer, plan, case, kind, flops, dtype):
+    benchmark.group = layer["name"]
+    benchmark.extra_info.update(layer=layer["name"], case=case, kind=kind, dtype=dtype,
+                                flops=flops)
+    if plan is not None:
+        benchmark.extra_info.update(method=plan.method, workspace_bytes=plan.workspace_bytes,
+                                    tile_cols=plan.tile_cols, num_threads=plan.num_threads)
+    else:
+        benchmark.extra_info.update(method=case)
 
 
-def _finish(benchmark, flops):
+def run_case(benchmark, layer, kind, case, dtype, threads):
+    """Benchmark one case; skip (with the reason) what cannot run here."""
+    if case in PEERS and peer_available(case, kind):
+        pytest.skip(peer_available(case, kind))
+    try:
+        plan, run = make_case(layer, dtype, kind, case, threads)
+    except fastconv.WorkspaceLimitError as exc:
+        pytest.skip(str(exc))
+    flops = fastconv.plan_conv2d(*shapes(layer), dtype, **conv_kwargs(layer)).flops
+    _record(benchmark, layer, plan, case, kind, flops, dtype)
+    run()  # warm-up
+    benchmark(run)
     if benchmark.stats is not None:
         benchmark.extra_info["gflops"] = flops / benchmark.stats.stats.median / 1e9
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(LOWERINGS) + list(PEERS))
 def test_conv2d(benchmark, layer, case, dtype, threads):
-    method, limit = CASES[case]
-    x, w = layer_arrays(layer, dtype)
-    try:
-        plan = fastconv.plan_conv2d(x.shape, w.shape, dtype, method=method, memory_limit=limit,
-                                    num_threads=threads, **conv_kwargs(layer))
-    except fastconv.WorkspaceLimitError as exc:
-        pytest.skip(str(exc))
-    _record(benchmark, layer, plan, case)
-    plan.execute(x, w)  # warm-up
-    benchmark(plan.execute, x, w)
-    _finish(benchmark, plan.flops)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_gemm_same_shape(benchmark, layer, dtype, threads):
-    """The ceiling: the same GEMMs on an already stretched, cache-hot operand
-    (see _layers.same_shape_gemm). A lowering's time over this is its cost."""
-    plan, run = same_shape_gemm(layer, dtype, threads)
-    _record(benchmark, layer, plan, "gemm")
-    run()
-    benchmark(run)
-    _finish(benchmark, plan.flops)
+    run_case(benchmark, layer, "forward", case, dtype, threads)

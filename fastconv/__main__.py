@@ -1,4 +1,5 @@
-"""Command line: ``fastconv demo`` (or ``python -m fastconv demo``).
+"""Command line: ``fastconv demo``, ``fastconv report``, ``fastconv config``
+(or ``python -m fastconv ...``).
 
 ``demo`` runs conv2d with each lowering on one layer and prints the time, the
 throughput and the workspace of each, and how far apart their results are.
@@ -66,6 +67,10 @@ def main(argv=None):
     p.set_defaults(func=demo)
     sub.add_parser("config", help="print the build and machine configuration").set_defaults(
         func=lambda a: __import__("fastconv").show_config() or 0)
+    p = sub.add_parser("report", help="measure every lowering and peer; write report.md/.json/.png")
+    from fastconv.report import add_arguments, report_command
+    add_arguments(p)
+    p.set_defaults(func=lambda a, p=p: report_command(a, p))
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["demo"])

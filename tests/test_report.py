@@ -1,0 +1,124 @@
+"""The report machinery on a tiny layers file (no speed is asserted)."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from fastconv import _benchcases, report
+
+TINY = {"layers": [
+    {"name": "tiny_3x3", "N": 2, "C": 3, "H": 12, "W": 12, "K": 4, "R": 3, "S": 3, "stride": 1,
+     "padding": 1, "dilation": 1, "groups": 1},
+    {"name": "tiny_s2", "N": 2, "C": 4, "H": 10, "W": 10, "K": 6, "R": 3, "S": 3, "stride": 2,
+     "padding": 1, "dilation": 1, "groups": 2},
+]}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def tiny_layers(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def _check_report(paths, expected_cases):
+    data = json.loads(pathlib.Path(paths["json"]).read_text())
+    results = data["results"]
+    keys = {(r["layer"], r["dtype"], r["kind"], r["case"], r.get("limit")) for r in results}
+    assert keys == expected_cases
+    for r in results:
+        if "skipped" in r or "error" in r:
+            assert r.get("skipped") or r.get("error")
+            continue
+        assert len(r["times"]) >= 1 and r["min"] <= r["median"] <= r["max"]
+        assert r["peak_growth"] >= 0 and r["output_bytes"] > 0 and "spread" in r
+        if r["case"] in _benchcases.LOWERINGS or r.get("tradeoff"):
+            assert r["workspace_bytes"] >= 0 and r["method"] and r["plan"].startswith("ConvPlan(")
+    meta = data["meta"]
+    assert meta["threads"] >= 1 and meta["versions"]["numpy"] and meta["threadpools"]
+    assert any(p.get("user_api") == "blas" for p in meta["threadpools"])
+    for plot in paths["plots"]:
+        assert pathlib.Path(plot).read_bytes()[:8] == PNG
+    markdown = pathlib.Path(paths["markdown"]).read_text()
+    assert "## Summary" in markdown and all(layer["name"] in markdown for layer in data["layers"])
+    assert {key[0] for key in expected_cases} == {layer["name"] for layer in data["layers"]}
+    return data, markdown
+
+
+def _expected(layers_path, dtypes, quick):
+    layers = _benchcases.load_layers(layers_path)
+    return {(c["layer"]["name"], c["dtype"], c["kind"], c["case"], c.get("limit"))
+            for c in report.plan_cases(layers, dtypes, quick)}
+
+
+def test_report_without_pytorch_leaves_it_out_and_says_so(tiny_layers, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    available = _benchcases.peer_available
+    monkeypatch.setattr(_benchcases, "peer_available", lambda name, kind="forward": (
+        "PyTorch is not installed" if name == "torch" else available(name, kind)))
+    paths = report.run_report(tiny_layers, ["float32"], threads=2, out_dir=tmp_path / "out",
+                              repeats=1, progress=False)
+    data, markdown = _check_report(paths, _expected(tiny_layers, ["float32"], False))
+    torch_cases = [r for r in data["results"] if r["case"] == "torch"]
+    assert torch_cases and all(r["skipped"] == "PyTorch is not installed" for r in torch_cases)
+    assert "torch peer: PyTorch is not installed" in data["notes"]
+    assert "PyTorch is not installed" in markdown
+    assert {p.name for p in paths["plots"]} == {"throughput.png", "memory.png", "tradeoff.png"}
+    numpy_cases = [r for r in data["results"] if r["case"] == "numpy"]
+    assert numpy_cases and all("times" in r for r in numpy_cases)
+    forward = [row for row in data["summary"] if row["kind"] == "forward"][0]
+    assert forward["auto_over_numpy"] > 0 and forward["auto_over_torch"] is None
+    assert set(forward["gemm_fraction_layers"]) == {"tiny_3x3", "tiny_s2"}
+
+
+def test_quick_report_with_every_installed_peer(tiny_layers, tmp_path):
+    pytest.importorskip("matplotlib")
+    paths = report.run_report(tiny_layers, None, threads=1, quick=True, out_dir=tmp_path / "q",
+                              repeats=1, names=["tiny_3x3"], progress=False)
+    data, _ = _check_report(paths, {key for key in _expected(tiny_layers, ["float32"], True)
+                                    if key[0] == "tiny_3x3"})
+    assert data["meta"]["quick"] and data["meta"]["dtypes"] == ["float32"]
+    torch_ran = [r for r in data["results"] if r["case"] == "torch" and "times" in r]
+    assert bool(torch_ran) == (_benchcases.peer_available("torch") is None)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layers", "missing.json"], "layers file 'missing.json' does not exist"),
+    (["--dtype", "float16"], "invalid choice: 'float16'"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--names", "no_such_layer"], "layers ['no_such_layer'] are not in"),
+])
+def test_bad_arguments_give_clear_errors(argv, message, tiny_layers, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if "--layers" not in argv:
+        argv = argv + ["--layers", str(tiny_layers)]
+    with pytest.raises(SystemExit) as exc:
+        report.main(argv + ["--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_bad_layers_files(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a JSON object with a 'layers' list"):
+        _benchcases.load_layers(bad)
+    bad.write_text(json.dumps({"layers": [{"name": "x", "N": 1}]}))
+    with pytest.raises(ValueError, match="layer 0 lacks"):
+        _benchcases.load_layers(bad)
+
+
+def test_command_line_entry_points(tmp_path):
+    """python -m fastconv report reaches the same parser (run from an empty folder)."""
+    proc = subprocess.run([sys.executable, "-m", "fastconv", "report", "--layers", "nope.json"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_packaged_layers_are_a_valid_default():
+    layers = _benchcases.load_layers(_benchcases.PACKAGED_LAYERS)
+    assert {"paper_mnist", "resnet50_2a_3x3", "resnet50_4b_3x3"} <= {l["name"] for l in layers}
