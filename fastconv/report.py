@@ -38,6 +38,9 @@ from fastconv import _benchcases
 # gradients; the trade-off curve on two of them.
 QUICK_LAYERS = ("paper_mnist", "resnet50_2a_3x3", "resnet50_4b_3x3")
 QUICK_REPEATS, FULL_REPEATS = 3, 5
+# fast cases repeat until this much time is measured (timer and scheduler
+# noise are a large part of a sub-millisecond call), at most MAX_CALLS times
+QUICK_MIN_SECONDS, FULL_MIN_SECONDS, MAX_CALLS = 0.2, 0.5, 200
 # memory limits of the trade-off curve: stretch's workspace divided by these
 TRADEOFF_DIVISORS = (1, 2, 4, 8, 16, 32, 64)
 QUICK_TRADEOFF_DIVISORS = (1, 4, 16, 64)
@@ -105,11 +108,11 @@ def _measure_in_this_process(payload):
     output_bytes = _nbytes(out)
     del out
     times = []
-    for _ in range(spec["repeats"]):
+    while len(times) < spec["repeats"] or (sum(times) < spec["min_seconds"]
+                                           and len(times) < MAX_CALLS):
         start = time.perf_counter()
-        out = run()
+        run()  # the result is dropped at once: one output alive at a time
         times.append(time.perf_counter() - start)
-        del out
     result = dict(times=times, peak_growth=peak, output_bytes=output_bytes, peak_exact=exact)
     if plan is not None:
         result.update(method=plan.method, workspace_bytes=plan.workspace_bytes,
@@ -286,8 +289,9 @@ def _fmt_ratio(value):
     return "–" if value is None else f"{value:.2f}×"
 
 
-def _fmt_mib(n):
-    return "–" if n is None else f"{n / 2**20:.1f}"
+def _fmt_bytes(n):
+    from fastconv._plan import _format_bytes
+    return "–" if n is None else _format_bytes(int(n))
 
 
 def _layer_title(layer, flops):
@@ -310,7 +314,8 @@ def write_markdown(path, meta, summary, results, layers, dtypes, notes, plots):
         f"Threads per call: **{meta['threads']}** (OpenMP {'on' if meta['openmp'] else 'off'}). "
         f"Versions: {versions}. BLAS: {blas}.", "",
         f"Layers: `{meta['layers_file']}`; {'quick' if meta['quick'] else 'full'} run, "
-        f"{meta['repeats']} timed calls per case after a warm-up, each case in a fresh process.", "",
+        f"at least {meta['repeats']} timed calls and {meta['min_seconds']} s per case after a "
+        f"warm-up, each case in a fresh process.", "",
         "## Summary", "",
         "Geometric means over the layers; a time ratio below 1 means fastconv (auto) is faster.", "",
         "| dtype | pass | auto / PyTorch time | auto / NumPy time | % of same-shape GEMM "
@@ -341,9 +346,11 @@ def write_markdown(path, meta, summary, results, layers, dtypes, notes, plots):
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
     lines += ["## Layers", "",
-              "Time: median of the timed calls (min–max). Peak: the largest resident-memory growth "
-              "during one call, beyond its output (64 KiB resolution). Workspace: the plan's bound "
-              "of it. Ratios are times over PyTorch's and NumPy's (below 1: fastconv faster).", ""]
+              "Time: median of the timed calls (min–max). % of GEMM: the same-shape GEMM's time "
+              "over the case's (above 100% where several small images share one GEMM). Peak: the "
+              "largest resident-memory growth during one call, beyond its output (page "
+              "resolution). Workspace: the plan's bound of it. Ratios are times over PyTorch's "
+              "and NumPy's (below 1: fastconv faster).", ""]
     import fastconv
     for layer in layers:
         x_shape, w_shape = _benchcases.shapes(layer)
@@ -357,15 +364,15 @@ def write_markdown(path, meta, summary, results, layers, dtypes, notes, plots):
                 gemm = table.get((layer["name"], dtype, kind, "gemm"))
                 peers = {p: table.get((layer["name"], dtype, kind, p)) for p in ("torch", "numpy")}
                 lines += [f"{dtype}, {kind.replace('_', ' ')}:", "",
-                          "| case | method | time ms | GFLOP/s | % of GEMM | peak MiB | "
-                          "workspace MiB | / PyTorch | / NumPy |",
+                          "| case | method | time ms | GFLOP/s | % of GEMM | peak | "
+                          "workspace | / PyTorch | / NumPy |",
                           "|---|---|---|---|---|---|---|---|---|"]
                 for r in rows:
                     cells = [r["case"], r.get("method", "–"),
                              f"{r['median'] * 1e3:.2f} ({r['min'] * 1e3:.2f}–{r['max'] * 1e3:.2f})",
                              f"{flops / r['median'] / 1e9:.1f}",
                              f"{100 * gemm['median'] / r['median']:.0f}%" if gemm else "–",
-                             _fmt_mib(_beyond_output(r, 0)), _fmt_mib(r.get("workspace_bytes"))]
+                             _fmt_bytes(_beyond_output(r, 0)), _fmt_bytes(r.get("workspace_bytes"))]
                     cells += [_fmt_ratio(r["median"] / p["median"]) if p else "–"
                               for p in peers.values()]
                     lines.append("| " + " | ".join(cells) + " |")
@@ -373,19 +380,19 @@ def write_markdown(path, meta, summary, results, layers, dtypes, notes, plots):
     tradeoff = [r for r in results if r.get("tradeoff") and "times" in r]
     if tradeoff:
         lines += ["## The mapped lowering under a shrinking memory limit", "",
-                  "| layer | limit (stretch workspace ÷) | limit MiB | workspace MiB | peak MiB "
+                  "| layer | limit (stretch workspace ÷) | limit | workspace | peak "
                   "| time ms | time / unlimited mapped |", "|---|---|---|---|---|---|---|"]
         for r in tradeoff:
             first = next(t for t in tradeoff if t["layer"] == r["layer"])
-            lines.append(f"| {r['layer']} | {r['divisor']} | {_fmt_mib(r['limit'])} | "
-                         f"{_fmt_mib(r['workspace_bytes'])} | {_fmt_mib(_beyond_output(r, 0))} | "
+            lines.append(f"| {r['layer']} | {r['divisor']} | {_fmt_bytes(r['limit'])} | "
+                         f"{_fmt_bytes(r['workspace_bytes'])} | {_fmt_bytes(_beyond_output(r, 0))} | "
                          f"{r['median'] * 1e3:.2f} | {r['median'] / first['median']:.2f} |")
         lines.append("")
     not_run = [r for r in results if "times" not in r]
     if not_run:
         lines += ["## Cases not measured", ""] + [
             f"- {r['layer']} {r['dtype']} {r['kind']} {r['case']}"
-            f"{' (limit ' + _fmt_mib(r['limit']) + ' MiB)' if r.get('tradeoff') else ''}: "
+            f"{' (limit ' + _fmt_bytes(r['limit']) + ')' if r.get('tradeoff') else ''}: "
             f"{r.get('error') or r.get('skipped')}" for r in not_run] + [""]
     pathlib.Path(path).write_text("\n".join(lines))
 
@@ -436,10 +443,10 @@ def write_plots(out_dir, results, layers, dtypes):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name in dict.fromkeys(r["layer"] for r in tradeoff):
             points = [r for r in tradeoff if r["layer"] == name]
-            ax.plot([_beyond_output(r) / 2**20 for r in points],
+            ax.plot([r["workspace_bytes"] / 2**20 for r in points],
                     [r["median"] / points[0]["median"] for r in points], marker="o", label=name)
         ax.set_xscale("log")
-        ax.set_xlabel("peak memory beyond the output, MiB (limit shrinking to the left)")
+        ax.set_xlabel("workspace, MiB (the memory limit shrinking to the left)")
         ax.set_ylabel("time / time at stretch's workspace")
         ax.set_title("mapped lowering: time against memory", fontsize=10)
         ax.legend(fontsize=7)
@@ -477,7 +484,7 @@ def _progress(total, enabled):
 
 
 def run_report(layers_file=None, dtypes=None, threads=None, quick=False, out_dir="report-out",
-               repeats=None, names=None, progress=True):
+               repeats=None, names=None, progress=True, min_seconds=None):
     """Measure every case and write the report; return the paths written.
 
     Parameters
@@ -497,6 +504,9 @@ def run_report(layers_file=None, dtypes=None, threads=None, quick=False, out_dir
         Only these layers.
     progress : bool
         Show a progress bar on stderr.
+    min_seconds : float, optional
+        Keep timing a case until this much time is measured (default 0.2 s
+        quick, 0.5 s full; at most 200 calls).
 
     Returns
     -------
@@ -524,6 +534,8 @@ def run_report(layers_file=None, dtypes=None, threads=None, quick=False, out_dir
         raise ValueError(f"threads must be >= 1, got {threads!r}")
     threads = int(threads) if threads else fastconv.get_config()["num_threads"]
     repeats = repeats or (QUICK_REPEATS if quick else FULL_REPEATS)
+    if min_seconds is None:
+        min_seconds = QUICK_MIN_SECONDS if quick else FULL_MIN_SECONDS
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -547,7 +559,7 @@ def run_report(layers_file=None, dtypes=None, threads=None, quick=False, out_dir
         else:
             spec = dict(layer=case["layer"], dtype=case["dtype"], kind=case["kind"],
                         case=case["case"], threads=threads, repeats=repeats,
-                        limit=case.get("limit"))
+                        min_seconds=min_seconds, limit=case.get("limit"))
             record.update(_measure(spec))
             if "times" in record:
                 _with_statistics(record)
@@ -556,7 +568,8 @@ def run_report(layers_file=None, dtypes=None, threads=None, quick=False, out_dir
     bar.close()
 
     meta = machine_info(threads)
-    meta.update(layers_file=str(layers_path), quick=quick, repeats=repeats, dtypes=dtypes,
+    meta.update(layers_file=str(layers_path), quick=quick, repeats=repeats,
+                min_seconds=min_seconds, dtypes=dtypes,
                 seconds=round(time.perf_counter() - started, 1))
     summary = summarize(results, layers, dtypes)
     notes = sorted(left_out)

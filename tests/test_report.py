@@ -60,7 +60,7 @@ def test_report_without_pytorch_leaves_it_out_and_says_so(tiny_layers, tmp_path,
     monkeypatch.setattr(_benchcases, "peer_available", lambda name, kind="forward": (
         "PyTorch is not installed" if name == "torch" else available(name, kind)))
     paths = report.run_report(tiny_layers, ["float32"], threads=2, out_dir=tmp_path / "out",
-                              repeats=1, progress=False)
+                              repeats=1, progress=False, min_seconds=0)
     data, markdown = _check_report(paths, _expected(tiny_layers, ["float32"], False))
     torch_cases = [r for r in data["results"] if r["case"] == "torch"]
     assert torch_cases and all(r["skipped"] == "PyTorch is not installed" for r in torch_cases)
@@ -77,7 +77,8 @@ def test_report_without_pytorch_leaves_it_out_and_says_so(tiny_layers, tmp_path,
 def test_quick_report_with_every_installed_peer(tiny_layers, tmp_path):
     pytest.importorskip("matplotlib")
     paths = report.run_report(tiny_layers, None, threads=1, quick=True, out_dir=tmp_path / "q",
-                              repeats=1, names=["tiny_3x3"], progress=False)
+                              repeats=1, names=["tiny_3x3"], progress=False,
+                              min_seconds=0)
     data, _ = _check_report(paths, {key for key in _expected(tiny_layers, ["float32"], True)
                                     if key[0] == "tiny_3x3"})
     assert data["meta"]["quick"] and data["meta"]["dtypes"] == ["float32"]
