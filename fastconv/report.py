@@ -81,6 +81,18 @@ def _peak_rss():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+def _release_free_memory():
+    """Give memory freed by the warm-up back to the system (glibc's
+    malloc_trim), so that the measured call's own buffers show up in its RSS
+    growth instead of silently reusing the warm-up's pages."""
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _nbytes(out):
     return int(out.nbytes if hasattr(out, "nbytes") else out.element_size() * out.nelement())
 
@@ -90,6 +102,8 @@ def _measure_in_this_process(payload):
     import fastconv
     spec = json.loads(payload)
     layer, dtype, kind, name = spec["layer"], spec["dtype"], spec["kind"], spec["case"]
+    if spec.get("batch"):
+        layer = dict(layer, N=spec["batch"])
     threads, limit = spec["threads"], spec.get("limit")
     try:
         _, run = _benchcases.make_case(layer, dtype, kind, name, threads,
@@ -100,7 +114,7 @@ def _measure_in_this_process(payload):
     except (fastconv.WorkspaceLimitError, RuntimeError) as exc:
         print(json.dumps(dict(skipped=str(exc))))
         return
-    gc.collect()
+    _release_free_memory()
     exact = _reset_peak()
     before = _peak_rss()
     out = run()
@@ -121,9 +135,15 @@ def _measure_in_this_process(payload):
     print(json.dumps(result))
 
 
-def _measure(spec):
-    """Parent side: run a case in a fresh interpreter (importing this very
-    fastconv, from an empty folder) and return its figures."""
+def measure_case(spec):
+    """Run one case in a fresh interpreter (importing this very fastconv, from
+    an empty folder) and return its figures: times, peak_growth, output_bytes,
+    and for fastconv's lowerings the plan; or skipped/error with the reason.
+
+    spec: layer (dict), dtype, kind, case (a name of _benchcases.LOWERINGS or
+    PEERS), threads, repeats, min_seconds, and optionally limit (memory limit
+    of a lowering) and batch (another N).
+    """
     root = str(pathlib.Path(__file__).resolve().parent.parent)
     with tempfile.TemporaryDirectory() as empty:
         try:
@@ -458,8 +478,9 @@ def write_plots(out_dir, results, layers, dtypes):
 
 
 def _progress(total, enabled):
-    """A progress bar (tqdm, from the report extra) or plain lines on stderr."""
-    if enabled:
+    """A progress bar on a terminal (tqdm, from the report extra); otherwise a
+    line on stderr every tenth of the cases."""
+    if enabled and sys.stderr.isatty():
         try:
             from tqdm import tqdm
             return tqdm(total=total, unit="case", file=sys.stderr, dynamic_ncols=True)
@@ -475,7 +496,7 @@ def _progress(total, enabled):
 
         def update(self, k=1):
             self.n += k
-            if enabled:
+            if enabled and (self.n * 10 // total != (self.n - k) * 10 // total or self.n == total):
                 print(f"[{self.n}/{total}] {self.text}", file=sys.stderr, flush=True)
 
         def close(self):
@@ -560,7 +581,7 @@ def run_report(layers_file=None, dtypes=None, threads=None, quick=False, out_dir
             spec = dict(layer=case["layer"], dtype=case["dtype"], kind=case["kind"],
                         case=case["case"], threads=threads, repeats=repeats,
                         min_seconds=min_seconds, limit=case.get("limit"))
-            record.update(_measure(spec))
+            record.update(measure_case(spec))
             if "times" in record:
                 _with_statistics(record)
         results.append(record)
