@@ -234,10 +234,10 @@ def _threads(work_items, num_threads):
 
 
 def _images_per_gemm(g, threads, kind="forward"):
-    """How many small images to stretch into one GEMM (1: no batching). The
-    weight gradient sums over images anyway: its GEMMs are as deep as the
-    columns, never thin in their output, so it takes one image at a time."""
-    if kind == "weight_grad" or g.cols >= TILE_MIN_COLS or g.N < 2:
+    """How many small images to stretch into one GEMM (1: no batching): in
+    the forward pass and the input gradient their columns widen thin GEMMs,
+    in the weight gradient they deepen shallow ones."""
+    if g.cols >= TILE_MIN_COLS or g.N < 2:
         return 1
     most = -(-TILE_MIN_COLS // g.cols)
     # no fewer batches than threads (counting groups as separate work)
@@ -621,12 +621,15 @@ def run_weight_grad(plan, x, grad_output):
         pointwise = plan.method == "gemm1x1"
         if pointwise and not _pointwise_readable(g, x):
             x = np.ascontiguousarray(x)
+        images = plan.images_per_gemm
         with _runtime.budget.lend(plan.kernel_threads, plan.blas_threads) as (threads, _):
             accumulators = np.zeros((threads - 1, g.K * g.rows), dtype=plan.dtype)
-            workspace = np.empty((threads, 0 if pointwise else g.rows * plan.tile_cols),
+            workspace = np.empty((threads, 0 if pointwise else g.rows * plan.tile_cols * images),
                                  dtype=plan.dtype)
-            conv2d_weight_grad(x, grad, grad_w, accumulators, workspace, *g.kernel_args,
-                               g.groups, plan.tile_cols, plan.flip, pointwise, threads)
+            packed = np.empty((threads, (g.K // g.groups) * g.cols * images if images > 1 else 0),
+                              dtype=plan.dtype)
+            conv2d_weight_grad(x, grad, grad_w, accumulators, workspace, packed, *g.kernel_args,
+                               g.groups, plan.tile_cols, images, plan.flip, pointwise, threads)
     return grad_w.reshape(plan.weight_shape)
 
 

@@ -9,9 +9,15 @@
 # Work items (image, group, tile) are dealt to threads by a static schedule,
 # so which thread adds which term, and the order of the final sum, depend only
 # on the thread count: the result is bitwise reproducible for a given count.
+#
+# Small images make shallow GEMMs (depth Ho*Wo: 49 or 196 on ResNet's last
+# stages) that read and write the whole accumulator for little work; several
+# images' stretched matrices are then gathered side by side and their
+# gradients packed alike, so that one GEMM sums over all their columns.
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
+from libc.string cimport memcpy
 
 from fastconv._kernels._blas cimport gemm_rowmajor_op
 from fastconv._kernels._index_map cimport build_row_table, gather_columns, ROW_FIELDS
@@ -24,17 +30,20 @@ def conv2d_weight_grad(const floating[:, :, :, :] x,
                        floating[:, ::1] grad_w,
                        floating[:, ::1] accumulators,
                        floating[:, ::1] workspace,
+                       floating[:, ::1] packed,
                        Py_ssize_t R, Py_ssize_t S, Py_ssize_t Wo,
                        Py_ssize_t stride_h, Py_ssize_t stride_w,
                        Py_ssize_t pad_top, Py_ssize_t pad_left,
                        Py_ssize_t dil_h, Py_ssize_t dil_w,
-                       Py_ssize_t groups, Py_ssize_t tile_cols, bint flip,
-                       bint pointwise, int num_threads):
+                       Py_ssize_t groups, Py_ssize_t tile_cols, Py_ssize_t images,
+                       bint flip, bint pointwise, int num_threads):
     """grad_w (K, C/groups*R*S), zeroed by the caller, = the weight gradient
     for input x (N, C, H, W; any strides) and output gradient grad (N, K, Ho*Wo).
 
     accumulators: (num_threads - 1, K*C/groups*R*S), zeroed.
-    workspace: (num_threads, >= C/groups*R*S*tile_cols).
+    workspace: (num_threads, >= C/groups*R*S*tile_cols*images).
+    images > 1 (only with tile_cols = Ho*Wo): images per GEMM, with packed
+    (num_threads, >= K/groups*Ho*Wo*images) holding their gradients.
     pointwise (1x1, stride 1, no padding; x's planes contiguous): the input
     is its own stretched matrix and is read in place, no gather.
     """
@@ -49,10 +58,12 @@ def conv2d_weight_grad(const floating[:, :, :, :] x,
     cdef Py_ssize_t[:, ::1] table = np.empty((n_rows, ROW_FIELDS), dtype=np.intp)
     cdef const floating *x0 = &x[0, 0, 0, 0]
     cdef Py_ssize_t size = K * n_rows, chunk = 4096
-    cdef Py_ssize_t item, n, g, tile, start, width, t, i, lo, hi, thread
+    cdef Py_ssize_t n_batches = (N + images - 1) // images
+    cdef Py_ssize_t item, n, g, tile, start, width, t, i, lo, hi, thread, count, k
     cdef const floating *x_group
     cdef const floating *columns
     cdef floating *buf
+    cdef floating *pack
     cdef floating *acc
     cdef floating *total
     cdef int ld_columns
@@ -61,7 +72,8 @@ def conv2d_weight_grad(const floating[:, :, :, :] x,
         build_row_table(&table[0, 0], c_group, R, S, H, W, Ho, Wo,
                         stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
                         xs_c, xs_h, xs_w, flip)
-        for item in prange(N * groups * n_tiles, schedule="static", num_threads=num_threads):
+        for item in prange(n_batches * groups * n_tiles, schedule="static",
+                           num_threads=num_threads):
             n = item // (groups * n_tiles)
             g = (item // n_tiles) % groups
             tile = item % n_tiles
@@ -71,6 +83,23 @@ def conv2d_weight_grad(const floating[:, :, :, :] x,
                 width = tile_cols
             thread = threadid()
             acc = &grad_w[0, 0] if thread == 0 else &accumulators[thread - 1, 0]
+            if images > 1:
+                n = n * images
+                count = N - n if N - n < images else images
+                buf = &workspace[thread, 0]
+                pack = &packed[thread, 0]
+                for i in range(count):
+                    gather_columns(x0 + (n + i) * xs_n + g * c_group * xs_c, &table[0, 0],
+                                   n_rows, Wo, stride_h * xs_h, stride_w * xs_w, 0, cols,
+                                   buf + i * cols, count * cols)
+                for k in range(k_group):
+                    for i in range(count):
+                        memcpy(pack + (k * count + i) * cols, &grad[n + i, g * k_group + k, 0],
+                               cols * sizeof(floating))
+                gemm_rowmajor_op(False, True, <int> k_group, <int> n_rows, <int> (count * cols),
+                                 pack, <int> (count * cols), buf, <int> (count * cols), 1.0,
+                                 acc + g * k_group * n_rows, <int> n_rows)
+                continue
             x_group = x0 + n * xs_n + g * c_group * xs_c
             if pointwise:
                 columns = x_group + start
