@@ -143,9 +143,34 @@ def test_small_batches_split_channels_between_threads(N, threads):
     plan = fastconv.plan_conv2d(x_shape, w.shape, "float64", padding=1, num_threads=threads,
                                 kind="input_grad")
     if plan.kernel_threads > 1:
-        assert plan.channel_blocks >= -(-threads // N)
+        assert plan.blocks >= -(-threads // N)
     assert_close(fastconv.conv2d_input_grad(x_shape, w, g, padding=1, num_threads=threads),
                  conv2d_input_grad_reference(x_shape, w, g, padding=((1, 1), (1, 1))), np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, padding, groups", [(2, 0, 1), (2, 1, 1), (6, 1, 1), (3, 1, 2)])
+def test_weight_grad_split_by_filters_for_many_filters_and_small_maps(N, padding, groups, dtype):
+    """More filters than the batch has output positions: threads split the
+    filters (no accumulators) instead of the images."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((N, 8, 3, 3)).astype(dtype)
+    w_shape = (64, 8 // groups, 3, 3)
+    g = rng.standard_normal((N, 64, 1 + 2 * padding, 1 + 2 * padding)).astype(dtype)
+    expected = conv2d_weight_grad_reference(x, w_shape, g, padding=((padding,) * 2,) * 2,
+                                            groups=groups)
+    for threads in (1, 2, 3):
+        plan = fastconv.plan_conv2d(x.shape, w_shape, dtype, padding=padding, groups=groups,
+                                    num_threads=threads, kind="weight_grad")
+        if threads > 1 and plan.kernel_threads > 1:
+            assert plan.blocks > 1, plan
+        for method in ("auto", "mapped"):
+            out = fastconv.conv2d_weight_grad(x, w_shape, g, padding=padding, groups=groups,
+                                              num_threads=threads, method=method)
+            assert_close(out, expected, dtype)
+            again = fastconv.conv2d_weight_grad(x, w_shape, g, padding=padding, groups=groups,
+                                                num_threads=threads, method=method)
+            assert np.array_equal(out, again)
 
 
 @settings(max_examples=40, deadline=None)
