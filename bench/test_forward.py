@@ -12,8 +12,8 @@ extra_info of every benchmark: case, kind, method, workspace bytes, GFLOP/s, thr
 import pytest
 
 import fastconv
-from fastconv._benchcases import (LOWERINGS, PEERS, conv_kwargs, make_case, peer_available,
-                                  shapes)
+from fastconv._benchcases import LOWERINGS, PEERS, make_case, peer_available
+from fastconv._benchcases import flops as layer_flops
 
 
 def _record(benchmark, layer, plan, case, kind, flops, dtype):
@@ -35,7 +35,7 @@ def run_case(benchmark, layer, kind, case, dtype, threads):
         plan, run = make_case(layer, dtype, kind, case, threads)
     except fastconv.WorkspaceLimitError as exc:
         pytest.skip(str(exc))
-    flops = fastconv.plan_conv2d(*shapes(layer), dtype, **conv_kwargs(layer)).flops
+    flops = layer_flops(layer)
     _record(benchmark, layer, plan, case, kind, flops, dtype)
     run()  # warm-up
     benchmark(run)

@@ -87,6 +87,11 @@ def shapes(layer, batch=None):
     return x, (layer["K"], layer["C"] // layer["groups"], layer["R"], layer["S"])
 
 
+def flops(layer):
+    """FLOPs of one pass (forward or either gradient) over the layer."""
+    return fastconv.plan_conv2d(*shapes(layer), **conv_kwargs(layer)).flops
+
+
 def layer_arrays(layer, dtype, seed=0, batch=None):
     """Random x and weight of a layer (standard normal, drawn in float32)."""
     rng = np.random.default_rng(seed)
@@ -163,11 +168,15 @@ def numpy_conv2d(x, w, stride, padding, dilation, groups):
 
 def make_case(layer, dtype, kind, name, threads=None, batch=None, limit=None):
     """(plan or None, run) for one case; run() computes it once. Arrays are
-    made here, so a caller can time run() alone."""
+    made here, so a caller can time run() alone; only those the case reads."""
+    if name == "gemm" and kind == "forward":
+        return same_shape_gemm(layer, dtype, threads, batch)
     x, w = layer_arrays(layer, dtype, batch=batch)
     conv = conv_kwargs(layer)
-    out_shape = fastconv.plan_conv2d(x.shape, w.shape, dtype, **conv).output_shape
-    grad = np.random.default_rng(2).standard_normal(out_shape, dtype=np.float32).astype(dtype)
+    grad = None
+    if kind != "forward":
+        out_shape = fastconv.plan_conv2d(x.shape, w.shape, dtype, **conv).output_shape
+        grad = np.random.default_rng(2).standard_normal(out_shape, dtype=np.float32).astype(dtype)
     if name in LOWERINGS:
         plan = plan_for(layer, dtype, kind, name, threads, batch, limit)
         keywords = dict(conv, method=plan.method, memory_limit=plan.memory_limit,
@@ -180,8 +189,6 @@ def make_case(layer, dtype, kind, name, threads=None, batch=None, limit=None):
     why = peer_available(name, kind)
     if why:
         raise RuntimeError(why)
-    if name == "gemm":
-        return same_shape_gemm(layer, dtype, threads, batch)
     if name == "numpy":
         from threadpoolctl import threadpool_limits
 
@@ -192,9 +199,10 @@ def make_case(layer, dtype, kind, name, threads=None, batch=None, limit=None):
     import torch
     if threads:
         torch.set_num_threads(threads)
-    tx, tw, tg = (torch.from_numpy(a) for a in (x, w, grad))
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
     if kind == "forward":
         return None, lambda: torch.nn.functional.conv2d(tx, tw, **conv)
+    tg = torch.from_numpy(grad)
     if kind == "input_grad":
         return None, lambda: torch.nn.grad.conv2d_input(tx.shape, tw, tg, **conv)
     return None, lambda: torch.nn.grad.conv2d_weight(tx, tw.shape, tg, **conv)

@@ -21,8 +21,8 @@ def build_info():
         "num_threads": config["num_threads"],
         "memory_limit": config["memory_limit"],
         "threadpools": [
-            {k: info.get(k) for k in ("user_api", "internal_api", "version",
-                                      "num_threads", "filepath", "architecture")}
+            {k: info.get(k) for k in ("user_api", "internal_api", "version", "num_threads",
+                                      "threading_layer", "filepath", "architecture")}
             for info in threadpool_info()
         ],
     }

@@ -235,11 +235,12 @@ def kernel_input(x, dtype):
     return np.ascontiguousarray(x, dtype=dtype)
 
 
-def check_bias(bias, K, weight_shape):
+def check_bias(bias, channels, meaning):
+    """bias, checked to hold one value per output channel; `meaning` says
+    where that count comes from, for the message."""
     if bias is None:
         return None
-    if bias.ndim != 1 or bias.shape[0] != K:
-        raise ValueError(
-            f"bias must have shape ({K},), one value per filter of weight {weight_shape}, "
-            f"got shape {bias.shape}")
+    if bias.ndim != 1 or bias.shape[0] != channels:
+        raise ValueError(f"bias must have shape ({channels},), one value per {meaning}, "
+                         f"got shape {bias.shape}")
     return bias

@@ -194,7 +194,7 @@ class ConvPlan:
         if weight.shape != self.weight_shape:
             raise ValueError(f"weight has shape {weight.shape}, but the plan is for {self.weight_shape}")
         resolve_dtypes(x=x, weight=weight, bias=bias)  # rejects complex, object, strings...
-        check_bias(bias, self.geometry.K, weight.shape)
+        check_bias(bias, self.geometry.K, f"filter of weight {weight.shape}")
         return _run(self, x, weight, bias)
 
 

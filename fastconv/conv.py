@@ -12,7 +12,7 @@ output exchanged.
 """
 import dataclasses
 
-from fastconv._params import (as_array, conv_geometry, int_tuple, padding_pairs,
+from fastconv._params import (as_array, check_bias, conv_geometry, int_tuple, padding_pairs,
                               resolve_dtypes)
 from fastconv._plan import plan_conv, run_input_grad, run_weight_grad
 
@@ -136,40 +136,27 @@ def _shape_tuple(shape, name, ndim):
     return dims
 
 
-def _check_grad_output(grad_output, geometry, x_shape, weight_shape):
+def _gradient(kind, array, shape, grad_output, spatial_dims, stride, padding, dilation,
+              groups, flip, method, memory_limit, num_threads):
+    """The input gradient (array = weight, shape = the input's) or the weight
+    gradient (array = x, shape = the weight's): validate -> plan -> run."""
+    array_name, shape_name = (("weight", "input_shape") if kind == "input_grad"
+                              else ("x", "weight_shape"))
+    array = as_array(array, array_name)
+    grad_output = as_array(grad_output, "grad_output")
+    compute, result = resolve_dtypes(**{array_name: array, "grad_output": grad_output})
+    shape = _shape_tuple(shape, shape_name, spatial_dims + 2)
+    x_shape, w_shape = (shape, array.shape) if kind == "input_grad" else (array.shape, shape)
+    geometry = conv_geometry(x_shape, w_shape, stride=stride, padding=padding,
+                             dilation=dilation, groups=groups, spatial_dims=spatial_dims)
     if grad_output.shape != geometry.output_shape:
         raise ValueError(
             f"grad_output must have the convolution's output shape {geometry.output_shape} "
-            f"(x {tuple(x_shape)}, weight {tuple(weight_shape)}), got shape {grad_output.shape}")
-
-
-def _input_grad(input_shape, weight, grad_output, spatial_dims, stride, padding, dilation,
-                groups, flip, method, memory_limit, num_threads):
-    weight = as_array(weight, "weight")
-    grad_output = as_array(grad_output, "grad_output")
-    compute, result = resolve_dtypes(weight=weight, grad_output=grad_output)
-    input_shape = _shape_tuple(input_shape, "input_shape", spatial_dims + 2)
-    geometry = conv_geometry(input_shape, weight.shape, stride=stride, padding=padding,
-                             dilation=dilation, groups=groups, spatial_dims=spatial_dims)
-    _check_grad_output(grad_output, geometry, input_shape, weight.shape)
+            f"(x {x_shape}, weight {w_shape}), got shape {grad_output.shape}")
     plan = plan_conv(geometry, compute, flip=flip, method=method, memory_limit=memory_limit,
-                     num_threads=num_threads, kind="input_grad")
-    out = run_input_grad(plan, weight, grad_output)
-    return out if out.dtype == result else out.astype(result)
-
-
-def _weight_grad(x, weight_shape, grad_output, spatial_dims, stride, padding, dilation,
-                 groups, flip, method, memory_limit, num_threads):
-    x = as_array(x, "x")
-    grad_output = as_array(grad_output, "grad_output")
-    compute, result = resolve_dtypes(x=x, grad_output=grad_output)
-    weight_shape = _shape_tuple(weight_shape, "weight_shape", spatial_dims + 2)
-    geometry = conv_geometry(x.shape, weight_shape, stride=stride, padding=padding,
-                             dilation=dilation, groups=groups, spatial_dims=spatial_dims)
-    _check_grad_output(grad_output, geometry, x.shape, weight_shape)
-    plan = plan_conv(geometry, compute, flip=flip, method=method, memory_limit=memory_limit,
-                     num_threads=num_threads, kind="weight_grad")
-    out = run_weight_grad(plan, x, grad_output)
+                     num_threads=num_threads, kind=kind)
+    run = run_input_grad if kind == "input_grad" else run_weight_grad
+    out = run(plan, array, grad_output)
     return out if out.dtype == result else out.astype(result)
 
 
@@ -221,8 +208,8 @@ def conv2d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, 
            [2., 4., 2.],
            [1., 2., 1.]])
     """
-    return _input_grad(input_shape, weight, grad_output, 2, stride, padding, dilation, groups,
-                       flip, method, memory_limit, num_threads)
+    return _gradient("input_grad", weight, input_shape, grad_output, 2, stride, padding,
+                     dilation, groups, flip, method, memory_limit, num_threads)
 
 
 def conv2d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1,
@@ -263,8 +250,8 @@ def conv2d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
     array([[ 8., 12.],
            [20., 24.]])
     """
-    return _weight_grad(x, weight_shape, grad_output, 2, stride, padding, dilation, groups,
-                        flip, method, memory_limit, num_threads)
+    return _gradient("weight_grad", x, weight_shape, grad_output, 2, stride, padding,
+                     dilation, groups, flip, method, memory_limit, num_threads)
 
 
 def conv1d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, dilation=1,
@@ -290,8 +277,8 @@ def conv1d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, 
     >>> fastconv.conv1d_input_grad((1, 1, 4), np.array([[[1.0, -1.0]]]), np.ones((1, 1, 3)))
     array([[[ 1.,  0.,  0., -1.]]])
     """
-    return _input_grad(input_shape, weight, grad_output, 1, stride, padding, dilation, groups,
-                       flip, method, memory_limit, num_threads)
+    return _gradient("input_grad", weight, input_shape, grad_output, 1, stride, padding,
+                     dilation, groups, flip, method, memory_limit, num_threads)
 
 
 def conv1d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1,
@@ -317,8 +304,8 @@ def conv1d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
     >>> fastconv.conv1d_weight_grad(np.array([[[1.0, 2.0, 3.0, 4.0]]]), (1, 1, 2), np.ones((1, 1, 3)))
     array([[[6., 9.]]])
     """
-    return _weight_grad(x, weight_shape, grad_output, 1, stride, padding, dilation, groups,
-                        flip, method, memory_limit, num_threads)
+    return _gradient("weight_grad", x, weight_shape, grad_output, 1, stride, padding,
+                     dilation, groups, flip, method, memory_limit, num_threads)
 
 
 # --------------------------------------------------------------------------
@@ -343,8 +330,7 @@ def _conv_transpose(x, weight, bias, spatial_dims, stride, padding, output_paddi
     if isinstance(padding, str):
         raise ValueError(f"padding={padding!r}: a transposed convolution takes numeric padding "
                          "(the padding of the convolution it transposes)")
-    if isinstance(groups, bool) or not hasattr(groups, "__index__") or groups < 1:
-        raise ValueError(f"groups must be an int >= 1, got {groups!r}")
+    groups, = int_tuple(groups, "groups", 1, 1)
     stride = int_tuple(stride, "stride", n, 1)
     dilation = int_tuple(dilation, "dilation", n, 1)
     output_padding = int_tuple(output_padding, "output_padding", n, 0)
@@ -367,20 +353,13 @@ def _conv_transpose(x, weight, bias, spatial_dims, stride, padding, output_paddi
     # output_padding rows beyond the last window see no input; the conv's own
     # output may count them as one more position, but x has exactly H x W
     geometry = dataclasses.replace(geometry, Ho=1 if n == 1 else x.shape[2], Wo=x.shape[-1])
-    bias = None if bias is None else _checked_bias(bias, out_shape[1])
+    check_bias(bias, out_shape[1], "output channel (C_out = weight.shape[1] * groups)")
     plan = plan_conv(geometry, compute, method=method, memory_limit=memory_limit,
                      num_threads=num_threads, kind="input_grad")
     out = run_input_grad(plan, weight, x)
     if bias is not None:
         out += bias.astype(compute, copy=False).reshape((-1,) + (1,) * n)
     return out if out.dtype == result else out.astype(result)
-
-
-def _checked_bias(bias, channels):
-    if bias.ndim != 1 or bias.shape[0] != channels:
-        raise ValueError(f"bias must have shape ({channels},), one value per output channel "
-                         f"(C_out = weight.shape[1] * groups), got shape {bias.shape}")
-    return bias
 
 
 def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_padding=0, groups=1,

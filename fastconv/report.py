@@ -193,11 +193,11 @@ def plan_cases(layers, dtypes, quick):
 # the machine
 
 def machine_info(threads):
+    """The machine, the build (the facts fastconv.show_config prints) and versions."""
     import scipy
-    import threadpoolctl
-    import fastconv
-    import fastconv._kernels.mapped  # noqa: F401  (loads SciPy's BLAS, so threadpoolctl sees it)
     from importlib import metadata
+    from fastconv._info import build_info
+    build = build_info()
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -208,8 +208,8 @@ def machine_info(threads):
         memory = _meminfo_total()
     except OSError:
         memory = None
-    versions = {"python": platform.python_version(), "fastconv": fastconv.__version__,
-                "numpy": np.__version__, "scipy": scipy.__version__}
+    versions = {"python": build["python"], "fastconv": build["fastconv"],
+                "numpy": build["numpy"], "scipy": scipy.__version__}
     for package in ("torch", "threadpoolctl", "matplotlib"):
         try:
             versions[package] = metadata.version(package)
@@ -218,9 +218,9 @@ def machine_info(threads):
     return dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                 platform=platform.platform(), cpu=cpu, logical_cpus=os.cpu_count(),
                 usable_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-                memory_bytes=memory, threads=threads, config=fastconv.get_config(),
-                threadpools=threadpoolctl.threadpool_info(), versions=versions,
-                openmp=_openmp_enabled())
+                memory_bytes=memory, threads=threads,
+                config=dict(num_threads=build["num_threads"], memory_limit=build["memory_limit"]),
+                threadpools=build["threadpools"], versions=versions, openmp=bool(build["openmp"]))
 
 
 def _meminfo_total():
@@ -229,11 +229,6 @@ def _meminfo_total():
             if line.startswith("MemTotal:"):
                 return int(line.split()[1]) * 1024
     raise OSError("MemTotal")
-
-
-def _openmp_enabled():
-    from fastconv._kernels.openmp_info import openmp_enabled
-    return bool(openmp_enabled())
 
 
 # --------------------------------------------------------------------------
@@ -371,10 +366,8 @@ def write_markdown(path, meta, summary, results, layers, dtypes, notes, plots):
               "largest resident-memory growth during one call, beyond its output (page "
               "resolution). Workspace: the plan's bound of it. Ratios are times over PyTorch's "
               "and NumPy's (below 1: fastconv faster).", ""]
-    import fastconv
     for layer in layers:
-        x_shape, w_shape = _benchcases.shapes(layer)
-        flops = fastconv.plan_conv2d(x_shape, w_shape, **_benchcases.conv_kwargs(layer)).flops
+        flops = _benchcases.flops(layer)
         lines += [f"### {_layer_title(layer, flops)}", ""]
         for dtype in dtypes:
             for kind in _benchcases.KINDS:
@@ -422,12 +415,9 @@ def write_plots(out_dir, results, layers, dtypes):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import fastconv
     table = _index(results)
     names = [layer["name"] for layer in layers]
-    flops = {layer["name"]: fastconv.plan_conv2d(*_benchcases.shapes(layer),
-                                                 **_benchcases.conv_kwargs(layer)).flops
-             for layer in layers}
+    flops = {layer["name"]: _benchcases.flops(layer) for layer in layers}
     cases = [c for c in list(_benchcases.LOWERINGS) + list(_benchcases.PEERS)
              if any(k[3] == c and k[2] == "forward" for k in table)]
     written = []

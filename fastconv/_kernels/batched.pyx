@@ -10,10 +10,10 @@
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.string cimport memcpy
 
 from fastconv._kernels._blas cimport gemm_rowmajor
-from fastconv._kernels._index_map cimport build_row_table, gather_columns, ROW_FIELDS
+from fastconv._kernels._images cimport gather_images, unpack_rows
+from fastconv._kernels._index_map cimport build_row_table, ROW_FIELDS
 from fastconv._kernels._output cimport start_block
 
 import numpy as np
@@ -48,7 +48,7 @@ def conv2d_batched(const floating[:, :, :, :] x,
     cdef Py_ssize_t[:, ::1] table = np.empty((n_rows, ROW_FIELDS), dtype=np.intp)
     cdef const floating *x0 = &x[0, 0, 0, 0]
     cdef const floating *bias_ptr = &bias[0] if bias.shape[0] > 0 else NULL
-    cdef Py_ssize_t item, first, count, g, i, k, width
+    cdef Py_ssize_t item, first, count, g, width
     cdef floating *buf
     cdef floating *block
     cdef floating beta
@@ -66,16 +66,11 @@ def conv2d_batched(const floating[:, :, :, :] x,
             width = count * cols
             buf = &workspace[threadid(), 0]
             block = &product[threadid(), 0]
-            for i in range(count):
-                gather_columns(x0 + (first + i) * xs_n + g * c_group * xs_c, &table[0, 0],
-                               n_rows, Wo, stride_h * xs_h, stride_w * xs_w,
-                               0, cols, buf + i * cols, width)
+            gather_images(x0 + first * xs_n + g * c_group * xs_c, xs_n, count, &table[0, 0],
+                          n_rows, Wo, stride_h * xs_h, stride_w * xs_w, 0, cols, buf)
             beta = start_block(block, width, k_group, width,
                                bias_ptr + g * k_group if bias_ptr != NULL else NULL)
             gemm_rowmajor(<int> k_group, <int> width, <int> n_rows,
                           &weight[g * k_group, 0], <int> n_rows,
                           buf, <int> width, beta, block, <int> width)
-            for i in range(count):
-                for k in range(k_group):
-                    memcpy(&out[first + i, g * k_group + k, 0],
-                           block + k * width + i * cols, cols * sizeof(floating))
+            unpack_rows(&out[first, g * k_group, 0], block, k_group, count, K * cols, cols, cols)

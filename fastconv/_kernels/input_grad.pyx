@@ -22,9 +22,10 @@
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 
 from fastconv._kernels._blas cimport gemm_rowmajor_op
+from fastconv._kernels._images cimport pack_rows
 from fastconv._kernels._index_map cimport build_row_table, scatter_add_columns, ROW_FIELDS
 
 import numpy as np
@@ -97,10 +98,7 @@ def conv2d_input_grad(const floating[:, :, ::1] grad,
                 for i in range(count):
                     memset(x0 + (n + i) * xs_n + (g * c_group + c_lo) * xs_c, 0,
                            (c_hi - c_lo) * xs_c * sizeof(floating))
-                for k in range(k_group):
-                    for i in range(count):
-                        memcpy(pack + (k * count + i) * cols,
-                               &grad[n + i, g * k_group + k, 0], cols * sizeof(floating))
+                pack_rows(pack, &grad[n, g * k_group, 0], k_group, count, K * cols, cols, cols)
                 gemm_rowmajor_op(True, False, <int> block_rows, <int> (count * cols),
                                  <int> k_group, w_block, <int> n_rows,
                                  pack, <int> (count * cols), 0.0, buf, <int> (count * cols))

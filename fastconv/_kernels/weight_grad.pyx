@@ -24,10 +24,9 @@
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.string cimport memcpy
-
 from fastconv._kernels._blas cimport gemm_rowmajor_op
-from fastconv._kernels._index_map cimport build_row_table, gather_columns, ROW_FIELDS
+from fastconv._kernels._images cimport gather_images, pack_rows
+from fastconv._kernels._index_map cimport build_row_table, ROW_FIELDS
 
 import numpy as np
 
@@ -44,7 +43,7 @@ cdef inline void _add_terms(const floating *x_group, Py_ssize_t xs_n, Py_ssize_t
     [start, start+width)) times the transposed stretched columns they meet.
     Several images (count > 1, whole images only) are laid side by side in
     buf and pack so that one GEMM sums over all their columns."""
-    cdef Py_ssize_t i, k, depth = count * width
+    cdef Py_ssize_t depth = count * width
     cdef const floating *a
     cdef const floating *b
     cdef Py_ssize_t lda, ldb
@@ -52,19 +51,16 @@ cdef inline void _add_terms(const floating *x_group, Py_ssize_t xs_n, Py_ssize_t
         b = x_group + n * xs_n + start
         ldb = xs_c
     else:
-        for i in range(count):
-            gather_columns(x_group + (n + i) * xs_n, table, n_rows, Wo, row_step, col_step,
-                           start, start + width, buf + i * width, depth)
+        gather_images(x_group + n * xs_n, xs_n, count, table, n_rows, Wo, row_step, col_step,
+                      start, width, buf)
         b = buf
         ldb = depth
     if count == 1:
         a = grad_rows + n * grad_image + start
         lda = cols
     else:
-        for k in range(filters):
-            for i in range(count):
-                memcpy(pack + (k * count + i) * width, grad_rows + (n + i) * grad_image + k * cols,
-                       width * sizeof(floating))
+        pack_rows(pack, grad_rows + n * grad_image + start, filters, count, grad_image, cols,
+                  width)
         a = pack
         lda = depth
     gemm_rowmajor_op(False, True, <int> filters, <int> n_rows, <int> depth, a, <int> lda,
