@@ -94,7 +94,7 @@ def _available_memory():
     return min(candidates) if candidates else None
 
 
-def _usable_cpus():
+def usable_cpus():
     """CPUs this process may run on: affinity mask and cgroup CPU quota."""
     try:
         count = len(os.sched_getaffinity(0))
@@ -114,10 +114,10 @@ def default_num_threads():
     """All usable cores, or OMP_NUM_THREADS when it is set (OpenMP's own default)."""
     from fastconv._kernels.openmp_info import omp_max_threads, openmp_enabled
     if not openmp_enabled():
-        return _usable_cpus()  # still used, by threaded BLAS
+        return usable_cpus()  # still used, by threaded BLAS
     if os.environ.get("OMP_NUM_THREADS"):
         return max(1, omp_max_threads())
-    return min(_usable_cpus(), max(1, omp_max_threads()))
+    return min(usable_cpus(), max(1, omp_max_threads()))
 
 
 def _defaults():

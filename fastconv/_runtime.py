@@ -67,8 +67,11 @@ class ThreadBudget:
 
     @property
     def capacity(self):
+        # the cores, not OMP_NUM_THREADS: that variable sizes one call's team
+        # (dask.distributed sets it to 1), and a budget of 1 would make the
+        # calls of a multi-threaded worker wait for each other
         if self._capacity is None:
-            self._capacity = _config.default_num_threads()
+            self._capacity = _config.usable_cpus()
         return self._capacity
 
     def blas_threads_outside(self):
