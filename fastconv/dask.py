@@ -148,7 +148,7 @@ def _checked_geometry(kind, x_shape, weight_shape, batch_chunks, dtype, spatial_
     geometry = conv_geometry((max(largest, 1),) + tuple(x_shape[1:]), weight_shape,
                              spatial_dims=spatial_dims, **options)
     plan_conv(geometry, dtype, flip=flip, method=method, memory_limit=memory_limit,
-              num_threads=num_threads or 1, kind=kind)
+              num_threads=1 if num_threads is None else num_threads, kind=kind)
     return geometry
 
 

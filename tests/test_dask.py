@@ -1,0 +1,348 @@
+"""fastconv.dask: Dask arrays, with the threaded scheduler and a real
+dask.distributed LocalCluster, against the NumPy reference and the in-memory
+functions."""
+import pickle
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+da = pytest.importorskip("dask.array")
+import dask  # noqa: E402
+
+import fastconv  # noqa: E402
+import fastconv.dask as fd  # noqa: E402
+from cases import DTYPES, conv_cases, random_arrays  # noqa: E402
+from reference import (assert_close, conv1d_reference, conv2d_input_grad_reference,  # noqa: E402
+                       conv2d_reference, conv2d_weight_grad_reference)
+
+CONV = dict(stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2), groups=2)
+X_SHAPE, W_SHAPE = (7, 4, 9, 10), (6, 2, 3, 2)
+
+# batch-axis blocks: uneven last block, one image per block, all in one;
+# the last chunking splits C, H and W too (rechunked to whole images)
+CHUNKINGS = [(3, 4, 9, 10), (1, 4, 9, 10), (7, 4, 9, 10), (2, 1, 5, 4)]
+
+
+def _arrays(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(X_SHAPE).astype(dtype)
+    w = rng.standard_normal(W_SHAPE).astype(dtype)
+    b = rng.standard_normal(W_SHAPE[0]).astype(dtype)
+    g = rng.standard_normal(fastconv.plan_conv2d(X_SHAPE, W_SHAPE, **CONV).output_shape).astype(dtype)
+    return x, w, b, g
+
+
+def _splits_more_than_batch(chunks):
+    return chunks[1:] != X_SHAPE[1:]
+
+
+def _dask(array, chunks):
+    """A Dask array of `array` (x or grad_output) split as `chunks` (x's)
+    says: along the batch axis only, or along the others too."""
+    if not _splits_more_than_batch(chunks):
+        return da.from_array(array, chunks=(chunks[0], -1, -1, -1))
+    return da.from_array(array, chunks=chunks)
+
+
+def _compute_allowing_rechunk(build, chunks):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = build()
+    rechunked = [w for w in caught if issubclass(w.category, dask.array.PerformanceWarning)]
+    return result, rechunked
+
+
+# --------------------------------------------------------------------------
+# threaded scheduler
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+def test_forward_and_gradients_threaded(chunks, dtype):
+    x, w, b, g = _arrays(dtype)
+    xd, gd = _dask(x, chunks), _dask(g, chunks)
+    (y, dx, dw), rechunked = _compute_allowing_rechunk(lambda: (
+        fd.conv2d(xd, w, b, **CONV),
+        fd.conv2d_input_grad(x.shape, w, gd, **CONV),
+        fd.conv2d_weight_grad(xd, w.shape, gd, **CONV, split_every=2)), chunks)
+    # a rechunk happens, and is announced, exactly when C/H/W are split
+    assert bool(rechunked) == _splits_more_than_batch(chunks)
+    batch_blocks = (chunks[0],) * (X_SHAPE[0] // chunks[0]) + ((X_SHAPE[0] % chunks[0],)
+                                                               if X_SHAPE[0] % chunks[0] else ())
+    assert y.chunks[0] == dx.chunks[0] == batch_blocks
+    assert y.numblocks[1:] == dx.numblocks[1:] == (1, 1, 1) and dw.numblocks == (1, 1, 1, 1)
+    with dask.config.set(scheduler="threads"):
+        y, dx, dw = dask.compute(y, dx, dw)
+    assert y.dtype == dx.dtype == dw.dtype == dtype
+    assert_close(y, conv2d_reference(x, w, b, **CONV), dtype)
+    assert_close(dx, conv2d_input_grad_reference(x.shape, w, g, **CONV), dtype)
+    assert_close(dw, conv2d_weight_grad_reference(x, w.shape, g, **CONV), dtype)
+    assert_close(y, fastconv.conv2d(x, w, b, **CONV), dtype)
+    assert_close(dw, fastconv.conv2d_weight_grad(x, w.shape, g, **CONV), dtype)
+
+
+def _conv_kwargs(case):
+    return dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                groups=case["groups"], flip=case["flip"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases(), st.integers(1, 3), st.data())
+def test_random_cases_match_reference(case, images_per_block, data):
+    x, w, b = random_arrays(case)
+    kw = dict(_conv_kwargs(case), method=case["method"], num_threads=case["threads"])
+    xd = da.from_array(x, chunks=(images_per_block, -1, -1, -1))
+    y = fd.conv2d(xd, w, b, **kw)
+    expected = conv2d_reference(x, w, b, **_conv_kwargs(case))
+    assert y.shape == expected.shape and y.dtype == case["dtype"]
+    assert_close(y.compute(scheduler="threads"), expected, case["dtype"])
+    g = np.random.default_rng(case["seed"] + 1).standard_normal(expected.shape).astype(case["dtype"])
+    gd = da.from_array(g, chunks=(data.draw(st.integers(1, 3)), -1, -1, -1))
+    with warnings.catch_warnings():
+        # x and grad_output may be split differently: grad_output is rechunked
+        warnings.simplefilter("ignore", dask.array.PerformanceWarning)
+        dw = fd.conv2d_weight_grad(xd, w.shape, gd, **kw)
+    dx = fd.conv2d_input_grad(x.shape, w, gd, **kw)
+    dx, dw = dask.compute(dx, dw, scheduler="threads")
+    assert_close(dx, conv2d_input_grad_reference(x.shape, w, g, **_conv_kwargs(case)), case["dtype"])
+    assert_close(dw, conv2d_weight_grad_reference(x, w.shape, g, **_conv_kwargs(case)), case["dtype"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv1d_and_its_gradients(dtype):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4, 30)).astype(dtype)
+    w = rng.standard_normal((4, 2, 4)).astype(dtype)
+    kw = dict(stride=2, padding=(3, 1), dilation=2, groups=2)
+    y = fd.conv1d(da.from_array(x, chunks=(2, 4, 30)), w, **kw)
+    assert_close(y.compute(), conv1d_reference(x, w, **kw), dtype)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    gd = da.from_array(g, chunks=(2, 3, -1))
+    dx = fd.conv1d_input_grad(x.shape, w, gd, **kw)
+    dw = fd.conv1d_weight_grad(da.from_array(x, chunks=(2, 4, 30)), w.shape, gd, **kw)
+    assert dx.shape == x.shape and dw.shape == w.shape
+    assert_close(dx.compute(), fastconv.conv1d_input_grad(x.shape, w, g, **kw), dtype)
+    assert_close(dw.compute(), fastconv.conv1d_weight_grad(x, w.shape, g, **kw), dtype)
+
+
+def test_weight_gradient_is_a_tree_of_partial_sums():
+    x, w, _, g = _arrays(np.float64)
+    dw = fd.conv2d_weight_grad(da.from_array(x, chunks=(1, -1, -1, -1)), w.shape,
+                               da.from_array(g, chunks=(1, -1, -1, -1)), **CONV, split_every=2)
+    graph = dict(dw.__dask_graph__())
+    partials = [k for k in graph if "weight-grad-partial" in str(k[0] if isinstance(k, tuple) else k)]
+    assert len(partials) == X_SHAPE[0]  # one per block of images
+    # 7 partial sums added two by two: more than one reduction level
+    levels = {k[0] for k in graph if isinstance(k, tuple) and "sum" in k[0]}
+    assert len(levels) >= 3
+    assert_close(dw.compute(), conv2d_weight_grad_reference(x, w.shape, g, **CONV), np.float64)
+
+
+def test_float16_and_integer_inputs_follow_the_in_memory_dtypes():
+    rng = np.random.default_rng(5)
+    x16 = rng.standard_normal((4, 2, 6, 6)).astype(np.float16)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float16)
+    g = rng.standard_normal((4, 3, 4, 4)).astype(np.float16)
+    xd, gd = da.from_array(x16, chunks=1), da.from_array(g, chunks=(1, -1, -1, -1))
+    dw = fd.conv2d_weight_grad(xd.rechunk((1, -1, -1, -1)), w.shape, gd)
+    assert dw.dtype == np.float16
+    np.testing.assert_array_equal(dw.compute(), fastconv.conv2d_weight_grad(x16, w.shape, g))
+    xi = np.arange(2 * 2 * 5 * 5).reshape(2, 2, 5, 5)
+    y = fd.conv2d(da.from_array(xi, chunks=(1, -1, -1, -1)), np.ones((1, 2, 2, 2), dtype=int))
+    assert y.dtype == np.float64 and y.compute().dtype == np.float64
+    np.testing.assert_array_equal(y.compute(), fastconv.conv2d(xi, np.ones((1, 2, 2, 2), dtype=int)))
+
+
+def test_unknown_batch_block_sizes():
+    x, w, b, _ = _arrays(np.float64)
+    keep = np.array([True, False, True, True, False, True, True])
+    xd = da.from_array(x, chunks=(3, -1, -1, -1))[da.from_array(keep, chunks=3)]
+    assert np.isnan(xd.shape[0])
+    y = fd.conv2d(xd, w, b, **CONV)
+    assert np.isnan(y.shape[0]) and y.shape[1:] == (6, 4, 11)
+    assert_close(y.compute(), conv2d_reference(x[keep], w, b, **CONV), np.float64)
+
+
+def test_dask_weight_and_bias_are_merged_into_one_block():
+    x, w, b, _ = _arrays(np.float32)
+    y = fd.conv2d(da.from_array(x, chunks=(2, -1, -1, -1)), da.from_array(w, chunks=(2, 1, 2, 1)),
+                  da.from_array(b, chunks=2), **CONV)
+    assert_close(y.compute(), conv2d_reference(x, w, b, **CONV), np.float32)
+
+
+# --------------------------------------------------------------------------
+# the graph
+
+class _Computed(Exception):
+    pass
+
+
+def _must_not_run(shape, dtype):
+    def fail():
+        raise _Computed("the graph was computed")
+    return da.from_delayed(dask.delayed(fail)(), shape=shape, dtype=dtype)
+
+
+def test_building_the_graph_computes_nothing():
+    blocks = [_must_not_run((2, 4, 9, 10), np.float32) for _ in range(3)]
+    x = da.concatenate(blocks + [_must_not_run((1, 4, 9, 10), np.float32)])
+    w = np.ones(W_SHAPE, np.float32)
+    y = fd.conv2d(x, w, **CONV)
+    grad = _must_not_run(y.shape, np.float32).rechunk((2, -1, -1, -1))
+    dx = fd.conv2d_input_grad(x.shape, w, grad, **CONV)
+    dw = fd.conv2d_weight_grad(x, w.shape, grad.rechunk((3, -1, -1, -1)), **CONV)
+    assert y.shape == (7, 6, 4, 11) and y.chunks == ((2, 2, 2, 1), (6,), (4,), (11,))
+    assert y.dtype == np.float32 and type(y._meta) is np.ndarray and y._meta.dtype == np.float32
+    assert dx.chunks == ((2, 2, 2, 1), (4,), (9,), (10,)) and dx.dtype == np.float32
+    assert dw.chunks == ((6,), (2,), (3,), (2,)) and dw.dtype == np.float32
+    with pytest.raises(_Computed):
+        y.compute(scheduler="synchronous")
+
+
+def test_the_weight_is_in_the_graph_once():
+    x = da.zeros((16, 8, 6, 6), chunks=(2, -1, -1, -1))
+    w = np.random.default_rng(0).standard_normal((256, 8, 8, 8))   # 1 MiB
+    y = fd.conv2d(x, w, padding=3)
+    for graph in (y.__dask_graph__(), dask.optimize(y)[0].__dask_graph__()):
+        tasks = dict(graph)
+        # distributed pickles every task on its own: 8 tasks that each held
+        # the weight would weigh 8 MiB
+        total = sum(len(pickle.dumps(task)) for task in tasks.values())
+        assert w.nbytes < total < 1.5 * w.nbytes
+
+
+# --------------------------------------------------------------------------
+# bad input: clear errors before any compute
+
+@pytest.fixture
+def lazy_x():
+    return _must_not_run((4, 4, 9, 10), np.float64).rechunk((2, -1, -1, -1))
+
+
+def test_a_numpy_input_is_refused(lazy_x):
+    x, w, _, g = _arrays(np.float64)
+    with pytest.raises(TypeError, match=r"x must be a dask.array.Array .*fastconv"):
+        fd.conv2d(x, w)
+    with pytest.raises(TypeError, match="grad_output must be a dask.array.Array"):
+        fd.conv2d_input_grad(x.shape, w, g)
+    with pytest.raises(TypeError, match="grad_output must be a dask.array.Array"):
+        fd.conv2d_weight_grad(lazy_x, w.shape, g[:4])
+    with pytest.raises(TypeError, match="x must be a dask.array.Array"):
+        fd.conv1d([[[1.0, 2.0]]], np.ones((1, 1, 1)))
+
+
+def test_bad_arguments_fail_before_compute(lazy_x):
+    w = np.ones(W_SHAPE)
+    with pytest.raises(ValueError, match=r"weight.shape\[1\] must be C/groups"):
+        fd.conv2d(lazy_x, np.ones((6, 3, 3, 3)), groups=2)
+    with pytest.raises(ValueError, match=r"x must be 4-D"):
+        fd.conv2d(lazy_x[0], w)
+    with pytest.raises(ValueError, match=r"bias must have shape \(6,\)"):
+        fd.conv2d(lazy_x, w, np.ones(5), groups=2)
+    with pytest.raises(ValueError, match="method="):
+        fd.conv2d(lazy_x, w, groups=2, method="fast")
+    with pytest.raises(fastconv.WorkspaceLimitError):
+        fd.conv2d(lazy_x, np.ones((6, 2, 5, 5)), groups=2, method="stretch", memory_limit=10)
+    with pytest.raises(ValueError, match="num_threads"):
+        fd.conv2d(lazy_x, w, groups=2, num_threads=0)
+    grad = _must_not_run((4, 6, 7, 8), np.float64)
+    with pytest.raises(ValueError, match=r"grad_output must have the convolution's output shape"):
+        fd.conv2d_input_grad((4, 4, 9, 10), w, grad, groups=2)
+    with pytest.raises(ValueError, match=r"grad_output must have the convolution's output shape"):
+        fd.conv2d_weight_grad(lazy_x, W_SHAPE, grad, groups=2)
+    with pytest.raises(ValueError, match="input_shape must be a tuple of 4 ints"):
+        fd.conv2d_input_grad((4, 4, 9), w, grad, groups=2)
+    unknown_c = da.from_array(np.ones((4, 4, 9, 10)))[:, da.from_array(np.ones(4, bool))]
+    with pytest.raises(ValueError, match="unknown sizes along C"):
+        fd.conv2d(unknown_c, w, groups=2)
+    with pytest.raises(TypeError, match="weight must be an array or a dask.array.Array"):
+        fd.conv2d(lazy_x, dask.delayed(np.ones)(W_SHAPE), groups=2)
+
+
+def test_non_numpy_blocks_are_refused():
+    masked = da.from_array(np.ma.masked_array(np.ones((2, 1, 3, 3))), chunks=1)
+    with pytest.raises(TypeError, match="NumPy blocks"):
+        fd.conv2d(masked, np.ones((1, 1, 2, 2)))
+
+
+def test_a_clear_import_error_without_dask(tmp_path):
+    code = ("import sys; sys.modules['dask'] = None\n"
+            "try:\n    import fastconv.dask\nexcept ImportError as e:\n    print(e)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'fastconv[dask]'" in result.stdout
+    assert "fastconv.conv2d" not in result.stderr  # the package itself still imports
+
+
+# --------------------------------------------------------------------------
+# a real dask.distributed cluster
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        yield client
+
+
+def _environment_and_resources(memory_limit, num_threads):
+    import os
+    return os.environ.get("OMP_NUM_THREADS"), fd._task_resources(memory_limit, num_threads)
+
+
+def _on_every_worker(client, func, *args):
+    """func(*args) as a task on each worker (client.run would call it
+    outside any task)."""
+    futures = [client.submit(func, *args, workers=[address], pure=False)
+               for address in client.scheduler_info(n_workers=-1)["workers"]]
+    return client.gather(futures)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+def test_forward_and_gradients_on_a_local_cluster(client, chunks, dtype):
+    x, w, b, g = _arrays(dtype, seed=11)
+    xd, gd = _dask(x, chunks), _dask(g, chunks)
+    (y, dx, dw), _ = _compute_allowing_rechunk(lambda: (
+        fd.conv2d(xd, w, b, **CONV),
+        fd.conv2d_input_grad(x.shape, w, gd, **CONV),
+        fd.conv2d_weight_grad(xd, w.shape, gd, **CONV)), chunks)
+    y, dx, dw = client.compute([y, dx, dw], sync=True)
+    assert y.dtype == dx.dtype == dw.dtype == dtype
+    assert_close(y, fastconv.conv2d(x, w, b, **CONV), dtype)
+    assert_close(dx, fastconv.conv2d_input_grad(x.shape, w, g, **CONV), dtype)
+    assert_close(dw, fastconv.conv2d_weight_grad(x, w.shape, g, **CONV), dtype)
+    assert_close(y, conv2d_reference(x, w, b, **CONV), dtype)
+
+
+def test_tasks_share_the_hosts_cores_between_worker_threads(client):
+    from fastconv import _config
+
+    runs = _on_every_worker(client, _environment_and_resources, None, None)
+    assert len(runs) == 2
+    for omp, chosen in runs:
+        assert omp == "1"  # what dask.distributed does to its workers
+        assert chosen["num_threads"] == max(1, _config.usable_cpus() // 2)
+        assert 0 < chosen["memory_limit"] <= fastconv.get_config()["memory_limit"]
+    # an explicit choice is kept
+    explicit = _on_every_worker(client, _environment_and_resources, "64MiB", 3)
+    assert all(r == {"memory_limit": "64MiB", "num_threads": 3} for _, r in explicit)
+
+
+def test_a_lone_single_threaded_worker_uses_the_free_cores():
+    distributed = pytest.importorskip("distributed")
+    from fastconv import _config
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        ((_, chosen),) = _on_every_worker(client, _environment_and_resources, None, None)
+        x = np.random.default_rng(0).standard_normal((3, 2, 6, 6))
+        y = fd.conv2d(da.from_array(x, chunks=(1, -1, -1, -1)), np.ones((2, 2, 3, 3)))
+        result = client.compute(y, sync=True)
+    assert chosen["num_threads"] == _config.usable_cpus()
+    assert_close(result, conv2d_reference(x, np.ones((2, 2, 3, 3))), np.float64)
