@@ -32,3 +32,26 @@ def test_conv_net_and_its_shared_dense_equivalent_train_identically():
         assert spread < 1e-12 and outside == 0
     _, spread, outside = result["free"].l1.kernel()
     assert spread > 1e-3 and outside > 1e-3
+
+
+def test_dask_stack_convolves_a_file_block_by_block(tmp_path):
+    pytest.importorskip("distributed")
+    import subprocess
+    import sys
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "dask_stack.py"), "--images", "40", "--block", "16",
+         "--dir", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "images/s" in result.stdout and result.stdout.count("peak memory") == 2
+    assert result.stdout.count("largest relative difference") == 2
+    blocks = sorted((tmp_path / "convolved").glob("*.npy"), key=lambda p: int(p.stem))
+    assert [np.load(b, mmap_mode="r").shape for b in blocks] == \
+        [(16, 64, 56, 56), (16, 64, 56, 56), (8, 64, 56, 56)]
+    # the result is the convolution of the file's images (the NumPy reference)
+    from reference import conv2d_reference
+    example = _load("dask_stack")
+    images = np.load(tmp_path / "images.npy", mmap_mode="r")[16:18]
+    weight, bias = example.layer_parameters()
+    np.testing.assert_allclose(np.load(blocks[1])[:2],
+                               conv2d_reference(images, weight, bias, padding=((1, 1), (1, 1))),
+                               rtol=1e-4, atol=1e-4)
