@@ -144,12 +144,13 @@ def main():
         print(f"{name:<24} {median * 1e3:8.1f} {median / base:18.2f} {base / median:11.2f}")
     print(f"\nworker peak memory, batch generated, convolved and written block by block "
           f"({args.memory_block} images per block):")
-    print(f"{'batch':>6} {'input':>11} {'peak per worker':>28} {'peak / input':>13}")
+    print(f"{'batch':>6} {'input':>11} {'worker peak (idle before)':>44} {'max growth / input':>19}")
     for row in peaks:
-        worst = max(row["worker_peak"])
-        print(f"{row['batch']:>6} {format_bytes(row['input_bytes']):>11} "
-              f"{', '.join(format_bytes(p) for p in row['worker_peak']):>28} "
-              f"{worst / row['input_bytes']:13.2f}")
+        growth = max(p - b for p, b in zip(row["worker_peak"], row["worker_rss_before"]))
+        pairs = ", ".join(f"{format_bytes(p)} ({format_bytes(b)})"
+                          for p, b in zip(row["worker_peak"], row["worker_rss_before"]))
+        print(f"{row['batch']:>6} {format_bytes(row['input_bytes']):>11} {pairs:>44} "
+              f"{growth / row['input_bytes']:19.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"layer": layer, "batch": args.batch, "workers": args.workers,
