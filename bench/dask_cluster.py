@@ -130,7 +130,7 @@ def main():
     blocks = [int(b) for b in args.blocks.split(",")]
 
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         medians, batch_bytes = time_cases(layer, args.batch, args.workers, blocks, args.rounds)
         peaks = worker_peaks(client, layer, [int(b) for b in args.memory_batches.split(",")],
                              args.memory_block)

@@ -115,7 +115,7 @@ def main(argv=None):
 
         with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads_per_worker,
                           memory_limit=worker_memory, host="127.0.0.1",
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+                          dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
             x = lazy_stack(stack_path, args.block)
             y = fastconv.dask.conv2d(x, weight, bias, **CONV)
             print(f"graph: {x.numblocks[0]} blocks of {args.block} images -> output {y.shape}, "

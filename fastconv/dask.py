@@ -118,7 +118,7 @@ def _whole_images(array, name, batch_chunks=None):
         f"{array.chunksize} to {rechunked.chunksize}: each task needs whole images (all of "
         f"C, H, W), and blocks of images that match its other batch arguments; chunk "
         f"{name} along the batch axis only to avoid this",
-        PerformanceWarning, stacklevel=3)
+        PerformanceWarning, stacklevel=4)  # the caller of the public function
     return rechunked
 
 

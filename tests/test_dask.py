@@ -120,9 +120,11 @@ def test_conv1d_and_its_gradients(dtype):
     y = fd.conv1d(da.from_array(x, chunks=(2, 4, 30)), w, **kw)
     assert_close(y.compute(), conv1d_reference(x, w, **kw), dtype)
     g = rng.standard_normal(y.shape).astype(dtype)
-    gd = da.from_array(g, chunks=(2, 3, -1))
-    dx = fd.conv1d_input_grad(x.shape, w, gd, **kw)
-    dw = fd.conv1d_weight_grad(da.from_array(x, chunks=(2, 4, 30)), w.shape, gd, **kw)
+    gd = da.from_array(g, chunks=(2, 3, -1))   # split along K: rechunked, with a warning
+    with pytest.warns(dask.array.PerformanceWarning, match=r"grad_output .* rechunked") as caught:
+        dx = fd.conv1d_input_grad(x.shape, w, gd, **kw)
+        dw = fd.conv1d_weight_grad(da.from_array(x, chunks=(2, 4, 30)), w.shape, gd, **kw)
+    assert len(caught) == 2 and all(warning.filename == __file__ for warning in caught)  # the call
     assert dx.shape == x.shape and dw.shape == w.shape
     assert_close(dx.compute(), fastconv.conv1d_input_grad(x.shape, w, g, **kw), dtype)
     assert_close(dw.compute(), fastconv.conv1d_weight_grad(x, w.shape, g, **kw), dtype)
@@ -193,7 +195,8 @@ def test_building_the_graph_computes_nothing():
     y = fd.conv2d(x, w, **CONV)
     grad = _must_not_run(y.shape, np.float32).rechunk((2, -1, -1, -1))
     dx = fd.conv2d_input_grad(x.shape, w, grad, **CONV)
-    dw = fd.conv2d_weight_grad(x, w.shape, grad.rechunk((3, -1, -1, -1)), **CONV)
+    with pytest.warns(dask.array.PerformanceWarning, match=r"rechunked from blocks of \(3, "):
+        dw = fd.conv2d_weight_grad(x, w.shape, grad.rechunk((3, -1, -1, -1)), **CONV)
     assert y.shape == (7, 6, 4, 11) and y.chunks == ((2, 2, 2, 1), (6,), (4,), (11,))
     assert y.dtype == np.float32 and type(y._meta) is np.ndarray and y._meta.dtype == np.float32
     assert dx.chunks == ((2, 2, 2, 1), (4,), (9,), (10,)) and dx.dtype == np.float32
@@ -285,7 +288,7 @@ def test_a_clear_import_error_without_dask(tmp_path):
 def client():
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+                                  host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
             distributed.Client(cluster) as client:
         yield client
 
@@ -338,7 +341,7 @@ def test_a_lone_single_threaded_worker_uses_the_free_cores():
     distributed = pytest.importorskip("distributed")
     from fastconv import _config
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+                                  host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
             distributed.Client(cluster) as client:
         ((_, chosen),) = _on_every_worker(client, _environment_and_resources, None, None)
         x = np.random.default_rng(0).standard_normal((3, 2, 6, 6))
