@@ -35,22 +35,12 @@ from distributed import Client, LocalCluster, wait
 import fastconv
 import fastconv.dask
 from fastconv._benchcases import conv_kwargs, layer_arrays, load_layers, shapes
-
-
-def _reset_peak_memory():
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # peak RSS (VmHWM) := current RSS (Linux)
+from fastconv.report import _reset_peak, _rss_status
 
 
 def _memory():
-    """(current, peak) resident bytes of this process."""
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0]) * 1024
-    return fields["VmRSS"], fields["VmHWM"]
+    """(current, peak) resident bytes of this process (Linux)."""
+    return _rss_status("VmRSS"), _rss_status("VmHWM")
 
 
 def _timed(run):
@@ -103,7 +93,7 @@ def worker_peaks(client, layer, batches, block):
         x = da.random.default_rng(0).standard_normal((batch,) + x_shape[1:], dtype=np.float32,
                                                       chunks=(block, -1, -1, -1))
         y = fastconv.dask.conv2d(x, w, **conv_kwargs(layer))
-        client.run(_reset_peak_memory)
+        client.run(_reset_peak)
         before = client.run(_memory)
         with tempfile.TemporaryDirectory() as folder:
             da.to_npy_stack(folder, y, axis=0)
