@@ -130,3 +130,31 @@ def test_a_child_forked_during_a_call_is_not_left_waiting():
 
 def _small_conv():
     return fastconv.conv2d(np.ones((1, 1, 8, 8)), np.ones((2, 1, 3, 3)), num_threads=1)
+
+
+@pytest.mark.skipif(_runtime._config.usable_cpus() < 2, reason="needs 2 usable cores")
+def test_omp_num_threads_1_sizes_calls_not_the_budget(tmp_path):
+    # dask.distributed starts workers with OMP_NUM_THREADS=1: each call
+    # defaults to 1 thread, but calls from several threads must run side by
+    # side, not wait for a budget of 1
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import threading, fastconv, numpy as np\n"
+        "from fastconv import _runtime\n"
+        "b = _runtime.budget\n"
+        "inside = threading.Barrier(2, timeout=20)\n"
+        "def call():\n"
+        "    with b.lend(1, 1):\n"
+        "        inside.wait()  # both calls hold threads at once, or this times out\n"
+        "ts = [threading.Thread(target=call) for _ in range(2)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "print(b.capacity, fastconv.get_config()['num_threads'])\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("FASTCONV_NUM_THREADS", None)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    capacity, default_threads = map(int, result.stdout.split())
+    assert capacity == _runtime._config.usable_cpus() and default_threads == 1
