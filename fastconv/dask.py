@@ -90,21 +90,19 @@ def _batch_array(array, name, ndim):
 
 
 def _whole_images(array, name, batch_chunks=None):
-    """``array`` chunked along the batch axis only (as ``batch_chunks`` if
-    given), warning when that needs a rechunk."""
+    """``array`` chunked along the batch axis only, in the blocks of images
+    ``batch_chunks`` (default: its own), warning when that needs a rechunk."""
+    keep_batch = batch_chunks is None or array.chunks[0] == batch_chunks
+    if keep_batch and array.numblocks[1:] == (1,) * (array.ndim - 1):
+        return array
+    if not keep_batch and any(np.isnan(c) for c in batch_chunks + array.chunks[0]):
+        raise ValueError(
+            f"{name} and x are split into different blocks of images, {array.chunks[0]} "
+            f"and {batch_chunks}, and their sizes are not all known: call "
+            f"compute_chunk_sizes() on both")
     whole = {axis: -1 for axis in range(1, array.ndim)}
     if batch_chunks is not None:
-        if array.chunks[0] == batch_chunks:
-            batch_chunks = None
-        elif any(np.isnan(c) for c in batch_chunks + array.chunks[0]):
-            raise ValueError(
-                f"{name} and x are split into different blocks of images, {array.chunks[0]} "
-                f"and {batch_chunks}, and their sizes are not all known: call "
-                f"compute_chunk_sizes() on both")
-    if array.numblocks[1:] == (1,) * (array.ndim - 1) and batch_chunks is None:
-        return array
-    if batch_chunks is not None:
-        whole[0] = batch_chunks
+        whole[0] = batch_chunks  # must match x's blocks, whatever their size
     else:
         # merging C/H/W multiplies the block size: keep the batch blocks
         # unless they would grow past Dask's target block size

@@ -48,7 +48,8 @@ def _dask(array, chunks):
     return da.from_array(array, chunks=chunks)
 
 
-def _compute_allowing_rechunk(build, chunks):
+def _build_recording_rechunks(build):
+    """build()'s graphs, and the rechunk warnings building them gave."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = build()
@@ -64,10 +65,10 @@ def _compute_allowing_rechunk(build, chunks):
 def test_forward_and_gradients_threaded(chunks, dtype):
     x, w, b, g = _arrays(dtype)
     xd, gd = _dask(x, chunks), _dask(g, chunks)
-    (y, dx, dw), rechunked = _compute_allowing_rechunk(lambda: (
+    (y, dx, dw), rechunked = _build_recording_rechunks(lambda: (
         fd.conv2d(xd, w, b, **CONV),
         fd.conv2d_input_grad(x.shape, w, gd, **CONV),
-        fd.conv2d_weight_grad(xd, w.shape, gd, **CONV, split_every=2)), chunks)
+        fd.conv2d_weight_grad(xd, w.shape, gd, **CONV, split_every=2)))
     # a rechunk happens, and is announced, exactly when C/H/W are split
     assert bool(rechunked) == _splits_more_than_batch(chunks)
     batch_blocks = (chunks[0],) * (X_SHAPE[0] // chunks[0]) + ((X_SHAPE[0] % chunks[0],)
@@ -314,10 +315,10 @@ def _on_every_worker(client, func, *args):
 def test_forward_and_gradients_on_a_local_cluster(client, chunks, dtype):
     x, w, b, g = _arrays(dtype, seed=11)
     xd, gd = _dask(x, chunks), _dask(g, chunks)
-    (y, dx, dw), _ = _compute_allowing_rechunk(lambda: (
+    (y, dx, dw), _ = _build_recording_rechunks(lambda: (
         fd.conv2d(xd, w, b, **CONV),
         fd.conv2d_input_grad(x.shape, w, gd, **CONV),
-        fd.conv2d_weight_grad(xd, w.shape, gd, **CONV)), chunks)
+        fd.conv2d_weight_grad(xd, w.shape, gd, **CONV)))
     y, dx, dw = client.compute([y, dx, dw], sync=True)
     assert y.dtype == dx.dtype == dw.dtype == dtype
     assert_close(y, fastconv.conv2d(x, w, b, **CONV), dtype)
@@ -352,3 +353,14 @@ def test_a_lone_single_threaded_worker_uses_the_free_cores():
         result = client.compute(y, sync=True)
     assert chosen["num_threads"] == _config.usable_cpus()
     assert_close(result, conv2d_reference(x, np.ones((2, 2, 3, 3))), np.float64)
+
+
+def test_grad_output_split_along_channels_keeps_x_blocks_of_images():
+    # merging grad_output's K blocks makes its blocks exceed array.chunk-size;
+    # it must still get x's blocks of images (x is whole and stays as it is)
+    x, w, _, g = _arrays(np.float64)
+    with dask.config.set({"array.chunk-size": "10kB"}), \
+            pytest.warns(dask.array.PerformanceWarning, match="grad_output"):
+        dw = fd.conv2d_weight_grad(da.from_array(x, chunks=(7, -1, -1, -1)), w.shape,
+                                   da.from_array(g, chunks=(7, 3, -1, -1)), **CONV)
+    assert_close(dw.compute(), conv2d_weight_grad_reference(x, w.shape, g, **CONV), np.float64)
