@@ -1,15 +1,19 @@
-"""Global and thread-local settings: the workspace memory limit and the thread count.
+"""Settings, and only settings: the workspace memory limit and the thread count.
 
 Like scikit-learn's ``_config``: defaults come from the environment
 (``FASTCONV_MEMORY_LIMIT``, ``FASTCONV_NUM_THREADS``) or the machine,
 ``set_config`` changes them for the calling thread, and ``config_context``
 changes them for a ``with`` block, restoring them on exit (also on error).
+Facts of the machine live in ``_machine``; how many threads a call gets is
+decided in one place, ``_runtime.call_threads``.
 """
 import math
 import os
 import re
 import threading
 from contextlib import contextmanager
+
+from fastconv import _machine, _runtime
 
 __all__ = ["get_config", "set_config", "config_context", "parse_bytes"]
 
@@ -68,64 +72,12 @@ def check_num_threads(value, name="num_threads"):
     return value
 
 
-def _available_memory():
-    """Bytes of memory this process may still use (cgroup limit, then the OS)."""
-    candidates = []
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    candidates.append(int(line.split()[1]) * 1024)
-    except OSError:
-        pass
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path) as f:
-                text = f.read().strip()
-            if text.isdigit():
-                candidates.append(int(text))
-        except OSError:
-            pass
-    if not candidates:
-        try:
-            candidates.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (ValueError, OSError, AttributeError):
-            pass
-    return min(candidates) if candidates else None
-
-
-def usable_cpus():
-    """CPUs this process may run on: affinity mask and cgroup CPU quota."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:
-        count = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
-
-
-def default_num_threads():
-    """All usable cores, or OMP_NUM_THREADS when it is set (OpenMP's own default)."""
-    from fastconv._kernels.openmp_info import omp_max_threads, openmp_enabled
-    if not openmp_enabled():
-        return usable_cpus()  # still used, by threaded BLAS
-    if os.environ.get("OMP_NUM_THREADS"):
-        return max(1, omp_max_threads())
-    return min(usable_cpus(), max(1, omp_max_threads()))
-
-
 def _defaults():
     env_limit = os.environ.get("FASTCONV_MEMORY_LIMIT")
     if env_limit:
         memory_limit = parse_bytes(env_limit, "FASTCONV_MEMORY_LIMIT")
     else:
-        available = _available_memory()
+        available = _machine.available_memory()
         memory_limit = 2**30 if available is None else min(2**30, available // 4)
     env_threads = os.environ.get("FASTCONV_NUM_THREADS")
     if env_threads:
@@ -134,7 +86,7 @@ def _defaults():
         except ValueError:
             raise ValueError(f"FASTCONV_NUM_THREADS={env_threads!r} is not an int >= 1") from None
     else:
-        num_threads = None  # resolved lazily: default_num_threads()
+        num_threads = None  # automatic: _runtime.call_threads
     return {"memory_limit": memory_limit, "num_threads": num_threads}
 
 
@@ -163,8 +115,7 @@ def get_config():
     ['memory_limit', 'num_threads']
     """
     config = dict(_local())
-    if config["num_threads"] is None:
-        config["num_threads"] = default_num_threads()
+    config["num_threads"] = _runtime.call_threads(None, config["num_threads"])
     return config
 
 
@@ -214,14 +165,10 @@ def config_context(*, memory_limit=None, num_threads=None):
 
 
 def resolve(memory_limit, num_threads):
-    """Per-call values: the arguments if given, else the configuration."""
+    """Per-call values: (memory limit in bytes, threads the call asks for),
+    from the arguments if given, else from the settings."""
     config = _local()
     limit = config["memory_limit"] if memory_limit is None else parse_bytes(memory_limit)
-    if num_threads is None:
-        # the automatic default also obeys limits set around the call
-        # (threadpool_limits, OPENBLAS_NUM_THREADS): see _runtime
-        from fastconv._runtime import thread_limits_in_force
-        threads = config["num_threads"] or thread_limits_in_force()
-    else:
-        threads = check_num_threads(num_threads)
-    return limit, threads
+    if num_threads is not None:
+        num_threads = check_num_threads(num_threads)
+    return limit, _runtime.call_threads(num_threads, config["num_threads"])

@@ -63,6 +63,11 @@ class ConvGeometry:
         (pad_top, _), (pad_left, _) = self.padding
         return (self.R, self.S, self.Wo, *self.stride, pad_top, pad_left, *self.dilation)
 
+    def index_args(self, flip=False):
+        """kernel_args + (groups, flip): the index map of every kernel
+        (fastconv/_kernels/_index_map.pxd, init_index_map)."""
+        return (*self.kernel_args, self.groups, bool(flip))
+
     @property
     def is_pointwise(self):
         """1x1, stride 1, no padding: the input already is the stretched matrix."""

@@ -24,9 +24,9 @@ import os
 import threading
 from contextlib import contextmanager
 
-from fastconv import _config
+from fastconv import _machine
 
-__all__ = ["budget", "thread_limits_in_force"]
+__all__ = ["budget", "call_threads"]
 
 _controller_lock = threading.Lock()
 _controller = None
@@ -71,7 +71,7 @@ class ThreadBudget:
         # (dask.distributed sets it to 1), and a budget of 1 would make the
         # calls of a multi-threaded worker wait for each other
         if self._capacity is None:
-            self._capacity = _config.usable_cpus()
+            self._capacity = _machine.usable_cpus()
         return self._capacity
 
     def blas_threads_outside(self):
@@ -143,13 +143,24 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=budget._after_fork_in_child)
 
 
-def thread_limits_in_force():
-    """The most threads the calling thread's OpenMP and BLAS limits allow
-    (``threadpool_limits`` blocks, OMP_NUM_THREADS, OPENBLAS_NUM_THREADS)."""
-    from fastconv._kernels.openmp_info import omp_max_threads, openmp_enabled
+def call_threads(requested, configured):
+    """How many threads a call asks for: the one place this is decided.
+
+    ``requested``: the call's ``num_threads`` (already validated), honoured as
+    given. ``configured``: the ``num_threads`` setting (``set_config``,
+    ``FASTCONV_NUM_THREADS``), honoured as given. With neither, all usable
+    cores, capped by the OpenMP and BLAS limits in force in the calling
+    thread (``threadpool_limits`` blocks, OMP_NUM_THREADS,
+    OPENBLAS_NUM_THREADS). What the call then gets at run time may be fewer,
+    while other calls hold some of the budget (ThreadBudget.lend).
+    """
+    if requested is not None:
+        return requested
+    if configured is not None:
+        return configured
     limits = [budget.capacity]
-    if openmp_enabled():
-        limits.append(omp_max_threads())
+    if _machine.openmp_enabled():
+        limits.append(_machine.omp_max_threads())
     blas = budget.blas_threads_outside()
     if blas is not None:
         limits.append(blas)

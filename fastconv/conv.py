@@ -14,7 +14,7 @@ import dataclasses
 
 from fastconv._params import (as_array, check_bias, conv_geometry, int_tuple, padding_pairs,
                               resolve_dtypes)
-from fastconv._plan import plan_conv, run_input_grad, run_weight_grad
+from fastconv._plan import plan_conv
 
 __all__ = ["conv1d", "conv2d", "conv1d_input_grad", "conv2d_input_grad", "conv1d_weight_grad",
            "conv2d_weight_grad", "conv_transpose1d", "conv_transpose2d"]
@@ -155,8 +155,7 @@ def _gradient(kind, array, shape, grad_output, spatial_dims, stride, padding, di
             f"(x {x_shape}, weight {w_shape}), got shape {grad_output.shape}")
     plan = plan_conv(geometry, compute, flip=flip, method=method, memory_limit=memory_limit,
                      num_threads=num_threads, kind=kind)
-    run = run_input_grad if kind == "input_grad" else run_weight_grad
-    out = run(plan, array, grad_output)
+    out = plan.execute(array, grad_output)
     return out if out.dtype == result else out.astype(result)
 
 
@@ -356,7 +355,7 @@ def _conv_transpose(x, weight, bias, spatial_dims, stride, padding, output_paddi
     check_bias(bias, out_shape[1], "output channel (C_out = weight.shape[1] * groups)")
     plan = plan_conv(geometry, compute, method=method, memory_limit=memory_limit,
                      num_threads=num_threads, kind="input_grad")
-    out = run_input_grad(plan, weight, x)
+    out = plan.execute(weight, x)
     if bias is not None:
         out += bias.astype(compute, copy=False).reshape((-1,) + (1,) * n)
     return out if out.dtype == result else out.astype(result)

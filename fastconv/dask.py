@@ -51,7 +51,7 @@ except ImportError as exc:  # an optional extra: say how to get it
         f"(dask[array] and distributed); importing it failed: {exc}") from exc
 
 import fastconv.conv as _inmemory
-from fastconv import _config
+from fastconv import _config, _machine
 from fastconv._params import check_bias, conv_geometry, resolve_dtypes
 from fastconv._plan import plan_conv
 
@@ -215,7 +215,7 @@ def _task_resources(memory_limit, num_threads):
     if worker is None:
         return {"memory_limit": memory_limit, "num_threads": num_threads}
     if num_threads is None and not os.environ.get("FASTCONV_NUM_THREADS"):
-        num_threads = max(1, _config.usable_cpus() // _threads_on_host(worker))
+        num_threads = max(1, _machine.usable_cpus() // _threads_on_host(worker))
     worker_memory = worker.memory_manager.memory_limit
     if memory_limit is None and worker_memory and not os.environ.get("FASTCONV_MEMORY_LIMIT"):
         share = worker_memory // (4 * worker.state.nthreads)

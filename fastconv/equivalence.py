@@ -29,6 +29,12 @@ def _window_geometry(x_shape, kernel_size, stride, padding, dilation, name):
                          dilation=dilation, groups=1)
 
 
+def _row_table(g):
+    """The index map's row table of a window geometry (groups 1)."""
+    from fastconv._lowerings import row_table_shape
+    return np.empty(row_table_shape(g), dtype=np.intp)
+
+
 def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None):
     """The stretched (im2col) matrix of every image: one column per window.
 
@@ -67,7 +73,7 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None)
     # zeros: an input with no elements (H or W of 0, padded) gives all-padding columns
     cols = np.zeros((g.N, g.rows, g.cols), dtype=compute)
     if cols.size and x.size:
-        im2col_kernel(kernel_input(x, compute), cols, *g.kernel_args, threads)
+        im2col_kernel(kernel_input(x, compute), cols, _row_table(g), g.index_args(), threads)
     return cols if compute == result else cols.astype(result)
 
 
@@ -113,7 +119,8 @@ def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1,
     _, threads = _config.resolve(None, num_threads)
     x = np.zeros((g.N, g.C, g.H, g.W), dtype=compute)
     if cols.size and x.size:
-        col2im_kernel(np.ascontiguousarray(cols, dtype=compute), x, *g.kernel_args, threads)
+        col2im_kernel(np.ascontiguousarray(cols, dtype=compute), x, _row_table(g),
+                      g.index_args(), threads)
     return x if compute == result else x.astype(result)
 
 

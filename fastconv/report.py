@@ -305,8 +305,8 @@ def _fmt_ratio(value):
 
 
 def _fmt_bytes(n):
-    from fastconv._plan import _format_bytes
-    return "–" if n is None else _format_bytes(int(n))
+    from fastconv._plan import format_bytes
+    return "–" if n is None else format_bytes(int(n))
 
 
 def _layer_title(layer, flops):

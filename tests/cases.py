@@ -1,13 +1,26 @@
 """Random convolution cases shared by the kernel tests (hypothesis strategies)."""
 import contextlib
-from unittest import mock
 
 import numpy as np
 from hypothesis import strategies as st
 
-from fastconv import _plan
+from fastconv import _lowerings, _tuning
+from fastconv._params import conv_geometry
 
-METHODS = ["stretch", "mapped"]
+# A geometry with everything at once (stride, dilation, uneven padding,
+# groups): a lowering that computes it computes any convolution, and every
+# general test runs it. Read from the table, so a new lowering is tested
+# without editing this list; special-purpose ones (1x1, depthwise) have
+# tests of their own.
+_ANY = conv_geometry((2, 4, 9, 8), (6, 2, 3, 2), stride=(2, 1), padding=((1, 2), (0, 1)),
+                     dilation=(2, 1), groups=2)
+
+
+def general_methods(kind="forward"):
+    return [e.name for e in _lowerings.TABLE[kind] if e.unsuitable(_ANY) is None]
+
+
+METHODS = general_methods()
 DTYPES = [np.float32, np.float64]
 
 
@@ -45,7 +58,7 @@ def random_arrays(case):
 
 
 def small_tiles(tile_bytes):
-    """Patch the planner to cut tiles of about tile_bytes (None: unchanged)."""
+    """Plan tiles of about tile_bytes (None: unchanged)."""
     if tile_bytes is None:
         return contextlib.nullcontext()
-    return mock.patch.multiple(_plan, TILE_TARGET_BYTES=tile_bytes, TILE_MIN_COLS=1)
+    return _tuning.tuned(tile_target_bytes=tile_bytes, tile_min_cols=1)

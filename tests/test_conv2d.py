@@ -34,13 +34,12 @@ def test_mapped_tiles_cross_output_rows(method, dtype):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 19, 21)).astype(dtype)
     w = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
-    with mock.patch.multiple(_plan, TILE_TARGET_BYTES=7 * 27 * np.dtype(dtype).itemsize,
-                             TILE_MIN_COLS=1):
+    with small_tiles(7 * 27 * np.dtype(dtype).itemsize):
         plan = fastconv.plan_conv2d(x.shape, w.shape, dtype, padding=((1, 0), (0, 1)),
                                     method=method)
         out = plan.execute(x, w)
     if method == "mapped":
-        assert plan.tile_cols < plan.geometry.Wo
+        assert plan.blocking.tile_cols < plan.geometry.Wo
     assert_close(out, conv2d_reference(x, w, padding=((1, 0), (0, 1))), dtype)
 
 
@@ -195,7 +194,7 @@ def test_small_images_share_a_gemm(N, threads, groups, dtype):
     b = rng.standard_normal(9).astype(dtype)
     plan = fastconv.plan_conv2d(x.shape, w.shape, dtype, padding=((1, 0), (0, 1)), groups=groups,
                                 num_threads=threads, flip=True)
-    assert plan.method == "stretch" and plan.images_per_gemm > 1
+    assert plan.method == "stretch" and plan.blocking.images > 1
     out = plan.execute(x, w, b)
     expected = conv2d_reference(x, w, b, padding=((1, 0), (0, 1)), groups=groups, flip=True)
     assert_close(out, expected, dtype)

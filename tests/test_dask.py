@@ -328,13 +328,13 @@ def test_forward_and_gradients_on_a_local_cluster(client, chunks, dtype):
 
 
 def test_tasks_share_the_hosts_cores_between_worker_threads(client):
-    from fastconv import _config
+    from fastconv import _machine
 
     runs = _on_every_worker(client, _environment_and_resources, None, None)
     assert len(runs) == 2
     for omp, chosen in runs:
         assert omp == "1"  # what dask.distributed does to its workers
-        assert chosen["num_threads"] == max(1, _config.usable_cpus() // 2)
+        assert chosen["num_threads"] == max(1, _machine.usable_cpus() // 2)
         assert 0 < chosen["memory_limit"] <= fastconv.get_config()["memory_limit"]
     # an explicit choice is kept
     explicit = _on_every_worker(client, _environment_and_resources, "64MiB", 3)
@@ -343,7 +343,7 @@ def test_tasks_share_the_hosts_cores_between_worker_threads(client):
 
 def test_a_lone_single_threaded_worker_uses_the_free_cores():
     distributed = pytest.importorskip("distributed")
-    from fastconv import _config
+    from fastconv import _machine
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
             distributed.Client(cluster) as client:
@@ -351,7 +351,7 @@ def test_a_lone_single_threaded_worker_uses_the_free_cores():
         x = np.random.default_rng(0).standard_normal((3, 2, 6, 6))
         y = fd.conv2d(da.from_array(x, chunks=(1, -1, -1, -1)), np.ones((2, 2, 3, 3)))
         result = client.compute(y, sync=True)
-    assert chosen["num_threads"] == _config.usable_cpus()
+    assert chosen["num_threads"] == _machine.usable_cpus()
     assert_close(result, conv2d_reference(x, np.ones((2, 2, 3, 3))), np.float64)
 
 

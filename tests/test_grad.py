@@ -143,7 +143,7 @@ def test_small_batches_split_channels_between_threads(N, threads):
     plan = fastconv.plan_conv2d(x_shape, w.shape, "float64", padding=1, num_threads=threads,
                                 kind="input_grad")
     if plan.kernel_threads > 1:
-        assert plan.blocks >= -(-threads // N)
+        assert plan.blocking.blocks >= -(-threads // N)
     assert_close(fastconv.conv2d_input_grad(x_shape, w, g, padding=1, num_threads=threads),
                  conv2d_input_grad_reference(x_shape, w, g, padding=((1, 1), (1, 1))), np.float64)
 
@@ -163,7 +163,7 @@ def test_weight_grad_split_by_filters_for_many_filters_and_small_maps(N, padding
         plan = fastconv.plan_conv2d(x.shape, w_shape, dtype, padding=padding, groups=groups,
                                     num_threads=threads, kind="weight_grad")
         if threads > 1 and plan.kernel_threads > 1:
-            assert plan.blocks > 1, plan
+            assert plan.blocking.blocks > 1, plan
         for method in ("auto", "mapped"):
             out = fastconv.conv2d_weight_grad(x, w_shape, g, padding=padding, groups=groups,
                                               num_threads=threads, method=method)
@@ -190,7 +190,8 @@ def test_gradient_workspace_within_limit_and_really_allocated(kind, N, C, K, H, 
     assert plan.workspace_bytes <= limit and plan.kind == kind
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal(shape).astype(dtype), rng.standard_normal(wshape).astype(dtype)
-    g = rng.standard_normal(plan.output_shape).astype(dtype)
+    g = rng.standard_normal(plan.geometry.output_shape).astype(dtype)
+    assert plan.output_shape == (shape if kind == "input_grad" else wshape)
     conv = dict(padding=R // 2, memory_limit=limit, num_threads=threads)
     run = {"input_grad": lambda: fastconv.conv2d_input_grad(shape, w, g, **conv),
            "weight_grad": lambda: fastconv.conv2d_weight_grad(x, wshape, g, **conv)}[kind]
@@ -219,11 +220,22 @@ def test_gradient_plans_follow_the_forward_rules():
         small = fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1, kind=kind)
         # small images: several per GEMM, as in the forward pass (wider GEMMs
         # for the input gradient, deeper ones for the weight gradient)
-        assert small.method == "stretch" and small.images_per_gemm == 2, small
+        assert small.method == "stretch" and small.blocking.images == 2, small
         assert fastconv.plan_conv2d((8, 64, 56, 56), (256, 64, 1, 1), kind=kind).method == "gemm1x1"
-    with pytest.raises(TypeError, match="conv2d_input_grad"):
-        fastconv.plan_conv2d((1, 1, 4, 4), (1, 1, 3, 3), kind="input_grad").execute(
-            np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)))
+    # a gradient plan executes like the function of its kind, and names the
+    # operands it expects
+    rng = np.random.default_rng(3)
+    x, w, g = (rng.standard_normal(s) for s in ((2, 3, 6, 5), (4, 3, 3, 3), (2, 4, 4, 3)))
+    input_plan = fastconv.plan_conv2d(x.shape, w.shape, "float64", kind="input_grad")
+    np.testing.assert_array_equal(input_plan.execute(w, g),
+                                  fastconv.conv2d_input_grad(x.shape, w, g))
+    weight_plan = fastconv.plan_conv2d(x.shape, w.shape, "float64", kind="weight_grad")
+    np.testing.assert_array_equal(weight_plan.execute(x, g),
+                                  fastconv.conv2d_weight_grad(x, w.shape, g))
+    with pytest.raises(ValueError, match=r"grad_output has shape \(2, 4, 6, 5\)"):
+        input_plan.execute(w, np.ones((2, 4, 6, 5)))
+    with pytest.raises(TypeError, match=r"executes on \(weight, grad_output\)"):
+        input_plan.execute(w)
     with pytest.raises(ValueError, match="kind"):
         fastconv.plan_conv2d((1, 1, 4, 4), (1, 1, 3, 3), kind="backward")
 

@@ -1,4 +1,5 @@
 """The planner: lowering choice, workspace bound, and that the bound is real."""
+import dataclasses
 import tracemalloc
 
 import numpy as np
@@ -10,7 +11,7 @@ from fastconv._kernels.openmp_info import openmp_enabled
 
 # thread-count and lowering rules below assume OpenMP threads over the batch
 requires_openmp = pytest.mark.skipif(not openmp_enabled(), reason="built without OpenMP")
-from fastconv import _plan
+from fastconv import _lowerings, _tuning
 from reference import assert_close, conv2d_reference
 
 
@@ -29,19 +30,20 @@ def test_workspace_within_limit_and_really_allocated(N, C, K, H, W, R, stride, l
         assert "needs" in str(exc)
         return
     assert plan.workspace_bytes <= limit
-    g = plan.geometry
+    g, tuning = plan.geometry, _tuning.current()
     matrix = g.rows * g.cols * plan.dtype.itemsize
     # one whole stretched matrix per thread, one image per GEMM
-    per_image_stretch = (g.rows * 5 * 8 + min(threads, g.N * g.groups) * matrix)
+    table = _lowerings.buffer_bytes({"table": (_lowerings.row_table_shape(g), np.intp)})
+    per_image_stretch = table + min(threads, g.N * g.groups) * matrix
     if plan.method == "mapped":
         # the planner only tiles when whole stretched matrices do not fit the
         # limit, would spill the cache, or would leave threads idle
-        assert (per_image_stretch > limit or matrix > _plan.STRETCH_CACHE_BYTES
+        assert (per_image_stretch > limit or matrix > tuning.stretch_cache_bytes
                 or g.N * g.groups < threads), plan
-        assert plan.tile_cols <= g.cols
+        assert plan.blocking.tile_cols <= g.cols
     elif plan.method == "stretch":
-        assert matrix <= _plan.STRETCH_CACHE_BYTES
-        assert plan.images_per_gemm == 1 or g.cols < _plan.TILE_MIN_COLS
+        assert matrix <= tuning.stretch_cache_bytes
+        assert plan.blocking.images == 1 or g.cols < tuning.tile_min_cols
     if plan.blas_threads > 1:
         # threaded BLAS only when the limit allows a single buffer
         assert plan.kernel_threads == 1 and threads > 1
@@ -71,11 +73,11 @@ def test_choice_rules():
     assert fastconv.plan_conv2d(*vgg, padding=1, memory_limit="1GiB").method == "mapped"
     # ResNet-50 conv4: a 1.7 MiB matrix per image stays in cache: stretch
     conv4 = fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1, num_threads=2)
-    assert conv4.method == "stretch" and conv4.images_per_gemm == 2  # 392-column GEMMs
+    assert conv4.method == "stretch" and conv4.blocking.images == 2  # 392-column GEMMs
     # ResNet-50 conv5 (7x7): 4 images per GEMM, one batch per thread
     conv5 = fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3), padding=1, num_threads=2)
-    assert conv5.method == "stretch" and conv5.images_per_gemm == 4 and conv5.kernel_threads == 2
-    assert conv5.gemm_shape == (512, 196, 4608)
+    assert conv5.method == "stretch" and conv5.blocking.images == 4 and conv5.kernel_threads == 2
+    assert conv5.lowering.gemm_shape(conv5) == (512, 196, 4608)
     # one image, two threads: tiles for both threads rather than threaded BLAS
     one = fastconv.plan_conv2d((1, 64, 28, 28), (64, 64, 3, 3), padding=1, num_threads=2)
     assert one.method == "mapped" and one.kernel_threads == 2 and one.blas_threads == 1
@@ -93,7 +95,7 @@ def test_plan_explains_itself():
     assert "GFLOP" in text and "columns x 1 image" in text
     assert plan.output_shape == (16, 64, 224, 224)
     assert plan.flops == 2 * 16 * 64 * 224 * 224 * 64 * 9
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         plan.method = "stretch"  # immutable
 
 
@@ -123,12 +125,13 @@ def test_stretch_and_mapped_agree_on_a_real_layer(method):
 def test_tight_limit_uses_one_buffer_and_threaded_blas():
     shape, wshape = (4, 64, 56, 56), (64, 64, 3, 3)
     per_col = 64 * 9 * 4
-    table = 64 * 9 * 5 * 8
+    table = _lowerings.buffer_bytes({"table": (_lowerings.row_table_shape(
+        fastconv.plan_conv2d(shape, wshape, padding=1).geometry), np.intp)})
     # room for one 48-column tile, not two of the 32-column floor
     limit = table + 48 * per_col
     plan = fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit=limit, num_threads=2)
     assert plan.method == "mapped" and plan.kernel_threads == 1 and plan.blas_threads == 2
-    assert plan.workspace_bytes <= limit and plan.tile_cols <= 48
+    assert plan.workspace_bytes <= limit and plan.blocking.tile_cols <= 48
     with pytest.raises(fastconv.WorkspaceLimitError, match="needs"):
         fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit=table + 16 * per_col)
 
@@ -138,8 +141,7 @@ def test_plans_are_cached_and_tuning_changes_are_seen():
     first = fastconv.plan_conv2d(*args, padding=1, num_threads=2)
     assert fastconv.plan_conv2d(*args, padding=1, num_threads=2) is first
     assert fastconv.plan_conv2d(*args, padding=1, num_threads=1) is not first
-    from unittest import mock
-    with mock.patch.object(_plan, "TILE_TARGET_BYTES", 1024):
+    with _tuning.tuned(tile_target_bytes=1024):
         assert fastconv.plan_conv2d(*args, padding=1, num_threads=2) is not first
 
 

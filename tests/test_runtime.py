@@ -11,7 +11,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import fastconv
-from fastconv import _runtime
+from fastconv import _machine, _runtime
 from fastconv._kernels.openmp_info import openmp_enabled
 from reference import assert_close, conv2d_reference
 
@@ -132,7 +132,7 @@ def _small_conv():
     return fastconv.conv2d(np.ones((1, 1, 8, 8)), np.ones((2, 1, 3, 3)), num_threads=1)
 
 
-@pytest.mark.skipif(_runtime._config.usable_cpus() < 2, reason="needs 2 usable cores")
+@pytest.mark.skipif(_machine.usable_cpus() < 2, reason="needs 2 usable cores")
 def test_omp_num_threads_1_sizes_calls_not_the_budget(tmp_path):
     # dask.distributed starts workers with OMP_NUM_THREADS=1: each call
     # defaults to 1 thread, but calls from several threads must run side by
@@ -157,4 +157,4 @@ def test_omp_num_threads_1_sizes_calls_not_the_budget(tmp_path):
                             text=True, cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     capacity, default_threads = map(int, result.stdout.split())
-    assert capacity == _runtime._config.usable_cpus() and default_threads == 1
+    assert capacity == _machine.usable_cpus() and default_threads == 1

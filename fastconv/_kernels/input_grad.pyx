@@ -26,22 +26,18 @@ from libc.string cimport memset
 
 from fastconv._kernels._blas cimport gemm_rowmajor_op
 from fastconv._kernels._images cimport pack_rows
-from fastconv._kernels._index_map cimport build_row_table, scatter_add_columns, ROW_FIELDS
-
-import numpy as np
+from fastconv._kernels._index_map cimport (IndexMap, init_index_map, scatter_add_columns,
+                                            ROW_FIELDS)
 
 
 def conv2d_input_grad(const floating[:, :, ::1] grad,
                       const floating[:, ::1] weight,
                       floating[:, :, :, ::1] grad_x,
+                      Py_ssize_t[:, ::1] table,
                       floating[:, ::1] workspace,
                       floating[:, ::1] packed,
-                      Py_ssize_t R, Py_ssize_t S, Py_ssize_t Wo,
-                      Py_ssize_t stride_h, Py_ssize_t stride_w,
-                      Py_ssize_t pad_top, Py_ssize_t pad_left,
-                      Py_ssize_t dil_h, Py_ssize_t dil_w,
-                      Py_ssize_t groups, Py_ssize_t tile_cols,
-                      Py_ssize_t channel_blocks, Py_ssize_t images, bint flip,
+                      tuple index_args, Py_ssize_t tile_cols,
+                      Py_ssize_t channel_blocks, Py_ssize_t images,
                       bint pointwise, int num_threads):
     """grad_x (N, C, H, W) = the input gradient of grad (N, K, Ho*Wo)
     through weight (K, C/groups*R*S). grad_x need not be initialised: each
@@ -49,84 +45,77 @@ def conv2d_input_grad(const floating[:, :, ::1] grad,
     about to be in cache anyway (a separate np.zeros pass over the whole
     gradient cost 1.3x on depthwise layers).
 
+    table: the row table (>= C/groups*R*S rows; may be empty when pointwise).
     workspace: (num_threads, >= ceil(C/groups / channel_blocks)*R*S*tile_cols*images).
     images > 1 (only with tile_cols = Ho*Wo): images per GEMM, with packed
     (num_threads, >= K/groups*Ho*Wo*images) holding their gradients.
     pointwise (1x1, stride 1, no padding): the product is grad_x itself, so
     each GEMM writes straight into it (no buffer, no scatter, no zeroing).
+    index_args: ConvGeometry.index_args.
     """
-    cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1]
-    cdef Py_ssize_t H = grad_x.shape[2], W = grad_x.shape[3]
-    cdef Py_ssize_t K = weight.shape[0], n_rows = weight.shape[1]
-    cdef Py_ssize_t cols = grad.shape[2], Ho = cols // Wo, taps = R * S
-    cdef Py_ssize_t c_group = C // groups, k_group = K // groups
+    cdef IndexMap m
+    init_index_map(&m, index_args, table, &grad_x.shape[0], &grad_x.strides[0],
+                   sizeof(floating), grad.shape[2])
+    cdef Py_ssize_t K = weight.shape[0], n_rows = weight.shape[1], cols = m.cols
+    cdef Py_ssize_t k_group = K // m.groups, taps = m.taps, plane = m.xs_c
     cdef Py_ssize_t n_tiles = (cols + tile_cols - 1) // tile_cols
-    cdef Py_ssize_t xs_n = C * H * W, xs_c = H * W
-    cdef Py_ssize_t[:, ::1] table = np.empty((n_rows, ROW_FIELDS), dtype=np.intp)
-    cdef floating *x0 = &grad_x[0, 0, 0, 0]
-    cdef Py_ssize_t n_batches = (N + images - 1) // images
+    cdef Py_ssize_t n_batches = (m.N + images - 1) // images
     cdef Py_ssize_t item, n, g, block, c_lo, c_hi, block_rows, tile, start, width
-    cdef Py_ssize_t batch, count, i, k
+    cdef Py_ssize_t batch, count, i
     cdef floating *pack
     cdef floating *buf
     cdef floating *x_group
     cdef const floating *w_block
     cdef const floating *g_block
 
-    with nogil:
-        build_row_table(&table[0, 0], c_group, R, S, H, W, Ho, Wo,
-                        stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
-                        xs_c, W, 1, flip)
-        for item in prange(n_batches * groups * channel_blocks, schedule="dynamic",
-                           num_threads=num_threads):
-            batch = item // (groups * channel_blocks)
-            g = (item // channel_blocks) % groups
-            block = item % channel_blocks
-            c_lo = block * c_group // channel_blocks
-            c_hi = (block + 1) * c_group // channel_blocks
-            block_rows = (c_hi - c_lo) * taps
-            # W^T restricted to this block's channels: columns c_lo*R*S... of
-            # the group's filters, transposed by the GEMM, not copied
-            w_block = &weight[g * k_group, c_lo * taps]
-            buf = &workspace[threadid(), 0]
-            if images > 1:
-                n = batch * images
-                count = N - n if N - n < images else images
-                # images side by side: row k of the packed matrix is
-                # grad[n, k, :] | grad[n+1, k, :] | ...
-                pack = &packed[threadid(), 0]
-                for i in range(count):
-                    memset(x0 + (n + i) * xs_n + (g * c_group + c_lo) * xs_c, 0,
-                           (c_hi - c_lo) * xs_c * sizeof(floating))
-                pack_rows(pack, &grad[n, g * k_group, 0], k_group, count, K * cols, cols, cols)
-                gemm_rowmajor_op(True, False, <int> block_rows, <int> (count * cols),
+    for item in prange(n_batches * m.groups * channel_blocks, schedule="dynamic",
+                       num_threads=num_threads, nogil=True):
+        batch = item // (m.groups * channel_blocks)
+        g = (item // channel_blocks) % m.groups
+        block = item % channel_blocks
+        c_lo = block * m.c_group // channel_blocks
+        c_hi = (block + 1) * m.c_group // channel_blocks
+        block_rows = (c_hi - c_lo) * taps
+        # W^T restricted to this block's channels: columns c_lo*R*S... of
+        # the group's filters, transposed by the GEMM, not copied
+        w_block = &weight[g * k_group, c_lo * taps]
+        buf = &workspace[threadid(), 0]
+        if images > 1:
+            n = batch * images
+            count = m.N - n if m.N - n < images else images
+            # images side by side: row k of the packed matrix is
+            # grad[n, k, :] | grad[n+1, k, :] | ...
+            pack = &packed[threadid(), 0]
+            for i in range(count):
+                memset(&grad_x[n + i, g * m.c_group + c_lo, 0, 0], 0,
+                       (c_hi - c_lo) * plane * sizeof(floating))
+            pack_rows(pack, &grad[n, g * k_group, 0], k_group, count, K * cols, cols, cols)
+            gemm_rowmajor_op(True, False, <int> block_rows, <int> (count * cols),
+                             <int> k_group, w_block, <int> n_rows,
+                             pack, <int> (count * cols), 0.0, buf, <int> (count * cols))
+            for i in range(count):
+                scatter_add_columns(&grad_x[n + i, g * m.c_group, 0, 0], m.table + c_lo * taps * ROW_FIELDS,
+                                    block_rows, m.Wo, m.row_step, m.col_step, 0, cols,
+                                    buf + i * cols, count * cols)
+            continue
+        n = batch
+        x_group = &grad_x[n, g * m.c_group, 0, 0]
+        if not pointwise:
+            memset(x_group + c_lo * plane, 0, (c_hi - c_lo) * plane * sizeof(floating))
+        for tile in range(n_tiles):
+            start = tile * tile_cols
+            width = cols - start
+            if width > tile_cols:
+                width = tile_cols
+            g_block = &grad[n, g * k_group, start]
+            if pointwise:
+                gemm_rowmajor_op(True, False, <int> (c_hi - c_lo), <int> width,
                                  <int> k_group, w_block, <int> n_rows,
-                                 pack, <int> (count * cols), 0.0, buf, <int> (count * cols))
-                for i in range(count):
-                    scatter_add_columns(x0 + (n + i) * xs_n + g * c_group * xs_c,
-                                        &table[c_lo * taps, 0], block_rows, Wo,
-                                        stride_h * W, stride_w, 0, cols, buf + i * cols,
-                                        count * cols)
-                continue
-            n = batch
-            x_group = x0 + n * xs_n + g * c_group * xs_c
-            if not pointwise:
-                memset(x_group + c_lo * xs_c, 0, (c_hi - c_lo) * xs_c * sizeof(floating))
-            for tile in range(n_tiles):
-                start = tile * tile_cols
-                width = cols - start
-                if width > tile_cols:
-                    width = tile_cols
-                g_block = &grad[n, g * k_group, start]
-                if pointwise:
-                    gemm_rowmajor_op(True, False, <int> (c_hi - c_lo), <int> width,
-                                     <int> k_group, w_block, <int> n_rows,
-                                     g_block, <int> cols, 0.0, x_group + c_lo * xs_c + start,
-                                     <int> xs_c)
-                else:
-                    gemm_rowmajor_op(True, False, <int> block_rows, <int> width,
-                                     <int> k_group, w_block, <int> n_rows,
-                                     g_block, <int> cols, 0.0, buf, <int> width)
-                    scatter_add_columns(x_group, &table[c_lo * taps, 0], block_rows, Wo,
-                                        stride_h * W, stride_w, start, start + width,
-                                        buf, width)
+                                 g_block, <int> cols, 0.0, x_group + c_lo * plane + start,
+                                 <int> plane)
+            else:
+                gemm_rowmajor_op(True, False, <int> block_rows, <int> width,
+                                 <int> k_group, w_block, <int> n_rows,
+                                 g_block, <int> cols, 0.0, buf, <int> width)
+                scatter_add_columns(x_group, m.table + c_lo * taps * ROW_FIELDS, block_rows, m.Wo,
+                                    m.row_step, m.col_step, start, start + width, buf, width)

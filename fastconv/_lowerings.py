@@ -1,0 +1,483 @@
+"""The table of lowerings: every way fastconv can compute a convolution or
+one of its gradients, one entry each.
+
+An entry knows, for one kind (``"forward"``, ``"input_grad"``,
+``"weight_grad"``) and one ``method=`` name:
+
+* whether it applies to a geometry (``unsuitable``: None, or why not);
+* the best plan it can offer under the planner's memory limit
+  (``propose``), and what that plan is estimated to cost (``cost``);
+* its buffers (``buffers``): shapes and dtypes from one function, from which
+  both the plan's ``workspace_bytes`` and the arrays the call allocates are
+  derived, so the two cannot drift apart;
+* its kernel call (``run``) and what the plan's repr says of it
+  (``describe``).
+
+The planner (``_plan.py``) weighs the entries that apply; the executor
+(``_execute.py``) prepares the operands and runs the chosen one. Adding a
+lowering is its kernel file, its entry here (appended to ``TABLE``), and its
+tests; test and benchmark case lists read ``methods()``.
+"""
+import dataclasses
+
+import numpy as np
+
+__all__ = ["GemmBlocking", "KINDS", "TABLE", "entry", "methods"]
+
+KINDS = ("forward", "input_grad", "weight_grad")
+
+_INDEX = np.dtype(np.intp)
+
+
+def row_table_shape(g, rows=None):
+    """The index map's row table: one row of ROW_TABLE_FIELDS per row of the
+    stretched matrix of a group (or `rows` rows)."""
+    from fastconv._kernels.mapped import ROW_TABLE_FIELDS
+    return (g.rows if rows is None else rows, ROW_TABLE_FIELDS)
+
+
+def buffer_bytes(buffers):
+    """Bytes of a buffers() dict: {name: (shape, dtype)}."""
+    return sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+               for shape, dtype in buffers.values())
+
+
+def allocate(buffers):
+    """The arrays of a buffers() dict (uninitialised, but for accumulators)."""
+    return {name: (np.zeros if name == "accumulators" else np.empty)(shape, dtype)
+            for name, (shape, dtype) in buffers.items()}
+
+
+def _format_bytes(n):
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmBlocking:
+    """How a GEMM lowering cuts its work.
+
+    tile_cols : output positions (GEMM columns) per image in one GEMM (Ho*Wo
+        unless tiled); images : images whose stretched matrices share one
+        GEMM (> 1 for small images); blocks : input gradient, blocks of input
+        channels handled as separate work items (> 1 when the batch has fewer
+        images than threads); weight gradient, blocks of filters each
+        computed whole by one thread (> 1 when per-thread accumulators would
+        outweigh the batch's stretched matrices; 1: work split by images into
+        per-thread accumulators).
+    """
+    tile_cols: int
+    images: int = 1
+    blocks: int = 1
+
+
+class Lowering:
+    """One way of computing one kind of convolution (see the module docstring)."""
+    name = None      # the method= value
+    kernel = None    # the kernel module, fastconv/_kernels/<kernel>.pyx
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __repr__(self):
+        return f"<lowering {self.name} ({self.kind}): fastconv/_kernels/{self.kernel}.pyx>"
+
+    def unsuitable(self, g):
+        """None if this lowering can compute geometry g, else why not."""
+        return None
+
+    def propose(self, planner, forced):
+        """The best plan this lowering offers under planner.limit, or None."""
+        raise NotImplementedError
+
+    def candidates(self, planner):
+        """Plans worth timing with measure=True."""
+        plan = self.propose(planner, forced=True)
+        return [] if plan is None else [plan]
+
+    def cost(self, plan, tuning):
+        """Estimated seconds of the plan (only compared with other entries')."""
+        raise NotImplementedError
+
+    def buffers(self, g, dtype, blocking, threads):
+        """{name: (shape, dtype)} of the call's workspace with `threads` threads."""
+        raise NotImplementedError
+
+    def too_small(self, planner):
+        """The WorkspaceLimitError message when no plan of this lowering fits."""
+        raise NotImplementedError
+
+    def prepare_input(self, g, x):
+        """The input as the kernel reads it (already in the plan's dtype)."""
+        return x
+
+    def run(self, plan, ops, buffers, threads):
+        """Call the kernel: ops has the prepared operands and the result."""
+        raise NotImplementedError
+
+    def describe(self, plan):
+        """What the plan's repr says of the lowering's blocking."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------
+# the GEMM lowerings over SciPy's BLAS
+
+# A relative rate for the cost model: GEMM lowerings differ in how many
+# threads they keep busy and what memory traffic they add, not in the GEMM.
+_GEMM_FLOPS_PER_THREAD = 50e9   # fp32 GEMM on these layers, one core (bench/)
+
+
+def _block_rows(g, channel_blocks):
+    """Rows of the stretched matrix in the largest block of input channels."""
+    return -(-(g.C // g.groups) // channel_blocks) * g.R * g.S
+
+
+def _filters_per_block(g, blocks):
+    return -(-(g.K // g.groups) // blocks)
+
+
+class _Gemm(Lowering):
+    """What the BLAS lowerings share: buffers, work items, threads, kernels."""
+    uses_table = True
+
+    def buffers(self, g, dtype, blocking, threads):
+        tile, images, blocks = blocking.tile_cols, blocking.images, blocking.blocks
+        bufs = {"table": (row_table_shape(g, g.rows if self.uses_table else 0), _INDEX)}
+        gathered = 0 if not self.uses_table else (
+            _block_rows(g, blocks) if self.kind == "input_grad" else g.rows) * tile * images
+        if self.kind == "forward":
+            if images > 1:
+                bufs["workspace"] = ((threads, gathered), dtype)
+                bufs["product"] = ((threads, (g.K // g.groups) * tile * images), dtype)
+            elif self.uses_table:
+                bufs["workspace"] = ((threads, gathered), dtype)
+            return bufs
+        filters = (_filters_per_block(g, blocks) if self.kind == "weight_grad"
+                   else g.K // g.groups)
+        bufs["workspace"] = ((threads, gathered), dtype)
+        bufs["packed"] = ((threads, filters * tile * images if images > 1 else 0), dtype)
+        if self.kind == "weight_grad":
+            bufs["accumulators"] = ((threads - 1 if blocks == 1 else 0, g.K * g.rows), dtype)
+        return bufs
+
+    def work(self, planner, blocking):
+        """(work items, blocking with its blocks set) for the planner's threads."""
+        g, threads = planner.g, planner.threads
+        batches = -(-g.N // blocking.images) * g.groups
+        if self.kind == "input_grad":
+            # tiles of one image scatter into the same pixels, so the work
+            # items are (batch of images, group, channel block), never tiles
+            blocks = max(1, min(g.C // g.groups, -(-threads // max(1, batches))))
+            return batches * blocks, dataclasses.replace(blocking, blocks=blocks)
+        if (self.kind == "weight_grad" and threads > 1 and g.K > g.N * g.cols
+                and g.groups * min(g.K // g.groups, threads) >= threads):
+            # an accumulator per thread (K x rows) would outweigh gathering the
+            # batch's stretched matrices (rows x N*cols) once more per thread:
+            # split the filters instead (measured on ResNet-50 5b, 7x7 maps:
+            # 2 threads with accumulators ran 2.3x slower than 1 thread, the
+            # page faults of 9 MiB of fresh accumulators per call dominating)
+            blocks = min(g.K // g.groups, threads)
+            return g.groups * blocks, dataclasses.replace(blocking, blocks=blocks)
+        return batches * -(-g.cols // blocking.tile_cols), blocking
+
+    def make(self, planner, blocking, reason, split=None):
+        """The plan of this blocking: OpenMP over work items when there are at
+        least as many as threads (BLAS single-threaded inside), otherwise a
+        serial loop over threaded GEMMs, so no core idles and OpenMP and BLAS
+        threads never multiply; `split` forces (kernel, BLAS) threads."""
+        work_items, blocking = self.work(planner, blocking)
+        kernel_threads, blas_threads = split or planner.threads_for(work_items)
+        if kernel_threads == 1:
+            blocking = dataclasses.replace(blocking, blocks=1)
+        return planner.plan(self, blocking, kernel_threads, blas_threads, reason)
+
+    def fitted(self, planner, plan):
+        """The plan, or with one buffer and threaded BLAS if per-thread
+        buffers exceed the limit (the cores still work, inside GEMM); None if
+        even that does not fit."""
+        if plan.workspace_bytes <= planner.limit:
+            return plan
+        if plan.kernel_threads > 1:
+            single = self.make(planner, plan.blocking, plan.reason + f"; one buffer, not "
+                               f"{plan.kernel_threads}, to fit the limit",
+                               split=(1, planner.threads))
+            if single.workspace_bytes <= planner.limit:
+                return single
+        return None
+
+    def bytes_for(self, planner, tile, images=1, threads=1):
+        return buffer_bytes(self.buffers(planner.g, planner.dtype,
+                                         GemmBlocking(tile, images), threads))
+
+    def cost(self, plan, tuning):
+        if plan.kernel_threads > 1:
+            worth = plan.kernel_threads
+        elif plan.blas_threads > 1:
+            worth = plan.blas_threads / tuning.blas_threads_penalty
+        else:
+            worth = 1
+        return plan.flops / (_GEMM_FLOPS_PER_THREAD * worth) * self.traffic(plan, tuning)
+
+    def traffic(self, plan, tuning):
+        """Time factor of the memory traffic the lowering adds to its GEMMs."""
+        return 1.0
+
+    def gemm_shape(self, plan):
+        """(M, N, K) of each GEMM. Forward: filters x stretched columns x rows
+        of the stretched matrix; input gradient: those rows (of one channel
+        block) x columns x filters; weight gradient: filters x rows x columns."""
+        g, b = plan.geometry, plan.blocking
+        columns = b.tile_cols * b.images
+        if self.kind == "input_grad":
+            return (_block_rows(g, b.blocks), columns, g.K // g.groups)
+        if self.kind == "weight_grad":
+            return (_filters_per_block(g, b.blocks), g.rows, columns)
+        return (g.K // g.groups, columns, g.rows)
+
+    def describe(self, plan):
+        m, n, k = self.gemm_shape(plan)
+        b = plan.blocking
+        return (f"GEMMs {m}x{k} @ {k}x{n} ({b.tile_cols} columns x {b.images} image(s)"
+                + (f", {b.blocks} blocks" if b.blocks > 1 else "") + ")")
+
+    def run(self, plan, ops, bufs, threads):
+        from fastconv._kernels.batched import conv2d_batched
+        from fastconv._kernels.input_grad import conv2d_input_grad
+        from fastconv._kernels.mapped import conv2d_mapped
+        from fastconv._kernels.weight_grad import conv2d_weight_grad
+
+        g, b = plan.geometry, plan.blocking
+        args = g.index_args(plan.flip)
+        pointwise = not self.uses_table
+        if self.kind == "input_grad":
+            conv2d_input_grad(ops.grad, ops.filters, ops.out, bufs["table"], bufs["workspace"],
+                              bufs["packed"], args, b.tile_cols, b.blocks, b.images, pointwise,
+                              threads)
+        elif self.kind == "weight_grad":
+            conv2d_weight_grad(ops.x, ops.grad, ops.out, bufs["accumulators"], bufs["table"],
+                               bufs["workspace"], bufs["packed"], args, b.tile_cols, b.images,
+                               b.blocks, pointwise, threads)
+        elif b.images > 1:
+            conv2d_batched(ops.x, ops.filters, ops.bias, ops.out, bufs["table"],
+                           bufs["workspace"], bufs["product"], args, b.images, threads)
+        else:
+            conv2d_mapped(ops.x, ops.filters, ops.bias, ops.out, bufs["table"],
+                          bufs["workspace"], args, b.tile_cols, threads)
+
+
+def _planes_contiguous(x4):
+    _, _, H, W = x4.shape
+    item = x4.itemsize
+    return (W == 1 or x4.strides[3] == item) and (H == 1 or x4.strides[2] == W * item)
+
+
+class Gemm1x1(_Gemm):
+    """1x1, stride 1, no padding: the input is its own stretched matrix, one
+    GEMM per image and group reads it in place (no gather, no workspace but
+    the weight gradient's accumulators)."""
+    name = "gemm1x1"
+    kernel = "gemm1x1"
+    uses_table = False
+
+    def unsuitable(self, g):
+        if not g.is_pointwise:
+            return (f"needs a 1x1 kernel, stride 1 and no padding; got kernel {g.R}x{g.S}, "
+                    f"stride {g.stride}, padding {g.padding}")
+        return None
+
+    def propose(self, planner, forced):
+        g = planner.g
+        return self.fitted(planner, self.make(
+            planner, GemmBlocking(g.cols),
+            "1x1 stride 1 unpadded: the input is its own im2col matrix"))
+
+    def traffic(self, plan, tuning):
+        # no gather and no buffer: half a gathering lowering's time, so it is
+        # preferred whatever the threads (blas_threads_penalty < 2)
+        return 0.5
+
+    def too_small(self, planner):
+        return (f"memory_limit {planner.limit} bytes ({_format_bytes(planner.limit)}) is too "
+                "small for the 1x1 GEMM's accumulators even on one thread")
+
+    def prepare_input(self, g, x):
+        # each channel plane must be contiguous, planes far enough apart to be
+        # a matrix's rows; else one copy
+        readable = _planes_contiguous(x) and (
+            g.C // g.groups == 1 or x.strides[1] >= g.H * g.W * x.itemsize)
+        return x if readable else np.ascontiguousarray(x)
+
+    def run(self, plan, ops, bufs, threads):
+        if self.kind != "forward":
+            return super().run(plan, ops, bufs, threads)
+        from fastconv._kernels.gemm1x1 import conv2d_gemm1x1
+        conv2d_gemm1x1(ops.x, ops.filters, ops.bias, ops.out, plan.geometry.groups, threads)
+
+
+def _images_per_gemm(g, threads, tuning):
+    """How many small images to stretch into one GEMM (1: no batching): in
+    the forward pass and the input gradient their columns widen thin GEMMs,
+    in the weight gradient they deepen shallow ones. Measured on ResNet-50
+    (fp32, 1 thread per GEMM): a 512x4608 by 4x49 GEMM is 1.43x faster than
+    four of 49 columns, 2x196 over 196 1.17x, 784 columns 0.95x."""
+    if g.cols >= tuning.tile_min_cols or g.N < 2:
+        return 1
+    most = -(-tuning.tile_min_cols // g.cols)
+    # no fewer batches than threads (counting groups as separate work)
+    images = max(1, min(most, g.N // -(-threads // g.groups)))
+    return -(-g.N // -(-g.N // images))  # even batches: no short last one
+
+
+class Stretch(_Gemm):
+    """Explicit im2col: each image's whole stretched matrix in a per-thread
+    buffer, one GEMM per image and group (several small images per GEMM)."""
+    name = "stretch"
+    kernel = "stretch"
+
+    def matrix_bytes(self, g, dtype):
+        return g.rows * g.cols * dtype.itemsize
+
+    def propose(self, planner, forced):
+        """Whole stretched matrices, several small images per GEMM; the
+        largest batch that fits the limit, or None. Under "auto", only with
+        one buffer per thread (a single buffer and threaded BLAS is what
+        mapped tiles do better); a matrix that spills the cache is left to
+        the mapped tiles."""
+        g, tuning = planner.g, planner.tuning
+        matrix = self.matrix_bytes(g, planner.dtype)
+        if forced:
+            reason = "method='stretch' requested"
+        elif matrix > tuning.stretch_cache_bytes:
+            return None
+        else:
+            reason = (f"whole-image im2col ({g.rows}x{g.cols}, {_format_bytes(matrix)}) fits "
+                      "the cache and the limit")
+        return self._largest_batch(planner, reason, single_buffer=forced,
+                                   images=_images_per_gemm(g, planner.threads, tuning))
+
+    def _largest_batch(self, planner, reason, single_buffer, images):
+        g = planner.g
+        while True:
+            why = reason if images == 1 else (
+                reason + f"; {images} images of {g.cols} columns per GEMM (thin GEMMs are slow)")
+            plan = self.make(planner, GemmBlocking(g.cols, images), why)
+            plan = self.fitted(planner, plan) if single_buffer else (
+                plan if plan.workspace_bytes <= planner.limit else None)
+            if plan is not None or images == 1:
+                return plan
+            images = max(1, images // 2)
+
+    def candidates(self, planner):
+        plans = super().candidates(planner)
+        if _images_per_gemm(planner.g, planner.threads, planner.tuning) > 1:
+            one = self._largest_batch(planner, "one image per GEMM", True, 1)
+            plans += [one] if one is not None else []
+        return plans
+
+    def too_small(self, planner):
+        g = planner.g
+        needed = self.bytes_for(planner, g.cols)
+        return (f"method='stretch' needs {needed} bytes ({_format_bytes(needed)}) of workspace "
+                f"for one whole {g.rows}x{g.cols} im2col matrix, above memory_limit "
+                f"{planner.limit} bytes ({_format_bytes(planner.limit)}); use method='mapped' "
+                "or a larger memory_limit")
+
+
+class Mapped(_Gemm):
+    """Index-mapped im2col: tiles of the stretched matrix gathered through
+    the index map into a per-thread buffer, never the whole matrix."""
+    name = "mapped"
+    kernel = "mapped"
+
+    def _why(self, planner, forced):
+        g, dtype, limit = planner.g, planner.dtype, planner.limit
+        if forced:
+            return "method='mapped' requested; {n_tiles} tile(s) of {tile} columns per image"
+        matrix = g.rows * g.cols * dtype.itemsize
+        stretch_ws = self.bytes_for(planner, g.cols)
+        if stretch_ws > limit:
+            return (f"whole-image im2col needs {_format_bytes(stretch_ws)} > limit "
+                    f"{_format_bytes(limit)}; " "{n_tiles} tile(s) of {tile} columns per image")
+        if matrix > planner.tuning.stretch_cache_bytes:
+            return (f"whole-image im2col ({_format_bytes(matrix)}) would spill the cache; "
+                    "{n_tiles} cache-sized tile(s) of {tile} columns per image")
+        per_thread = self.bytes_for(planner, g.cols, threads=min(planner.threads, g.N * g.groups))
+        if per_thread > limit:
+            return (f"a whole-image im2col per thread needs {_format_bytes(per_thread)} > limit "
+                    f"{_format_bytes(limit)}; " "{n_tiles} tile(s) of {tile} columns per image")
+        return ("fewer images than threads: {n_tiles} tile(s) of {tile} columns per image, "
+                "so each thread gets tiles")
+
+    def propose(self, planner, forced):
+        """The widest tile up to the cache-sized target that fits, or None."""
+        g, tuning, threads = planner.g, planner.tuning, planner.threads
+        why = self._why(planner, forced)
+        per_col = g.rows * planner.dtype.itemsize
+        target = max(min(tuning.tile_min_cols, g.cols),
+                     min(g.cols, tuning.tile_target_bytes // max(per_col, 1)))
+        # a batch of fewer images than threads: enough tiles for every thread
+        # (OpenMP over tiles ran 1.3-1.7x faster than threaded BLAS on each
+        # GEMM); the input gradient splits channels instead (see work)
+        if self.kind != "input_grad":
+            tiles_for_threads = -(-threads // max(1, g.N * g.groups))
+            target = min(target, max(tuning.tile_min_cols, -(-g.cols // tiles_for_threads)))
+
+        def tiled(tile, split=None):
+            n_tiles = -(-g.cols // tile)
+            tile = -(-g.cols // n_tiles)  # even tiles: no thin last GEMM; never wider
+            return self.make(planner, GemmBlocking(tile),
+                             why.format(tile=tile, n_tiles=n_tiles), split)
+
+        images = _images_per_gemm(g, threads, tuning)
+        if images > 1 and target >= g.cols:
+            # a tile holds whole small images: several per GEMM, as stretch does
+            plan = self.make(planner, GemmBlocking(g.cols, images),
+                             why.format(tile=g.cols, n_tiles=1)
+                             + f"; {images} images per GEMM (thin GEMMs are slow)")
+            if plan.workspace_bytes <= planner.limit:
+                return plan
+        plan = tiled(target)
+        if plan.workspace_bytes <= planner.limit:
+            return plan
+        # narrower tiles: as wide as the limit allows with one buffer per
+        # thread, else with a single buffer and threaded BLAS
+        floor = min(tuning.tile_floor_cols, g.cols)
+        for buffers, split in ((threads, None), (1, (1, threads))):
+            fixed = self.bytes_for(planner, 0, threads=buffers)
+            affordable = ((planner.limit - fixed) // (buffers * per_col)
+                          if planner.limit > fixed else 0)
+            if affordable >= floor:
+                plan = tiled(min(target, affordable), split)
+                if plan.workspace_bytes <= planner.limit:
+                    return plan
+        return None
+
+    def too_small(self, planner):
+        g = planner.g
+        floor = min(planner.tuning.tile_floor_cols, g.cols)
+        needed = self.bytes_for(planner, floor)
+        return (f"memory_limit {planner.limit} bytes ({_format_bytes(planner.limit)}) is too "
+                f"small: the narrowest efficient mapped tile ({floor} columns x {g.rows} rows, "
+                f"one thread) needs {needed} bytes ({_format_bytes(needed)})")
+
+
+# --------------------------------------------------------------------------
+# the table: per kind, the entries in order of preference when costs tie
+
+TABLE = {kind: (Gemm1x1(kind), Stretch(kind), Mapped(kind)) for kind in KINDS}
+
+
+def methods(kind="forward"):
+    """The method= names of a kind's lowerings, in table order."""
+    return tuple(e.name for e in TABLE[kind])
+
+
+def entry(kind, method):
+    """The table entry of a kind and method name."""
+    for candidate in TABLE[kind]:
+        if candidate.name == method:
+            return candidate
+    raise ValueError(f"method={method!r} is not one of {('auto',) + methods(kind)}")

@@ -1,0 +1,65 @@
+"""The planner's tunable constants, in one frozen object.
+
+Every constant that shapes a plan lives here, with the measurement that set
+it. The object in force is part of the plan cache's key, so a changed
+constant (tests shrink tiles to reach edge cases) can never be answered by a
+plan made under the old one, and adding a constant needs no other edit.
+"""
+import dataclasses
+import threading
+from contextlib import contextmanager
+
+__all__ = ["Tuning", "current", "tuned"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    # Tiles of the mapped lowering (measured with bench/interleaved.py on
+    # ../shared/layers.json, 2 threads, fp32 and fp64):
+    # * tile_target_bytes: the per-thread tile buffer (rows x tile x itemsize)
+    #   aimed for, about one core's L2 (2 MiB here): the tile is gathered and
+    #   then read by GEMM while still in cache. 1-4 MiB measured alike.
+    # * tile_min_cols: narrower tiles make GEMM's N dimension too thin for its
+    #   micro-kernel: 49-64 columns ran 1.3x slower than 196-256 on ResNet
+    #   layers. The same rule batches small images (several per GEMM).
+    # * tile_floor_cols: the narrowest tile accepted when the memory limit
+    #   allows no more; below it the limit is refused (WorkspaceLimitError).
+    tile_target_bytes: int = 2 * 2**20
+    tile_min_cols: int = 256
+    tile_floor_cols: int = 32
+    # "auto" prefers mapped tiles to a whole stretched matrix once that
+    # matrix is larger than this (about one tile): writing it and reading it
+    # back leaves the cache. Measured (fp32, 2 threads, mapped time / stretch
+    # time): VGG-16 conv1_2 0.47, ResNet-50 stem 0.70, conv2 3x3 0.70, conv3
+    # 3x3 (3.5 MiB) 0.83-0.88; a matrix of one tile or less is the same
+    # computation either way.
+    stretch_cache_bytes: int = 2 * 2**20
+    # Threaded BLAS inside one GEMM against OpenMP threads over work items,
+    # each GEMM single-threaded: 1.3-1.7x slower on these layers, and
+    # OpenBLAS's threads keep spinning after each call, slowing the next
+    # OpenMP region. The cost model divides the threads' worth by this.
+    blas_threads_penalty: float = 1.5
+
+
+_lock = threading.Lock()
+_current = Tuning()
+
+
+def current():
+    """The tuning in force (process-wide)."""
+    return _current
+
+
+@contextmanager
+def tuned(**changes):
+    """Plan with some constants changed inside a ``with`` block (process-wide,
+    for tests and experiments): ``with tuned(tile_target_bytes=64): ...``."""
+    global _current
+    with _lock:
+        saved = _current
+        _current = dataclasses.replace(saved, **changes)
+    try:
+        yield _current
+    finally:
+        with _lock:
+            _current = saved
