@@ -15,7 +15,8 @@ __all__ = ["Tuning", "current", "tuned"]
 @dataclasses.dataclass(frozen=True)
 class Tuning:
     # Tiles of the mapped lowering (measured with bench/interleaved.py on
-    # ../shared/layers.json, 2 threads, fp32 and fp64):
+    # the benchmark layers, fastconv/benchmark_layers.json, 2 threads, fp32
+    # and fp64):
     # * tile_target_bytes: the per-thread tile buffer (rows x tile x itemsize)
     #   aimed for, about one core's L2 (2 MiB here): the tile is gathered and
     #   then read by GEMM while still in cache. 1-4 MiB measured alike.
