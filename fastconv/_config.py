@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from fastconv import _machine, _runtime
 
-__all__ = ["get_config", "set_config", "config_context", "parse_bytes"]
+__all__ = ["get_config", "set_config", "config_context", "format_bytes", "parse_bytes"]
 
 _UNITS = {
     "": 1, "b": 1,
@@ -25,6 +25,20 @@ _UNITS = {
     "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40,
 }
 _SIZE_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+def format_bytes(n):
+    """A byte count for people, the inverse of parse_bytes: "3.5 MiB", "512 B".
+
+    Examples
+    --------
+    >>> format_bytes(3 * 2**20 + 2**19), format_bytes(512)
+    ('3.5 MiB', '512 B')
+    """
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
 
 
 def parse_bytes(value, name="memory_limit"):

@@ -3,6 +3,8 @@ import sys
 
 import numpy as np
 
+from fastconv._config import format_bytes
+
 
 def build_info():
     """A dict: version, OpenMP, default threads, memory limit, BLAS libraries."""
@@ -44,7 +46,7 @@ def show_config(file=None):
         f"fastconv {info['fastconv']} (Python {info['python']}, NumPy {info['numpy']})",
         f"OpenMP: {'built in' if info['openmp'] else 'not built in (serial kernels)'}",
         f"default threads: {info['num_threads']}",
-        f"default memory limit: {info['memory_limit']} bytes ({info['memory_limit'] / 2**20:.0f} MiB)",
+        f"default memory limit: {info['memory_limit']} bytes ({format_bytes(info['memory_limit'])})",
     ]
     for pool in info["threadpools"]:
         lines.append(f"{pool['user_api']}: {pool['internal_api']} {pool['version']} "

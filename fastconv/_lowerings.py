@@ -22,6 +22,8 @@ import dataclasses
 
 import numpy as np
 
+from fastconv._config import format_bytes
+
 __all__ = ["GemmBlocking", "KINDS", "TABLE", "entry", "methods"]
 
 KINDS = ("forward", "input_grad", "weight_grad")
@@ -46,13 +48,6 @@ def allocate(buffers):
     """The arrays of a buffers() dict (uninitialised, but for accumulators)."""
     return {name: (np.zeros if name == "accumulators" else np.empty)(shape, dtype)
             for name, (shape, dtype) in buffers.items()}
-
-
-def _format_bytes(n):
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,7 +295,7 @@ class Gemm1x1(_Gemm):
         return 0.5
 
     def too_small(self, planner):
-        return (f"memory_limit {planner.limit} bytes ({_format_bytes(planner.limit)}) is too "
+        return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "
                 "small for the 1x1 GEMM's accumulators even on one thread")
 
     def prepare_input(self, g, x):
@@ -353,7 +348,7 @@ class Stretch(_Gemm):
         elif matrix > tuning.stretch_cache_bytes:
             return None
         else:
-            reason = (f"whole-image im2col ({g.rows}x{g.cols}, {_format_bytes(matrix)}) fits "
+            reason = (f"whole-image im2col ({g.rows}x{g.cols}, {format_bytes(matrix)}) fits "
                       "the cache and the limit")
         return self._largest_batch(planner, reason, single_buffer=forced,
                                    images=_images_per_gemm(g, planner.threads, tuning))
@@ -380,9 +375,9 @@ class Stretch(_Gemm):
     def too_small(self, planner):
         g = planner.g
         needed = self.bytes_for(planner, g.cols)
-        return (f"method='stretch' needs {needed} bytes ({_format_bytes(needed)}) of workspace "
+        return (f"method='stretch' needs {needed} bytes ({format_bytes(needed)}) of workspace "
                 f"for one whole {g.rows}x{g.cols} im2col matrix, above memory_limit "
-                f"{planner.limit} bytes ({_format_bytes(planner.limit)}); use method='mapped' "
+                f"{planner.limit} bytes ({format_bytes(planner.limit)}); use method='mapped' "
                 "or a larger memory_limit")
 
 
@@ -399,15 +394,15 @@ class Mapped(_Gemm):
         matrix = g.rows * g.cols * dtype.itemsize
         stretch_ws = self.bytes_for(planner, g.cols)
         if stretch_ws > limit:
-            return (f"whole-image im2col needs {_format_bytes(stretch_ws)} > limit "
-                    f"{_format_bytes(limit)}; " "{n_tiles} tile(s) of {tile} columns per image")
+            return (f"whole-image im2col needs {format_bytes(stretch_ws)} > limit "
+                    f"{format_bytes(limit)}; " "{n_tiles} tile(s) of {tile} columns per image")
         if matrix > planner.tuning.stretch_cache_bytes:
-            return (f"whole-image im2col ({_format_bytes(matrix)}) would spill the cache; "
+            return (f"whole-image im2col ({format_bytes(matrix)}) would spill the cache; "
                     "{n_tiles} cache-sized tile(s) of {tile} columns per image")
         per_thread = self.bytes_for(planner, g.cols, threads=min(planner.threads, g.N * g.groups))
         if per_thread > limit:
-            return (f"a whole-image im2col per thread needs {_format_bytes(per_thread)} > limit "
-                    f"{_format_bytes(limit)}; " "{n_tiles} tile(s) of {tile} columns per image")
+            return (f"a whole-image im2col per thread needs {format_bytes(per_thread)} > limit "
+                    f"{format_bytes(limit)}; " "{n_tiles} tile(s) of {tile} columns per image")
         return ("fewer images than threads: {n_tiles} tile(s) of {tile} columns per image, "
                 "so each thread gets tiles")
 
@@ -459,9 +454,9 @@ class Mapped(_Gemm):
         g = planner.g
         floor = min(planner.tuning.tile_floor_cols, g.cols)
         needed = self.bytes_for(planner, floor)
-        return (f"memory_limit {planner.limit} bytes ({_format_bytes(planner.limit)}) is too "
+        return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "
                 f"small: the narrowest efficient mapped tile ({floor} columns x {g.rows} rows, "
-                f"one thread) needs {needed} bytes ({_format_bytes(needed)})")
+                f"one thread) needs {needed} bytes ({format_bytes(needed)})")
 
 
 # --------------------------------------------------------------------------

@@ -249,3 +249,18 @@ def check_bias(bias, channels, meaning):
         raise ValueError(f"bias must have shape ({channels},), one value per {meaning}, "
                          f"got shape {bias.shape}")
     return bias
+
+
+def shape_tuple(shape, name, ndim):
+    """A user-given shape: ndim non-negative ints."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of {ndim} ints, got {shape!r}") from None
+    if len(dims) != ndim or not all(hasattr(d, "__index__") and not isinstance(d, bool)
+                                    for d in dims):
+        raise ValueError(f"{name} must be a tuple of {ndim} ints, got {shape!r}")
+    dims = tuple(int(d) for d in dims)
+    if min(dims) < 0:
+        raise ValueError(f"{name} must not have negative sizes, got {dims}")
+    return dims

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from fastconv import _config, _execute, _lowerings, _machine, _tuning
+from fastconv._config import format_bytes
 from fastconv._lowerings import KINDS, buffer_bytes
 from fastconv._params import ConvGeometry, conv_geometry
 
@@ -37,11 +38,6 @@ def methods(kind="forward"):
 
 class WorkspaceLimitError(MemoryError):
     """The memory limit is too small for any lowering of this convolution."""
-
-
-def format_bytes(n):
-    """A byte count for people: "3.5 MiB", "512 B"."""
-    return _lowerings._format_bytes(n)
 
 
 def _format_flops(n):

@@ -13,7 +13,7 @@ output exchanged.
 import dataclasses
 
 from fastconv._params import (as_array, check_bias, conv_geometry, int_tuple, padding_pairs,
-                              resolve_dtypes)
+                              resolve_dtypes, shape_tuple)
 from fastconv._plan import plan_conv
 
 __all__ = ["conv1d", "conv2d", "conv1d_input_grad", "conv2d_input_grad", "conv1d_weight_grad",
@@ -121,21 +121,6 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 # --------------------------------------------------------------------------
 # gradients
 
-def _shape_tuple(shape, name, ndim):
-    """A user-given shape: ndim non-negative ints."""
-    try:
-        dims = tuple(shape)
-    except TypeError:
-        raise TypeError(f"{name} must be a tuple of {ndim} ints, got {shape!r}") from None
-    if len(dims) != ndim or not all(hasattr(d, "__index__") and not isinstance(d, bool)
-                                    for d in dims):
-        raise ValueError(f"{name} must be a tuple of {ndim} ints, got {shape!r}")
-    dims = tuple(int(d) for d in dims)
-    if min(dims) < 0:
-        raise ValueError(f"{name} must not have negative sizes, got {dims}")
-    return dims
-
-
 def _gradient(kind, array, shape, grad_output, spatial_dims, stride, padding, dilation,
               groups, flip, method, memory_limit, num_threads):
     """The input gradient (array = weight, shape = the input's) or the weight
@@ -145,7 +130,7 @@ def _gradient(kind, array, shape, grad_output, spatial_dims, stride, padding, di
     array = as_array(array, array_name)
     grad_output = as_array(grad_output, "grad_output")
     compute, result = resolve_dtypes(**{array_name: array, "grad_output": grad_output})
-    shape = _shape_tuple(shape, shape_name, spatial_dims + 2)
+    shape = shape_tuple(shape, shape_name, spatial_dims + 2)
     x_shape, w_shape = (shape, array.shape) if kind == "input_grad" else (array.shape, shape)
     geometry = conv_geometry(x_shape, w_shape, stride=stride, padding=padding,
                              dilation=dilation, groups=groups, spatial_dims=spatial_dims)

@@ -52,7 +52,7 @@ except ImportError as exc:  # an optional extra: say how to get it
 
 import fastconv.conv as _inmemory
 from fastconv import _config, _machine
-from fastconv._params import check_bias, conv_geometry, resolve_dtypes
+from fastconv._params import check_bias, conv_geometry, resolve_dtypes, shape_tuple
 from fastconv._plan import plan_conv
 
 __all__ = ["conv1d", "conv2d", "conv1d_input_grad", "conv2d_input_grad", "conv1d_weight_grad",
@@ -269,7 +269,7 @@ def _gradient(kind, array, shape, grad_output, spatial_dims, options, flip, meth
     gradient (array = x, shape = the weight's) of Dask arrays."""
     ndim = spatial_dims + 2
     grad_output = _batch_array(grad_output, "grad_output", ndim)
-    shape = _inmemory._shape_tuple(shape, "input_shape" if kind == "input_grad"
+    shape = shape_tuple(shape, "input_shape" if kind == "input_grad"
                                    else "weight_shape", ndim)
     if kind == "input_grad":
         array_name, x_shape = "weight", shape

@@ -305,7 +305,7 @@ def _fmt_ratio(value):
 
 
 def _fmt_bytes(n):
-    from fastconv._plan import format_bytes
+    from fastconv._config import format_bytes
     return "–" if n is None else format_bytes(int(n))
 
 
