@@ -68,8 +68,8 @@ def auto_over_best(med, low):
 
 def auto_label(plan):
     label = plan.method
-    if plan.images_per_gemm > 1:
-        label += f"x{plan.images_per_gemm}"
+    if getattr(plan.blocking, "images", 1) > 1:
+        label += f"x{plan.blocking.images}"
     if plan.blas_threads > 1:
         label += "/blas"
     return label
@@ -118,7 +118,7 @@ def main():
         results.append(dict(layer=layer["name"], dtype=args.dtype, threads=args.threads,
                             median=med, min=low, workspace=ws,
                             methods={k: runs[k][0].method for k in runs},
-                            tile_cols={k: runs[k][0].tile_cols for k in runs}))
+                            blocking={k: repr(runs[k][0].blocking) for k in runs}))
     if args.json:
         json.dump(results, open(args.json, "w"), indent=1)
 

@@ -22,7 +22,7 @@ def _record(benchmark, layer, plan, case, kind, flops, dtype):
                                 flops=flops)
     if plan is not None:
         benchmark.extra_info.update(method=plan.method, workspace_bytes=plan.workspace_bytes,
-                                    tile_cols=plan.tile_cols, num_threads=plan.num_threads)
+                                    blocking=repr(plan.blocking), num_threads=plan.num_threads)
     else:
         benchmark.extra_info.update(method=case)
 

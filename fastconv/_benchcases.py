@@ -19,10 +19,13 @@ import pathlib
 import numpy as np
 
 import fastconv
+from fastconv._lowerings import general_methods
 
 KINDS = ("forward", "input_grad", "weight_grad")
-# name -> (method, memory limit); "mapped_tight" gets an eighth of stretch's workspace
-LOWERINGS = {"stretch": ("stretch", "64GiB"), "mapped": ("mapped", None),
+# name -> (method, memory limit): every general lowering of the table with
+# room to plan as it likes, "mapped_tight" with an eighth of stretch's
+# workspace, and the planner's own choice under the default limit
+LOWERINGS = {**{method: (method, "64GiB") for method in general_methods()},
              "mapped_tight": ("mapped", "tight"), "auto": ("auto", None)}
 PEERS = ("torch", "numpy", "gemm")
 TIGHT_FRACTION = 8

@@ -24,7 +24,7 @@ import numpy as np
 
 from fastconv._config import format_bytes
 
-__all__ = ["GemmBlocking", "KINDS", "TABLE", "entry", "methods"]
+__all__ = ["GemmBlocking", "KINDS", "TABLE", "entry", "general_methods", "methods"]
 
 KINDS = ("forward", "input_grad", "weight_grad")
 
@@ -463,6 +463,23 @@ class Mapped(_Gemm):
 # the table: per kind, the entries in order of preference when costs tie
 
 TABLE = {kind: (Gemm1x1(kind), Stretch(kind), Mapped(kind)) for kind in KINDS}
+
+
+# A geometry with everything at once (stride, dilation, uneven padding,
+# groups): a lowering that computes it computes any convolution.
+_ANY_GEOMETRY = None
+
+
+def general_methods(kind="forward"):
+    """The method= names of the lowerings that compute any convolution of the
+    kind (the case lists of tests and benchmarks read them from here;
+    special-purpose lowerings, such as the 1x1 GEMM, have their own)."""
+    global _ANY_GEOMETRY
+    if _ANY_GEOMETRY is None:
+        from fastconv._params import conv_geometry
+        _ANY_GEOMETRY = conv_geometry((2, 4, 9, 8), (6, 2, 3, 2), stride=(2, 1), groups=2,
+                                      padding=((1, 2), (0, 1)), dilation=(2, 1))
+    return tuple(e.name for e in TABLE[kind] if e.unsuitable(_ANY_GEOMETRY) is None)
 
 
 def methods(kind="forward"):

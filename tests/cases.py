@@ -4,23 +4,13 @@ import contextlib
 import numpy as np
 from hypothesis import strategies as st
 
-from fastconv import _lowerings, _tuning
-from fastconv._params import conv_geometry
+from fastconv import _tuning
+from fastconv._lowerings import general_methods
 
-# A geometry with everything at once (stride, dilation, uneven padding,
-# groups): a lowering that computes it computes any convolution, and every
-# general test runs it. Read from the table, so a new lowering is tested
-# without editing this list; special-purpose ones (1x1, depthwise) have
-# tests of their own.
-_ANY = conv_geometry((2, 4, 9, 8), (6, 2, 3, 2), stride=(2, 1), padding=((1, 2), (0, 1)),
-                     dilation=(2, 1), groups=2)
-
-
-def general_methods(kind="forward"):
-    return [e.name for e in _lowerings.TABLE[kind] if e.unsuitable(_ANY) is None]
-
-
-METHODS = general_methods()
+# Read from the table of lowerings, so a new lowering is tested without
+# editing this list; special-purpose ones (1x1, depthwise) have tests of
+# their own.
+METHODS = list(general_methods())
 DTYPES = [np.float32, np.float64]
 
 
