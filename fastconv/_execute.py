@@ -95,5 +95,5 @@ def execute(plan, given):
         with _runtime.budget.lend(plan.kernel_threads, plan.blas_threads) as (threads, _):
             # buffers for the threads granted now (never more than planned)
             buffers = _lowerings.allocate(lowering.buffers(g, dtype, plan.blocking, threads))
-            lowering.run(plan, ops, buffers, threads)
+            _runtime.run_kernel(lambda: lowering.run(plan, ops, buffers, threads), threads)
     return ops.out.reshape(plan.output_shape)

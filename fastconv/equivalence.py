@@ -13,7 +13,7 @@ sparse and shares its values. Two factorisations make that concrete:
 """
 import numpy as np
 
-from fastconv import _config
+from fastconv import _config, _runtime
 from fastconv._params import as_array, conv_geometry, int_tuple, kernel_input, resolve_dtypes
 
 __all__ = ["im2col", "col2im", "conv_matrix"]
@@ -73,7 +73,9 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None)
     # zeros: an input with no elements (H or W of 0, padded) gives all-padding columns
     cols = np.zeros((g.N, g.rows, g.cols), dtype=compute)
     if cols.size and x.size:
-        im2col_kernel(kernel_input(x, compute), cols, _row_table(g), g.index_args(), threads)
+        x = kernel_input(x, compute)
+        _runtime.run_kernel(lambda: im2col_kernel(x, cols, _row_table(g), g.index_args(),
+                                                  threads), threads)
     return cols if compute == result else cols.astype(result)
 
 
@@ -119,8 +121,9 @@ def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1,
     _, threads = _config.resolve(None, num_threads)
     x = np.zeros((g.N, g.C, g.H, g.W), dtype=compute)
     if cols.size and x.size:
-        col2im_kernel(np.ascontiguousarray(cols, dtype=compute), x, _row_table(g),
-                      g.index_args(), threads)
+        cols = np.ascontiguousarray(cols, dtype=compute)
+        _runtime.run_kernel(lambda: col2im_kernel(cols, x, _row_table(g), g.index_args(),
+                                                  threads), threads)
     return x if compute == result else x.astype(result)
 
 
