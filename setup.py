@@ -19,7 +19,9 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("FASTCONV_DEBUG", "0") not in ("", "0")
 KERNELS = ["openmp_info", "gemm1x1", "stretch", "mapped", "batched", "col2im",
-           "input_grad", "weight_grad"]
+           "input_grad", "weight_grad", "depthwise"]
+# C headers a kernel includes: a change to one rebuilds the kernel
+HEADERS = {"depthwise": ["_depthwise.h", "_depthwise_impl.h", "_depthwise_fixed.h"]}
 
 
 def openmp_flags():
@@ -63,7 +65,8 @@ extensions = [
     Extension(
         f"fastconv._kernels.{name}",
         [f"fastconv/_kernels/{name}.pyx"],
-        include_dirs=[numpy.get_include()],
+        include_dirs=[numpy.get_include(), "fastconv/_kernels"],
+        depends=[f"fastconv/_kernels/{header}" for header in HEADERS.get(name, [])],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,

@@ -1,0 +1,402 @@
+/* The depthwise kernels, once per element type and instruction set: included
+ * by _depthwise.h with T (element), VT (the ISA's native vector of T), HT and
+ * QT (half and quarter width, defined only where at least 16 bytes), IVT/IHT/
+ * IQT (integer vectors of the same sizes, for masks), VL/HL/QL (their lane
+ * counts), MASKS_MID (a mask table: zeros before, all-ones from there) and
+ * NM(name) (the name with its ISA and type suffixes). */
+
+/* ------------------------------------------------------------------------ */
+/* Forward: one output plane from M input planes (M > 1 only for the input   */
+/* gradient, where the M filters of one input channel meet in one plane).    */
+/*   out[oh, ow] = bias + sum_j sum_{r,s} wt_j(r, s) * in_j[...]              */
+/* ------------------------------------------------------------------------ */
+
+#define RR 3
+#define SS 3
+#include "_depthwise_fixed.h"
+#undef RR
+#undef SS
+#define RR 5
+#define SS 5
+#include "_depthwise_fixed.h"
+#undef RR
+#undef SS
+#define RR 7
+#define SS 7
+#include "_depthwise_fixed.h"
+#undef RR
+#undef SS
+
+/* the narrowest vector of this ISA: rows of fewer interior columns are scalar */
+#if defined(QT)
+#define DW_MIN_LANES QL
+#elif defined(HT)
+#define DW_MIN_LANES HL
+#else
+#define DW_MIN_LANES VL
+#endif
+
+/* One block of output columns [ow0, ow0 + L*(1+TWO)) of row oh, every tap
+ * accumulated in registers and stored once: R*S*(1+TWO) loads and FMAs per
+ * store. Only for columns where every kernel column is inside the input
+ * (the interior [A, B)), contiguous input rows and stride 1. */
+#define DW_FWD_BLOCK(TYPE, L, TWO, OW) do {                                    \
+    const dws ow0_ = (OW);                                                     \
+    TYPE a0_ = (TYPE){0} + bias, a1_ = a0_;                                     \
+    for (dws j_ = 0; j_ < M; j_++) {                                           \
+        for (dws r_ = r_lo; r_ < r_hi; r_++) {                                 \
+            const T *p_ = in + j_ * in_plane + ((base + r_ * dh) * xs_h + ow0_ - pl); \
+            const T *wr_ = w + j_ * w_plane + wr0 + r_ * wdr;                  \
+            for (dws s_ = 0; s_ < S; s_++) {                                   \
+                const T wv_ = wr_[s_ * wds];                                   \
+                a0_ += wv_ * DW_LOAD(TYPE, p_ + s_ * dw);                      \
+                if (TWO)                                                       \
+                    a1_ += wv_ * DW_LOAD(TYPE, p_ + s_ * dw + (L));            \
+            }                                                                  \
+        }                                                                      \
+    }                                                                          \
+    DW_STORE(orow + ow0_, a0_);                                                \
+    if (TWO)                                                                   \
+        DW_STORE(orow + ow0_ + (L), a1_);                                      \
+} while (0)
+
+/* One output column, any strides: the valid kernel columns of this column
+ * are one interval (two divisions), then a plain sum. */
+#define DW_FWD_COLUMN(OW) do {                                                 \
+    const dws cb_ = (OW) * sw - pl;                                            \
+    const dws s_lo_ = dw_first(cb_, dw, S);                                    \
+    const dws s_hi_ = dw_end(cb_, dw, W, S);                                   \
+    T acc_ = bias;                                                             \
+    for (dws j_ = 0; j_ < M; j_++) {                                           \
+        for (dws r_ = r_lo; r_ < r_hi; r_++) {                                 \
+            const T *p_ = in + j_ * in_plane + (base + r_ * dh) * xs_h;        \
+            const T *wr_ = w + j_ * w_plane + wr0 + r_ * wdr;                  \
+            for (dws s_ = s_lo_; s_ < s_hi_; s_++)                             \
+                acc_ += wr_[s_ * wds] * p_[(cb_ + s_ * dw) * xs_w];            \
+        }                                                                      \
+    }                                                                          \
+    orow[OW] = acc_;                                                           \
+} while (0)
+
+static __attribute__((noinline)) void NM(fwd)(const dw_geom *g, const T *in, dws in_plane, dws M,
+                            const T *w, dws w_plane, T bias, T *out)
+{
+    const dws H = g->H, W = g->W, xs_h = g->xs_h, xs_w = g->xs_w;
+    const dws Ho = g->Ho, Wo = g->Wo, R = g->R, S = g->S;
+    const dws sh = g->sh, sw = g->sw, pt = g->pt, pl = g->pl, dh = g->dh, dw = g->dw;
+    /* tap (r, s) of plane j is w[j*w_plane + wr0 + r*wdr + s*wds]: flip
+     * walks the filter backwards instead of copying it reversed */
+    const dws wds = g->flip ? -1 : 1, wdr = g->flip ? -S : S;
+    const dws wr0 = g->flip ? R * S - 1 : 0;
+    const int fast = (sw == 1 && xs_w == 1);
+    /* interior columns: every kernel column inside the input. Kernel column
+     * s is valid on [first(s*dw - pl), end(s*dw - pl)): the first interval
+     * starts last and the last one ends first. */
+    const dws A = dw_first(-pl, sw, Wo);
+    dws B = dw_end((S - 1) * dw - pl, sw, W, Wo);
+    dws lo[DW_MAX_S], hi[DW_MAX_S];
+    const int cached = S <= DW_MAX_S;
+    dws fx_lo = 0, fx_hi = 0;  /* rows whose interior a fixed-size kernel made */
+    int fx_full = 0;           /* ... or the whole rows */
+    if (B < A)
+        B = A;
+    if (fast && M == 1 && B - A >= DW_MIN_LANES && R == S && (R == 3 || R == 5 || R == 7)) {
+        fx_lo = dw_first(-pt, sh, Ho);
+        fx_hi = dw_end((R - 1) * dh - pt, sh, H, Ho);
+        if (fx_hi > fx_lo) {
+            if (R == 3)
+                fx_full = NM(fwd_3x3)(g, in, w, bias, out, A, B, fx_lo, fx_hi);
+            else if (R == 5)
+                fx_full = NM(fwd_5x5)(g, in, w, bias, out, A, B, fx_lo, fx_hi);
+            else
+                fx_full = NM(fwd_7x7)(g, in, w, bias, out, A, B, fx_lo, fx_hi);
+        }
+    }
+    if (!fast && cached) {
+        for (dws s = 0; s < S; s++) {
+            lo[s] = dw_first(s * dw - pl, sw, Wo);
+            hi[s] = dw_end(s * dw - pl, sw, W, Wo);
+            if (hi[s] < lo[s])
+                hi[s] = lo[s];
+        }
+    }
+    for (dws oh = 0; oh < Ho; oh++) {
+        T *orow = out + oh * Wo;
+        const dws base = oh * sh - pt;       /* input row of kernel row 0 */
+        if (fx_full && oh >= fx_lo && oh < fx_hi)
+            continue;
+        const dws r_lo = dw_first(base, dh, R);
+        dws r_hi = dw_end(base, dh, H, R);
+        if (r_hi < r_lo)
+            r_hi = r_lo;
+        if (fast) {
+            const dws n = B - A;
+            if (oh >= fx_lo && oh < fx_hi) {
+                /* interior done */
+            } else if (n >= VL) {
+                dws ow = A;
+                for (; B - ow >= 2 * VL; ow += 2 * VL)
+                    DW_FWD_BLOCK(VT, VL, 1, ow);
+                if (B - ow >= VL) {
+                    DW_FWD_BLOCK(VT, VL, 0, ow);
+                    ow += VL;
+                }
+                /* the rest: one block ending at B, overlapping columns
+                 * already written with the same values (same sums in the
+                 * same order), cheaper than a scalar tail */
+                if (ow < B)
+                    DW_FWD_BLOCK(VT, VL, 0, B - VL);
+#ifdef HT
+            } else if (n >= HL) {      /* narrow images (14x14, 7x7) */
+                DW_FWD_BLOCK(HT, HL, 0, A);
+                if (A + HL < B)
+                    DW_FWD_BLOCK(HT, HL, 0, B - HL);
+#endif
+#ifdef QT
+            } else if (n >= QL) {
+                DW_FWD_BLOCK(QT, QL, 0, A);
+                if (A + QL < B)
+                    DW_FWD_BLOCK(QT, QL, 0, B - QL);
+#endif
+            } else {
+                for (dws ow = A; ow < B; ow++)
+                    DW_FWD_COLUMN(ow);
+            }
+            for (dws ow = 0; ow < A; ow++)
+                DW_FWD_COLUMN(ow);
+            for (dws ow = B; ow < Wo; ow++)
+                DW_FWD_COLUMN(ow);
+        } else if (cached) {
+            /* strided columns: one pass per tap over its valid run of
+             * output columns, the row staying in L1 */
+            const dws step = sw * xs_w;
+            for (dws ow = 0; ow < Wo; ow++)
+                orow[ow] = bias;
+            for (dws j = 0; j < M; j++) {
+                for (dws r = r_lo; r < r_hi; r++) {
+                    const T *p = in + j * in_plane + (base + r * dh) * xs_h;
+                    const T *wr = w + j * w_plane + wr0 + r * wdr;
+                    for (dws s = 0; s < S; s++) {
+                        const dws m = hi[s] - lo[s];
+                        const T wv = wr[s * wds];
+                        const T *src = p + (lo[s] * sw + s * dw - pl) * xs_w;
+                        T *o = orow + lo[s];
+                        if (step == 2) {        /* constant steps vectorize */
+                            for (dws i = 0; i < m; i++)
+                                o[i] += wv * src[2 * i];
+                        } else if (step == -1) {
+                            for (dws i = 0; i < m; i++)
+                                o[i] += wv * src[-i];
+                        } else {
+                            for (dws i = 0; i < m; i++)
+                                o[i] += wv * src[i * step];
+                        }
+                    }
+                }
+            }
+        } else {
+            for (dws ow = 0; ow < Wo; ow++)
+                DW_FWD_COLUMN(ow);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Input gradient by scattering (strides > 1): grad_x plane (H x W,          */
+/* contiguous) = sum over the M filters j of the transposed correlation of   */
+/* grad plane j (Ho x Wo, contiguous). Stride-1 layers use fwd_body instead  */
+/* (the gradient is then a correlation with the reversed kernel).            */
+/* ------------------------------------------------------------------------ */
+static __attribute__((noinline)) void NM(igrad_scatter)(const dw_geom *g, const T *grad, dws g_plane,
+                                      dws M, const T *w, dws w_plane, T *gx)
+{
+    const dws H = g->H, W = g->W, Ho = g->Ho, Wo = g->Wo, R = g->R, S = g->S;
+    const dws sh = g->sh, sw = g->sw, pt = g->pt, pl = g->pl, dh = g->dh, dw = g->dw;
+    const dws wds = g->flip ? -1 : 1, wdr = g->flip ? -S : S;
+    const dws wr0 = g->flip ? R * S - 1 : 0;
+    dws lo[DW_MAX_S], hi[DW_MAX_S];
+    const int cached = S <= DW_MAX_S;
+    if (cached) {
+        for (dws s = 0; s < S; s++) {
+            lo[s] = dw_first(s * dw - pl, sw, Wo);
+            hi[s] = dw_end(s * dw - pl, sw, W, Wo);
+        }
+    }
+    memset(gx, 0, (size_t)(H * W) * sizeof(T));
+    for (dws j = 0; j < M; j++) {
+        for (dws oh = 0; oh < Ho; oh++) {
+            const dws base = oh * sh - pt;
+            const dws r_lo = dw_first(base, dh, R);
+            const dws r_hi = dw_end(base, dh, H, R);
+            const T *grow = grad + j * g_plane + oh * Wo;
+            for (dws r = r_lo; r < r_hi; r++) {
+                T *xrow = gx + (base + r * dh) * W;
+                const T *wr = w + j * w_plane + wr0 + r * wdr;
+                for (dws s = 0; s < S; s++) {
+                    const dws a = cached ? lo[s] : dw_first(s * dw - pl, sw, Wo);
+                    const dws b = cached ? hi[s] : dw_end(s * dw - pl, sw, W, Wo);
+                    const T wv = wr[s * wds];
+                    T *dst = xrow + (a * sw + s * dw - pl);
+                    if (sw == 1) {
+                        for (dws i = 0; i < b - a; i++)
+                            dst[i] += wv * grow[a + i];
+                    } else if (sw == 2) {
+                        for (dws i = 0; i < b - a; i++)
+                            dst[2 * i] += wv * grow[a + i];
+                    } else {
+                        for (dws i = 0; i < b - a; i++)
+                            dst[i * sw] += wv * grow[a + i];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Weight gradient of one filter over all N images:                          */
+/*   gw[tap(r, s)] = sum_n sum_{oh, ow} grad_n[oh, ow] * x_n[oh*sh + r*dh - pt, */
+/*                                                      ow*sw + s*dw - pl]  */
+/* One tap at a time over the valid rectangle of output positions; vector    */
+/* partial sums in registers across all rows and images, reduced in a fixed  */
+/* lane order at the end: the same bits whatever thread runs the filter.     */
+/* ------------------------------------------------------------------------ */
+
+/* keep the last `rem` lanes of a product of L lanes, as a bit mask (a NaN or
+ * infinity in the lanes already counted must not leak in, as 0 * inf would) */
+#define DW_MASKED(TYPE, ITYPE, L, PROD, REM) \
+    ((TYPE)((ITYPE)(PROD) & DW_LOAD(ITYPE, MASKS_MID - (L) + (REM))))
+
+static __attribute__((noinline)) void NM(wgrad)(const dw_geom *g, const T *x, dws xs_n, const T *grad,
+                              dws g_n, dws N, T *gw)
+{
+    const dws H = g->H, W = g->W, xs_h = g->xs_h, xs_w = g->xs_w;
+    const dws Ho = g->Ho, Wo = g->Wo, R = g->R, S = g->S;
+    const dws sh = g->sh, sw = g->sw, pt = g->pt, pl = g->pl, dh = g->dh, dw = g->dw;
+    const int fast = (sw == 1 && xs_w == 1);
+    const dws step = sw * xs_w;
+    /* interior columns [A, B) of rows [ex_lo, ex_hi): summed by a fixed-size
+     * kernel into part (geometric tap order), skipped below */
+    const dws A = dw_first(-pl, sw, Wo), B = dw_end((S - 1) * dw - pl, sw, W, Wo);
+    dws ex_lo = 0, ex_hi = 0;
+    int ex_full = 0;   /* the fixed-size kernel did whole rows */
+    T part[49];
+    if (fast && B - A >= VL && R == S && (R == 3 || R == 5 || R == 7)) {
+        ex_lo = dw_first(-pt, sh, Ho);
+        ex_hi = dw_end((R - 1) * dh - pt, sh, H, Ho);
+        if (ex_hi <= ex_lo)
+            ex_lo = ex_hi = 0;
+        else if (R == 3)
+            ex_full = NM(wgrad_3x3)(g, x, xs_n, grad, g_n, N, A, B, ex_lo, ex_hi, part);
+        else if (R == 5)
+            ex_full = NM(wgrad_5x5)(g, x, xs_n, grad, g_n, N, A, B, ex_lo, ex_hi, part);
+        else
+            ex_full = NM(wgrad_7x7)(g, x, xs_n, grad, g_n, N, A, B, ex_lo, ex_hi, part);
+    }
+    for (dws r = 0; r < R; r++) {
+        const dws oh_lo = dw_first(r * dh - pt, sh, Ho);
+        const dws oh_hi = dw_end(r * dh - pt, sh, H, Ho);
+        for (dws s = 0; s < S; s++) {
+            const dws lo = dw_first(s * dw - pl, sw, Wo);
+            const dws n = dw_end(s * dw - pl, sw, W, Wo) - lo;
+            const dws tap = g->flip ? (R - 1 - r) * S + (S - 1 - s) : r * S + s;
+            VT a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+#ifdef HT
+            HT h0 = {0}, h1 = {0};
+#endif
+#ifdef QT
+            QT q0 = {0}, q1 = {0};
+#endif
+            T sc = 0, sc1 = 0, sc2 = 0, sc3 = 0, total = 0;
+            if (n > 0) {
+                for (dws img = 0; img < N; img++) {
+                    for (dws oh = oh_lo; oh < oh_hi; oh++) {
+                        if (ex_full && oh == ex_lo && ex_hi > oh) {
+                            oh = ex_hi - 1;    /* rows done whole: skip them */
+                            continue;
+                        }
+                        const T *gp = grad + img * g_n + oh * Wo + lo;
+                        const T *xp = x + (img * xs_n + (oh * sh + r * dh - pt) * xs_h
+                                           + (lo * sw + s * dw - pl) * xs_w);
+                        if (!fast) {
+                            /* four partial sums: one would be a chain of
+                             * dependent adds (stride-2 28x28 float32 layer:
+                             * 2.3 ms, slower than the mapped lowering's 1.6) */
+                            dws i = 0;
+                            for (; i + 4 <= n; i += 4) {
+                                sc += gp[i] * xp[i * step];
+                                sc1 += gp[i + 1] * xp[(i + 1) * step];
+                                sc2 += gp[i + 2] * xp[(i + 2) * step];
+                                sc3 += gp[i + 3] * xp[(i + 3) * step];
+                            }
+                            for (; i < n; i++)
+                                sc += gp[i] * xp[i * step];
+                        } else if (oh >= ex_lo && oh < ex_hi) {
+                            /* only the border columns [lo, A) and [B, lo + n) */
+                            for (dws i = 0; i < A - lo; i++)
+                                sc += gp[i] * xp[i];
+                            for (dws i = B - lo; i < n; i++)
+                                sc += gp[i] * xp[i];
+                        } else if (n >= VL) {
+                            dws i = 0;
+                            for (; i + 2 * VL <= n; i += 2 * VL) {
+                                a0 += DW_LOAD(VT, gp + i) * DW_LOAD(VT, xp + i);
+                                a1 += DW_LOAD(VT, gp + i + VL) * DW_LOAD(VT, xp + i + VL);
+                            }
+                            if (i + VL <= n) {
+                                a2 += DW_LOAD(VT, gp + i) * DW_LOAD(VT, xp + i);
+                                i += VL;
+                            }
+                            /* the tail: the vector ending at n, lanes already
+                             * counted masked off (no scalar loop) */
+                            if (i < n)
+                                a3 += DW_MASKED(VT, IVT, VL, DW_LOAD(VT, gp + n - VL)
+                                                * DW_LOAD(VT, xp + n - VL), n - i);
+#ifdef HT
+                        } else if (n >= HL) {
+                            h0 += DW_LOAD(HT, gp) * DW_LOAD(HT, xp);
+                            if (n > HL)
+                                h1 += DW_MASKED(HT, IHT, HL, DW_LOAD(HT, gp + n - HL)
+                                                * DW_LOAD(HT, xp + n - HL), n - HL);
+#endif
+#ifdef QT
+                        } else if (n >= QL) {
+                            q0 += DW_LOAD(QT, gp) * DW_LOAD(QT, xp);
+                            if (n > QL)
+                                q1 += DW_MASKED(QT, IQT, QL, DW_LOAD(QT, gp + n - QL)
+                                                * DW_LOAD(QT, xp + n - QL), n - QL);
+#endif
+                        } else {
+                            for (dws i = 0; i < n; i++)
+                                sc += gp[i] * xp[i];
+                        }
+                    }
+                }
+                a0 += a1;
+                a2 += a3;
+                a0 += a2;
+                for (int l = 0; l < VL; l++)
+                    total += a0[l];
+#ifdef HT
+                h0 += h1;
+                for (int l = 0; l < HL; l++)
+                    total += h0[l];
+#endif
+#ifdef QT
+                q0 += q1;
+                for (int l = 0; l < QL; l++)
+                    total += q0[l];
+#endif
+                total += (sc + sc1) + (sc2 + sc3);
+            }
+            if (ex_hi > ex_lo)
+                total += part[r * S + s];
+            gw[tap] = total;
+        }
+    }
+}
+
+#undef DW_FWD_BLOCK
+#undef DW_FWD_COLUMN
+#undef DW_MASKED
+#undef DW_MIN_LANES

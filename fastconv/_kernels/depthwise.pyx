@@ -1,0 +1,302 @@
+# Depthwise convolution (groups == C, K = C * multiplier) computed directly,
+# without a GEMM: output channel k reads only input channel c = k // multiplier,
+# so the im2col lowering degenerates into one M = 1 GEMM per channel, which is
+# memory-bound. Here each output row is made in vector registers: for a block
+# of 32 output columns (float32; 16 in float64) every kernel tap adds
+# w[r, s] * (a contiguous run of the input row) and the block is stored once.
+# Zero padding is never copied: the columns where every kernel column is
+# inside the input (the interior) are found once per call, the kernel rows
+# valid for an output row by two comparisons, and only the border columns
+# (pad_left + pad_right of them per row) take a scalar path.
+#
+# The plane kernels are C (_depthwise.h / _depthwise_impl.h), compiled for
+# AVX-512, AVX2+FMA and the x86-64 baseline in one extension and chosen at
+# import (FASTCONV_ISA=avx512|avx2|generic forces one; set_isa() for tests).
+#
+# Work items and determinism:
+# * forward: (image, output channel); each writes its own output plane.
+# * input gradient: (image, input channel); the item sums its `multiplier`
+#   filters' contributions into its own plane of grad_x (cleared first), so
+#   no two threads touch one plane. Stride 1: the gradient is the correlation
+#   of the gradient planes with the reversed kernel, padded by
+#   dil*(R-1) - pad, and runs through the forward kernel (gather, vectorised);
+#   larger strides scatter-add tap by tap.
+# * weight gradient: one output channel per item, summed over all images by
+#   the item itself: no reduction between threads, the same bits for any
+#   thread count.
+
+from cython cimport floating
+from cython.parallel cimport prange
+
+import os
+
+cdef extern from "_depthwise.h" nogil:
+    ctypedef Py_ssize_t dws
+    ctypedef struct dw_geom:
+        dws H, W, xs_h, xs_w, Ho, Wo, R, S, sh, sw, pt, pl, dh, dw
+        int flip
+    int DW_ISA_PORTABLE, DW_ISA_AVX2, DW_ISA_AVX512
+    int dw_cpu_level()
+    void dw_fwd_f(int isa, const dw_geom *g, const float *inp, dws in_plane, dws M,
+                  const float *w, dws w_plane, float bias, float *out)
+    void dw_fwd_d(int isa, const dw_geom *g, const double *inp, dws in_plane, dws M,
+                  const double *w, dws w_plane, double bias, double *out)
+    void dw_igrad_scatter_f(int isa, const dw_geom *g, const float *grad, dws g_plane,
+                            dws M, const float *w, dws w_plane, float *gx)
+    void dw_igrad_scatter_d(int isa, const dw_geom *g, const double *grad, dws g_plane,
+                            dws M, const double *w, dws w_plane, double *gx)
+    void dw_wgrad_f(int isa, const dw_geom *g, const float *x, dws xs_n, const float *grad,
+                    dws g_n, dws N, float *gw)
+    void dw_wgrad_d(int isa, const dw_geom *g, const double *x, dws xs_n, const double *grad,
+                    dws g_n, dws N, double *gw)
+
+
+_ISA_NAMES = {"generic": DW_ISA_PORTABLE, "avx2": DW_ISA_AVX2, "avx512": DW_ISA_AVX512}
+cdef int _cpu_level = dw_cpu_level()
+cdef int _isa = _cpu_level
+
+
+def available_isas():
+    """The instruction sets this CPU can run, worst first."""
+    return [name for name, level in sorted(_ISA_NAMES.items(), key=lambda kv: kv[1])
+            if level <= _cpu_level]
+
+
+def get_isa():
+    """The instruction set the kernels use ('avx512', 'avx2' or 'generic')."""
+    return {level: name for name, level in _ISA_NAMES.items()}[_isa]
+
+
+def set_isa(name):
+    """Use the kernels compiled for `name` (one of available_isas()); returns
+    the previous name. For tests and benchmarks; not thread-safe."""
+    global _isa
+    if name not in _ISA_NAMES or _ISA_NAMES[name] > _cpu_level:
+        raise ValueError(f"instruction set {name!r} is not available here: "
+                         f"{available_isas()}")
+    previous = get_isa()
+    _isa = _ISA_NAMES[name]
+    return previous
+
+
+_forced = os.environ.get("FASTCONV_ISA", "").strip().lower()
+if _forced in _ISA_NAMES and _ISA_NAMES[_forced] <= _cpu_level:
+    set_isa(_forced)
+
+
+cdef inline dw_geom _geometry(Py_ssize_t H, Py_ssize_t W, Py_ssize_t xs_h, Py_ssize_t xs_w,
+                              Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t R, Py_ssize_t S,
+                              Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                              Py_ssize_t dh, Py_ssize_t dw, bint flip) noexcept:
+    cdef dw_geom g
+    g.H = H
+    g.W = W
+    g.xs_h = xs_h
+    g.xs_w = xs_w
+    g.Ho = Ho
+    g.Wo = Wo
+    g.R = R
+    g.S = S
+    g.sh = sh
+    g.sw = sw
+    g.pt = pt
+    g.pl = pl
+    g.dh = dh
+    g.dw = dw
+    g.flip = flip
+    return g
+
+
+def _check(Py_ssize_t N, Py_ssize_t C, Py_ssize_t K, Py_ssize_t H, Py_ssize_t W,
+           Py_ssize_t R, Py_ssize_t S, Py_ssize_t cols, Py_ssize_t taps, Py_ssize_t Wo,
+           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw):
+    """Cheap consistency checks of the caller's arrays (the planner has
+    validated the convolution itself): whatever is passed, the kernels must
+    not read or write outside the arrays."""
+    if min(R, S, Wo, sh, sw, dh, dw) < 1:
+        raise ValueError(f"R, S, Wo, strides and dilations must be >= 1, got R={R}, S={S}, "
+                         f"Wo={Wo}, stride=({sh}, {sw}), dilation=({dh}, {dw})")
+    if taps != R * S:
+        raise ValueError(f"weight must be (K, R*S) = (K, {R * S}), got {taps} columns")
+    if C == 0 and K != 0 or C > 0 and K % C:
+        raise ValueError(f"K = {K} filters is not a multiple of C = {C} channels")
+    if cols % Wo:
+        raise ValueError(f"output has {cols} columns per plane, not a multiple of Wo = {Wo}")
+
+
+def conv2d_depthwise(const floating[:, :, :, :] x,
+                     const floating[:, ::1] weight,
+                     const floating[::1] bias,
+                     floating[:, :, ::1] out,
+                     Py_ssize_t R, Py_ssize_t S, Py_ssize_t Wo,
+                     Py_ssize_t stride_h, Py_ssize_t stride_w,
+                     Py_ssize_t pad_top, Py_ssize_t pad_left,
+                     Py_ssize_t dil_h, Py_ssize_t dil_w,
+                     bint flip, int num_threads):
+    """out[n, k] = bias[k] + (x[n, k // m] correlated with weight[k]), the
+    depthwise convolution (groups == C, K = C*m for a channel multiplier
+    m >= 1), without GEMM.
+
+    x: (N, C, H, W), any element strides (negative, zero, non-contiguous:
+    read in place, never copied). weight: (K, R*S) C-contiguous (the
+    (K, 1, R, S) filters reshaped). bias: (K,), or length 0 for none.
+    out: (N, K, Ho*Wo) C-contiguous, fully written (need not be initialised);
+    Ho = out.shape[2] // Wo. Padding is pad_top/pad_left (bottom/right
+    follow from Ho, Wo). flip: mathematical convolution (kernel reversed).
+    Work items (image, output channel) on num_threads OpenMP threads; the
+    result does not depend on the thread count. Rows of x that are
+    contiguous with stride_w == 1 take the vectorised path; anything else a
+    strided one (correct, slower).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = weight.shape[0], taps = weight.shape[1]
+    cdef Py_ssize_t cols = out.shape[2]
+    _check(N, C, K, H, W, R, S, cols, taps, Wo, stride_h, stride_w, dil_h, dil_w)
+    if out.shape[0] != N or out.shape[1] != K:
+        raise ValueError(f"out must be (N, K, Ho*Wo) = ({N}, {K}, ...), got {tuple(out.shape)[:3]}")
+    if bias.shape[0] not in (0, K):
+        raise ValueError(f"bias must have K = {K} entries or none, got {bias.shape[0]}")
+    if N == 0 or K == 0 or cols == 0:
+        return
+    cdef Py_ssize_t Ho = cols // Wo, mult = K // C
+    cdef Py_ssize_t itemsize = sizeof(floating)
+    cdef Py_ssize_t xs_n = x.strides[0] // itemsize, xs_c = x.strides[1] // itemsize
+    cdef dw_geom g = _geometry(H, W, x.strides[2] // itemsize, x.strides[3] // itemsize,
+                               Ho, Wo, R, S, stride_h, stride_w, pad_top, pad_left,
+                               dil_h, dil_w, flip)
+    cdef const floating *x0 = &x[0, 0, 0, 0]
+    cdef const floating *w0 = &weight[0, 0]
+    cdef const floating *b0 = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef floating *out0 = &out[0, 0, 0]
+    cdef int isa = _isa
+    cdef Py_ssize_t item, n, k
+    cdef floating b
+
+    with nogil:
+        # static: each thread streams one contiguous half of the planes, and
+        # the planes of one input channel's filters (multiplier > 1) follow
+        # one another on the same thread, the input plane still in cache
+        for item in prange(N * K, schedule="static", num_threads=num_threads):
+            n = item // K
+            k = item - n * K
+            b = b0[k] if b0 != NULL else 0
+            if floating is float:
+                dw_fwd_f(isa, &g, x0 + n * xs_n + (k // mult) * xs_c, 0, 1,
+                         w0 + k * taps, 0, b, out0 + item * cols)
+            else:
+                dw_fwd_d(isa, &g, x0 + n * xs_n + (k // mult) * xs_c, 0, 1,
+                         w0 + k * taps, 0, b, out0 + item * cols)
+
+
+def conv2d_depthwise_input_grad(const floating[:, :, ::1] grad,
+                                const floating[:, ::1] weight,
+                                floating[:, :, :, ::1] grad_x,
+                                Py_ssize_t R, Py_ssize_t S, Py_ssize_t Wo,
+                                Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                Py_ssize_t pad_top, Py_ssize_t pad_left,
+                                Py_ssize_t dil_h, Py_ssize_t dil_w,
+                                bint flip, int num_threads):
+    """grad_x (N, C, H, W) = the input gradient of the depthwise convolution
+    (as conv2d_depthwise, same geometry arguments) for output gradient grad
+    (N, K, Ho*Wo) C-contiguous, weight (K, R*S) C-contiguous.
+
+    grad_x: C-contiguous, fully written by the kernel (need not be
+    initialised). Work items (image, input channel): each sums its
+    K/C filters' contributions into its own plane, so no two threads touch
+    one plane and the result is the same for any thread count.
+    """
+    cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1]
+    cdef Py_ssize_t H = grad_x.shape[2], W = grad_x.shape[3]
+    cdef Py_ssize_t K = weight.shape[0], taps = weight.shape[1]
+    cdef Py_ssize_t cols = grad.shape[2]
+    _check(N, C, K, H, W, R, S, cols, taps, Wo, stride_h, stride_w, dil_h, dil_w)
+    if grad.shape[0] != N or grad.shape[1] != K:
+        raise ValueError(f"grad must be (N, K, Ho*Wo) = ({N}, {K}, ...), got {tuple(grad.shape)[:3]}")
+    if N == 0 or C == 0 or H * W == 0:
+        return
+    cdef Py_ssize_t Ho = cols // Wo, mult = K // C, plane = H * W
+    cdef bint gather = stride_h == 1 and stride_w == 1
+    cdef dw_geom g
+    if gather:
+        # grad_x[ih, iw] = sum_{r,s} w[R-1-r, S-1-s] * grad[ih + r*dh - pt',
+        # iw + s*dw - pl'] with pt' = dh*(R-1) - pad_top (negative when the
+        # padding exceeds the kernel's span; the intervals handle it)
+        g = _geometry(Ho, Wo, Wo, 1, H, W, R, S, 1, 1, dil_h * (R - 1) - pad_top,
+                      dil_w * (S - 1) - pad_left, dil_h, dil_w, not flip)
+    else:
+        g = _geometry(H, W, W, 1, Ho, Wo, R, S, stride_h, stride_w, pad_top, pad_left,
+                      dil_h, dil_w, flip)
+    cdef const floating *g0 = &grad[0, 0, 0]
+    cdef const floating *w0 = &weight[0, 0]
+    cdef floating *gx0 = &grad_x[0, 0, 0, 0]
+    cdef int isa = _isa
+    cdef Py_ssize_t item, n, c
+
+    with nogil:
+        for item in prange(N * C, schedule="static", num_threads=num_threads):
+            n = item // C
+            c = item - n * C
+            if floating is float:
+                if gather:
+                    dw_fwd_f(isa, &g, g0 + (n * K + c * mult) * cols, cols, mult,
+                             w0 + c * mult * taps, taps, 0, gx0 + item * plane)
+                else:
+                    dw_igrad_scatter_f(isa, &g, g0 + (n * K + c * mult) * cols, cols, mult,
+                                       w0 + c * mult * taps, taps, gx0 + item * plane)
+            else:
+                if gather:
+                    dw_fwd_d(isa, &g, g0 + (n * K + c * mult) * cols, cols, mult,
+                             w0 + c * mult * taps, taps, 0, gx0 + item * plane)
+                else:
+                    dw_igrad_scatter_d(isa, &g, g0 + (n * K + c * mult) * cols, cols, mult,
+                                       w0 + c * mult * taps, taps, gx0 + item * plane)
+
+
+def conv2d_depthwise_weight_grad(const floating[:, :, :, :] x,
+                                 const floating[:, :, ::1] grad,
+                                 floating[:, ::1] grad_w,
+                                 Py_ssize_t R, Py_ssize_t S, Py_ssize_t Wo,
+                                 Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                 Py_ssize_t pad_top, Py_ssize_t pad_left,
+                                 Py_ssize_t dil_h, Py_ssize_t dil_w,
+                                 bint flip, int num_threads):
+    """grad_w (K, R*S) = the weight gradient of the depthwise convolution (as
+    conv2d_depthwise, same geometry arguments) for input x (N, C, H, W; any
+    strides) and output gradient grad (N, K, Ho*Wo) C-contiguous.
+
+    grad_w: C-contiguous, fully written by the kernel (need not be zeroed).
+    Work items are filters: each sums over all images itself, so there is no
+    reduction between threads and the bits are the same for any thread count
+    (a layer with fewer filters than threads leaves threads idle).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = grad_w.shape[0], taps = grad_w.shape[1]
+    cdef Py_ssize_t cols = grad.shape[2]
+    _check(N, C, K, H, W, R, S, cols, taps, Wo, stride_h, stride_w, dil_h, dil_w)
+    if grad.shape[0] != N or grad.shape[1] != K:
+        raise ValueError(f"grad must be (N, K, Ho*Wo) = ({N}, {K}, ...), got {tuple(grad.shape)[:3]}")
+    if K == 0:
+        return
+    if N == 0 or cols == 0:
+        grad_w[:, :] = 0
+        return
+    cdef Py_ssize_t Ho = cols // Wo, mult = K // C
+    cdef Py_ssize_t itemsize = sizeof(floating)
+    cdef Py_ssize_t xs_n = x.strides[0] // itemsize, xs_c = x.strides[1] // itemsize
+    cdef dw_geom g = _geometry(H, W, x.strides[2] // itemsize, x.strides[3] // itemsize,
+                               Ho, Wo, R, S, stride_h, stride_w, pad_top, pad_left,
+                               dil_h, dil_w, flip)
+    cdef const floating *x0 = &x[0, 0, 0, 0]
+    cdef const floating *g0 = &grad[0, 0, 0]
+    cdef floating *gw0 = &grad_w[0, 0]
+    cdef int isa = _isa
+    cdef Py_ssize_t k
+
+    with nogil:
+        for k in prange(K, schedule="static", num_threads=num_threads):
+            if floating is float:
+                dw_wgrad_f(isa, &g, x0 + (k // mult) * xs_c, xs_n, g0 + k * cols, K * cols,
+                           N, gw0 + k * taps)
+            else:
+                dw_wgrad_d(isa, &g, x0 + (k // mult) * xs_c, xs_n, g0 + k * cols, K * cols,
+                           N, gw0 + k * taps)

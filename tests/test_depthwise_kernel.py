@@ -1,0 +1,262 @@
+"""The direct depthwise kernels (fastconv._kernels.depthwise), called directly,
+against the independent NumPy reference: forward, input gradient and weight
+gradient over random geometries, input layouts, thread counts and every
+instruction set this CPU runs."""
+import contextlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, HealthCheck, strategies as st
+
+from fastconv._params import conv_geometry
+from cases import DTYPES
+from reference import (assert_close, conv2d_input_grad_reference, conv2d_reference,
+                       conv2d_weight_grad_reference)
+
+dw = pytest.importorskip("fastconv._kernels.depthwise")
+
+ISAS = dw.available_isas()
+# how x is laid out: the kernels read any strides in place
+LAYOUTS = ["contiguous", "reversed_w", "reversed_h", "every_other_w", "every_other_c",
+           "transposed_hw", "broadcast_n", "broadcast_h", "broadcast_w"]
+
+
+@contextlib.contextmanager
+def isa(name):
+    previous = dw.set_isa(name)
+    try:
+        yield
+    finally:
+        dw.set_isa(previous)
+
+
+def make_input(rng, shape, dtype, layout):
+    """An (N, C, H, W) array with the values of a fresh standard normal draw,
+    laid out as `layout` says (a view; never a copy)."""
+    N, C, H, W = shape
+    def draw(*s):
+        return rng.standard_normal(s).astype(dtype)
+    if layout == "contiguous":
+        x = draw(N, C, H, W)
+    elif layout == "reversed_w":
+        x = draw(N, C, H, W)[..., ::-1]
+    elif layout == "reversed_h":
+        x = draw(N, C, H, W)[:, :, ::-1]
+    elif layout == "every_other_w":
+        x = draw(N, C, H, 2 * W)[..., ::2]
+    elif layout == "every_other_c":
+        x = draw(N, 2 * C, H, W)[:, ::2]
+    elif layout == "transposed_hw":
+        x = draw(N, C, W, H).swapaxes(2, 3)
+    elif layout == "broadcast_n":
+        x = np.broadcast_to(draw(1, C, H, W), shape)
+    elif layout == "broadcast_h":
+        x = np.broadcast_to(draw(N, C, 1, W), shape)
+    elif layout == "broadcast_w":
+        x = np.broadcast_to(draw(N, C, H, 1), shape)
+    assert x.shape == shape
+    return x
+
+
+@st.composite
+def depthwise_cases(draw):
+    R, S = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dh, dw_ = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    # pads up to 3, and now and then wider than the kernel's span
+    pad = st.one_of(st.integers(0, 3), st.integers(4, 8))
+    pads = ((draw(pad), draw(pad)), (draw(pad), draw(pad)))
+    span_h, span_w = dh * (R - 1) + 1, dw_ * (S - 1) + 1
+    H = draw(st.integers(max(1, span_h - sum(pads[0])), max(1, span_h - sum(pads[0])) + 10))
+    # wide enough rows to reach the 2-vector blocks of float32 (32 columns)
+    W = draw(st.integers(max(1, span_w - sum(pads[1])), 45))
+    return dict(
+        N=draw(st.integers(1, 3)), C=draw(st.integers(1, 5)), mult=draw(st.integers(1, 3)),
+        H=H, W=W, R=R, S=S, stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        padding=pads, dilation=(dh, dw_), flip=draw(st.booleans()), bias=draw(st.booleans()),
+        dtype=draw(st.sampled_from(DTYPES)), layout=draw(st.sampled_from(LAYOUTS)),
+        threads=draw(st.sampled_from([1, 2])), isa=draw(st.sampled_from(ISAS)),
+        seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def _arrays(case):
+    rng = np.random.default_rng(case["seed"])
+    dtype, C, K = case["dtype"], case["C"], case["C"] * case["mult"]
+    x = make_input(rng, (case["N"], C, case["H"], case["W"]), dtype, case["layout"])
+    w = rng.standard_normal((K, 1, case["R"], case["S"])).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype) if case["bias"] else None
+    return x, w, b
+
+
+def _conv(case):
+    return dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                groups=case["C"], flip=case["flip"])
+
+
+def _kernel_args(x_shape, w_shape, case):
+    geometry = conv_geometry(x_shape, w_shape, stride=case["stride"], padding=case["padding"],
+                             dilation=case["dilation"], groups=x_shape[1])
+    return geometry, geometry.kernel_args
+
+
+def run_all(x, w, b, grad, case, threads):
+    """(out, grad_x, grad_w) from the three kernels, outputs pre-filled with
+    NaN so that anything left unwritten shows."""
+    N, C = x.shape[:2]
+    K, dtype = w.shape[0], x.dtype
+    geometry, args = _kernel_args(x.shape, w.shape, case)
+    w2 = np.ascontiguousarray(w.reshape(K, -1))
+    bias = np.empty(0, dtype) if b is None else b
+    out = np.full((N, K, geometry.Ho * geometry.Wo), np.nan, dtype)
+    grad_x = np.full(x.shape, np.nan, dtype)
+    grad_w = np.full(w2.shape, np.nan, dtype)
+    g3 = np.ascontiguousarray(grad.reshape(N, K, -1))
+    dw.conv2d_depthwise(x, w2, bias, out, *args, case["flip"], threads)
+    dw.conv2d_depthwise_input_grad(g3, w2, grad_x, *args, case["flip"], threads)
+    dw.conv2d_depthwise_weight_grad(x, g3, grad_w, *args, case["flip"], threads)
+    return out.reshape(grad.shape), grad_x, grad_w.reshape(w.shape)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(depthwise_cases())
+def test_depthwise_matches_reference(case):
+    x, w, b = _arrays(case)
+    expected = conv2d_reference(x, w, b, **_conv(case))
+    grad = np.random.default_rng(case["seed"] + 1).standard_normal(expected.shape)
+    grad = grad.astype(case["dtype"])
+    with isa(case["isa"]):
+        out, grad_x, grad_w = run_all(x, w, b, grad, case, case["threads"])
+    assert_close(out, expected, case["dtype"])
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)),
+                 case["dtype"])
+    assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)),
+                 case["dtype"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(depthwise_cases())
+def test_same_bits_for_any_thread_count(case):
+    x, w, b = _arrays(case)
+    grad = np.random.default_rng(case["seed"] + 1).standard_normal(
+        conv2d_reference(x, w, b, **_conv(case)).shape).astype(case["dtype"])
+    with isa(case["isa"]):
+        one = run_all(x, w, b, grad, case, 1)
+        two = run_all(x, w, b, grad, case, 2)
+        three = run_all(x, w, b, grad, case, 3)
+    for a, b_, c in zip(one, two, three):
+        assert np.array_equal(a, b_) and np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, conv", [
+    # mobilenet's layer, scaled down in channels
+    ((2, 3, 56, 56, 3, 3), dict(stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1))),
+    # rows narrower than one vector: the 32- and 16-byte blocks
+    ((2, 4, 7, 7, 3, 3), dict(stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1))),
+    ((2, 4, 14, 14, 5, 5), dict(stride=(1, 1), padding=((2, 2), (2, 2)), dilation=(1, 1))),
+    ((1, 2, 5, 3, 1, 1), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1))),
+    # downsampling
+    ((2, 3, 28, 28, 3, 3), dict(stride=(2, 2), padding=((0, 1), (0, 1)), dilation=(1, 1))),
+    # a kernel wider than the column intervals cached per call (32)
+    ((1, 2, 3, 80, 1, 35), dict(stride=(1, 2), padding=((0, 0), (3, 5)), dilation=(1, 1))),
+    ((1, 2, 3, 80, 2, 35), dict(stride=(1, 1), padding=((1, 0), (3, 5)), dilation=(1, 1))),
+])
+@pytest.mark.parametrize("layout", ["contiguous", "reversed_w"])
+def test_fixed_shapes(name, dtype, shape, conv, layout):
+    N, C, H, W, R, S = shape
+    case = dict(conv, flip=False, C=C, dtype=dtype)
+    rng = np.random.default_rng(3)
+    x = make_input(rng, (N, C, H, W), dtype, layout)
+    w = rng.standard_normal((2 * C, 1, R, S)).astype(dtype)
+    b = rng.standard_normal(2 * C).astype(dtype)
+    expected = conv2d_reference(x, w, b, **_conv(case))
+    grad = rng.standard_normal(expected.shape).astype(dtype)
+    with isa(name):
+        out, grad_x, grad_w = run_all(x, w, b, grad, case, 2)
+    assert_close(out, expected, dtype)
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
+    assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_infinity_stays_infinite(name, dtype):
+    """The weight gradient's vector tails re-read columns already counted and
+    mask them off; an infinity there must give inf, not NaN (0 * inf)."""
+    rng = np.random.default_rng(5)
+    for column in range(40):
+        x = rng.uniform(1, 2, (1, 1, 6, 40)).astype(dtype)
+        x[0, 0, 3, column] = np.inf
+        w = rng.uniform(1, 2, (1, 1, 3, 3)).astype(dtype)
+        case = dict(stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1), C=1, flip=False)
+        grad = rng.uniform(1, 2, (1, 1, 6, 40)).astype(dtype)
+        with isa(name):
+            out, grad_x, grad_w = run_all(x, w, None, grad, case, 1)
+        # every tap meets the infinity unless it sits on a border column the
+        # tap never reaches
+        expected = conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case))
+        assert not np.isnan(grad_w).any()
+        assert np.array_equal(np.isinf(grad_w), np.isinf(expected))
+
+
+def test_rejects_inconsistent_arrays():
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    w = np.zeros((4, 9), np.float32)
+    out = np.zeros((1, 4, 25), np.float32)
+    none = np.empty(0, np.float32)
+    args = (3, 3, 5, 1, 1, 1, 1, 1, 1, False, 1)
+    with pytest.raises(ValueError, match="R\\*S"):
+        dw.conv2d_depthwise(x, np.zeros((4, 8), np.float32), none, out, *args)
+    with pytest.raises(ValueError, match="multiple of C"):
+        dw.conv2d_depthwise(x, np.zeros((3, 9), np.float32), none, out[:, :3], *args)
+    with pytest.raises(ValueError, match="out must be"):
+        dw.conv2d_depthwise(x, w, none, np.zeros((1, 2, 25), np.float32), *args)
+    with pytest.raises(ValueError, match="bias"):
+        dw.conv2d_depthwise(x, w, np.zeros(3, np.float32), out, *args)
+    with pytest.raises(ValueError, match="Wo"):
+        dw.conv2d_depthwise(x, w, none, np.zeros((1, 4, 24), np.float32), *args)
+    with pytest.raises(ValueError, match="grad must be"):
+        dw.conv2d_depthwise_input_grad(out[:, :2], w, x, *args)
+    with pytest.raises(ValueError, match=">= 1"):
+        dw.conv2d_depthwise_weight_grad(x, out, w, 3, 3, 5, 0, 1, 1, 1, 1, 1, False, 1)
+
+
+def test_isa_selection():
+    assert dw.get_isa() in ISAS and ISAS[0] == "generic"
+    with pytest.raises(ValueError, match="not available"):
+        dw.set_isa("sse9")
+
+
+# --------------------------------------------------------------------------
+# through the public functions: the table entry, its choice and its errors
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_lowering_through_the_api(dtype, multiplier):
+    import fastconv
+    from reference import (conv2d_input_grad_reference, conv2d_reference,
+                           conv2d_weight_grad_reference)
+    rng = np.random.default_rng(multiplier)
+    C = 5
+    x = rng.standard_normal((3, C, 13, 11)).astype(dtype)
+    w = rng.standard_normal((C * multiplier, 1, 3, 4)).astype(dtype)
+    b = rng.standard_normal(C * multiplier).astype(dtype)
+    conv = dict(stride=(1, 2), padding=((1, 2), (2, 1)), dilation=(2, 1), groups=C)
+    ref = dict(stride=(1, 2), padding=((1, 2), (2, 1)), dilation=(2, 1), groups=C)
+    plan = fastconv.plan_conv2d(x.shape, w.shape, dtype, **conv)
+    assert plan.method == "depthwise" and plan.workspace_bytes == 0, plan
+    y = fastconv.conv2d(x, w, b, **conv)
+    assert_close(y, conv2d_reference(x, w, b, **ref), dtype)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    for kind in ("input_grad", "weight_grad"):
+        assert fastconv.plan_conv2d(x.shape, w.shape, dtype, kind=kind, **conv).method == "depthwise"
+    assert_close(fastconv.conv2d_input_grad(x.shape, w, g, method="depthwise", **conv),
+                 conv2d_input_grad_reference(x.shape, w, g, **ref), dtype)
+    assert_close(fastconv.conv2d_weight_grad(x, w.shape, g, method="depthwise", **conv),
+                 conv2d_weight_grad_reference(x, w.shape, g, **ref), dtype)
+
+
+def test_depthwise_lowering_refuses_other_groups():
+    import fastconv
+    with pytest.raises(ValueError, match="method='depthwise' needs groups == C"):
+        fastconv.conv2d(np.ones((1, 4, 5, 5)), np.ones((4, 2, 3, 3)), groups=2, method="depthwise")
