@@ -11,6 +11,7 @@ from fastconv.conv import (conv1d, conv1d_input_grad, conv1d_weight_grad, conv2d
                            conv2d_input_grad, conv2d_weight_grad, conv_transpose1d,
                            conv_transpose2d)
 from fastconv.equivalence import col2im, conv_matrix, im2col
+from fastconv._workspace import release_workspace
 
 __version__ = "0.1.0"
 
@@ -18,5 +19,5 @@ __all__ = [
     "ConvPlan", "WorkspaceLimitError", "col2im", "config_context", "conv1d",
     "conv1d_input_grad", "conv1d_weight_grad", "conv2d", "conv2d_input_grad",
     "conv2d_weight_grad", "conv_matrix", "conv_transpose1d", "conv_transpose2d", "get_config",
-    "im2col", "plan_conv2d", "set_config", "show_config",
+    "im2col", "plan_conv2d", "release_workspace", "set_config", "show_config",
 ]

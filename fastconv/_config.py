@@ -1,9 +1,12 @@
-"""Settings, and only settings: the workspace memory limit and the thread count.
+"""Settings, and only settings: the workspace memory limit, the thread count
+and whether workspace is kept between calls.
 
 Like scikit-learn's ``_config``: defaults come from the environment
-(``FASTCONV_MEMORY_LIMIT``, ``FASTCONV_NUM_THREADS``) or the machine,
-``set_config`` changes them for the calling thread, and ``config_context``
-changes them for a ``with`` block, restoring them on exit (also on error).
+(``FASTCONV_MEMORY_LIMIT``, ``FASTCONV_NUM_THREADS``) or the machine;
+``set_config`` changes them for the whole process (every thread sees them:
+a setting made before starting a thread pool applies inside it), and
+``config_context`` changes them for a ``with`` block of the calling thread
+only, restoring them on exit (also on error).
 Facts of the machine live in ``_machine``; how many threads a call gets is
 decided in one place, ``_runtime.call_threads``.
 """
@@ -12,6 +15,8 @@ import os
 import re
 import threading
 from contextlib import contextmanager
+
+import numpy as np
 
 from fastconv import _machine, _runtime
 
@@ -101,17 +106,43 @@ def _defaults():
             raise ValueError(f"FASTCONV_NUM_THREADS={env_threads!r} is not an int >= 1") from None
     else:
         num_threads = None  # automatic: _runtime.call_threads
-    return {"memory_limit": memory_limit, "num_threads": num_threads}
+    return {"memory_limit": memory_limit, "num_threads": num_threads, "keep_workspace": True}
 
 
 _global_config = _defaults()
+_global_lock = threading.Lock()
+# per thread: only what a config_context in that thread set
 _thread_local = threading.local()
 
 
-def _local():
-    if not hasattr(_thread_local, "config"):
-        _thread_local.config = dict(_global_config)
-    return _thread_local.config
+def _overrides():
+    if not hasattr(_thread_local, "overrides"):
+        _thread_local.overrides = {}
+    return _thread_local.overrides
+
+
+def _current():
+    """The settings in force for the calling thread: the process-wide ones,
+    under whatever config_context blocks of this thread changed."""
+    return {**_global_config, **_overrides()}
+
+
+def _validated(memory_limit, num_threads, keep_workspace):
+    changes = {}
+    if memory_limit is not None:
+        changes["memory_limit"] = parse_bytes(memory_limit)
+    if num_threads is not None:
+        changes["num_threads"] = check_num_threads(num_threads)
+    if keep_workspace is not None:
+        if not isinstance(keep_workspace, (bool, np.bool_)):
+            raise TypeError(f"keep_workspace must be True or False, got {keep_workspace!r}")
+        changes["keep_workspace"] = bool(keep_workspace)
+    return changes
+
+
+def setting(name):
+    """One setting in force for the calling thread."""
+    return _current()[name]
 
 
 def get_config():
@@ -120,29 +151,39 @@ def get_config():
     Returns
     -------
     dict
-        ``memory_limit`` (bytes) and ``num_threads`` (int).
+        ``memory_limit`` (bytes), ``num_threads`` (int) and
+        ``keep_workspace`` (bool).
 
     Examples
     --------
     >>> import fastconv
     >>> sorted(fastconv.get_config())
-    ['memory_limit', 'num_threads']
+    ['keep_workspace', 'memory_limit', 'num_threads']
     """
-    config = dict(_local())
+    config = _current()
     config["num_threads"] = _runtime.call_threads(None, config["num_threads"])
     return config
 
 
-def set_config(memory_limit=None, num_threads=None):
-    """Change the settings for the calling thread; ``None`` leaves one unchanged.
+def set_config(memory_limit=None, num_threads=None, keep_workspace=None):
+    """Change the process-wide settings; ``None`` leaves one unchanged.
+
+    Every thread sees them (thread pools, Dask's threaded scheduler), except
+    inside a :func:`config_context` of its own, which overrides them for that
+    thread only.
 
     Parameters
     ----------
     memory_limit : int or str, optional
         Upper bound of the workspace a call may allocate beyond its output,
-        in bytes or as a string like ``"512MB"``.
+        in bytes or as a string like ``"512MB"``; kept workspace counts.
     num_threads : int, optional
         Threads per call (>= 1).
+    keep_workspace : bool, optional
+        Keep a call's buffers allocated for the next call of the same thread
+        (default True: loops allocate nothing; the memory stays held between
+        calls, at most the limit per thread: :func:`fastconv.release_workspace`
+        gives it back). False frees them after every call.
 
     Examples
     --------
@@ -151,16 +192,14 @@ def set_config(memory_limit=None, num_threads=None):
     >>> fastconv.get_config()["memory_limit"]
     268435456
     """
-    local = _local()
-    if memory_limit is not None:
-        local["memory_limit"] = parse_bytes(memory_limit)
-    if num_threads is not None:
-        local["num_threads"] = check_num_threads(num_threads)
+    changes = _validated(memory_limit, num_threads, keep_workspace)
+    with _global_lock:
+        _global_config.update(changes)
 
 
 @contextmanager
-def config_context(*, memory_limit=None, num_threads=None):
-    """Change settings within a ``with`` block (this thread only; nestable).
+def config_context(*, memory_limit=None, num_threads=None, keep_workspace=None):
+    """Change settings within a ``with`` block, for this thread only (nestable).
 
     Examples
     --------
@@ -169,19 +208,21 @@ def config_context(*, memory_limit=None, num_threads=None):
     ...     fastconv.get_config()["memory_limit"]
     67108864
     """
-    saved = dict(_local())
-    set_config(memory_limit=memory_limit, num_threads=num_threads)
+    changes = _validated(memory_limit, num_threads, keep_workspace)
+    overrides = _overrides()
+    saved = dict(overrides)
+    overrides.update(changes)
     try:
         yield
     finally:
-        _local().clear()
-        _local().update(saved)
+        overrides.clear()
+        overrides.update(saved)
 
 
 def resolve(memory_limit, num_threads):
     """Per-call values: (memory limit in bytes, threads the call asks for),
     from the arguments if given, else from the settings."""
-    config = _local()
+    config = _current()
     limit = config["memory_limit"] if memory_limit is None else parse_bytes(memory_limit)
     if num_threads is not None:
         num_threads = check_num_threads(num_threads)

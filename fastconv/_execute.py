@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from fastconv import _lowerings, _runtime
+from fastconv import _config, _runtime, _workspace
 from fastconv._params import as_array, check_bias, kernel_input, resolve_dtypes
 
 __all__ = ["execute"]
@@ -59,33 +59,64 @@ def _gradient(plan, grad_output):
     return np.ascontiguousarray(grad_output, dtype=plan.dtype).reshape(g.N, g.K, g.cols)
 
 
-def execute(plan, given):
-    """The result of plan on the operands `given` (see ConvPlan.execute)."""
+def check_out(out, shape, dtype):
+    """Refuse an `out` that cannot receive a result of `shape` and `dtype`,
+    before anything is written: not an ndarray, another shape, read-only, or
+    a dtype the result cannot be cast to safely."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out has shape {out.shape}, but the result has shape {tuple(shape)}")
+    if not out.flags.writeable:
+        raise ValueError(f"out (shape {out.shape}) is read-only")
+    if not np.can_cast(dtype, out.dtype, casting="safe"):
+        raise TypeError(f"out has dtype {out.dtype}, which the result's {np.dtype(dtype)} "
+                        "cannot be cast to safely")
+
+
+def writable_in_place(out, dtype, operands):
+    """Whether kernels can write straight into `out`: C-contiguous, aligned,
+    the compute dtype in native order, and sharing no memory with an operand
+    (an overlapping out gets the result through a temporary instead)."""
+    return (out.dtype == dtype and out.dtype.isnative and out.flags.c_contiguous
+            and out.flags.aligned
+            and not any(a is not None and np.shares_memory(out, a) for a in operands))
+
+
+def execute(plan, given, out=None):
+    """The result of plan on the operands `given` (see ConvPlan.execute),
+    written into `out` if given (then returned)."""
     arrays = _operands(plan, given)
     g, dtype, lowering = plan.geometry, plan.dtype, plan.lowering
+    if out is not None:
+        check_out(out, plan.output_shape, dtype)
+        direct = writable_in_place(out, dtype, arrays.values())
     ops = SimpleNamespace(x=None, filters=None, bias=None, grad=None, out=None)
+    shape = {"forward": (g.N, g.K, g.cols), "input_grad": (g.N, g.C, g.H, g.W),
+             "weight_grad": (g.K, g.rows)}[plan.kind]
+    ops.out = out.reshape(shape) if out is not None and direct else np.empty(shape, dtype)
     if plan.kind == "forward":
-        ops.out = np.empty((g.N, g.K, g.cols), dtype=dtype)
         bias = arrays.get("bias")
         ops.bias = (np.zeros(0, dtype) if bias is None
                     else np.ascontiguousarray(bias, dtype=dtype).reshape(g.K))
         x = _as_2d(g, arrays["x"])
-        if ops.out.size and (x.size == 0 or g.rows == 0):
+        runs = ops.out.size and x.size and g.rows
+        if ops.out.size and not runs:
             # nothing to sum over (empty channels or an input made only of padding)
             ops.out[...] = 0 if bias is None else ops.bias[:, None]
-        runs = ops.out.size and x.size and g.rows
         if runs:
             ops.x = lowering.prepare_input(g, kernel_input(x, dtype))
             ops.filters = _filters(plan, arrays["weight"])
     elif plan.kind == "input_grad":
-        runs = g.N * g.C * g.H * g.W and g.rows and g.K and g.cols
         # the kernel writes every element (each work item clears its slice)
-        ops.out = (np.empty if runs else np.zeros)((g.N, g.C, g.H, g.W), dtype=dtype)
-        if runs:
+        runs = g.N * g.C * g.H * g.W and g.rows and g.K and g.cols
+        if not runs:
+            ops.out[...] = 0
+        else:
             ops.grad = _gradient(plan, arrays["grad_output"])
             ops.filters = _filters(plan, arrays["weight"])
     else:
-        ops.out = np.zeros((g.K, g.rows), dtype=dtype)
+        ops.out[...] = 0   # the kernels add into it
         x = _as_2d(g, arrays["x"])
         runs = ops.out.size and g.N and g.cols and x.size
         if runs:
@@ -94,6 +125,12 @@ def execute(plan, given):
     if runs:
         with _runtime.budget.lend(plan.kernel_threads, plan.blas_threads) as (threads, _):
             # buffers for the threads granted now (never more than planned)
-            buffers = _lowerings.allocate(lowering.buffers(g, dtype, plan.blocking, threads))
-            _runtime.run_kernel(lambda: lowering.run(plan, ops, buffers, threads), threads)
-    return ops.out.reshape(plan.output_shape)
+            specs = lowering.buffers(g, dtype, plan.blocking, threads)
+            with _workspace.lend_buffers(specs, plan.memory_limit,
+                                         _config.setting("keep_workspace")) as buffers:
+                _runtime.run_kernel(lambda: lowering.run(plan, ops, buffers, threads), threads)
+    result = ops.out.reshape(plan.output_shape)
+    if out is None or direct:
+        return out if out is not None else result
+    np.copyto(out, result, casting="safe")
+    return out

@@ -10,6 +10,7 @@ def build_info():
     """A dict: version, OpenMP, default threads, memory limit, BLAS libraries."""
     import fastconv
     from fastconv._config import get_config
+    from fastconv._workspace import kept_bytes
     from fastconv._kernels.openmp_info import openmp_enabled
     import fastconv._kernels.stretch  # noqa: F401  (loads SciPy's BLAS)
     from threadpoolctl import threadpool_info
@@ -22,6 +23,8 @@ def build_info():
         "openmp": openmp_enabled(),
         "num_threads": config["num_threads"],
         "memory_limit": config["memory_limit"],
+        "keep_workspace": config["keep_workspace"],
+        "kept_workspace_bytes": kept_bytes(),
         "threadpools": [
             {k: info.get(k) for k in ("user_api", "internal_api", "version", "num_threads",
                                       "threading_layer", "filepath", "architecture")}
@@ -48,7 +51,15 @@ def show_config(file=None):
         f"default threads: {info['num_threads']}",
         f"default memory limit: {info['memory_limit']} bytes ({format_bytes(info['memory_limit'])})",
     ]
+    lines.append(f"workspace kept between calls: "
+                 f"{'yes' if info['keep_workspace'] else 'no'}, "
+                 f"{format_bytes(info['kept_workspace_bytes'])} held now")
     for pool in info["threadpools"]:
-        lines.append(f"{pool['user_api']}: {pool['internal_api']} {pool['version']} "
-                     f"({pool['architecture']}, {pool['num_threads']} threads) {pool['filepath']}")
+        # threadpoolctl leaves fields it cannot read as None: say only what is known
+        details = ", ".join(str(v) for v in (pool["architecture"],) if v)
+        threads = f"{pool['num_threads']} threads" if pool["num_threads"] else ""
+        inside = ", ".join(part for part in (details, threads) if part)
+        lines.append(" ".join(str(part) for part in (
+            f"{pool['user_api']}:", pool["internal_api"], pool["version"],
+            f"({inside})" if inside else None, pool["filepath"]) if part))
     print("\n".join(lines), file=file or sys.stdout)

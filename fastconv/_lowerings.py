@@ -45,12 +45,6 @@ def buffer_bytes(buffers):
                for shape, dtype in buffers.values())
 
 
-def allocate(buffers):
-    """The arrays of a buffers() dict (uninitialised, but for accumulators)."""
-    return {name: (np.zeros if name == "accumulators" else np.empty)(shape, dtype)
-            for name, (shape, dtype) in buffers.items()}
-
-
 @dataclasses.dataclass(frozen=True)
 class GemmBlocking:
     """How a GEMM lowering cuts its work.

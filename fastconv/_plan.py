@@ -134,12 +134,14 @@ class ConvPlan:
                 f"{format_bytes(self.workspace_bytes)} of limit "
                 f"{format_bytes(self.memory_limit)}; {threads}: {self.reason})")
 
-    def execute(self, *operands):
+    def execute(self, *operands, out=None):
         """Run the plan on arrays of the planned shapes; returns the result.
 
         The operands, by kind: forward ``(x, weight[, bias])``; input_grad
         ``(weight, grad_output)``; weight_grad ``(x, grad_output)``. They are
-        converted to the plan's dtype; the result has that dtype.
+        converted to the plan's dtype; the result has that dtype, or is
+        written into ``out`` (any strides; a dtype the result casts to
+        safely; checked before anything is written), which is returned.
 
         Examples
         --------
@@ -153,7 +155,7 @@ class ConvPlan:
                [4., 4., 4.],
                [4., 4., 4.]])
         """
-        return _execute.execute(self, operands)
+        return _execute.execute(self, operands, out)
 
 
 class _Planner:

@@ -12,6 +12,9 @@ output exchanged.
 """
 import dataclasses
 
+import numpy as np
+
+from fastconv._execute import check_out
 from fastconv._params import (as_array, check_bias, conv_geometry, int_tuple, padding_pairs,
                               resolve_dtypes, shape_tuple)
 from fastconv._plan import plan_conv
@@ -20,8 +23,22 @@ __all__ = ["conv1d", "conv2d", "conv1d_input_grad", "conv2d_input_grad", "conv1d
            "conv2d_weight_grad", "conv_transpose1d", "conv_transpose2d"]
 
 
+def _run(plan, operands, result, out):
+    """Execute plan; the result in dtype `result`, or written into `out`
+    (checked against the result's shape and dtype before anything runs)."""
+    if out is None:
+        y = plan.execute(*operands)
+        return y if y.dtype == result else y.astype(result)
+    check_out(out, plan.output_shape, result)
+    if np.can_cast(plan.dtype, out.dtype, casting="safe"):
+        return plan.execute(*operands, out=out)
+    # out holds the (narrower) result dtype, e.g. float16 computed in float32
+    np.copyto(out, plan.execute(*operands).astype(result), casting="safe")
+    return out
+
+
 def _conv(x, weight, bias, spatial_dims, stride, padding, dilation, groups, flip,
-          method, memory_limit, num_threads):
+          method, memory_limit, num_threads, out):
     x = as_array(x, "x")
     weight = as_array(weight, "weight")
     bias = None if bias is None else as_array(bias, "bias")
@@ -30,12 +47,12 @@ def _conv(x, weight, bias, spatial_dims, stride, padding, dilation, groups, flip
                              dilation=dilation, groups=groups, spatial_dims=spatial_dims)
     plan = plan_conv(geometry, compute, flip=flip, method=method,
                      memory_limit=memory_limit, num_threads=num_threads)
-    out = plan.execute(x, weight, bias)  # checks bias against the plan
-    return out if out.dtype == result else out.astype(result)
+    return _run(plan, (x, weight, bias), result, out)  # checks bias against the plan
 
 
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-           flip=False, method="auto", memory_limit=None, num_threads=None):
+           flip=False, method="auto", memory_limit=None, num_threads=None,
+           out=None):
     """2-D convolution (cross-correlation) of a batch, lowered to GEMM.
 
     Parameters
@@ -62,6 +79,13 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         Bound on the workspace (bytes, or "512MB", "1.5GiB"...).
     num_threads : int, optional
         Default: :func:`fastconv.get_config`.
+    out : ndarray, optional
+        Where to write the result, as NumPy's ufuncs have it: the right
+        shape, any strides (a view of a larger array is written in place,
+        nothing outside it), a dtype the result casts to safely; checked
+        before anything is written, and returned. A loop that passes the
+        same ``out`` allocates nothing (with the kept workspace, see
+        :func:`fastconv.set_config`).
 
     Returns
     -------
@@ -87,11 +111,12 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
              [42., 50.]]]])
     """
     return _conv(x, weight, bias, 2, stride, padding, dilation, groups, flip,
-                 method, memory_limit, num_threads)
+                 method, memory_limit, num_threads, out)
 
 
 def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-           flip=False, method="auto", memory_limit=None, num_threads=None):
+           flip=False, method="auto", memory_limit=None, num_threads=None,
+           out=None):
     """1-D convolution (cross-correlation) of a batch, through the 2-D kernels.
 
     Parameters
@@ -101,7 +126,7 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     bias : array_like, shape (K,), optional
     stride, dilation : int or (int,)
     padding : int, (p,), (left, right), or "valid", "same", "full"
-    groups, flip, method, memory_limit, num_threads
+    groups, flip, method, memory_limit, num_threads, out
         As in :func:`conv2d`.
 
     Returns
@@ -115,14 +140,14 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     array([[[-1., -1., -1.]]])
     """
     return _conv(x, weight, bias, 1, stride, padding, dilation, groups, flip,
-                 method, memory_limit, num_threads)
+                 method, memory_limit, num_threads, out)
 
 
 # --------------------------------------------------------------------------
 # gradients
 
 def _gradient(kind, array, shape, grad_output, spatial_dims, stride, padding, dilation,
-              groups, flip, method, memory_limit, num_threads):
+              groups, flip, method, memory_limit, num_threads, out):
     """The input gradient (array = weight, shape = the input's) or the weight
     gradient (array = x, shape = the weight's): validate -> plan -> run."""
     array_name, shape_name = (("weight", "input_shape") if kind == "input_grad"
@@ -140,12 +165,12 @@ def _gradient(kind, array, shape, grad_output, spatial_dims, stride, padding, di
             f"(x {x_shape}, weight {w_shape}), got shape {grad_output.shape}")
     plan = plan_conv(geometry, compute, flip=flip, method=method, memory_limit=memory_limit,
                      num_threads=num_threads, kind=kind)
-    out = plan.execute(array, grad_output)
-    return out if out.dtype == result else out.astype(result)
+    return _run(plan, (array, grad_output), result, out)
 
 
 def conv2d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, dilation=1,
-                      groups=1, flip=False, method="auto", memory_limit=None, num_threads=None):
+                      groups=1, flip=False, method="auto", memory_limit=None, num_threads=None,
+                      out=None):
     """Gradient of a loss with respect to the input of :func:`conv2d`.
 
     The same as ``torch.nn.grad.conv2d_input``: per image and group,
@@ -165,7 +190,7 @@ def conv2d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, 
     weight : array_like, shape (K, C/groups, R, S)
     grad_output : array_like, shape (N, K, Ho, Wo)
         Gradient of the loss with respect to the convolution's output.
-    stride, padding, dilation, groups, flip, method, memory_limit, num_threads
+    stride, padding, dilation, groups, flip, method, memory_limit, num_threads, out
         As in :func:`conv2d`; the same planner chooses the lowering under
         the same memory limit.
 
@@ -193,11 +218,12 @@ def conv2d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, 
            [1., 2., 1.]])
     """
     return _gradient("input_grad", weight, input_shape, grad_output, 2, stride, padding,
-                     dilation, groups, flip, method, memory_limit, num_threads)
+                     dilation, groups, flip, method, memory_limit, num_threads, out)
 
 
 def conv2d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1,
-                       groups=1, flip=False, method="auto", memory_limit=None, num_threads=None):
+                       groups=1, flip=False, method="auto", memory_limit=None, num_threads=None,
+                       out=None):
     """Gradient of a loss with respect to the weight of :func:`conv2d`.
 
     The same as ``torch.nn.grad.conv2d_weight``: per group, the sum over
@@ -214,7 +240,7 @@ def conv2d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
     weight_shape : tuple of int
         (K, C/groups, R, S).
     grad_output : array_like, shape (N, K, Ho, Wo)
-    stride, padding, dilation, groups, flip, method, memory_limit, num_threads
+    stride, padding, dilation, groups, flip, method, memory_limit, num_threads, out
         As in :func:`conv2d`.
 
     Returns
@@ -235,11 +261,12 @@ def conv2d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
            [20., 24.]])
     """
     return _gradient("weight_grad", x, weight_shape, grad_output, 2, stride, padding,
-                     dilation, groups, flip, method, memory_limit, num_threads)
+                     dilation, groups, flip, method, memory_limit, num_threads, out)
 
 
 def conv1d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, dilation=1,
-                      groups=1, flip=False, method="auto", memory_limit=None, num_threads=None):
+                      groups=1, flip=False, method="auto", memory_limit=None, num_threads=None,
+                      out=None):
     """Gradient of a loss with respect to the input of :func:`conv1d`.
 
     Parameters
@@ -248,7 +275,7 @@ def conv1d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, 
         (N, C, L).
     weight : array_like, shape (K, C/groups, S)
     grad_output : array_like, shape (N, K, Lo)
-    stride, padding, dilation, groups, flip, method, memory_limit, num_threads
+    stride, padding, dilation, groups, flip, method, memory_limit, num_threads, out
         As in :func:`conv1d`.
 
     Returns
@@ -262,11 +289,12 @@ def conv1d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, 
     array([[[ 1.,  0.,  0., -1.]]])
     """
     return _gradient("input_grad", weight, input_shape, grad_output, 1, stride, padding,
-                     dilation, groups, flip, method, memory_limit, num_threads)
+                     dilation, groups, flip, method, memory_limit, num_threads, out)
 
 
 def conv1d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1,
-                       groups=1, flip=False, method="auto", memory_limit=None, num_threads=None):
+                       groups=1, flip=False, method="auto", memory_limit=None, num_threads=None,
+                       out=None):
     """Gradient of a loss with respect to the weight of :func:`conv1d`.
 
     Parameters
@@ -275,7 +303,7 @@ def conv1d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
     weight_shape : tuple of int
         (K, C/groups, S).
     grad_output : array_like, shape (N, K, Lo)
-    stride, padding, dilation, groups, flip, method, memory_limit, num_threads
+    stride, padding, dilation, groups, flip, method, memory_limit, num_threads, out
         As in :func:`conv1d`.
 
     Returns
@@ -289,14 +317,14 @@ def conv1d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
     array([[[6., 9.]]])
     """
     return _gradient("weight_grad", x, weight_shape, grad_output, 1, stride, padding,
-                     dilation, groups, flip, method, memory_limit, num_threads)
+                     dilation, groups, flip, method, memory_limit, num_threads, out)
 
 
 # --------------------------------------------------------------------------
 # transposed convolution
 
 def _conv_transpose(x, weight, bias, spatial_dims, stride, padding, output_padding, groups,
-                    dilation, method, memory_limit, num_threads):
+                    dilation, method, memory_limit, num_threads, out):
     x = as_array(x, "x")
     weight = as_array(weight, "weight")
     bias = None if bias is None else as_array(bias, "bias")
@@ -340,14 +368,28 @@ def _conv_transpose(x, weight, bias, spatial_dims, stride, padding, output_paddi
     check_bias(bias, out_shape[1], "output channel (C_out = weight.shape[1] * groups)")
     plan = plan_conv(geometry, compute, method=method, memory_limit=memory_limit,
                      num_threads=num_threads, kind="input_grad")
-    out = plan.execute(weight, x)
+    if bias is not None:  # a copy: out may overlap it
+        bias = np.array(bias, dtype=compute).reshape((-1,) + (1,) * n)
+    if out is not None:
+        check_out(out, plan.output_shape, result)
+        if bias is None or out.dtype == compute:
+            _run(plan, (weight, x), result, out)
+            if bias is not None:
+                out += bias
+            return out
+    # the bias is added in the compute dtype, then the sum is rounded once
+    y = _run(plan, (weight, x), compute, None)
     if bias is not None:
-        out += bias.astype(compute, copy=False).reshape((-1,) + (1,) * n)
-    return out if out.dtype == result else out.astype(result)
+        y += bias
+    if out is None:
+        return y if y.dtype == result else y.astype(result)
+    np.copyto(out, y.astype(result, copy=False), casting="safe")
+    return out
 
 
 def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, method="auto", memory_limit=None, num_threads=None):
+                     dilation=1, method="auto", memory_limit=None, num_threads=None,
+                     out=None):
     """2-D transposed convolution ("deconvolution"), as ``torch.nn.functional.conv_transpose2d``.
 
     It is the input gradient of the convolution with the same weight,
@@ -371,7 +413,7 @@ def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
         sizes a strided convolution maps to the same size; each must be
         smaller than the stride or the dilation.
     groups : int
-    method, memory_limit, num_threads
+    method, memory_limit, num_threads, out
         As in :func:`conv2d`.
 
     Returns
@@ -387,11 +429,12 @@ def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
     array([[[[1., 1., 2., 2.]]]])
     """
     return _conv_transpose(x, weight, bias, 2, stride, padding, output_padding, groups,
-                           dilation, method, memory_limit, num_threads)
+                           dilation, method, memory_limit, num_threads, out)
 
 
 def conv_transpose1d(x, weight, bias=None, *, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, method="auto", memory_limit=None, num_threads=None):
+                     dilation=1, method="auto", memory_limit=None, num_threads=None,
+                     out=None):
     """1-D transposed convolution, as ``torch.nn.functional.conv_transpose1d``.
 
     Parameters
@@ -399,7 +442,7 @@ def conv_transpose1d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
     x : array_like, shape (N, C_in, L)
     weight : array_like, shape (C_in, C_out/groups, S)
     bias : array_like, shape (C_out,), optional
-    stride, padding, output_padding, groups, dilation, method, memory_limit, num_threads
+    stride, padding, output_padding, groups, dilation, method, memory_limit, num_threads, out
         As in :func:`conv_transpose2d`, one value per axis.
 
     Returns
@@ -414,4 +457,4 @@ def conv_transpose1d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
     array([[[ 1., 12., 20.]]])
     """
     return _conv_transpose(x, weight, bias, 1, stride, padding, output_padding, groups,
-                           dilation, method, memory_limit, num_threads)
+                           dilation, method, memory_limit, num_threads, out)

@@ -14,6 +14,7 @@ sparse and shares its values. Two factorisations make that concrete:
 import numpy as np
 
 from fastconv import _config, _runtime
+from fastconv._execute import check_out, writable_in_place
 from fastconv._params import as_array, conv_geometry, int_tuple, kernel_input, resolve_dtypes
 
 __all__ = ["im2col", "col2im", "conv_matrix"]
@@ -35,7 +36,7 @@ def _row_table(g):
     return np.empty(row_table_shape(g), dtype=np.intp)
 
 
-def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None):
+def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None, out=None):
     """The stretched (im2col) matrix of every image: one column per window.
 
     Parameters
@@ -46,6 +47,8 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None)
     stride, padding, dilation
         As in :func:`fastconv.conv2d`.
     num_threads : int, optional
+    out : ndarray, optional
+        Where to write the result (as in :func:`fastconv.conv2d`).
 
     Returns
     -------
@@ -70,17 +73,23 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None)
     compute, result = resolve_dtypes(x=x)
     g = _window_geometry(x.shape, kernel_size, stride, padding, dilation, "x")
     _, threads = _config.resolve(None, num_threads)
-    # zeros: an input with no elements (H or W of 0, padded) gives all-padding columns
-    cols = np.zeros((g.N, g.rows, g.cols), dtype=compute)
+    shape = (g.N, g.rows, g.cols)
+    if out is not None:
+        check_out(out, shape, result)
+    cols = out if out is not None and writable_in_place(out, compute, [x]) else np.empty(
+        shape, dtype=compute)
     if cols.size and x.size:
         x = kernel_input(x, compute)
         _runtime.run_kernel(lambda: im2col_kernel(x, cols, _row_table(g), g.index_args(),
                                                   threads), threads)
-    return cols if compute == result else cols.astype(result)
+    else:
+        # an input with no elements (H or W of 0, padded) gives all-padding columns
+        cols[...] = 0
+    return _delivered(cols, result, out)
 
 
 def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1,
-           num_threads=None):
+           num_threads=None, out=None):
     """The adjoint of :func:`im2col`: add every column back into its window.
 
     Parameters
@@ -91,6 +100,8 @@ def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1,
     kernel_size, stride, padding, dilation
         As for :func:`im2col`.
     num_threads : int, optional
+    out : ndarray, optional
+        Where to write the result (as in :func:`fastconv.conv2d`).
 
     Returns
     -------
@@ -119,12 +130,27 @@ def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1,
             f"cols must have shape (N, C*R*S, Ho*Wo) = {expected} for input_shape "
             f"{tuple(input_shape)} and kernel {g.R}x{g.S}, got shape {cols.shape}")
     _, threads = _config.resolve(None, num_threads)
-    x = np.zeros((g.N, g.C, g.H, g.W), dtype=compute)
+    shape = (g.N, g.C, g.H, g.W)
+    if out is not None:
+        check_out(out, shape, result)
+    x = out if out is not None and writable_in_place(out, compute, [cols]) else np.empty(
+        shape, dtype=compute)
+    x[...] = 0  # the kernel adds into it
     if cols.size and x.size:
         cols = np.ascontiguousarray(cols, dtype=compute)
         _runtime.run_kernel(lambda: col2im_kernel(cols, x, _row_table(g), g.index_args(),
                                                   threads), threads)
-    return x if compute == result else x.astype(result)
+    return _delivered(x, result, out)
+
+
+def _delivered(array, result, out):
+    """The computed array as the caller asked for it: in `out` (written
+    there already, or copied into it), else in the result dtype."""
+    if out is None:
+        return array if array.dtype == result else array.astype(result)
+    if array is not out:
+        np.copyto(out, array.astype(result, copy=False), casting="safe")
+    return out
 
 
 def conv_matrix(weight, input_shape, *, stride=1, padding=0, dilation=1, groups=1,

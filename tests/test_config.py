@@ -35,7 +35,8 @@ def test_context_nests_and_restores():
     with fastconv.config_context(memory_limit="64MiB"):
         assert fastconv.get_config()["memory_limit"] == 64 * 2**20
         with fastconv.config_context(memory_limit=1000, num_threads=1):
-            assert fastconv.get_config() == {"memory_limit": 1000, "num_threads": 1}
+            assert fastconv.get_config() == {"memory_limit": 1000, "num_threads": 1,
+                                             "keep_workspace": before["keep_workspace"]}
         assert fastconv.get_config()["memory_limit"] == 64 * 2**20
         assert fastconv.get_config()["num_threads"] == before["num_threads"]
     assert fastconv.get_config() == before
@@ -60,22 +61,45 @@ def test_config_reaches_the_planner():
                                     method="stretch").memory_limit == 2**30
 
 
-def test_set_config_is_thread_local():
+def test_set_config_is_process_wide_and_config_context_thread_local():
+    # set_config before a thread pool starts applies inside it (and in Dask's
+    # threaded scheduler); a config_context applies to its own thread only
+    from concurrent.futures import ThreadPoolExecutor
+    before = fastconv.get_config()
+    try:
+        fastconv.set_config(memory_limit="1KiB")
+        with ThreadPoolExecutor(2) as pool:
+            assert pool.submit(lambda: fastconv.get_config()["memory_limit"]).result() == 1024
+            with pytest.raises(fastconv.WorkspaceLimitError):
+                pool.submit(fastconv.conv2d, np.ones((1, 8, 30, 30)),
+                            np.ones((8, 8, 3, 3))).result()
+    finally:
+        fastconv.set_config(memory_limit=before["memory_limit"])
     seen = {}
 
     def worker(name, limit):
-        fastconv.set_config(memory_limit=limit)
-        barrier.wait()
-        seen[name] = fastconv.get_config()["memory_limit"]
+        with fastconv.config_context(memory_limit=limit):
+            barrier.wait()
+            seen[name] = fastconv.get_config()["memory_limit"]
+            barrier.wait()
 
-    barrier = threading.Barrier(2)
+    barrier = threading.Barrier(3)
     threads = [threading.Thread(target=worker, args=(n, l)) for n, l in (("a", "1MiB"), ("b", "2MiB"))]
     for t in threads:
         t.start()
+    barrier.wait()  # both contexts are open now
+    seen["main"] = fastconv.get_config()["memory_limit"]
+    barrier.wait()
     for t in threads:
         t.join()
-    assert seen == {"a": 2**20, "b": 2 * 2**20}
-    assert fastconv.get_config()["memory_limit"] not in (2**20, 2 * 2**20)
+    assert seen == {"a": 2**20, "b": 2 * 2**20, "main": before["memory_limit"]}
+
+
+def test_keep_workspace_is_a_setting():
+    with fastconv.config_context(keep_workspace=False):
+        assert fastconv.get_config()["keep_workspace"] is False
+    with pytest.raises(TypeError, match="keep_workspace"):
+        fastconv.set_config(keep_workspace="yes")
 
 
 def test_set_config_validates():
@@ -99,7 +123,8 @@ def test_environment_defaults():
     import json
     result = _config_in_subprocess({"FASTCONV_MEMORY_LIMIT": "300MiB", "FASTCONV_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"memory_limit": 300 * 2**20, "num_threads": 1}
+    assert json.loads(result.stdout) == {"memory_limit": 300 * 2**20, "num_threads": 1,
+                                         "keep_workspace": True}
     result = _config_in_subprocess({"OMP_NUM_THREADS": "1"})
     assert json.loads(result.stdout)["num_threads"] == 1
     result = _config_in_subprocess({})

@@ -67,19 +67,34 @@ def test_limit_holds_in_a_fresh_process(tmp_path):
     assert result["growth"] - result["out"] < whole_batch_columns / 10, result
 
 
-def test_workspace_is_released_when_the_call_returns_or_raises():
+def test_workspace_is_released_when_not_kept_and_kept_within_the_limit():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 8, 40, 40))
     w = rng.standard_normal((8, 8, 3, 3))
     fastconv.conv2d(x, w, method="mapped")  # warm-up: caches and imports
+    fastconv.release_workspace()
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
-        out = fastconv.conv2d(x, w, method="mapped", memory_limit="100KiB")
+        with fastconv.config_context(keep_workspace=False):
+            out = fastconv.conv2d(x, w, method="mapped", memory_limit="100KiB")
         assert tracemalloc.get_traced_memory()[0] - base <= out.nbytes + 4096
         del out
         with pytest.raises(ValueError):
             fastconv.conv2d(x, w, np.ones(3), method="stretch")
-        assert tracemalloc.get_traced_memory()[0] - base <= 4096
+        # what may stay: the new entries of the plan cache (a few hundred
+        # bytes each); the smallest workspace here, one 32-column tile of 72
+        # rows, is 18 KiB
+        assert tracemalloc.get_traced_memory()[0] - base <= 8192
+        # kept (the default): what stays is this call's workspace, within its limit
+        out = fastconv.conv2d(x, w, method="mapped", memory_limit="100KiB")
+        plan = fastconv.plan_conv2d(x.shape, w.shape, x.dtype, method="mapped",
+                                    memory_limit="100KiB")
+        from fastconv._workspace import kept_bytes
+        assert kept_bytes() == plan.workspace_bytes
+        # (and no more than that is held, but bookkeeping objects)
+        assert tracemalloc.get_traced_memory()[0] - base <= out.nbytes + kept_bytes() + 16384
+        assert fastconv.release_workspace() == plan.workspace_bytes and kept_bytes() == 0
+        assert tracemalloc.get_traced_memory()[0] - base <= out.nbytes + 16384
     finally:
         tracemalloc.stop()
