@@ -17,15 +17,30 @@ the workers block by block, convolved and written to disk block by block
 (``to_npy_stack``), for growing batch sizes: bounded per worker, however big
 the batch.
 
+Two measurements behind fastconv.dask's warnings (run alone with
+``--guidance-only``):
+
+* ``--overhead``: Dask's cost per task, from many blocks of one tiny image
+  (on the cluster: a worker thread's seconds per task; on the threaded
+  scheduler: seconds per task), and one core's GFLOP/s on the layer: the
+  smallest block worth a task (fastconv/dask.py, ``_TASK_OVERHEAD``);
+* ``--embedded``: the time added by an input made with
+  ``da.from_array(np.load(path, mmap_mode="r"))`` (the array goes into the
+  graph) over ``fastconv.dask.from_npy(path)`` (the tasks read the file), for
+  growing files (``_EMBEDDED_WARN_BYTES``).
+
     python bench/dask_cluster.py [--layer resnet50_2a_3x3] [--batch 64] [--workers 2]
                                  [--blocks 8,16,32] [--rounds 7] [--memory-batches 32,64,128,256]
+                                 [--overhead] [--embedded 1,4,16,64] [--guidance-only]
                                  [--json out.json]
 """
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
+import warnings
 
 import dask.array as da
 import numpy as np
@@ -104,6 +119,75 @@ def worker_peaks(client, layer, batches, block):
     return rows
 
 
+def _median_time(run, rounds):
+    run()  # warm-up
+    times = []
+    for _ in range(rounds):
+        times.append(_timed(run))
+        time.sleep(0.05)
+    return statistics.median(times)
+
+
+def task_overhead(client, layer, tasks=256, rounds=5):
+    """Seconds per task of Dask (cluster: per worker thread; threaded
+    scheduler: wall), and one core's GFLOP/s on ``layer``."""
+    threads = sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    w = np.ones((1, 1, 1, 1), np.float32)
+    on_workers = da.zeros((tasks, 1, 2, 2), np.float32, chunks=(1, -1, -1, -1)).persist()
+    wait(on_workers)
+    counter = iter(range(10**9))
+
+    def on_cluster():  # a new weight each time: new keys
+        y = fastconv.dask.conv2d(on_workers, w * next(counter), num_threads=1).persist()
+        wait(y)
+
+    local = da.zeros((tasks, 1, 2, 2), np.float32, chunks=(1, -1, -1, -1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = _median_time(on_cluster, rounds) * threads / tasks
+        threaded = _median_time(
+            lambda: fastconv.dask.conv2d(local, w).compute(scheduler="threads"), rounds) / tasks
+    x, wl = layer_arrays(layer, np.float32, batch=8)
+    conv = conv_kwargs(layer)
+    seconds = _median_time(lambda: fastconv.conv2d(x, wl, num_threads=1, **conv), rounds)
+    flops = fastconv.plan_conv2d(x.shape, wl.shape, **conv).flops
+    return {"distributed_s_per_task": cluster, "threads_s_per_task": threaded,
+            "core_gflops": flops / seconds / 1e9, "layer_gflop_per_image": flops / 8 / 1e9,
+            "tasks": tasks, "worker_threads": threads}
+
+
+def embedded_cost(client, layer, sizes_mib, block=16, rounds=3):
+    """Seconds of fastconv.dask.conv2d(...).persist() with the input from
+    ``from_array(np.load(mmap_mode="r"))`` and from ``fastconv.dask.from_npy``."""
+    x_shape, w_shape = shapes(layer, 1)
+    w = np.random.default_rng(0).standard_normal(w_shape, dtype=np.float32)
+    conv = conv_kwargs(layer)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for mib in sizes_mib:
+            image_bytes = int(np.prod(x_shape[1:])) * 4
+            images = max(1, int(mib * 2**20) // image_bytes)
+            path = os.path.join(folder, f"x{mib}.npy")
+            np.save(path, np.ones((images,) + x_shape[1:], np.float32))
+            counter = iter(range(10**9))
+
+            def run(make):
+                y = fastconv.dask.conv2d(make(), w + next(counter), **conv).persist()
+                wait(y)
+                del y
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                graph = _median_time(lambda: run(lambda: da.from_array(
+                    np.load(path, mmap_mode="r"), chunks=(block, -1, -1, -1))), rounds)
+                tasks = _median_time(lambda: run(
+                    lambda: fastconv.dask.from_npy(path, images_per_block=block)), rounds)
+            rows.append({"mib": images * image_bytes / 2**20, "images": images,
+                         "from_array_memmap_s": graph, "from_npy_s": tasks,
+                         "extra_s": graph - tasks})
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", default=None)
@@ -114,6 +198,12 @@ def main():
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--memory-batches", default="32,64,128,256")
     parser.add_argument("--memory-block", type=int, default=8)
+    parser.add_argument("--overhead", action="store_true",
+                        help="measure Dask's per-task cost and one core's GFLOP/s")
+    parser.add_argument("--embedded", default=None,
+                        help="sizes in MiB: cost of an input array inside the graph")
+    parser.add_argument("--guidance-only", action="store_true",
+                        help="only --overhead / --embedded, not the timings and memory")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     (layer,) = load_layers(args.layers, [args.layer])
@@ -121,6 +211,26 @@ def main():
 
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, host="127.0.0.1",
                       dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        guidance = {}
+        if args.overhead:
+            guidance["overhead"] = o = task_overhead(client, layer)
+            print(f"Dask's cost per task: {o['distributed_s_per_task'] * 1e3:.2f} ms of a worker "
+                  f"thread on the cluster ({o['worker_threads']} worker threads, {o['tasks']} "
+                  f"tasks), {o['threads_s_per_task'] * 1e3:.3f} ms on the threaded scheduler; "
+                  f"one core: {o['core_gflops']:.1f} GFLOP/s on {args.layer} "
+                  f"({o['layer_gflop_per_image']:.3f} GFLOP per image)")
+        if args.embedded:
+            guidance["embedded"] = rows = embedded_cost(
+                client, layer, [float(m) for m in args.embedded.split(",")])
+            print(f"{'input MiB':>10} {'from_array(memmap) s':>21} {'from_npy s':>11} {'extra s':>8}")
+            for r in rows:
+                print(f"{r['mib']:10.1f} {r['from_array_memmap_s']:21.3f} {r['from_npy_s']:11.3f} "
+                      f"{r['extra_s']:8.3f}")
+        if args.guidance_only:
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump({"layer": layer, **guidance}, f, indent=1)
+            return
         medians, batch_bytes = time_cases(layer, args.batch, args.workers, blocks, args.rounds)
         peaks = worker_peaks(client, layer, [int(b) for b in args.memory_batches.split(",")],
                              args.memory_block)
@@ -144,7 +254,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"layer": layer, "batch": args.batch, "workers": args.workers,
-                       "medians": medians, "memory": peaks}, f, indent=1)
+                       "medians": medians, "memory": peaks, **guidance}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import pathlib
 import tempfile
 import time
 
-import dask
 import dask.array as da
 import numpy as np
 from dask.utils import format_bytes, parse_bytes
@@ -51,22 +50,6 @@ def layer_parameters(seed=1):
     rng = np.random.default_rng(seed)
     weight = rng.standard_normal((K, C, 3, 3), dtype=np.float32) * (C * 9) ** -0.5
     return weight, rng.standard_normal(K, dtype=np.float32)
-
-
-def _read_block(path, start, stop):
-    # a worker opens the file itself: the graph holds the path, not the data
-    return np.array(np.load(path, mmap_mode="r")[start:stop])
-
-
-def lazy_stack(path, block):
-    """The .npy file as a Dask array, one task per block of images."""
-    header = np.load(path, mmap_mode="r")
-    shape, dtype = header.shape, header.dtype
-    del header
-    blocks = [da.from_delayed(dask.delayed(_read_block)(str(path), start, min(start + block, shape[0])),
-                              shape=(min(start + block, shape[0]) - start,) + shape[1:], dtype=dtype)
-              for start in range(0, shape[0], block)]
-    return da.concatenate(blocks, axis=0)
 
 
 def _reset_peak_memory():
@@ -116,7 +99,8 @@ def main(argv=None):
         with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads_per_worker,
                           memory_limit=worker_memory, host="127.0.0.1",
                           dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
-            x = lazy_stack(stack_path, args.block)
+            # the tasks read the file: the graph holds its path, not its data
+            x = fastconv.dask.from_npy(stack_path, images_per_block=args.block)
             y = fastconv.dask.conv2d(x, weight, bias, **CONV)
             print(f"graph: {x.numblocks[0]} blocks of {args.block} images -> output {y.shape}, "
                   f"{y.dtype}, blocks of {y.chunksize}")

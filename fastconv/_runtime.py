@@ -22,6 +22,7 @@ calling thread, e.g. inside ``threadpoolctl.threadpool_limits(1)``.
 """
 import os
 import queue
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -238,6 +239,18 @@ def call_threads(requested, configured):
         return requested
     if configured is not None:
         return configured
+    if "distributed" in sys.modules:
+        # inside a dask.distributed task (only a process that imported it
+        # can be a worker): what fastconv.dask gives its tasks, the host's
+        # cores shared among the workers' threads, not the OMP_NUM_THREADS=1
+        # that distributed sets for its workers
+        try:
+            from fastconv.dask import _worker_default_threads
+        except ImportError:  # dask[array] missing: the plain default
+            _worker_default_threads = None
+        threads = _worker_default_threads() if _worker_default_threads else None
+        if threads is not None:
+            return threads
     limits = [budget.capacity]
     if _machine.openmp_enabled():
         limits.append(_machine.omp_max_threads())

@@ -33,8 +33,24 @@ they are decided where the task runs:
 
 ``FASTCONV_NUM_THREADS`` / ``FASTCONV_MEMORY_LIMIT`` in a worker's environment
 override these defaults.
+
+Guidance
+--------
+Building a graph checks two things that cost time without being wrong, and
+says so with a ``dask.array.PerformanceWarning`` pointing at the call:
+
+* an input whose graph holds a large in-memory NumPy array (or memory-mapped
+  .npy file), as ``dask.array.from_array(np.load(path, mmap_mode="r"))``
+  makes: with a ``dask.distributed`` client the whole array would be pickled
+  into the graph and shipped to the scheduler and the workers.
+  :func:`from_npy` reads a .npy file in the tasks instead;
+* blocks of images too small to pay for a task, or (on a ``dask.distributed``
+  cluster) fewer blocks than the cluster's worker threads; both warnings say
+  which chunks to use instead.
 """
+import math
 import os
+import sys
 import threading
 import time
 import warnings
@@ -56,7 +72,12 @@ from fastconv._params import check_bias, conv_geometry, resolve_dtypes, shape_tu
 from fastconv._plan import plan_conv
 
 __all__ = ["conv1d", "conv2d", "conv1d_input_grad", "conv2d_input_grad", "conv1d_weight_grad",
-           "conv2d_weight_grad"]
+           "conv2d_weight_grad", "from_npy"]
+
+
+def __dir__():
+    # the public names only (not np, os, plan_conv... this module imports)
+    return sorted(__all__)
 
 # index letters for blockwise: the batch, the output's other axes, and axes
 # that are not in the output (each of those arrays has one block along them)
@@ -111,12 +132,10 @@ def _whole_images(array, name, batch_chunks=None):
         if merged > target:
             whole[0] = "auto"
     rechunked = array.rechunk(whole)
-    warnings.warn(
-        f"fastconv.dask: {name} of shape {array.shape} is rechunked from blocks of "
-        f"{array.chunksize} to {rechunked.chunksize}: each task needs whole images (all of "
-        f"C, H, W), and blocks of images that match its other batch arguments; chunk "
-        f"{name} along the batch axis only to avoid this",
-        PerformanceWarning, stacklevel=4)  # the caller of the public function
+    _warn(f"fastconv.dask: {name} of shape {array.shape} is rechunked from blocks of "
+          f"{array.chunksize} to {rechunked.chunksize}: each task needs whole images (all of "
+          f"C, H, W), and blocks of images that match its other batch arguments; chunk "
+          f"{name} along the batch axis only to avoid this")
     return rechunked
 
 
@@ -172,6 +191,191 @@ def _per_block(func, token, batch_arrays, constants, out_tail, dtype, partial_su
 
 
 # --------------------------------------------------------------------------
+# guidance: warnings about the input's graph and its blocks of images
+
+# An in-memory array in the graph: with dask.distributed, the graph is
+# pickled and sent to the scheduler, and every block to a worker. Measured
+# (python bench/dask_cluster.py --embedded 1,4,16,64,128 --guidance-only,
+# 2026-11-21, 2 single-threaded workers on 2 cores, ResNet-50 2a, blocks of 16
+# images, persisted): from_array(np.load(path, mmap_mode="r")) took 0.081,
+# 0.159, 0.555, 2.65, 4.47 s for 0.8, 3.8, 15, 64, 128 MiB, where from_npy(path)
+# took 0.072, 0.093, 0.304, 1.09, 1.03 s: ~25 ms more per MiB, 1.7-4x the time.
+# From 4 MiB on the graph costs >= 0.1 s more. (Dask itself warns about graphs
+# over 10 MB at compute time, without saying what to write instead.)
+_EMBEDDED_WARN_BYTES = 4 * 2**20
+
+# Dask's cost per task (python bench/dask_cluster.py --overhead --guidance-only,
+# 2026-11-21, 2 cores; 256 blocks of one 1x2x2 image): 7.2 ms of a worker
+# thread per task on a LocalCluster of 2 single-threaded workers, 1.26 ms per
+# task on the threaded scheduler (fastconv's call included). One core does
+# 23.3 GFLOP/s in float32 on ResNet-50 2a (0.231 GFLOP per image).
+_TASK_OVERHEAD = {"distributed": 7.2e-3, "threads": 1.26e-3}
+_CORE_FLOPS_PER_SECOND = 23.3e9
+# A block is worth a task when its convolution takes >= 10x the task's cost:
+# >= 10 * 7.2 ms * 23.3 GFLOP/s = 1.7 GFLOP per thread of a task on a cluster
+# (ResNet-50 2a: 8 images; bench/dask_cluster.py measured 2.14, 1.57, 1.63,
+# 1.06, 0.90 times the in-process time for blocks of 1, 2, 4, 8, 16 images),
+# 0.29 GFLOP per thread on the threaded scheduler.
+_MIN_BLOCK_SECONDS_PER_OVERHEAD = 10
+# ... and small blocks are worth a warning when their overhead adds up to
+# something a user would notice (not for a toy array of a few blocks)
+_NOTICEABLE_SECONDS = 0.05
+
+
+def _warn(message):
+    """A PerformanceWarning pointing at the user's call (the first frame
+    outside this module)."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, PerformanceWarning, stacklevel=level)
+
+
+def _active_client():
+    """The dask.distributed Client that compute() would use now, or None."""
+    if "distributed" not in sys.modules:
+        return None
+    try:
+        scheduler = dask.base.get_scheduler()
+    except Exception:  # noqa: BLE001 - guidance must never fail a call
+        return None
+    client = getattr(scheduler, "__self__", None)
+    if client is None or not type(client).__module__.startswith("distributed"):
+        return None
+    return client
+
+
+def _cluster_threads(client):
+    """Worker threads of the client's cluster (0 if unknown)."""
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        return sum(int(info.get("nthreads", 0)) for info in workers)
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _collect_arrays(value, found, depth=0):
+    if isinstance(value, np.ndarray):
+        found.setdefault(id(value), value)
+        return
+    if depth >= 3:
+        return
+    try:
+        from dask import _task_spec as spec
+    except ImportError:  # an older Dask: its tasks are tuples
+        spec = None
+    if spec is not None and isinstance(value, spec.DataNode):
+        _collect_arrays(value.value, found, depth + 1)
+    elif spec is not None and isinstance(value, spec.Task):
+        for arg in list(value.args) + list(value.kwargs.values()):
+            _collect_arrays(arg, found, depth + 1)
+    elif isinstance(value, (tuple, list)) and len(value) <= 16:
+        for arg in value:
+            _collect_arrays(arg, found, depth + 1)
+
+
+def _embedded_arrays(array):
+    """The NumPy arrays (each once) that the graph of ``array`` holds as
+    data: what ``from_array`` of an in-memory or memory-mapped array puts
+    there. Only materialized layers and blockwise literals are looked at
+    (nothing lazy is expanded)."""
+    try:
+        from dask.blockwise import Blockwise
+        from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+        graph = array.__dask_graph__()
+        if not isinstance(graph, HighLevelGraph):
+            return []
+        found = {}
+        for layer in graph.layers.values():
+            if isinstance(layer, MaterializedLayer):
+                for value in layer.mapping.values():
+                    _collect_arrays(value, found)
+            elif isinstance(layer, Blockwise):
+                for value, index in layer.indices:
+                    if index is None:
+                        _collect_arrays(value, found)
+        return list(found.values())
+    except Exception:  # noqa: BLE001 - guidance must never fail a call
+        return []
+
+
+def _check_embedded(arrays, images_per_block):
+    """Warn (once) if ``arrays`` (name -> Dask array) carry large in-memory
+    NumPy data in their graphs while a dask.distributed client is active."""
+    if _active_client() is None:
+        return
+    for name, array in arrays.items():
+        held = _embedded_arrays(array)
+        total = sum(a.nbytes for a in held)
+        if total < _EMBEDDED_WARN_BYTES:
+            continue
+        mapped = [a for a in held if isinstance(a, np.memmap)]
+        # Dask may keep a copy of the memory map that has lost its file name
+        files = sorted({str(a.filename) for a in mapped if getattr(a, "filename", None)})
+        if mapped:
+            path = repr(files[0]) if files else "path"
+            instead = (f"read the file in the tasks instead: {name} = fastconv.dask.from_npy("
+                       f"{path}, images_per_block={images_per_block})")
+        else:
+            instead = (f"load the data in the tasks instead (fastconv.dask.from_npy(path, "
+                       f"images_per_block={images_per_block}) for a .npy file, "
+                       f"dask.array.from_zarr(path) for Zarr), or, for an array already in "
+                       f"this process's memory, call fastconv's in-memory function")
+        _warn(f"fastconv.dask: the graph of {name} holds {dask.utils.format_bytes(total)} of "
+              f"in-memory NumPy data (dask.array.from_array of a "
+              f"{'memory-mapped file' if mapped else 'NumPy array'}): the dask.distributed "
+              f"client would pickle all of it into the graph and send it to the scheduler and "
+              f"the workers; {instead}")
+        return
+
+
+def _suggested_images(n_images, min_images, threads, image_bytes):
+    """Images per block: enough for every worker thread, at least
+    ``min_images``, at most Dask's array.chunk-size (but never below
+    ``min_images``), at most the batch."""
+    per = min_images
+    if threads:
+        target = dask.utils.parse_bytes(dask.config.get("array.chunk-size"))
+        per = max(min_images, min(math.ceil(n_images / threads),
+                                  max(1, target // max(image_bytes, 1))))
+    return max(1, min(per, n_images))
+
+
+def _check_blocks(name, array, flops_per_image, argument):
+    """Warn if the blocks of images of ``array`` are too small to pay for a
+    task, or (dask.distributed) fewer than the cluster's worker threads."""
+    chunks = array.chunks[0]
+    if not chunks or any(np.isnan(c) for c in chunks):
+        return
+    n_images, blocks = int(sum(chunks)), len(chunks)
+    client = _active_client()
+    threads = _cluster_threads(client) if client is not None else 0
+    overhead = _TASK_OVERHEAD["distributed" if client is not None else "threads"]
+    # each task's threads: the cores shared by the worker threads (dask.distributed,
+    # see _task_resources), or all of them (the threaded scheduler lends them in turn)
+    cores = _machine.usable_cpus()
+    task_threads = max(1, cores // threads) if threads else cores
+    min_flops = _MIN_BLOCK_SECONDS_PER_OVERHEAD * overhead * _CORE_FLOPS_PER_SECOND * task_threads
+    min_images = max(1, math.ceil(min_flops / max(flops_per_image, 1)))
+    image_bytes = int(np.prod(array.shape[1:])) * array.dtype.itemsize
+    per = _suggested_images(n_images, min_images, threads, image_bytes)
+    largest = int(max(chunks))
+    shape = f"({per}, " + ", ".join(["-1"] * (array.ndim - 1)) + ")"
+    if blocks > 1 and largest < min_images and blocks * overhead >= _NOTICEABLE_SECONDS:
+        _warn(f"fastconv.dask: {name} is split into {blocks} blocks of at most {largest} "
+              f"image(s), {largest * flops_per_image / 1e9:.2g} GFLOP each: too little work to "
+              f"pay for a task (~{overhead * 1e3:.2g} ms each on "
+              f"{'a dask.distributed cluster' if client is not None else 'the threaded scheduler'}"
+              f" here, {blocks * overhead:.2g} s in all); use blocks of >= {min_images} images: "
+              f"{argument}.rechunk({shape}) or chunks={shape} where {argument} is made")
+    elif threads and blocks < threads and per < largest:
+        _warn(f"fastconv.dask: {name} is split into {blocks} block(s) of images for "
+              f"{threads} worker threads: {threads - blocks} of them would have nothing to do; "
+              f"use blocks of {per} images: {argument}.rechunk({shape}) or chunks={shape} "
+              f"where {argument} is made")
+
+
+# --------------------------------------------------------------------------
 # inside a task: threads and memory
 
 _HOST_THREADS_TTL = 10.0  # seconds: clusters grow and shrink
@@ -209,13 +413,25 @@ def _threads_on_host(worker):
     return threads
 
 
+def _worker_default_threads(worker=None):
+    """The default thread count of a fastconv call in a task on a
+    dask.distributed worker: the host's usable cores divided by the worker
+    threads on that host (at least 1); None outside a worker task. Meant
+    also for ``_runtime.call_threads`` (plain calls in a user's own tasks),
+    which would call it only when ``distributed`` is in ``sys.modules``."""
+    worker = worker or _current_worker()
+    if worker is None:
+        return None
+    return max(1, _machine.usable_cpus() // _threads_on_host(worker))
+
+
 def _task_resources(memory_limit, num_threads):
     """The memory_limit and num_threads of one task (see the module's notes)."""
     worker = _current_worker()
     if worker is None:
         return {"memory_limit": memory_limit, "num_threads": num_threads}
     if num_threads is None and not os.environ.get("FASTCONV_NUM_THREADS"):
-        num_threads = max(1, _machine.usable_cpus() // _threads_on_host(worker))
+        num_threads = _worker_default_threads(worker)
     worker_memory = worker.memory_manager.memory_limit
     if memory_limit is None and worker_memory and not os.environ.get("FASTCONV_MEMORY_LIMIT"):
         share = worker_memory // (4 * worker.state.nthreads)
@@ -255,7 +471,9 @@ def _forward(x, weight, bias, spatial_dims, options, flip, method, memory_limit,
     geometry = _checked_geometry("forward", x.shape, weight.shape, x.chunks[0], compute,
                                  spatial_dims, options, flip, method, memory_limit, num_threads)
     check_bias(bias, geometry.K, f"filter of weight {weight.shape}")
+    _check_embedded({"x": x}, _images_per_block(x))
     x = _whole_images(x, "x")
+    _check_blocks("x", x, geometry.flops // geometry.N, "x")
     return _per_block(
         _forward_block, f"fastconv-conv{spatial_dims}d", (x,), (weight, bias),
         geometry.output_shape[1:], result, spatial_dims=spatial_dims,
@@ -291,13 +509,19 @@ def _gradient(kind, array, shape, grad_output, spatial_dims, options, flip, meth
             f"(x {x_shape}, weight {w_shape}), got shape {grad_output.shape}")
     options = dict(options, flip=flip, method=method)
     resources = {"memory_limit": memory_limit, "num_threads": num_threads}
+    batch_arrays = {"grad_output": grad_output} if kind == "input_grad" else {
+        "x": array, "grad_output": grad_output}
+    _check_embedded(batch_arrays, _images_per_block(grad_output))
+    flops_per_image = geometry.flops // geometry.N
     if kind == "input_grad":
         grad_output = _whole_images(grad_output, "grad_output")
+        _check_blocks("grad_output", grad_output, flops_per_image, "grad_output")
         return _per_block(
             _input_grad_block, f"fastconv-conv{spatial_dims}d-input-grad", (grad_output,),
             (array,), tuple(x_shape[1:]), result, spatial_dims=spatial_dims,
             image_shape=tuple(x_shape[1:]), options=options, **resources)
     x = _whole_images(array, "x")
+    _check_blocks("x", x, flops_per_image, "x (and grad_output)")
     grad_output = _whole_images(grad_output, "grad_output", batch_chunks=x.chunks[0])
     partial_sums = _per_block(
         _weight_grad_block, f"fastconv-conv{spatial_dims}d-weight-grad-partial",
@@ -495,6 +719,82 @@ def conv1d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
     return _gradient("weight_grad", x, weight_shape, grad_output, 1,
                      _options(stride, padding, dilation, groups), flip, method, memory_limit,
                      num_threads, split_every)
+
+
+class _NpyFile:
+    """A .npy file that the process reading a block opens itself (memory
+    mapped, read-only): a graph holds its path, shape and dtype, not its data."""
+
+    def __init__(self, path):
+        self.path = os.path.abspath(os.fspath(path))
+        header = np.load(self.path, mmap_mode="r")
+        self.shape, self.dtype, self.ndim = header.shape, header.dtype, header.ndim
+        del header
+        stat = os.stat(self.path)
+        self._version = (stat.st_size, stat.st_mtime_ns)
+
+    def __getitem__(self, index):
+        return np.array(np.load(self.path, mmap_mode="r")[index])
+
+    def __dask_tokenize__(self):
+        # a rewritten file gets new keys
+        return ("fastconv.dask.from_npy", self.path, self._version, self.shape, str(self.dtype))
+
+    def __repr__(self):
+        return f"_NpyFile({self.path!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def from_npy(path, images_per_block="auto"):
+    """A .npy file of images as a Dask array whose tasks read it, a block at a time.
+
+    ``dask.array.from_array(np.load(path, mmap_mode="r"))`` puts the whole
+    array into the graph, which a ``dask.distributed`` client pickles and
+    sends to the scheduler and the workers. Here the graph holds the path:
+    each task memory-maps the file and copies its block of images, so the
+    file must be readable at the same path where the tasks run (a shared
+    file system on a multi-machine cluster).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A .npy file (``np.save``, ``np.lib.format.open_memmap``), (N, C, ...).
+    images_per_block : int or "auto"
+        Images per block; ``"auto"``: Dask's ``array.chunk-size``. Blocks
+        split the batch axis only.
+
+    Returns
+    -------
+    dask.array.Array
+        Lazy, chunked (images_per_block, -1, ...).
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, fastconv, fastconv.dask
+    >>> path = os.path.join(tempfile.mkdtemp(), "images.npy")
+    >>> np.save(path, np.ones((6, 3, 8, 8), np.float32))
+    >>> x = fastconv.dask.from_npy(path, images_per_block=4)
+    >>> x.chunks[0], x.dtype
+    ((4, 2), dtype('float32'))
+    >>> float(fastconv.dask.conv2d(x, np.ones((2, 3, 3, 3)), padding=1)[5, 0, 4, 4].compute())
+    27.0
+    """
+    source = _NpyFile(path)
+    if source.ndim < 1:
+        raise ValueError(f"{path} holds a 0-d array: from_npy needs a batch axis")
+    if images_per_block != "auto" and (isinstance(images_per_block, bool) or
+                                       not isinstance(images_per_block, (int, np.integer))
+                                       or images_per_block < 1):
+        raise ValueError(f"images_per_block must be an int >= 1 or 'auto', "
+                         f"got {images_per_block!r}")
+    chunks = (images_per_block,) + (-1,) * (source.ndim - 1)
+    return da.from_array(source, chunks=chunks, name=f"from-npy-{dask.base.tokenize(source)}",
+                         meta=np.empty((0,) * source.ndim, dtype=source.dtype))
+
+
+def _images_per_block(array):
+    """The batch blocks' size, for a message (16 if unknown)."""
+    known = [int(c) for c in array.chunks[0] if not np.isnan(c)]
+    return max(known) if known else 16
 
 
 def _options(stride, padding, dilation, groups):

@@ -1,7 +1,10 @@
 """fastconv.dask: Dask arrays, with the threaded scheduler and a real
 dask.distributed LocalCluster, against the NumPy reference and the in-memory
 functions."""
+import math
+import os
 import pickle
+import re
 import subprocess
 import sys
 import warnings
@@ -177,6 +180,102 @@ def test_dask_weight_and_bias_are_merged_into_one_block():
     y = fd.conv2d(da.from_array(x, chunks=(2, -1, -1, -1)), da.from_array(w, chunks=(2, 1, 2, 1)),
                   da.from_array(b, chunks=2), **CONV)
     assert_close(y.compute(), conv2d_reference(x, w, b, **CONV), np.float32)
+
+
+# --------------------------------------------------------------------------
+# everyday use: public names, .npy files, block sizes
+
+def test_dir_lists_only_the_public_names():
+    assert dir(fd) == sorted(fd.__all__)
+    assert not {"np", "os", "time", "plan_conv", "da", "dask", "warnings"} & set(dir(fd))
+    assert all(callable(getattr(fd, name)) for name in fd.__all__)
+    namespace = {}
+    exec("from fastconv.dask import *", namespace)
+    assert set(namespace) - {"__builtins__"} == set(fd.__all__)
+
+
+def _save_images(path, shape, seed=0):
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    np.save(path, x)
+    return x
+
+
+def test_from_npy_reads_the_file_in_the_tasks(tmp_path):
+    path = tmp_path / "images.npy"
+    x = _save_images(path, (10, 4, 32, 32))   # 160 KiB
+    xd = fd.from_npy(path, images_per_block=4)
+    assert xd.chunks == ((4, 4, 2), (4,), (32,), (32,)) and xd.dtype == np.float32
+    graph = dict(xd.__dask_graph__())
+    assert len(pickle.dumps(graph)) < 10_000 < x.nbytes   # the path, not the data
+    assert fd._embedded_arrays(xd) == []
+    w = np.random.default_rng(1).standard_normal((3, 4, 3, 3)).astype(np.float32)
+    assert_close(fd.conv2d(xd, w, padding=1).compute(scheduler="threads"),
+                 fastconv.conv2d(x, w, padding=1), np.float32)
+    # a rewritten file gets new keys (no stale results from a cluster's memory)
+    _save_images(path, (10, 4, 32, 32), seed=2)
+    assert fd.from_npy(path, images_per_block=4).name != xd.name
+    for bad in (0, -1, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="images_per_block"):
+            fd.from_npy(path, images_per_block=bad)
+
+
+def test_an_array_in_the_graph_is_found(tmp_path):
+    path = tmp_path / "images.npy"
+    x = _save_images(path, (8, 2, 16, 16))
+    mapped = da.from_array(np.load(path, mmap_mode="r"), chunks=(2, -1, -1, -1))
+    held = fd._embedded_arrays(mapped)
+    assert sum(a.nbytes for a in held) == x.nbytes and isinstance(held[0], np.memmap)
+    inline = da.from_array(np.load(path, mmap_mode="r"), chunks=(2, -1, -1, -1), inline_array=True)
+    assert sum(a.nbytes for a in fd._embedded_arrays(inline)) == x.nbytes  # held once
+    assert sum(a.nbytes for a in fd._embedded_arrays(da.from_array(x, chunks=2))) == x.nbytes
+    assert fd._embedded_arrays(da.zeros((8, 2, 16, 16), chunks=2)) == []
+
+
+def test_no_embedded_array_warning_without_a_cluster(tmp_path):
+    # the threaded scheduler reads the memory map where it is: nothing is sent
+    path = tmp_path / "images.npy"
+    _save_images(path, (48, 64, 28, 28))   # 9.2 MiB
+    x = da.from_array(np.load(path, mmap_mode="r"), chunks=(16, -1, -1, -1))
+    with dask.config.set(scheduler="threads"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fd.conv2d(x, np.ones((64, 64, 3, 3), np.float32), padding=1)
+
+
+def _suggested_chunks(message):
+    (chunks,) = set(re.findall(r"chunks=(\([0-9, -]+\))", message))
+    return eval(chunks)  # noqa: S307 - a tuple of ints from our own message
+
+
+def _only_warning(caught):
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    assert caught[0].filename == __file__   # points at the call
+    return str(caught[0].message)
+
+
+def test_blocks_too_small_for_a_task_threaded():
+    w = np.ones((64, 64, 3, 3), np.float32)   # ResNet-50 2a: 0.23 GFLOP per image
+    x = da.zeros((256, 64, 56, 56), np.float32, chunks=(1, -1, -1, -1))
+    with dask.config.set(scheduler="threads"):
+        with pytest.warns(dask.array.PerformanceWarning, match="too little work") as caught:
+            fd.conv2d(x, w, padding=1)
+        message = _only_warning(caught)
+        assert "threaded scheduler" in message and "x.rechunk(" in message
+        chunks = _suggested_chunks(message)
+        assert chunks[0] > 1 and chunks[1:] == (-1, -1, -1)
+        # what it says to use is quiet
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fd.conv2d(x.rechunk(chunks), w, padding=1)
+            fd.conv2d(x.rechunk((64, -1, -1, -1)), w, padding=1)
+            # a few small blocks cost too little to mention
+            fd.conv2d(x[:8], w, padding=1)
+        g = da.zeros((256, 64, 56, 56), np.float32, chunks=(1, -1, -1, -1))
+        with pytest.warns(dask.array.PerformanceWarning, match="grad_output is split") as caught:
+            fd.conv2d_input_grad(x.shape, w, g, padding=1)
+        _only_warning(caught)
+        with pytest.warns(dask.array.PerformanceWarning, match=r"x is split") as caught:
+            fd.conv2d_weight_grad(x, w.shape, g, padding=1)
+        _only_warning(caught)
 
 
 # --------------------------------------------------------------------------
@@ -364,3 +463,92 @@ def test_grad_output_split_along_channels_keeps_x_blocks_of_images():
         dw = fd.conv2d_weight_grad(da.from_array(x, chunks=(7, -1, -1, -1)), w.shape,
                                    da.from_array(g, chunks=(7, 3, -1, -1)), **CONV)
     assert_close(dw.compute(), conv2d_weight_grad_reference(x, w.shape, g, **CONV), np.float64)
+
+
+def test_an_array_inside_the_graph_warns_on_a_cluster(client, tmp_path):
+    path = tmp_path / "images.npy"
+    x = _save_images(path, (48, 64, 28, 28))   # 9.2 MiB, over the 4 MiB threshold
+    w = np.ones((64, 64, 3, 3), np.float32)
+    mapped = da.from_array(np.load(path, mmap_mode="r"), chunks=(16, -1, -1, -1))
+    with pytest.warns(dask.array.PerformanceWarning, match="holds 9.19 MiB") as caught:
+        fd.conv2d(mapped, w, padding=1)
+    message = _only_warning(caught)
+    assert "memory-mapped file" in message
+    assert re.search(r"x = fastconv.dask.from_npy\((path|'[^']*images.npy'), images_per_block=16\)",
+                     message)
+    with pytest.warns(dask.array.PerformanceWarning, match="in-memory function") as caught:
+        fd.conv2d(da.from_array(x, chunks=(16, -1, -1, -1)), w, padding=1)
+    _only_warning(caught)
+    with pytest.warns(dask.array.PerformanceWarning, match="graph of grad_output") as caught:
+        fd.conv2d_input_grad(x.shape, w, mapped, padding=1)
+    _only_warning(caught)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = fd.conv2d(fd.from_npy(path, images_per_block=16), w, padding=1)
+        fd.conv2d(da.from_array(x[:4], chunks=(2, -1, -1, -1)), w, padding=1)  # small: fine
+    assert_close(client.compute(y, sync=True), fastconv.conv2d(x, w, padding=1), np.float32)
+
+
+def test_block_guidance_on_a_cluster(client):
+    w = np.ones((64, 64, 3, 3), np.float32)
+    x = da.zeros((64, 64, 56, 56), np.float32, chunks=(64, -1, -1, -1))
+    # one block for 2 worker threads: one would idle
+    with pytest.warns(dask.array.PerformanceWarning, match="1 block.* for 2 worker threads") as caught:
+        fd.conv2d(x, w, padding=1)
+    assert _suggested_chunks(_only_warning(caught)) == (32, -1, -1, -1)
+    # blocks of one image: a task costs more than its work
+    with pytest.warns(dask.array.PerformanceWarning, match="too little work .*dask.distributed") as caught:
+        fd.conv2d(x.rechunk((1, -1, -1, -1)), w, padding=1)
+    chunks = _suggested_chunks(_only_warning(caught))
+    assert chunks == (32, -1, -1, -1)   # big enough, and one block per worker thread
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fd.conv2d(x.rechunk(chunks), w, padding=1)
+        fd.conv2d(x.rechunk((32, -1, -1, -1)), w, padding=1)
+        fd.conv2d(x[:1], w, padding=1)   # one image: nothing better to suggest
+
+
+def _plain_call_threads():
+    import fastconv as fc
+    return fd._worker_default_threads(), fc.plan_conv2d((1, 1, 4, 4), (1, 1, 1, 1)).num_threads
+
+
+@pytest.fixture(scope="module")
+def lone_worker_client():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+            distributed.Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def test_the_worker_default_for_plain_calls(lone_worker_client):
+    from fastconv import _machine
+    assert fd._worker_default_threads() is None   # not in a task
+    ((helper, _),) = _on_every_worker(lone_worker_client, _plain_call_threads)
+    assert helper == _machine.usable_cpus()
+
+
+def test_a_plain_call_in_a_worker_task_gets_the_worker_default(lone_worker_client):
+    from fastconv import _machine
+    if _machine.usable_cpus() < 2:
+        pytest.skip("one core: 1 thread either way")
+    ((helper, plain),) = _on_every_worker(lone_worker_client, _plain_call_threads)
+    assert plain == helper
+
+
+def test_the_readme_example_runs(tmp_path, monkeypatch):
+    pytest.importorskip("zarr")   # in the dask extra
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    section = readme[readme.index("## Dask: batches past one machine"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "from_npy(" in code and "np.load(" not in code
+    code = code.replace("np.random.rand(64, 64, 56, 56)", "np.random.rand(4, 64, 12, 12)")  # small
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    with dask.config.set(scheduler="threads"):
+        exec(code, namespace)
+        y, dx, dw = dask.compute(namespace["y"], namespace["dx"], namespace["dw"])
+    x = np.load(tmp_path / "images.npy")
+    assert_close(y, fastconv.conv2d(x, namespace["w"], namespace["b"], padding=1), np.float32)
+    assert dx.shape == y.shape and dw.shape == namespace["w"].shape
