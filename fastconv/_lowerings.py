@@ -209,7 +209,9 @@ class _Gemm(Lowering):
             worth = plan.blas_threads / tuning.blas_threads_penalty
         else:
             worth = 1
-        return plan.flops / (_GEMM_FLOPS_PER_THREAD * worth) * self.traffic(plan, tuning)
+        m, _, k = self.gemm_shape(plan)
+        thin = max(1.0, tuning.gemm_full_rate_dim / max(1, min(m, k)))
+        return plan.flops / (_GEMM_FLOPS_PER_THREAD * worth) * self.traffic(plan, tuning) * thin
 
     def traffic(self, plan, tuning):
         """Time factor of the memory traffic the lowering adds to its GEMMs."""
@@ -490,9 +492,9 @@ class Depthwise(Lowering):
         return plan if plan.workspace_bytes <= planner.limit else None
 
     def cost(self, plan, tuning):
-        # memory-bound either way; measured against mapped on depthwise
-        # layers (fp32, 2 threads): 0.13-0.78x its time, stride 2 the worst
-        return plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads) * 0.5
+        # against thin GEMMs (see Tuning.gemm_full_rate_dim): measured 0.13-0.78x
+        # mapped's time at 1 filter per group, stride 2 the worst
+        return plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads * tuning.direct_rate)
 
     def buffers(self, g, dtype, blocking, threads):
         return {}

@@ -40,6 +40,17 @@ class Tuning:
     # OpenBLAS's threads keep spinning after each call, slowing the next
     # OpenMP region. The cost model divides the threads' worth by this.
     blas_threads_penalty: float = 1.5
+    # A GEMM whose smaller inner dimension (filters per group, or the depth)
+    # is below this runs BLAS's micro-kernel partly empty: its rate is taken
+    # as that dimension over this of the full rate. Depthwise layers (1 filter
+    # per group) ran at 0.13 of the GEMM rate through mapped tiles, with a
+    # channel multiplier of 2 at ~0.25; paper_mnist (32 filters, depth 9) at
+    # the full rate.
+    gemm_full_rate_dim: int = 8
+    # The direct depthwise kernel's rate against a full-rate GEMM (measured
+    # on mobilenet_dw_3x3, fp32: 0.6; at 1 filter per group it took 0.13-0.78x
+    # mapped's time, at 32 filters per group 2.9x stretch's).
+    direct_rate: float = 0.5
 
 
 _lock = threading.Lock()
