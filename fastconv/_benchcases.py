@@ -9,7 +9,12 @@ A case is (layer, dtype, kind, name). ``kind`` is "forward", "input_grad" or
 * "numpy": what a user writes by hand: ``sliding_window_view`` and
   ``tensordot`` (forward only);
 * "gemm": the GEMMs of the same shape on an already stretched, cache-hot
-  operand, through fastconv's 1x1 kernel: the ceiling of a GEMM lowering.
+  operand, through fastconv's 1x1 kernel: the ceiling of a GEMM lowering;
+* "scipy" (the report only, see REPORT_PEERS; forward only): SciPy's 2-D
+  correlation as a NumPy user writes it, one call per (image, filter, input
+  channel) on the zero-padded input, summed over channels (see
+  ``scipy_conv2d``); far slower than the others, so the report runs it only
+  where ``scipy_estimate`` says it finishes in time.
 """
 import importlib.util
 import json
@@ -28,6 +33,12 @@ KINDS = ("forward", "input_grad", "weight_grad")
 LOWERINGS = {**{method: (method, "64GiB") for method in general_methods()},
              "mapped_tight": ("mapped", "tight"), "auto": ("auto", None)}
 PEERS = ("torch", "numpy", "gemm")
+# the report's peers: PEERS and SciPy (not in PEERS: the benchmark suites run
+# every peer on every layer, and SciPy takes minutes on the large ones)
+REPORT_PEERS = PEERS + ("scipy",)
+# SciPy's two per-channel formulations: correlate2d (direct, compiled 2-D
+# loop) and correlate (method="auto": FFT or direct, by SciPy's estimate)
+SCIPY_FORMULATIONS = ("correlate2d", "correlate")
 TIGHT_FRACTION = 8
 
 _LAYER_FIELDS = ("name", "N", "C", "H", "W", "K", "R", "S", "stride", "padding", "dilation",
@@ -144,7 +155,9 @@ def peer_available(name, kind="forward"):
     """None if the peer can run this kind, else why not."""
     if name == "torch" and importlib.util.find_spec("torch") is None:
         return "PyTorch is not installed"
-    if name in ("numpy", "gemm") and kind != "forward":
+    if name == "scipy" and importlib.util.find_spec("scipy") is None:
+        return "SciPy is not installed"
+    if name in ("numpy", "gemm", "scipy") and kind != "forward":
         return f"no {name} peer for the {kind.replace('_', ' ')}ient"
     return None
 
@@ -167,6 +180,84 @@ def numpy_conv2d(x, w, stride, padding, dilation, groups):
                             axes=([1, 4, 5], [1, 2, 3]))  # (N, Ho, Wo, K/g)
         out[:, g * kg:(g + 1) * kg] = part.transpose(0, 3, 1, 2)
     return out
+
+
+def _dilated(w, dh, dw):
+    """A kernel with (d - 1) zeros between its taps: SciPy has no dilation."""
+    if dh == dw == 1:
+        return w
+    K, C, R, S = w.shape
+    out = np.zeros((K, C, dh * (R - 1) + 1, dw * (S - 1) + 1), w.dtype)
+    out[:, :, ::dh, ::dw] = w
+    return out
+
+
+def scipy_conv2d(x, w, stride, padding, dilation, groups, formulation="correlate2d",
+                 images=None, filters=None):
+    """Convolution with SciPy as a NumPy user writes it: zero-pad the input
+    once, then for each image and filter sum over the filter's input channels
+    the 2-D "valid" correlation of the channel plane with the kernel plane
+    (``scipy.signal.correlate2d``, or ``scipy.signal.correlate`` which picks
+    FFT or direct itself); a stride slices the valid result (computed whole), a
+    dilation becomes zeros inserted into the kernel. ``images`` and
+    ``filters`` (ranges) compute part of the output (for estimates).
+    """
+    from scipy import signal
+    sh, sw = (stride, stride) if np.ndim(stride) == 0 else stride
+    dh, dw = (dilation, dilation) if np.ndim(dilation) == 0 else dilation
+    ph, pw = (padding, padding) if np.ndim(padding) == 0 else padding
+    correlate = (signal.correlate2d if formulation == "correlate2d" else
+                 lambda a, b, mode: signal.correlate(a, b, mode=mode))
+    padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    kernel = _dilated(w, dh, dw)
+    K, cg = w.shape[:2]
+    kg = K // groups
+    images = range(x.shape[0]) if images is None else images
+    filters = range(K) if filters is None else filters
+    Ho = (padded.shape[2] - kernel.shape[2]) // sh + 1
+    Wo = (padded.shape[3] - kernel.shape[3]) // sw + 1
+    out = np.zeros((len(images), len(filters), Ho, Wo), np.result_type(x, w))
+    for i, n in enumerate(images):
+        for j, k in enumerate(filters):
+            first = (k // kg) * cg
+            for c in range(cg):
+                out[i, j] += correlate(padded[n, first + c], kernel[k, c], mode="valid")[::sh, ::sw]
+    return out
+
+
+_SCIPY_ESTIMATES = {}
+
+
+def scipy_estimate(layer, dtype):
+    """Which SciPy formulation is faster on this layer and how long a whole
+    forward pass would take with it: each formulation times one image and
+    one filter (every input channel of the filter), best of two; the pass
+    costs N * K of those.
+
+    Returns a dict: formulation, seconds (estimated per pass), unit_seconds,
+    gflops (the rate measured on the unit), and the units' times per formulation.
+    """
+    import time
+    key = (tuple(sorted(layer.items())), str(np.dtype(dtype)))
+    if key in _SCIPY_ESTIMATES:
+        return _SCIPY_ESTIMATES[key]
+    x, w = layer_arrays(layer, dtype, batch=1)
+    conv = conv_kwargs(layer)
+    units = {}
+    for formulation in SCIPY_FORMULATIONS:
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            scipy_conv2d(x, w, formulation=formulation, images=range(1), filters=range(1), **conv)
+            best = min(best, time.perf_counter() - start)
+        units[formulation] = best
+    formulation = min(units, key=units.get)
+    unit = units[formulation]
+    passes = layer["N"] * layer["K"]
+    _SCIPY_ESTIMATES[key] = dict(formulation=formulation, unit_seconds=unit,
+                                 seconds=unit * passes, units=units,
+                                 gflops=flops(layer) / passes / unit / 1e9)
+    return _SCIPY_ESTIMATES[key]
 
 
 def make_case(layer, dtype, kind, name, threads=None, batch=None, limit=None):
@@ -192,6 +283,13 @@ def make_case(layer, dtype, kind, name, threads=None, batch=None, limit=None):
     why = peer_available(name, kind)
     if why:
         raise RuntimeError(why)
+    if name == "scipy":
+        formulation = scipy_estimate(layer, dtype)["formulation"]
+
+        def run():  # single-threaded: SciPy's correlations use one core
+            return scipy_conv2d(x, w, formulation=formulation, **conv)
+        run.operands, run.formulation = (x, w), formulation
+        return None, run
     if name == "numpy":
         from threadpoolctl import threadpool_limits
 

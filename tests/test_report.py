@@ -1,5 +1,6 @@
 """The report machinery on a tiny layers file (no speed is asserted)."""
 import json
+import platform
 import pathlib
 import subprocess
 import sys
@@ -60,12 +61,14 @@ def test_report_without_pytorch_leaves_it_out_and_says_so(tiny_layers, tmp_path,
     monkeypatch.setattr(_benchcases, "peer_available", lambda name, kind="forward": (
         "PyTorch is not installed" if name == "torch" else available(name, kind)))
     paths = report.run_report(tiny_layers, ["float32"], threads=2, out_dir=tmp_path / "out",
-                              repeats=1, progress=False, min_seconds=0)
+                              repeats=1, progress=False, min_seconds=0, passes=1, reruns=0)
     data, markdown = _check_report(paths, _expected(tiny_layers, ["float32"], False))
     torch_cases = [r for r in data["results"] if r["case"] == "torch"]
     assert torch_cases and all(r["skipped"] == "PyTorch is not installed" for r in torch_cases)
     assert "torch peer: PyTorch is not installed" in data["notes"]
     assert "PyTorch is not installed" in markdown
+    summary = markdown.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert report.TORCH_HINT in summary and "download.pytorch.org/whl/cpu" in summary
     assert {p.name for p in paths["plots"]} == {"throughput.png", "memory.png", "tradeoff.png"}
     numpy_cases = [r for r in data["results"] if r["case"] == "numpy"]
     assert numpy_cases and all("times" in r for r in numpy_cases)
@@ -78,12 +81,18 @@ def test_quick_report_with_every_installed_peer(tiny_layers, tmp_path):
     pytest.importorskip("matplotlib")
     paths = report.run_report(tiny_layers, None, threads=1, quick=True, out_dir=tmp_path / "q",
                               repeats=1, names=["tiny_3x3"], progress=False,
-                              min_seconds=0)
-    data, _ = _check_report(paths, {key for key in _expected(tiny_layers, ["float32"], True)
+                              min_seconds=0, reruns=0)
+    data, markdown = _check_report(paths, {key for key in _expected(tiny_layers, ["float32"], True)
                                     if key[0] == "tiny_3x3"})
     assert data["meta"]["quick"] and data["meta"]["dtypes"] == ["float32"]
     torch_ran = [r for r in data["results"] if r["case"] == "torch" and "times" in r]
     assert bool(torch_ran) == (_benchcases.peer_available("torch") is None)
+    assert (report.TORCH_HINT in markdown) == (not torch_ran)
+    scipy = [r for r in data["results"] if r["case"] == "scipy"]
+    assert len(scipy) == 1 and "times" in scipy[0] and scipy[0]["check"]["max_relative_error"] < 1e-4
+    tradeoff = [r for r in data["results"] if r.get("tradeoff")]
+    assert tradeoff and all(r["over_baseline"] > 0 and len(r["baseline_runs"]) == len(r["runs"])
+                            for r in tradeoff)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -123,3 +132,87 @@ def test_command_line_entry_points(tmp_path):
 def test_packaged_layers_are_a_valid_default():
     layers = _benchcases.load_layers(_benchcases.PACKAGED_LAYERS)
     assert {"paper_mnist", "resnet50_2a_3x3", "resnet50_4b_3x3"} <= {l["name"] for l in layers}
+
+
+def _tiny_spec(tiny_layers, case, **extra):
+    layer = _benchcases.load_layers(tiny_layers, ["tiny_s2"])[0]
+    return dict(dict(layer=layer, dtype="float32", kind="forward", case=case, threads=1,
+                     repeats=2, min_seconds=0), **extra)
+
+
+glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+
+
+@glibc
+def test_each_child_raises_the_mmap_threshold_first(tiny_layers):
+    result = report.measure_case(_tiny_spec(tiny_layers, "numpy"))
+    assert "times" in result
+    allocator = result["allocator"]
+    assert allocator["freed_bytes"] == report.ALLOCATOR_BLOCK > 31 * 2**20
+    assert allocator["block_was_mmapped"] is True and allocator["threshold_raised"] is True
+
+
+@glibc
+@pytest.mark.parametrize("block, raised", [(report.ALLOCATOR_BLOCK, True), (64 * 2**20, False)])
+def test_only_a_freed_block_under_32_mib_raises_the_threshold(block, raised):
+    """glibc raises its mmap threshold only for freed mmapped chunks of at most
+    32 MiB: a 64 MiB block does not (why the child frees just under 32 MiB)."""
+    code = (f"from fastconv.report import warm_allocator as w; r = w({block}); "
+            f"print(r['block_was_mmapped'], r['threshold_raised'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["True", str(raised)]
+
+
+def test_scipy_peer_on_a_tiny_layer(tiny_layers):
+    result = report.measure_case(_tiny_spec(tiny_layers, "scipy"))
+    assert len(result["times"]) >= 2 and result["output_bytes"] == 2 * 6 * 5 * 5 * 4
+    assert result["check"]["formulation"] in _benchcases.SCIPY_FORMULATIONS
+    assert result["check"]["max_relative_error"] <= result["check"]["tolerance"]
+    assert result["scipy"]["seconds"] > 0
+    slow = report.measure_case(_tiny_spec(tiny_layers, "scipy", scipy_seconds=0))
+    assert "times" not in slow and slow["skipped"].startswith("estimated ")
+
+
+@pytest.mark.parametrize("formulation", _benchcases.SCIPY_FORMULATIONS)
+@pytest.mark.parametrize("stride, padding, dilation, groups",
+                         [(1, 0, 1, 1), (2, 1, 1, 2), (1, 2, 2, 1), (3, 1, 2, 3)])
+def test_scipy_conv2d_matches_fastconv(formulation, stride, padding, dilation, groups):
+    import numpy as np
+    import fastconv
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 13, 11))
+    w = rng.standard_normal((6, 6 // groups, 3, 2))
+    got = _benchcases.scipy_conv2d(x, w, stride, padding, dilation, groups, formulation)
+    want = fastconv.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    assert got.shape == want.shape and np.allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_a_case_that_stays_noisy_is_measured_again_and_flagged(tiny_layers, tmp_path, monkeypatch):
+    """The NumPy case always comes back with its second-best time 2.6x its
+    best; every other case is steady (the children are faked)."""
+    calls = []
+
+    def fake(spec):
+        calls.append(spec["case"])
+        base = dict(peak_growth=4096, output_bytes=800, first_call=1e-3, allocator={})
+        steady = [1e-3, 1.02e-3, 1.05e-3]
+        if spec["case"] == "tradeoff":
+            point = dict(base, times=steady, workspace_bytes=1024, method="mapped",
+                         plan="ConvPlan(mapped)")
+            return dict(points=[dict(point) for _ in range(len(spec["limits"]) + 1)])
+        return dict(base, times=[2e-3, 5.2e-3, 6e-3] if spec["case"] == "numpy" else steady)
+    monkeypatch.setattr(report, "measure_case", fake)
+    paths = report.run_report(tiny_layers, ["float32"], threads=1, quick=True, repeats=3,
+                              names=["tiny_3x3"], out_dir=tmp_path / "n", progress=False,
+                              reruns=2)
+    assert calls.count("numpy") == 3 and calls.count("auto") == 3  # auto: 3 kinds, once each
+    data = json.loads(pathlib.Path(paths["json"]).read_text())
+    numpy_case = next(r for r in data["results"] if r["case"] == "numpy")
+    assert numpy_case["noisy"] and numpy_case["spread"] == pytest.approx(2.6)
+    assert numpy_case["runs_measured"] == 3 and numpy_case["best"] == 2e-3
+    assert [r for r in data["results"] if r.get("noisy")] == [numpy_case]
+    markdown = pathlib.Path(paths["markdown"]).read_text()
+    summary = markdown.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "| 0.50× (1 noisy) |" in summary  # auto / NumPy: 1e-3 / 2e-3
+    assert "tiny_3x3 float32 forward NumPy: noisy: spread 2.60×" in summary
+    assert "⚠ noisy: spread 2.60×" in markdown.split("## Layers", 1)[1]
