@@ -77,9 +77,33 @@ class ConvGeometry:
                 and self.padding == ((0, 0), (0, 0)) and (self.Ho, self.Wo) == (self.H, self.W))
 
 
+def summarize(value, limit=80):
+    """A short description of value for an error message: a small value's
+    repr, but never a whole array ("ndarray of shape (8, 1, 28, 28)")."""
+    if isinstance(value, np.ndarray):
+        if value.ndim <= 1 and value.size <= 8:
+            return repr(value)
+        return f"ndarray of shape {value.shape} (dtype {value.dtype})"
+    if isinstance(value, (str, bytes)):
+        text = repr(value)
+        return f"the string {text}" if len(text) <= limit else f"a string of length {len(value)}"
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    shape = getattr(value, "shape", None)
+    if shape is None and isinstance(value, (list, tuple)):
+        try:
+            shape = np.shape(value)
+        except (ValueError, TypeError):
+            shape = None
+    if shape is not None:
+        return f"{type(value).__name__} of shape {tuple(shape)}"
+    return f"{type(value).__name__} {text[:limit - 20]}..."
+
+
 def _as_int(value, name):
     if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{name} must be given as ints, got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{name} must be given as ints, got {summarize(value)} ({type(value).__name__})")
     return operator.index(value)
 
 
@@ -90,22 +114,29 @@ def int_tuple(value, name, n, minimum):
     elif isinstance(value, (tuple, list, np.ndarray)) and len(value) == n:
         values = tuple(_as_int(v, name) for v in value)
     else:
-        raise TypeError(f"{name} must be an int or a sequence of {n} ints, got {value!r}")
+        raise TypeError(f"{name} must be an int or a sequence of {n} ints, got {summarize(value)}")
     if any(v < minimum for v in values):
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be >= {minimum}, got {summarize(value)}")
     return values
 
 
-def padding_pairs(padding, n, kernel, dilation, stride):
+def padding_pairs(padding, n, kernel, dilation, stride, flip=False):
     """Normalise ``padding`` to n (before, after) pairs, one per spatial axis.
 
     Accepts an int; n ints (symmetric per axis); n (before, after) pairs; for
     1-D also a bare (before, after) pair; or "valid", "same", "full".
+
+    "same" with an odd total puts the extra element after (bottom/right) for
+    cross-correlation, as PyTorch and ``scipy.signal.correlate2d``, and
+    before (top/left) with ``flip`` (mathematical convolution), as
+    ``scipy.signal.convolve2d`` and ``np.convolve``: the reversed kernel's
+    centre is the mirror image of the unreversed one's.
     """
     if isinstance(padding, str):
         mode = padding.lower()
         if mode not in _PADDING_STRINGS:
-            raise ValueError(f"padding={padding!r} is not one of {_PADDING_STRINGS}")
+            raise ValueError(f"padding={padding if len(padding) <= 40 else padding[:37] + '...'!r} is not one of "
+                             f"{_PADDING_STRINGS}")
         spans = [d * (k - 1) for k, d in zip(kernel, dilation)]
         if mode == "valid":
             return tuple((0, 0) for _ in range(n))
@@ -113,6 +144,8 @@ def padding_pairs(padding, n, kernel, dilation, stride):
             return tuple((s, s) for s in spans)
         if any(s != 1 for s in stride):
             raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
+        if flip:  # mirror image: the extra element before (top/left), as scipy's convolve
+            return tuple((s - s // 2, s // 2) for s in spans)
         # an odd total puts the extra element after (bottom/right), as PyTorch
         return tuple((s // 2, s - s // 2) for s in spans)
     if hasattr(padding, "__index__") and not isinstance(padding, bool):
@@ -123,7 +156,7 @@ def padding_pairs(padding, n, kernel, dilation, stride):
             items = [tuple(items)]
         if len(items) != n:
             raise ValueError(
-                f"padding={padding!r} must have one entry per spatial axis ({n}), "
+                f"padding={summarize(padding)} must have one entry per spatial axis ({n}), "
                 "each an int or a (before, after) pair")
         pairs = []
         for item in items:
@@ -133,20 +166,23 @@ def padding_pairs(padding, n, kernel, dilation, stride):
             elif len(item) == 2:
                 pairs.append(tuple(_as_int(v, "padding") for v in item))
             else:
-                raise ValueError(f"padding={padding!r}: each entry is an int or a (before, after) pair")
+                raise ValueError(f"padding={summarize(padding)}: each entry is an int or a "
+                                 "(before, after) pair")
         pairs = tuple(pairs)
     else:
-        raise TypeError(f"padding must be an int, a sequence, or one of {_PADDING_STRINGS}, got {padding!r}")
+        raise TypeError(f"padding must be an int, a sequence, or one of {_PADDING_STRINGS}, "
+                        f"got {summarize(padding)}")
     if any(p < 0 for pair in pairs for p in pair):
-        raise ValueError(f"padding must be >= 0, got {padding!r}")
+        raise ValueError(f"padding must be >= 0, got {summarize(padding)}")
     return tuple(pairs)
 
 
 def conv_geometry(x_shape, weight_shape, *, stride, padding, dilation, groups,
-                  spatial_dims=2):
+                  spatial_dims=2, flip=False):
     """Validate shapes and parameters of a convolution; return its geometry.
 
-    x_shape is (N, C, *spatial), weight_shape (K, C/groups, *kernel).
+    x_shape is (N, C, *spatial), weight_shape (K, C/groups, *kernel); flip
+    (mathematical convolution) places the odd element of padding="same".
     """
     n = spatial_dims
     x_shape = tuple(int(s) for s in x_shape)
@@ -172,7 +208,7 @@ def conv_geometry(x_shape, weight_shape, *, stride, padding, dilation, groups,
             f"{x_shape}, got weight of shape {weight_shape}")
     stride = int_tuple(stride, "stride", n, 1)
     dilation = int_tuple(dilation, "dilation", n, 1)
-    pads = padding_pairs(padding, n, kernel, dilation, stride)
+    pads = padding_pairs(padding, n, kernel, dilation, stride, flip=flip)
     out_size = []
     for axis, (size, k, s, d, (lo, hi)) in enumerate(zip(in_size, kernel, stride, dilation, pads)):
         span = d * (k - 1) + 1
@@ -200,7 +236,10 @@ def conv_geometry(x_shape, weight_shape, *, stride, padding, dilation, groups,
 
 
 def as_array(value, name):
-    """np.asarray with the argument named in the error."""
+    """np.asarray with the argument named in the error; a string is refused
+    (NumPy would make a 0-d array of it)."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be an array, got {summarize(value)}")
     try:
         return np.asarray(value)
     except (ValueError, TypeError) as exc:
@@ -251,15 +290,30 @@ def check_bias(bias, channels, meaning):
     return bias
 
 
-def shape_tuple(shape, name, ndim):
-    """A user-given shape: ndim non-negative ints."""
+def shape_like(shape, name, array_name=None):
+    """A user-given shape as a tuple of ints (any length), refusing with a
+    TypeError an array (or a string) passed where its shape belongs."""
+    hint = f"; pass {array_name}.shape" if array_name else ""
+    if isinstance(shape, (str, bytes)):
+        raise TypeError(f"{name} must be a shape tuple, got {summarize(shape)}")
+    if isinstance(shape, np.ndarray) and (shape.ndim != 1 or shape.dtype.kind not in "iu"):
+        raise TypeError(f"{name} must be a shape tuple, got {summarize(shape)}{hint}")
     try:
         dims = tuple(shape)
     except TypeError:
-        raise TypeError(f"{name} must be a tuple of {ndim} ints, got {shape!r}") from None
-    if len(dims) != ndim or not all(hasattr(d, "__index__") and not isinstance(d, bool)
-                                    for d in dims):
-        raise ValueError(f"{name} must be a tuple of {ndim} ints, got {shape!r}")
+        raise TypeError(f"{name} must be a shape tuple, got {summarize(shape)}") from None
+    if not all(hasattr(d, "__index__") and not isinstance(d, bool) for d in dims):
+        if any(np.ndim(d) > 0 for d in dims):  # nested sequences: an array's values
+            raise TypeError(f"{name} must be a shape tuple, got {summarize(shape)}{hint}")
+        raise TypeError(f"{name} must be a shape tuple of ints, got {summarize(shape)}")
+    return tuple(int(d) for d in dims)
+
+
+def shape_tuple(shape, name, ndim, array_name=None, layout=""):
+    """A user-given shape: ndim non-negative ints."""
+    dims = shape_like(shape, name, array_name)
+    if len(dims) != ndim:
+        raise ValueError(f"{name} must be a tuple of {ndim} ints{layout}, got {summarize(shape)}")
     dims = tuple(int(d) for d in dims)
     if min(dims) < 0:
         raise ValueError(f"{name} must not have negative sizes, got {dims}")

@@ -332,8 +332,11 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
     >>> plan.method, plan.workspace_bytes <= 64 * 2**20
     ('mapped', True)
     """
+    from fastconv._params import shape_like
+    x_shape = shape_like(x_shape, "x_shape", "x")
+    weight_shape = shape_like(weight_shape, "weight_shape", "w")
     geometry = conv_geometry(x_shape, weight_shape, stride=stride, padding=padding,
-                             dilation=dilation, groups=groups)
+                             dilation=dilation, groups=groups, flip=flip)
     return plan_conv(geometry, _plan_dtype(dtype), flip=flip, method=method,
                      memory_limit=memory_limit, num_threads=num_threads, measure=measure,
                      kind=kind)

@@ -11,12 +11,13 @@ transposed convolution is the input gradient with the roles of input and
 output exchanged.
 """
 import dataclasses
+import operator
 
 import numpy as np
 
 from fastconv._execute import check_out
 from fastconv._params import (as_array, check_bias, conv_geometry, int_tuple, padding_pairs,
-                              resolve_dtypes, shape_tuple)
+                              resolve_dtypes, shape_like, shape_tuple, summarize)
 from fastconv._plan import plan_conv
 
 __all__ = ["conv1d", "conv2d", "conv1d_input_grad", "conv2d_input_grad", "conv1d_weight_grad",
@@ -37,17 +38,115 @@ def _run(plan, operands, result, out):
     return out
 
 
+def _check_bias_arg(bias, fn):
+    """A string where the bias goes is padding given positionally."""
+    if isinstance(bias, (str, bytes)):
+        raise TypeError(
+            f"bias got {summarize(bias)}: padding and the other options are keyword-only; "
+            f"write fastconv.{fn}(x, w, padding={bias!r})")
+
+
+def _spatial_names(n):
+    return "L" if n == 1 else "H, W"
+
+
+def _int_or_none(value):
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        return None
+    return operator.index(value)
+
+
+def _channels_last_hint(x, channels, n, batched):
+    """The hint for an array laid out channels-last by mistake ('' if it is not one)."""
+    caxis = 1 if batched else 0
+    if channels is None or x.ndim < caxis + 1 + n or x.shape[caxis] == channels \
+            or x.shape[-1] != channels:
+        return ""
+    order = (0, n + 1) + tuple(range(1, n + 1)) if batched else (n,) + tuple(range(n))
+    layout = f"(N, {_spatial_names(n)}, C)" if batched else f"({_spatial_names(n)}, C)"
+    return (f"; channels-last {layout}? fastconv takes channels first: "
+            f"use x.transpose{order}")
+
+
+def _forward_layout(x, weight, n, groups, fn):
+    """Whether x is one unbatched example (C, *spatial), as PyTorch accepts;
+    for the usual mistakes (a plain image and kernel, channels-last, a
+    missing axis) a ValueError saying what to write."""
+    sp = _spatial_names(n)
+    g = _int_or_none(groups)
+    channels = weight.shape[1] * g if weight.ndim == n + 2 and g is not None and g >= 1 else None
+    layouts = f"{n + 2}-D (N, C, {sp}) or {n + 1}-D unbatched (C, {sp})"
+    if x.ndim == n and weight.ndim == n:
+        axes = "None, " * 2
+        raise ValueError(
+            f"x has shape {x.shape} and weight {weight.shape}: a single-channel "
+            f"{'image (H, W)' if n == 2 else 'signal (L,)'} and kernel? use "
+            f"fastconv.{fn}(x[{axes[:-2]}], w[{axes[:-2]}])[0, 0], or pass x as {layouts} "
+            f"and weight as (K, C/groups, {'R, S' if n == 2 else 'S'})")
+    if x.ndim == n:
+        hint = ""
+        if channels == 1:
+            hint = f"; a single-channel {'image' if n == 2 else 'signal'}? use fastconv.{fn}(x[None], w)[0]"
+        raise ValueError(f"x must be {layouts}, got shape {x.shape} (weight of shape "
+                         f"{weight.shape}){hint}")
+    if x.ndim != n + 1 or weight.ndim != n + 2:
+        return False
+    if channels is not None and x.shape[0] != channels:
+        hint = _channels_last_hint(x, channels, n, batched=False)
+        if not hint and channels == 1:
+            hint = (f"; a batch of single-channel {'images (N, H, W)' if n == 2 else 'signals (N, L)'}? "
+                    f"use fastconv.{fn}(x[:, None], w)")
+        raise ValueError(
+            f"x must be {n + 2}-D (N, C, {sp}), or {n + 1}-D unbatched (C, {sp}) with C = "
+            f"weight.shape[1] * groups = {channels}; got shape {x.shape} for weight of shape "
+            f"{weight.shape}{hint}")
+    return True
+
+
+def _geometry(x_shape, w_shape, hint, **kwargs):
+    """conv_geometry, with a layout hint added to its ValueError."""
+    try:
+        return conv_geometry(x_shape, w_shape, **kwargs)
+    except ValueError as exc:
+        if not hint:
+            raise
+        raise ValueError(f"{exc}{hint}") from None
+
+
+def _unbatched_out(out, n, shape=None):
+    """out for an unbatched call: given (K, *spatial), the kernels write
+    out[None]; shape (the unbatched result's, when known) is checked first so
+    that a message names the shapes the caller sees."""
+    if not isinstance(out, np.ndarray):
+        return out
+    if shape is not None and out.shape != tuple(shape):
+        raise ValueError(f"out has shape {out.shape}, but the result has shape {tuple(shape)}")
+    return out[None] if out.ndim == n + 1 else out
+
+
 def _conv(x, weight, bias, spatial_dims, stride, padding, dilation, groups, flip,
           method, memory_limit, num_threads, out):
+    fn = "conv1d" if spatial_dims == 1 else "conv2d"
+    _check_bias_arg(bias, fn)
     x = as_array(x, "x")
     weight = as_array(weight, "weight")
     bias = None if bias is None else as_array(bias, "bias")
     compute, result = resolve_dtypes(x=x, weight=weight, bias=bias)
-    geometry = conv_geometry(x.shape, weight.shape, stride=stride, padding=padding,
-                             dilation=dilation, groups=groups, spatial_dims=spatial_dims)
+    unbatched = _forward_layout(x, weight, spatial_dims, groups, fn)
+    hint = ""
+    if unbatched:
+        x = x[None]
+    elif weight.ndim == spatial_dims + 2 and _int_or_none(groups):
+        hint = _channels_last_hint(x, weight.shape[1] * _int_or_none(groups), spatial_dims, True)
+    geometry = _geometry(x.shape, weight.shape, hint, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, spatial_dims=spatial_dims, flip=flip)
     plan = plan_conv(geometry, compute, flip=flip, method=method,
                      memory_limit=memory_limit, num_threads=num_threads)
-    return _run(plan, (x, weight, bias), result, out)  # checks bias against the plan
+    if not unbatched:
+        return _run(plan, (x, weight, bias), result, out)  # checks bias against the plan
+    y = _run(plan, (x, weight, bias), result,
+             _unbatched_out(out, spatial_dims, plan.output_shape[1:]))
+    return out if out is not None else y[0]
 
 
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
@@ -57,16 +156,19 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 
     Parameters
     ----------
-    x : array_like, shape (N, C, H, W)
+    x : array_like, shape (N, C, H, W), or (C, H, W) unbatched
         Any layout: strided, transposed, reversed and read-only arrays are read
-        in place; other dtypes are converted.
+        in place; other dtypes are converted. An unbatched x (as PyTorch
+        accepts) gives an unbatched result (K, Ho, Wo).
     weight : array_like, shape (K, C/groups, R, S)
     bias : array_like, shape (K,), optional
     stride, dilation : int or (int, int)
         >= 1.
     padding : int, (ph, pw), ((top, bottom), (left, right)), or "valid", "same", "full"
         "same" keeps H x W (stride 1 only; an odd total pads one more at the
-        bottom/right); "full" pads dilation*(k-1) on every side.
+        bottom/right, as PyTorch and ``scipy.signal.correlate2d``, or with
+        ``flip=True`` at the top/left, as ``scipy.signal.convolve2d`` and
+        ``np.convolve``); "full" pads dilation*(k-1) on every side.
     groups : int
         C and K must both be divisible by it; each group is its own GEMM.
     flip : bool
@@ -89,7 +191,7 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 
     Returns
     -------
-    ndarray, shape (N, K, Ho, Wo)
+    ndarray, shape (N, K, Ho, Wo), or (K, Ho, Wo) for an unbatched x
         C-contiguous; dtype is the np.result_type of the inputs (integer and
         bool inputs count as float64). Ho = floor((H + pads - dilation*(R-1) - 1)
         / stride) + 1.
@@ -121,7 +223,7 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 
     Parameters
     ----------
-    x : array_like, shape (N, C, L)
+    x : array_like, shape (N, C, L), or (C, L) unbatched
     weight : array_like, shape (K, C/groups, S)
     bias : array_like, shape (K,), optional
     stride, dilation : int or (int,)
@@ -131,7 +233,7 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 
     Returns
     -------
-    ndarray, shape (N, K, Lo)
+    ndarray, shape (N, K, Lo), or (K, Lo) for an unbatched x
 
     Examples
     --------
@@ -152,20 +254,58 @@ def _gradient(kind, array, shape, grad_output, spatial_dims, stride, padding, di
     gradient (array = x, shape = the weight's): validate -> plan -> run."""
     array_name, shape_name = (("weight", "input_shape") if kind == "input_grad"
                               else ("x", "weight_shape"))
+    n = spatial_dims
+    sp = _spatial_names(n)
     array = as_array(array, array_name)
     grad_output = as_array(grad_output, "grad_output")
     compute, result = resolve_dtypes(**{array_name: array, "grad_output": grad_output})
-    shape = shape_tuple(shape, shape_name, spatial_dims + 2)
-    x_shape, w_shape = (shape, array.shape) if kind == "input_grad" else (array.shape, shape)
+    if kind == "input_grad":
+        # unbatched as grad_output is: input_shape (C, *spatial), grad_output (K, *out)
+        unbatched = grad_output.ndim == n + 1
+        dims = shape_like(shape, shape_name, "x")
+        layout = f" (C, {sp}), as grad_output of shape {grad_output.shape} is unbatched" \
+            if unbatched else f" (N, C, {sp})"
+        hint = ""
+        if not unbatched and len(dims) == n + 1:
+            hint = (f"; missing the batch axis? an unbatched input_shape (C, {sp}) goes with "
+                    f"an unbatched grad_output (K, ...), got grad_output of shape "
+                    f"{grad_output.shape}: pass (1, *input_shape) or grad_output[0]")
+        try:
+            shape = shape_tuple(dims, shape_name, n + 1 if unbatched else n + 2, layout=layout)
+        except ValueError as exc:
+            raise ValueError(f"{exc}{hint}") from None
+        batched_array, x_shape = array, ((1,) + shape if unbatched else shape)
+        w_shape = array.shape
+    else:
+        # unbatched as x is: x (C, *spatial), grad_output (K, *out)
+        unbatched = array.ndim == n + 1
+        shape = shape_tuple(shape, shape_name, n + 2, "w",
+                            layout=f" (K, C/groups, {'R, S' if n == 2 else 'S'})")
+        batched_array = array[None] if unbatched else array
+        x_shape, w_shape = batched_array.shape, shape
     geometry = conv_geometry(x_shape, w_shape, stride=stride, padding=padding,
-                             dilation=dilation, groups=groups, spatial_dims=spatial_dims)
-    if grad_output.shape != geometry.output_shape:
+                             dilation=dilation, groups=groups, spatial_dims=n, flip=flip)
+    expected = geometry.output_shape[1:] if unbatched else geometry.output_shape
+    if grad_output.shape != expected:
+        hint = ""
+        if unbatched and grad_output.shape == geometry.output_shape:
+            hint = f"; x is unbatched (C, {sp}): pass x[None], or grad_output[0]"
+        elif not unbatched and grad_output.shape == expected[1:]:
+            hint = "; missing the batch axis? pass grad_output[None]"
+        shown = ((array.shape if kind == "weight_grad" else shape), w_shape) if unbatched \
+            else (x_shape, w_shape)
         raise ValueError(
-            f"grad_output must have the convolution's output shape {geometry.output_shape} "
-            f"(x {x_shape}, weight {w_shape}), got shape {grad_output.shape}")
+            f"grad_output must have the convolution's output shape {expected} "
+            f"(x {shown[0]}, weight {shown[1]}), got shape {grad_output.shape}{hint}")
     plan = plan_conv(geometry, compute, flip=flip, method=method, memory_limit=memory_limit,
                      num_threads=num_threads, kind=kind)
-    return _run(plan, (array, grad_output), result, out)
+    if not unbatched:
+        return _run(plan, (array, grad_output), result, out)
+    operands = (array, grad_output[None]) if kind == "input_grad" else (batched_array, grad_output[None])
+    if kind == "weight_grad":  # the weight gradient has the weight's shape either way
+        return _run(plan, operands, result, out)
+    y = _run(plan, operands, result, _unbatched_out(out, n, plan.output_shape[1:]))
+    return out if out is not None else y[0]
 
 
 def conv2d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, dilation=1,
@@ -186,7 +326,8 @@ def conv2d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, 
     Parameters
     ----------
     input_shape : tuple of int
-        (N, C, H, W) of the convolution's input.
+        (N, C, H, W) of the convolution's input, or (C, H, W) with an
+        unbatched grad_output (K, Ho, Wo).
     weight : array_like, shape (K, C/groups, R, S)
     grad_output : array_like, shape (N, K, Ho, Wo)
         Gradient of the loss with respect to the convolution's output.
@@ -236,7 +377,8 @@ def conv2d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
     Parameters
     ----------
     x : array_like, shape (N, C, H, W)
-        The convolution's input (any layout, as in :func:`conv2d`).
+        The convolution's input (any layout, as in :func:`conv2d`); or (C, H,
+        W) unbatched, with grad_output (K, Ho, Wo).
     weight_shape : tuple of int
         (K, C/groups, R, S).
     grad_output : array_like, shape (N, K, Ho, Wo)
@@ -325,23 +467,49 @@ def conv1d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
 
 def _conv_transpose(x, weight, bias, spatial_dims, stride, padding, output_padding, groups,
                     dilation, method, memory_limit, num_threads, out):
+    fn = "conv_transpose1d" if spatial_dims == 1 else "conv_transpose2d"
+    _check_bias_arg(bias, fn)
     x = as_array(x, "x")
     weight = as_array(weight, "weight")
     bias = None if bias is None else as_array(bias, "bias")
     compute, result = resolve_dtypes(x=x, weight=weight, bias=bias)
     n = spatial_dims
+    sp = _spatial_names(n)
     layout, wlayout = ("(N, C_in, L)", "(C_in, C_out/groups, S)") if n == 1 else (
         "(N, C_in, H, W)", "(C_in, C_out/groups, R, S)")
-    if x.ndim != n + 2:
-        raise ValueError(f"x must be {n + 2}-D {layout}, got shape {x.shape}")
     if weight.ndim != n + 2:
         raise ValueError(f"weight must be {n + 2}-D {wlayout}, got shape {weight.shape}")
+    # unbatched (C_in, *spatial), as PyTorch accepts
+    unbatched = x.ndim == n + 1
+    if unbatched and x.shape[0] != weight.shape[0]:
+        raise ValueError(
+            f"x must be {n + 2}-D {layout}, or {n + 1}-D unbatched (C_in, {sp}) with C_in = "
+            f"weight.shape[0] = {weight.shape[0]}; got shape {x.shape} for weight of shape "
+            f"{weight.shape}{_channels_last_hint(x, weight.shape[0], n, batched=False)}")
+    if x.ndim != n + 2 and not unbatched:
+        raise ValueError(f"x must be {n + 2}-D {layout} or {n + 1}-D unbatched (C_in, {sp}), "
+                         f"got shape {x.shape}")
+    given_out = out
+    if unbatched:
+        x = x[None]
+        out = _unbatched_out(out, n)
     if weight.shape[0] != x.shape[1]:
         raise ValueError(f"weight.shape[0] must be C_in = {x.shape[1]} (x of shape {x.shape}); "
-                         f"got weight of shape {weight.shape}, laid out {wlayout}")
+                         f"got weight of shape {weight.shape}, laid out {wlayout}"
+                         f"{_channels_last_hint(x, weight.shape[0], n, batched=True)}")
     if isinstance(padding, str):
         raise ValueError(f"padding={padding!r}: a transposed convolution takes numeric padding "
                          "(the padding of the convolution it transposes)")
+    y = _conv_transpose_batched(x, weight, bias, n, stride, padding, output_padding, groups,
+                                dilation, method, memory_limit, num_threads, out, compute,
+                                result)
+    if not unbatched:
+        return y
+    return given_out if given_out is not None else y[0]
+
+
+def _conv_transpose_batched(x, weight, bias, n, stride, padding, output_padding, groups,
+                            dilation, method, memory_limit, num_threads, out, compute, result):
     groups, = int_tuple(groups, "groups", 1, 1)
     stride = int_tuple(stride, "stride", n, 1)
     dilation = int_tuple(dilation, "dilation", n, 1)
@@ -356,7 +524,7 @@ def _conv_transpose(x, weight, bias, spatial_dims, stride, padding, output_paddi
                      in zip(x.shape[2:], stride, pads, dilation, kernel, output_padding))
     if min(out_size, default=1) < 1:
         raise ValueError(f"x of shape {x.shape} with weight {weight.shape}, stride {stride}, "
-                         f"padding {padding!r} and dilation {dilation} gives an empty output "
+                         f"padding {summarize(padding)} and dilation {dilation} gives an empty output "
                          f"of size {out_size}")
     out_shape = (x.shape[0], weight.shape[1] * groups) + out_size
     # the convolution whose input gradient this is: input out_shape, output x
@@ -400,7 +568,7 @@ def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
 
     Parameters
     ----------
-    x : array_like, shape (N, C_in, H, W)
+    x : array_like, shape (N, C_in, H, W), or (C_in, H, W) unbatched
     weight : array_like, shape (C_in, C_out/groups, R, S)
         PyTorch's layout for transposed convolutions.
     bias : array_like, shape (C_out,), optional

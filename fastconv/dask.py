@@ -163,7 +163,7 @@ def _checked_geometry(kind, x_shape, weight_shape, batch_chunks, dtype, spatial_
     and not in a worker; returns the geometry of that block."""
     largest = max((int(c) for c in batch_chunks if not np.isnan(c)), default=1)
     geometry = conv_geometry((max(largest, 1),) + tuple(x_shape[1:]), weight_shape,
-                             spatial_dims=spatial_dims, **options)
+                             spatial_dims=spatial_dims, flip=flip, **options)
     plan_conv(geometry, dtype, flip=flip, method=method, memory_limit=memory_limit,
               num_threads=1 if num_threads is None else num_threads, kind=kind)
     return geometry

@@ -90,12 +90,9 @@ def test_single_channel_matches_scipy_signal(mode, flip, method):
                           method=method)[0, 0]
     scipy_fn = signal.convolve2d if flip else signal.correlate2d
     if mode == "same":
-        # scipy centres an even kernel differently from PyTorch's 'same'
-        # (extra padding at the bottom/right): take PyTorch's window of the
-        # full result; odd kernels are compared with scipy's 'same' below
-        spans = [k - 1 for k in kernel.shape]
-        top, left = [s - s // 2 for s in spans]
-        expected = scipy_fn(image, kernel, mode="full")[top:top + 11, left:left + 9]
+        # an even kernel's extra padding goes bottom/right without flip (PyTorch,
+        # correlate2d) and top/left with flip (convolve2d): both are scipy's 'same'
+        expected = scipy_fn(image, kernel, mode="same")
     else:
         expected = scipy_fn(image, kernel, mode=mode)
     assert_close(out, expected, np.float64)

@@ -15,7 +15,9 @@ def _raises(exc, match, *args, fn=fastconv.conv2d, **kwargs):
 
 
 @pytest.mark.parametrize("x, w, match", [
-    (np.zeros((4, 8, 8)), W, r"x must be 4-D .*\(4, 8, 8\)"),
+    # 3-D is an unbatched (C, H, W) image, as in PyTorch: wrong only if C does not match
+    (np.zeros((3, 8, 8)), W, r"x must be 4-D .*\(3, 8, 8\)"),
+    (np.zeros((8, 8)), W, r"x must be 4-D .*\(8, 8\)"),
     (np.zeros((1, 2, 4, 8, 8)), W, r"x must be 4-D"),
     (X, np.zeros((6, 4, 3)), r"weight must be 4-D .*\(6, 4, 3\)"),
     (X, np.zeros((6, 3, 3, 3)), r"weight.shape\[1\] must be C/groups .*\(2, 4, 8, 8\).*\(6, 3, 3, 3\)"),
