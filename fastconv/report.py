@@ -315,6 +315,19 @@ def _measure_tradeoff(spec):
     return dict(points=points)
 
 
+# Setting any of these turns glibc's dynamic mmap threshold off, so that the
+# warm-up cannot put the child in a long-running program's state (dask's
+# LocalCluster sets MALLOC_TRIM_THRESHOLD_ in its parent's environment).
+_STATIC_MALLOC_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
+                           "MALLOC_MMAP_MAX_")
+
+
+def child_environment():
+    """The environment of a measuring child: this one, less the malloc
+    settings that would freeze glibc's mmap threshold."""
+    return {k: v for k, v in os.environ.items() if k not in _STATIC_MALLOC_SETTINGS}
+
+
 def measure_case(spec):
     """Run one case in a fresh interpreter (importing this very fastconv, from
     an empty folder) and return its figures: times, first_call, peak_growth,
@@ -332,7 +345,8 @@ def measure_case(spec):
     with tempfile.TemporaryDirectory() as empty:
         try:
             proc = subprocess.run([sys.executable, "-c", _CHILD.format(root=root), json.dumps(spec)],
-                                  capture_output=True, text=True, cwd=empty, timeout=CHILD_TIMEOUT)
+                                  capture_output=True, text=True, cwd=empty, timeout=CHILD_TIMEOUT,
+                                  env=child_environment())
         except subprocess.TimeoutExpired:
             return dict(error=f"timed out after {CHILD_TIMEOUT} s")
     if proc.returncode != 0:

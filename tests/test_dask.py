@@ -510,7 +510,7 @@ def test_block_guidance_on_a_cluster(client):
 
 def _plain_call_threads():
     import fastconv as fc
-    return fd._worker_default_threads(), fc.plan_conv2d((1, 1, 4, 4), (1, 1, 1, 1)).num_threads
+    return fd._worker_default_threads(), fc.plan_conv2d((4, 8, 16, 16), (8, 8, 3, 3)).num_threads
 
 
 @pytest.fixture(scope="module")

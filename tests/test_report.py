@@ -159,7 +159,8 @@ def test_only_a_freed_block_under_32_mib_raises_the_threshold(block, raised):
     32 MiB: a 64 MiB block does not (why the child frees just under 32 MiB)."""
     code = (f"from fastconv.report import warm_allocator as w; r = w({block}); "
             f"print(r['block_was_mmapped'], r['threshold_raised'])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=report.child_environment())
     assert proc.stdout.split() == ["True", str(raised)]
 
 
