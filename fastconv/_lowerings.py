@@ -95,6 +95,10 @@ class Lowering:
         """{name: (shape, dtype)} of the call's workspace with `threads` threads."""
         raise NotImplementedError
 
+    def needed_bytes(self, planner):
+        """The least workspace any plan of this lowering needs."""
+        return 0
+
     def too_small(self, planner):
         """The WorkspaceLimitError message when no plan of this lowering fits."""
         raise NotImplementedError
@@ -369,9 +373,12 @@ class Stretch(_Gemm):
             plans += [one] if one is not None else []
         return plans
 
+    def needed_bytes(self, planner):
+        return self.bytes_for(planner, planner.g.cols)
+
     def too_small(self, planner):
         g = planner.g
-        needed = self.bytes_for(planner, g.cols)
+        needed = self.needed_bytes(planner)
         return (f"method='stretch' needs {needed} bytes ({format_bytes(needed)}) of workspace "
                 f"for one whole {g.rows}x{g.cols} im2col matrix, above memory_limit "
                 f"{planner.limit} bytes ({format_bytes(planner.limit)}); use method='mapped' "
@@ -447,13 +454,128 @@ class Mapped(_Gemm):
                     return plan
         return None
 
+    def needed_bytes(self, planner):
+        return self.bytes_for(planner, min(planner.tuning.tile_floor_cols, planner.g.cols))
+
     def too_small(self, planner):
         g = planner.g
         floor = min(planner.tuning.tile_floor_cols, g.cols)
-        needed = self.bytes_for(planner, floor)
+        needed = self.needed_bytes(planner)
         return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "
                 f"small: the narrowest efficient mapped tile ({floor} columns x {g.rows} rows, "
                 f"one thread) needs {needed} bytes ({format_bytes(needed)})")
+
+
+# --------------------------------------------------------------------------
+# fastconv's own GEMM: packing the B panel is the index map
+
+@dataclasses.dataclass(frozen=True)
+class FusedBlocking:
+    """The fused GEMM's blocks: kc rows of the stretched matrix (depth), nc
+    columns, mc filters per packed block, and the micro-kernel's ISA."""
+    kc: int
+    nc: int
+    mc: int
+    isa: str
+
+
+def fused_isa(requested=None):
+    """The fused kernels' instruction set: `requested` (Tuning.isa), else
+    FASTCONV_ISA, else the best this CPU and build run. A forced set the CPU
+    cannot run is an error naming the ones it can."""
+    import os
+    from fastconv._kernels import fused
+    supported = fused.supported_isas()
+    wanted = requested or os.environ.get("FASTCONV_ISA", "").strip().lower() or None
+    if wanted is None:
+        return supported[0]
+    if wanted not in supported:
+        raise ValueError(f"FASTCONV_ISA={wanted!r} is not one this CPU and build run: "
+                         f"{supported}")
+    return wanted
+
+
+class Fused(Lowering):
+    """fastconv's own GEMM in the BLIS structure (NC, KC, MC blocks; weights
+    packed once into MR-row panels; an MR x NR register-blocked micro-kernel
+    with FMA per ISA), where packing each KC x NC panel of the stretched
+    matrix *is* the gather through the index map: no im2col buffer and no
+    second copy by BLAS; bias and the store into the output fused into the
+    micro-kernel (fastconv/_kernels/fused.pyx, _fused_*.h)."""
+    name = "fused"
+    kernel = "fused"
+
+    def unsuitable(self, g):
+        return None if self.kind == "forward" else "is for the forward pass only"
+
+    def propose(self, planner, forced):
+        from fastconv._kernels import fused
+        isa = fused_isa(planner.tuning.isa)
+        defaults = fused.blocking(planner.dtype, isa)
+        nr = defaults["NR"]
+        kc, nc, mc = defaults["KC"], defaults["NC"], defaults["MC"]
+        threads = planner.threads if _machine.openmp_enabled() else 1
+        reason = (f"fastconv's own GEMM ({isa} micro-kernel {defaults['MR']}x{nr}), "
+                  "panels gathered through the index map")
+        while True:
+            plan = planner.plan(self, FusedBlocking(kc, nc, mc, isa), threads, 1, reason)
+            if plan.workspace_bytes <= planner.limit:
+                return plan
+            # a tighter limit: narrower panels, then shallower ones, then one thread
+            if nc > nr:
+                nc = max(nr, nc // 2 // nr * nr)
+            elif kc > 16:
+                kc = max(16, kc // 2)
+            elif threads > 1:
+                threads = 1
+            else:
+                return None
+
+    def cost(self, plan, tuning):
+        g = plan.geometry
+        m, _, k = self.gemm_shape(plan)
+        thin = max(1.0, tuning.gemm_full_rate_dim / max(1, min(m, k)))
+        deep = (g.R * g.S > 1 and g.rows >= tuning.fused_min_depth
+                and g.cols >= tuning.fused_min_cols)
+        rate = tuning.fused_rate if deep else tuning.fused_shallow_rate
+        return plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads * rate) * thin
+
+    # the same GEMM shapes as the BLAS lowerings' forward pass
+    def gemm_shape(self, plan):
+        g = plan.geometry
+        return (g.K // g.groups, g.cols, g.rows)
+
+    def buffers(self, g, dtype, blocking, threads):
+        from fastconv._kernels import fused
+        packed, per_thread = fused.buffer_sizes(g.K, g.rows, g.groups, blocking.kc, blocking.nc,
+                                                dtype, blocking.isa)
+        return {"packed_weight": ((packed,), dtype), "workspace": ((threads, per_thread), dtype)}
+
+    def needed_bytes(self, planner):
+        from fastconv._kernels import fused
+        isa = fused_isa(planner.tuning.isa)
+        nr = fused.blocking(planner.dtype, isa)["NR"]
+        return buffer_bytes(self.buffers(planner.g, planner.dtype,
+                                         FusedBlocking(16, nr, 1, isa), 1))
+
+    def too_small(self, planner):
+        needed = self.needed_bytes(planner)
+        return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "
+                f"small: the fused lowering (packed weights, smallest panel, one thread) "
+                f"needs {needed} bytes ({format_bytes(needed)})")
+
+    def describe(self, plan):
+        b = plan.blocking
+        m, n, k = self.gemm_shape(plan)
+        return (f"fused GEMMs {m}x{k} @ {k}x{n} (own {b.isa} micro-kernel; KC {b.kc}, "
+                f"NC {b.nc}, MC {b.mc})")
+
+    def run(self, plan, ops, bufs, threads):
+        from fastconv._kernels import fused
+        g, b = plan.geometry, plan.blocking
+        fused.conv2d_fused(ops.x, ops.filters, ops.bias, ops.out, bufs["packed_weight"],
+                           bufs["workspace"], *g.kernel_args, g.groups, plan.flip,
+                           b.kc, b.nc, b.mc, b.isa, threads)
 
 
 # --------------------------------------------------------------------------
@@ -523,7 +645,7 @@ class Depthwise(Lowering):
 # --------------------------------------------------------------------------
 # the table: per kind, the entries in order of preference when costs tie
 
-TABLE = {kind: (Gemm1x1(kind), Stretch(kind), Mapped(kind), Depthwise(kind))
+TABLE = {kind: (Gemm1x1(kind), Stretch(kind), Mapped(kind), Fused(kind), Depthwise(kind))
          for kind in KINDS}
 
 

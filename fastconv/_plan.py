@@ -210,9 +210,9 @@ def _choose(g, dtype, flip, method, limit, threads, kind, tuning):
     plans = [(lowering.cost(plan, tuning), i, plan)
              for i, (lowering, plan) in enumerate(proposals) if plan is not None]
     if not plans:
-        # the last entry is the one with the smallest footprint: its message
-        # says what the narrowest plan would need
-        raise WorkspaceLimitError(lowerings[-1].too_small(planner))
+        # the message of the lowering that would need the least
+        smallest = min(lowerings, key=lambda lowering: lowering.needed_bytes(planner))
+        raise WorkspaceLimitError(smallest.too_small(planner))
     return min(plans, key=lambda t: t[:2])[2]
 
 
@@ -330,7 +330,7 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
     >>> plan = fastconv.plan_conv2d((16, 64, 224, 224), (64, 64, 3, 3), padding=1,
     ...                             memory_limit="64MiB")
     >>> plan.method, plan.workspace_bytes <= 64 * 2**20
-    ('mapped', True)
+    ('fused', True)
     """
     from fastconv._params import shape_like
     x_shape = shape_like(x_shape, "x_shape", "x")

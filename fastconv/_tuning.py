@@ -51,6 +51,23 @@ class Tuning:
     # on mobilenet_dw_3x3, fp32: 0.6; at 1 filter per group it took 0.13-0.78x
     # mapped's time, at 32 filters per group 2.9x stretch's).
     direct_rate: float = 0.5
+    # The fused lowering's instruction set: None for FASTCONV_ISA if set,
+    # else the best this CPU runs ("avx512", "avx2", "generic").
+    isa: object = None
+    # The fused lowering's rate against the BLAS GEMM lowerings'. Measured
+    # side by side (fp32, 2 threads, fused time / best of mapped and
+    # stretch): ResNet-50 2a 3x3 0.77, 3b 0.81, 4b 0.86, 5b 1.00, 3a 3x3/2
+    # 0.87, stem 7x7/2 0.91, VGG-16 conv1_2 0.74, 3_2 0.86, dilated 0.78,
+    # fp64 2a 0.86; but paper_mnist (depth 9) 1.30 and the 1x1/2 projection
+    # 1.31: below fused_min_depth rows, or for a 1x1 kernel, its rate is
+    # fused_shallow_rate.
+    fused_rate: float = 1.15
+    fused_min_depth: int = 64
+    # ResNet-50 5b (7x7 maps, 49 columns) ran alike fused and with the BLAS
+    # lowering's 4 images per GEMM: below this many columns, the smaller
+    # workspace (no packed copy of the weights) decides
+    fused_min_cols: int = 64
+    fused_shallow_rate: float = 0.75
 
 
 _lock = threading.Lock()

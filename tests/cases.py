@@ -11,11 +11,15 @@ from fastconv._lowerings import general_methods
 # editing this list; special-purpose ones (1x1, depthwise) have tests of
 # their own.
 METHODS = list(general_methods())
+# the lowerings that compute both gradients of any convolution
+GRADIENT_METHODS = [m for m in general_methods("input_grad") if m in general_methods("weight_grad")]
 DTYPES = [np.float32, np.float64]
 
 
 @st.composite
-def conv_cases(draw):
+def conv_cases(draw, methods=None):
+    """A random convolution; its method is drawn from `methods` (default:
+    the general forward lowerings) or "auto"."""
     groups = draw(st.integers(1, 3))
     c_group = draw(st.integers(1, 3))
     k_group = draw(st.integers(1, 3))
@@ -29,7 +33,7 @@ def conv_cases(draw):
         N=draw(st.integers(1, 3)), C=groups * c_group, K=groups * k_group, H=H, W=W,
         R=R, S=S, groups=groups, stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
         padding=pads, dilation=(dh, dw), bias=draw(st.booleans()), flip=draw(st.booleans()),
-        dtype=draw(st.sampled_from(DTYPES)), method=draw(st.sampled_from(METHODS + ["auto"])),
+        dtype=draw(st.sampled_from(DTYPES)), method=draw(st.sampled_from((methods or METHODS) + ["auto"])),
         threads=draw(st.sampled_from([1, 2, 3])),
         # tiny tiles make the mapped lowering cut rows of the output anywhere
         tile_bytes=draw(st.sampled_from([None, 1, 64, 300])),
@@ -45,6 +49,13 @@ def random_arrays(case):
     w = rng.standard_normal((case["K"], case["C"] // case["groups"], case["R"], case["S"])).astype(dtype)
     b = rng.standard_normal(case["K"]).astype(dtype) if case["bias"] else None
     return x, w, b
+
+
+def blas_rules():
+    """Plan as if the fused lowering were not in the table: the rules among
+    the BLAS lowerings (1x1, stretch, mapped), which it otherwise outbids on
+    deep layers."""
+    return _tuning.tuned(fused_rate=1e-9, fused_shallow_rate=1e-9)
 
 
 def small_tiles(tile_bytes):

@@ -52,7 +52,8 @@ def test_context_restores_on_error():
 
 def test_config_reaches_the_planner():
     shape, wshape = (4, 64, 56, 56), (64, 64, 3, 3)
-    with fastconv.config_context(memory_limit="4MiB", num_threads=1):
+    from cases import blas_rules
+    with fastconv.config_context(memory_limit="4MiB", num_threads=1), blas_rules():
         plan = fastconv.plan_conv2d(shape, wshape, padding=1)
         assert plan.method == "mapped" and plan.workspace_bytes <= 4 * 2**20
         assert plan.num_threads == 1

@@ -58,7 +58,9 @@ def test_limit_holds_in_a_fresh_process(tmp_path):
     whole_batch_columns = 16 * plan.geometry.rows * plan.geometry.cols * 4
     assert whole_batch_columns > 2**30  # the layer is worth the test
     result = _run_child("64MiB", tmp_path)
-    assert result["ok"] and result["method"] == "mapped"
+    # a lowering that never holds a whole stretched matrix (the tiles or
+    # panels of mapped or fused)
+    assert result["ok"] and result["method"] in ("mapped", "fused"), result
     assert result["workspace"] <= result["limit"] == 64 * 2**20
     assert result["growth"] <= result["out"] + result["limit"] + SLACK, result
     # the plan's own bound holds too, not only the limit
@@ -72,6 +74,9 @@ def test_workspace_is_released_when_not_kept_and_kept_within_the_limit():
     x = rng.standard_normal((2, 8, 40, 40))
     w = rng.standard_normal((8, 8, 3, 3))
     fastconv.conv2d(x, w, method="mapped")  # warm-up: caches and imports
+    fastconv.conv2d(x, w, method="mapped", memory_limit="100KiB")  # its plan, cached
+    with pytest.raises(ValueError):  # and this one's
+        fastconv.conv2d(x, w, np.ones(3), method="stretch")
     fastconv.release_workspace()
     tracemalloc.start()
     try:
@@ -82,10 +87,7 @@ def test_workspace_is_released_when_not_kept_and_kept_within_the_limit():
         del out
         with pytest.raises(ValueError):
             fastconv.conv2d(x, w, np.ones(3), method="stretch")
-        # what may stay: the new entries of the plan cache (a few hundred
-        # bytes each); the smallest workspace here, one 32-column tile of 72
-        # rows, is 18 KiB
-        assert tracemalloc.get_traced_memory()[0] - base <= 8192
+        assert tracemalloc.get_traced_memory()[0] - base <= 4096
         # kept (the default): what stays is this call's workspace, within its limit
         out = fastconv.conv2d(x, w, method="mapped", memory_limit="100KiB")
         plan = fastconv.plan_conv2d(x.shape, w.shape, x.dtype, method="mapped",

@@ -13,6 +13,7 @@ from fastconv._kernels.openmp_info import openmp_enabled
 requires_openmp = pytest.mark.skipif(not openmp_enabled(), reason="built without OpenMP")
 from fastconv import _lowerings, _tuning
 from reference import assert_close, conv2d_reference
+from cases import blas_rules
 
 
 @settings(max_examples=60, deadline=None)
@@ -67,49 +68,55 @@ def test_workspace_within_limit_and_really_allocated(N, C, K, H, W, R, stride, l
 
 @requires_openmp
 def test_choice_rules():
-    vgg = (16, 64, 224, 224), (64, 64, 3, 3)
-    assert fastconv.plan_conv2d(*vgg, padding=1, memory_limit="64MiB").method == "mapped"
-    # fits 1 GiB, but a 110 MiB matrix per image spills the cache: tiles
-    assert fastconv.plan_conv2d(*vgg, padding=1, memory_limit="1GiB").method == "mapped"
-    # ResNet-50 conv4: a 1.7 MiB matrix per image stays in cache: stretch
-    conv4 = fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1, num_threads=2)
-    assert conv4.method == "stretch" and conv4.blocking.images == 2  # 392-column GEMMs
-    # ResNet-50 conv5 (7x7): 4 images per GEMM, one batch per thread
-    conv5 = fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3), padding=1, num_threads=2)
-    assert conv5.method == "stretch" and conv5.blocking.images == 4 and conv5.kernel_threads == 2
-    assert conv5.lowering.gemm_shape(conv5) == (512, 196, 4608)
-    # one image, two threads: tiles for both threads rather than threaded BLAS
-    one = fastconv.plan_conv2d((1, 64, 28, 28), (64, 64, 3, 3), padding=1, num_threads=2)
-    assert one.method == "mapped" and one.kernel_threads == 2 and one.blas_threads == 1
-    assert fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1,
-                                memory_limit="3MiB").method == "mapped"
-    assert fastconv.plan_conv2d((8, 256, 56, 56), (64, 256, 1, 1)).method == "gemm1x1"
-    assert fastconv.plan_conv2d((8, 256, 56, 56), (64, 256, 1, 1), method="mapped").method == "mapped"
-    assert fastconv.plan_conv2d((8, 256, 56, 56), (512, 256, 1, 1), stride=2).method == "stretch"
+    # the fused lowering outbids the BLAS ones on deep layers
+    assert fastconv.plan_conv2d((16, 64, 224, 224), (64, 64, 3, 3), padding=1,
+                                memory_limit="64MiB").method == "fused"
+    with blas_rules():
+        vgg = (16, 64, 224, 224), (64, 64, 3, 3)
+        assert fastconv.plan_conv2d(*vgg, padding=1, memory_limit="64MiB").method == "mapped"
+        # fits 1 GiB, but a 110 MiB matrix per image spills the cache: tiles
+        assert fastconv.plan_conv2d(*vgg, padding=1, memory_limit="1GiB").method == "mapped"
+        # ResNet-50 conv4: a 1.7 MiB matrix per image stays in cache: stretch
+        conv4 = fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1, num_threads=2)
+        assert conv4.method == "stretch" and conv4.blocking.images == 2  # 392-column GEMMs
+        # ResNet-50 conv5 (7x7): 4 images per GEMM, one batch per thread
+        conv5 = fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3), padding=1, num_threads=2)
+        assert conv5.method == "stretch" and conv5.blocking.images == 4 and conv5.kernel_threads == 2
+        assert conv5.lowering.gemm_shape(conv5) == (512, 196, 4608)
+        # one image, two threads: tiles for both threads rather than threaded BLAS
+        one = fastconv.plan_conv2d((1, 64, 28, 28), (64, 64, 3, 3), padding=1, num_threads=2)
+        assert one.method == "mapped" and one.kernel_threads == 2 and one.blas_threads == 1
+        assert fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1,
+                                    memory_limit="3MiB").method == "mapped"
+        assert fastconv.plan_conv2d((8, 256, 56, 56), (64, 256, 1, 1)).method == "gemm1x1"
+        assert fastconv.plan_conv2d((8, 256, 56, 56), (64, 256, 1, 1), method="mapped").method == "mapped"
+        assert fastconv.plan_conv2d((8, 256, 56, 56), (512, 256, 1, 1), stride=2).method == "stretch"
 
 
 def test_plan_explains_itself():
-    plan = fastconv.plan_conv2d((16, 64, 224, 224), (64, 64, 3, 3), padding=1, memory_limit="64MiB")
-    text = repr(plan)
-    assert "mapped" in text and "64.0 MiB" in text and "> limit" in text
-    assert "GFLOP" in text and "columns x 1 image" in text
-    assert plan.output_shape == (16, 64, 224, 224)
-    assert plan.flops == 2 * 16 * 64 * 224 * 224 * 64 * 9
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        plan.method = "stretch"  # immutable
+    with blas_rules():
+        plan = fastconv.plan_conv2d((16, 64, 224, 224), (64, 64, 3, 3), padding=1, memory_limit="64MiB")
+        text = repr(plan)
+        assert "mapped" in text and "64.0 MiB" in text and "> limit" in text
+        assert "GFLOP" in text and "columns x 1 image" in text
+        assert plan.output_shape == (16, 64, 224, 224)
+        assert plan.flops == 2 * 16 * 64 * 224 * 224 * 64 * 9
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            plan.method = "stretch"  # immutable
 
 
 @requires_openmp
 def test_few_images_use_threaded_blas():
-    plan = fastconv.plan_conv2d((1, 64, 56, 56), (64, 64, 3, 3), padding=1, method="stretch",
-                                num_threads=2)
-    assert plan.kernel_threads == 1 and plan.blas_threads == 2
-    plan = fastconv.plan_conv2d((1, 64, 56, 56), (64, 64, 3, 3), padding=1, method="mapped",
-                                num_threads=2)
-    assert plan.kernel_threads == 2 and plan.blas_threads == 1  # tiles spread over threads
-    plan = fastconv.plan_conv2d((4, 64, 56, 56), (64, 64, 3, 3), padding=1, method="stretch",
-                                num_threads=2)
-    assert plan.kernel_threads == 2 and plan.blas_threads == 1
+    with blas_rules():
+        plan = fastconv.plan_conv2d((1, 64, 56, 56), (64, 64, 3, 3), padding=1, method="stretch",
+                                    num_threads=2)
+        assert plan.kernel_threads == 1 and plan.blas_threads == 2
+        plan = fastconv.plan_conv2d((1, 64, 56, 56), (64, 64, 3, 3), padding=1, method="mapped",
+                                    num_threads=2)
+        assert plan.kernel_threads == 2 and plan.blas_threads == 1  # tiles spread over threads
+        plan = fastconv.plan_conv2d((4, 64, 56, 56), (64, 64, 3, 3), padding=1, method="stretch",
+                                    num_threads=2)
+        assert plan.kernel_threads == 2 and plan.blas_threads == 1
 
 
 @pytest.mark.parametrize("method", ["stretch", "mapped"])
@@ -123,17 +130,18 @@ def test_stretch_and_mapped_agree_on_a_real_layer(method):
 
 @requires_openmp
 def test_tight_limit_uses_one_buffer_and_threaded_blas():
-    shape, wshape = (4, 64, 56, 56), (64, 64, 3, 3)
-    per_col = 64 * 9 * 4
-    table = _lowerings.buffer_bytes({"table": (_lowerings.row_table_shape(
-        fastconv.plan_conv2d(shape, wshape, padding=1).geometry), np.intp)})
-    # room for one 48-column tile, not two of the 32-column floor
-    limit = table + 48 * per_col
-    plan = fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit=limit, num_threads=2)
-    assert plan.method == "mapped" and plan.kernel_threads == 1 and plan.blas_threads == 2
-    assert plan.workspace_bytes <= limit and plan.blocking.tile_cols <= 48
-    with pytest.raises(fastconv.WorkspaceLimitError, match="needs"):
-        fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit=table + 16 * per_col)
+    with blas_rules():
+        shape, wshape = (4, 64, 56, 56), (64, 64, 3, 3)
+        per_col = 64 * 9 * 4
+        table = _lowerings.buffer_bytes({"table": (_lowerings.row_table_shape(
+            fastconv.plan_conv2d(shape, wshape, padding=1).geometry), np.intp)})
+        # room for one 48-column tile, not two of the 32-column floor
+        limit = table + 48 * per_col
+        plan = fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit=limit, num_threads=2)
+        assert plan.method == "mapped" and plan.kernel_threads == 1 and plan.blas_threads == 2
+        assert plan.workspace_bytes <= limit and plan.blocking.tile_cols <= 48
+        with pytest.raises(fastconv.WorkspaceLimitError, match="needs"):
+            fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit=table + 16 * per_col)
 
 
 def test_plans_are_cached_and_tuning_changes_are_seen():

@@ -1,0 +1,140 @@
+/* Micro-kernel dispatch of the fused lowering (fused.pyx).
+ *
+ * ISA codes: 0 = generic (portable C, always built), 1 = avx2 (AVX2 + FMA),
+ * 2 = avx512 (AVX-512F/VL + FMA). The x86 kernels are compiled with GCC/Clang
+ * target attributes, so the package is built without -march flags and still
+ * runs on CPUs without these instruction sets; fc_isa_available() asks the
+ * CPU (and, through libgcc, whether the OS saves the wide registers) at run
+ * time. Other compilers and architectures build the portable kernel only
+ * (as does -DFC_NO_X86_KERNELS, e.g. for a compiler without AVX-512 intrinsics).
+ */
+#ifndef FASTCONV_FUSED_KERNELS_H
+#define FASTCONV_FUSED_KERNELS_H
+
+#include <stddef.h>
+#include "_fused_generic.h"
+
+#if !defined(FC_NO_X86_KERNELS) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FC_HAVE_X86_KERNELS 1
+#include "_fused_avx2.h"
+#include "_fused_avx512.h"
+#else
+#define FC_HAVE_X86_KERNELS 0
+#endif
+
+#define FC_ISA_GENERIC 0
+#define FC_ISA_AVX2 1
+#define FC_ISA_AVX512 2
+
+typedef void (*fc_ukr_f32_t)(ptrdiff_t, const float *, const float *, float *, ptrdiff_t,
+                             int, const float *);
+typedef void (*fc_ukr_f64_t)(ptrdiff_t, const double *, const double *, double *, ptrdiff_t,
+                             int, const double *);
+
+typedef void (*fc_pack_f32_t)(float *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *, const float *,
+                              const ptrdiff_t *, int, ptrdiff_t);
+typedef void (*fc_pack_f64_t)(double *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *, const double *,
+                              const ptrdiff_t *, int, ptrdiff_t);
+
+/* 1 if this build has the kernel and this CPU can run it */
+static inline int fc_isa_available(int isa)
+{
+    if (isa == FC_ISA_GENERIC) return 1;
+#if FC_HAVE_X86_KERNELS
+    __builtin_cpu_init();
+    if (isa == FC_ISA_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == FC_ISA_AVX512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+               && __builtin_cpu_supports("fma");
+#endif
+    return 0;
+}
+
+/* register blocking of each kernel: MR filters x NR columns */
+static inline int fc_mr(int isa, int is_double)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return is_double ? FC_AVX512_MR_F64 : FC_AVX512_MR_F32;
+    if (isa == FC_ISA_AVX2) return is_double ? FC_AVX2_MR_F64 : FC_AVX2_MR_F32;
+#endif
+    return is_double ? FC_GENERIC_MR_F64 : FC_GENERIC_MR_F32;
+}
+
+static inline int fc_nr(int isa, int is_double)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return is_double ? FC_AVX512_NR_F64 : FC_AVX512_NR_F32;
+    if (isa == FC_ISA_AVX2) return is_double ? FC_AVX2_NR_F64 : FC_AVX2_NR_F32;
+#endif
+    return is_double ? FC_GENERIC_NR_F64 : FC_GENERIC_NR_F32;
+}
+
+static inline fc_ukr_f32_t fc_ukr_f32(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_ukr_avx512_f32;
+    if (isa == FC_ISA_AVX2) return fc_ukr_avx2_f32;
+#endif
+    (void)isa;
+    return fc_ukr_generic_f32;
+}
+
+static inline fc_ukr_f64_t fc_ukr_f64(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_ukr_avx512_f64;
+    if (isa == FC_ISA_AVX2) return fc_ukr_avx2_f64;
+#endif
+    (void)isa;
+    return fc_ukr_generic_f64;
+}
+
+static inline fc_pack_f32_t fc_pack_f32(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_pack_avx512_f32;
+    if (isa == FC_ISA_AVX2) return fc_pack_avx2_f32;
+#endif
+    (void)isa;
+    return fc_pack_generic_f32;
+}
+
+static inline fc_pack_f64_t fc_pack_f64(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_pack_avx512_f64;
+    if (isa == FC_ISA_AVX2) return fc_pack_avx2_f64;
+#endif
+    (void)isa;
+    return fc_pack_generic_f64;
+}
+
+typedef void (*fc_pack_a_f32_t)(const float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                float *);
+typedef void (*fc_pack_a_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                double *);
+
+static inline fc_pack_a_f32_t fc_pack_a_f32(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_pack_a_avx512_f32;
+    if (isa == FC_ISA_AVX2) return fc_pack_a_avx2_f32;
+#endif
+    (void)isa;
+    return fc_pack_a_generic_f32;
+}
+
+static inline fc_pack_a_f64_t fc_pack_a_f64(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_pack_a_avx512_f64;
+    if (isa == FC_ISA_AVX2) return fc_pack_a_avx2_f64;
+#endif
+    (void)isa;
+    return fc_pack_a_generic_f64;
+}
+
+#endif /* FASTCONV_FUSED_KERNELS_H */

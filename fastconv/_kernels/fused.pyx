@@ -1,0 +1,855 @@
+# The fused lowering: fastconv's own GEMM, in the BLIS/Goto structure, where
+# packing the B panel IS the index map (no im2col buffer, no BLAS).
+#
+# Per group g the convolution is the GEMM
+#     out[n, g*Kg:(g+1)*Kg, :] = Wg (Kg x rows) @ B_n (rows x Ho*Wo) + bias
+# with B_n the stretched matrix of image n (row = (c, kr, ks), column =
+# (oh, ow); see _index_map.pxd). Here the columns of all N images are one
+# axis of N*Ho*Wo columns, so small maps (ResNet's 7x7 = 49 columns) still
+# fill whole NR-wide micro-tiles; a micro-tile that straddles two images (or
+# the end) is the only one that takes the slow store path.
+#
+#   packed weights (A): packed ONCE per call, before the parallel loop, in
+#       MR-row panels per (group, KC block), zero-padded to a multiple of MR
+#       rows: shared read-only by every thread.
+#   work items: (group, block of <= NC columns, block of filters), dealt by
+#       a dynamic OpenMP schedule; _work_split sizes the blocks so that 2
+#       threads get equal work even when the problem is small.
+#   per item, per KC block: the item's thread gathers B (KC x NC) straight
+#       from the input through the row table into NR-wide micro-panels in its
+#       workspace (zero padding, stride, dilation, flip and any input strides,
+#       exactly as gather_columns), then for each MC block of filters, each
+#       NR micro-panel, each MR panel: one micro-kernel call.
+#   micro-kernel (_fused_*.h): an MR x NR register tile with FMAs; the first
+#       KC block writes (adding the bias), later ones accumulate, straight
+#       into out (leading dimension Ho*Wo). Edge tiles (fewer than MR filters,
+#       fewer than NR columns, or columns of two images) run the same kernel
+#       into a small stack tile that _store_tile adds into the output: same
+#       arithmetic, so results do not depend on the blocking or thread count.
+#
+# ISA: 0 / "generic" portable C, 1 / "avx2" AVX2+FMA, 2 / "avx512" AVX-512F/VL;
+# see _fused_kernels.h for the run-time dispatch.
+
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+from libc.stdint cimport uintptr_t
+
+from fastconv._kernels._index_map cimport (build_row_table, ROW_FIELDS, ROW_OFFSET,
+                                           ROW_OH_LO, ROW_OH_HI, ROW_OW_LO, ROW_OW_HI)
+
+import numpy as np
+
+
+cdef extern from "_fused_kernels.h" nogil:
+    ctypedef void (*fc_ukr_f32_t)(Py_ssize_t, const float *, const float *, float *,
+                                  Py_ssize_t, int, const float *) noexcept nogil
+    ctypedef void (*fc_ukr_f64_t)(Py_ssize_t, const double *, const double *, double *,
+                                  Py_ssize_t, int, const double *) noexcept nogil
+    int fc_isa_available(int isa)
+    int fc_mr(int isa, int is_double)
+    int fc_nr(int isa, int is_double)
+    fc_ukr_f32_t fc_ukr_f32(int isa)
+    fc_ukr_f64_t fc_ukr_f64(int isa)
+    ctypedef void (*fc_pack_f32_t)(float *, Py_ssize_t, Py_ssize_t, const Py_ssize_t *,
+                                   const float *, const Py_ssize_t *, int, Py_ssize_t) noexcept nogil
+    ctypedef void (*fc_pack_f64_t)(double *, Py_ssize_t, Py_ssize_t, const Py_ssize_t *,
+                                   const double *, const Py_ssize_t *, int, Py_ssize_t) noexcept nogil
+    fc_pack_f32_t fc_pack_f32(int isa)
+    fc_pack_f64_t fc_pack_f64(int isa)
+    ctypedef void (*fc_pack_a_f32_t)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                     Py_ssize_t, float *) noexcept nogil
+    ctypedef void (*fc_pack_a_f64_t)(const double *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                     Py_ssize_t, double *) noexcept nogil
+    fc_pack_a_f32_t fc_pack_a_f32(int isa)
+    fc_pack_a_f64_t fc_pack_a_f64(int isa)
+    enum:
+        FC_ROW_FIELDS, FC_ROW_OFFSET, FC_ROW_OH_LO, FC_ROW_OH_HI, FC_ROW_OW_LO, FC_ROW_OW_HI
+        FC_SEG_FIELDS, FC_SEG_BASE, FC_SEG_OH, FC_SEG_OW, FC_SEG_LEN, FC_SEG_POS
+
+
+# the C packing functions read the row table with their own copy of its layout
+if (FC_ROW_FIELDS, FC_ROW_OFFSET, FC_ROW_OH_LO, FC_ROW_OH_HI, FC_ROW_OW_LO, FC_ROW_OW_HI) != \
+        (ROW_FIELDS, ROW_OFFSET, ROW_OH_LO, ROW_OH_HI, ROW_OW_LO, ROW_OW_HI):
+    raise ImportError("fastconv._kernels.fused: _fused_generic.h's row table layout differs "
+                      "from _index_map.pxd's")
+
+
+ISA_NAMES = ("generic", "avx2", "avx512")   # index = the ISA code of _fused_kernels.h
+_ISA_CODES = {name: code for code, name in enumerate(ISA_NAMES)}
+
+cdef enum:
+    # Panels start on 64-byte boundaries (one cache line, one zmm): each
+    # buffer has this many bytes of slack for the aligned offset.
+    ALIGN_BYTES = 64
+    # Bounds of the register tiles (stack temp tile, segment table of _pack_b).
+    MAX_MR = 16
+    MAX_NR = 64
+
+
+# ---------------------------------------------------------------- ISA, blocking
+
+# (the module is compiled with cdivision: C's truncating division, so the
+# -(-a // b) idiom would be wrong on C integers)
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b * b
+
+
+def supported_isas():
+    """The instruction sets this build and this CPU can run, best first,
+    among ("avx512", "avx2", "generic"); "generic" (portable C) always.
+
+    "avx512" comes first where available although Zen 4 runs its 512-bit FMAs
+    as two 256-bit halves: its 32 registers hold a larger tile (fewer loads per
+    FMA); bench/fused_kernel.py measures the two against each other.
+    """
+    return tuple(name for name in ("avx512", "avx2", "generic")
+                 if fc_isa_available(_ISA_CODES[name]))
+
+
+def isa_code(isa):
+    """The ISA code (0 generic, 1 avx2, 2 avx512) of a name, a code, or
+    None / "auto" (the best this CPU runs). ValueError if this CPU or build
+    cannot run it."""
+    if isa is None or (isinstance(isa, str) and isa == "auto"):
+        return _ISA_CODES[supported_isas()[0]]
+    if isinstance(isa, str):
+        if isa not in _ISA_CODES:
+            raise ValueError(f"isa must be one of {ISA_NAMES} or 'auto', got {isa!r}")
+        code = _ISA_CODES[isa]
+    elif isinstance(isa, (int, np.integer)) and not isinstance(isa, bool):
+        code = int(isa)
+        if not 0 <= code < len(ISA_NAMES):
+            raise ValueError(f"isa code must be 0 (generic), 1 (avx2) or 2 (avx512), got {isa}")
+    else:
+        raise TypeError(f"isa must be a name, a code or None, got {isa!r}")
+    if not fc_isa_available(code):
+        raise ValueError(f"isa {ISA_NAMES[code]!r} is not supported by this CPU or build; "
+                         f"supported: {supported_isas()}")
+    return code
+
+
+def _dtype_is_double(dtype):
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return 1
+    if dtype == np.float32:
+        return 0
+    raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+
+
+# This machine's caches (Zen 4 EPYC, lscpu): 32 KiB L1d and 1 MiB L2 per
+# core, 32 MiB L3 shared.
+L2_BYTES = 1 << 20
+# KC in bytes of one column of a packed panel (KC * itemsize).
+KC_BYTES = 2304
+
+
+def blocking(dtype, isa=None):
+    """Default blocking of the fused GEMM for a dtype and ISA (name, code or
+    None for the best): dict(MR=, NR=, KC=, NC=, MC=).
+
+    MR x NR is the micro-kernel's register tile (fixed per kernel, see
+    _fused_*.h). KC, NC, MC (Zen 4: 32 KiB L1d, 1 MiB L2 per core, 32 MiB L3;
+    measured with bench/fused_kernel.py on one thread, CPU time, float32
+    AVX-512 8x48 unless said):
+
+    KC = 2304 bytes / itemsize (576 floats, 288 doubles): the depth of a
+        packed panel. The classic model puts the KC x NR micro-panel of B in
+        L1 (KC ~ 80 here); measured, the kernel's 24 FMAs per depth step hide
+        L2 latency, so the micro-panel (110 KB) lives in L2: KC from 256 to
+        1152 was flat within 1.5 % (vgg16_3_2 108-109 GFLOP/s, 4b 100-101),
+        KC = 128 lost 3-4 % on 5b_3x3 (more passes through the output and
+        edge tiles). 576 = 64*3*3 is also the whole depth of ResNet's 64-channel
+        3x3 layer. float64 AVX-512 8x24: 144/288/576 within 1 %.
+    NC = the KC x NC panel of B (one thread's workspace) in half of L2
+        (~192 columns): 192, 480 and 960 were within 1 % of each other,
+        so the smallest, for more work items and less workspace.
+    MC = an MC x KC block of packed weights in a quarter of L2 (~112
+        filters): 64, 128 and 256 within 1 %.
+    """
+    code = isa_code(isa)
+    dbl = _dtype_is_double(dtype)
+    itemsize = 8 if dbl else 4
+    mr, nr = fc_mr(code, dbl), fc_nr(code, dbl)
+    kc = KC_BYTES // itemsize
+    nc = max(nr, (L2_BYTES // 2) // (kc * itemsize) // nr * nr)
+    mc = max(mr, (L2_BYTES // 4) // (kc * itemsize) // mr * mr)
+    return dict(MR=mr, NR=nr, KC=kc, NC=nc, MC=mc)
+
+
+def buffer_sizes(K, rows, groups, kc, nc, dtype, isa=None):
+    """(packed_weight_elems, per_thread_workspace_elems): the sizes, in
+    elements of dtype, of the arrays conv2d_fused needs:
+
+        packed_weight: groups * ceil(K/groups / MR)*MR * rows  + 64 bytes / itemsize
+        workspace:     (num_threads, min(kc, rows) * ceil(nc / NR)*NR + 64 bytes / itemsize)
+
+    (MR, NR of the ISA's kernel; the 64 bytes align the panels). The one
+    formula for both allocating and counting the workspace.
+    """
+    code = isa_code(isa)
+    dbl = _dtype_is_double(dtype)
+    itemsize = 8 if dbl else 4
+    mr, nr = fc_mr(code, dbl), fc_nr(code, dbl)
+    K, rows, groups, kc, nc = (int(v) for v in (K, rows, groups, kc, nc))
+    if groups < 1 or K % groups or kc < 1 or nc < 1 or rows < 0:
+        raise ValueError(f"buffer_sizes: bad K={K}, rows={rows}, groups={groups}, "
+                         f"kc={kc}, nc={nc}")
+    slack = ALIGN_BYTES // itemsize
+    k_pad = _round_up((K // groups), mr)
+    packed = groups * k_pad * rows + slack
+    per_thread = min(kc, max(rows, 1)) * (_round_up(nc, nr)) + slack
+    return packed, per_thread
+
+
+# ---------------------------------------------------------------- work split
+
+# Cost of gathering one element of B, in multiply-adds: a copy (about one
+# tenth of a cycle per float, vectorised) against 32 float MACs per cycle.
+cdef double GATHER_MACS = 4
+# Fixed cost of a work item (finding and packing its panels), in MACs.
+cdef double ITEM_MACS = 20000
+
+
+def _work_split(Py_ssize_t total_cols, Py_ssize_t Kg, Py_ssize_t groups, Py_ssize_t rows,
+                Py_ssize_t mr, Py_ssize_t nr, Py_ssize_t nc, Py_ssize_t mc, int threads):
+    """(column block width, number of column blocks, filter block height,
+    number of filter blocks) for the work items.
+
+    One thread, or plenty of items (>= 64 per thread): blocks of nc columns
+    (rounded up to NR), all the group's filters per item. Otherwise the
+    candidate splits (up to 2*threads more column blocks, up to 2*threads
+    filter blocks) are scored by the makespan of a greedy in-order
+    assignment, which is what the dynamic schedule does, under a cost model
+    (padded MACs + gather + a fixed cost per item); ties go to fewer items.
+    E.g. ResNet-50 5b_3x3 (8 x 49 = 392 columns x 512 filters) on 2 threads
+    becomes 3 x 2 items rather than 192 + 192 + 8 columns, and 3b_3x3's 33
+    blocks of 192 columns become 34 of 186. A filter block costs its own
+    gather of B (each thread packs the panel it needs).
+    """
+    cdef Py_ssize_t width_max = _round_up(nc, nr)
+    cdef Py_ssize_t nb_min = _ceil_div(total_cols, width_max)
+    cdef Py_ssize_t k_pad = _round_up(Kg, mr)
+    if threads <= 1 or groups * nb_min >= 64 * threads:
+        return width_max, nb_min, k_pad, 1
+    cdef double[::1] load = np.zeros(threads)
+    cdef double cost, best_cost = -1, makespan
+    cdef Py_ssize_t nb_c, nb_m, width, n_cb, height, n_mb, cb, mb, w, h, g, t, i_min
+    cdef Py_ssize_t best_items = 0
+    best = None
+    for nb_c in range(nb_min, nb_min + 2 * threads + 1):
+        width = _round_up(_ceil_div(total_cols, nb_c), nr)
+        n_cb = _ceil_div(total_cols, width)
+        for nb_m in range(1, 2 * threads + 1):
+            height = _round_up(_ceil_div(Kg, nb_m), mr)
+            n_mb = _ceil_div(Kg, height)
+            load[:] = 0
+            for g in range(groups):
+                for cb in range(n_cb):
+                    w = min(width, total_cols - cb * width)
+                    for mb in range(n_mb):
+                        h = min(height, Kg - mb * height)
+                        cost = (<double> _round_up(w, nr) * _round_up(h, mr) * rows
+                                + GATHER_MACS * w * rows + ITEM_MACS)
+                        i_min = 0
+                        for t in range(1, threads):
+                            if load[t] < load[i_min]:
+                                i_min = t
+                        load[i_min] += cost
+            makespan = 0
+            for t in range(threads):
+                makespan = max(makespan, load[t])
+            if best is None or makespan < best_cost or (
+                    makespan == best_cost and n_cb * n_mb * groups < best_items):
+                best_cost = makespan
+                best_items = n_cb * n_mb * groups
+                best = (width, n_cb, height, n_mb)
+    return best
+
+
+# ---------------------------------------------------------------- packing
+
+cdef inline floating *_aligned(floating *p) noexcept nogil:
+    return <floating *> ((<uintptr_t> p + (ALIGN_BYTES - 1)) & ~(<uintptr_t> (ALIGN_BYTES - 1)))
+
+
+cdef void _pack_a(int isa, const floating *weight, Py_ssize_t rows, Py_ssize_t Kg,
+                  Py_ssize_t k_pad, Py_ssize_t kc, Py_ssize_t mr, Py_ssize_t panel,
+                  floating *dst) noexcept nogil:
+    """Pack filter rows [panel*mr, panel*mr + mr) of one group (weight: its
+    first row, leading dimension rows) for every KC block: block p holds, for
+    each depth k, mr consecutive values (zeros past Kg). Block p of the group
+    starts at p*kc*k_pad; the panel within it at panel*mr*kcb. The ISA's
+    function (_fused_*.h) gathers the mr values of a depth step at once."""
+    cdef Py_ssize_t k0, kcb, f0 = panel * mr
+    cdef Py_ssize_t m = Kg - f0 if Kg - f0 < mr else mr
+    k0 = 0
+    while k0 < rows:
+        kcb = rows - k0 if rows - k0 < kc else kc
+        if floating is float:
+            fc_pack_a_f32(isa)(weight + f0 * rows + k0, rows, m, mr, kcb,
+                               dst + k0 * k_pad + f0 * kcb)
+        else:
+            fc_pack_a_f64(isa)(weight + f0 * rows + k0, rows, m, mr, kcb,
+                               dst + k0 * k_pad + f0 * kcb)
+        k0 += kcb
+
+
+cdef void _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ssize_t *table,
+                  Py_ssize_t k0, Py_ssize_t kcb, Py_ssize_t j0, Py_ssize_t width,
+                  Py_ssize_t cols, Py_ssize_t Wo, Py_ssize_t row_step, Py_ssize_t col_step,
+                  Py_ssize_t nr, floating *dst) noexcept nogil:
+    """Gather rows [k0, k0+kcb) x global columns [j0, j0+width) of the
+    stretched matrices (column j = image j // cols, position j % cols) into
+    NR-wide micro-panels: micro-panel q (columns j0+q*NR...) at dst +
+    q*NR*kcb, depth k at +k*NR, zero-filled past width.
+
+    The columns of a micro-panel split into segments that share an image and
+    an output row; those are the same for every row of the table, so they are
+    found here once per micro-panel, and the ISA's pack function
+    (_fused_*.h) makes each (row, segment) one bounds decision (the padding,
+    from the row table) and one copy, as gather_columns does.
+    """
+    cdef Py_ssize_t segs[MAX_NR * FC_SEG_FIELDS]
+    cdef Py_ssize_t *seg
+    cdef Py_ssize_t q, nvalid, ns, off, j, n, col, oh, ow, run
+    q = 0
+    while q < width:
+        nvalid = width - q if width - q < nr else nr
+        ns = 0
+        off = 0
+        j = j0 + q
+        while off < nvalid:
+            n = j // cols
+            col = j - n * cols
+            oh = col // Wo
+            ow = col - oh * Wo
+            run = Wo - ow
+            if run > nvalid - off:
+                run = nvalid - off
+            seg = segs + ns * FC_SEG_FIELDS
+            seg[FC_SEG_BASE] = n * xs_n + oh * row_step
+            seg[FC_SEG_OH] = oh
+            seg[FC_SEG_OW] = ow
+            seg[FC_SEG_LEN] = run
+            seg[FC_SEG_POS] = off
+            ns += 1
+            off += run
+            j += run
+        if floating is float:
+            fc_pack_f32(isa)(dst + q * kcb, nr, kcb, table + k0 * ROW_FIELDS, x_group,
+                             segs, <int> ns, col_step)
+        else:
+            fc_pack_f64(isa)(dst + q * kcb, nr, kcb, table + k0 * ROW_FIELDS, x_group,
+                             segs, <int> ns, col_step)
+        q += nr
+
+
+cdef inline void _store_tile(const floating *tile, Py_ssize_t ld, Py_ssize_t m,
+                             Py_ssize_t j, Py_ssize_t width, floating *out_rows,
+                             Py_ssize_t image_step, Py_ssize_t cols, int first,
+                             const floating *bias) noexcept nogil:
+    """Add (first: write, plus the bias) an m x width tile of global columns
+    j.. into the output rows at out_rows (image 0, leading dimension cols,
+    images image_step apart), split where the columns change image."""
+    cdef Py_ssize_t off = 0, n, col, run, i, t
+    cdef floating bi
+    cdef floating *o
+    cdef const floating *src
+    while off < width:
+        n = (j + off) // cols
+        col = j + off - n * cols
+        run = cols - col
+        if run > width - off:
+            run = width - off
+        for i in range(m):
+            o = out_rows + n * image_step + i * cols + col
+            src = tile + i * ld + off
+            if not first:
+                for t in range(run):
+                    o[t] = o[t] + src[t]
+            elif bias != NULL:
+                bi = bias[i]
+                for t in range(run):
+                    o[t] = src[t] + bi
+            else:
+                for t in range(run):
+                    o[t] = src[t]
+        off += run
+
+
+# ---------------------------------------------------------------- one work item
+
+cdef struct Geometry:
+    Py_ssize_t Kg, k_pad, rows, cols, Wo, xs_n, row_step, col_step, image_step
+    Py_ssize_t mr, nr, kc, mc
+    int isa
+
+
+cdef void _run_item(const Geometry *geo, const floating *x_group, const Py_ssize_t *table,
+                    const floating *packed_group, const floating *bias_group,
+                    floating *out_group, floating *buf, Py_ssize_t j0, Py_ssize_t width,
+                    Py_ssize_t m0, Py_ssize_t m1) noexcept nogil:
+    """Filters [m0, m1) of one group x global columns [j0, j0+width)."""
+    cdef floating tile[MAX_MR * MAX_NR]
+    cdef fc_ukr_f32_t ukr32 = fc_ukr_f32(geo.isa)
+    cdef fc_ukr_f64_t ukr64 = fc_ukr_f64(geo.isa)
+    cdef Py_ssize_t mr = geo.mr, nr = geo.nr, cols = geo.cols, Kg = geo.Kg
+    cdef Py_ssize_t k0, kcb, ic, ie, jr, ir, nvalid, j, n, col, m
+    cdef bint direct
+    cdef int first
+    cdef const floating *a_block
+    cdef const floating *ap
+    cdef const floating *bp
+    cdef const floating *bias_i
+    cdef floating *c_col
+    k0 = 0
+    while k0 < geo.rows:
+        kcb = geo.rows - k0 if geo.rows - k0 < geo.kc else geo.kc
+        first = k0 == 0
+        _pack_b(geo.isa, x_group, geo.xs_n, table, k0, kcb, j0, width, cols, geo.Wo,
+                geo.row_step, geo.col_step, nr, buf)
+        a_block = packed_group + k0 * geo.k_pad
+        ic = m0
+        while ic < m1:
+            ie = ic + geo.mc if ic + geo.mc < m1 else m1
+            jr = 0
+            while jr < width:
+                nvalid = width - jr if width - jr < nr else nr
+                j = j0 + jr
+                n = j // cols
+                col = j - n * cols
+                direct = nvalid == nr and col + nr <= cols
+                bp = buf + jr * kcb
+                c_col = out_group + n * geo.image_step + col
+                ir = ic
+                while ir < ie:
+                    ap = a_block + ir * kcb
+                    bias_i = bias_group + ir if bias_group != NULL else NULL
+                    if direct and ir + mr <= Kg:
+                        if floating is float:
+                            ukr32(kcb, ap, bp, c_col + ir * cols, cols, first, bias_i)
+                        else:
+                            ukr64(kcb, ap, bp, c_col + ir * cols, cols, first, bias_i)
+                    else:
+                        if floating is float:
+                            ukr32(kcb, ap, bp, tile, nr, 1, NULL)
+                        else:
+                            ukr64(kcb, ap, bp, tile, nr, 1, NULL)
+                        m = Kg - ir if Kg - ir < mr else mr
+                        _store_tile(tile, nr, m, j, nvalid, out_group + ir * cols,
+                                    geo.image_step, cols, first, bias_i)
+                    ir += mr
+                jr += nr
+            ic = ie
+        k0 += kcb
+
+
+# ---------------------------------------------------------------- entry point
+
+def conv2d_fused(const floating[:, :, :, :] x,
+                 const floating[:, ::1] weight,
+                 const floating[::1] bias,
+                 floating[:, :, ::1] out,
+                 floating[::1] packed_weight,
+                 floating[:, ::1] workspace,
+                 Py_ssize_t R, Py_ssize_t S, Py_ssize_t Wo,
+                 Py_ssize_t stride_h, Py_ssize_t stride_w,
+                 Py_ssize_t pad_top, Py_ssize_t pad_left,
+                 Py_ssize_t dil_h, Py_ssize_t dil_w,
+                 Py_ssize_t groups, bint flip,
+                 Py_ssize_t kc, Py_ssize_t nc, Py_ssize_t mc,
+                 isa, int num_threads):
+    """out (N, K, Ho*Wo), C-contiguous = the convolution of x (N, C, H, W; any
+    strides, negative and zero included) with weight (K, C/groups*R*S),
+    C-contiguous, plus bias (K,) (length 0: no bias), on fastconv's own GEMM.
+
+    packed_weight: 1-D, >= buffer_sizes(...)[0] elements (overwritten);
+    workspace: (>= num_threads, >= buffer_sizes(...)[1]) (overwritten);
+    kc, nc, mc >= 1: depth, columns and filters of the blocks (see blocking();
+    kc and nc must be those given to buffer_sizes; any values >= 1 are correct);
+    isa: "avx512", "avx2", "generic", their codes 2, 1, 0, or None / "auto"
+    for the best of supported_isas(); num_threads: OpenMP threads (>= 1).
+    Same index-map conventions as conv2d_mapped (flip reverses the kernel).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = weight.shape[0], rows = weight.shape[1]
+    cdef Py_ssize_t cols = out.shape[2]
+    cdef int code = isa_code(isa)
+    cdef int dbl = floating is double
+    cdef Py_ssize_t mr = fc_mr(code, dbl), nr = fc_nr(code, dbl)
+    cdef Py_ssize_t itemsize = sizeof(floating)
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if kc < 1 or nc < 1 or mc < 1:
+        raise ValueError(f"kc, nc, mc must be >= 1, got {kc}, {nc}, {mc}")
+    if groups < 1 or C % groups or K % groups:
+        raise ValueError(f"groups={groups} must divide C={C} and K={K}")
+    if Wo < 1 or cols % Wo or R < 1 or S < 1:
+        raise ValueError(f"bad geometry: Wo={Wo}, R={R}, S={S}, out columns {cols}")
+    if rows != C // groups * R * S:
+        raise ValueError(f"weight has {rows} columns, expected C/groups*R*S = {C // groups * R * S}")
+    if out.shape[0] != N or out.shape[1] != K:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected ({N}, {K}, {cols})")
+    if bias.shape[0] not in (0, K):
+        raise ValueError(f"bias has {bias.shape[0]} values, expected 0 or K={K}")
+    if N == 0 or K == 0 or cols == 0:
+        return
+    if rows == 0:
+        if bias.shape[0]:
+            np.asarray(out)[...] = np.asarray(bias)[:, None]
+        else:
+            np.asarray(out)[...] = 0
+        return
+    need_packed, need_ws = buffer_sizes(K, rows, groups, kc, nc, np.float64 if dbl else np.float32,
+                                        code)
+    if packed_weight.shape[0] < need_packed:
+        raise ValueError(f"packed_weight has {packed_weight.shape[0]} elements, needs {need_packed}")
+    if workspace.shape[0] < num_threads or workspace.shape[1] < need_ws:
+        raise ValueError(f"workspace has shape {tuple(workspace.shape)}, needs "
+                         f"({num_threads}, {need_ws})")
+
+    cdef Py_ssize_t Ho = cols // Wo, c_group = C // groups
+    cdef Geometry geo
+    geo.Kg = K // groups
+    geo.k_pad = _round_up(geo.Kg, mr)
+    geo.rows = rows
+    geo.cols = cols
+    geo.Wo = Wo
+    geo.xs_n = x.strides[0] // itemsize
+    cdef Py_ssize_t xs_c = x.strides[1] // itemsize
+    cdef Py_ssize_t xs_h = x.strides[2] // itemsize, xs_w = x.strides[3] // itemsize
+    geo.row_step = stride_h * xs_h
+    geo.col_step = stride_w * xs_w
+    geo.image_step = K * cols
+    geo.mr = mr
+    geo.nr = nr
+    geo.kc = kc if kc < rows else rows
+    geo.mc = max(mr, mc // mr * mr)
+    geo.isa = code
+    cdef Py_ssize_t total = N * cols
+    width, n_cb, height, n_mb = _work_split(total, geo.Kg, groups, rows, mr, nr, nc, geo.mc,
+                                            num_threads)
+    cdef Py_ssize_t cb_width = width, n_col_blocks = n_cb
+    cdef Py_ssize_t mb_height = height, n_m_blocks = n_mb
+    cdef Py_ssize_t[:, ::1] table = np.empty((rows, ROW_FIELDS), dtype=np.intp)
+    cdef const floating *x0 = &x[0, 0, 0, 0]
+    cdef const floating *bias_ptr = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef floating *packed = _aligned(&packed_weight[0])
+    cdef floating *out0 = &out[0, 0, 0]
+    cdef Py_ssize_t item, g, cb, mb, j0, w, m0, m1, panel
+    cdef Py_ssize_t n_panels = geo.k_pad // mr
+
+    with nogil:
+        build_row_table(&table[0, 0], c_group, R, S, H, W, Ho, Wo,
+                        stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
+                        xs_c, xs_h, xs_w, flip)
+        # weights first: every item reads every panel of its group
+        for item in prange(groups * n_panels, schedule="static", num_threads=num_threads):
+            g = item // n_panels
+            panel = item % n_panels
+            _pack_a(code, &weight[g * geo.Kg, 0], rows, geo.Kg, geo.k_pad, geo.kc, mr, panel,
+                    packed + g * geo.k_pad * rows)
+        for item in prange(groups * n_col_blocks * n_m_blocks, schedule="dynamic",
+                           num_threads=num_threads):
+            g = item // (n_col_blocks * n_m_blocks)
+            cb = (item // n_m_blocks) % n_col_blocks
+            mb = item % n_m_blocks
+            j0 = cb * cb_width
+            w = total - j0 if total - j0 < cb_width else cb_width
+            m0 = mb * mb_height
+            m1 = m0 + mb_height if m0 + mb_height < geo.Kg else geo.Kg
+            _run_item(&geo, x0 + g * c_group * xs_c, &table[0, 0],
+                      packed + g * geo.k_pad * rows,
+                      bias_ptr + g * geo.Kg if bias_ptr != NULL else NULL,
+                      out0 + g * geo.Kg * cols, _aligned(&workspace[threadid(), 0]),
+                      j0, w, m0, m1)
+
+
+# ---------------------------------------------------------------- weight gradient
+#
+#     grad_w[g] (Kg x rows) (+)= sum over images n and columns of
+#                                G_n (Kg x Ho*Wo) @ B_n^T (Ho*Wo x rows)
+# on the same micro-kernel: the GEMM's M is the filters, its N the rows of the
+# stretched matrix (the columns of grad_w), its depth the columns of all
+# images (one axis, as in the forward pass). Packing B^T IS the index map
+# again: an NR-wide micro-panel holds, for each column (depth step), the
+# input elements of NR consecutive table rows. G is packed per depth block
+# into MR-filter panels. Work items are (group, block of NC rows, block of
+# filters): each element of grad_w has one owner, which runs the whole depth
+# in one order, so the result has the same bits for any thread count and no
+# reduction is needed (no per-thread accumulators, unlike the mapped
+# lowering's split by images).
+
+
+def weight_grad_blocking(dtype, isa=None):
+    """Default blocking of conv2d_fused_weight_grad: dict(MR=, NR=, KC=, NC=, MC=).
+
+    KC = 512 bytes / itemsize (128 floats): depth (columns) per packed block;
+    NC = ~1152 rows of grad_w per item; MC = 512 filters (in practice all of
+    a group's). Measured (one thread, float32 AVX-512, vs the mapped weight
+    gradient): KC=256/NC=192 0.90-1.00x of mapped, KC=576/NC=96 0.75-0.93x,
+    KC=128/NC=576 1.02-1.03x, KC=128/NC=1152 0.99-1.05x, KC=64/NC=1152
+    0.96-1.03x: the transposing pack of B^T is scalar, and its strided writes
+    are cheapest into a small (L1/L2) panel reused by many filters.
+    """
+    code = isa_code(isa)
+    dbl = _dtype_is_double(dtype)
+    itemsize = 8 if dbl else 4
+    mr, nr = fc_mr(code, dbl), fc_nr(code, dbl)
+    return dict(MR=mr, NR=nr, KC=512 // itemsize, NC=max(nr, 1152 // nr * nr),
+                MC=max(mr, 512 // mr * mr))
+
+
+def weight_grad_buffer_sizes(K, rows, groups, kc, nc, mc, dtype, isa=None):
+    """per_thread_workspace_elems for conv2d_fused_weight_grad (allocate
+    (num_threads, that)):
+
+        kc * (ceil(min(nc, rows)/NR)*NR + ceil(min(mc, K/groups)/MR)*MR) + 2 * 64 bytes / itemsize
+
+    (a KC x NC panel of B^T and an MC x KC panel of the output gradient, each
+    64-byte aligned)."""
+    code = isa_code(isa)
+    dbl = _dtype_is_double(dtype)
+    itemsize = 8 if dbl else 4
+    mr, nr = fc_mr(code, dbl), fc_nr(code, dbl)
+    K, rows, groups, kc, nc, mc = (int(v) for v in (K, rows, groups, kc, nc, mc))
+    if groups < 1 or K % groups or kc < 1 or nc < 1 or mc < 1 or rows < 0:
+        raise ValueError(f"weight_grad_buffer_sizes: bad K={K}, rows={rows}, groups={groups}, "
+                         f"kc={kc}, nc={nc}, mc={mc}")
+    height = _round_up(min(mc, max(K // groups, 1)), mr)
+    width = _round_up(min(nc, max(rows, 1)), nr)
+    return kc * (width + height) + 2 * (ALIGN_BYTES // itemsize)
+
+
+cdef void _pack_bt(const floating *x_group, Py_ssize_t xs_n, const Py_ssize_t *table,
+                   Py_ssize_t r0, Py_ssize_t nrows, Py_ssize_t j0, Py_ssize_t kcb,
+                   Py_ssize_t cols, Py_ssize_t Wo, Py_ssize_t row_step, Py_ssize_t col_step,
+                   Py_ssize_t nr, floating *dst) noexcept nogil:
+    """Table rows [r0, r0+nrows) x global columns [j0, j0+kcb) of the
+    stretched matrices, transposed into NR-row micro-panels: micro-panel q
+    (rows r0+q*NR...) at dst + q*NR*kcb, column k at +k*NR, row at +j;
+    zeros for padding and for rows past nrows."""
+    cdef Py_ssize_t q, rr, jrow, nvalid, j, off, n, col, oh, ow, run, a, b, t, ow_end
+    cdef const Py_ssize_t *row
+    cdef const floating *src
+    cdef floating *panel
+    cdef floating *d
+    q = 0
+    while q < nrows:
+        nvalid = nrows - q if nrows - q < nr else nr
+        panel = dst + q * kcb
+        for t in range(kcb * nr):
+            panel[t] = 0
+        for jrow in range(nvalid):
+            row = table + (r0 + q + jrow) * ROW_FIELDS
+            off = 0
+            j = j0
+            while off < kcb:
+                n = j // cols
+                col = j - n * cols
+                oh = col // Wo
+                ow = col - oh * Wo
+                run = Wo - ow
+                if run > kcb - off:
+                    run = kcb - off
+                ow_end = ow + run
+                if row[ROW_OH_LO] <= oh < row[ROW_OH_HI]:
+                    a = row[ROW_OW_LO] if row[ROW_OW_LO] > ow else ow
+                    b = row[ROW_OW_HI] if row[ROW_OW_HI] < ow_end else ow_end
+                    if b > a:
+                        src = x_group + n * xs_n + oh * row_step + row[ROW_OFFSET] + a * col_step
+                        d = panel + (off + a - ow) * nr + jrow
+                        for t in range(b - a):
+                            d[t * nr] = src[t * col_step]
+                off += run
+                j += run
+        q += nr
+
+
+cdef void _pack_g(const floating *grad_rows, Py_ssize_t image_step, Py_ssize_t cols,
+                  Py_ssize_t m, Py_ssize_t j0, Py_ssize_t kcb, Py_ssize_t mr,
+                  floating *dst) noexcept nogil:
+    """Gradient rows [0, m) (grad_rows: image 0's first, leading dimension
+    cols, images image_step apart) x global columns [j0, j0+kcb) into
+    MR-filter panels: panel p at dst + p*MR*kcb, column k at +k*MR; zeros
+    for filters past m."""
+    cdef Py_ssize_t p, i, f, k, off, j, n, col, run, t
+    cdef floating *d
+    cdef const floating *src
+    p = 0
+    while p * mr < m:
+        d = dst + p * mr * kcb
+        for i in range(mr):
+            f = p * mr + i
+            if f >= m:
+                for k in range(kcb):
+                    d[k * mr + i] = 0
+                continue
+            off = 0
+            j = j0
+            while off < kcb:
+                n = j // cols
+                col = j - n * cols
+                run = cols - col
+                if run > kcb - off:
+                    run = kcb - off
+                src = grad_rows + n * image_step + f * cols + col
+                for t in range(run):
+                    d[(off + t) * mr + i] = src[t]
+                off += run
+                j += run
+        p += 1
+
+
+cdef void _weight_grad_item(int isa, const floating *x_group, Py_ssize_t xs_n,
+                            const Py_ssize_t *table, const floating *grad_rows,
+                            Py_ssize_t image_step, Py_ssize_t cols, Py_ssize_t Wo,
+                            Py_ssize_t row_step, Py_ssize_t col_step, Py_ssize_t total,
+                            Py_ssize_t kc, Py_ssize_t r0, Py_ssize_t nrows, Py_ssize_t m,
+                            Py_ssize_t width, Py_ssize_t mr, Py_ssize_t nr, bint accumulate,
+                            floating *out, Py_ssize_t ld_out, floating *buf) noexcept nogil:
+    """One work item of the weight gradient: filters [0, m) (grad_rows: the
+    first one's gradient) x table rows [r0, r0+nrows) into out (leading
+    dimension ld_out), over all total columns, kc at a time."""
+    cdef floating tile[MAX_MR * MAX_NR]
+    cdef fc_ukr_f32_t ukr32 = fc_ukr_f32(isa)
+    cdef fc_ukr_f64_t ukr64 = fc_ukr_f64(isa)
+    cdef floating *bpanel = buf
+    cdef floating *gpanel = _aligned(buf + kc * width)
+    cdef Py_ssize_t k0, kcb, jr, ir, nvalid, mvalid, i, t
+    cdef floating *c
+    cdef int first
+    k0 = 0
+    while k0 < total:
+        kcb = total - k0 if total - k0 < kc else kc
+        first = k0 == 0 and not accumulate
+        _pack_bt(x_group, xs_n, table, r0, nrows, k0, kcb, cols, Wo, row_step, col_step, nr,
+                 bpanel)
+        _pack_g(grad_rows, image_step, cols, m, k0, kcb, mr, gpanel)
+        jr = 0
+        while jr < nrows:
+            nvalid = nrows - jr if nrows - jr < nr else nr
+            ir = 0
+            while ir < m:
+                mvalid = m - ir if m - ir < mr else mr
+                c = out + ir * ld_out + jr
+                if nvalid == nr and mvalid == mr:
+                    if floating is float:
+                        ukr32(kcb, gpanel + ir * kcb, bpanel + jr * kcb, c, ld_out, first, NULL)
+                    else:
+                        ukr64(kcb, gpanel + ir * kcb, bpanel + jr * kcb, c, ld_out, first, NULL)
+                else:
+                    if floating is float:
+                        ukr32(kcb, gpanel + ir * kcb, bpanel + jr * kcb, tile, nr, 1, NULL)
+                    else:
+                        ukr64(kcb, gpanel + ir * kcb, bpanel + jr * kcb, tile, nr, 1, NULL)
+                    for i in range(mvalid):
+                        for t in range(nvalid):
+                            if first:
+                                c[i * ld_out + t] = tile[i * nr + t]
+                            else:
+                                c[i * ld_out + t] = c[i * ld_out + t] + tile[i * nr + t]
+                ir += mr
+            jr += nr
+        k0 += kcb
+
+
+def conv2d_fused_weight_grad(const floating[:, :, :, :] x,
+                             const floating[:, :, ::1] grad,
+                             floating[:, ::1] grad_w,
+                             floating[:, ::1] workspace,
+                             Py_ssize_t R, Py_ssize_t S, Py_ssize_t Wo,
+                             Py_ssize_t stride_h, Py_ssize_t stride_w,
+                             Py_ssize_t pad_top, Py_ssize_t pad_left,
+                             Py_ssize_t dil_h, Py_ssize_t dil_w,
+                             Py_ssize_t groups, bint flip,
+                             Py_ssize_t kc, Py_ssize_t nc, Py_ssize_t mc,
+                             isa, int num_threads, bint accumulate=False):
+    """grad_w (K, C/groups*R*S), C-contiguous = (accumulate: +=) the weight
+    gradient for input x (N, C, H, W; any strides) and output gradient grad
+    (N, K, Ho*Wo), C-contiguous, on the fused GEMM.
+
+    workspace: (>= num_threads, >= weight_grad_buffer_sizes(...)).
+    kc: depth (columns of all images) per packed block; nc: rows of grad_w
+    per work item; mc: filters per work item (rounded up to MR); any >= 1.
+    Items are (group, nc rows, mc filters): the same bits for any thread
+    count. isa, flip: as conv2d_fused.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = grad_w.shape[0], rows = grad_w.shape[1]
+    cdef Py_ssize_t cols = grad.shape[2]
+    cdef int code = isa_code(isa)
+    cdef int dbl = floating is double
+    cdef Py_ssize_t mr = fc_mr(code, dbl), nr = fc_nr(code, dbl)
+    cdef Py_ssize_t itemsize = sizeof(floating)
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if kc < 1 or nc < 1 or mc < 1:
+        raise ValueError(f"kc, nc, mc must be >= 1, got {kc}, {nc}, {mc}")
+    if groups < 1 or C % groups or K % groups:
+        raise ValueError(f"groups={groups} must divide C={C} and K={K}")
+    if Wo < 1 or cols % Wo or R < 1 or S < 1:
+        raise ValueError(f"bad geometry: Wo={Wo}, R={R}, S={S}, grad columns {cols}")
+    if rows != C // groups * R * S:
+        raise ValueError(f"grad_w has {rows} columns, expected C/groups*R*S = {C // groups * R * S}")
+    if grad.shape[0] != N or grad.shape[1] != K:
+        raise ValueError(f"grad has shape {tuple(grad.shape)}, expected ({N}, {K}, {cols})")
+    if K == 0 or rows == 0:
+        return
+    if N == 0 or cols == 0:
+        if not accumulate:
+            np.asarray(grad_w)[...] = 0
+        return
+    need = weight_grad_buffer_sizes(K, rows, groups, kc, nc, mc,
+                                    np.float64 if dbl else np.float32, code)
+    if workspace.shape[0] < num_threads or workspace.shape[1] < need:
+        raise ValueError(f"workspace has shape {tuple(workspace.shape)}, needs "
+                         f"({num_threads}, {need})")
+
+    cdef Py_ssize_t Ho = cols // Wo, c_group = C // groups, Kg = K // groups
+    cdef Py_ssize_t xs_n = x.strides[0] // itemsize, xs_c = x.strides[1] // itemsize
+    cdef Py_ssize_t xs_h = x.strides[2] // itemsize, xs_w = x.strides[3] // itemsize
+    cdef Py_ssize_t row_step = stride_h * xs_h, col_step = stride_w * xs_w
+    cdef Py_ssize_t total = N * cols, image_step = K * cols
+    cdef Py_ssize_t height = _round_up(min(mc, Kg), mr), n_mb = _ceil_div(Kg, height)
+    cdef Py_ssize_t width = _round_up(min(nc, rows), nr)
+    cdef Py_ssize_t n_rb = _ceil_div(rows, width)
+    # at least one item per thread: narrower row blocks first (each item packs
+    # its own B^T), then fewer filters per item. Blocks only shrink (the
+    # workspace was sized for nc, mc), and every element of grad_w is still
+    # summed over the whole depth in one order: the same bits.
+    while groups * n_rb * n_mb < num_threads and width > nr:
+        width = _round_up(_ceil_div(width, 2), nr)
+        n_rb = _ceil_div(rows, width)
+    while groups * n_rb * n_mb < num_threads and height > mr:
+        height = _round_up(_ceil_div(height, 2), mr)
+        n_mb = _ceil_div(Kg, height)
+    cdef Py_ssize_t kc_eff = kc if kc < total else total
+    cdef Py_ssize_t[:, ::1] table = np.empty((rows, ROW_FIELDS), dtype=np.intp)
+    cdef const floating *x0 = &x[0, 0, 0, 0]
+    cdef const floating *g0 = &grad[0, 0, 0]
+    cdef floating *gw = &grad_w[0, 0]
+    cdef Py_ssize_t item, g, rb, mb, r0, nrows, m0, m
+
+    with nogil:
+        build_row_table(&table[0, 0], c_group, R, S, H, W, Ho, Wo,
+                        stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
+                        xs_c, xs_h, xs_w, flip)
+        for item in prange(groups * n_rb * n_mb, schedule="dynamic", num_threads=num_threads):
+            g = item // (n_rb * n_mb)
+            rb = (item // n_mb) % n_rb
+            mb = item % n_mb
+            r0 = rb * width
+            nrows = rows - r0 if rows - r0 < width else width
+            m0 = mb * height
+            m = Kg - m0 if Kg - m0 < height else height
+            _weight_grad_item(code, x0 + g * c_group * xs_c, xs_n, &table[0, 0],
+                              g0 + (g * Kg + m0) * cols, image_step, cols, Wo, row_step,
+                              col_step, total, kc_eff, r0, nrows, m, width, mr, nr, accumulate,
+                              gw + (g * Kg + m0) * rows + r0, rows,
+                              _aligned(&workspace[threadid(), 0]))

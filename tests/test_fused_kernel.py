@@ -1,0 +1,362 @@
+"""The fused lowering's kernel (fastconv._kernels.fused), called directly,
+against the independent NumPy reference (tests/reference.py), on every
+instruction set this machine runs: geometries whose sizes are not multiples
+of the register tile, the vector width or the blocks; every padding form;
+odd input strides and views; 1 and 2 threads; tiny blocks."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from reference import assert_close, conv2d_reference, conv2d_weight_grad_reference
+
+fused = pytest.importorskip("fastconv._kernels.fused")
+
+ISAS = fused.supported_isas()
+DTYPES = [np.float32, np.float64]
+
+
+def out_size(size, pad, dil, k, stride):
+    return (size + sum(pad) - dil * (k - 1) - 1) // stride + 1
+
+
+def run_fused(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1,
+              flip=False, isa="generic", threads=1, kc=None, nc=None, mc=None, out_fill=np.nan):
+    """conv2d_fused on NCHW x and (K, C/groups, R, S) w, with buffers sized by
+    buffer_sizes; returns out as (N, K, Ho, Wo)."""
+    dtype = x.dtype
+    N, C, H, W = x.shape
+    K, Cg, R, S = w.shape
+    Ho = out_size(H, padding[0], dilation[0], R, stride[0])
+    Wo = out_size(W, padding[1], dilation[1], S, stride[1])
+    blk = fused.blocking(dtype, isa)
+    kc, nc, mc = kc or blk["KC"], nc or blk["NC"], mc or blk["MC"]
+    rows = Cg * R * S
+    n_packed, per_thread = fused.buffer_sizes(K, rows, groups, kc, nc, dtype, isa)
+    # NaN-filled buffers and output: every element the kernel reads must have
+    # been written by it
+    packed = np.full(n_packed, np.nan, dtype)
+    workspace = np.full((threads, per_thread), np.nan, dtype)
+    out = np.full((N, K, Ho * Wo), out_fill, dtype)
+    bias = np.zeros(0, dtype) if b is None else b
+    fused.conv2d_fused(x, np.ascontiguousarray(w.reshape(K, rows)), bias, out, packed, workspace,
+                       R, S, Wo, stride[0], stride[1], padding[0][0], padding[1][0],
+                       dilation[0], dilation[1], groups, flip, kc, nc, mc, isa, threads)
+    return out.reshape(N, K, Ho, Wo)
+
+
+def make_view(base, view):
+    """x of the same logical shape as base, laid out in memory as `view` says."""
+    if view == "contiguous":
+        return base
+    if view == "reversed_w":          # negative stride along W
+        return np.ascontiguousarray(base[..., ::-1])[..., ::-1]
+    if view == "reversed_all":        # negative strides everywhere
+        return np.ascontiguousarray(base[::-1, ::-1, ::-1, ::-1])[::-1, ::-1, ::-1, ::-1]
+    if view == "transposed_planes":   # W is the slow axis of each plane
+        return np.ascontiguousarray(base.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    if view == "nhwc":                # channels last
+        return np.ascontiguousarray(base.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    if view == "strided":             # every other element of a larger array, odd offsets
+        N, C, H, W = base.shape
+        big = np.zeros((N, 2 * C + 1, 2 * H + 3, 3 * W + 2), base.dtype)
+        big[:, 1::2, 3::2, 2::3] = base
+        return big[:, 1::2, 3::2, 2::3]
+    if view == "broadcast_n":         # zero stride along N (every image the same)
+        return np.broadcast_to(base[:1], base.shape)
+    raise ValueError(view)
+
+
+VIEWS = ["contiguous", "reversed_w", "reversed_all", "transposed_planes", "nhwc", "strided",
+         "broadcast_n"]
+
+
+@st.composite
+def fused_cases(draw):
+    groups = draw(st.integers(1, 3))
+    c_group = draw(st.integers(1, 5))
+    # filters per group: around and past the register tiles' MR (4, 6, 8)
+    k_group = draw(st.sampled_from([1, 2, 3, 5, 7, 9, 13, 17]))
+    R, S = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pads = tuple(tuple(draw(st.integers(0, 3)) for _ in range(2)) for _ in range(2))
+    span_h, span_w = dh * (R - 1) + 1, dw * (S - 1) + 1
+    H = draw(st.integers(max(1, span_h - sum(pads[0])), 15))
+    W = draw(st.integers(max(1, span_w - sum(pads[1])), 23))
+    return dict(
+        N=draw(st.integers(1, 3)), C=groups * c_group, K=groups * k_group, H=H, W=W, R=R, S=S,
+        groups=groups, stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        padding=pads, dilation=(dh, dw), bias=draw(st.booleans()), flip=draw(st.booleans()),
+        dtype=draw(st.sampled_from(DTYPES)), view=draw(st.sampled_from(VIEWS)),
+        threads=draw(st.sampled_from([1, 2])),
+        kc=draw(st.sampled_from([None, 1, 3, 7])), nc=draw(st.sampled_from([None, 1, 3, 7])),
+        mc=draw(st.sampled_from([None, 1, 3, 7])), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=fused_cases())
+def test_fused_matches_reference(isa, case):
+    rng = np.random.default_rng(case["seed"])
+    dtype = case["dtype"]
+    base = rng.standard_normal((case["N"], case["C"], case["H"], case["W"])).astype(dtype)
+    x = make_view(base, case["view"])
+    w = rng.standard_normal((case["K"], case["C"] // case["groups"], case["R"], case["S"]))
+    w = w.astype(dtype)
+    b = rng.standard_normal(case["K"]).astype(dtype) if case["bias"] else None
+    conv = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                groups=case["groups"], flip=case["flip"])
+    out = run_fused(x, w, b, isa=isa, threads=case["threads"], kc=case["kc"], nc=case["nc"],
+                    mc=case["mc"], **conv)
+    assert_close(out, conv2d_reference(x, w, b, **conv), dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("blocks", [(None, None, None), (1, 1, 1), (3, 7, 3), (7, 3, 7),
+                                    (100, 1000, 20)])
+def test_layer_sized(isa, dtype, threads, blocks):
+    # many filters (not a multiple of any MR), small maps whose columns cross
+    # images inside a micro-tile (7x7 = 49), depth past one KC block
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 24, 7, 7)).astype(dtype)
+    w = rng.standard_normal((70, 12, 3, 3)).astype(dtype)
+    b = rng.standard_normal(70).astype(dtype)
+    kc, nc, mc = blocks
+    out = run_fused(x, w, b, padding=((1, 1), (1, 1)), groups=2, isa=isa, threads=threads,
+                    kc=kc, nc=nc, mc=mc)
+    assert_close(out, conv2d_reference(x, w, b, padding=((1, 1), (1, 1)), groups=2), dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_wide_rows_and_deep(isa, dtype):
+    # output rows wider than NC and a depth of several default KC blocks
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 67, 5, 601)).astype(dtype)
+    w = rng.standard_normal((19, 67, 2, 3)).astype(dtype)
+    out = run_fused(x, w, None, padding=((0, 1), (2, 0)), isa=isa, threads=2)
+    assert_close(out, conv2d_reference(x, w, padding=((0, 1), (2, 0))), dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_same_bits_for_any_threads_and_blocks(isa, dtype):
+    # for a given ISA and kc, the sum over the depth runs in one order whatever
+    # the threads, nc, mc, or which tiles take the edge path
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 10, 9, 13)).astype(dtype)
+    w = rng.standard_normal((21, 10, 3, 3)).astype(dtype)
+    b = rng.standard_normal(21).astype(dtype)
+    runs = [run_fused(x, w, b, padding=((1, 1), (1, 1)), isa=isa, threads=t, kc=40, nc=nc, mc=mc)
+            for t, nc, mc in [(1, None, None), (2, None, None), (2, 1, 1), (1, 7, 3), (2, 100, 9)]]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other, runs[0])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_isa_agrees_with_generic(isa):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 16, 12, 12))
+    w = rng.standard_normal((32, 16, 3, 3))
+    ours = run_fused(x, w, None, padding=((1, 1), (1, 1)), isa=isa, threads=2)
+    generic = run_fused(x, w, None, padding=((1, 1), (1, 1)), isa="generic", threads=2)
+    np.testing.assert_allclose(ours, generic, rtol=1e-12, atol=1e-12)
+
+
+def test_supported_isas_and_codes():
+    assert ISAS[-1] == "generic"
+    order = ["avx512", "avx2", "generic"]
+    assert list(ISAS) == [name for name in order if name in ISAS]
+    for code, name in enumerate(fused.ISA_NAMES):
+        if name in ISAS:
+            assert fused.isa_code(name) == code == fused.isa_code(code)
+    assert fused.isa_code(None) == fused.isa_code("auto") == fused.isa_code(ISAS[0])
+    with pytest.raises(ValueError):
+        fused.isa_code("sse9")
+    with pytest.raises(ValueError):
+        fused.isa_code(7)
+    with pytest.raises(TypeError):
+        fused.isa_code(1.5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_blocking_and_buffer_sizes(isa, dtype):
+    blk = fused.blocking(dtype, isa)
+    assert set(blk) == {"MR", "NR", "KC", "NC", "MC"}
+    assert all(isinstance(v, int) and v >= 1 for v in blk.values())
+    mr, nr = blk["MR"], blk["NR"]
+    assert blk["NC"] % nr == 0 and blk["MC"] % mr == 0
+    slack = 64 // np.dtype(dtype).itemsize
+    K, rows, groups, kc, nc = 70, 300, 2, 128, 100
+    packed, per_thread = fused.buffer_sizes(K, rows, groups, kc, nc, dtype, isa)
+    assert packed == groups * (-(-(K // groups) // mr) * mr) * rows + slack
+    assert per_thread == min(kc, rows) * (-(-nc // nr) * nr) + slack
+    with pytest.raises(ValueError):
+        fused.buffer_sizes(70, 300, 3, kc, nc, dtype, isa)  # groups must divide K
+    with pytest.raises(TypeError):
+        fused.blocking(np.int32, isa)
+
+
+def test_rejects_small_buffers_and_bad_arguments():
+    x = np.ones((1, 2, 5, 5))
+    w = np.ones((3, 18))
+    out = np.zeros((1, 3, 9))
+    packed, per_thread = fused.buffer_sizes(3, 18, 1, 8, 8, np.float64, "generic")
+    args = (3, 3, 3, 1, 1, 0, 0, 1, 1, 1, False, 8, 8, 8, "generic")
+    fused.conv2d_fused(x, w, np.zeros(0), out, np.empty(packed), np.empty((2, per_thread)),
+                       *args, 2)
+    assert_close(out.reshape(1, 3, 3, 3), conv2d_reference(x, w.reshape(3, 2, 3, 3)), np.float64)
+    with pytest.raises(ValueError, match="packed_weight"):
+        fused.conv2d_fused(x, w, np.zeros(0), out, np.empty(packed - 1),
+                           np.empty((2, per_thread)), *args, 2)
+    with pytest.raises(ValueError, match="workspace"):
+        fused.conv2d_fused(x, w, np.zeros(0), out, np.empty(packed),
+                           np.empty((2, per_thread - 1)), *args, 2)
+    with pytest.raises(ValueError, match="workspace"):
+        fused.conv2d_fused(x, w, np.zeros(0), out, np.empty(packed),
+                           np.empty((1, per_thread)), *args, 2)
+    with pytest.raises(ValueError, match="weight"):
+        fused.conv2d_fused(x, np.ones((3, 17)), np.zeros(0), out, np.empty(packed),
+                           np.empty((2, per_thread)), *args, 2)
+    with pytest.raises(ValueError, match="bias"):
+        fused.conv2d_fused(x, w, np.zeros(2), out, np.empty(packed),
+                           np.empty((2, per_thread)), *args, 2)
+    with pytest.raises(ValueError):
+        fused.conv2d_fused(x, w, np.zeros(0), out, np.empty(packed), np.empty((2, per_thread)),
+                           *args[:-4], 0, 8, 8, "generic", 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_batch_and_bias_only(dtype):
+    isa = ISAS[0]
+    x = np.ones((0, 2, 5, 5), dtype)
+    out = run_fused(x, np.ones((3, 2, 3, 3), dtype), None, isa=isa)
+    assert out.shape == (0, 3, 3, 3)
+    # zero input channels: the output is the bias
+    x = np.ones((2, 0, 4, 4), dtype)
+    b = np.arange(3, dtype=dtype)
+    out = run_fused(x, np.ones((3, 0, 3, 3), dtype), b, isa=isa)
+    np.testing.assert_array_equal(out, np.broadcast_to(b[None, :, None, None], out.shape))
+
+
+# ---------------------------------------------------------------- weight gradient
+
+def run_fused_weight_grad(x, weight_shape, grad, *, stride=(1, 1), padding=((0, 0), (0, 0)),
+                          dilation=(1, 1), groups=1, flip=False, isa="generic", threads=1,
+                          kc=None, nc=None, mc=None, initial=None):
+    """conv2d_fused_weight_grad with a workspace sized by
+    weight_grad_buffer_sizes; initial: accumulate onto it (else overwrite a
+    NaN-filled grad_w)."""
+    dtype = x.dtype
+    N, K, Ho, Wo = grad.shape
+    _, Cg, R, S = weight_shape
+    rows = Cg * R * S
+    blk = fused.weight_grad_blocking(dtype, isa)
+    kc, nc, mc = kc or blk["KC"], nc or blk["NC"], mc or blk["MC"]
+    per_thread = fused.weight_grad_buffer_sizes(K, rows, groups, kc, nc, mc, dtype, isa)
+    workspace = np.full((threads, per_thread), np.nan, dtype)
+    grad_w = np.full((K, rows), np.nan, dtype) if initial is None else initial.reshape(K, rows).copy()
+    fused.conv2d_fused_weight_grad(x, np.ascontiguousarray(grad.reshape(N, K, Ho * Wo)), grad_w,
+                                   workspace, R, S, Wo, stride[0], stride[1], padding[0][0],
+                                   padding[1][0], dilation[0], dilation[1], groups, flip,
+                                   kc, nc, mc, isa, threads, initial is not None)
+    return grad_w.reshape(weight_shape)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=fused_cases())
+def test_fused_weight_grad_matches_reference(isa, case):
+    rng = np.random.default_rng(case["seed"])
+    dtype = case["dtype"]
+    x = make_view(rng.standard_normal((case["N"], case["C"], case["H"], case["W"])).astype(dtype),
+                  case["view"])
+    wshape = (case["K"], case["C"] // case["groups"], case["R"], case["S"])
+    conv = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                groups=case["groups"], flip=case["flip"])
+    Ho = out_size(case["H"], case["padding"][0], case["dilation"][0], case["R"], case["stride"][0])
+    Wo = out_size(case["W"], case["padding"][1], case["dilation"][1], case["S"], case["stride"][1])
+    grad = rng.standard_normal((case["N"], case["K"], Ho, Wo)).astype(dtype)
+    initial = rng.standard_normal(wshape).astype(dtype) if case["bias"] else None
+    out = run_fused_weight_grad(x, wshape, grad, isa=isa, threads=case["threads"], kc=case["kc"],
+                                nc=case["nc"], mc=case["mc"], initial=initial, **conv)
+    expected = conv2d_weight_grad_reference(x, wshape, grad, **conv)
+    if initial is not None:
+        expected = expected + initial
+    assert_close(out, expected, dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_weight_grad_same_bits_for_any_threads(isa, dtype):
+    # work is split by rows and filters of grad_w, never by images: each
+    # element is one sum over the whole depth, in one order
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 12, 9, 8)).astype(dtype)
+    grad = rng.standard_normal((3, 21, 9, 8)).astype(dtype)
+    runs = [run_fused_weight_grad(x, (21, 12, 3, 3), grad, padding=((1, 1), (1, 1)), isa=isa,
+                                  threads=t, kc=50, nc=nc, mc=mc)
+            for t, nc, mc in [(1, None, None), (2, None, None), (2, 1, 1), (1, 7, 3), (2, 100, 9)]]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other, runs[0])
+    assert_close(runs[0], conv2d_weight_grad_reference(x, (21, 12, 3, 3), grad,
+                                                       padding=((1, 1), (1, 1))), dtype)
+
+
+def test_fused_weight_grad_rejects_small_workspace():
+    x = np.ones((1, 2, 5, 5))
+    grad = np.ones((1, 3, 9))
+    grad_w = np.zeros((3, 18))
+    need = fused.weight_grad_buffer_sizes(3, 18, 1, 8, 8, 8, np.float64, "generic")
+    args = (3, 3, 3, 1, 1, 0, 0, 1, 1, 1, False, 8, 8, 8, "generic", 1)
+    fused.conv2d_fused_weight_grad(x, grad, grad_w, np.empty((1, need)), *args)
+    np.testing.assert_allclose(grad_w, 9.0)
+    with pytest.raises(ValueError, match="workspace"):
+        fused.conv2d_fused_weight_grad(x, grad, grad_w, np.empty((1, need - 1)), *args)
+
+
+# --------------------------------------------------------------------------
+# through the public functions: the table entry, every ISA, the limit
+
+@pytest.mark.parametrize("isa", fused.supported_isas())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_lowering_through_the_api_on_every_isa(isa, dtype):
+    import fastconv
+    from fastconv import _tuning
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 6, 17, 13)).astype(dtype)[:, :, ::-1]
+    w = rng.standard_normal((10, 3, 3, 2)).astype(dtype)
+    b = rng.standard_normal(10).astype(dtype)
+    conv = dict(stride=(2, 1), padding=((2, 1), (0, 1)), dilation=(1, 2), groups=2, flip=True)
+    with _tuning.tuned(isa=isa):
+        plan = fastconv.plan_conv2d(x.shape, w.shape, dtype, method="fused", **conv)
+        assert plan.blocking.isa == isa and isa in repr(plan)
+        y = fastconv.conv2d(x, w, b, method="fused", **conv)
+        # a tight limit: narrower and shallower panels, still the same result
+        tight = fastconv.conv2d(x, w, b, method="fused", memory_limit="6KiB", num_threads=2,
+                                **conv)
+    expected = conv2d_reference(x, w, b, stride=(2, 1), padding=((2, 1), (0, 1)),
+                                dilation=(1, 2), groups=2, flip=True)
+    assert_close(y, expected, dtype)
+    assert_close(tight, expected, dtype)
+
+
+def test_fused_is_chosen_on_deep_3x3_layers_and_isa_forced_by_environment(tmp_path):
+    import subprocess
+    import sys
+    import fastconv
+    plan = fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    assert plan.method == "fused", plan
+    assert fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 3, 3)).method != "fused"
+    with pytest.raises(fastconv.WorkspaceLimitError, match="fused"):
+        fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 3, 3), padding=1, method="fused",
+                             memory_limit=1000)
+    code = ("import fastconv; print(fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 3, 3), "
+            "padding=1, method='fused').blocking.isa)")
+    for isa in fused.supported_isas():
+        env = dict(__import__("os").environ, FASTCONV_ISA=isa)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, cwd=tmp_path, timeout=120)
+        assert out.stdout.strip() == isa, out.stderr
