@@ -124,6 +124,12 @@ class Lowering:
 _GEMM_FLOPS_PER_THREAD = 50e9   # fp32 GEMM on these layers, one core (bench/)
 
 
+def _thin_gemm_factor(m, k, tuning):
+    """Time factor of a GEMM whose smaller inner dimension (m filters or k
+    depth) leaves the micro-kernel partly empty (see Tuning.gemm_full_rate_dim)."""
+    return max(1.0, tuning.gemm_full_rate_dim / max(1, min(m, k)))
+
+
 def _block_rows(g, channel_blocks):
     """Rows of the stretched matrix in the largest block of input channels."""
     return -(-(g.C // g.groups) // channel_blocks) * g.R * g.S
@@ -214,8 +220,8 @@ class _Gemm(Lowering):
         else:
             worth = 1
         m, _, k = self.gemm_shape(plan)
-        thin = max(1.0, tuning.gemm_full_rate_dim / max(1, min(m, k)))
-        return plan.flops / (_GEMM_FLOPS_PER_THREAD * worth) * self.traffic(plan, tuning) * thin
+        return (plan.flops / (_GEMM_FLOPS_PER_THREAD * worth) * self.traffic(plan, tuning)
+                * _thin_gemm_factor(m, k, tuning))
 
     def traffic(self, plan, tuning):
         """Time factor of the memory traffic the lowering adds to its GEMMs."""
@@ -534,7 +540,7 @@ class Fused(Lowering):
     def cost(self, plan, tuning):
         g = plan.geometry
         m, _, k = self.gemm_shape(plan)
-        thin = max(1.0, tuning.gemm_full_rate_dim / max(1, min(m, k)))
+        thin = _thin_gemm_factor(m, k, tuning)
         deep = (g.R * g.S > 1 and g.rows >= tuning.fused_min_depth
                 and g.cols >= tuning.fused_min_cols)
         rate = tuning.fused_rate if deep else tuning.fused_shallow_rate
