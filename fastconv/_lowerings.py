@@ -501,6 +501,16 @@ def fused_isa(requested=None):
     return wanted
 
 
+def _zero_padding_only(g):
+    """Why a lowering with its own zero-padding logic (not the shared index
+    map's walk) cannot run g, or None."""
+    if g.padding_mode == "zeros":
+        return None
+    walkers = [e.name for e in TABLE["forward"] if isinstance(e, _Gemm) and e.uses_table]
+    return (f"pads with zeros only; padding_mode={g.padding_mode!r} runs on the lowerings "
+            f"that gather through the index map ({', '.join(walkers)})")
+
+
 class Fused(Lowering):
     """fastconv's own GEMM in the BLIS structure (NC, KC, MC blocks; weights
     packed once into MR-row panels; an MR x NR register-blocked micro-kernel
@@ -512,7 +522,9 @@ class Fused(Lowering):
     kernel = "fused"
 
     def unsuitable(self, g):
-        return None if self.kind == "forward" else "is for the forward pass only"
+        if self.kind != "forward":
+            return "is for the forward pass only"
+        return _zero_padding_only(g)
 
     def propose(self, planner, forced):
         from fastconv._kernels import fused
@@ -605,7 +617,7 @@ class Depthwise(Lowering):
         if g.groups != g.C:
             return (f"needs groups == C (a depthwise convolution); got groups {g.groups} "
                     f"with C = {g.C}")
-        return None
+        return _zero_padding_only(g)
 
     def work_items(self, g):
         # forward: (image, output channel); input gradient: (image, input
@@ -660,16 +672,18 @@ TABLE = {kind: (Gemm1x1(kind), Stretch(kind), Mapped(kind), Fused(kind), Depthwi
 _ANY_GEOMETRY = None
 
 
-def general_methods(kind="forward"):
+def general_methods(kind="forward", padding_mode="zeros"):
     """The method= names of the lowerings that compute any convolution of the
     kind (the case lists of tests and benchmarks read them from here;
-    special-purpose lowerings, such as the 1x1 GEMM, have their own)."""
+    special-purpose lowerings, such as the 1x1 GEMM, have their own), with
+    padding that reads `padding_mode`."""
     global _ANY_GEOMETRY
     if _ANY_GEOMETRY is None:
         from fastconv._params import conv_geometry
         _ANY_GEOMETRY = conv_geometry((2, 4, 9, 8), (6, 2, 3, 2), stride=(2, 1), groups=2,
                                       padding=((1, 2), (0, 1)), dilation=(2, 1))
-    return tuple(e.name for e in TABLE[kind] if e.unsuitable(_ANY_GEOMETRY) is None)
+    g = dataclasses.replace(_ANY_GEOMETRY, padding_mode=padding_mode)
+    return tuple(e.name for e in TABLE[kind] if e.unsuitable(g) is None)
 
 
 def methods(kind="forward"):

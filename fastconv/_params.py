@@ -10,6 +10,14 @@ import operator
 import numpy as np
 
 _PADDING_STRINGS = ("valid", "same", "full")
+# What the padding reads, in the order of the kernels' codes (PAD_ZEROS, ...
+# in fastconv/_kernels/_index_map.pxd). PyTorch's four names, plus NumPy's
+# "symmetric" (SciPy's boundary="symm").
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular", "symmetric")
+# the names other libraries use, for the error message
+_PADDING_MODE_ALIASES = {"constant": "zeros", "fill": "zeros", "edge": "replicate",
+                         "nearest": "replicate", "wrap": "circular", "symm": "symmetric",
+                         "mirror": "reflect"}
 _INT32_MAX = 2**31 - 1
 
 
@@ -34,6 +42,7 @@ class ConvGeometry:
     Ho: int
     Wo: int
     spatial_dims: int = 2
+    padding_mode: str = "zeros"   # one of PADDING_MODES; "zeros" when nothing is padded
 
     @property
     def rows(self):
@@ -64,9 +73,9 @@ class ConvGeometry:
         return (self.R, self.S, self.Wo, *self.stride, pad_top, pad_left, *self.dilation)
 
     def index_args(self, flip=False):
-        """kernel_args + (groups, flip): the index map of every kernel
-        (fastconv/_kernels/_index_map.pxd, init_index_map)."""
-        return (*self.kernel_args, self.groups, bool(flip))
+        """kernel_args + (groups, flip, padding mode code): the index map of
+        every kernel (fastconv/_kernels/_index_map.pxd, init_index_map)."""
+        return (*self.kernel_args, self.groups, bool(flip), PADDING_MODES.index(self.padding_mode))
 
     @property
     def is_pointwise(self):
@@ -177,13 +186,29 @@ def padding_pairs(padding, n, kernel, dilation, stride, flip=False):
     return tuple(pairs)
 
 
+def padding_mode_name(padding_mode):
+    """The padding mode, validated: one of PADDING_MODES."""
+    if isinstance(padding_mode, str) and padding_mode in PADDING_MODES:
+        return padding_mode
+    hint = ""
+    if isinstance(padding_mode, str) and padding_mode.lower() in _PADDING_MODE_ALIASES:
+        hint = f" (for {padding_mode!r} write {_PADDING_MODE_ALIASES[padding_mode.lower()]!r})"
+    elif isinstance(padding_mode, str) and padding_mode.lower() in PADDING_MODES:
+        hint = f" (write {padding_mode.lower()!r})"
+    shown = repr(padding_mode) if isinstance(padding_mode, str) and len(padding_mode) <= 40 \
+        else summarize(padding_mode)
+    raise ValueError(f"padding_mode={shown} is not one of {PADDING_MODES}{hint}")
+
+
 def conv_geometry(x_shape, weight_shape, *, stride, padding, dilation, groups,
-                  spatial_dims=2, flip=False):
+                  spatial_dims=2, flip=False, padding_mode="zeros"):
     """Validate shapes and parameters of a convolution; return its geometry.
 
     x_shape is (N, C, *spatial), weight_shape (K, C/groups, *kernel); flip
-    (mathematical convolution) places the odd element of padding="same".
+    (mathematical convolution) places the odd element of padding="same";
+    padding_mode says what the padding reads (PADDING_MODES).
     """
+    padding_mode = padding_mode_name(padding_mode)
     n = spatial_dims
     x_shape = tuple(int(s) for s in x_shape)
     weight_shape = tuple(int(s) for s in weight_shape)
@@ -220,13 +245,15 @@ def conv_geometry(x_shape, weight_shape, *, stride, padding, dilation, groups,
                 f"{size + lo + hi} along spatial axis {axis}, but the kernel (shape {weight_shape}, "
                 f"dilation {d}) spans {span}")
         out_size.append((size + lo + hi - span) // s + 1)
+    if not any(p for pair in pads for p in pair):
+        padding_mode = "zeros"  # nothing padded: every lowering applies
     if n == 1:
         in_size, kernel, out_size = [1] + in_size, [1] + kernel, [1] + out_size
         stride, dilation, pads = (1,) + stride, (1,) + dilation, ((0, 0),) + pads
     geometry = ConvGeometry(N=N, C=C, H=in_size[0], W=in_size[1], K=K, R=kernel[0],
                             S=kernel[1], groups=groups, stride=stride, padding=pads,
                             dilation=dilation, Ho=out_size[0], Wo=out_size[1],
-                            spatial_dims=n)
+                            spatial_dims=n, padding_mode=padding_mode)
     # BLAS takes 32-bit sizes; refuse what would not fit instead of overflowing.
     if max(geometry.cols, geometry.rows, K) > _INT32_MAX:
         raise ValueError(

@@ -128,8 +128,11 @@ class ConvPlan:
         else:
             threads = "1 thread"
         kind = "" if self.kind == "forward" else f"{self.kind}, "
+        mode = self.geometry.padding_mode
+        padding = "" if mode == "zeros" else f", {mode} padding"
         return (f"ConvPlan({kind}{self.method}, {self.dtype.name}, x{self.input_shape} * "
-                f"w{self.weight_shape} -> {self.output_shape}, {_format_flops(self.flops)}; "
+                f"w{self.weight_shape} -> {self.output_shape}{padding}, "
+                f"{_format_flops(self.flops)}; "
                 f"{self.lowering.describe(self)}; workspace "
                 f"{format_bytes(self.workspace_bytes)} of limit "
                 f"{format_bytes(self.memory_limit)}; {threads}: {self.reason})")
@@ -267,8 +270,8 @@ def _timed(fn, *args):
 
 
 def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
-                dilation=1, groups=1, flip=False, method="auto", memory_limit=None,
-                num_threads=None, measure=False, kind="forward"):
+                dilation=1, groups=1, flip=False, padding_mode="zeros", method="auto",
+                memory_limit=None, num_threads=None, measure=False, kind="forward"):
     """Plan a 2-D convolution or one of its gradients: choose the lowering,
     tile and threads.
 
@@ -288,7 +291,7 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
         (K, C/groups, R, S).
     dtype : dtype-like
         ``float32`` or ``float64`` (integer types plan as float64).
-    stride, padding, dilation, groups, flip
+    stride, padding, dilation, groups, flip, padding_mode
         As in :func:`fastconv.conv2d`.
     method : {"auto", "stretch", "mapped", "gemm1x1"}
     memory_limit : int or str, optional
@@ -336,7 +339,8 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
     x_shape = shape_like(x_shape, "x_shape", "x")
     weight_shape = shape_like(weight_shape, "weight_shape", "w")
     geometry = conv_geometry(x_shape, weight_shape, stride=stride, padding=padding,
-                             dilation=dilation, groups=groups, flip=flip)
+                             dilation=dilation, groups=groups, flip=flip,
+                             padding_mode=padding_mode)
     return plan_conv(geometry, _plan_dtype(dtype), flip=flip, method=method,
                      memory_limit=memory_limit, num_threads=num_threads, measure=measure,
                      kind=kind)

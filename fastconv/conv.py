@@ -124,7 +124,7 @@ def _unbatched_out(out, n, shape=None):
     return out[None] if out.ndim == n + 1 else out
 
 
-def _conv(x, weight, bias, spatial_dims, stride, padding, dilation, groups, flip,
+def _conv(x, weight, bias, spatial_dims, stride, padding, dilation, groups, flip, padding_mode,
           method, memory_limit, num_threads, out):
     fn = "conv1d" if spatial_dims == 1 else "conv2d"
     _check_bias_arg(bias, fn)
@@ -139,7 +139,8 @@ def _conv(x, weight, bias, spatial_dims, stride, padding, dilation, groups, flip
     elif weight.ndim == spatial_dims + 2 and _int_or_none(groups):
         hint = _channels_last_hint(x, weight.shape[1] * _int_or_none(groups), spatial_dims, True)
     geometry = _geometry(x.shape, weight.shape, hint, stride=stride, padding=padding,
-                         dilation=dilation, groups=groups, spatial_dims=spatial_dims, flip=flip)
+                         dilation=dilation, groups=groups, spatial_dims=spatial_dims, flip=flip,
+                         padding_mode=padding_mode)
     plan = plan_conv(geometry, compute, flip=flip, method=method,
                      memory_limit=memory_limit, num_threads=num_threads)
     if not unbatched:
@@ -150,8 +151,8 @@ def _conv(x, weight, bias, spatial_dims, stride, padding, dilation, groups, flip
 
 
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-           flip=False, method="auto", memory_limit=None, num_threads=None,
-           out=None):
+           flip=False, padding_mode="zeros", method="auto", memory_limit=None,
+           num_threads=None, out=None):
     """2-D convolution (cross-correlation) of a batch, lowered to GEMM.
 
     Parameters
@@ -174,7 +175,15 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     flip : bool
         Reverse the kernel spatially: mathematical convolution, as
         ``scipy.signal.convolve2d``.
-    method : {"auto", "stretch", "mapped", "gemm1x1"}
+    padding_mode : {"zeros", "reflect", "replicate", "circular", "symmetric"}
+        What the padding reads, as PyTorch's ``padding_mode`` (and
+        ``np.pad``'s "symmetric", SciPy's ``boundary="symm"``; "circular" is
+        its "wrap"): zeros, the input mirrored without or with its edge, its
+        edge repeated, or the input wrapped around. Padding wider than the
+        input folds again, as ``np.pad``. Done by the index map while
+        gathering, never by a padded copy; the gradients add what the
+        padding read back into the elements it came from.
+    method : {"auto", "stretch", "mapped", "gemm1x1", "fused", "depthwise"}
         "stretch" builds each image's whole im2col matrix; "mapped" gathers
         tiles of it through an index map; "auto" picks under the memory limit.
     memory_limit : int or str, optional
@@ -211,14 +220,16 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     >>> fastconv.conv2d(x, w, stride=2)
     array([[[[10., 18.],
              [42., 50.]]]])
+    >>> fastconv.conv2d(x, w, padding=((0, 1), (0, 1)), padding_mode="circular")[0, 0, 3]
+    array([26., 30., 34., 30.])
     """
-    return _conv(x, weight, bias, 2, stride, padding, dilation, groups, flip,
+    return _conv(x, weight, bias, 2, stride, padding, dilation, groups, flip, padding_mode,
                  method, memory_limit, num_threads, out)
 
 
 def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-           flip=False, method="auto", memory_limit=None, num_threads=None,
-           out=None):
+           flip=False, padding_mode="zeros", method="auto", memory_limit=None,
+           num_threads=None, out=None):
     """1-D convolution (cross-correlation) of a batch, through the 2-D kernels.
 
     Parameters
@@ -228,7 +239,7 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     bias : array_like, shape (K,), optional
     stride, dilation : int or (int,)
     padding : int, (p,), (left, right), or "valid", "same", "full"
-    groups, flip, method, memory_limit, num_threads, out
+    groups, flip, padding_mode, method, memory_limit, num_threads, out
         As in :func:`conv2d`.
 
     Returns
@@ -240,8 +251,11 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     >>> import numpy as np, fastconv
     >>> fastconv.conv1d(np.array([[[1.0, 2.0, 3.0, 4.0]]]), np.array([[[1.0, -1.0]]]))
     array([[[-1., -1., -1.]]])
+    >>> fastconv.conv1d(np.array([[[1.0, 2.0, 3.0, 4.0]]]), np.array([[[0.0, 1.0, 0.0]]]),
+    ...                 padding=2, padding_mode="reflect")
+    array([[[2., 1., 2., 3., 4., 3.]]])
     """
-    return _conv(x, weight, bias, 1, stride, padding, dilation, groups, flip,
+    return _conv(x, weight, bias, 1, stride, padding, dilation, groups, flip, padding_mode,
                  method, memory_limit, num_threads, out)
 
 
@@ -249,7 +263,7 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 # gradients
 
 def _gradient(kind, array, shape, grad_output, spatial_dims, stride, padding, dilation,
-              groups, flip, method, memory_limit, num_threads, out):
+              groups, flip, padding_mode, method, memory_limit, num_threads, out):
     """The input gradient (array = weight, shape = the input's) or the weight
     gradient (array = x, shape = the weight's): validate -> plan -> run."""
     array_name, shape_name = (("weight", "input_shape") if kind == "input_grad"
@@ -284,7 +298,8 @@ def _gradient(kind, array, shape, grad_output, spatial_dims, stride, padding, di
         batched_array = array[None] if unbatched else array
         x_shape, w_shape = batched_array.shape, shape
     geometry = conv_geometry(x_shape, w_shape, stride=stride, padding=padding,
-                             dilation=dilation, groups=groups, spatial_dims=n, flip=flip)
+                             dilation=dilation, groups=groups, spatial_dims=n, flip=flip,
+                             padding_mode=padding_mode)
     expected = geometry.output_shape[1:] if unbatched else geometry.output_shape
     if grad_output.shape != expected:
         hint = ""
@@ -309,8 +324,8 @@ def _gradient(kind, array, shape, grad_output, spatial_dims, stride, padding, di
 
 
 def conv2d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, dilation=1,
-                      groups=1, flip=False, method="auto", memory_limit=None, num_threads=None,
-                      out=None):
+                      groups=1, flip=False, padding_mode="zeros", method="auto",
+                      memory_limit=None, num_threads=None, out=None):
     """Gradient of a loss with respect to the input of :func:`conv2d`.
 
     The same as ``torch.nn.grad.conv2d_input``: per image and group,
@@ -331,7 +346,7 @@ def conv2d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, 
     weight : array_like, shape (K, C/groups, R, S)
     grad_output : array_like, shape (N, K, Ho, Wo)
         Gradient of the loss with respect to the convolution's output.
-    stride, padding, dilation, groups, flip, method, memory_limit, num_threads, out
+    stride, padding, dilation, groups, flip, padding_mode, method, memory_limit, num_threads, out
         As in :func:`conv2d`; the same planner chooses the lowering under
         the same memory limit.
 
@@ -359,12 +374,13 @@ def conv2d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, 
            [1., 2., 1.]])
     """
     return _gradient("input_grad", weight, input_shape, grad_output, 2, stride, padding,
-                     dilation, groups, flip, method, memory_limit, num_threads, out)
+                     dilation, groups, flip, padding_mode, method, memory_limit,
+                     num_threads, out)
 
 
 def conv2d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1,
-                       groups=1, flip=False, method="auto", memory_limit=None, num_threads=None,
-                       out=None):
+                       groups=1, flip=False, padding_mode="zeros", method="auto",
+                       memory_limit=None, num_threads=None, out=None):
     """Gradient of a loss with respect to the weight of :func:`conv2d`.
 
     The same as ``torch.nn.grad.conv2d_weight``: per group, the sum over
@@ -382,7 +398,7 @@ def conv2d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
     weight_shape : tuple of int
         (K, C/groups, R, S).
     grad_output : array_like, shape (N, K, Ho, Wo)
-    stride, padding, dilation, groups, flip, method, memory_limit, num_threads, out
+    stride, padding, dilation, groups, flip, padding_mode, method, memory_limit, num_threads, out
         As in :func:`conv2d`.
 
     Returns
@@ -403,12 +419,13 @@ def conv2d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
            [20., 24.]])
     """
     return _gradient("weight_grad", x, weight_shape, grad_output, 2, stride, padding,
-                     dilation, groups, flip, method, memory_limit, num_threads, out)
+                     dilation, groups, flip, padding_mode, method, memory_limit,
+                     num_threads, out)
 
 
 def conv1d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, dilation=1,
-                      groups=1, flip=False, method="auto", memory_limit=None, num_threads=None,
-                      out=None):
+                      groups=1, flip=False, padding_mode="zeros", method="auto",
+                      memory_limit=None, num_threads=None, out=None):
     """Gradient of a loss with respect to the input of :func:`conv1d`.
 
     Parameters
@@ -417,7 +434,7 @@ def conv1d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, 
         (N, C, L).
     weight : array_like, shape (K, C/groups, S)
     grad_output : array_like, shape (N, K, Lo)
-    stride, padding, dilation, groups, flip, method, memory_limit, num_threads, out
+    stride, padding, dilation, groups, flip, padding_mode, method, memory_limit, num_threads, out
         As in :func:`conv1d`.
 
     Returns
@@ -431,12 +448,13 @@ def conv1d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, 
     array([[[ 1.,  0.,  0., -1.]]])
     """
     return _gradient("input_grad", weight, input_shape, grad_output, 1, stride, padding,
-                     dilation, groups, flip, method, memory_limit, num_threads, out)
+                     dilation, groups, flip, padding_mode, method, memory_limit,
+                     num_threads, out)
 
 
 def conv1d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1,
-                       groups=1, flip=False, method="auto", memory_limit=None, num_threads=None,
-                       out=None):
+                       groups=1, flip=False, padding_mode="zeros", method="auto",
+                       memory_limit=None, num_threads=None, out=None):
     """Gradient of a loss with respect to the weight of :func:`conv1d`.
 
     Parameters
@@ -445,7 +463,7 @@ def conv1d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
     weight_shape : tuple of int
         (K, C/groups, S).
     grad_output : array_like, shape (N, K, Lo)
-    stride, padding, dilation, groups, flip, method, memory_limit, num_threads, out
+    stride, padding, dilation, groups, flip, padding_mode, method, memory_limit, num_threads, out
         As in :func:`conv1d`.
 
     Returns
@@ -459,7 +477,8 @@ def conv1d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
     array([[[6., 9.]]])
     """
     return _gradient("weight_grad", x, weight_shape, grad_output, 1, stride, padding,
-                     dilation, groups, flip, method, memory_limit, num_threads, out)
+                     dilation, groups, flip, padding_mode, method, memory_limit,
+                     num_threads, out)
 
 
 # --------------------------------------------------------------------------

@@ -536,7 +536,7 @@ def _gradient(kind, array, shape, grad_output, spatial_dims, options, flip, meth
 # public functions
 
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, flip=False,
-           method="auto", memory_limit=None, num_threads=None):
+           padding_mode="zeros", method="auto", memory_limit=None, num_threads=None):
     """2-D convolution of a Dask array of images: :func:`fastconv.conv2d` per block.
 
     Parameters
@@ -548,7 +548,7 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, f
     weight : array_like or dask.array.Array, shape (K, C/groups, R, S)
         Enters the graph once; a Dask weight is merged into one block.
     bias : array_like or dask.array.Array, shape (K,), optional
-    stride, padding, dilation, groups, flip, method
+    stride, padding, dilation, groups, flip, padding_mode, method
         As in :func:`fastconv.conv2d`.
     memory_limit, num_threads : optional
         Per task. ``None``: decided where the task runs (module notes: on a
@@ -579,12 +579,12 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, f
     >>> np.array_equal(y.compute(), fastconv.conv2d(x.compute(), w, padding=1))
     True
     """
-    return _forward(x, weight, bias, 2, _options(stride, padding, dilation, groups), flip, method,
-                    memory_limit, num_threads)
+    return _forward(x, weight, bias, 2, _options(stride, padding, dilation, groups, padding_mode),
+                    flip, method, memory_limit, num_threads)
 
 
 def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, flip=False,
-           method="auto", memory_limit=None, num_threads=None):
+           padding_mode="zeros", method="auto", memory_limit=None, num_threads=None):
     """1-D convolution of a Dask array (N, C, L): :func:`fastconv.conv1d` per block.
 
     Parameters and behaviour as :func:`conv2d`, with weight (K, C/groups, S).
@@ -603,12 +603,13 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, f
            [-1., -1., -1.],
            [-1., -1., -1.]])
     """
-    return _forward(x, weight, bias, 1, _options(stride, padding, dilation, groups), flip, method,
-                    memory_limit, num_threads)
+    return _forward(x, weight, bias, 1, _options(stride, padding, dilation, groups, padding_mode),
+                    flip, method, memory_limit, num_threads)
 
 
 def conv2d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, dilation=1,
-                      groups=1, flip=False, method="auto", memory_limit=None, num_threads=None):
+                      groups=1, flip=False, padding_mode="zeros", method="auto",
+                      memory_limit=None, num_threads=None):
     """Input gradient of :func:`conv2d` for a Dask ``grad_output``, per block of images.
 
     Parameters
@@ -617,7 +618,7 @@ def conv2d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, 
         (N, C, H, W) of the convolution's input.
     weight : array_like or dask.array.Array, shape (K, C/groups, R, S)
     grad_output : dask.array.Array, shape (N, K, Ho, Wo)
-    stride, padding, dilation, groups, flip, method, memory_limit, num_threads
+    stride, padding, dilation, groups, flip, padding_mode, method, memory_limit, num_threads
         As in :func:`conv2d`.
 
     Returns
@@ -638,13 +639,13 @@ def conv2d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, 
     True
     """
     return _gradient("input_grad", weight, input_shape, grad_output, 2,
-                     _options(stride, padding, dilation, groups), flip, method, memory_limit,
-                     num_threads)
+                     _options(stride, padding, dilation, groups, padding_mode), flip, method,
+                     memory_limit, num_threads)
 
 
 def conv2d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1,
-                       groups=1, flip=False, method="auto", memory_limit=None, num_threads=None,
-                       split_every=None):
+                       groups=1, flip=False, padding_mode="zeros", method="auto",
+                       memory_limit=None, num_threads=None, split_every=None):
     """Weight gradient of :func:`conv2d` for Dask arrays: partial sums per
     block of images, added by Dask's tree reduction.
 
@@ -655,7 +656,7 @@ def conv2d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
         (K, C/groups, R, S).
     grad_output : dask.array.Array, shape (N, K, Ho, Wo)
         Rechunked to x's blocks of images if they differ.
-    stride, padding, dilation, groups, flip, method, memory_limit, num_threads
+    stride, padding, dilation, groups, flip, padding_mode, method, memory_limit, num_threads
         As in :func:`conv2d`.
     split_every : int, optional
         Partial sums added per reduction task (``dask.array.sum``'s argument).
@@ -676,12 +677,13 @@ def conv2d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
     ((2, 3, 3, 3), 384.0)
     """
     return _gradient("weight_grad", x, weight_shape, grad_output, 2,
-                     _options(stride, padding, dilation, groups), flip, method, memory_limit,
-                     num_threads, split_every)
+                     _options(stride, padding, dilation, groups, padding_mode), flip, method,
+                     memory_limit, num_threads, split_every)
 
 
 def conv1d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, dilation=1,
-                      groups=1, flip=False, method="auto", memory_limit=None, num_threads=None):
+                      groups=1, flip=False, padding_mode="zeros", method="auto",
+                      memory_limit=None, num_threads=None):
     """Input gradient of :func:`conv1d` for a Dask ``grad_output`` (N, K, Lo).
 
     As :func:`conv2d_input_grad`, with input_shape (N, C, L).
@@ -697,13 +699,13 @@ def conv1d_input_grad(input_shape, weight, grad_output, *, stride=1, padding=0, 
            [[ 1.,  0.,  0., -1.]]])
     """
     return _gradient("input_grad", weight, input_shape, grad_output, 1,
-                     _options(stride, padding, dilation, groups), flip, method, memory_limit,
-                     num_threads)
+                     _options(stride, padding, dilation, groups, padding_mode), flip, method,
+                     memory_limit, num_threads)
 
 
 def conv1d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1,
-                       groups=1, flip=False, method="auto", memory_limit=None, num_threads=None,
-                       split_every=None):
+                       groups=1, flip=False, padding_mode="zeros", method="auto",
+                       memory_limit=None, num_threads=None, split_every=None):
     """Weight gradient of :func:`conv1d` for Dask arrays (N, C, L) and (N, K, Lo).
 
     As :func:`conv2d_weight_grad`, with weight_shape (K, C/groups, S).
@@ -717,8 +719,8 @@ def conv1d_weight_grad(x, weight_shape, grad_output, *, stride=1, padding=0, dil
     array([[[18., 24.]]])
     """
     return _gradient("weight_grad", x, weight_shape, grad_output, 1,
-                     _options(stride, padding, dilation, groups), flip, method, memory_limit,
-                     num_threads, split_every)
+                     _options(stride, padding, dilation, groups, padding_mode), flip, method,
+                     memory_limit, num_threads, split_every)
 
 
 class _NpyFile:
@@ -797,5 +799,6 @@ def _images_per_block(array):
     return max(known) if known else 16
 
 
-def _options(stride, padding, dilation, groups):
-    return {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+def _options(stride, padding, dilation, groups, padding_mode):
+    return {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups,
+            "padding_mode": padding_mode}

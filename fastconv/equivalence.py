@@ -20,14 +20,14 @@ from fastconv._params import as_array, conv_geometry, int_tuple, kernel_input, r
 __all__ = ["im2col", "col2im", "conv_matrix"]
 
 
-def _window_geometry(x_shape, kernel_size, stride, padding, dilation, name):
+def _window_geometry(x_shape, kernel_size, stride, padding, dilation, padding_mode, name):
     x_shape = tuple(int(s) for s in x_shape)
     if len(x_shape) != 4:
         raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {x_shape}")
     R, S = int_tuple(kernel_size, "kernel_size", 2, 1)
     C = x_shape[1]
     return conv_geometry(x_shape, (1, C, R, S), stride=stride, padding=padding,
-                         dilation=dilation, groups=1)
+                         dilation=dilation, groups=1, padding_mode=padding_mode)
 
 
 def _row_table(g):
@@ -36,7 +36,8 @@ def _row_table(g):
     return np.empty(row_table_shape(g), dtype=np.intp)
 
 
-def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None, out=None):
+def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, padding_mode="zeros",
+           num_threads=None, out=None):
     """The stretched (im2col) matrix of every image: one column per window.
 
     Parameters
@@ -44,7 +45,7 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None,
     x : array_like, shape (N, C, H, W)
     kernel_size : int or (int, int)
         (R, S).
-    stride, padding, dilation
+    stride, padding, dilation, padding_mode
         As in :func:`fastconv.conv2d`.
     num_threads : int, optional
     out : ndarray, optional
@@ -54,8 +55,9 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None,
     -------
     ndarray, shape (N, C*R*S, Ho*Wo)
         Row ``(c*R + r)*S + s``, column ``oh*Wo + ow`` holds
-        ``x[n, c, oh*sh + r*dh - pad_top, ow*sw + s*dw - pad_left]``, or 0 in
-        the padding. ``weight.reshape(K, -1) @ cols[n]`` is ``conv2d(x, weight)[n]``
+        ``x[n, c, oh*sh + r*dh - pad_top, ow*sw + s*dw - pad_left]``, or in
+        the padding 0 (or, with another ``padding_mode``, the element it
+        reads). ``weight.reshape(K, -1) @ cols[n]`` is ``conv2d(x, weight)[n]``
         flattened.
 
     Examples
@@ -71,7 +73,7 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None,
     from fastconv._kernels.stretch import im2col as im2col_kernel
     x = as_array(x, "x")
     compute, result = resolve_dtypes(x=x)
-    g = _window_geometry(x.shape, kernel_size, stride, padding, dilation, "x")
+    g = _window_geometry(x.shape, kernel_size, stride, padding, dilation, padding_mode, "x")
     _, threads = _config.resolve(None, num_threads)
     shape = (g.N, g.rows, g.cols)
     if out is not None:
@@ -89,7 +91,7 @@ def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, num_threads=None,
 
 
 def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1,
-           num_threads=None, out=None):
+           padding_mode="zeros", num_threads=None, out=None):
     """The adjoint of :func:`im2col`: add every column back into its window.
 
     Parameters
@@ -97,7 +99,7 @@ def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1,
     cols : array_like, shape (N, C*R*S, Ho*Wo)
     input_shape : tuple of int
         (N, C, H, W) of the image the columns came from.
-    kernel_size, stride, padding, dilation
+    kernel_size, stride, padding, dilation, padding_mode
         As for :func:`im2col`.
     num_threads : int, optional
     out : ndarray, optional
@@ -107,7 +109,8 @@ def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1,
     -------
     ndarray, shape input_shape
         Elements covered by several windows receive the sum of their copies;
-        entries that fell in the padding are dropped. For any x and c,
+        entries that fell in zero padding are dropped (with another
+        ``padding_mode``, added into the element they read). For any x and c,
         ``(im2col(x) * c).sum() == (x * col2im(c)).sum()``: the two are
         transposes of one linear map. ``col2im(im2col(x))`` is therefore x
         times the number of windows covering each element, not x.
@@ -123,7 +126,8 @@ def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1,
     from fastconv._kernels.col2im import col2im as col2im_kernel
     cols = as_array(cols, "cols")
     compute, result = resolve_dtypes(cols=cols)
-    g = _window_geometry(input_shape, kernel_size, stride, padding, dilation, "input_shape")
+    g = _window_geometry(input_shape, kernel_size, stride, padding, dilation, padding_mode,
+                         "input_shape")
     expected = (g.N, g.rows, g.cols)
     if cols.shape != expected:
         raise ValueError(
@@ -154,7 +158,7 @@ def _delivered(array, result, out):
 
 
 def conv_matrix(weight, input_shape, *, stride=1, padding=0, dilation=1, groups=1,
-                sparse=False):
+                padding_mode="zeros", sparse=False):
     """The matrix of a convolutional layer seen as a fully connected layer.
 
     Parameters
@@ -162,7 +166,7 @@ def conv_matrix(weight, input_shape, *, stride=1, padding=0, dilation=1, groups=
     weight : array_like, shape (K, C/groups, R, S)
     input_shape : tuple of int
         (C, H, W) of one image.
-    stride, padding, dilation, groups
+    stride, padding, dilation, groups, padding_mode
         As in :func:`fastconv.conv2d`.
     sparse : bool
         Return a ``scipy.sparse`` CSR matrix, built from its nonzeros without
@@ -208,13 +212,15 @@ def conv_matrix(weight, input_shape, *, stride=1, padding=0, dilation=1, groups=
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (C, H, W) of one image, got {input_shape}")
     g = conv_geometry((1,) + input_shape, weight.shape, stride=stride, padding=padding,
-                      dilation=dilation, groups=groups)
+                      dilation=dilation, groups=groups, padding_mode=padding_mode)
     n_out, n_in = g.K * g.cols, g.C * g.H * g.W
     # Which input element each (tap, output position) reads: im2col of the
     # element numbers 1..C*H*W (0 = padding), exact in float64 below 2**53.
     numbers = np.arange(1, n_in + 1, dtype=np.float64).reshape((1,) + input_shape)
+    # (other padding modes read input elements there: their numbers)
     source = im2col(numbers, (g.R, g.S), stride=g.stride, padding=g.padding,
-                    dilation=g.dilation, num_threads=1)[0].astype(np.int64) - 1
+                    dilation=g.dilation, padding_mode=g.padding_mode,
+                    num_threads=1)[0].astype(np.int64) - 1
     rows_g, k_g = g.rows, g.K // g.groups
     filters = weight.astype(result, copy=False).reshape(g.K, rows_g)
     out_rows, in_cols, values = [], [], []
@@ -230,5 +236,8 @@ def conv_matrix(weight, input_shape, *, stride=1, padding=0, dilation=1, groups=
         from scipy.sparse import csr_matrix
         return csr_matrix((values, (out_rows, in_cols)), shape=(n_out, n_in))
     dense = np.zeros((n_out, n_in), dtype=result)
-    dense[out_rows, in_cols] = values
+    if g.padding_mode == "zeros":
+        dense[out_rows, in_cols] = values
+    else:  # a window may read an element twice (reflected): the taps add up
+        np.add.at(dense, (out_rows, in_cols), values)
     return dense

@@ -7,12 +7,37 @@ is one einsum per group, in float64.
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+# fastconv's padding modes in np.pad's names
+NP_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge",
+                "circular": "wrap", "symmetric": "symmetric"}
+
+
+def pad_reference(x, padding, padding_mode="zeros"):
+    """x (N, C, H, W) padded by np.pad, ((top, bottom), (left, right))."""
+    return np.pad(x, ((0, 0), (0, 0), tuple(padding[0]), tuple(padding[1])),
+                  mode=NP_PAD_MODES[padding_mode])
+
+
+def pad_adjoint_reference(padded, input_shape, padding, padding_mode="zeros"):
+    """The transpose of pad_reference: every element of `padded` added into
+    the input element np.pad copied it from (zeros: the padding dropped)."""
+    N, C, H, W = input_shape
+    (pt, _), (pl, _) = padding
+    if padding_mode == "zeros":
+        return padded[:, :, pt:pt + H, pl:pl + W]
+    source = pad_reference(np.arange(H * W).reshape(1, 1, H, W), padding, padding_mode)[0, 0]
+    out = np.zeros((N, C, H * W))
+    np.add.at(out, (slice(None), slice(None), source.ravel()), padded.reshape(N, C, -1))
+    return out.reshape(input_shape)
+
 
 def conv2d_reference(x, weight, bias=None, *, stride=(1, 1),
-                     padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1, flip=False):
+                     padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1, flip=False,
+                     padding_mode="zeros"):
     """Cross-correlation of x (N, C, H, W) with weight (K, C/groups, R, S).
 
-    padding is explicit ((top, bottom), (left, right)); the result is float64.
+    padding is explicit ((top, bottom), (left, right)), filled as np.pad
+    does for padding_mode; the result is float64.
     """
     x = np.asarray(x, dtype=np.float64)
     weight = np.asarray(weight, dtype=np.float64)
@@ -21,7 +46,7 @@ def conv2d_reference(x, weight, bias=None, *, stride=(1, 1),
     N, C, H, W = x.shape
     K, Cg, R, S = weight.shape
     (sh, sw), (dh, dw) = stride, dilation
-    padded = np.pad(x, ((0, 0), (0, 0), padding[0], padding[1]))
+    padded = pad_reference(x, padding, padding_mode)
     span_h, span_w = dh * (R - 1) + 1, dw * (S - 1) + 1
     # windows[n, c, i, j, a, b] = padded[n, c, i + a, j + b]
     windows = sliding_window_view(padded, (span_h, span_w), axis=(2, 3))
@@ -37,11 +62,12 @@ def conv2d_reference(x, weight, bias=None, *, stride=(1, 1),
 
 
 def conv1d_reference(x, weight, bias=None, *, stride=1, padding=(0, 0), dilation=1,
-                     groups=1, flip=False):
+                     groups=1, flip=False, padding_mode="zeros"):
     """1-D cross-correlation via the 2-D reference on a height-1 image."""
     out = conv2d_reference(np.asarray(x)[:, :, None, :], np.asarray(weight)[:, :, None, :],
                            bias, stride=(1, stride), padding=((0, 0), padding),
-                           dilation=(1, dilation), groups=groups, flip=flip)
+                           dilation=(1, dilation), groups=groups, flip=flip,
+                           padding_mode=padding_mode)
     return out[:, :, 0, :]
 
 
@@ -96,9 +122,12 @@ def _strided_taps(R, S, stride, dilation, out_hw):
 
 
 def conv2d_input_grad_reference(input_shape, weight, grad_output, *, stride=(1, 1),
-                                padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1, flip=False):
+                                padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1, flip=False,
+                                padding_mode="zeros"):
     """d<conv2d(x, weight), grad_output>/dx by scattering every tap's
-    contribution into a padded zero image, then cutting the padding (float64)."""
+    contribution into a padded zero image, then cutting the padding (or,
+    for another padding mode, adding it back where np.pad copied it from)
+    (float64)."""
     weight = np.asarray(weight, dtype=np.float64)
     if flip:
         weight = weight[:, :, ::-1, ::-1]
@@ -112,17 +141,18 @@ def conv2d_input_grad_reference(input_shape, weight, grad_output, *, stride=(1, 
         for g in range(groups):
             padded[:, g * Cg:(g + 1) * Cg, rows, cols] += np.einsum(
                 "nkhw,kc->nchw", grad[:, g * Kg:(g + 1) * Kg], weight[g * Kg:(g + 1) * Kg, :, r, s])
-    return padded[:, :, pt:pt + H, pl:pl + W]
+    return pad_adjoint_reference(padded, input_shape, padding, padding_mode)
 
 
 def conv2d_weight_grad_reference(x, weight_shape, grad_output, *, stride=(1, 1),
-                                 padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1, flip=False):
+                                 padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1, flip=False,
+                                 padding_mode="zeros"):
     """d<conv2d(x, weight), grad_output>/dweight, one kernel tap at a time (float64)."""
     x = np.asarray(x, dtype=np.float64)
     grad = np.asarray(grad_output, dtype=np.float64)
     K, Cg, R, S = weight_shape
     Kg = K // groups
-    padded = np.pad(x, ((0, 0), (0, 0), padding[0], padding[1]))
+    padded = pad_reference(x, padding, padding_mode)
     out = np.zeros(weight_shape)
     for r, s, (rows, cols) in _strided_taps(R, S, stride, dilation, grad.shape[2:]):
         for g in range(groups):

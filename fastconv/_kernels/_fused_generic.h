@@ -85,7 +85,7 @@ FC_DEFINE_GENERIC(fc_ukr_generic_f64, double, FC_GENERIC_MR_F64, FC_GENERIC_NR_F
  * past the last segment.
  *
  * The constants mirror _index_map.pxd; fused.pyx checks them at import. */
-#define FC_ROW_FIELDS 5
+#define FC_ROW_FIELDS 7
 #define FC_ROW_OFFSET 0
 #define FC_ROW_OH_LO 1
 #define FC_ROW_OH_HI 2

@@ -7,23 +7,19 @@
 from libc.string cimport memcpy
 from cython cimport floating
 
-from fastconv._kernels._index_map cimport gather_columns
+from fastconv._kernels._index_map cimport IndexMap, gather_columns
 
 
-cdef inline void gather_images(const floating *x_first, Py_ssize_t image_step,
-                               Py_ssize_t count, const Py_ssize_t *table,
-                               Py_ssize_t n_rows, Py_ssize_t Wo,
-                               Py_ssize_t out_row_step, Py_ssize_t out_col_step,
+cdef inline void gather_images(const IndexMap *m, const floating *x_first, Py_ssize_t count,
                                Py_ssize_t start, Py_ssize_t width,
                                floating *side_by_side) noexcept nogil:
-    """Columns [start, start+width) of the stretched matrices of `count`
-    images (image_step elements apart from x_first), side by side:
-    n_rows x count*width."""
+    """Columns [start, start+width) of the stretched matrices (all m.rows
+    rows) of `count` images (m.xs_n elements apart from x_first), side by
+    side: m.rows x count*width."""
     cdef Py_ssize_t i
     for i in range(count):
-        gather_columns(x_first + i * image_step, table, n_rows, Wo, out_row_step,
-                       out_col_step, start, start + width, side_by_side + i * width,
-                       count * width)
+        gather_columns(m, x_first + i * m.xs_n, m.table, m.rows, start, start + width,
+                       side_by_side + i * width, count * width)
 
 
 cdef inline void pack_rows(floating *side_by_side, const floating *first_row,

@@ -52,8 +52,7 @@ def conv2d_batched(const floating[:, :, :, :] x,
         width = count * cols
         buf = &workspace[threadid(), 0]
         block = &product[threadid(), 0]
-        gather_images(&x[first, g * m.c_group, 0, 0], m.xs_n, count, m.table, m.rows, m.Wo,
-                      m.row_step, m.col_step, 0, cols, buf)
+        gather_images(&m, &x[first, g * m.c_group, 0, 0], count, 0, cols, buf)
         beta = start_block(block, width, k_group, width,
                            bias_ptr + g * k_group if bias_ptr != NULL else NULL)
         gemm_rowmajor(<int> k_group, <int> width, <int> m.rows,

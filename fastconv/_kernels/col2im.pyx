@@ -19,5 +19,5 @@ def col2im(const floating[:, :, ::1] cols, floating[:, :, :, ::1] x, Py_ssize_t[
                    cols.shape[2])
     cdef Py_ssize_t n
     for n in prange(m.N, schedule="static", num_threads=num_threads, nogil=True):
-        scatter_add_columns(&x[n, 0, 0, 0], m.table, m.rows, m.Wo, m.row_step, m.col_step,
-                            0, m.cols, &cols[n, 0, 0], m.cols)
+        scatter_add_columns(&m, &x[n, 0, 0, 0], m.table, m.rows, 0, m.cols, &cols[n, 0, 0],
+                            m.cols)

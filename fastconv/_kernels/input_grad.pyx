@@ -94,8 +94,8 @@ def conv2d_input_grad(const floating[:, :, ::1] grad,
                              <int> k_group, w_block, <int> n_rows,
                              pack, <int> (count * cols), 0.0, buf, <int> (count * cols))
             for i in range(count):
-                scatter_add_columns(&grad_x[n + i, g * m.c_group, 0, 0], m.table + c_lo * taps * ROW_FIELDS,
-                                    block_rows, m.Wo, m.row_step, m.col_step, 0, cols,
+                scatter_add_columns(&m, &grad_x[n + i, g * m.c_group, 0, 0],
+                                    m.table + c_lo * taps * ROW_FIELDS, block_rows, 0, cols,
                                     buf + i * cols, count * cols)
             continue
         n = batch
@@ -117,5 +117,5 @@ def conv2d_input_grad(const floating[:, :, ::1] grad,
                 gemm_rowmajor_op(True, False, <int> block_rows, <int> width,
                                  <int> k_group, w_block, <int> n_rows,
                                  g_block, <int> cols, 0.0, buf, <int> width)
-                scatter_add_columns(x_group, m.table + c_lo * taps * ROW_FIELDS, block_rows, m.Wo,
-                                    m.row_step, m.col_step, start, start + width, buf, width)
+                scatter_add_columns(&m, x_group, m.table + c_lo * taps * ROW_FIELDS, block_rows,
+                                    start, start + width, buf, width)

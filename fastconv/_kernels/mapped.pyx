@@ -57,8 +57,8 @@ def conv2d_mapped(const floating[:, :, :, :] x,
         if width > tile_cols:
             width = tile_cols
         buf = &workspace[threadid(), 0]
-        gather_columns(&x[n, g * m.c_group, 0, 0], m.table, m.rows, m.Wo,
-                       m.row_step, m.col_step, start, start + width, buf, width)
+        gather_columns(&m, &x[n, g * m.c_group, 0, 0], m.table, m.rows, start, start + width,
+                       buf, width)
         block = &out[n, g * k_group, start]
         beta = start_block(block, m.cols, k_group, width,
                            bias_ptr + g * k_group if bias_ptr != NULL else NULL)

@@ -33,5 +33,4 @@ def im2col(const floating[:, :, :, :] x, floating[:, :, ::1] cols, Py_ssize_t[:,
                    cols.shape[2])
     cdef Py_ssize_t n
     for n in prange(m.N, schedule="static", num_threads=num_threads, nogil=True):
-        gather_columns(&x[n, 0, 0, 0], m.table, m.rows, m.Wo, m.row_step, m.col_step,
-                       0, m.cols, &cols[n, 0, 0], m.cols)
+        gather_columns(&m, &x[n, 0, 0, 0], m.table, m.rows, 0, m.cols, &cols[n, 0, 0], m.cols)

@@ -47,8 +47,7 @@ cdef inline void _add_terms(const IndexMap *m, const floating *x_group,
         b = x_group + n * m.xs_n + start
         ldb = m.xs_c
     else:
-        gather_images(x_group + n * m.xs_n, m.xs_n, count, m.table, m.rows, m.Wo, m.row_step,
-                      m.col_step, start, width, buf)
+        gather_images(m, x_group + n * m.xs_n, count, start, width, buf)
         b = buf
         ldb = depth
     if count == 1:
