@@ -123,7 +123,8 @@ def execute(plan, given, out=None):
             ops.grad = _gradient(plan, arrays["grad_output"])
             ops.x = lowering.prepare_input(g, kernel_input(x, dtype))
     if runs:
-        with _runtime.budget.lend(plan.kernel_threads, plan.blas_threads) as (threads, _):
+        with _runtime.budget.lend(plan.kernel_threads, plan.blas_threads,
+                                  lowering.uses_blas) as (threads, _):
             # buffers for the threads granted now (never more than planned)
             specs = lowering.buffers(g, dtype, plan.blocking, threads)
             with _workspace.lend_buffers(specs, plan.memory_limit,

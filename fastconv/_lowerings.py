@@ -67,6 +67,7 @@ class Lowering:
     """One way of computing one kind of convolution (see the module docstring)."""
     name = None      # the method= value
     kernel = None    # the kernel module, fastconv/_kernels/<kernel>.pyx
+    uses_blas = True  # False: the kernel never calls BLAS, whose thread setting is then left alone
 
     def __init__(self, kind):
         self.kind = kind
@@ -520,6 +521,7 @@ class Fused(Lowering):
     micro-kernel (fastconv/_kernels/fused.pyx, _fused_*.h)."""
     name = "fused"
     kernel = "fused"
+    uses_blas = False
 
     def unsuitable(self, g):
         if self.kind != "forward":
@@ -612,6 +614,7 @@ class Depthwise(Lowering):
     gradients), no workspace."""
     name = "depthwise"
     kernel = "depthwise"
+    uses_blas = False
 
     def unsuitable(self, g):
         if g.groups != g.C:

@@ -45,14 +45,47 @@ def _blas_controller():
                 # scan, or the controller would only see NumPy's
                 import fastconv._kernels.mapped  # noqa: F401
                 from threadpoolctl import ThreadpoolController
-                _controller = ThreadpoolController().select(user_api="blas")
+                _controller = _kernels_blas(ThreadpoolController().select(user_api="blas"))
     return _controller
+
+
+def _kernels_blas(controller):
+    """The BLAS the kernels call (scipy.linalg.cython_blas's: in a wheel, the
+    OpenBLAS in scipy.libs, not NumPy's in numpy.libs), so that each call sets
+    one library's threads, not every loaded one's; all of them when none is
+    recognisably SciPy's (e.g. one shared libopenblas)."""
+    import scipy
+    root = os.path.dirname(os.path.abspath(scipy.__file__))
+    mine = [lib for lib in controller.lib_controllers
+            if os.path.abspath(lib.filepath).startswith((root + os.sep, root + ".libs" + os.sep))]
+    if mine and len(mine) < len(controller.lib_controllers):
+        controller = controller.select(filepath=[lib.filepath for lib in mine])
+    return controller
 
 
 def _blas_threads_now():
     counts = [lib.num_threads for lib in _blas_controller().lib_controllers]
     counts = [c for c in counts if isinstance(c, int) and c >= 1]
     return min(counts) if counts else None
+
+
+def _set_blas_threads(n):
+    """Set every BLAS library's thread count to n; returns [(library, its
+    count before)] for those that changed. Calls each library's own setter
+    (about 1 us) rather than building a threadpoolctl limiter, whose
+    inspection of every library cost about 15 us a call."""
+    changed = []
+    for lib in _blas_controller().lib_controllers:
+        count = lib.num_threads
+        if count != n:
+            lib.set_num_threads(n)
+            changed.append((lib, count))
+    return changed
+
+
+def _restore_blas_threads(changed):
+    for lib, count in changed:
+        lib.set_num_threads(count)
 
 
 class ThreadBudget:
@@ -64,8 +97,8 @@ class ThreadBudget:
         self._active = 0
         self._in_use = 0
         self._exclusive = False
-        self._blas_before = None   # the BLAS setting found by the first call
-        self._blas_limiter = None
+        self._blas_before = None   # the BLAS setting found by the first call that uses BLAS
+        self._blas_changed = None  # [(library, count)] to restore; None: not set by fastconv
 
     @property
     def capacity(self):
@@ -80,18 +113,20 @@ class ThreadBudget:
         """BLAS threads as the caller set them (not as fastconv set them for a
         running call)."""
         with self._cond:
-            if self._active:
+            if self._blas_changed is not None:
                 return self._blas_before
         return _blas_threads_now()
 
     @contextmanager
-    def lend(self, kernel_threads, blas_threads):
+    def lend(self, kernel_threads, blas_threads, uses_blas=True):
         """Lend threads to one call; yields the (kernel, BLAS) threads to use.
 
         kernel_threads > 1: an OpenMP team over work items, BLAS at 1.
         blas_threads > 1: a serial loop over threaded GEMMs.
         The grant never exceeds the request; it is smaller while other calls
-        hold part of the budget.
+        hold part of the budget. uses_blas False (kernels that never call
+        BLAS): the BLAS setting is left as it is, unless a running call of
+        another kind needs it.
         """
         want = max(kernel_threads, blas_threads)
         with self._cond:
@@ -107,10 +142,12 @@ class ThreadBudget:
                 kernel, blas, exclusive, granted = 1, 1, False, 1
             else:
                 kernel, blas, exclusive = granted, 1, False
-            if self._active == 0:
+            if uses_blas and self._blas_changed is None:
+                # the first call using BLAS since the budget was idle sets
+                # it (no GEMM runs now: an exclusive call runs alone, and
+                # the calls running hold no BLAS setting)
                 self._blas_before = _blas_threads_now()
-                if self._blas_before != blas:
-                    self._blas_limiter = _blas_controller().limit(limits=blas)
+                self._blas_changed = _set_blas_threads(blas)
             self._active += 1
             self._in_use += granted
             self._exclusive = exclusive
@@ -122,20 +159,20 @@ class ThreadBudget:
                 self._in_use -= granted
                 if exclusive:
                     self._exclusive = False
-                if self._active == 0 and self._blas_limiter is not None:
-                    self._blas_limiter.restore_original_limits()
-                    self._blas_limiter = None
+                if self._active == 0 and self._blas_changed is not None:
+                    _restore_blas_threads(self._blas_changed)
+                    self._blas_changed = None
                 self._cond.notify_all()
 
 
     def _after_fork_in_child(self):
         # the calls in flight belong to threads the child does not have: a
         # budget that still counted them would make the child's calls wait forever
-        limiter = self._blas_limiter
+        changed = self._blas_changed
         self.__init__(self._capacity)
-        if limiter is not None:
+        if changed:
             try:
-                limiter.restore_original_limits()
+                _restore_blas_threads(changed)
             except Exception:  # the library may not be usable in the child; keep going
                 pass
 

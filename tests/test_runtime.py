@@ -87,20 +87,59 @@ def test_threadpool_limits_cap_the_default_threads():
         assert fastconv.plan_conv2d(shape, wshape, padding=1, num_threads=2).num_threads == 2
 
 
-@pytest.mark.skipif(not openmp_enabled(), reason="built without OpenMP")
-def test_blas_is_single_threaded_inside_openmp_kernels():
+def _blas_seen_inside(calls):
+    """[(granted threads, BLAS threads seen inside the lend)] for each lend
+    made while running calls()."""
     seen = []
     real_lend = _runtime.ThreadBudget.lend
 
     @contextmanager
-    def spy(self, kernel_threads, blas_threads):
-        with real_lend(self, kernel_threads, blas_threads) as granted:
+    def spy(self, *args):
+        with real_lend(self, *args) as granted:
             seen.append((granted, _runtime._blas_threads_now()))
             yield granted
 
     with mock.patch.object(_runtime.ThreadBudget, "lend", spy):
-        fastconv.conv2d(np.ones((4, 8, 30, 30)), np.ones((8, 8, 3, 3)), num_threads=2)
+        calls()
+    return seen
+
+
+@pytest.mark.skipif(not openmp_enabled(), reason="built without OpenMP")
+@pytest.mark.parametrize("method", ["stretch", "mapped"])
+def test_blas_is_single_threaded_inside_openmp_kernels(method):
+    with threadpool_limits(limits=2, user_api="blas"):
+        seen = _blas_seen_inside(lambda: fastconv.conv2d(
+            np.ones((4, 8, 30, 30)), np.ones((8, 8, 3, 3)), num_threads=2, method=method))
+        assert _runtime._blas_threads_now() == 2  # restored
     assert seen == [((2, 1), 1)]
+
+
+@pytest.mark.skipif(not openmp_enabled(), reason="built without OpenMP")
+@pytest.mark.parametrize("method, shape", [("fused", (8, 8, 3, 3)), ("depthwise", (8, 1, 3, 3))])
+def test_kernels_without_blas_leave_its_setting_alone(method, shape):
+    """Changing BLAS's threads and back cost ~15 us a call; kernels that
+    never call BLAS skip it."""
+    x, w = np.ones((4, 8, 30, 30)), np.ones(shape)
+    with threadpool_limits(limits=2, user_api="blas"):
+        seen = _blas_seen_inside(lambda: fastconv.conv2d(x, w, groups=8 // shape[1],
+                                                         num_threads=2, method=method))
+    assert seen == [((2, 1), 2)]
+
+
+def test_a_blas_call_joining_a_blas_free_one_sets_blas():
+    """A fused call running (BLAS untouched) and a mapped call starting
+    beside it: the mapped call's GEMMs still run with BLAS at 1 thread, and
+    the caller's setting is back once both are done."""
+    budget = _runtime.ThreadBudget(capacity=4)
+    with threadpool_limits(limits=2, user_api="blas"):
+        with budget.lend(2, 1, False):
+            assert _runtime._blas_threads_now() == 2
+            with budget.lend(2, 1, True) as granted:
+                assert granted == (2, 1) and _runtime._blas_threads_now() == 1
+                assert budget.blas_threads_outside() == 2  # the caller's, for defaults
+            assert _runtime._blas_threads_now() == 1  # the fused call still runs
+        assert _runtime._blas_threads_now() == 2
+        assert budget._active == 0 and budget._blas_changed is None
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
