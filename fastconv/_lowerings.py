@@ -558,6 +558,8 @@ class Fused(Lowering):
         deep = (g.R * g.S > 1 and g.rows >= tuning.fused_min_depth
                 and g.cols >= tuning.fused_min_cols)
         rate = tuning.fused_rate if deep else tuning.fused_shallow_rate
+        if g.is_pointwise and g.cols >= tuning.fused_pointwise_min_cols:
+            rate = tuning.fused_pointwise_rate  # against gemm1x1's half-traffic model
         return plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads * rate) * thin
 
     # the same GEMM shapes as the BLAS lowerings' forward pass

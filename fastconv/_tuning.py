@@ -68,6 +68,14 @@ class Tuning:
     # workspace (no packed copy of the weights) decides
     fused_min_cols: int = 64
     fused_shallow_rate: float = 0.75
+    # 1x1 stride-1 layers (where gemm1x1 reads the input in place, modelled
+    # at half a gathering lowering's time, so a rate of 2 ties): fused took
+    # 0.72-0.82x gemm1x1's time on 56x56 maps (64->64, 256->64), 0.90-0.94x
+    # on 28x28 (512->128, 128->512), but 1.01-1.09x on 14x14 and 7x7 (fp32,
+    # 2 threads, interleaved, one run): from this many output positions per
+    # image it is taken to run at fused_pointwise_rate.
+    fused_pointwise_min_cols: int = 784
+    fused_pointwise_rate: float = 2.2
 
 
 _lock = threading.Lock()

@@ -1,0 +1,75 @@
+"""A loop's steady state, fastconv against PyTorch: the same layer called again
+and again, fastconv writing into one `out=` with its kept workspace, PyTorch
+as a training loop calls it. Every case runs in a fresh process that first
+puts glibc's allocator in a long-running program's state (report's
+warm_allocator), warms up on the full batch, then times; the cases alternate
+between libraries round after round, and the best of all rounds is kept.
+
+    python bench/steady_state.py [--names paper_mnist,resnet50_2a_1x1] [--rounds 4]
+                                 [--threads 2] [--calls 30]
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+CHILD = r"""
+import json, sys, time
+from fastconv.report import warm_allocator
+warm_allocator()
+import numpy as np
+import fastconv
+from fastconv._benchcases import conv_kwargs, layer_arrays
+layer, library, threads, calls = json.loads(sys.argv[1])
+x, w = layer_arrays(layer, "float32")
+conv = conv_kwargs(layer)
+if library == "torch":
+    import torch
+    torch.set_num_threads(threads)
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    tconv = {k: v for k, v in conv.items() if k in ("stride", "padding", "dilation", "groups")}
+    run = lambda: torch.nn.functional.conv2d(tx, tw, **tconv)
+else:
+    out = np.empty(fastconv.plan_conv2d(x.shape, w.shape, **conv).output_shape, np.float32)
+    run = lambda: fastconv.conv2d(x, w, out=out, num_threads=threads, **conv)
+for _ in range(3):
+    run()
+times = []
+for _ in range(calls):
+    start = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - start)
+print(json.dumps(min(times)))
+"""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--names", default="paper_mnist,resnet50_2a_1x1")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calls", type=int, default=30)
+    args = parser.parse_args()
+    from fastconv._benchcases import load_layers
+    layers = {layer["name"]: layer for layer in load_layers()}
+    best = {}
+    for round_ in range(args.rounds):
+        for name in args.names.split(","):
+            libraries = ("torch", "fastconv") if round_ % 2 == 0 else ("fastconv", "torch")
+            for library in libraries:
+                payload = json.dumps([layers[name], library, args.threads, args.calls])
+                seconds = json.loads(subprocess.run(
+                    [sys.executable, "-c", CHILD, payload], check=True, capture_output=True,
+                    text=True).stdout)
+                key = (name, library)
+                best[key] = min(best.get(key, seconds), seconds)
+                time.sleep(0.2)  # let the other runtime's spinning threads sleep
+    print(f"{'layer':24s} {'PyTorch':>10s} {'fastconv out=':>14s} {'ratio':>7s}")
+    for name in args.names.split(","):
+        t, f = best[(name, "torch")], best[(name, "fastconv")]
+        print(f"{name:24s} {t * 1e3:8.3f} ms {f * 1e3:12.3f} ms {f / t:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
