@@ -555,11 +555,13 @@ class Fused(Lowering):
         g = plan.geometry
         m, _, k = self.gemm_shape(plan)
         thin = _thin_gemm_factor(m, k, tuning)
-        deep = (g.R * g.S > 1 and g.rows >= tuning.fused_min_depth
-                and g.cols >= tuning.fused_min_cols)
-        rate = tuning.fused_rate if deep else tuning.fused_shallow_rate
         if g.is_pointwise and g.cols >= tuning.fused_pointwise_min_cols:
             rate = tuning.fused_pointwise_rate  # against gemm1x1's half-traffic model
+        elif (g.R * g.S > 1 and g.rows >= tuning.fused_min_depth
+              and g.cols >= tuning.fused_min_cols):
+            rate = tuning.fused_rate   # deep, with a spatial kernel
+        else:
+            rate = tuning.fused_shallow_rate
         return plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads * rate) * thin
 
     # the same GEMM shapes as the BLAS lowerings' forward pass

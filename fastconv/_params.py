@@ -188,15 +188,16 @@ def padding_pairs(padding, n, kernel, dilation, stride, flip=False):
 
 def padding_mode_name(padding_mode):
     """The padding mode, validated: one of PADDING_MODES."""
-    if isinstance(padding_mode, str) and padding_mode in PADDING_MODES:
+    if not isinstance(padding_mode, str):
+        raise ValueError(f"padding_mode={summarize(padding_mode)} is not one of {PADDING_MODES}")
+    if padding_mode in PADDING_MODES:
         return padding_mode
-    hint = ""
-    if isinstance(padding_mode, str) and padding_mode.lower() in _PADDING_MODE_ALIASES:
-        hint = f" (for {padding_mode!r} write {_PADDING_MODE_ALIASES[padding_mode.lower()]!r})"
-    elif isinstance(padding_mode, str) and padding_mode.lower() in PADDING_MODES:
-        hint = f" (write {padding_mode.lower()!r})"
-    shown = repr(padding_mode) if isinstance(padding_mode, str) and len(padding_mode) <= 40 \
-        else summarize(padding_mode)
+    lower, hint = padding_mode.lower(), ""
+    if lower in _PADDING_MODE_ALIASES:
+        hint = f" (for {padding_mode!r} write {_PADDING_MODE_ALIASES[lower]!r})"
+    elif lower in PADDING_MODES:
+        hint = f" (write {lower!r})"
+    shown = repr(padding_mode) if len(padding_mode) <= 40 else summarize(padding_mode)
     raise ValueError(f"padding_mode={shown} is not one of {PADDING_MODES}{hint}")
 
 

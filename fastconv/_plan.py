@@ -275,13 +275,18 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
     """Plan a 2-D convolution or one of its gradients: choose the lowering,
     tile and threads.
 
-    The rules, in order: a 1x1 kernel with stride 1 and no padding is one GEMM
-    on the input itself (no workspace); a stretched matrix that fits the cache
-    and the limit is built whole (several small images per GEMM); otherwise
-    the stretched matrix is gathered in cache-sized tiles through the index
-    map, as wide as the limit allows, with one buffer per thread or, if the
-    limit allows only one, a single buffer and threaded BLAS. Plans are
-    cached: planning the same call again costs a dictionary look-up.
+    Every lowering of the table (``fastconv._lowerings.TABLE``) that applies
+    proposes its best plan under the memory limit, and the cheapest by the
+    cost model wins. Among the BLAS lowerings: a 1x1 kernel with stride 1 and
+    no padding is one GEMM on the input itself (no workspace); a stretched
+    matrix that fits the cache and the limit is built whole (several small
+    images per GEMM); otherwise the stretched matrix is gathered in
+    cache-sized tiles through the index map, as wide as the limit allows,
+    with one buffer per thread or, if the limit allows only one, a single
+    buffer and threaded BLAS. fastconv's own GEMM ("fused") outbids them on
+    deep layers and on 1x1 layers with large maps, the direct kernel
+    ("depthwise") on groups == C. Plans are cached: planning the same call
+    again costs a dictionary look-up.
 
     Parameters
     ----------
@@ -293,7 +298,7 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
         ``float32`` or ``float64`` (integer types plan as float64).
     stride, padding, dilation, groups, flip, padding_mode
         As in :func:`fastconv.conv2d`.
-    method : {"auto", "stretch", "mapped", "gemm1x1"}
+    method : {"auto", "stretch", "mapped", "gemm1x1", "fused", "depthwise"}
     memory_limit : int or str, optional
         Workspace bound; default from :func:`fastconv.get_config`.
     num_threads : int, optional

@@ -63,24 +63,26 @@ def _kernels_blas(controller):
     return controller
 
 
-def _blas_threads_now():
-    counts = [lib.num_threads for lib in _blas_controller().lib_controllers]
+def _fewest(counts):
     counts = [c for c in counts if isinstance(c, int) and c >= 1]
     return min(counts) if counts else None
 
 
+def _blas_threads_now():
+    return _fewest(lib.num_threads for lib in _blas_controller().lib_controllers)
+
+
 def _set_blas_threads(n):
-    """Set every BLAS library's thread count to n; returns [(library, its
-    count before)] for those that changed. Calls each library's own setter
-    (about 1 us) rather than building a threadpoolctl limiter, whose
-    inspection of every library cost about 15 us a call."""
-    changed = []
-    for lib in _blas_controller().lib_controllers:
-        count = lib.num_threads
-        if count != n:
-            lib.set_num_threads(n)
-            changed.append((lib, count))
-    return changed
+    """Set the kernels' BLAS libraries' thread count to n; returns their
+    fewest threads before, and [(library, its count before)] for those that
+    changed. Calls each library's own setter (about 1 us) rather than
+    building a threadpoolctl limiter, whose inspection of every loaded
+    library cost about 15 us a call."""
+    before = [(lib, lib.num_threads) for lib in _blas_controller().lib_controllers]
+    changed = [(lib, count) for lib, count in before if count != n]
+    for lib, _ in changed:
+        lib.set_num_threads(n)
+    return _fewest(count for _, count in before), changed
 
 
 def _restore_blas_threads(changed):
@@ -146,8 +148,7 @@ class ThreadBudget:
                 # the first call using BLAS since the budget was idle sets
                 # it (no GEMM runs now: an exclusive call runs alone, and
                 # the calls running hold no BLAS setting)
-                self._blas_before = _blas_threads_now()
-                self._blas_changed = _set_blas_threads(blas)
+                self._blas_before, self._blas_changed = _set_blas_threads(blas)
             self._active += 1
             self._in_use += granted
             self._exclusive = exclusive

@@ -126,6 +126,25 @@ def test_kernels_without_blas_leave_its_setting_alone(method, shape):
     assert seen == [((2, 1), 2)]
 
 
+def test_the_kernels_blas_is_scipys():
+    """Of the loaded BLAS libraries (NumPy's and SciPy's OpenBLAS in wheels),
+    each call sets the one scipy.linalg.cython_blas calls; every one when
+    none is recognisably SciPy's."""
+    import os
+    import scipy
+    from threadpoolctl import ThreadpoolController
+    everything = ThreadpoolController().select(user_api="blas")
+    root = os.path.dirname(os.path.abspath(scipy.__file__))
+    scipys = [lib.filepath for lib in everything.lib_controllers
+              if os.path.abspath(lib.filepath).startswith((root + os.sep, root + ".libs" + os.sep))]
+    chosen = [lib.filepath for lib in _runtime._kernels_blas(everything).lib_controllers]
+    assert chosen == (scipys or [lib.filepath for lib in everything.lib_controllers])
+
+    class Unknown:  # one shared library nobody can attribute
+        lib_controllers = [mock.Mock(filepath="/usr/lib/libopenblas.so.0")]
+    assert _runtime._kernels_blas(Unknown) is Unknown
+
+
 def test_a_blas_call_joining_a_blas_free_one_sets_blas():
     """A fused call running (BLAS untouched) and a mapped call starting
     beside it: the mapped call's GEMMs still run with BLAS at 1 thread, and

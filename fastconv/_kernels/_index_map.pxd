@@ -217,8 +217,8 @@ cdef inline void _walk_columns(const IndexMap *m, floating *x_group,
     # the compiler (extensions build with -fno-strict-aliasing), and reloading
     # them after every store made the walk 1.4-1.9x slower (im2col, 1 thread)
     cdef Py_ssize_t Wo = m.Wo, col_step = m.col_step, row_step = m.row_step
-    cdef bint zeros = not folded
     cdef Py_ssize_t r, col, oh, ow, run, ow_end, a, b, t, n, ih
+    cdef bint inside_rows
     cdef const Py_ssize_t *row
     cdef floating *x_line
     cdef floating *x_run
@@ -236,12 +236,13 @@ cdef inline void _walk_columns(const IndexMap *m, floating *x_group,
             ow_end = ow + run
             # x_line: where output column 0 of this run's tap reads
             x_line = x_group + row[ROW_OFFSET] + oh * row_step
+            inside_rows = row[ROW_OH_LO] <= oh < row[ROW_OH_HI]
             # [a, b): the columns of this run whose tap lands inside the input
-            if zeros and (oh < row[ROW_OH_LO] or oh >= row[ROW_OH_HI]):
+            if not inside_rows and not folded:
                 a = ow_end
                 b = ow_end
             else:
-                if oh < row[ROW_OH_LO] or oh >= row[ROW_OH_HI]:
+                if not inside_rows:
                     # the input row the padding mode folds this one onto
                     ih = oh * m.stride_h + row[ROW_DH]
                     x_line += (fold_index(ih, m.H, m.padding_mode) - ih) * m.xs_h
@@ -252,17 +253,17 @@ cdef inline void _walk_columns(const IndexMap *m, floating *x_group,
                 if b < a:
                     b = a
             n = b - a
-            if zeros:
+            if not folded:
                 if not scatter:
                     if a > ow:
                         memset(t_run, 0, (a - ow) * sizeof(floating))
                     if ow_end > b:
                         memset(t_run + (b - ow), 0, (ow_end - b) * sizeof(floating))
             elif a > ow or ow_end > b:  # the columns in the padding, one folded element each
-                _fold_columns(m, x_line - row[ROW_DW] * m.xs_w, row[ROW_DW], ow, a, t_run,
-                              scatter)
-                _fold_columns(m, x_line - row[ROW_DW] * m.xs_w, row[ROW_DW], b, ow_end,
-                              t_run + (b - ow), scatter)
+                x_line -= row[ROW_DW] * m.xs_w   # column 0 of the input row
+                _fold_columns(m, x_line, row[ROW_DW], ow, a, t_run, scatter)
+                _fold_columns(m, x_line, row[ROW_DW], b, ow_end, t_run + (b - ow), scatter)
+                x_line += row[ROW_DW] * m.xs_w
             if n > 0:
                 x_run = x_line + a * col_step
                 if scatter:
