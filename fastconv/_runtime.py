@@ -72,6 +72,25 @@ def _blas_threads_now():
     return _fewest(lib.num_threads for lib in _blas_controller().lib_controllers)
 
 
+def _set_library_threads(lib, n):
+    """Set one BLAS library's threads, from whichever thread calls.
+
+    threadpoolctl (3.6+) lets only one Python thread set a pthreads OpenBLAS
+    (the first to call set_num_threads) and silently ignores the others, to
+    stop threads fighting over one pool. The budget already serialises every
+    change under its lock, so fastconv calls the library's own setter
+    (threadpoolctl's _real_set_num_threads): otherwise a call from a pool
+    thread, or a Dask worker's, left BLAS at its threads for the whole
+    OpenMP team (oversubscribed), or its restore did not take and BLAS
+    stayed at 1 thread after the calls (found with 8 pool threads lending
+    concurrently)."""
+    real_setter = getattr(lib, "_real_set_num_threads", None)
+    if real_setter is not None:
+        real_setter(n)
+    else:
+        lib.set_num_threads(n)
+
+
 def _set_blas_threads(n):
     """Set the kernels' BLAS libraries' thread count to n; returns their
     fewest threads before, and [(library, its count before)] for those that
@@ -81,13 +100,13 @@ def _set_blas_threads(n):
     before = [(lib, lib.num_threads) for lib in _blas_controller().lib_controllers]
     changed = [(lib, count) for lib, count in before if count != n]
     for lib, _ in changed:
-        lib.set_num_threads(n)
+        _set_library_threads(lib, n)
     return _fewest(count for _, count in before), changed
 
 
 def _restore_blas_threads(changed):
     for lib, count in changed:
-        lib.set_num_threads(count)
+        _set_library_threads(lib, count)
 
 
 class ThreadBudget:

@@ -28,6 +28,7 @@ def _hold(budget, request, log, lock):
 
 
 def test_budget_never_lends_more_than_capacity():
+    blas_before = _runtime._blas_threads_now()
     budget = _runtime.ThreadBudget(capacity=3)
     log, lock = {"now": 0, "peak": 0, "grants": []}, threading.Lock()
     requests = [(3, 1), (1, 3), (2, 1), (1, 1), (1, 2)] * 8
@@ -39,6 +40,27 @@ def test_budget_never_lends_more_than_capacity():
         assert 1 <= kernel <= kernel_req and 1 <= blas <= blas_req
         assert kernel == 1 or blas == 1  # OpenMP and BLAS threads never multiply
     assert budget._active == 0 and budget._in_use == 0
+    assert _runtime._blas_threads_now() == blas_before  # restored, whichever thread set it
+
+
+@pytest.mark.parametrize("outside", [1, 2])
+def test_blas_is_set_from_any_thread(outside):
+    """threadpoolctl lets one Python thread set a pthreads OpenBLAS and
+    ignores the others; the budget's lends from pool threads must still set
+    BLAS for their call and restore it after."""
+    seen = []
+
+    def lend(request):
+        with _runtime.budget.lend(*request) as (kernel, blas):
+            seen.append((blas, _runtime._blas_threads_now()))
+
+    with threadpool_limits(limits=outside, user_api="blas"):  # the main thread sets it first
+        for request in [(2, 1), (1, 2), (2, 1)]:
+            worker = threading.Thread(target=lend, args=(request,))
+            worker.start()
+            worker.join()
+            assert _runtime._blas_threads_now() == outside
+    assert seen == [(1, 1), (2, 2), (1, 1)]
 
 
 def test_budget_alone_honours_an_explicit_request():
