@@ -20,7 +20,8 @@ def out_size(size, pad, dil, k, stride):
 
 
 def run_fused(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1,
-              flip=False, isa="generic", threads=1, kc=None, nc=None, mc=None, out_fill=np.nan):
+              flip=False, isa="generic", threads=1, kc=None, nc=None, mc=None, out_fill=np.nan,
+              linear_packing=True):
     """conv2d_fused on NCHW x and (K, C/groups, R, S) w, with buffers sized by
     buffer_sizes; returns out as (N, K, Ho, Wo)."""
     dtype = x.dtype
@@ -40,7 +41,8 @@ def run_fused(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 
     bias = np.zeros(0, dtype) if b is None else b
     fused.conv2d_fused(x, np.ascontiguousarray(w.reshape(K, rows)), bias, out, packed, workspace,
                        R, S, Wo, stride[0], stride[1], padding[0][0], padding[1][0],
-                       dilation[0], dilation[1], groups, flip, kc, nc, mc, isa, threads)
+                       dilation[0], dilation[1], groups, flip, kc, nc, mc, isa, threads,
+                       linear_packing=linear_packing)
     return out.reshape(N, K, Ho, Wo)
 
 
@@ -108,6 +110,48 @@ def test_fused_matches_reference(isa, case):
     out = run_fused(x, w, b, isa=isa, threads=case["threads"], kc=case["kc"], nc=case["nc"],
                     mc=case["mc"], **conv)
     assert_close(out, conv2d_reference(x, w, b, **conv), dtype)
+
+
+@st.composite
+def linear_cases(draw):
+    """Stride 1 with the output as wide as the input ("same" padding, split
+    unevenly between the sides): the columns the linear packer takes, where
+    the layout allows; tiny maps put up to NR images in one micro-panel and
+    kernels up to 6x6 have more taps than its masks hold (both fall back)."""
+    R, S = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    top, left = draw(st.integers(0, dh * (R - 1))), draw(st.integers(0, dw * (S - 1)))
+    groups = draw(st.integers(1, 2))
+    return dict(
+        N=draw(st.integers(1, 6)), C=groups * draw(st.integers(1, 4)),
+        K=groups * draw(st.sampled_from([1, 3, 8, 9, 17])),
+        H=draw(st.integers(1, 13)), W=draw(st.integers(1, 21)), R=R, S=S, groups=groups,
+        padding=((top, dh * (R - 1) - top), (left, dw * (S - 1) - left)), dilation=(dh, dw),
+        bias=draw(st.booleans()), flip=draw(st.booleans()),
+        dtype=draw(st.sampled_from(DTYPES)),
+        view=draw(st.sampled_from(["contiguous", "contiguous", "strided", "broadcast_n"])),
+        threads=draw(st.sampled_from([1, 2])), kc=draw(st.sampled_from([None, 1, 5, 13])),
+        nc=draw(st.sampled_from([None, 1, 50])), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=linear_cases())
+def test_linear_packing_matches_segments_and_reference(isa, case):
+    # the same panels whichever packer fills them: the same bits
+    rng = np.random.default_rng(case["seed"])
+    dtype = case["dtype"]
+    base = rng.standard_normal((case["N"], case["C"], case["H"], case["W"])).astype(dtype)
+    x = make_view(base, case["view"])
+    w = rng.standard_normal((case["K"], case["C"] // case["groups"], case["R"], case["S"]))
+    w = w.astype(dtype)
+    b = rng.standard_normal(case["K"]).astype(dtype) if case["bias"] else None
+    conv = dict(padding=case["padding"], dilation=case["dilation"], groups=case["groups"],
+                flip=case["flip"])
+    runs = [run_fused(x, w, b, isa=isa, threads=case["threads"], kc=case["kc"], nc=case["nc"],
+                      linear_packing=linear, **conv) for linear in (True, False)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert_close(runs[0], conv2d_reference(x, w, b, **conv), dtype)
 
 
 @pytest.mark.parametrize("isa", ISAS)

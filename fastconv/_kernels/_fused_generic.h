@@ -139,6 +139,47 @@ static void NAME(T *panel, ptrdiff_t nr, ptrdiff_t kcb, const ptrdiff_t *table, 
 FC_DEFINE_GENERIC_PACK(fc_pack_generic_f32, float)
 FC_DEFINE_GENERIC_PACK(fc_pack_generic_f64, double)
 
+/* Packing one micro-panel when the columns of an image are linear in the
+ * input ("linear" columns: unit column step and an output row step equal to
+ * the output width, i.e. stride 1 with the input as wide as the output, as
+ * in every "same" 3x3 layer). Column (oh, ow) of image n then reads
+ * x_group[n*xs_n + oh*Wo + ow + offset]: the lanes of a micro-panel that
+ * share an image are one contiguous run of the input, whatever their output
+ * rows, and only which lanes fall in the padding depends on the tap.
+ *
+ * bases: ns values, the element offset from x_group of lane 0 of segment s
+ * (a segment: the panel's columns of one image); masks: ns * taps lane masks
+ * (bit l: lane l of the panel reads segment s at tap t, i.e. its tap is in
+ * the input), computed once per micro-panel by fused.pyx's _pack_b. Row r of
+ * the panel is table row r, tap (tap0 + r) % taps: lane l gets
+ * x_group[bases[s] + offset + l] where bit l of masks[s*taps + tap] is set,
+ * zero elsewhere. One mask test per lane, no range arithmetic per row: the
+ * segment packer above spends its time there on small maps (ResNet-50 4b,
+ * 14x14: 4-5 segments per 48-column panel). */
+#define FC_DEFINE_GENERIC_PACK_LINEAR(NAME, T)                                     \
+static void NAME(T *panel, ptrdiff_t nr, ptrdiff_t kcb, const ptrdiff_t *table,  \
+                 const T *x_group, const ptrdiff_t *bases,                         \
+                 const unsigned long long *masks, int ns, int taps, int tap0)      \
+{                                                                                  \
+    ptrdiff_t r, l;                                                                \
+    int s, t = tap0;                                                               \
+    for (r = 0; r < kcb; r++) {                                                    \
+        const T *row_src = x_group + table[r * FC_ROW_FIELDS + FC_ROW_OFFSET];     \
+        T *d = panel + r * nr;                                                     \
+        for (l = 0; l < nr; l++) d[l] = 0;                                         \
+        for (s = 0; s < ns; s++) {                                                 \
+            unsigned long long m = masks[s * taps + t];                            \
+            const T *p = row_src + bases[s];                                       \
+            for (l = 0; m; l++, m >>= 1)                                           \
+                if (m & 1u) d[l] = p[l];                                           \
+        }                                                                          \
+        if (++t == taps) t = 0;                                                    \
+    }                                                                              \
+}
+
+FC_DEFINE_GENERIC_PACK_LINEAR(fc_pack_linear_generic_f32, float)
+FC_DEFINE_GENERIC_PACK_LINEAR(fc_pack_linear_generic_f64, double)
+
 /* Packing weights (A): m <= mr filter rows (w: the first, leading dimension
  * ld) x kcb depth steps into d: for each step, mr values (zeros past m). */
 #define FC_DEFINE_GENERIC_PACK_A(NAME, T)                                          \

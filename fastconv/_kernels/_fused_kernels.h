@@ -112,6 +112,36 @@ static inline fc_pack_f64_t fc_pack_f64(int isa)
     return fc_pack_generic_f64;
 }
 
+typedef void (*fc_pack_linear_f32_t)(float *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *,
+                                     const float *, const ptrdiff_t *,
+                                     const unsigned long long *, int, int, int);
+typedef void (*fc_pack_linear_f64_t)(double *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *,
+                                     const double *, const ptrdiff_t *,
+                                     const unsigned long long *, int, int, int);
+
+/* The packer of linear columns (_fused_generic.h), or NULL where the ISA
+ * has none: AVX2 has no lane-mask loads from a bit mask (its masked loads
+ * take a vector of masks), so it keeps the segment packer. */
+static inline fc_pack_linear_f32_t fc_pack_linear_f32(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_pack_linear_avx512_f32;
+    if (isa == FC_ISA_AVX2) return NULL;
+#endif
+    (void)isa;
+    return fc_pack_linear_generic_f32;
+}
+
+static inline fc_pack_linear_f64_t fc_pack_linear_f64(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_pack_linear_avx512_f64;
+    if (isa == FC_ISA_AVX2) return NULL;
+#endif
+    (void)isa;
+    return fc_pack_linear_generic_f64;
+}
+
 typedef void (*fc_pack_a_f32_t)(const float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                                 float *);
 typedef void (*fc_pack_a_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,

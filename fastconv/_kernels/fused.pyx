@@ -60,6 +60,14 @@ cdef extern from "_fused_kernels.h" nogil:
                                      Py_ssize_t, float *) noexcept nogil
     ctypedef void (*fc_pack_a_f64_t)(const double *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                      Py_ssize_t, double *) noexcept nogil
+    ctypedef void (*fc_pack_linear_f32_t)(float *, Py_ssize_t, Py_ssize_t, const Py_ssize_t *,
+                                          const float *, const Py_ssize_t *,
+                                          const unsigned long long *, int, int, int) noexcept nogil
+    ctypedef void (*fc_pack_linear_f64_t)(double *, Py_ssize_t, Py_ssize_t, const Py_ssize_t *,
+                                          const double *, const Py_ssize_t *,
+                                          const unsigned long long *, int, int, int) noexcept nogil
+    fc_pack_linear_f32_t fc_pack_linear_f32(int isa)
+    fc_pack_linear_f64_t fc_pack_linear_f64(int isa)
     fc_pack_a_f32_t fc_pack_a_f32(int isa)
     fc_pack_a_f64_t fc_pack_a_f64(int isa)
     enum:
@@ -84,6 +92,11 @@ cdef enum:
     # Bounds of the register tiles (stack temp tile, segment table of _pack_b).
     MAX_MR = 16
     MAX_NR = 64
+    # Linear columns (_pack_linear): at most this many images per micro-panel
+    # and taps per channel (the lane masks live on the stack); beyond, the
+    # segment packer.
+    LINEAR_MAX_SEGS = 4
+    LINEAR_MAX_TAPS = 32
 
 
 # ---------------------------------------------------------------- ISA, blocking
@@ -299,10 +312,83 @@ cdef void _pack_a(int isa, const floating *weight, Py_ssize_t rows, Py_ssize_t K
         k0 += kcb
 
 
+cdef inline unsigned long long _lanes(Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Bits [lo, hi) of a 64-bit lane mask (0 <= lo <= hi <= 64)."""
+    cdef unsigned long long upto = (~0ULL) if hi >= 64 else ((1ULL << hi) - 1)
+    return upto & ~((1ULL << lo) - 1)
+
+
+cdef bint _pack_linear(int isa, const floating *x_group, Py_ssize_t xs_n,
+                       const Py_ssize_t *table, Py_ssize_t taps, Py_ssize_t k0, Py_ssize_t kcb,
+                       Py_ssize_t j, Py_ssize_t nvalid, Py_ssize_t cols, Py_ssize_t Wo,
+                       Py_ssize_t nr, floating *dst) noexcept nogil:
+    """Pack one micro-panel (global columns j.. j+nvalid) of linear columns
+    (see _fused_generic.h: unit column step, output row step Wo) with the
+    ISA's linear packer; False (nothing written) where it does not apply:
+    no linear packer for the ISA, more than LINEAR_MAX_TAPS taps or
+    LINEAR_MAX_SEGS images in the panel.
+
+    A segment is the panel's columns of one image; its lane mask per tap
+    is built from the row table's valid ranges (rows 0..taps-1 hold every
+    tap; the other channels repeat them), one output row at a time."""
+    cdef Py_ssize_t bases[LINEAR_MAX_SEGS]
+    cdef unsigned long long masks[LINEAR_MAX_SEGS * LINEAR_MAX_TAPS]
+    cdef Py_ssize_t ns = 0, off = 0, n, col, run, left, lane, oh, ow, a, b, t, s
+    cdef const Py_ssize_t *row
+    cdef fc_pack_linear_f32_t pack32 = fc_pack_linear_f32(isa)
+    cdef fc_pack_linear_f64_t pack64 = fc_pack_linear_f64(isa)
+    if taps > LINEAR_MAX_TAPS:
+        return False
+    if floating is float:
+        if pack32 == NULL:
+            return False
+    else:
+        if pack64 == NULL:
+            return False
+    while off < nvalid:
+        if ns == LINEAR_MAX_SEGS:
+            return False
+        n = (j + off) // cols
+        col = j + off - n * cols
+        run = cols - col
+        if run > nvalid - off:
+            run = nvalid - off
+        bases[ns] = n * xs_n + col - off
+        for t in range(taps):
+            masks[ns * taps + t] = 0
+        # one output row of the segment at a time: its lanes that a tap
+        # finds inside the input are one range
+        lane = off
+        left = run
+        while left > 0:
+            oh = col // Wo
+            ow = col - oh * Wo
+            b = Wo - ow if Wo - ow < left else left
+            for t in range(taps):
+                row = table + t * ROW_FIELDS
+                if row[ROW_OH_LO] <= oh < row[ROW_OH_HI]:
+                    a = row[ROW_OW_LO] - ow if row[ROW_OW_LO] > ow else 0
+                    s = row[ROW_OW_HI] - ow if row[ROW_OW_HI] - ow < b else b
+                    if s > a:
+                        masks[ns * taps + t] |= _lanes(lane + a, lane + s)
+            col += b
+            lane += b
+            left -= b
+        ns += 1
+        off += run
+    if floating is float:
+        pack32(dst, nr, kcb, table + k0 * ROW_FIELDS, x_group, bases, masks, <int> ns,
+               <int> taps, <int> (k0 % taps))
+    else:
+        pack64(dst, nr, kcb, table + k0 * ROW_FIELDS, x_group, bases, masks, <int> ns,
+               <int> taps, <int> (k0 % taps))
+    return True
+
+
 cdef void _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ssize_t *table,
                   Py_ssize_t k0, Py_ssize_t kcb, Py_ssize_t j0, Py_ssize_t width,
                   Py_ssize_t cols, Py_ssize_t Wo, Py_ssize_t row_step, Py_ssize_t col_step,
-                  Py_ssize_t nr, floating *dst) noexcept nogil:
+                  Py_ssize_t nr, Py_ssize_t taps, bint linear, floating *dst) noexcept nogil:
     """Gather rows [k0, k0+kcb) x global columns [j0, j0+width) of the
     stretched matrices (column j = image j // cols, position j % cols) into
     NR-wide micro-panels: micro-panel q (columns j0+q*NR...) at dst +
@@ -312,7 +398,9 @@ cdef void _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ss
     an output row; those are the same for every row of the table, so they are
     found here once per micro-panel, and the ISA's pack function
     (_fused_*.h) makes each (row, segment) one bounds decision (the padding,
-    from the row table) and one copy, as gather_columns does.
+    from the row table) and one copy, as gather_columns does. linear
+    columns (unit column step, output row step Wo: conv2d_fused decides)
+    go to _pack_linear instead, where it applies.
     """
     cdef Py_ssize_t segs[MAX_NR * FC_SEG_FIELDS]
     cdef Py_ssize_t *seg
@@ -320,6 +408,10 @@ cdef void _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ss
     q = 0
     while q < width:
         nvalid = width - q if width - q < nr else nr
+        if linear and _pack_linear(isa, x_group, xs_n, table, taps, k0, kcb, j0 + q, nvalid,
+                                   cols, Wo, nr, dst + q * kcb):
+            q += nr
+            continue
         ns = 0
         off = 0
         j = j0 + q
@@ -387,6 +479,8 @@ cdef inline void _store_tile(const floating *tile, Py_ssize_t ld, Py_ssize_t m,
 cdef struct Geometry:
     Py_ssize_t Kg, k_pad, rows, cols, Wo, xs_n, row_step, col_step, image_step
     Py_ssize_t mr, nr, kc, mc
+    Py_ssize_t taps             # R*S: rows per channel of the row table
+    bint linear                 # the columns of an image are linear in x (see _pack_linear)
     int isa
 
 
@@ -412,7 +506,7 @@ cdef void _run_item(const Geometry *geo, const floating *x_group, const Py_ssize
         kcb = geo.rows - k0 if geo.rows - k0 < geo.kc else geo.kc
         first = k0 == 0
         _pack_b(geo.isa, x_group, geo.xs_n, table, k0, kcb, j0, width, cols, geo.Wo,
-                geo.row_step, geo.col_step, nr, buf)
+                geo.row_step, geo.col_step, nr, geo.taps, geo.linear, buf)
         a_block = packed_group + k0 * geo.k_pad
         ic = m0
         while ic < m1:
@@ -463,7 +557,7 @@ def conv2d_fused(const floating[:, :, :, :] x,
                  Py_ssize_t dil_h, Py_ssize_t dil_w,
                  Py_ssize_t groups, bint flip,
                  Py_ssize_t kc, Py_ssize_t nc, Py_ssize_t mc,
-                 isa, int num_threads):
+                 isa, int num_threads, bint linear_packing=True):
     """out (N, K, Ho*Wo), C-contiguous = the convolution of x (N, C, H, W; any
     strides, negative and zero included) with weight (K, C/groups*R*S),
     C-contiguous, plus bias (K,) (length 0: no bias), on fastconv's own GEMM.
@@ -473,7 +567,9 @@ def conv2d_fused(const floating[:, :, :, :] x,
     kc, nc, mc >= 1: depth, columns and filters of the blocks (see blocking();
     kc and nc must be those given to buffer_sizes; any values >= 1 are correct);
     isa: "avx512", "avx2", "generic", their codes 2, 1, 0, or None / "auto"
-    for the best of supported_isas(); num_threads: OpenMP threads (>= 1).
+    for the best of supported_isas(); num_threads: OpenMP threads (>= 1);
+    linear_packing False: every micro-panel through the segment packer, not
+    the linear one where it applies (for tests: the two must agree).
     Same index-map conventions as conv2d_mapped (flip reverses the kernel).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -531,6 +627,8 @@ def conv2d_fused(const floating[:, :, :, :] x,
     geo.kc = kc if kc < rows else rows
     geo.mc = max(mr, mc // mr * mr)
     geo.isa = code
+    geo.taps = R * S
+    geo.linear = linear_packing and geo.col_step == 1 and geo.row_step == Wo
     cdef Py_ssize_t total = N * cols
     width, n_cb, height, n_mb = _work_split(total, geo.Kg, groups, rows, mr, nr, nc, geo.mc,
                                             num_threads)
