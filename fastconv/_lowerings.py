@@ -573,7 +573,9 @@ class Fused(Lowering):
         from fastconv._kernels import fused
         packed, per_thread = fused.buffer_sizes(g.K, g.rows, g.groups, blocking.kc, blocking.nc,
                                                 dtype, blocking.isa)
-        return {"packed_weight": ((packed,), dtype), "workspace": ((threads, per_thread), dtype)}
+        # the packed weights, the packed panels of B, the row table
+        return {"packed_weight": ((packed,), dtype), "workspace": ((threads, per_thread), dtype),
+                "table": (row_table_shape(g), np.intp)}
 
     def needed_bytes(self, planner):
         from fastconv._kernels import fused
@@ -585,7 +587,8 @@ class Fused(Lowering):
     def too_small(self, planner):
         needed = self.needed_bytes(planner)
         return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "
-                f"small: the fused lowering (packed weights, smallest panel, one thread) "
+                f"small: the fused lowering (packed weights, smallest panel, one thread, "
+                f"row table) "
                 f"needs {needed} bytes ({format_bytes(needed)})")
 
     def describe(self, plan):
@@ -599,7 +602,7 @@ class Fused(Lowering):
         g, b = plan.geometry, plan.blocking
         fused.conv2d_fused(ops.x, ops.filters, ops.bias, ops.out, bufs["packed_weight"],
                            bufs["workspace"], *g.kernel_args, g.groups, plan.flip,
-                           b.kc, b.nc, b.mc, b.isa, threads)
+                           b.kc, b.nc, b.mc, b.isa, threads, row_table=bufs["table"])
 
 
 # --------------------------------------------------------------------------

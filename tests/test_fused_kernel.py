@@ -243,6 +243,28 @@ def test_blocking_and_buffer_sizes(isa, dtype):
         fused.blocking(np.int32, isa)
 
 
+def test_row_table_is_a_counted_buffer():
+    # the fused plan counts the index map's row table in its workspace and
+    # hands it to the kernel, which refuses one too small
+    import fastconv
+    from fastconv import _lowerings
+    plan = fastconv.plan_conv2d((2, 64, 14, 14), (32, 64, 3, 3), method="fused", padding=1)
+    table = _lowerings.buffer_bytes({"table": (_lowerings.row_table_shape(plan.geometry),
+                                               np.intp)})
+    fields = _lowerings.row_table_shape(plan.geometry)[1]
+    assert table == 64 * 9 * fields * np.dtype(np.intp).itemsize
+    entry = next(e for e in _lowerings.TABLE["forward"] if e.name == "fused")
+    without = {k: v for k, v in entry.buffers(plan.geometry, np.float32, plan.blocking,
+                                              plan.kernel_threads).items() if k != "table"}
+    assert plan.workspace_bytes == _lowerings.buffer_bytes(without) + table
+    x, w = np.ones((1, 2, 5, 5)), np.ones((3, 2 * 9))
+    packed, per_thread = fused.buffer_sizes(3, 18, 1, 8, 8, np.float64)
+    with pytest.raises(ValueError, match="row_table"):
+        fused.conv2d_fused(x, w, np.zeros(0), np.empty((1, 3, 9)), np.empty(packed),
+                           np.empty((1, per_thread)), 3, 3, 3, 1, 1, 0, 0, 1, 1, 1, False,
+                           8, 8, 8, None, 1, row_table=np.empty((17, fields), np.intp))
+
+
 def test_rejects_small_buffers_and_bad_arguments():
     x = np.ones((1, 2, 5, 5))
     w = np.ones((3, 18))
@@ -378,8 +400,9 @@ def test_fused_lowering_through_the_api_on_every_isa(isa, dtype):
         plan = fastconv.plan_conv2d(x.shape, w.shape, dtype, method="fused", **conv)
         assert plan.blocking.isa == isa and isa in repr(plan)
         y = fastconv.conv2d(x, w, b, method="fused", **conv)
-        # a tight limit: narrower and shallower panels, still the same result
-        tight = fastconv.conv2d(x, w, b, method="fused", memory_limit="6KiB", num_threads=2,
+        # a tight limit (the row table counted too): narrower and shallower
+        # panels, still the same result
+        tight = fastconv.conv2d(x, w, b, method="fused", memory_limit="8KiB", num_threads=2,
                                 **conv)
     expected = conv2d_reference(x, w, b, stride=(2, 1), padding=((2, 1), (0, 1)),
                                 dilation=(1, 2), groups=2, flip=True)

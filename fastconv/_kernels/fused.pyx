@@ -557,7 +557,7 @@ def conv2d_fused(const floating[:, :, :, :] x,
                  Py_ssize_t dil_h, Py_ssize_t dil_w,
                  Py_ssize_t groups, bint flip,
                  Py_ssize_t kc, Py_ssize_t nc, Py_ssize_t mc,
-                 isa, int num_threads, bint linear_packing=True):
+                 isa, int num_threads, bint linear_packing=True, row_table=None):
     """out (N, K, Ho*Wo), C-contiguous = the convolution of x (N, C, H, W; any
     strides, negative and zero included) with weight (K, C/groups*R*S),
     C-contiguous, plus bias (K,) (length 0: no bias), on fastconv's own GEMM.
@@ -569,7 +569,9 @@ def conv2d_fused(const floating[:, :, :, :] x,
     isa: "avx512", "avx2", "generic", their codes 2, 1, 0, or None / "auto"
     for the best of supported_isas(); num_threads: OpenMP threads (>= 1);
     linear_packing False: every micro-panel through the segment packer, not
-    the linear one where it applies (for tests: the two must agree).
+    the linear one where it applies (for tests: the two must agree);
+    row_table: an intp array of >= (C/groups*R*S, ROW_FIELDS), C-contiguous,
+    for the index map's row table (overwritten; None: allocated here).
     Same index-map conventions as conv2d_mapped (flip reverses the kernel).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -634,7 +636,11 @@ def conv2d_fused(const floating[:, :, :, :] x,
                                             num_threads)
     cdef Py_ssize_t cb_width = width, n_col_blocks = n_cb
     cdef Py_ssize_t mb_height = height, n_m_blocks = n_mb
-    cdef Py_ssize_t[:, ::1] table = np.empty((rows, ROW_FIELDS), dtype=np.intp)
+    if row_table is None:
+        row_table = np.empty((rows, ROW_FIELDS), dtype=np.intp)
+    cdef Py_ssize_t[:, ::1] table = row_table
+    if table.shape[0] < rows or table.shape[1] != ROW_FIELDS:
+        raise ValueError(f"row_table has shape {tuple(table.shape)}, needs ({rows}, {ROW_FIELDS})")
     cdef const floating *x0 = &x[0, 0, 0, 0]
     cdef const floating *bias_ptr = &bias[0] if bias.shape[0] > 0 else NULL
     cdef floating *packed = _aligned(&packed_weight[0])
