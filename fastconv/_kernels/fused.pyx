@@ -312,6 +312,16 @@ cdef void _pack_a(int isa, const floating *weight, Py_ssize_t rows, Py_ssize_t K
         k0 += kcb
 
 
+cdef inline Py_ssize_t _image_run(Py_ssize_t j, Py_ssize_t left, Py_ssize_t cols,
+                                  Py_ssize_t *n, Py_ssize_t *col) noexcept nogil:
+    """Global column j (of all images' columns, cols per image): its image
+    *n and position *col; returns how many of the next `left` columns stay
+    in that image (the split of a panel or tile where the image changes)."""
+    n[0] = j // cols
+    col[0] = j - n[0] * cols
+    return cols - col[0] if cols - col[0] < left else left
+
+
 cdef inline unsigned long long _lanes(Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Bits [lo, hi) of a 64-bit lane mask (0 <= lo <= hi <= 64)."""
     cdef unsigned long long upto = (~0ULL) if hi >= 64 else ((1ULL << hi) - 1)
@@ -324,9 +334,9 @@ cdef bint _pack_linear(int isa, const floating *x_group, Py_ssize_t xs_n,
                        Py_ssize_t nr, floating *dst) noexcept nogil:
     """Pack one micro-panel (global columns j.. j+nvalid) of linear columns
     (see _fused_generic.h: unit column step, output row step Wo) with the
-    ISA's linear packer; False (nothing written) where it does not apply:
-    no linear packer for the ISA, more than LINEAR_MAX_TAPS taps or
-    LINEAR_MAX_SEGS images in the panel.
+    ISA's linear packer (conv2d_fused checked that the ISA has one and that
+    taps <= LINEAR_MAX_TAPS); False (nothing written) if the panel spans
+    more than LINEAR_MAX_SEGS images.
 
     A segment is the panel's columns of one image; its lane mask per tap
     is built from the row table's valid ranges (rows 0..taps-1 hold every
@@ -335,24 +345,10 @@ cdef bint _pack_linear(int isa, const floating *x_group, Py_ssize_t xs_n,
     cdef unsigned long long masks[LINEAR_MAX_SEGS * LINEAR_MAX_TAPS]
     cdef Py_ssize_t ns = 0, off = 0, n, col, run, left, lane, oh, ow, a, b, t, s
     cdef const Py_ssize_t *row
-    cdef fc_pack_linear_f32_t pack32 = fc_pack_linear_f32(isa)
-    cdef fc_pack_linear_f64_t pack64 = fc_pack_linear_f64(isa)
-    if taps > LINEAR_MAX_TAPS:
+    if (j + nvalid - 1) // cols - j // cols >= LINEAR_MAX_SEGS:
         return False
-    if floating is float:
-        if pack32 == NULL:
-            return False
-    else:
-        if pack64 == NULL:
-            return False
     while off < nvalid:
-        if ns == LINEAR_MAX_SEGS:
-            return False
-        n = (j + off) // cols
-        col = j + off - n * cols
-        run = cols - col
-        if run > nvalid - off:
-            run = nvalid - off
+        run = _image_run(j + off, nvalid - off, cols, &n, &col)
         bases[ns] = n * xs_n + col - off
         for t in range(taps):
             masks[ns * taps + t] = 0
@@ -377,11 +373,11 @@ cdef bint _pack_linear(int isa, const floating *x_group, Py_ssize_t xs_n,
         ns += 1
         off += run
     if floating is float:
-        pack32(dst, nr, kcb, table + k0 * ROW_FIELDS, x_group, bases, masks, <int> ns,
-               <int> taps, <int> (k0 % taps))
+        fc_pack_linear_f32(isa)(dst, nr, kcb, table + k0 * ROW_FIELDS, x_group, bases, masks,
+                                <int> ns, <int> taps, <int> (k0 % taps))
     else:
-        pack64(dst, nr, kcb, table + k0 * ROW_FIELDS, x_group, bases, masks, <int> ns,
-               <int> taps, <int> (k0 % taps))
+        fc_pack_linear_f64(isa)(dst, nr, kcb, table + k0 * ROW_FIELDS, x_group, bases, masks,
+                                <int> ns, <int> taps, <int> (k0 % taps))
     return True
 
 
@@ -453,11 +449,7 @@ cdef inline void _store_tile(const floating *tile, Py_ssize_t ld, Py_ssize_t m,
     cdef floating *o
     cdef const floating *src
     while off < width:
-        n = (j + off) // cols
-        col = j + off - n * cols
-        run = cols - col
-        if run > width - off:
-            run = width - off
+        run = _image_run(j + off, width - off, cols, &n, &col)
         for i in range(m):
             o = out_rows + n * image_step + i * cols + col
             src = tile + i * ld + off
@@ -630,7 +622,12 @@ def conv2d_fused(const floating[:, :, :, :] x,
     geo.mc = max(mr, mc // mr * mr)
     geo.isa = code
     geo.taps = R * S
-    geo.linear = linear_packing and geo.col_step == 1 and geo.row_step == Wo
+    # every panel row of an image one run of x, and a linear packer for the
+    # ISA whose masks hold the taps (per panel, _pack_linear checks images)
+    geo.linear = (linear_packing and geo.col_step == 1 and geo.row_step == Wo
+                  and geo.taps <= LINEAR_MAX_TAPS
+                  and (fc_pack_linear_f32(code) != NULL if floating is float
+                       else fc_pack_linear_f64(code) != NULL))
     cdef Py_ssize_t total = N * cols
     width, n_cb, height, n_mb = _work_split(total, geo.Kg, groups, rows, mr, nr, nc, geo.mc,
                                             num_threads)
@@ -797,11 +794,7 @@ cdef void _pack_g(const floating *grad_rows, Py_ssize_t image_step, Py_ssize_t c
             off = 0
             j = j0
             while off < kcb:
-                n = j // cols
-                col = j - n * cols
-                run = cols - col
-                if run > kcb - off:
-                    run = kcb - off
+                run = _image_run(j, kcb - off, cols, &n, &col)
                 src = grad_rows + n * image_step + f * cols + col
                 for t in range(run):
                     d[(off + t) * mr + i] = src[t]
