@@ -6,7 +6,11 @@ warm_allocator), warms up on the full batch, then times; the cases alternate
 between libraries round after round, and the best of all rounds is kept.
 
     python bench/steady_state.py [--names paper_mnist,resnet50_2a_1x1] [--rounds 4]
-                                 [--threads 2] [--calls 30]
+                                 [--threads 2] [--calls 30] [--methods auto,fused]
+                                 [--dtype float32]
+
+--methods lists fastconv's methods to time (each in its own processes);
+the ratios are over PyTorch's time.
 """
 import argparse
 import json
@@ -21,8 +25,8 @@ warm_allocator()
 import numpy as np
 import fastconv
 from fastconv._benchcases import conv_kwargs, layer_arrays
-layer, library, threads, calls = json.loads(sys.argv[1])
-x, w = layer_arrays(layer, "float32")
+layer, library, threads, calls, dtype = json.loads(sys.argv[1])
+x, w = layer_arrays(layer, dtype)
 conv = conv_kwargs(layer)
 if library == "torch":
     import torch
@@ -31,8 +35,8 @@ if library == "torch":
     tconv = {k: v for k, v in conv.items() if k in ("stride", "padding", "dilation", "groups")}
     run = lambda: torch.nn.functional.conv2d(tx, tw, **tconv)
 else:
-    out = np.empty(fastconv.plan_conv2d(x.shape, w.shape, **conv).output_shape, np.float32)
-    run = lambda: fastconv.conv2d(x, w, out=out, num_threads=threads, **conv)
+    out = np.empty(fastconv.plan_conv2d(x.shape, w.shape, dtype, **conv).output_shape, dtype)
+    run = lambda: fastconv.conv2d(x, w, out=out, num_threads=threads, method=library, **conv)
 for _ in range(3):
     run()
 times = []
@@ -50,25 +54,32 @@ def main():
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--methods", default="auto", help="fastconv methods, comma-separated")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = parser.parse_args()
     from fastconv._benchcases import load_layers
     layers = {layer["name"]: layer for layer in load_layers()}
+    methods = args.methods.split(",")
     best = {}
     for round_ in range(args.rounds):
         for name in args.names.split(","):
-            libraries = ("torch", "fastconv") if round_ % 2 == 0 else ("fastconv", "torch")
-            for library in libraries:
-                payload = json.dumps([layers[name], library, args.threads, args.calls])
+            libraries = ["torch"] + methods
+            for library in libraries if round_ % 2 == 0 else libraries[::-1]:
+                payload = json.dumps([layers[name], library, args.threads, args.calls,
+                                      args.dtype])
                 seconds = json.loads(subprocess.run(
                     [sys.executable, "-c", CHILD, payload], check=True, capture_output=True,
                     text=True).stdout)
                 key = (name, library)
                 best[key] = min(best.get(key, seconds), seconds)
                 time.sleep(0.2)  # let the other runtime's spinning threads sleep
-    print(f"{'layer':24s} {'PyTorch':>10s} {'fastconv out=':>14s} {'ratio':>7s}")
+    print(f"{args.dtype}, {args.threads} threads, best of {args.rounds} rounds; fastconv "
+          "with out= (method: time, ratio to PyTorch)")
+    print(f"{'layer':24s} {'PyTorch':>10s}" + "".join(f" {m:>19s}" for m in methods))
     for name in args.names.split(","):
-        t, f = best[(name, "torch")], best[(name, "fastconv")]
-        print(f"{name:24s} {t * 1e3:8.3f} ms {f * 1e3:12.3f} ms {f / t:7.2f}")
+        t = best[(name, "torch")]
+        print(f"{name:24s} {t * 1e3:7.3f} ms" + "".join(
+            f" {best[(name, m)] * 1e3:9.3f} ms {best[(name, m)] / t:5.2f}x" for m in methods))
 
 
 if __name__ == "__main__":

@@ -558,7 +558,7 @@ class Fused(Lowering):
         if g.is_pointwise and g.cols >= tuning.fused_pointwise_min_cols:
             rate = tuning.fused_pointwise_rate  # against gemm1x1's half-traffic model
         elif (g.R * g.S > 1 and g.rows >= tuning.fused_min_depth
-              and g.cols >= tuning.fused_min_cols):
+              and g.N * g.cols >= tuning.fused_min_cols):
             rate = tuning.fused_rate   # deep, with a spatial kernel
         else:
             rate = tuning.fused_shallow_rate

@@ -63,9 +63,11 @@ class Tuning:
     # fused_shallow_rate.
     fused_rate: float = 1.15
     fused_min_depth: int = 64
-    # ResNet-50 5b (7x7 maps, 49 columns) ran alike fused and with the BLAS
-    # lowering's 4 images per GEMM: below this many columns, the smaller
-    # workspace (no packed copy of the weights) decides
+    # Columns of the whole batch (fused runs every image's columns as one
+    # axis) below which the micro-tiles are mostly empty. ResNet-50 5b (7x7
+    # maps, 8 images: 392 columns) took 0.82x stretch's time fused (fresh
+    # processes, bench/steady_state.py, fp32, 2 threads), so small maps alone
+    # do not rule fused out.
     fused_min_cols: int = 64
     fused_shallow_rate: float = 0.75
     # 1x1 stride-1 layers (where gemm1x1 reads the input in place, modelled
