@@ -7,7 +7,7 @@ between libraries round after round, and the best of all rounds is kept.
 
     python bench/steady_state.py [--names paper_mnist,resnet50_2a_1x1] [--rounds 4]
                                  [--threads 2] [--calls 30] [--methods auto,fused]
-                                 [--dtype float32]
+                                 [--dtype float32] [--kind forward]
 
 --methods lists fastconv's methods to time (each in its own processes);
 the ratios are over PyTorch's time.
@@ -25,18 +25,27 @@ warm_allocator()
 import numpy as np
 import fastconv
 from fastconv._benchcases import conv_kwargs, layer_arrays
-layer, library, threads, calls, dtype = json.loads(sys.argv[1])
+layer, library, threads, calls, dtype, kind = json.loads(sys.argv[1])
 x, w = layer_arrays(layer, dtype)
 conv = conv_kwargs(layer)
+y_shape = fastconv.plan_conv2d(x.shape, w.shape, dtype, **conv).output_shape
+g = np.random.default_rng(1).standard_normal(y_shape).astype(dtype)
 if library == "torch":
     import torch
     torch.set_num_threads(threads)
-    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    tx, tw, tg = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(g)
     tconv = {k: v for k, v in conv.items() if k in ("stride", "padding", "dilation", "groups")}
-    run = lambda: torch.nn.functional.conv2d(tx, tw, **tconv)
+    run = {"forward": lambda: torch.nn.functional.conv2d(tx, tw, **tconv),
+           "input_grad": lambda: torch.nn.grad.conv2d_input(tx.shape, tw, tg, **tconv),
+           "weight_grad": lambda: torch.nn.grad.conv2d_weight(tx, tw.shape, tg, **tconv)}[kind]
 else:
-    out = np.empty(fastconv.plan_conv2d(x.shape, w.shape, dtype, **conv).output_shape, dtype)
-    run = lambda: fastconv.conv2d(x, w, out=out, num_threads=threads, method=library, **conv)
+    conv.update(num_threads=threads, method=library)
+    out = np.empty({"forward": y_shape, "input_grad": x.shape, "weight_grad": w.shape}[kind],
+                   dtype)
+    run = {"forward": lambda: fastconv.conv2d(x, w, out=out, **conv),
+           "input_grad": lambda: fastconv.conv2d_input_grad(x.shape, w, g, out=out, **conv),
+           "weight_grad": lambda: fastconv.conv2d_weight_grad(x, w.shape, g, out=out, **conv),
+           }[kind]
 for _ in range(3):
     run()
 times = []
@@ -56,6 +65,8 @@ def main():
     parser.add_argument("--calls", type=int, default=30)
     parser.add_argument("--methods", default="auto", help="fastconv methods, comma-separated")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--kind", default="forward",
+                        choices=["forward", "input_grad", "weight_grad"])
     args = parser.parse_args()
     from fastconv._benchcases import load_layers
     layers = {layer["name"]: layer for layer in load_layers()}
@@ -66,14 +77,14 @@ def main():
             libraries = ["torch"] + methods
             for library in libraries if round_ % 2 == 0 else libraries[::-1]:
                 payload = json.dumps([layers[name], library, args.threads, args.calls,
-                                      args.dtype])
+                                      args.dtype, args.kind])
                 seconds = json.loads(subprocess.run(
                     [sys.executable, "-c", CHILD, payload], check=True, capture_output=True,
                     text=True).stdout)
                 key = (name, library)
                 best[key] = min(best.get(key, seconds), seconds)
                 time.sleep(0.2)  # let the other runtime's spinning threads sleep
-    print(f"{args.dtype}, {args.threads} threads, best of {args.rounds} rounds; fastconv "
+    print(f"{args.kind}, {args.dtype}, {args.threads} threads, best of {args.rounds} rounds; fastconv "
           "with out= (method: time, ratio to PyTorch)")
     print(f"{'layer':24s} {'PyTorch':>10s}" + "".join(f" {m:>19s}" for m in methods))
     for name in args.names.split(","):

@@ -518,20 +518,30 @@ class Fused(Lowering):
     with FMA per ISA), where packing each KC x NC panel of the stretched
     matrix *is* the gather through the index map: no im2col buffer and no
     second copy by BLAS; bias and the store into the output fused into the
-    micro-kernel (fastconv/_kernels/fused.pyx, _fused_*.h)."""
+    micro-kernel (fastconv/_kernels/fused.pyx, _fused_*.h).
+
+    The weight gradient runs the same micro-kernel on grad_w = G @ B^T, with
+    B^T's panels packed through the index map (transposing: an NR-wide
+    micro-panel holds NR rows of the stretched matrix per column) and no
+    per-thread accumulators: each item owns a block of grad_w."""
     name = "fused"
     kernel = "fused"
     uses_blas = False
 
     def unsuitable(self, g):
-        if self.kind != "forward":
-            return "is for the forward pass only"
+        if self.kind == "input_grad":
+            return "is for the forward pass and the weight gradient"
         return _zero_padding_only(g)
 
-    def propose(self, planner, forced):
+    def defaults(self, planner):
         from fastconv._kernels import fused
         isa = fused_isa(planner.tuning.isa)
-        defaults = fused.blocking(planner.dtype, isa)
+        if self.kind == "weight_grad":
+            return isa, fused.weight_grad_blocking(planner.dtype, isa)
+        return isa, fused.blocking(planner.dtype, isa)
+
+    def propose(self, planner, forced):
+        isa, defaults = self.defaults(planner)
         nr = defaults["NR"]
         kc, nc, mc = defaults["KC"], defaults["NC"], defaults["MC"]
         threads = planner.threads if _machine.openmp_enabled() else 1
@@ -555,6 +565,9 @@ class Fused(Lowering):
         g = plan.geometry
         m, _, k = self.gemm_shape(plan)
         thin = _thin_gemm_factor(m, k, tuning)
+        base = plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads) * thin
+        if self.kind == "weight_grad":
+            return base * self.weight_grad_factor(plan, tuning)
         if g.is_pointwise and g.cols >= tuning.fused_pointwise_min_cols:
             rate = tuning.fused_pointwise_rate  # against gemm1x1's half-traffic model
         elif (g.R * g.S > 1 and g.rows >= tuning.fused_min_depth
@@ -562,33 +575,63 @@ class Fused(Lowering):
             rate = tuning.fused_rate   # deep, with a spatial kernel
         else:
             rate = tuning.fused_shallow_rate
-        return plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads * rate) * thin
+        return base / rate
 
-    # the same GEMM shapes as the BLAS lowerings' forward pass
+    def weight_grad_factor(self, plan, tuning):
+        """Time of the fused weight gradient over the BLAS lowerings' model:
+        its transposing gather of B^T (once per filter block) and packing of
+        G (once per block of grad_w's columns), per multiply-add, weigh
+        against a faster product (see Tuning.fused_weight_grad_*), and tiles
+        padded to MR filters and NR rows compute zeros."""
+        from fastconv._kernels import fused
+        g, b = plan.geometry, plan.blocking
+        kg, depth = g.K // g.groups, g.N * g.cols
+        sizes = fused.blocking(plan.dtype, b.isa)
+        mr, nr = sizes["MR"], sizes["NR"]
+        padded = (-(-kg // mr) * mr) * (-(-g.rows // nr) * nr)
+        macs = g.groups * padded * depth
+        if macs == 0:
+            return 1.0   # nothing to compute (the executor returns zeros)
+        packed = g.groups * depth * (g.rows * -(-kg // b.mc) + kg * -(-g.rows // b.nc))
+        per_mac = packed / macs * (4 / np.dtype(plan.dtype).itemsize)
+        factor = ((tuning.fused_weight_grad_rate + tuning.fused_weight_grad_gather * per_mac)
+                  * padded / (kg * g.rows))
+        return factor * (tuning.fused_weight_grad_pointwise if g.R * g.S == 1 else 1.0)
+
     def gemm_shape(self, plan):
+        """(M, N, K): the forward pass as the BLAS lowerings'; the weight
+        gradient filters x rows of the stretched matrix x the batch's columns."""
         g = plan.geometry
+        if self.kind == "weight_grad":
+            return (g.K // g.groups, g.rows, g.N * g.cols)
         return (g.K // g.groups, g.cols, g.rows)
 
     def buffers(self, g, dtype, blocking, threads):
         from fastconv._kernels import fused
+        table = (row_table_shape(g), np.intp)
+        if self.kind == "weight_grad":
+            # per thread: a KC x NC panel of B^T and an MC x KC panel of G
+            per_thread = fused.weight_grad_buffer_sizes(g.K, g.rows, g.groups, blocking.kc,
+                                                        blocking.nc, blocking.mc, dtype,
+                                                        blocking.isa)
+            return {"workspace": ((threads, per_thread), dtype), "table": table}
         packed, per_thread = fused.buffer_sizes(g.K, g.rows, g.groups, blocking.kc, blocking.nc,
                                                 dtype, blocking.isa)
         # the packed weights, the packed panels of B, the row table
         return {"packed_weight": ((packed,), dtype), "workspace": ((threads, per_thread), dtype),
-                "table": (row_table_shape(g), np.intp)}
+                "table": table}
 
     def needed_bytes(self, planner):
-        from fastconv._kernels import fused
-        isa = fused_isa(planner.tuning.isa)
-        nr = fused.blocking(planner.dtype, isa)["NR"]
-        return buffer_bytes(self.buffers(planner.g, planner.dtype,
-                                         FusedBlocking(16, nr, 1, isa), 1))
+        isa, defaults = self.defaults(planner)
+        smallest = FusedBlocking(16, defaults["NR"], defaults["MR"], isa)
+        return buffer_bytes(self.buffers(planner.g, planner.dtype, smallest, 1))
 
     def too_small(self, planner):
         needed = self.needed_bytes(planner)
+        held = ("smallest panels" if self.kind == "weight_grad"
+                else "packed weights, smallest panel")
         return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "
-                f"small: the fused lowering (packed weights, smallest panel, one thread, "
-                f"row table) "
+                f"small: the fused lowering ({held}, one thread, row table) "
                 f"needs {needed} bytes ({format_bytes(needed)})")
 
     def describe(self, plan):
@@ -600,6 +643,11 @@ class Fused(Lowering):
     def run(self, plan, ops, bufs, threads):
         from fastconv._kernels import fused
         g, b = plan.geometry, plan.blocking
+        if self.kind == "weight_grad":
+            fused.conv2d_fused_weight_grad(ops.x, ops.grad, ops.out, bufs["workspace"],
+                                           *g.kernel_args, g.groups, plan.flip, b.kc, b.nc,
+                                           b.mc, b.isa, threads, row_table=bufs["table"])
+            return
         fused.conv2d_fused(ops.x, ops.filters, ops.bias, ops.out, bufs["packed_weight"],
                            bufs["workspace"], *g.kernel_args, g.groups, plan.flip,
                            b.kc, b.nc, b.mc, b.isa, threads, row_table=bufs["table"])

@@ -78,6 +78,22 @@ class Tuning:
     # image it is taken to run at fused_pointwise_rate.
     fused_pointwise_min_cols: int = 784
     fused_pointwise_rate: float = 2.2
+    # The fused weight gradient's time over the BLAS lowerings' model:
+    # fused_weight_grad_rate + fused_weight_grad_gather * (elements it packs
+    # per multiply-add, float32; half for float64), times its padding. Fitted
+    # to fused / auto (mapped or stretch) times measured side by side (fp32, 2
+    # threads, in one process; packed elements per MAC in brackets): ResNet-50
+    # 5b_3x3 0.66 (0.003), 4b_3x3 0.85 (0.005), VGG-16 conv3_2 0.86 (0.005),
+    # 3a 3x3/2 0.95, 3b_3x3 1.02, dilated 0.99 (0.009), 2a_3x3 1.06 (0.017),
+    # stem 1.31 (0.022, rows padded 147 -> 192), 1x1 layers 1.0-1.7.
+    fused_weight_grad_rate: float = 0.55
+    fused_weight_grad_gather: float = 45.0
+    # 1x1 kernels (any stride), where the BLAS lowerings' B is a plain
+    # (strided) copy: the formula above said 0.79-1.5, measured 1.09-1.76 (2a,
+    # 2b, 4b, 3a proj 1x1/2). Checked in fresh processes (bench/steady_state.py
+    # --kind weight_grad, best of 2): fused / best BLAS lowering 5b_3x3 0.75,
+    # 4b 0.96, dilated 0.90, VGG 3_2 1.00, 3a 3x3/2 1.02, 3b 1.09.
+    fused_weight_grad_pointwise: float = 1.6
 
 
 _lock = threading.Lock()

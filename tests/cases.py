@@ -13,6 +13,8 @@ from fastconv._lowerings import general_methods
 METHODS = list(general_methods())
 # the lowerings that compute both gradients of any convolution
 GRADIENT_METHODS = [m for m in general_methods("input_grad") if m in general_methods("weight_grad")]
+# every lowering of the weight gradient alone (fused computes no input gradient)
+WEIGHT_GRAD_METHODS = list(general_methods("weight_grad"))
 DTYPES = [np.float32, np.float64]
 
 

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings, HealthCheck, strategies as st
 
 import fastconv
-from cases import DTYPES, GRADIENT_METHODS as METHODS, conv_cases, random_arrays, small_tiles
+from cases import (DTYPES, GRADIENT_METHODS as METHODS, WEIGHT_GRAD_METHODS, conv_cases,
+                   random_arrays, small_tiles)
 from reference import (assert_close, conv2d_input_grad_reference, conv2d_reference,
                        conv2d_weight_grad_reference, conv_transpose2d_reference)
 
@@ -38,6 +39,29 @@ def test_gradients_match_reference(case):
     assert grad_x.dtype == grad_w.dtype == case["dtype"]
     assert grad_x.flags.c_contiguous and grad_w.flags.c_contiguous
     assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), case["dtype"])
+    assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), case["dtype"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases([m for m in WEIGHT_GRAD_METHODS if m not in METHODS]),
+       st.sampled_from([None, 4096, 20_000]))
+def test_weight_grad_only_lowerings_match_reference(case, limit):
+    """Lowerings of the weight gradient alone (fused), through the public
+    function: any geometry, both dtypes, threads, tight memory limits (the
+    plan shrinks its panels, or refuses below the smallest)."""
+    x, w, _ = random_arrays(case)
+    grad = _grad_output(case, np.random.default_rng(case["seed"] + 1))
+    kw = dict(_conv(case), method=case["method"], num_threads=case["threads"],
+              memory_limit=limit)
+    try:
+        plan = fastconv.plan_conv2d(x.shape, w.shape, case["dtype"], kind="weight_grad",
+                                    **{k: v for k, v in kw.items() if k != "flip"})
+    except fastconv.WorkspaceLimitError as exc:
+        assert limit is not None and "needs" in str(exc)
+        return
+    assert limit is None or plan.workspace_bytes <= limit
+    grad_w = fastconv.conv2d_weight_grad(x, w.shape, grad, **kw)
+    assert grad_w.dtype == case["dtype"] and grad_w.flags.c_contiguous
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), case["dtype"])
 
 
@@ -161,7 +185,7 @@ def test_weight_grad_split_by_filters_for_many_filters_and_small_maps(N, padding
                                             groups=groups)
     for threads in (1, 2, 3):
         plan = fastconv.plan_conv2d(x.shape, w_shape, dtype, padding=padding, groups=groups,
-                                    num_threads=threads, kind="weight_grad")
+                                    num_threads=threads, kind="weight_grad", method="mapped")
         if threads > 1 and plan.kernel_threads > 1:
             assert plan.blocking.blocks > 1, plan
         for method in ("auto", "mapped"):
@@ -217,10 +241,18 @@ def test_gradient_plans_follow_the_forward_rules():
         plan = fastconv.plan_conv2d(*vgg, padding=1, memory_limit="64MiB", kind=kind)
         assert plan.method == "mapped" and plan.workspace_bytes <= 64 * 2**20, plan
         assert f"{kind}, mapped" in repr(plan)
-        small = fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1, kind=kind)
+        small = fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1, kind=kind,
+                                     method="auto" if kind == "input_grad" else "stretch")
         # small images: several per GEMM, as in the forward pass (wider GEMMs
         # for the input gradient, deeper ones for the weight gradient)
         assert small.method == "stretch" and small.blocking.images == 2, small
+        if kind == "weight_grad":
+            # many filters, deep rows, few columns: the fused weight gradient
+            # (whose packing per multiply-add is small) is planned
+            auto = fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1, kind=kind)
+            assert auto.method == "fused", auto
+            shallow = fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 3, 3), padding=1, kind=kind)
+            assert shallow.method != "fused", shallow
         assert fastconv.plan_conv2d((8, 64, 56, 56), (256, 64, 1, 1), kind=kind).method == "gemm1x1"
     # a gradient plan executes like the function of its kind, and names the
     # operands it expects
@@ -242,11 +274,12 @@ def test_gradient_plans_follow_the_forward_rules():
 
 def test_weight_grad_accumulators_counted_and_dropped_under_a_tight_limit():
     shape, wshape = (8, 64, 16, 16), (128, 64, 3, 3)
-    roomy = fastconv.plan_conv2d(shape, wshape, padding=1, num_threads=2, kind="weight_grad")
+    roomy = fastconv.plan_conv2d(shape, wshape, padding=1, num_threads=2, kind="weight_grad",
+                                 method="mapped")
     accumulator = 128 * 64 * 9 * 4
     assert roomy.kernel_threads == 2 and roomy.workspace_bytes > accumulator
     tight = fastconv.plan_conv2d(shape, wshape, padding=1, num_threads=2, kind="weight_grad",
-                                 memory_limit=accumulator)
+                                 memory_limit=accumulator, method="mapped")
     assert tight.kernel_threads == 1 and tight.workspace_bytes <= accumulator
 
 

@@ -866,7 +866,7 @@ def conv2d_fused_weight_grad(const floating[:, :, :, :] x,
                              Py_ssize_t dil_h, Py_ssize_t dil_w,
                              Py_ssize_t groups, bint flip,
                              Py_ssize_t kc, Py_ssize_t nc, Py_ssize_t mc,
-                             isa, int num_threads, bint accumulate=False):
+                             isa, int num_threads, bint accumulate=False, row_table=None):
     """grad_w (K, C/groups*R*S), C-contiguous = (accumulate: +=) the weight
     gradient for input x (N, C, H, W; any strides) and output gradient grad
     (N, K, Ho*Wo), C-contiguous, on the fused GEMM.
@@ -875,7 +875,7 @@ def conv2d_fused_weight_grad(const floating[:, :, :, :] x,
     kc: depth (columns of all images) per packed block; nc: rows of grad_w
     per work item; mc: filters per work item (rounded up to MR); any >= 1.
     Items are (group, nc rows, mc filters): the same bits for any thread
-    count. isa, flip: as conv2d_fused.
+    count. isa, flip, row_table: as conv2d_fused.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = grad_w.shape[0], rows = grad_w.shape[1]
@@ -927,7 +927,11 @@ def conv2d_fused_weight_grad(const floating[:, :, :, :] x,
         height = _round_up(_ceil_div(height, 2), mr)
         n_mb = _ceil_div(Kg, height)
     cdef Py_ssize_t kc_eff = kc if kc < total else total
-    cdef Py_ssize_t[:, ::1] table = np.empty((rows, ROW_FIELDS), dtype=np.intp)
+    if row_table is None:
+        row_table = np.empty((rows, ROW_FIELDS), dtype=np.intp)
+    cdef Py_ssize_t[:, ::1] table = row_table
+    if table.shape[0] < rows or table.shape[1] != ROW_FIELDS:
+        raise ValueError(f"row_table has shape {tuple(table.shape)}, needs ({rows}, {ROW_FIELDS})")
     cdef const floating *x0 = &x[0, 0, 0, 0]
     cdef const floating *g0 = &grad[0, 0, 0]
     cdef floating *gw = &grad_w[0, 0]
