@@ -479,11 +479,13 @@ class Mapped(_Gemm):
 @dataclasses.dataclass(frozen=True)
 class FusedBlocking:
     """The fused GEMM's blocks: kc rows of the stretched matrix (depth), nc
-    columns, mc filters per packed block, and the micro-kernel's ISA."""
+    columns, mc filters per packed block, the micro-kernel's ISA, and
+    whether it reads the weights in place rather than packed (forward)."""
     kc: int
     nc: int
     mc: int
     isa: str
+    weights_in_place: bool = False
 
 
 def fused_isa(requested=None):
@@ -541,18 +543,29 @@ class Fused(Lowering):
         return isa, fused.blocking(planner.dtype, isa)
 
     def propose(self, planner, forced):
+        g = planner.g
         isa, defaults = self.defaults(planner)
         nr = defaults["NR"]
         kc, nc, mc = defaults["KC"], defaults["NC"], defaults["MC"]
         threads = planner.threads if _machine.openmp_enabled() else 1
+        # few columns for the weights: their packing pass is not amortised
+        in_place = (self.kind == "forward"
+                    and g.N * g.cols <= planner.tuning.fused_in_place_max_cols)
         reason = (f"fastconv's own GEMM ({isa} micro-kernel {defaults['MR']}x{nr}), "
-                  "panels gathered through the index map")
+                  "panels gathered through the index map"
+                  + ("; weights read in place (few columns to amortise packing them)"
+                     if in_place else ""))
         while True:
-            plan = planner.plan(self, FusedBlocking(kc, nc, mc, isa), threads, 1, reason)
+            plan = planner.plan(self, FusedBlocking(kc, nc, mc, isa, in_place), threads, 1,
+                                reason)
             if plan.workspace_bytes <= planner.limit:
                 return plan
-            # a tighter limit: narrower panels, then shallower ones, then one thread
-            if nc > nr:
+            # a tighter limit: the weights in place (no packed copy), then
+            # narrower panels, then shallower ones, then one thread
+            if self.kind == "forward" and not in_place:
+                in_place = True
+                reason += "; weights read in place to fit the limit"
+            elif nc > nr:
                 nc = max(nr, nc // 2 // nr * nr)
             elif kc > 16:
                 kc = max(16, kc // 2)
@@ -575,7 +588,15 @@ class Fused(Lowering):
             rate = tuning.fused_rate   # deep, with a spatial kernel
         else:
             rate = tuning.fused_shallow_rate
-        return base / rate
+        # the batch's columns run in NR-wide micro-tiles: few columns, much
+        # padding (ResNet-50 5b, one 7x7 image: 49 columns in two 48-wide
+        # tiles), which costs in the micro-kernel's share of the run (~70 %
+        # by perf on 5b and 4b), not in packing
+        from fastconv._kernels import fused
+        nr = fused.blocking(plan.dtype, plan.blocking.isa)["NR"]
+        columns = max(1, g.N * g.cols)
+        padding = (-(-columns // nr) * nr) / columns
+        return base / rate * (1 - tuning.fused_kernel_share + tuning.fused_kernel_share * padding)
 
     def weight_grad_factor(self, plan, tuning):
         """Time of the fused weight gradient over the BLAS lowerings' model:
@@ -616,20 +637,21 @@ class Fused(Lowering):
                                                         blocking.isa)
             return {"workspace": ((threads, per_thread), dtype), "table": table}
         packed, per_thread = fused.buffer_sizes(g.K, g.rows, g.groups, blocking.kc, blocking.nc,
-                                                dtype, blocking.isa)
-        # the packed weights, the packed panels of B, the row table
+                                                dtype, blocking.isa, blocking.weights_in_place)
+        # the packed weights (or their edge rows), the packed panels of B, the row table
         return {"packed_weight": ((packed,), dtype), "workspace": ((threads, per_thread), dtype),
                 "table": table}
 
     def needed_bytes(self, planner):
         isa, defaults = self.defaults(planner)
-        smallest = FusedBlocking(16, defaults["NR"], defaults["MR"], isa)
+        smallest = FusedBlocking(16, defaults["NR"], defaults["MR"], isa,
+                                 weights_in_place=self.kind == "forward")
         return buffer_bytes(self.buffers(planner.g, planner.dtype, smallest, 1))
 
     def too_small(self, planner):
         needed = self.needed_bytes(planner)
         held = ("smallest panels" if self.kind == "weight_grad"
-                else "packed weights, smallest panel")
+                else "weights read in place, smallest panel")
         return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "
                 f"small: the fused lowering ({held}, one thread, row table) "
                 f"needs {needed} bytes ({format_bytes(needed)})")
@@ -638,7 +660,8 @@ class Fused(Lowering):
         b = plan.blocking
         m, n, k = self.gemm_shape(plan)
         return (f"fused GEMMs {m}x{k} @ {k}x{n} (own {b.isa} micro-kernel; KC {b.kc}, "
-                f"NC {b.nc}, MC {b.mc})")
+                f"NC {b.nc}, MC {b.mc}" + ("; weights in place" if b.weights_in_place else "")
+                + ")")
 
     def run(self, plan, ops, bufs, threads):
         from fastconv._kernels import fused
@@ -650,7 +673,8 @@ class Fused(Lowering):
             return
         fused.conv2d_fused(ops.x, ops.filters, ops.bias, ops.out, bufs["packed_weight"],
                            bufs["workspace"], *g.kernel_args, g.groups, plan.flip,
-                           b.kc, b.nc, b.mc, b.isa, threads, row_table=bufs["table"])
+                           b.kc, b.nc, b.mc, b.isa, threads, row_table=bufs["table"],
+                           weights_in_place=b.weights_in_place)
 
 
 # --------------------------------------------------------------------------

@@ -70,6 +70,17 @@ class Tuning:
     # do not rule fused out.
     fused_min_cols: int = 64
     fused_shallow_rate: float = 0.75
+    # Columns of the whole batch up to which the fused forward pass reads the
+    # weights in place instead of packing them (one pass over K x rows per
+    # call, amortised over the columns). Interleaved A/B, fp32, 2 threads:
+    # in place took ResNet-50 5b_3x3 (392 columns) 0.94x, 4b (1568) 0.98x,
+    # but the stem (100k) 1.23x and 3a 3x3/2 fp64 (6272) 1.07x.
+    fused_in_place_max_cols: int = 2048
+    # The micro-kernel's share of a fused run (perf, ResNet-50 5b and 4b 3x3:
+    # 69.5 %): the share that NR-padded columns slow down. Measured on 5b
+    # (in one process, fp32, 2 threads), fused over stretch: 1 image (49
+    # columns, padded 1.96x) 1.26, 2 images 0.93, 4 images 0.95, 8 images 0.82.
+    fused_kernel_share: float = 0.7
     # 1x1 stride-1 layers (where gemm1x1 reads the input in place, modelled
     # at half a gathering lowering's time, so a rate of 2 ties): fused took
     # 0.72-0.82x gemm1x1's time on 56x56 maps (64->64, 256->64), 0.90-0.94x

@@ -6,6 +6,8 @@ odd input strides and views; 1 and 2 threads; tiny blocks."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
+import fastconv
+from fastconv import _tuning
 
 from reference import assert_close, conv2d_reference, conv2d_weight_grad_reference
 
@@ -21,7 +23,7 @@ def out_size(size, pad, dil, k, stride):
 
 def run_fused(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1,
               flip=False, isa="generic", threads=1, kc=None, nc=None, mc=None, out_fill=np.nan,
-              linear_packing=True):
+              linear_packing=True, weights_in_place=False):
     """conv2d_fused on NCHW x and (K, C/groups, R, S) w, with buffers sized by
     buffer_sizes; returns out as (N, K, Ho, Wo)."""
     dtype = x.dtype
@@ -32,7 +34,8 @@ def run_fused(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 
     blk = fused.blocking(dtype, isa)
     kc, nc, mc = kc or blk["KC"], nc or blk["NC"], mc or blk["MC"]
     rows = Cg * R * S
-    n_packed, per_thread = fused.buffer_sizes(K, rows, groups, kc, nc, dtype, isa)
+    n_packed, per_thread = fused.buffer_sizes(K, rows, groups, kc, nc, dtype, isa,
+                                              weights_in_place)
     # NaN-filled buffers and output: every element the kernel reads must have
     # been written by it
     packed = np.full(n_packed, np.nan, dtype)
@@ -42,7 +45,7 @@ def run_fused(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 
     fused.conv2d_fused(x, np.ascontiguousarray(w.reshape(K, rows)), bias, out, packed, workspace,
                        R, S, Wo, stride[0], stride[1], padding[0][0], padding[1][0],
                        dilation[0], dilation[1], groups, flip, kc, nc, mc, isa, threads,
-                       linear_packing=linear_packing)
+                       linear_packing=linear_packing, weights_in_place=weights_in_place)
     return out.reshape(N, K, Ho, Wo)
 
 
@@ -91,7 +94,8 @@ def fused_cases(draw):
         dtype=draw(st.sampled_from(DTYPES)), view=draw(st.sampled_from(VIEWS)),
         threads=draw(st.sampled_from([1, 2])),
         kc=draw(st.sampled_from([None, 1, 3, 7])), nc=draw(st.sampled_from([None, 1, 3, 7])),
-        mc=draw(st.sampled_from([None, 1, 3, 7])), seed=draw(st.integers(0, 2**32 - 1)))
+        mc=draw(st.sampled_from([None, 1, 3, 7])), seed=draw(st.integers(0, 2**32 - 1)),
+        weights_in_place=draw(st.booleans()))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -108,8 +112,12 @@ def test_fused_matches_reference(isa, case):
     conv = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
                 groups=case["groups"], flip=case["flip"])
     out = run_fused(x, w, b, isa=isa, threads=case["threads"], kc=case["kc"], nc=case["nc"],
-                    mc=case["mc"], **conv)
+                    mc=case["mc"], weights_in_place=case["weights_in_place"], **conv)
     assert_close(out, conv2d_reference(x, w, b, **conv), dtype)
+    # the weights packed or read in place: the same sums in the same order
+    other = run_fused(x, w, b, isa=isa, threads=case["threads"], kc=case["kc"], nc=case["nc"],
+                      mc=case["mc"], weights_in_place=not case["weights_in_place"], **conv)
+    np.testing.assert_array_equal(other, out)
 
 
 @st.composite
@@ -427,3 +435,27 @@ def test_fused_is_chosen_on_deep_3x3_layers_and_isa_forced_by_environment(tmp_pa
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, cwd=tmp_path, timeout=120)
         assert out.stdout.strip() == isa, out.stderr
+
+
+def test_weights_read_in_place_for_few_columns():
+    """The planner reads the weights in place where the batch has few columns
+    to amortise packing them (no packed copy in the workspace), packs them
+    otherwise; both give the same bits through the public function."""
+    deep = fastconv.plan_conv2d((2, 64, 7, 7), (96, 64, 3, 3), padding=1, method="fused")
+    wide = fastconv.plan_conv2d((2, 64, 56, 56), (96, 64, 3, 3), padding=1, method="fused")
+    assert deep.blocking.weights_in_place and "weights in place" in repr(deep)
+    assert not wide.blocking.weights_in_place
+    packed_bytes = 96 * 64 * 9 * 4
+    with _tuning.tuned(fused_in_place_max_cols=0):
+        packed = fastconv.plan_conv2d((2, 64, 7, 7), (96, 64, 3, 3), padding=1, method="fused")
+    assert not packed.blocking.weights_in_place
+    assert packed.workspace_bytes - deep.workspace_bytes >= packed_bytes
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 64, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((92, 64, 3, 3)).astype(np.float32)   # 92: an edge panel
+    b = rng.standard_normal(92).astype(np.float32)
+    in_place = fastconv.conv2d(x, w, b, padding=1, method="fused")
+    with _tuning.tuned(fused_in_place_max_cols=0):
+        packed_out = fastconv.conv2d(x, w, b, padding=1, method="fused")
+    np.testing.assert_array_equal(in_place, packed_out)
+    assert_close(in_place, conv2d_reference(x, w, b, padding=((1, 1), (1, 1))), np.float32)

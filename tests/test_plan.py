@@ -149,8 +149,13 @@ def test_tight_limit_uses_one_buffer_and_threaded_blas():
         plan = fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit=limit, num_threads=2)
         assert plan.method == "mapped" and plan.kernel_threads == 1 and plan.blas_threads == 2
         assert plan.workspace_bytes <= limit and plan.blocking.tile_cols <= 48
+        # below mapped's 32-column floor only fused fits: it reads the weights
+        # in place and its panels can be 16 rows deep
+        tighter = fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit=table + 16 * per_col)
+        assert tighter.method == "fused" and tighter.blocking.weights_in_place, tighter
+        assert tighter.workspace_bytes <= table + 16 * per_col
         with pytest.raises(fastconv.WorkspaceLimitError, match="needs"):
-            fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit=table + 16 * per_col)
+            fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit=table + 1000)
 
 
 def test_plans_are_cached_and_tuning_changes_are_seen():

@@ -27,7 +27,8 @@
 
 /* float: MR x NV vectors of 8; double: MR x NV vectors of 4 */
 FC_INLINE FC_AVX2_TARGET void
-fc_avx2_f32_body(const int MR, const int NV, ptrdiff_t kc, const float *a, const float *b,
+fc_avx2_f32_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step,
+                 ptrdiff_t kc, const float *a, const float *b,
                  float *c, ptrdiff_t ldc, int first, const float *bias)
 {
     __m256 acc[8][4];
@@ -47,11 +48,11 @@ fc_avx2_f32_body(const int MR, const int NV, ptrdiff_t kc, const float *a, const
         for (v = 0; v < NV; v++) bv[v] = _mm256_loadu_ps(b + v * 8);
 #pragma GCC unroll 8
         for (i = 0; i < MR; i++) {
-            __m256 ai = _mm256_broadcast_ss(a + i);
+            __m256 ai = _mm256_broadcast_ss(a + i * a_row);
 #pragma GCC unroll 4
             for (v = 0; v < NV; v++) acc[i][v] = _mm256_fmadd_ps(ai, bv[v], acc[i][v]);
         }
-        a += MR;
+        a += a_step;
         b += 8 * NV;
     }
 #pragma GCC unroll 8
@@ -73,7 +74,8 @@ fc_avx2_f32_body(const int MR, const int NV, ptrdiff_t kc, const float *a, const
 }
 
 FC_INLINE FC_AVX2_TARGET void
-fc_avx2_f64_body(const int MR, const int NV, ptrdiff_t kc, const double *a, const double *b,
+fc_avx2_f64_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step,
+                 ptrdiff_t kc, const double *a, const double *b,
                  double *c, ptrdiff_t ldc, int first, const double *bias)
 {
     __m256d acc[8][4];
@@ -93,11 +95,11 @@ fc_avx2_f64_body(const int MR, const int NV, ptrdiff_t kc, const double *a, cons
         for (v = 0; v < NV; v++) bv[v] = _mm256_loadu_pd(b + v * 4);
 #pragma GCC unroll 8
         for (i = 0; i < MR; i++) {
-            __m256d ai = _mm256_broadcast_sd(a + i);
+            __m256d ai = _mm256_broadcast_sd(a + i * a_row);
 #pragma GCC unroll 4
             for (v = 0; v < NV; v++) acc[i][v] = _mm256_fmadd_pd(ai, bv[v], acc[i][v]);
         }
-        a += MR;
+        a += a_step;
         b += 4 * NV;
     }
 #pragma GCC unroll 8
@@ -118,10 +120,14 @@ fc_avx2_f64_body(const int MR, const int NV, ptrdiff_t kc, const double *a, cons
     }
 }
 
+/* lda == 0: a packed panel; lda > 0: MR weight rows in place (see _fused_generic.h) */
 #define FC_DEFINE_AVX2(NAME, T, SUF, MR, NV)                                          \
-static FC_AVX2_TARGET void NAME(ptrdiff_t kc, const T *a, const T *b, T *c,          \
-                                ptrdiff_t ldc, int first, const T *bias)             \
-{ fc_avx2_##SUF##_body(MR, NV, kc, a, b, c, ldc, first, bias); }
+static FC_AVX2_TARGET void NAME(ptrdiff_t kc, const T *a, ptrdiff_t lda, const T *b, \
+                                T *c, ptrdiff_t ldc, int first, const T *bias)       \
+{                                                                                    \
+    if (lda == 0) fc_avx2_##SUF##_body(MR, NV, 1, MR, kc, a, b, c, ldc, first, bias); \
+    else fc_avx2_##SUF##_body(MR, NV, lda, 1, kc, a, b, c, ldc, first, bias);        \
+}
 
 /* the defaults (see the top of this file): float 4 x 24, double 4 x 12;
  * -DFC_AVX2_MR_F32=6 -DFC_AVX2_NV_F32=2 etc. build another tile to measure */

@@ -36,7 +36,8 @@
 #endif
 
 FC_INLINE FC_AVX512_TARGET void
-fc_avx512_f32_body(const int MR, const int NV, ptrdiff_t kc, const float *a, const float *b,
+fc_avx512_f32_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step,
+                   ptrdiff_t kc, const float *a, const float *b,
                    float *c, ptrdiff_t ldc, int first, const float *bias)
 {
     __m512 acc[16][4];
@@ -57,11 +58,11 @@ fc_avx512_f32_body(const int MR, const int NV, ptrdiff_t kc, const float *a, con
         for (v = 0; v < NV; v++) bv[v] = _mm512_loadu_ps(b + v * 16);
 #pragma GCC unroll 16
         for (i = 0; i < MR; i++) {
-            __m512 ai = _mm512_set1_ps(a[i]);
+            __m512 ai = _mm512_set1_ps(a[i * a_row]);
 #pragma GCC unroll 4
             for (v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
         }
-        a += MR;
+        a += a_step;
         b += 16 * NV;
     }
 #pragma GCC unroll 16
@@ -83,7 +84,8 @@ fc_avx512_f32_body(const int MR, const int NV, ptrdiff_t kc, const float *a, con
 }
 
 FC_INLINE FC_AVX512_TARGET void
-fc_avx512_f64_body(const int MR, const int NV, ptrdiff_t kc, const double *a, const double *b,
+fc_avx512_f64_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step,
+                   ptrdiff_t kc, const double *a, const double *b,
                    double *c, ptrdiff_t ldc, int first, const double *bias)
 {
     __m512d acc[16][4];
@@ -104,11 +106,11 @@ fc_avx512_f64_body(const int MR, const int NV, ptrdiff_t kc, const double *a, co
         for (v = 0; v < NV; v++) bv[v] = _mm512_loadu_pd(b + v * 8);
 #pragma GCC unroll 16
         for (i = 0; i < MR; i++) {
-            __m512d ai = _mm512_set1_pd(a[i]);
+            __m512d ai = _mm512_set1_pd(a[i * a_row]);
 #pragma GCC unroll 4
             for (v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_pd(ai, bv[v], acc[i][v]);
         }
-        a += MR;
+        a += a_step;
         b += 8 * NV;
     }
 #pragma GCC unroll 16
@@ -129,10 +131,16 @@ fc_avx512_f64_body(const int MR, const int NV, ptrdiff_t kc, const double *a, co
     }
 }
 
+/* lda == 0: a packed panel (MR values per depth step); lda > 0: MR rows of
+ * the weights read in place, lda apart (see _fused_generic.h). Each case is
+ * its own specialised copy of the body. */
 #define FC_DEFINE_AVX512(NAME, T, SUF, MR, NV)                                        \
-static FC_AVX512_TARGET void NAME(ptrdiff_t kc, const T *a, const T *b, T *c,        \
-                                  ptrdiff_t ldc, int first, const T *bias)           \
-{ fc_avx512_##SUF##_body(MR, NV, kc, a, b, c, ldc, first, bias); }
+static FC_AVX512_TARGET void NAME(ptrdiff_t kc, const T *a, ptrdiff_t lda, const T *b, \
+                                  T *c, ptrdiff_t ldc, int first, const T *bias)     \
+{                                                                                    \
+    if (lda == 0) fc_avx512_##SUF##_body(MR, NV, 1, MR, kc, a, b, c, ldc, first, bias); \
+    else fc_avx512_##SUF##_body(MR, NV, lda, 1, kc, a, b, c, ldc, first, bias);        \
+}
 
 /* -DFC_AVX512_MR_F32=12 -DFC_AVX512_NV_F32=2 etc. build another tile */
 #ifndef FC_AVX512_MR_F32

@@ -2,11 +2,14 @@
  *
  * The micro-kernel contract, shared by every ISA header:
  *
- *   c[i, j] (i < MR, j < NR, row i at c + i*ldc)  =  sum_k a[k*MR + i] * b[k*NR + j]
+ *   c[i, j] (i < MR, j < NR, row i at c + i*ldc)  =  sum_k A(i, k) * b[k*NR + j]
  *             + bias[i]                              if first (bias may be NULL)
- *   c[i, j] += sum_k a[k*MR + i] * b[k*NR + j]       if !first
+ *   c[i, j] += sum_k A(i, k) * b[k*NR + j]           if !first
  *
- * a is an MR-row panel of packed weights (MR values per depth step), b an
+ * with A(i, k) = a[k*MR + i] if lda == 0 (an MR-row panel of packed weights,
+ * MR values per depth step) or a[i*lda + k] if lda > 0 (MR rows of the weight
+ * matrix read in place, lda apart: no packing pass over the weights, which
+ * pays where they are large next to the columns, see fused.pyx); b an
  * NR-column micro-panel of the packed (index-mapped) input, both of depth kc.
  * The sum runs over k in order, starting from zero, and bias (or the old c)
  * is added once at the end: every kernel and every edge path (see fused.pyx)
@@ -37,20 +40,21 @@
 #define FC_GENERIC_NR_F64 4
 
 #define FC_DEFINE_GENERIC(NAME, T, MR, NR)                                         \
-static void NAME(ptrdiff_t kc, const T *FC_RESTRICT a, const T *FC_RESTRICT b,    \
-                 T *FC_RESTRICT c, ptrdiff_t ldc, int first,                      \
+static void NAME(ptrdiff_t kc, const T *FC_RESTRICT a, ptrdiff_t lda,             \
+                 const T *FC_RESTRICT b, T *FC_RESTRICT c, ptrdiff_t ldc, int first, \
                  const T *FC_RESTRICT bias)                                       \
 {                                                                                  \
     T acc[MR][NR];                                                                 \
     ptrdiff_t k;                                                                   \
+    const ptrdiff_t a_row = lda ? lda : 1, a_step = lda ? 1 : MR;                  \
     int i, j;                                                                      \
     for (i = 0; i < MR; i++)                                                       \
         for (j = 0; j < NR; j++)                                                   \
             acc[i][j] = 0;                                                         \
     for (k = 0; k < kc; k++) {                                                     \
-        const T *ak = a + k * MR, *bk = b + k * NR;                                \
+        const T *ak = a + k * a_step, *bk = b + k * NR;                            \
         for (i = 0; i < MR; i++) {                                                 \
-            T ai = ak[i];                                                          \
+            T ai = ak[i * a_row];                                                  \
             for (j = 0; j < NR; j++)                                               \
                 acc[i][j] += ai * bk[j];                                           \
         }                                                                          \

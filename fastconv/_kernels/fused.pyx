@@ -11,7 +11,13 @@
 #
 #   packed weights (A): packed ONCE per call, before the parallel loop, in
 #       MR-row panels per (group, KC block), zero-padded to a multiple of MR
-#       rows: shared read-only by every thread.
+#       rows: shared read-only by every thread. Or, weights_in_place, not
+#       packed at all: the micro-kernel reads MR rows of the weight matrix
+#       (lda = rows) and only a group's last, partial MR-row panel is copied
+#       (zero-padded, "edge rows"). Packing is one pass over the weights per
+#       call, which the columns amortise: with few columns (ResNet-50 5b, 8 x
+#       49) it is ~6 % of the run, with many the packed panel's contiguous
+#       reads win (the planner decides: Tuning.fused_in_place_max_cols).
 #   work items: (group, block of <= NC columns, block of filters), dealt by
 #       a dynamic OpenMP schedule; _work_split sizes the blocks so that 2
 #       threads get equal work even when the problem is small.
@@ -41,10 +47,10 @@ import numpy as np
 
 
 cdef extern from "_fused_kernels.h" nogil:
-    ctypedef void (*fc_ukr_f32_t)(Py_ssize_t, const float *, const float *, float *,
+    ctypedef void (*fc_ukr_f32_t)(Py_ssize_t, const float *, Py_ssize_t, const float *, float *,
                                   Py_ssize_t, int, const float *) noexcept nogil
-    ctypedef void (*fc_ukr_f64_t)(Py_ssize_t, const double *, const double *, double *,
-                                  Py_ssize_t, int, const double *) noexcept nogil
+    ctypedef void (*fc_ukr_f64_t)(Py_ssize_t, const double *, Py_ssize_t, const double *,
+                                  double *, Py_ssize_t, int, const double *) noexcept nogil
     int fc_isa_available(int isa)
     int fc_mr(int isa, int is_double)
     int fc_nr(int isa, int is_double)
@@ -194,11 +200,14 @@ def blocking(dtype, isa=None):
     return dict(MR=mr, NR=nr, KC=kc, NC=nc, MC=mc)
 
 
-def buffer_sizes(K, rows, groups, kc, nc, dtype, isa=None):
+def buffer_sizes(K, rows, groups, kc, nc, dtype, isa=None, weights_in_place=False):
     """(packed_weight_elems, per_thread_workspace_elems): the sizes, in
     elements of dtype, of the arrays conv2d_fused needs:
 
         packed_weight: groups * ceil(K/groups / MR)*MR * rows  + 64 bytes / itemsize
+                       (weights_in_place: groups * MR * rows if K/groups is
+                       not a multiple of MR, else 0, + 64 bytes / itemsize:
+                       the edge rows)
         workspace:     (num_threads, min(kc, rows) * ceil(nc / NR)*NR + 64 bytes / itemsize)
 
     (MR, NR of the ISA's kernel; the 64 bytes align the panels). The one
@@ -213,8 +222,10 @@ def buffer_sizes(K, rows, groups, kc, nc, dtype, isa=None):
         raise ValueError(f"buffer_sizes: bad K={K}, rows={rows}, groups={groups}, "
                          f"kc={kc}, nc={nc}")
     slack = ALIGN_BYTES // itemsize
-    k_pad = _round_up((K // groups), mr)
-    packed = groups * k_pad * rows + slack
+    if weights_in_place:
+        packed = (groups * mr * rows if (K // groups) % mr else 0) + slack
+    else:
+        packed = groups * _round_up(K // groups, mr) * rows + slack
     per_thread = min(kc, max(rows, 1)) * (_round_up(nc, nr)) + slack
     return packed, per_thread
 
@@ -310,6 +321,18 @@ cdef void _pack_a(int isa, const floating *weight, Py_ssize_t rows, Py_ssize_t K
             fc_pack_a_f64(isa)(weight + f0 * rows + k0, rows, m, mr, kcb,
                                dst + k0 * k_pad + f0 * kcb)
         k0 += kcb
+
+
+cdef void _copy_edge_rows(const floating *w_group, Py_ssize_t rows, Py_ssize_t Kg,
+                          Py_ssize_t mr, floating *dst) noexcept nogil:
+    """For weights read in place: the group's last MR-row panel when Kg is
+    not a multiple of MR, its Kg % MR filter rows (w_group: the group's
+    first row, leading dimension rows) then zero rows up to MR, into dst
+    (MR x rows): the micro-kernel always reads MR rows."""
+    cdef Py_ssize_t first = Kg - Kg % mr, i, k
+    for i in range(mr):
+        for k in range(rows):
+            dst[i * rows + k] = w_group[(first + i) * rows + k] if first + i < Kg else 0
 
 
 cdef inline Py_ssize_t _image_run(Py_ssize_t j, Py_ssize_t left, Py_ssize_t cols,
@@ -473,15 +496,20 @@ cdef struct Geometry:
     Py_ssize_t mr, nr, kc, mc
     Py_ssize_t taps             # R*S: rows per channel of the row table
     bint linear                 # the columns of an image are linear in x (see _pack_linear)
+    bint a_in_place             # weights read in place (packed_group: the edge rows)
     int isa
 
 
 cdef void _run_item(const Geometry *geo, const floating *x_group, const Py_ssize_t *table,
-                    const floating *packed_group, const floating *bias_group,
+                    const floating *w_group, const floating *packed_group,
+                    const floating *bias_group,
                     floating *out_group, floating *buf, Py_ssize_t j0, Py_ssize_t width,
                     Py_ssize_t m0, Py_ssize_t m1) noexcept nogil:
-    """Filters [m0, m1) of one group x global columns [j0, j0+width)."""
+    """Filters [m0, m1) of one group x global columns [j0, j0+width).
+    w_group: the group's weight rows; packed_group: its packed panels, or
+    (geo.a_in_place) its edge rows."""
     cdef floating tile[MAX_MR * MAX_NR]
+    cdef Py_ssize_t lda = geo.rows if geo.a_in_place else 0
     cdef fc_ukr_f32_t ukr32 = fc_ukr_f32(geo.isa)
     cdef fc_ukr_f64_t ukr64 = fc_ukr_f64(geo.isa)
     cdef Py_ssize_t mr = geo.mr, nr = geo.nr, cols = geo.cols, Kg = geo.Kg
@@ -514,18 +542,23 @@ cdef void _run_item(const Geometry *geo, const floating *x_group, const Py_ssize
                 c_col = out_group + n * geo.image_step + col
                 ir = ic
                 while ir < ie:
-                    ap = a_block + ir * kcb
+                    if lda == 0:
+                        ap = a_block + ir * kcb
+                    elif ir + mr <= Kg:
+                        ap = w_group + ir * lda + k0     # MR rows of the weights
+                    else:
+                        ap = packed_group + k0           # the edge rows' copy
                     bias_i = bias_group + ir if bias_group != NULL else NULL
                     if direct and ir + mr <= Kg:
                         if floating is float:
-                            ukr32(kcb, ap, bp, c_col + ir * cols, cols, first, bias_i)
+                            ukr32(kcb, ap, lda, bp, c_col + ir * cols, cols, first, bias_i)
                         else:
-                            ukr64(kcb, ap, bp, c_col + ir * cols, cols, first, bias_i)
+                            ukr64(kcb, ap, lda, bp, c_col + ir * cols, cols, first, bias_i)
                     else:
                         if floating is float:
-                            ukr32(kcb, ap, bp, tile, nr, 1, NULL)
+                            ukr32(kcb, ap, lda, bp, tile, nr, 1, NULL)
                         else:
-                            ukr64(kcb, ap, bp, tile, nr, 1, NULL)
+                            ukr64(kcb, ap, lda, bp, tile, nr, 1, NULL)
                         m = Kg - ir if Kg - ir < mr else mr
                         _store_tile(tile, nr, m, j, nvalid, out_group + ir * cols,
                                     geo.image_step, cols, first, bias_i)
@@ -549,7 +582,8 @@ def conv2d_fused(const floating[:, :, :, :] x,
                  Py_ssize_t dil_h, Py_ssize_t dil_w,
                  Py_ssize_t groups, bint flip,
                  Py_ssize_t kc, Py_ssize_t nc, Py_ssize_t mc,
-                 isa, int num_threads, bint linear_packing=True, row_table=None):
+                 isa, int num_threads, bint linear_packing=True, row_table=None,
+                 bint weights_in_place=False):
     """out (N, K, Ho*Wo), C-contiguous = the convolution of x (N, C, H, W; any
     strides, negative and zero included) with weight (K, C/groups*R*S),
     C-contiguous, plus bias (K,) (length 0: no bias), on fastconv's own GEMM.
@@ -563,7 +597,10 @@ def conv2d_fused(const floating[:, :, :, :] x,
     linear_packing False: every micro-panel through the segment packer, not
     the linear one where it applies (for tests: the two must agree);
     row_table: an intp array of >= (C/groups*R*S, ROW_FIELDS), C-contiguous,
-    for the index map's row table (overwritten; None: allocated here).
+    for the index map's row table (overwritten; None: allocated here);
+    weights_in_place: the micro-kernel reads the weight rows in place (no
+    packing pass; packed_weight then holds only the edge rows, sized by
+    buffer_sizes(..., weights_in_place=True)); the same bits either way.
     Same index-map conventions as conv2d_mapped (flip reverses the kernel).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -596,7 +633,7 @@ def conv2d_fused(const floating[:, :, :, :] x,
             np.asarray(out)[...] = 0
         return
     need_packed, need_ws = buffer_sizes(K, rows, groups, kc, nc, np.float64 if dbl else np.float32,
-                                        code)
+                                        code, weights_in_place)
     if packed_weight.shape[0] < need_packed:
         raise ValueError(f"packed_weight has {packed_weight.shape[0]} elements, needs {need_packed}")
     if workspace.shape[0] < num_threads or workspace.shape[1] < need_ws:
@@ -622,6 +659,7 @@ def conv2d_fused(const floating[:, :, :, :] x,
     geo.mc = max(mr, mc // mr * mr)
     geo.isa = code
     geo.taps = R * S
+    geo.a_in_place = weights_in_place
     # every panel row of an image one run of x, and a linear packer for the
     # ISA whose masks hold the taps (per panel, _pack_linear checks images)
     geo.linear = (linear_packing and geo.col_step == 1 and geo.row_step == Wo
@@ -644,17 +682,24 @@ def conv2d_fused(const floating[:, :, :, :] x,
     cdef floating *out0 = &out[0, 0, 0]
     cdef Py_ssize_t item, g, cb, mb, j0, w, m0, m1, panel
     cdef Py_ssize_t n_panels = geo.k_pad // mr
+    cdef Py_ssize_t a_stride = mr * rows if weights_in_place else geo.k_pad * rows
 
     with nogil:
         build_row_table(&table[0, 0], c_group, R, S, H, W, Ho, Wo,
                         stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
                         xs_c, xs_h, xs_w, flip)
-        # weights first: every item reads every panel of its group
-        for item in prange(groups * n_panels, schedule="static", num_threads=num_threads):
-            g = item // n_panels
-            panel = item % n_panels
-            _pack_a(code, &weight[g * geo.Kg, 0], rows, geo.Kg, geo.k_pad, geo.kc, mr, panel,
-                    packed + g * geo.k_pad * rows)
+        if weights_in_place:
+            if geo.Kg % mr:
+                for g in range(groups):
+                    _copy_edge_rows(&weight[g * geo.Kg, 0], rows, geo.Kg, mr,
+                                    packed + g * a_stride)
+        else:
+            # weights first: every item reads every panel of its group
+            for item in prange(groups * n_panels, schedule="static", num_threads=num_threads):
+                g = item // n_panels
+                panel = item % n_panels
+                _pack_a(code, &weight[g * geo.Kg, 0], rows, geo.Kg, geo.k_pad, geo.kc, mr,
+                        panel, packed + g * a_stride)
         for item in prange(groups * n_col_blocks * n_m_blocks, schedule="dynamic",
                            num_threads=num_threads):
             g = item // (n_col_blocks * n_m_blocks)
@@ -665,7 +710,7 @@ def conv2d_fused(const floating[:, :, :, :] x,
             m0 = mb * mb_height
             m1 = m0 + mb_height if m0 + mb_height < geo.Kg else geo.Kg
             _run_item(&geo, x0 + g * c_group * xs_c, &table[0, 0],
-                      packed + g * geo.k_pad * rows,
+                      &weight[g * geo.Kg, 0], packed + g * a_stride,
                       bias_ptr + g * geo.Kg if bias_ptr != NULL else NULL,
                       out0 + g * geo.Kg * cols, _aligned(&workspace[threadid(), 0]),
                       j0, w, m0, m1)
@@ -837,14 +882,14 @@ cdef void _weight_grad_item(int isa, const floating *x_group, Py_ssize_t xs_n,
                 c = out + ir * ld_out + jr
                 if nvalid == nr and mvalid == mr:
                     if floating is float:
-                        ukr32(kcb, gpanel + ir * kcb, bpanel + jr * kcb, c, ld_out, first, NULL)
+                        ukr32(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, c, ld_out, first, NULL)
                     else:
-                        ukr64(kcb, gpanel + ir * kcb, bpanel + jr * kcb, c, ld_out, first, NULL)
+                        ukr64(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, c, ld_out, first, NULL)
                 else:
                     if floating is float:
-                        ukr32(kcb, gpanel + ir * kcb, bpanel + jr * kcb, tile, nr, 1, NULL)
+                        ukr32(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, tile, nr, 1, NULL)
                     else:
-                        ukr64(kcb, gpanel + ir * kcb, bpanel + jr * kcb, tile, nr, 1, NULL)
+                        ukr64(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, tile, nr, 1, NULL)
                     for i in range(mvalid):
                         for t in range(nvalid):
                             if first:
