@@ -116,9 +116,10 @@ def execute(plan, given, out=None):
             ops.grad = _gradient(plan, arrays["grad_output"])
             ops.filters = _filters(plan, arrays["weight"])
     else:
-        ops.out[...] = 0   # the kernels add into it
         x = _as_2d(g, arrays["x"])
         runs = ops.out.size and g.N and g.cols and x.size
+        if not runs or not lowering.writes_whole_weight_grad:
+            ops.out[...] = 0   # nothing to sum, or the kernel adds into it
         if runs:
             ops.grad = _gradient(plan, arrays["grad_output"])
             ops.x = lowering.prepare_input(g, kernel_input(x, dtype))

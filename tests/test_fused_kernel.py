@@ -459,3 +459,29 @@ def test_weights_read_in_place_for_few_columns():
         packed_out = fastconv.conv2d(x, w, b, padding=1, method="fused")
     np.testing.assert_array_equal(in_place, packed_out)
     assert_close(in_place, conv2d_reference(x, w, b, padding=((1, 1), (1, 1))), np.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kc", [1, 2, 3, 7])
+def test_fused_weight_grad_writes_nothing_past_its_panels(isa, kc):
+    """Wide padding and shallow depth blocks put a tap's valid columns past
+    the end of a column segment: the transposing pack must still write only
+    inside its panels (a guard after the workspace stays untouched)."""
+    rng = np.random.default_rng(kc)
+    x = rng.standard_normal((2, 3, 4, 5))
+    wshape = (5, 3, 3, 7)
+    pads = ((2, 2), (6, 6))
+    Ho, Wo = 4 + 4 - 3 + 1, 5 + 12 - 7 + 1
+    grad = rng.standard_normal((2, 5, Ho, Wo))
+    rows = 3 * 3 * 7
+    blk = fused.weight_grad_blocking(np.float64, isa)
+    need = fused.weight_grad_buffer_sizes(5, rows, 1, kc, blk["NC"], blk["MC"], np.float64, isa)
+    guard = 4096
+    workspace = np.full((1, need + guard), 7.0)
+    grad_w = np.full((5, rows), np.nan)
+    fused.conv2d_fused_weight_grad(x, np.ascontiguousarray(grad.reshape(2, 5, Ho * Wo)), grad_w,
+                                   workspace[:, :need], 3, 7, Wo, 1, 1, 2, 6, 1, 1, 1, False,
+                                   kc, blk["NC"], blk["MC"], isa, 1)
+    assert (workspace[0, need:] == 7.0).all()
+    assert_close(grad_w.reshape(wshape), conv2d_weight_grad_reference(x, wshape, grad, padding=pads),
+                 np.float64)

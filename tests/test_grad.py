@@ -63,6 +63,10 @@ def test_weight_grad_only_lowerings_match_reference(case, limit):
     grad_w = fastconv.conv2d_weight_grad(x, w.shape, grad, **kw)
     assert grad_w.dtype == case["dtype"] and grad_w.flags.c_contiguous
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), case["dtype"])
+    # into an out= full of NaN: the kernel writes every element (nothing clears it first)
+    out = np.full(w.shape, np.nan, case["dtype"])
+    assert fastconv.conv2d_weight_grad(x, w.shape, grad, out=out, **kw) is out
+    np.testing.assert_array_equal(out, grad_w)
 
 
 @settings(max_examples=150, deadline=None)
