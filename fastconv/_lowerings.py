@@ -593,14 +593,14 @@ class Fused(Lowering):
             rate = tuning.fused_rate   # deep, with a spatial kernel
         else:
             rate = tuning.fused_shallow_rate
-        # the batch's columns run in NR-wide micro-tiles: few columns, much
-        # padding (ResNet-50 5b, one 7x7 image: 49 columns in two 48-wide
-        # tiles), which costs in the micro-kernel's share of the run (~70 %
-        # by perf on 5b and 4b), not in packing
+        # the batch's columns run in NR-wide micro-tiles (the last one
+        # narrowed to whole vectors): few columns, much padding (ResNet-50
+        # 5b, one 7x7 image: 49 columns in a 48-wide tile and a 16-wide
+        # one), which costs in the micro-kernel's share of the run (~70 % by
+        # perf on 5b and 4b), not in packing
         from fastconv._kernels import fused
-        nr = fused.blocking(plan.dtype, plan.blocking.isa)["NR"]
         columns = max(1, g.N * g.cols)
-        padding = (-(-columns // nr) * nr) / columns
+        padding = fused.padded_columns(columns, plan.dtype, plan.blocking.isa) / columns
         return base / rate * (1 - tuning.fused_kernel_share + tuning.fused_kernel_share * padding)
 
     def weight_grad_factor(self, plan, tuning):

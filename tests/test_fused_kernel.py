@@ -485,3 +485,17 @@ def test_fused_weight_grad_writes_nothing_past_its_panels(isa, kc):
     assert (workspace[0, need:] == 7.0).all()
     assert_close(grad_w.reshape(wshape), conv2d_weight_grad_reference(x, wshape, grad, padding=pads),
                  np.float64)
+
+
+@pytest.mark.parametrize("isa", fused.supported_isas())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_padded_columns_narrows_only_the_last_panel(isa, dtype):
+    blk = fused.blocking(dtype, isa)
+    nr = blk["NR"]
+    lanes = {"avx512": 64, "avx2": 32}.get(isa, 0) // np.dtype(dtype).itemsize
+    for columns in (0, 1, nr - 1, nr, nr + 1, 392, 8 * nr + 8, 1000):
+        full, rest = divmod(columns, nr)
+        last = 0 if rest == 0 else (-(-rest // lanes) * lanes if lanes else nr)
+        assert fused.padded_columns(columns, dtype, isa) == full * nr + last
+    with pytest.raises(ValueError):
+        fused.padded_columns(-1, dtype, isa)

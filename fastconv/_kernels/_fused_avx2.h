@@ -145,6 +145,28 @@ static FC_AVX2_TARGET void NAME(ptrdiff_t kc, const T *a, ptrdiff_t lda, const T
 FC_DEFINE_AVX2(fc_ukr_avx2_f32, float, f32, FC_AVX2_MR_F32, FC_AVX2_NV_F32)
 FC_DEFINE_AVX2(fc_ukr_avx2_f64, double, f64, FC_AVX2_MR_F64, FC_AVX2_NV_F64)
 
+/* narrow kernels for a block's last micro-panel (see _fused_avx512.h) */
+#if FC_AVX2_NV_F32 > 1
+FC_DEFINE_AVX2(fc_ukr_avx2_f32_nv1, float, f32, FC_AVX2_MR_F32, 1)
+#else
+#define fc_ukr_avx2_f32_nv1 0  /* none: the full tile (fc_ukr_narrow_*) */
+#endif
+#if FC_AVX2_NV_F32 > 2
+FC_DEFINE_AVX2(fc_ukr_avx2_f32_nv2, float, f32, FC_AVX2_MR_F32, 2)
+#else
+#define fc_ukr_avx2_f32_nv2 0  /* none: the full tile (fc_ukr_narrow_*) */
+#endif
+#if FC_AVX2_NV_F64 > 1
+FC_DEFINE_AVX2(fc_ukr_avx2_f64_nv1, double, f64, FC_AVX2_MR_F64, 1)
+#else
+#define fc_ukr_avx2_f64_nv1 0  /* none: the full tile (fc_ukr_narrow_*) */
+#endif
+#if FC_AVX2_NV_F64 > 2
+FC_DEFINE_AVX2(fc_ukr_avx2_f64_nv2, double, f64, FC_AVX2_MR_F64, 2)
+#else
+#define fc_ukr_avx2_f64_nv2 0  /* none: the full tile (fc_ukr_narrow_*) */
+#endif
+
 /* Packing a micro-panel (contract in _fused_generic.h), unit column step:
  * as the AVX-512 version (_fused_avx512.h), with vmaskmov loads (masked-off
  * lanes read as zero and do not fault) OR-ed into the row's registers (the

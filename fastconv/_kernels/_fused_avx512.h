@@ -157,6 +157,32 @@ static FC_AVX512_TARGET void NAME(ptrdiff_t kc, const T *a, ptrdiff_t lda, const
 FC_DEFINE_AVX512(fc_ukr_avx512_f32, float, f32, FC_AVX512_MR_F32, FC_AVX512_NV_F32)
 FC_DEFINE_AVX512(fc_ukr_avx512_f64, double, f64, FC_AVX512_MR_F64, FC_AVX512_NV_F64)
 
+/* Narrow kernels, the same MR with 1 or 2 vectors of columns, for the last
+ * micro-panel of a column block when it is mostly padding (fused.pyx packs
+ * that panel narrower): ResNet-50 5b_3x3's 8 x 49 = 392 columns are 8
+ * panels of 48 and one of 8 valid, 10 % of its multiply-adds on padding
+ * with the full tile, 2 % with a 16-column one. */
+#if FC_AVX512_NV_F32 > 1
+FC_DEFINE_AVX512(fc_ukr_avx512_f32_nv1, float, f32, FC_AVX512_MR_F32, 1)
+#else
+#define fc_ukr_avx512_f32_nv1 0  /* none: the full tile (fc_ukr_narrow_*) */
+#endif
+#if FC_AVX512_NV_F32 > 2
+FC_DEFINE_AVX512(fc_ukr_avx512_f32_nv2, float, f32, FC_AVX512_MR_F32, 2)
+#else
+#define fc_ukr_avx512_f32_nv2 0  /* none: the full tile (fc_ukr_narrow_*) */
+#endif
+#if FC_AVX512_NV_F64 > 1
+FC_DEFINE_AVX512(fc_ukr_avx512_f64_nv1, double, f64, FC_AVX512_MR_F64, 1)
+#else
+#define fc_ukr_avx512_f64_nv1 0  /* none: the full tile (fc_ukr_narrow_*) */
+#endif
+#if FC_AVX512_NV_F64 > 2
+FC_DEFINE_AVX512(fc_ukr_avx512_f64_nv2, double, f64, FC_AVX512_MR_F64, 2)
+#else
+#define fc_ukr_avx512_f64_nv2 0  /* none: the full tile (fc_ukr_narrow_*) */
+#endif
+
 /* Packing a micro-panel (contract in _fused_generic.h). Unit column step
  * (stride 1, contiguous rows: every 3x3 stride-1 layer): a row of the panel
  * is NV registers, zeroed, into which each segment's valid columns are
@@ -165,7 +191,7 @@ FC_DEFINE_AVX512(fc_ukr_avx512_f64, double, f64, FC_AVX512_MR_F64, FC_AVX512_NV_
  * no scalar tails. ResNet-50 2a_3x3 (64 filters: the packing is amortised
  * least): packing took 22 % of the run as a scalar-copy Cython loop, 13 %
  * now, and the layer went from 89 to 97 GFLOP/s. Other column steps (stride
- * 2, strided views): the portable loop. */
+ * 2, strided views): the strided packer that follows. */
 #ifndef FC_PACK_AHEAD
 /* Software prefetch distance of the packing, in table rows: consecutive
  * rows read different channel planes / taps, which the hardware prefetcher
@@ -173,6 +199,150 @@ FC_DEFINE_AVX512(fc_ukr_avx512_f64, double, f64, FC_AVX512_MR_F64, FC_AVX512_NV_
  * the same). */
 #define FC_PACK_AHEAD 8
 #endif
+/* Packing strided columns (col_step != 1: stride 2 and up, strided views;
+ * same contract). Lane l of a segment reads p[l * col_step], p the lane-0
+ * address of the segment's run. Stride 2 (every stride-2 layer on
+ * contiguous rows): the 2*LANES input elements under a vector are two
+ * masked loads (only the segment's run enabled: masked-off lanes neither
+ * load nor fault, and load zeros) and one two-source permute that keeps the
+ * even ones, OR-ed into the row;
+ * other steps: one masked gather per vector. The portable loop, which ran
+ * these before, took 20 % of ResNet-50 3a_3x3/2's run and 23 % of the
+ * stem's (perf, one thread). */
+/* bits [a, b) of a 64-bit mask (clipped to 0..63) */
+static inline unsigned long long fc_bit_range64(ptrdiff_t a, ptrdiff_t b)
+{
+    if (a < 0) a = 0;
+    if (b > 64) b = 64;
+    if (b <= a) return 0;
+    return (b == 64 ? ~0ull : (1ull << b) - 1u) & ~((1ull << a) - 1u);
+}
+
+/* acc | the even elements of p[0 .. 2*LANES), those outside src (bit e:
+ * load p[e]) zero */
+FC_INLINE FC_AVX512_TARGET __m512 fc_avx512_even_f32(__m512 acc, unsigned int src, const float *p,
+                                                     __m512i even)
+{
+    __m512 lo = _mm512_maskz_loadu_ps((__mmask16)src, p);
+    __m512 hi = _mm512_maskz_loadu_ps((__mmask16)(src >> 16), p + 16);
+    /* an integer OR: _mm512_or_ps is AVX-512DQ */
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(acc),
+        _mm512_castps_si512(_mm512_permutex2var_ps(lo, even, hi))));
+}
+
+FC_INLINE FC_AVX512_TARGET __m512d fc_avx512_even_f64(__m512d acc, unsigned int src, const double *p,
+                                                      __m512i even)
+{
+    __m512d lo = _mm512_maskz_loadu_pd((__mmask8)src, p);
+    __m512d hi = _mm512_maskz_loadu_pd((__mmask8)(src >> 8), p + 8);
+    return _mm512_castsi512_pd(_mm512_or_si512(_mm512_castpd_si512(acc),
+        _mm512_castpd_si512(_mm512_permutex2var_pd(lo, even, hi))));
+}
+
+FC_INLINE FC_AVX512_TARGET __m512 fc_avx512_gather_f32(__m512 acc, __mmask16 m, const float *p,
+                                                       ptrdiff_t step)
+{
+    __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+                                                       12, 13, 14, 15),
+                                     _mm512_set1_epi32((int)step));
+    return _mm512_mask_i32gather_ps(acc, m, idx, p, 4);
+}
+
+FC_INLINE FC_AVX512_TARGET __m512d fc_avx512_gather_f64(__m512d acc, __mmask8 m, const double *p,
+                                                        ptrdiff_t step)
+{
+    __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                     _mm256_set1_epi32((int)step));
+    return _mm512_mask_i32gather_pd(acc, m, idx, p, 8);
+}
+
+#define FC_DEFINE_AVX512_PACK_STRIDED(NAME, T, VT, LANES, MASKT, ZERO, STORE, EVEN, GATHER) \
+FC_INLINE FC_AVX512_TARGET void NAME##_strided_body(const int NV, const int STEP2,          \
+        T *panel, ptrdiff_t nr, ptrdiff_t kcb, const ptrdiff_t *table, const T *x_group,    \
+        const ptrdiff_t *segs, int ns, ptrdiff_t col_step)                                  \
+{                                                                                           \
+    /* lane i of the permute <- element 2i of the two loads (lo: 0..L-1, hi: L..2L-1) */    \
+    const __m512i even = LANES == 16                                                        \
+        ? _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)      \
+        : _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);                                     \
+    const int lines = NV * LANES * (int)sizeof(T) * (STEP2 ? 2 : 1) / 64;                   \
+    ptrdiff_t r, a, b;                                                                      \
+    int s, v;                                                                               \
+    for (r = 0; r < kcb; r++) {                                                             \
+        const ptrdiff_t *row = table + r * FC_ROW_FIELDS;                                   \
+        VT acc[4];                                                                          \
+        if (r + FC_PACK_AHEAD < kcb) { /* as in the unit-step packer below */               \
+            const char *ahead = (const char *)(x_group + segs[FC_SEG_BASE]                  \
+                + segs[FC_SEG_OW] * col_step                                                \
+                + row[FC_PACK_AHEAD * FC_ROW_FIELDS + FC_ROW_OFFSET]);                      \
+            for (v = 0; v <= lines; v++) _mm_prefetch(ahead + 64 * v, _MM_HINT_T0);         \
+        }                                                                                   \
+        for (v = 0; v < NV; v++) acc[v] = ZERO();                                           \
+        for (s = 0; s < ns; s++) {                                                          \
+            const ptrdiff_t *seg = segs + s * FC_SEG_FIELDS;                                \
+            ptrdiff_t lo, hi;                                                               \
+            unsigned long long m;                                                           \
+            const T *p;                                                                     \
+            if (!fc_valid_range(row, seg, &a, &b)) continue;                                \
+            lo = seg[FC_SEG_POS] + (a - seg[FC_SEG_OW]);                                    \
+            hi = lo + (b - a);                                                              \
+            p = x_group + (seg[FC_SEG_BASE] + row[FC_ROW_OFFSET] + (a - lo) * col_step);    \
+            if (STEP2) {                                                                    \
+                /* input elements [2lo, 2hi - 1) from p: the odd ones between */            \
+                /* are inside the same run, so one contiguous range of bits */              \
+                /* (no per-vector bit spreading: that cost more than the loads) */          \
+                unsigned long long src0 = fc_bit_range64(2 * lo, 2 * hi - 1);               \
+                unsigned long long src1 = fc_bit_range64(2 * lo - 64, 2 * hi - 65);         \
+                for (v = 0; v < NV; v++) {                                                  \
+                    const int o = 2 * LANES * v;                                            \
+                    unsigned int sv = (unsigned int)(o < 64 ? src0 >> o : src1 >> (o - 64)); \
+                    acc[v] = EVEN(acc[v], sv, p + o, even);                                 \
+                }                                                                           \
+                continue;                                                                   \
+            }                                                                               \
+            m = (hi >= 64 ? ~0ull : (1ull << hi) - 1u) & ~((1ull << lo) - 1u);              \
+            for (v = 0; v < NV; v++) {                                                      \
+                MASKT mv = (MASKT)(m >> (v * LANES));                                       \
+                if (mv) /* a gather costs even when masked off */                           \
+                    acc[v] = GATHER(acc[v], mv, p + v * LANES * col_step, col_step);        \
+            }                                                                               \
+        }                                                                                   \
+        for (v = 0; v < NV; v++) STORE(panel + r * nr + v * LANES, acc[v]);                 \
+    }                                                                                       \
+}                                                                                           \
+/* 1 if it packed the panel, 0 for the portable loop (other NR; steps whose */            \
+/* gather offsets would not fit 32 bits) */                                                 \
+static FC_AVX512_TARGET int NAME##_strided(T *panel, ptrdiff_t nr, ptrdiff_t kcb,          \
+        const ptrdiff_t *table, const T *x_group, const ptrdiff_t *segs, int ns,            \
+        ptrdiff_t col_step)                                                                 \
+{                                                                                           \
+    const int step2 = col_step == 2;                                                        \
+    if (col_step > 0x7fffffff / 64 || col_step < -(0x7fffffff / 64)) return 0;             \
+    if (nr == LANES) {                                                                      \
+        if (step2) NAME##_strided_body(1, 1, panel, nr, kcb, table, x_group, segs, ns, col_step); \
+        else NAME##_strided_body(1, 0, panel, nr, kcb, table, x_group, segs, ns, col_step); \
+    } else if (nr == 2 * LANES) {                                                           \
+        if (step2) NAME##_strided_body(2, 1, panel, nr, kcb, table, x_group, segs, ns, col_step); \
+        else NAME##_strided_body(2, 0, panel, nr, kcb, table, x_group, segs, ns, col_step); \
+    } else if (nr == 3 * LANES) {                                                           \
+        if (step2) NAME##_strided_body(3, 1, panel, nr, kcb, table, x_group, segs, ns, col_step); \
+        else NAME##_strided_body(3, 0, panel, nr, kcb, table, x_group, segs, ns, col_step); \
+    } else if (nr == 4 * LANES) {                                                           \
+        if (step2) NAME##_strided_body(4, 1, panel, nr, kcb, table, x_group, segs, ns, col_step); \
+        else NAME##_strided_body(4, 0, panel, nr, kcb, table, x_group, segs, ns, col_step); \
+    } else {                                                                                \
+        return 0;                                                                           \
+    }                                                                                       \
+    return 1;                                                                               \
+}
+
+FC_DEFINE_AVX512_PACK_STRIDED(fc_pack_avx512_f32, float, __m512, 16, __mmask16,
+                              _mm512_setzero_ps, _mm512_storeu_ps, fc_avx512_even_f32,
+                              fc_avx512_gather_f32)
+FC_DEFINE_AVX512_PACK_STRIDED(fc_pack_avx512_f64, double, __m512d, 8, __mmask8,
+                              _mm512_setzero_pd, _mm512_storeu_pd, fc_avx512_even_f64,
+                              fc_avx512_gather_f64)
+
 #define FC_DEFINE_AVX512_PACK(NAME, T, VT, LANES, MASKT, ZERO, MLOAD, STORE, GENERIC)   \
 FC_INLINE FC_AVX512_TARGET void NAME##_body(const int NV, T *panel, ptrdiff_t nr, ptrdiff_t kcb,               \
                                   const ptrdiff_t *table, const T *x_group,            \
@@ -225,7 +395,7 @@ static FC_AVX512_TARGET void NAME(T *panel, ptrdiff_t nr, ptrdiff_t kcb,        
         NAME##_body(3, panel, nr, kcb, table, x_group, segs, ns, col_step);               \
     else if (col_step == 1 && nr == 4 * LANES)                                            \
         NAME##_body(4, panel, nr, kcb, table, x_group, segs, ns, col_step);               \
-    else                                                                                  \
+    else if (!NAME##_strided(panel, nr, kcb, table, x_group, segs, ns, col_step))         \
         GENERIC(panel, nr, kcb, table, x_group, segs, ns, col_step);                      \
 }
 

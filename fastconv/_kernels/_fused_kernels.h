@@ -73,6 +73,43 @@ static inline int fc_nr(int isa, int is_double)
     return is_double ? FC_GENERIC_NR_F64 : FC_GENERIC_NR_F32;
 }
 
+/* Columns per vector of the kernel's tile, the width step of its narrow
+ * kernels (fc_ukr_narrow_*); the generic kernel has none: its NR. */
+static inline int fc_lanes(int isa, int is_double)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return is_double ? 8 : 16;
+    if (isa == FC_ISA_AVX2) return is_double ? 4 : 8;
+#endif
+    return fc_nr(isa, is_double);
+}
+
+/* The kernel with the same MR and nv vectors of columns (nv * fc_lanes),
+ * 0 < nv < NR / fc_lanes: a narrow panel at the end of a column block.
+ * NULL where the build has none (fused.pyx then uses the full tile). */
+#define FC_NARROW(NAME, NV_MAX, nv) \
+    ((nv) == 1 && (NV_MAX) > 1 ? NAME##_nv1 : (nv) == 2 && (NV_MAX) > 2 ? NAME##_nv2 : NULL)
+
+static inline fc_ukr_f32_t fc_ukr_narrow_f32(int isa, int nv)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return FC_NARROW(fc_ukr_avx512_f32, FC_AVX512_NV_F32, nv);
+    if (isa == FC_ISA_AVX2) return FC_NARROW(fc_ukr_avx2_f32, FC_AVX2_NV_F32, nv);
+#endif
+    (void)isa; (void)nv;
+    return NULL;
+}
+
+static inline fc_ukr_f64_t fc_ukr_narrow_f64(int isa, int nv)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return FC_NARROW(fc_ukr_avx512_f64, FC_AVX512_NV_F64, nv);
+    if (isa == FC_ISA_AVX2) return FC_NARROW(fc_ukr_avx2_f64, FC_AVX2_NV_F64, nv);
+#endif
+    (void)isa; (void)nv;
+    return NULL;
+}
+
 static inline fc_ukr_f32_t fc_ukr_f32(int isa)
 {
 #if FC_HAVE_X86_KERNELS

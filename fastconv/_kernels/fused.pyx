@@ -54,8 +54,11 @@ cdef extern from "_fused_kernels.h" nogil:
     int fc_isa_available(int isa)
     int fc_mr(int isa, int is_double)
     int fc_nr(int isa, int is_double)
+    int fc_lanes(int isa, int is_double)
     fc_ukr_f32_t fc_ukr_f32(int isa)
     fc_ukr_f64_t fc_ukr_f64(int isa)
+    fc_ukr_f32_t fc_ukr_narrow_f32(int isa, int nv)
+    fc_ukr_f64_t fc_ukr_narrow_f64(int isa, int nv)
     ctypedef void (*fc_pack_f32_t)(float *, Py_ssize_t, Py_ssize_t, const Py_ssize_t *,
                                    const float *, const Py_ssize_t *, int, Py_ssize_t) noexcept nogil
     ctypedef void (*fc_pack_f64_t)(double *, Py_ssize_t, Py_ssize_t, const Py_ssize_t *,
@@ -117,6 +120,28 @@ cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
 
 cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b * b
+
+
+cdef inline Py_ssize_t _panel_width(Py_ssize_t nvalid, Py_ssize_t nr, Py_ssize_t lanes) noexcept nogil:
+    """Width of the micro-panel holding nvalid (<= nr) columns: nr, or for a
+    partial one the fewest whole vectors (lanes columns each) that hold
+    them, run by a narrow kernel (lanes 0: the ISA has none)."""
+    if nvalid >= nr or lanes == 0:
+        return nr
+    return _round_up(nvalid, lanes)
+
+
+def _narrow_lanes(int code, bint dbl):
+    """fc_lanes of the ISA if it has a narrow kernel for every partial
+    width (1 .. NR/lanes - 1 vectors), else 0 (partial panels run the full
+    tile)."""
+    cdef int lanes = fc_lanes(code, dbl), nr = fc_nr(code, dbl), nv
+    if lanes >= nr:
+        return 0
+    for nv in range(1, nr // lanes):
+        if (fc_ukr_narrow_f64(code, nv) == NULL if dbl else fc_ukr_narrow_f32(code, nv) == NULL):
+            return 0
+    return lanes
 
 
 def supported_isas():
@@ -202,6 +227,23 @@ def blocking(dtype, isa=None):
     return dict(MR=mr, NR=nr, KC=kc, NC=nc, MC=mc)
 
 
+def padded_columns(columns, dtype, isa=None):
+    """Columns the micro-kernel computes for `columns` columns in one block:
+    whole NR-wide panels, the last one narrowed to whole vectors where the
+    ISA has narrow kernels (see _panel_width).
+
+    >>> padded_columns(392, "float32", "generic") % blocking("float32", "generic")["NR"]
+    0
+    """
+    code = isa_code(isa)
+    dbl = _dtype_is_double(dtype)
+    cdef Py_ssize_t nr = fc_nr(code, dbl), lanes = _narrow_lanes(code, dbl)
+    cdef Py_ssize_t n = int(columns)
+    if n < 0:
+        raise ValueError(f"columns must be >= 0, got {n}")
+    return n // nr * nr + (_panel_width(n % nr, nr, lanes) if n % nr else 0)
+
+
 def buffer_sizes(K, rows, groups, kc, nc, dtype, isa=None, weights_in_place=False):
     """(packed_weight_elems, per_thread_workspace_elems): the sizes, in
     elements of dtype, of the arrays conv2d_fused needs:
@@ -242,7 +284,8 @@ cdef double ITEM_MACS = 20000
 
 
 def _work_split(Py_ssize_t total_cols, Py_ssize_t Kg, Py_ssize_t groups, Py_ssize_t rows,
-                Py_ssize_t mr, Py_ssize_t nr, Py_ssize_t nc, Py_ssize_t mc, int threads):
+                Py_ssize_t mr, Py_ssize_t nr, Py_ssize_t nc, Py_ssize_t mc, int threads,
+                Py_ssize_t lanes=0):
     """(column block width, number of column blocks, filter block height,
     number of filter blocks) for the work items.
 
@@ -251,7 +294,8 @@ def _work_split(Py_ssize_t total_cols, Py_ssize_t Kg, Py_ssize_t groups, Py_ssiz
     candidate splits (up to 2*threads more column blocks, up to 2*threads
     filter blocks) are scored by the makespan of a greedy in-order
     assignment, which is what the dynamic schedule does, under a cost model
-    (padded MACs + gather + a fixed cost per item); ties go to fewer items.
+    (padded MACs, a partial last panel padded to lanes (_panel_width),
+    + gather + a fixed cost per item); ties go to fewer items.
     E.g. ResNet-50 5b_3x3 (8 x 49 = 392 columns x 512 filters) on 2 threads
     becomes 3 x 2 items rather than 192 + 192 + 8 columns, and 3b_3x3's 33
     blocks of 192 columns become 34 of 186. A filter block costs its own
@@ -279,7 +323,9 @@ def _work_split(Py_ssize_t total_cols, Py_ssize_t Kg, Py_ssize_t groups, Py_ssiz
                     w = min(width, total_cols - cb * width)
                     for mb in range(n_mb):
                         h = min(height, Kg - mb * height)
-                        cost = (<double> _round_up(w, nr) * _round_up(h, mr) * rows
+                        cost = (<double> (w // nr * nr + (_panel_width(w % nr, nr, lanes)
+                                                          if w % nr else 0))
+                                * _round_up(h, mr) * rows
                                 + GATHER_MACS * w * rows + ITEM_MACS)
                         i_min = 0
                         for t in range(1, threads):
@@ -409,11 +455,13 @@ cdef bint _pack_linear(int isa, const floating *x_group, Py_ssize_t xs_n,
 cdef void _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ssize_t *table,
                   Py_ssize_t k0, Py_ssize_t kcb, Py_ssize_t j0, Py_ssize_t width,
                   Py_ssize_t cols, Py_ssize_t Wo, Py_ssize_t row_step, Py_ssize_t col_step,
-                  Py_ssize_t nr, Py_ssize_t taps, bint linear, floating *dst) noexcept nogil:
+                  Py_ssize_t nr, Py_ssize_t lanes, Py_ssize_t taps, bint linear,
+                  floating *dst) noexcept nogil:
     """Gather rows [k0, k0+kcb) x global columns [j0, j0+width) of the
     stretched matrices (column j = image j // cols, position j % cols) into
     NR-wide micro-panels: micro-panel q (columns j0+q*NR...) at dst +
-    q*NR*kcb, depth k at +k*NR, zero-filled past width.
+    q*NR*kcb, depth k at +k*NR, zero-filled past width; a partial last one
+    only _panel_width(..., lanes) wide (depth k at +k*that).
 
     The columns of a micro-panel split into segments that share an image and
     an output row; those are the same for every row of the table, so they are
@@ -425,12 +473,13 @@ cdef void _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ss
     """
     cdef Py_ssize_t segs[MAX_NR * FC_SEG_FIELDS]
     cdef Py_ssize_t *seg
-    cdef Py_ssize_t q, nvalid, ns, off, j, n, col, oh, ow, run
+    cdef Py_ssize_t q, nvalid, pw, ns, off, j, n, col, oh, ow, run
     q = 0
     while q < width:
         nvalid = width - q if width - q < nr else nr
+        pw = _panel_width(nvalid, nr, lanes)
         if linear and _pack_linear(isa, x_group, xs_n, table, taps, k0, kcb, j0 + q, nvalid,
-                                   cols, Wo, nr, dst + q * kcb):
+                                   cols, Wo, pw, dst + q * kcb):
             q += nr
             continue
         ns = 0
@@ -454,10 +503,10 @@ cdef void _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ss
             off += run
             j += run
         if floating is float:
-            fc_pack_f32(isa)(dst + q * kcb, nr, kcb, table + k0 * ROW_FIELDS, x_group,
+            fc_pack_f32(isa)(dst + q * kcb, pw, kcb, table + k0 * ROW_FIELDS, x_group,
                              segs, <int> ns, col_step)
         else:
-            fc_pack_f64(isa)(dst + q * kcb, nr, kcb, table + k0 * ROW_FIELDS, x_group,
+            fc_pack_f64(isa)(dst + q * kcb, pw, kcb, table + k0 * ROW_FIELDS, x_group,
                              segs, <int> ns, col_step)
         q += nr
 
@@ -496,6 +545,7 @@ cdef inline void _store_tile(const floating *tile, Py_ssize_t ld, Py_ssize_t m,
 cdef struct Geometry:
     Py_ssize_t Kg, k_pad, rows, cols, Wo, xs_n, row_step, col_step, image_step
     Py_ssize_t mr, nr, kc, mc
+    Py_ssize_t lanes            # width step of the narrow kernels (0: none; _narrow_lanes)
     Py_ssize_t taps             # R*S: rows per channel of the row table
     bint linear                 # the columns of an image are linear in x (see _pack_linear)
     bint a_in_place             # weights read in place (packed_group: the edge rows)
@@ -514,8 +564,10 @@ cdef void _run_item(const Geometry *geo, const floating *x_group, const Py_ssize
     cdef Py_ssize_t lda = geo.rows if geo.a_in_place else 0
     cdef fc_ukr_f32_t ukr32 = fc_ukr_f32(geo.isa)
     cdef fc_ukr_f64_t ukr64 = fc_ukr_f64(geo.isa)
+    cdef fc_ukr_f32_t panel32
+    cdef fc_ukr_f64_t panel64
     cdef Py_ssize_t mr = geo.mr, nr = geo.nr, cols = geo.cols, Kg = geo.Kg
-    cdef Py_ssize_t k0, kcb, ic, ie, jr, ir, nvalid, j, n, col, m
+    cdef Py_ssize_t k0, kcb, ic, ie, jr, ir, nvalid, pw, j, n, col, m
     cdef bint direct
     cdef int first
     cdef const floating *a_block
@@ -528,7 +580,7 @@ cdef void _run_item(const Geometry *geo, const floating *x_group, const Py_ssize
         kcb = geo.rows - k0 if geo.rows - k0 < geo.kc else geo.kc
         first = k0 == 0
         _pack_b(geo.isa, x_group, geo.xs_n, table, k0, kcb, j0, width, cols, geo.Wo,
-                geo.row_step, geo.col_step, nr, geo.taps, geo.linear, buf)
+                geo.row_step, geo.col_step, nr, geo.lanes, geo.taps, geo.linear, buf)
         a_block = packed_group + k0 * geo.k_pad
         ic = m0
         while ic < m1:
@@ -536,10 +588,17 @@ cdef void _run_item(const Geometry *geo, const floating *x_group, const Py_ssize
             jr = 0
             while jr < width:
                 nvalid = width - jr if width - jr < nr else nr
+                pw = _panel_width(nvalid, nr, geo.lanes)
+                if pw == nr:
+                    panel32 = ukr32
+                    panel64 = ukr64
+                else:
+                    panel32 = fc_ukr_narrow_f32(geo.isa, <int> (pw // geo.lanes))
+                    panel64 = fc_ukr_narrow_f64(geo.isa, <int> (pw // geo.lanes))
                 j = j0 + jr
                 n = j // cols
                 col = j - n * cols
-                direct = nvalid == nr and col + nr <= cols
+                direct = nvalid == pw and col + pw <= cols
                 bp = buf + jr * kcb
                 c_col = out_group + n * geo.image_step + col
                 ir = ic
@@ -553,14 +612,14 @@ cdef void _run_item(const Geometry *geo, const floating *x_group, const Py_ssize
                     bias_i = bias_group + ir if bias_group != NULL else NULL
                     if direct and ir + mr <= Kg:
                         if floating is float:
-                            ukr32(kcb, ap, lda, bp, c_col + ir * cols, cols, first, bias_i)
+                            panel32(kcb, ap, lda, bp, c_col + ir * cols, cols, first, bias_i)
                         else:
-                            ukr64(kcb, ap, lda, bp, c_col + ir * cols, cols, first, bias_i)
+                            panel64(kcb, ap, lda, bp, c_col + ir * cols, cols, first, bias_i)
                     else:
                         if floating is float:
-                            ukr32(kcb, ap, lda, bp, tile, nr, 1, NULL)
+                            panel32(kcb, ap, lda, bp, tile, nr, 1, NULL)
                         else:
-                            ukr64(kcb, ap, lda, bp, tile, nr, 1, NULL)
+                            panel64(kcb, ap, lda, bp, tile, nr, 1, NULL)
                         m = Kg - ir if Kg - ir < mr else mr
                         _store_tile(tile, nr, m, j, nvalid, out_group + ir * cols,
                                     geo.image_step, cols, first, bias_i)
@@ -657,6 +716,7 @@ def conv2d_fused(const floating[:, :, :, :] x,
     geo.image_step = K * cols
     geo.mr = mr
     geo.nr = nr
+    geo.lanes = _narrow_lanes(code, dbl)
     geo.kc = kc if kc < rows else rows
     geo.mc = max(mr, mc // mr * mr)
     geo.isa = code
@@ -670,7 +730,7 @@ def conv2d_fused(const floating[:, :, :, :] x,
                        else fc_pack_linear_f64(code) != NULL))
     cdef Py_ssize_t total = N * cols
     width, n_cb, height, n_mb = _work_split(total, geo.Kg, groups, rows, mr, nr, nc, geo.mc,
-                                            num_threads)
+                                            num_threads, geo.lanes)
     cdef Py_ssize_t cb_width = width, n_col_blocks = n_cb
     cdef Py_ssize_t mb_height = height, n_m_blocks = n_mb
     if row_table is None:
