@@ -379,6 +379,28 @@ def test_fused_weight_grad_same_bits_for_any_threads(isa, dtype):
                                                        padding=((1, 1), (1, 1))), dtype)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("W", [16, 17, 33, 50])
+def test_fused_weight_grad_wide_output_rows(isa, dtype, W):
+    # output rows of 14 to 52 columns: the transposing pack's register
+    # blocks (16 or 8 columns) full, partial and several per row, each
+    # table row with its own padding; 45 or 20 rows: partial row blocks
+    # (stride 2 along W: the even-element loads; 2W columns wide)
+    rng = np.random.default_rng(W)
+    for C, R, S, padding, dilation, stride in [(5, 3, 3, ((1, 1), (1, 1)), (1, 1), (1, 1)),
+                                               (4, 1, 5, ((0, 0), (3, 1)), (1, 2), (1, 1)),
+                                               (3, 3, 7, ((1, 2), (3, 2)), (1, 1), (2, 2))]:
+        Wx = W * stride[1]
+        x = rng.standard_normal((2, C, 6, Wx)).astype(dtype)
+        conv = dict(padding=padding, dilation=dilation, stride=stride)
+        Ho = out_size(6, padding[0], dilation[0], R, stride[0])
+        Wo = out_size(Wx, padding[1], dilation[1], S, stride[1])
+        grad = rng.standard_normal((2, 11, Ho, Wo)).astype(dtype)
+        out = run_fused_weight_grad(x, (11, C, R, S), grad, isa=isa, **conv)
+        assert_close(out, conv2d_weight_grad_reference(x, (11, C, R, S), grad, **conv), dtype)
+
+
 def test_fused_weight_grad_rejects_small_workspace():
     x = np.ones((1, 2, 5, 5))
     grad = np.ones((1, 3, 9))

@@ -495,4 +495,129 @@ static FC_AVX512_TARGET void fc_pack_a_avx512_f64(const double *w, ptrdiff_t ld,
     }
 }
 
+/* The weight gradient's transposing pack of B^T (fused.pyx's _pack_bt has
+ * the contract and the portable loop): one micro-panel's rows (NR table
+ * rows) x a run of segments (columns of one output row of one image). A
+ * panel row is a table row, a panel column a depth step, so the input runs
+ * along the panel's columns: LANES rows x up to LANES columns are LANES
+ * masked loads (each row's padding is its mask), one register transpose
+ * and one store per column. The portable loop wrote each element alone,
+ * NR elements apart (perf: ~1/3 of ResNet-50 3b's weight gradient).
+ * Column steps 1 and 2 (stride 2: the strided packer's even-element loads);
+ * returns 0 for the portable loop otherwise. */
+FC_INLINE FC_AVX512_TARGET void fc_transpose16_f32(__m512 r[16])
+{
+    __m512 t[16];
+    int i, c;
+    /* 2x2 blocks of elements, then 4x4 (64-bit pairs), then 128-bit lanes */
+    for (i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (i = 0; i < 4; i++) {
+        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+        __m512d e = _mm512_castps_pd(t[4 * i + 1]), f = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(e, f));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(e, f));
+    }
+    for (c = 0; c < 4; c++) {
+        t[c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+        t[4 + c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+        t[8 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        t[12 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+    }
+    for (c = 0; c < 4; c++) {
+        r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);
+        r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xdd);
+        r[4 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xdd);
+    }
+}
+
+FC_INLINE FC_AVX512_TARGET void fc_transpose8_f64(__m512d r[8])
+{
+    __m512d t[8];
+    int i, c;
+    for (i = 0; i < 4; i++) {
+        t[2 * i] = _mm512_unpacklo_pd(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_pd(r[2 * i], r[2 * i + 1]);
+    }
+    for (c = 0; c < 2; c++) {
+        r[c] = _mm512_shuffle_f64x2(t[c], t[2 + c], 0x88);
+        r[2 + c] = _mm512_shuffle_f64x2(t[c], t[2 + c], 0xdd);
+        r[4 + c] = _mm512_shuffle_f64x2(t[4 + c], t[6 + c], 0x88);
+        r[6 + c] = _mm512_shuffle_f64x2(t[4 + c], t[6 + c], 0xdd);
+    }
+    for (c = 0; c < 2; c++) {
+        t[c] = _mm512_shuffle_f64x2(r[c], r[4 + c], 0x88);
+        t[4 + c] = _mm512_shuffle_f64x2(r[c], r[4 + c], 0xdd);
+        t[2 + c] = _mm512_shuffle_f64x2(r[2 + c], r[6 + c], 0x88);
+        t[6 + c] = _mm512_shuffle_f64x2(r[2 + c], r[6 + c], 0xdd);
+    }
+    for (i = 0; i < 8; i++) r[i] = t[i];
+}
+
+/* panel: the micro-panel (row jrow of depth step k at panel[k*nr + jrow]);
+ * rows: its first table row; nvalid: rows that exist (zeros past them);
+ * segment s: panel columns seg_off[s] + t, t < seg_run[s], read input row
+ * seg_base[s] (+ a table row's offset) from output column seg_ow[s] + t of
+ * output row seg_oh[s]. */
+#define FC_DEFINE_AVX512_PACK_BT(NAME, T, VT, LANES, MASKT, MLOAD, STORE, TRANSPOSE, ZERO, EVEN) \
+static FC_AVX512_TARGET int NAME(T *panel, ptrdiff_t nr, ptrdiff_t nvalid,                \
+        const ptrdiff_t *rows, const T *x_group, const ptrdiff_t *seg_base,               \
+        const ptrdiff_t *seg_oh, const ptrdiff_t *seg_ow, const ptrdiff_t *seg_off,       \
+        const ptrdiff_t *seg_run, int ns, ptrdiff_t col_step)                             \
+{                                                                                         \
+    const __m512i even = LANES == 16 /* as in the strided packer */                       \
+        ? _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)      \
+        : _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);                                     \
+    ptrdiff_t rb, t0, lo[LANES], hi[LANES];                                               \
+    const T *src[LANES];                                                                  \
+    int s, i;                                                                             \
+    if ((col_step != 1 && col_step != 2) || nr % LANES) return 0;                         \
+    for (rb = 0; rb < nr; rb += LANES) {                                                  \
+        for (s = 0; s < ns; s++) {                                                        \
+            const ptrdiff_t ow = seg_ow[s], run = seg_run[s], oh = seg_oh[s];             \
+            for (i = 0; i < LANES; i++) {                                                 \
+                const ptrdiff_t *row = rows + (rb + i) * FC_ROW_FIELDS;                   \
+                lo[i] = hi[i] = 0;                                                        \
+                src[i] = x_group;                                                         \
+                if (rb + i < nvalid && oh >= row[FC_ROW_OH_LO] && oh < row[FC_ROW_OH_HI]) { \
+                    lo[i] = row[FC_ROW_OW_LO] > ow ? row[FC_ROW_OW_LO] - ow : 0;          \
+                    hi[i] = row[FC_ROW_OW_HI] - ow < run ? row[FC_ROW_OW_HI] - ow : run;  \
+                    src[i] = x_group + seg_base[s] + row[FC_ROW_OFFSET] + ow * col_step;  \
+                }                                                                         \
+            }                                                                             \
+            for (t0 = 0; t0 < run; t0 += LANES) {                                         \
+                const ptrdiff_t len = run - t0 < LANES ? run - t0 : LANES;                \
+                T *d = panel + (seg_off[s] + t0) * nr + rb;                               \
+                VT r[LANES];                                                              \
+                ptrdiff_t k;                                                              \
+                for (i = 0; i < LANES; i++) {                                             \
+                    ptrdiff_t a = lo[i] - t0 > 0 ? lo[i] - t0 : 0;                        \
+                    ptrdiff_t b = hi[i] - t0 < len ? hi[i] - t0 : len;                    \
+                    unsigned int m = b > a ? ((1u << b) - 1u) & ~((1u << a) - 1u) : 0u;   \
+                    if (col_step == 1)                                                    \
+                        r[i] = MLOAD((MASKT)m, src[i] + t0);                              \
+                    else /* stride 2: elements [2a, 2b - 1) of the row's run */           \
+                        r[i] = EVEN(ZERO(), (unsigned int)fc_bit_range64(2 * a, 2 * b - 1), \
+                                    src[i] + 2 * t0, even);                               \
+                }                                                                         \
+                TRANSPOSE(r);                                                             \
+                for (k = 0; k < len; k++) STORE(d + k * nr, r[k]);                        \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    return 1;                                                                             \
+}
+
+FC_DEFINE_AVX512_PACK_BT(fc_pack_bt_avx512_f32, float, __m512, 16, __mmask16,
+                         _mm512_maskz_loadu_ps, _mm512_storeu_ps, fc_transpose16_f32,
+                         _mm512_setzero_ps, fc_avx512_even_f32)
+FC_DEFINE_AVX512_PACK_BT(fc_pack_bt_avx512_f64, double, __m512d, 8, __mmask8,
+                         _mm512_maskz_loadu_pd, _mm512_storeu_pd, fc_transpose8_f64,
+                         _mm512_setzero_pd, fc_avx512_even_f64)
+
 #endif /* FASTCONV_FUSED_AVX512_H */

@@ -110,6 +110,33 @@ static inline fc_ukr_f64_t fc_ukr_narrow_f64(int isa, int nv)
     return NULL;
 }
 
+/* The weight gradient's transposing pack of B^T, one micro-panel and a run
+ * of segments (fused.pyx's _pack_bt); NULL: the portable loop there. */
+typedef int (*fc_pack_bt_f32_t)(float *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *, const float *,
+                                const ptrdiff_t *, const ptrdiff_t *, const ptrdiff_t *,
+                                const ptrdiff_t *, const ptrdiff_t *, int, ptrdiff_t);
+typedef int (*fc_pack_bt_f64_t)(double *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *, const double *,
+                                const ptrdiff_t *, const ptrdiff_t *, const ptrdiff_t *,
+                                const ptrdiff_t *, const ptrdiff_t *, int, ptrdiff_t);
+
+static inline fc_pack_bt_f32_t fc_pack_bt_f32(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_pack_bt_avx512_f32;
+#endif
+    (void)isa;
+    return NULL;
+}
+
+static inline fc_pack_bt_f64_t fc_pack_bt_f64(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_pack_bt_avx512_f64;
+#endif
+    (void)isa;
+    return NULL;
+}
+
 static inline fc_ukr_f32_t fc_ukr_f32(int isa)
 {
 #if FC_HAVE_X86_KERNELS

@@ -79,6 +79,16 @@ cdef extern from "_fused_kernels.h" nogil:
     fc_pack_linear_f64_t fc_pack_linear_f64(int isa)
     fc_pack_a_f32_t fc_pack_a_f32(int isa)
     fc_pack_a_f64_t fc_pack_a_f64(int isa)
+    ctypedef int (*fc_pack_bt_f32_t)(float *, Py_ssize_t, Py_ssize_t, const Py_ssize_t *,
+                                     const float *, const Py_ssize_t *, const Py_ssize_t *,
+                                     const Py_ssize_t *, const Py_ssize_t *, const Py_ssize_t *,
+                                     int, Py_ssize_t) noexcept nogil
+    ctypedef int (*fc_pack_bt_f64_t)(double *, Py_ssize_t, Py_ssize_t, const Py_ssize_t *,
+                                     const double *, const Py_ssize_t *, const Py_ssize_t *,
+                                     const Py_ssize_t *, const Py_ssize_t *, const Py_ssize_t *,
+                                     int, Py_ssize_t) noexcept nogil
+    fc_pack_bt_f32_t fc_pack_bt_f32(int isa)
+    fc_pack_bt_f64_t fc_pack_bt_f64(int isa)
     enum:
         FC_ROW_FIELDS, FC_ROW_OFFSET, FC_ROW_OH_LO, FC_ROW_OH_HI, FC_ROW_OW_LO, FC_ROW_OW_HI
         FC_SEG_FIELDS, FC_SEG_BASE, FC_SEG_OH, FC_SEG_OW, FC_SEG_LEN, FC_SEG_POS
@@ -834,7 +844,7 @@ def weight_grad_buffer_sizes(K, rows, groups, kc, nc, mc, dtype, isa=None):
     return kc * (width + height) + 2 * (ALIGN_BYTES // itemsize)
 
 
-cdef void _pack_bt(const floating *x_group, Py_ssize_t xs_n, const Py_ssize_t *table,
+cdef void _pack_bt(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ssize_t *table,
                    Py_ssize_t r0, Py_ssize_t nrows, Py_ssize_t j0, Py_ssize_t kcb,
                    Py_ssize_t cols, Py_ssize_t Wo, Py_ssize_t row_step, Py_ssize_t col_step,
                    Py_ssize_t nr, floating *dst) noexcept nogil:
@@ -849,9 +859,10 @@ cdef void _pack_bt(const floating *x_group, Py_ssize_t xs_n, const Py_ssize_t *t
     element of the panel is written once (values or zeros, no memset first).
     Interleaved A/B against finding them per row after a memset (fp32, 2
     threads): ResNet-50 2a_3x3 0.93x, VGG-16 3_2 0.98x, 3b and 5b 1.00x,
-    stem 1.03x. What remains is the scalar, strided write of each element
-    (perf: packing ~1/3 of 3b's run); a 16x16 register transpose would
-    remove it."""
+    stem 1.03x. The ISA's transposing pack (_fused_avx512.h: masked loads
+    along the columns, a register transpose, one store per column) does a
+    run of segments where it applies (column step 1 or 2); this loop writes
+    each element alone, NR apart, elsewhere."""
     cdef Py_ssize_t seg_base[BT_SEGS]
     cdef Py_ssize_t seg_oh[BT_SEGS]
     cdef Py_ssize_t seg_ow[BT_SEGS]
@@ -863,6 +874,9 @@ cdef void _pack_bt(const floating *x_group, Py_ssize_t xs_n, const Py_ssize_t *t
     cdef const floating *src
     cdef floating *panel
     cdef floating *d
+    cdef fc_pack_bt_f32_t simd32 = fc_pack_bt_f32(isa)
+    cdef fc_pack_bt_f64_t simd64 = fc_pack_bt_f64(isa)
+    cdef bint done
     q = 0
     while q < nrows:
         nvalid = nrows - q if nrows - q < nr else nr
@@ -889,6 +903,17 @@ cdef void _pack_bt(const floating *x_group, Py_ssize_t xs_n, const Py_ssize_t *t
                 ns += 1
                 off += run
                 j += run
+            if floating is float:
+                done = simd32 != NULL and simd32(panel, nr, nvalid, table + (r0 + q) * ROW_FIELDS,
+                                                 x_group, seg_base, seg_oh, seg_ow, seg_off,
+                                                 seg_run, <int> ns, col_step)
+            else:
+                done = simd64 != NULL and simd64(panel, nr, nvalid, table + (r0 + q) * ROW_FIELDS,
+                                                 x_group, seg_base, seg_oh, seg_ow, seg_off,
+                                                 seg_run, <int> ns, col_step)
+            if done:
+                off0 = off
+                continue
             for jrow in range(nr):
                 if jrow >= nvalid:
                     for t in range(off0, off):
@@ -974,7 +999,7 @@ cdef void _weight_grad_item(int isa, const floating *x_group, Py_ssize_t xs_n,
     while k0 < total:
         kcb = total - k0 if total - k0 < kc else kc
         first = k0 == 0 and not accumulate
-        _pack_bt(x_group, xs_n, table, r0, nrows, k0, kcb, cols, Wo, row_step, col_step, nr,
+        _pack_bt(isa, x_group, xs_n, table, r0, nrows, k0, kcb, cols, Wo, row_step, col_step, nr,
                  bpanel)
         _pack_g(grad_rows, image_step, cols, m, k0, kcb, mr, gpanel)
         jr = 0
