@@ -91,14 +91,18 @@ class Tuning:
     fused_pointwise_rate: float = 2.2
     # The fused weight gradient's time over the BLAS lowerings' model:
     # fused_weight_grad_rate + fused_weight_grad_gather * (elements it packs
-    # per multiply-add, float32; half for float64), times its padding. Fitted
+    # per multiply-add, either dtype), times its padding. Fitted
     # to fused / auto (mapped or stretch) times measured side by side (fp32, 2
     # threads, in one process; packed elements per MAC in brackets): ResNet-50
     # 5b_3x3 0.66 (0.003), 4b_3x3 0.85 (0.005), VGG-16 conv3_2 0.86 (0.005),
     # 3a 3x3/2 0.95, 3b_3x3 1.02, dilated 0.99 (0.009), 2a_3x3 1.06 (0.017),
     # stem 1.31 (0.022, rows padded 147 -> 192), 1x1 layers 1.0-1.7.
+    # Refitted after the vectorised transposing pack (gather 45 -> 22), which
+    # took the fused weight gradient to 0.84-0.97x of its former time (most
+    # where the most is packed per MAC): fresh processes, fp32, 2 threads,
+    # fused / mapped VGG-16 1_2 0.87, ResNet-50 2a 0.96, stem 1.21.
     fused_weight_grad_rate: float = 0.55
-    fused_weight_grad_gather: float = 45.0
+    fused_weight_grad_gather: float = 22.0
     # 1x1 kernels (any stride), where the BLAS lowerings' B is a plain
     # (strided) copy: the formula above said 0.79-1.5, measured 1.09-1.76 (2a,
     # 2b, 4b, 3a proj 1x1/2). Checked in fresh processes (bench/steady_state.py
