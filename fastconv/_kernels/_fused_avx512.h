@@ -218,6 +218,15 @@ static inline unsigned long long fc_bit_range64(ptrdiff_t a, ptrdiff_t b)
     return (b == 64 ? ~0ull : (1ull << b) - 1u) & ~((1ull << a) - 1u);
 }
 
+/* The permute index that keeps the even elements of two vectors (lanes:
+ * 16 floats or 8 doubles per vector): lane i <- element 2i of (lo, hi). */
+FC_INLINE FC_AVX512_TARGET __m512i fc_avx512_even_index(int lanes)
+{
+    return lanes == 16
+        ? _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+        : _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+}
+
 /* acc | the even elements of p[0 .. 2*LANES), those outside src (bit e:
  * load p[e]) zero */
 FC_INLINE FC_AVX512_TARGET __m512 fc_avx512_even_f32(__m512 acc, unsigned int src, const float *p,
@@ -261,10 +270,7 @@ FC_INLINE FC_AVX512_TARGET void NAME##_strided_body(const int NV, const int STEP
         T *panel, ptrdiff_t nr, ptrdiff_t kcb, const ptrdiff_t *table, const T *x_group,    \
         const ptrdiff_t *segs, int ns, ptrdiff_t col_step)                                  \
 {                                                                                           \
-    /* lane i of the permute <- element 2i of the two loads (lo: 0..L-1, hi: L..2L-1) */    \
-    const __m512i even = LANES == 16                                                        \
-        ? _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)      \
-        : _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);                                     \
+    const __m512i even = fc_avx512_even_index(LANES);                                       \
     const int lines = NV * LANES * (int)sizeof(T) * (STEP2 ? 2 : 1) / 64;                   \
     ptrdiff_t r, a, b;                                                                      \
     int s, v;                                                                               \
@@ -300,7 +306,7 @@ FC_INLINE FC_AVX512_TARGET void NAME##_strided_body(const int NV, const int STEP
                 }                                                                           \
                 continue;                                                                   \
             }                                                                               \
-            m = (hi >= 64 ? ~0ull : (1ull << hi) - 1u) & ~((1ull << lo) - 1u);              \
+            m = fc_bit_range64(lo, hi);                                                     \
             for (v = 0; v < NV; v++) {                                                      \
                 MASKT mv = (MASKT)(m >> (v * LANES));                                       \
                 if (mv) /* a gather costs even when masked off */                           \
@@ -374,7 +380,7 @@ FC_INLINE FC_AVX512_TARGET void NAME##_body(const int NV, T *panel, ptrdiff_t nr
             /* (a zero slice loads nothing): 13.1 -> 11.9 % of 2a_3x3 in packing */ \
             lo = seg[FC_SEG_POS] + (a - seg[FC_SEG_OW]);                                \
             hi = lo + (b - a);                                                          \
-            m = (hi >= 64 ? ~0ull : (1ull << hi) - 1u) & ~((1ull << lo) - 1u);          \
+            m = fc_bit_range64(lo, hi);                                                 \
             p = x_group + (seg[FC_SEG_BASE] + row[FC_ROW_OFFSET] + a - lo);             \
             for (v = 0; v < NV; v++)                                                    \
                 acc[v] = MLOAD(acc[v], (MASKT)(m >> (v * LANES)), p + v * LANES);      \
@@ -570,9 +576,7 @@ static FC_AVX512_TARGET int NAME(T *panel, ptrdiff_t nr, ptrdiff_t nvalid,      
         const ptrdiff_t *seg_oh, const ptrdiff_t *seg_ow, const ptrdiff_t *seg_off,       \
         const ptrdiff_t *seg_run, int ns, ptrdiff_t col_step)                             \
 {                                                                                         \
-    const __m512i even = LANES == 16 /* as in the strided packer */                       \
-        ? _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)      \
-        : _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);                                     \
+    const __m512i even = fc_avx512_even_index(LANES);                                     \
     ptrdiff_t rb, t0, lo[LANES], hi[LANES];                                               \
     const T *src[LANES];                                                                  \
     int s, i;                                                                             \
@@ -598,7 +602,7 @@ static FC_AVX512_TARGET int NAME(T *panel, ptrdiff_t nr, ptrdiff_t nvalid,      
                 for (i = 0; i < LANES; i++) {                                             \
                     ptrdiff_t a = lo[i] - t0 > 0 ? lo[i] - t0 : 0;                        \
                     ptrdiff_t b = hi[i] - t0 < len ? hi[i] - t0 : len;                    \
-                    unsigned int m = b > a ? ((1u << b) - 1u) & ~((1u << a) - 1u) : 0u;   \
+                    unsigned int m = (unsigned int)fc_bit_range64(a, b);                  \
                     if (col_step == 1)                                                    \
                         r[i] = MLOAD((MASKT)m, src[i] + t0);                              \
                     else /* stride 2: elements [2a, 2b - 1) of the row's run */           \

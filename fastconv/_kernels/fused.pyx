@@ -141,6 +141,12 @@ cdef inline Py_ssize_t _panel_width(Py_ssize_t nvalid, Py_ssize_t nr, Py_ssize_t
     return _round_up(nvalid, lanes)
 
 
+cdef inline Py_ssize_t _padded_width(Py_ssize_t width, Py_ssize_t nr, Py_ssize_t lanes) noexcept nogil:
+    """Columns computed for a block of width columns: whole NR panels and a
+    partial last one of _panel_width."""
+    return width // nr * nr + (_panel_width(width % nr, nr, lanes) if width % nr else 0)
+
+
 def _narrow_lanes(int code, bint dbl):
     """fc_lanes of the ISA if it has a narrow kernel for every partial
     width (1 .. NR/lanes - 1 vectors), else 0 (partial panels run the full
@@ -251,7 +257,7 @@ def padded_columns(columns, dtype, isa=None):
     cdef Py_ssize_t n = int(columns)
     if n < 0:
         raise ValueError(f"columns must be >= 0, got {n}")
-    return n // nr * nr + (_panel_width(n % nr, nr, lanes) if n % nr else 0)
+    return _padded_width(n, nr, lanes)
 
 
 def buffer_sizes(K, rows, groups, kc, nc, dtype, isa=None, weights_in_place=False):
@@ -333,9 +339,7 @@ def _work_split(Py_ssize_t total_cols, Py_ssize_t Kg, Py_ssize_t groups, Py_ssiz
                     w = min(width, total_cols - cb * width)
                     for mb in range(n_mb):
                         h = min(height, Kg - mb * height)
-                        cost = (<double> (w // nr * nr + (_panel_width(w % nr, nr, lanes)
-                                                          if w % nr else 0))
-                                * _round_up(h, mr) * rows
+                        cost = (<double> _padded_width(w, nr, lanes) * _round_up(h, mr) * rows
                                 + GATHER_MACS * w * rows + ITEM_MACS)
                         i_min = 0
                         for t in range(1, threads):
