@@ -64,5 +64,10 @@ def omp_max_threads():
     """OpenMP's own default team size in the calling thread (it honours
     OMP_NUM_THREADS and omp_set_num_threads, e.g. threadpoolctl's limits); 1
     without OpenMP."""
-    from fastconv._kernels.openmp_info import omp_max_threads as max_threads
-    return max(1, max_threads())
+    global _omp_max_threads
+    if _omp_max_threads is None:  # imported on first use (an import per call costs 1 us)
+        from fastconv._kernels.openmp_info import omp_max_threads as _omp_max_threads
+    return max(1, _omp_max_threads())
+
+
+_omp_max_threads = None

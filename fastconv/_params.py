@@ -5,6 +5,7 @@ becomes a ValueError/TypeError naming the argument and the shapes, never a
 crash or a wrong answer inside a kernel.
 """
 from dataclasses import dataclass
+import functools
 import operator
 
 import numpy as np
@@ -201,6 +202,20 @@ def padding_mode_name(padding_mode):
     raise ValueError(f"padding_mode={shown} is not one of {PADDING_MODES}{hint}")
 
 
+def _plain(value):
+    """Whether value is made only of Python ints and strings (tuples of
+    them), so that equal values mean equal arguments: a safe cache key
+    (bool, NumPy scalars, floats and lists are left to the uncached path,
+    which validates them)."""
+    kind = type(value)
+    if kind is tuple:
+        for item in value:
+            if not _plain(item):
+                return False
+        return True
+    return kind is int or kind is str
+
+
 def conv_geometry(x_shape, weight_shape, *, stride, padding, dilation, groups,
                   spatial_dims=2, flip=False, padding_mode="zeros"):
     """Validate shapes and parameters of a convolution; return its geometry.
@@ -208,7 +223,24 @@ def conv_geometry(x_shape, weight_shape, *, stride, padding, dilation, groups,
     x_shape is (N, C, *spatial), weight_shape (K, C/groups, *kernel); flip
     (mathematical convolution) places the odd element of padding="same";
     padding_mode says what the padding reads (PADDING_MODES).
+
+    Remembered for plain arguments (a loop calling the same layer validates
+    it once: about 8 us a call otherwise); errors are raised every time.
     """
+    args = (x_shape, weight_shape, stride, padding, dilation, groups, spatial_dims,
+            padding_mode)
+    if _plain(args):
+        return _cached_geometry(*args, bool(flip))
+    return _conv_geometry(*args, flip)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_geometry(*args):
+    return _conv_geometry(*args)
+
+
+def _conv_geometry(x_shape, weight_shape, stride, padding, dilation, groups, spatial_dims,
+                   padding_mode, flip):
     padding_mode = padding_mode_name(padding_mode)
     n = spatial_dims
     x_shape = tuple(int(s) for s in x_shape)

@@ -14,6 +14,7 @@ fits: a loop over the same layers allocates nothing after its first calls.
 * ``fastconv.release_workspace()`` gives every pool back (waiting for calls
   that are using one); ``set_config(keep_workspace=False)`` turns keeping off.
 """
+import math
 import os
 import threading
 import weakref
@@ -25,7 +26,7 @@ __all__ = ["kept_bytes", "lend_buffers", "release_workspace"]
 
 
 def _nbytes(shape, dtype):
-    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return math.prod(shape) * np.dtype(dtype).itemsize
 
 
 def allocate(specs):
@@ -40,11 +41,20 @@ class _Pool:
     def __init__(self):
         self.raw = {}
         self.lock = threading.Lock()
+        # the views lent last, for a loop that calls the same layer again:
+        # building them costs more than a small layer's arithmetic
+        self.last_specs, self.last_views = None, None
 
     def nbytes(self):
         return sum(a.nbytes for a in self.raw.values())
 
     def lend(self, specs, limit):
+        key = (tuple(specs.items()), limit)
+        if key == self.last_specs:
+            if "accumulators" in self.last_views:
+                self.last_views["accumulators"].fill(0)
+            return dict(self.last_views)
+        self.last_specs, self.last_views = None, None
         needed = {name: _nbytes(shape, dtype) for name, (shape, dtype) in specs.items()}
         for name in list(self.raw):
             if name not in needed:
@@ -61,7 +71,12 @@ class _Pool:
             if name == "accumulators":
                 view.fill(0)
             arrays[name] = view
+        self.last_specs, self.last_views = key, dict(arrays)
         return arrays
+
+    def clear(self):
+        self.raw.clear()
+        self.last_specs, self.last_views = None, None
 
 
 _local = threading.local()
@@ -109,7 +124,7 @@ def release_workspace():
     for pool in pools:
         with pool.lock:
             released += pool.nbytes()
-            pool.raw.clear()
+            pool.clear()
     return released
 
 

@@ -125,3 +125,18 @@ def test_plan_execute_checks_arrays():
     _raises(TypeError, r"x has dtype complex", X.astype(complex), W, fn=plan.execute)
     _raises(ValueError, r"bias must have shape", X, W, np.zeros(3), fn=plan.execute)
     _raises(TypeError, r"dtype=.* is not supported", X.shape, W.shape, "complex64", fn=fastconv.plan_conv2d)
+
+
+@pytest.mark.parametrize("kwargs, bad", [
+    (dict(stride=(1, 1)), dict(stride=(True, 1))),
+    (dict(stride=(1, 1)), dict(stride=(1.0, 1))),
+    (dict(padding=((1, 1), (0, 0))), dict(padding=((1.0, 1), (0, 0)))),
+    (dict(dilation=1), dict(dilation=True)),
+    (dict(groups=1), dict(groups=1.0)),
+])
+def test_remembered_geometry_does_not_accept_equal_but_invalid_values(kwargs, bad):
+    # the geometry of plain arguments is cached; True == 1 and 1.0 == 1
+    # must not find the entry of the valid call and skip the validation
+    fastconv.conv2d(X, W, **kwargs)
+    with pytest.raises(TypeError):
+        fastconv.conv2d(X, W, **bad)

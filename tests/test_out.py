@@ -14,6 +14,7 @@ import pytest
 
 import fastconv
 from fastconv._workspace import kept_bytes
+from reference import assert_close, conv2d_weight_grad_reference
 
 RNG = np.random.default_rng(7)
 X = RNG.standard_normal((3, 4, 9, 8))
@@ -139,6 +140,23 @@ def test_kept_workspace_is_reused_across_shapes_and_released():
     with fastconv.config_context(keep_workspace=False):
         fastconv.conv2d(x, w, padding=1)
     assert kept_bytes() == 0
+
+
+def test_repeated_call_reuses_its_views_with_accumulators_cleared():
+    # a repeated call gets the views it was lent last time (not rebuilt);
+    # the weight gradient's per-thread accumulators must still start at zero
+    fastconv.release_workspace()
+    x = RNG.standard_normal((3, 6, 12, 12))
+    g = RNG.standard_normal((3, 5, 12, 12))
+    plan = fastconv.plan_conv2d(x.shape, (5, 6, 3, 3), "float64", padding=1, method="mapped",
+                                kind="weight_grad", num_threads=2)
+    expected = conv2d_weight_grad_reference(x, (5, 6, 3, 3), g, padding=((1, 1), (1, 1)))
+    for _ in range(3):
+        assert_close(plan.execute(x, g), expected, np.float64)
+    assert kept_bytes() > 0
+    fastconv.release_workspace()
+    assert kept_bytes() == 0
+    assert_close(plan.execute(x, g), expected, np.float64)   # after a release: fresh buffers
 
 
 def test_many_python_threads_at_once_keep_their_own_workspace():
