@@ -608,13 +608,14 @@ class Fused(Lowering):
         its transposing gather of B^T (once per filter block) and packing of
         G (once per block of grad_w's columns), per multiply-add, weigh
         against a faster product (see Tuning.fused_weight_grad_*), and tiles
-        padded to MR filters and NR rows compute zeros."""
+        padded to MR filters and NR rows (the last panel narrowed to whole
+        vectors) compute zeros."""
         from fastconv._kernels import fused
         g, b = plan.geometry, plan.blocking
         kg, depth = g.K // g.groups, g.N * g.cols
         sizes = fused.blocking(plan.dtype, b.isa)
-        mr, nr = sizes["MR"], sizes["NR"]
-        padded = (-(-kg // mr) * mr) * (-(-g.rows // nr) * nr)
+        mr = sizes["MR"]
+        padded = (-(-kg // mr) * mr) * fused.padded_columns(g.rows, plan.dtype, b.isa)
         macs = g.groups * padded * depth
         if macs == 0:
             return 1.0   # nothing to compute (the executor returns zeros)

@@ -851,11 +851,13 @@ def weight_grad_buffer_sizes(K, rows, groups, kc, nc, mc, dtype, isa=None):
 cdef void _pack_bt(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ssize_t *table,
                    Py_ssize_t r0, Py_ssize_t nrows, Py_ssize_t j0, Py_ssize_t kcb,
                    Py_ssize_t cols, Py_ssize_t Wo, Py_ssize_t row_step, Py_ssize_t col_step,
-                   Py_ssize_t nr, floating *dst) noexcept nogil:
+                   Py_ssize_t nr, Py_ssize_t lanes, floating *dst) noexcept nogil:
     """Table rows [r0, r0+nrows) x global columns [j0, j0+kcb) of the
     stretched matrices, transposed into NR-row micro-panels: micro-panel q
-    (rows r0+q*NR...) at dst + q*NR*kcb, column k at +k*NR, row at +j;
-    zeros for padding and for rows past nrows.
+    (rows r0+q*NR...) at dst + q*NR*kcb, column k at +k*pw, row at +j, pw
+    its _panel_width (NR, or for a partial last panel the fewest vectors of
+    `lanes` rows holding it, for the narrow kernels); zeros for padding and
+    for rows past nrows.
 
     The columns split into segments of one output row of one image; they
     are the same for every row of a micro-panel, so they are found once per
@@ -872,7 +874,7 @@ cdef void _pack_bt(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_s
     cdef Py_ssize_t seg_ow[BT_SEGS]
     cdef Py_ssize_t seg_off[BT_SEGS]
     cdef Py_ssize_t seg_run[BT_SEGS]
-    cdef Py_ssize_t q, jrow, nvalid, j, off, off0, n, col, oh, ow, run, a, b, t, ns, sg
+    cdef Py_ssize_t q, jrow, nvalid, pw, j, off, off0, n, col, oh, ow, run, a, b, t, ns, sg
     cdef Py_ssize_t oh_lo, oh_hi, ow_lo, ow_hi, row_offset
     cdef const Py_ssize_t *row
     cdef const floating *src
@@ -884,6 +886,7 @@ cdef void _pack_bt(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_s
     q = 0
     while q < nrows:
         nvalid = nrows - q if nrows - q < nr else nr
+        pw = _panel_width(nvalid, nr, lanes)
         panel = dst + q * kcb
         off0 = 0
         j = j0
@@ -908,20 +911,20 @@ cdef void _pack_bt(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_s
                 off += run
                 j += run
             if floating is float:
-                done = simd32 != NULL and simd32(panel, nr, nvalid, table + (r0 + q) * ROW_FIELDS,
+                done = simd32 != NULL and simd32(panel, pw, nvalid, table + (r0 + q) * ROW_FIELDS,
                                                  x_group, seg_base, seg_oh, seg_ow, seg_off,
                                                  seg_run, <int> ns, col_step)
             else:
-                done = simd64 != NULL and simd64(panel, nr, nvalid, table + (r0 + q) * ROW_FIELDS,
+                done = simd64 != NULL and simd64(panel, pw, nvalid, table + (r0 + q) * ROW_FIELDS,
                                                  x_group, seg_base, seg_oh, seg_ow, seg_off,
                                                  seg_run, <int> ns, col_step)
             if done:
                 off0 = off
                 continue
-            for jrow in range(nr):
+            for jrow in range(pw):
                 if jrow >= nvalid:
                     for t in range(off0, off):
-                        panel[t * nr + jrow] = 0
+                        panel[t * pw + jrow] = 0
                     continue
                 row = table + (r0 + q + jrow) * ROW_FIELDS
                 oh_lo, oh_hi = row[ROW_OH_LO], row[ROW_OH_HI]
@@ -930,7 +933,7 @@ cdef void _pack_bt(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_s
                 for sg in range(ns):
                     ow = seg_ow[sg]
                     run = seg_run[sg]
-                    d = panel + seg_off[sg] * nr + jrow
+                    d = panel + seg_off[sg] * pw + jrow
                     a, b = 0, 0
                     if oh_lo <= seg_oh[sg] < oh_hi:
                         a = ow_lo - ow if ow_lo > ow else 0
@@ -940,12 +943,12 @@ cdef void _pack_bt(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_s
                         if b < a:
                             b = a
                     for t in range(a):
-                        d[t * nr] = 0
+                        d[t * pw] = 0
                     src = x_group + seg_base[sg] + row_offset + ow * col_step
                     for t in range(a, b):
-                        d[t * nr] = src[t * col_step]
+                        d[t * pw] = src[t * col_step]
                     for t in range(b, run):
-                        d[t * nr] = 0
+                        d[t * pw] = 0
             off0 = off
         q += nr
 
@@ -986,17 +989,20 @@ cdef void _weight_grad_item(int isa, const floating *x_group, Py_ssize_t xs_n,
                             Py_ssize_t image_step, Py_ssize_t cols, Py_ssize_t Wo,
                             Py_ssize_t row_step, Py_ssize_t col_step, Py_ssize_t total,
                             Py_ssize_t kc, Py_ssize_t r0, Py_ssize_t nrows, Py_ssize_t m,
-                            Py_ssize_t width, Py_ssize_t mr, Py_ssize_t nr, bint accumulate,
-                            floating *out, Py_ssize_t ld_out, floating *buf) noexcept nogil:
+                            Py_ssize_t width, Py_ssize_t mr, Py_ssize_t nr, Py_ssize_t lanes,
+                            bint accumulate, floating *out, Py_ssize_t ld_out,
+                            floating *buf) noexcept nogil:
     """One work item of the weight gradient: filters [0, m) (grad_rows: the
     first one's gradient) x table rows [r0, r0+nrows) into out (leading
-    dimension ld_out), over all total columns, kc at a time."""
+    dimension ld_out), over all total columns, kc at a time. A partial last
+    micro-panel of rows is packed and run narrower (_panel_width), as the
+    forward pass's columns: the stem's 147 rows pad to 160, not 192."""
     cdef floating tile[MAX_MR * MAX_NR]
-    cdef fc_ukr_f32_t ukr32 = fc_ukr_f32(isa)
-    cdef fc_ukr_f64_t ukr64 = fc_ukr_f64(isa)
+    cdef fc_ukr_f32_t ukr32
+    cdef fc_ukr_f64_t ukr64
     cdef floating *bpanel = buf
     cdef floating *gpanel = _aligned(buf + kc * width)
-    cdef Py_ssize_t k0, kcb, jr, ir, nvalid, mvalid, i, t
+    cdef Py_ssize_t k0, kcb, jr, ir, nvalid, mvalid, pw, i, t
     cdef floating *c
     cdef int first
     k0 = 0
@@ -1004,31 +1010,38 @@ cdef void _weight_grad_item(int isa, const floating *x_group, Py_ssize_t xs_n,
         kcb = total - k0 if total - k0 < kc else kc
         first = k0 == 0 and not accumulate
         _pack_bt(isa, x_group, xs_n, table, r0, nrows, k0, kcb, cols, Wo, row_step, col_step, nr,
-                 bpanel)
+                 lanes, bpanel)
         _pack_g(grad_rows, image_step, cols, m, k0, kcb, mr, gpanel)
         jr = 0
         while jr < nrows:
             nvalid = nrows - jr if nrows - jr < nr else nr
+            pw = _panel_width(nvalid, nr, lanes)
+            if pw == nr:
+                ukr32 = fc_ukr_f32(isa)
+                ukr64 = fc_ukr_f64(isa)
+            else:
+                ukr32 = fc_ukr_narrow_f32(isa, <int> (pw // lanes))
+                ukr64 = fc_ukr_narrow_f64(isa, <int> (pw // lanes))
             ir = 0
             while ir < m:
                 mvalid = m - ir if m - ir < mr else mr
                 c = out + ir * ld_out + jr
-                if nvalid == nr and mvalid == mr:
+                if nvalid == pw and mvalid == mr:
                     if floating is float:
                         ukr32(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, c, ld_out, first, NULL)
                     else:
                         ukr64(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, c, ld_out, first, NULL)
                 else:
                     if floating is float:
-                        ukr32(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, tile, nr, 1, NULL)
+                        ukr32(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, tile, pw, 1, NULL)
                     else:
-                        ukr64(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, tile, nr, 1, NULL)
+                        ukr64(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, tile, pw, 1, NULL)
                     for i in range(mvalid):
                         for t in range(nvalid):
                             if first:
-                                c[i * ld_out + t] = tile[i * nr + t]
+                                c[i * ld_out + t] = tile[i * pw + t]
                             else:
-                                c[i * ld_out + t] = c[i * ld_out + t] + tile[i * nr + t]
+                                c[i * ld_out + t] = c[i * ld_out + t] + tile[i * pw + t]
                 ir += mr
             jr += nr
         k0 += kcb
@@ -1061,6 +1074,7 @@ def conv2d_fused_weight_grad(const floating[:, :, :, :] x,
     cdef int code = isa_code(isa)
     cdef int dbl = floating is double
     cdef Py_ssize_t mr = fc_mr(code, dbl), nr = fc_nr(code, dbl)
+    cdef Py_ssize_t lanes = _narrow_lanes(code, dbl)
     cdef Py_ssize_t itemsize = sizeof(floating)
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
@@ -1097,9 +1111,14 @@ def conv2d_fused_weight_grad(const floating[:, :, :, :] x,
     # at least one item per thread: narrower row blocks first (each item packs
     # its own B^T), then fewer filters per item. Blocks only shrink (the
     # workspace was sized for nc, mc), and every element of grad_w is still
-    # summed over the whole depth in one order: the same bits.
-    while groups * n_rb * n_mb < num_threads and width > nr:
-        width = _round_up(_ceil_div(width, 2), nr)
+    # summed over the whole depth in one order: the same bits. The rows are
+    # shared out evenly in whole vectors (a block's last panel runs narrow):
+    # the stem's 147 rows on 2 threads as 80 + 67 (48 + 32 padded rows
+    # each), not 96 + 51 in whole NR panels (96 against 64)
+    cdef Py_ssize_t granule = lanes if lanes else nr
+    if groups * n_rb * n_mb < num_threads and width > granule:
+        width = min(width, _round_up(_ceil_div(rows, _ceil_div(num_threads, groups * n_mb)),
+                                     granule))
         n_rb = _ceil_div(rows, width)
     while groups * n_rb * n_mb < num_threads and height > mr:
         height = _round_up(_ceil_div(height, 2), mr)
@@ -1129,6 +1148,7 @@ def conv2d_fused_weight_grad(const floating[:, :, :, :] x,
             m = Kg - m0 if Kg - m0 < height else height
             _weight_grad_item(code, x0 + g * c_group * xs_c, xs_n, &table[0, 0],
                               g0 + (g * Kg + m0) * cols, image_step, cols, Wo, row_step,
-                              col_step, total, kc_eff, r0, nrows, m, width, mr, nr, accumulate,
+                              col_step, total, kc_eff, r0, nrows, m, width, mr, nr, lanes,
+                              accumulate,
                               gw + (g * Kg + m0) * rows + r0, rows,
                               _aligned(&workspace[threadid(), 0]))
