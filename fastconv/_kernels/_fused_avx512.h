@@ -464,43 +464,6 @@ FC_DEFINE_AVX512_PACK_LINEAR(fc_pack_linear_avx512_f64, double, __m512d, 8, __mm
                              _mm512_setzero_pd, _mm512_mask_loadu_pd, _mm512_storeu_pd,
                              fc_pack_linear_generic_f64)
 
-/* Packing weights (contract in _fused_generic.h): a full panel of mr = 8
- * filters is one 8-lane gather per depth step (the 8 values of a step are
- * ld apart). The scalar loop took ~5 cycles per value (3.7 ms for ResNet-50
- * 5b_3x3's 512 x 4608 weights, 7.5 % of that layer's run); the gathers
- * ~1. Edge panels and other MR: the portable loop. */
-static FC_AVX512_TARGET void fc_pack_a_avx512_f32(const float *w, ptrdiff_t ld, ptrdiff_t m,
-                                                  ptrdiff_t mr, ptrdiff_t kcb, float *d)
-{
-    ptrdiff_t k;
-    if (m != 8 || mr != 8 || 7 * ld > 0x7fffffff) {
-        fc_pack_a_generic_f32(w, ld, m, mr, kcb, d);
-        return;
-    }
-    {
-        const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                               _mm256_set1_epi32((int)ld));
-        for (k = 0; k < kcb; k++)
-            _mm256_storeu_ps(d + 8 * k, _mm256_i32gather_ps(w + k, idx, 4));
-    }
-}
-
-static FC_AVX512_TARGET void fc_pack_a_avx512_f64(const double *w, ptrdiff_t ld, ptrdiff_t m,
-                                                  ptrdiff_t mr, ptrdiff_t kcb, double *d)
-{
-    ptrdiff_t k;
-    if (m != 8 || mr != 8 || 7 * ld > 0x7fffffff) {
-        fc_pack_a_generic_f64(w, ld, m, mr, kcb, d);
-        return;
-    }
-    {
-        const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                               _mm256_set1_epi32((int)ld));
-        for (k = 0; k < kcb; k++)
-            _mm512_storeu_pd(d + 8 * k, _mm512_i32gather_pd(idx, w + k, 8));
-    }
-}
-
 /* The weight gradient's transposing pack of B^T (fused.pyx's _pack_bt has
  * the contract and the portable loop): one micro-panel's rows (NR table
  * rows) x a run of segments (columns of one output row of one image). A

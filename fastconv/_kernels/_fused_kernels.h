@@ -215,8 +215,8 @@ typedef void (*fc_pack_a_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t,
 static inline fc_pack_a_f32_t fc_pack_a_f32(int isa)
 {
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return fc_pack_a_avx512_f32;
-    if (isa == FC_ISA_AVX2) return fc_pack_a_avx2_f32;
+    /* an AVX-512 CPU has AVX2: its MR of 8 is transposed in 256-bit halves */
+    if (isa == FC_ISA_AVX512 || isa == FC_ISA_AVX2) return fc_pack_a_avx2_f32;
 #endif
     (void)isa;
     return fc_pack_a_generic_f32;
@@ -225,8 +225,8 @@ static inline fc_pack_a_f32_t fc_pack_a_f32(int isa)
 static inline fc_pack_a_f64_t fc_pack_a_f64(int isa)
 {
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return fc_pack_a_avx512_f64;
-    if (isa == FC_ISA_AVX2) return fc_pack_a_avx2_f64;
+    /* an AVX-512 CPU has AVX2: its MR of 8 is transposed in 256-bit halves */
+    if (isa == FC_ISA_AVX512 || isa == FC_ISA_AVX2) return fc_pack_a_avx2_f64;
 #endif
     (void)isa;
     return fc_pack_a_generic_f64;

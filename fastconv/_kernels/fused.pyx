@@ -953,34 +953,32 @@ cdef void _pack_bt(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_s
         q += nr
 
 
-cdef void _pack_g(const floating *grad_rows, Py_ssize_t image_step, Py_ssize_t cols,
+cdef void _pack_g(int isa, const floating *grad_rows, Py_ssize_t image_step, Py_ssize_t cols,
                   Py_ssize_t m, Py_ssize_t j0, Py_ssize_t kcb, Py_ssize_t mr,
                   floating *dst) noexcept nogil:
     """Gradient rows [0, m) (grad_rows: image 0's first, leading dimension
     cols, images image_step apart) x global columns [j0, j0+kcb) into
     MR-filter panels: panel p at dst + p*MR*kcb, column k at +k*MR; zeros
-    for filters past m."""
-    cdef Py_ssize_t p, i, f, k, off, j, n, col, run, t
-    cdef floating *d
+    for filters past m. Each run of columns within one image is the weights'
+    packing (_pack_a's ISA function: the MR values of a column gathered at
+    once); a loop writing each value alone, MR apart, took 21 % of the
+    stem's weight gradient (perf)."""
+    cdef Py_ssize_t p, mp, off, j, n, col, run
     cdef const floating *src
     p = 0
     while p * mr < m:
-        d = dst + p * mr * kcb
-        for i in range(mr):
-            f = p * mr + i
-            if f >= m:
-                for k in range(kcb):
-                    d[k * mr + i] = 0
-                continue
-            off = 0
-            j = j0
-            while off < kcb:
-                run = _image_run(j, kcb - off, cols, &n, &col)
-                src = grad_rows + n * image_step + f * cols + col
-                for t in range(run):
-                    d[(off + t) * mr + i] = src[t]
-                off += run
-                j += run
+        mp = m - p * mr if m - p * mr < mr else mr
+        off = 0
+        j = j0
+        while off < kcb:
+            run = _image_run(j, kcb - off, cols, &n, &col)
+            src = grad_rows + n * image_step + p * mr * cols + col
+            if floating is float:
+                fc_pack_a_f32(isa)(src, cols, mp, mr, run, dst + p * mr * kcb + off * mr)
+            else:
+                fc_pack_a_f64(isa)(src, cols, mp, mr, run, dst + p * mr * kcb + off * mr)
+            off += run
+            j += run
         p += 1
 
 
@@ -1011,7 +1009,7 @@ cdef void _weight_grad_item(int isa, const floating *x_group, Py_ssize_t xs_n,
         first = k0 == 0 and not accumulate
         _pack_bt(isa, x_group, xs_n, table, r0, nrows, k0, kcb, cols, Wo, row_step, col_step, nr,
                  lanes, bpanel)
-        _pack_g(grad_rows, image_step, cols, m, k0, kcb, mr, gpanel)
+        _pack_g(isa, grad_rows, image_step, cols, m, k0, kcb, mr, gpanel)
         jr = 0
         while jr < nrows:
             nvalid = nrows - jr if nrows - jr < nr else nr
