@@ -586,7 +586,7 @@ class Fused(Lowering):
         base = plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads) * thin
         if self.kind == "weight_grad":
             return base * self.weight_grad_factor(plan, tuning)
-        if g.is_pointwise and g.cols >= tuning.fused_pointwise_min_cols:
+        if g.is_pointwise and g.N * g.cols >= tuning.fused_pointwise_min_cols:
             rate = tuning.fused_pointwise_rate  # against gemm1x1's half-traffic model
         elif (g.R * g.S > 1 and g.rows >= tuning.fused_min_depth
               and g.N * g.cols >= tuning.fused_min_cols):

@@ -82,12 +82,20 @@ class Tuning:
     # columns, padded 1.96x) 1.26, 2 images 0.93, 4 images 0.95, 8 images 0.82.
     fused_kernel_share: float = 0.7
     # 1x1 stride-1 layers (where gemm1x1 reads the input in place, modelled
-    # at half a gathering lowering's time, so a rate of 2 ties): fused took
-    # 0.72-0.82x gemm1x1's time on 56x56 maps (64->64, 256->64), 0.90-0.94x
-    # on 28x28 (512->128, 128->512), but 1.01-1.09x on 14x14 and 7x7 (fp32,
-    # 2 threads, interleaved, one run): from this many output positions per
-    # image it is taken to run at fused_pointwise_rate.
-    fused_pointwise_min_cols: int = 784
+    # at half a gathering lowering's time, so a rate of 2 ties): fused runs
+    # the batch's columns as one axis, so what counts is the columns of the
+    # batch, not of one image. Interleaved in one process, fp32, 2 threads,
+    # fused / gemm1x1 (N x C x map x K), after the narrow edge panels and the
+    # transposing weight pack: 8x1024x14x256 0.98, 8x256x14x1024 0.93,
+    # 8x2048x7x512 0.88, 8x512x7x2048 0.83, 8x512x28x128 0.84, 8x64x56x64
+    # 0.88, 8x256x56x64 0.91, 2x1024x14x256 0.96, 1x256x28x512 0.98,
+    # 1x64x56x64 0.80, 4x2048x7x512 (196 columns) 0.84; but 2x2048x7x512
+    # (98) 0.98, 1x1024x14x256 (196) 1.51, 1x2048x7x512 (49) 2.24. fp64:
+    # 8x2048x7x512 0.80, 2x1024x14x256 0.93, 8x64x56x64 1.05. From this many
+    # columns of the batch fused is taken to run at fused_pointwise_rate
+    # (before: 784 columns per image, which left 14x14 and 7x7 maps to
+    # gemm1x1, measured then at 1.01-1.09x).
+    fused_pointwise_min_cols: int = 392
     fused_pointwise_rate: float = 2.2
     # The fused weight gradient's time over the BLAS lowerings' model:
     # fused_weight_grad_rate + fused_weight_grad_gather * (elements it packs

@@ -71,11 +71,15 @@ def test_choice_rules():
     # the fused lowering outbids the BLAS ones on deep layers
     assert fastconv.plan_conv2d((16, 64, 224, 224), (64, 64, 3, 3), padding=1,
                                 memory_limit="64MiB").method == "fused"
-    # and gemm1x1 on 1x1 layers with large maps (Tuning.fused_pointwise_min_cols),
-    # not on small ones, and not on shallow 3x3 ones (paper_mnist)
+    # and gemm1x1 on 1x1 layers with enough columns in the batch
+    # (Tuning.fused_pointwise_min_cols), not with few, and not on shallow 3x3
+    # ones (paper_mnist)
     assert fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 1, 1)).method == "fused"
     assert fastconv.plan_conv2d((8, 512, 28, 28), (128, 512, 1, 1)).method == "fused"
-    assert fastconv.plan_conv2d((8, 1024, 14, 14), (256, 1024, 1, 1)).method == "gemm1x1"
+    assert fastconv.plan_conv2d((8, 1024, 14, 14), (256, 1024, 1, 1)).method == "fused"
+    assert fastconv.plan_conv2d((8, 2048, 7, 7), (512, 2048, 1, 1)).method == "fused"
+    assert fastconv.plan_conv2d((1, 1024, 14, 14), (256, 1024, 1, 1)).method == "gemm1x1"
+    assert fastconv.plan_conv2d((1, 2048, 7, 7), (512, 2048, 1, 1)).method == "gemm1x1"
     assert fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 3, 3)).method == "stretch"
     # a memory limit below its panels leaves the 1x1 layer to gemm1x1 (no workspace)
     assert fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 1, 1),
