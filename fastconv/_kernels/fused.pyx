@@ -370,7 +370,8 @@ cdef void _pack_a(int isa, const floating *weight, Py_ssize_t rows, Py_ssize_t K
     first row, leading dimension rows) for every KC block: block p holds, for
     each depth k, mr consecutive values (zeros past Kg). Block p of the group
     starts at p*kc*k_pad; the panel within it at panel*mr*kcb. The ISA's
-    function (_fused_*.h) gathers the mr values of a depth step at once."""
+    function (_fused_avx2.h, also AVX-512's) transposes 8 depth steps of the
+    mr rows at a time in registers."""
     cdef Py_ssize_t k0, kcb, f0 = panel * mr
     cdef Py_ssize_t m = Kg - f0 if Kg - f0 < mr else mr
     k0 = 0
@@ -816,8 +817,9 @@ def weight_grad_blocking(dtype, isa=None):
     a group's). Measured (one thread, float32 AVX-512, vs the mapped weight
     gradient): KC=256/NC=192 0.90-1.00x of mapped, KC=576/NC=96 0.75-0.93x,
     KC=128/NC=576 1.02-1.03x, KC=128/NC=1152 0.99-1.05x, KC=64/NC=1152
-    0.96-1.03x: the transposing pack of B^T is scalar, and its strided writes
-    are cheapest into a small (L1/L2) panel reused by many filters.
+    0.96-1.03x (measured when the transposing pack of B^T was scalar: its
+    strided writes were cheapest into a small (L1/L2) panel reused by many
+    filters; not re-tuned since it was vectorised).
     """
     code = isa_code(isa)
     dbl = _dtype_is_double(dtype)
@@ -959,10 +961,10 @@ cdef void _pack_g(int isa, const floating *grad_rows, Py_ssize_t image_step, Py_
     """Gradient rows [0, m) (grad_rows: image 0's first, leading dimension
     cols, images image_step apart) x global columns [j0, j0+kcb) into
     MR-filter panels: panel p at dst + p*MR*kcb, column k at +k*MR; zeros
-    for filters past m. Each run of columns within one image is the weights'
-    packing (_pack_a's ISA function: the MR values of a column gathered at
-    once); a loop writing each value alone, MR apart, took 21 % of the
-    stem's weight gradient (perf)."""
+    for filters past m. Each run of columns within one image is packed as
+    the weights are (_pack_a's ISA function, a register transpose); a loop
+    writing each value alone, MR apart, took 21 % of the stem's weight
+    gradient (perf), and per-column gathers 1.24x that loop's time."""
     cdef Py_ssize_t p, mp, off, j, n, col, run
     cdef const floating *src
     p = 0
