@@ -19,6 +19,7 @@ lowering is its kernel file, its entry here (appended to ``TABLE``), and its
 tests; test and benchmark case lists read ``methods()``.
 """
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -518,6 +519,22 @@ def _zero_padding_only(g):
             f"that gather through the index map ({', '.join(walkers)})")
 
 
+@functools.lru_cache(maxsize=64)
+def _adjoint(g):
+    """The forward convolution that is g's input gradient when g has stride
+    1: grad_x (N, C, H, W) = conv(grad_output (N, K, Ho, Wo), each group's
+    weights transposed to (C/groups) x (K/groups) and reversed), dilated as
+    g, padded on each side by the kernel's span less g's padding there
+    (Fused.unsuitable refuses wider padding); its output is H x W."""
+    from fastconv._params import conv_geometry
+    spans = (g.dilation[0] * (g.R - 1), g.dilation[1] * (g.S - 1))
+    padding = tuple((span - lo, span - hi) for (lo, hi), span in zip(g.padding, spans))
+    adjoint = conv_geometry((g.N, g.K, g.Ho, g.Wo), (g.C, g.K // g.groups, g.R, g.S),
+                            stride=1, padding=padding, dilation=g.dilation, groups=g.groups)
+    assert (adjoint.Ho, adjoint.Wo) == (g.H, g.W), (g, adjoint)
+    return adjoint
+
+
 class Fused(Lowering):
     """fastconv's own GEMM in the BLIS structure (NC, KC, MC blocks; weights
     packed once into MR-row panels; an MR x NR register-blocked micro-kernel
@@ -529,7 +546,13 @@ class Fused(Lowering):
     The weight gradient runs the same micro-kernel on grad_w = G @ B^T, with
     B^T's panels packed through the index map (transposing: an NR-wide
     micro-panel holds NR rows of the stretched matrix per column) and no
-    per-thread accumulators: each item owns a block of grad_w."""
+    per-thread accumulators: each item owns a block of grad_w.
+
+    The input gradient of a stride-1 convolution is itself a forward
+    convolution (_adjoint): of the output gradient, with each group's
+    weights transposed (C x K/groups) and reversed, padded by the kernel's
+    span less the forward padding. It runs as that forward pass, straight
+    into grad_x: no col2im scatter, no product tiles."""
     name = "fused"
     kernel = "fused"
     uses_blas = False
@@ -537,8 +560,24 @@ class Fused(Lowering):
 
     def unsuitable(self, g):
         if self.kind == "input_grad":
-            return "is for the forward pass and the weight gradient"
+            if g.stride != (1, 1):
+                return (f"computes the input gradient of stride-1 convolutions only (as a "
+                        f"forward pass); got stride {g.stride[1] if g.spatial_dims == 1 else g.stride}")
+            spans = (g.dilation[0] * (g.R - 1), g.dilation[1] * (g.S - 1))
+            if any(p > span for pair, span in zip(g.padding, spans) for p in pair):
+                return (f"computes the input gradient only where no side's padding exceeds "
+                        f"the kernel's span {spans}; got padding {g.padding}")
+            if (g.H + sum(g.padding[0]) - spans[0], g.W + sum(g.padding[1]) - spans[1]) != \
+                    (g.Ho, g.Wo):
+                # a transposed convolution's output_padding: rows no output reads
+                return (f"computes the input gradient only where the input is the stride-1 "
+                        f"preimage of the output (no output_padding); got input "
+                        f"{(g.H, g.W)} for output {(g.Ho, g.Wo)}")
         return _zero_padding_only(g)
+
+    def _forward_geometry(self, g):
+        """The geometry the kernel runs: g, or for the input gradient its adjoint."""
+        return _adjoint(g) if self.kind == "input_grad" else g
 
     def defaults(self, planner):
         from fastconv._kernels import fused
@@ -548,13 +587,13 @@ class Fused(Lowering):
         return isa, fused.blocking(planner.dtype, isa)
 
     def propose(self, planner, forced):
-        g = planner.g
+        g = self._forward_geometry(planner.g)
         isa, defaults = self.defaults(planner)
         nr = defaults["NR"]
         kc, nc, mc = defaults["KC"], defaults["NC"], defaults["MC"]
         threads = planner.threads if _machine.openmp_enabled() else 1
         # few columns for the weights: their packing pass is not amortised
-        in_place = (self.kind == "forward"
+        in_place = (self.kind != "weight_grad"
                     and g.N * g.cols <= planner.tuning.fused_in_place_max_cols)
         reason = (f"fastconv's own GEMM ({isa} micro-kernel {defaults['MR']}x{nr}), "
                   "panels gathered through the index map"
@@ -567,7 +606,7 @@ class Fused(Lowering):
                 return plan
             # a tighter limit: the weights in place (no packed copy), then
             # narrower panels, then shallower ones, then one thread
-            if self.kind == "forward" and not in_place:
+            if self.kind != "weight_grad" and not in_place:
                 in_place = True
                 reason += "; weights read in place to fit the limit"
             elif nc > nr:
@@ -580,7 +619,7 @@ class Fused(Lowering):
                 return None
 
     def cost(self, plan, tuning):
-        g = plan.geometry
+        g = self._forward_geometry(plan.geometry)
         m, _, k = self.gemm_shape(plan)
         thin = _thin_gemm_factor(m, k, tuning)
         base = plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads) * thin
@@ -601,6 +640,11 @@ class Fused(Lowering):
         from fastconv._kernels import fused
         columns = max(1, g.N * g.cols)
         padding = fused.padded_columns(columns, plan.dtype, plan.blocking.isa) / columns
+        # and filters in MR-row panels: an input gradient's "filters" are the
+        # input channels (paper_mnist's one channel: 1 row in 8)
+        mr = fused.blocking(plan.dtype, plan.blocking.isa)["MR"]
+        filters = max(1, g.K // g.groups)
+        padding *= -(-filters // mr) * mr / filters
         return base / rate * (1 - tuning.fused_kernel_share + tuning.fused_kernel_share * padding)
 
     def weight_grad_factor(self, plan, tuning):
@@ -631,13 +675,14 @@ class Fused(Lowering):
     def gemm_shape(self, plan):
         """(M, N, K): the forward pass as the BLAS lowerings'; the weight
         gradient filters x rows of the stretched matrix x the batch's columns."""
-        g = plan.geometry
+        g = self._forward_geometry(plan.geometry)
         if self.kind == "weight_grad":
             return (g.K // g.groups, g.rows, g.N * g.cols)
         return (g.K // g.groups, g.cols, g.rows)
 
     def buffers(self, g, dtype, blocking, threads):
         from fastconv._kernels import fused
+        g = self._forward_geometry(g)
         table = (row_table_shape(g), np.intp)
         if self.kind == "weight_grad":
             # per thread: a KC x NC panel of B^T and an MC x KC panel of G
@@ -648,13 +693,16 @@ class Fused(Lowering):
         packed, per_thread = fused.buffer_sizes(g.K, g.rows, g.groups, blocking.kc, blocking.nc,
                                                 dtype, blocking.isa, blocking.weights_in_place)
         # the packed weights (or their edge rows), the packed panels of B, the row table
-        return {"packed_weight": ((packed,), dtype), "workspace": ((threads, per_thread), dtype),
+        bufs = {"packed_weight": ((packed,), dtype), "workspace": ((threads, per_thread), dtype),
                 "table": table}
+        if self.kind == "input_grad":
+            bufs["adjoint_weight"] = ((g.K, g.rows), dtype)   # each group's transposed
+        return bufs
 
     def needed_bytes(self, planner):
         isa, defaults = self.defaults(planner)
         smallest = FusedBlocking(16, defaults["NR"], defaults["MR"], isa,
-                                 weights_in_place=self.kind == "forward")
+                                 weights_in_place=self.kind != "weight_grad")
         return buffer_bytes(self.buffers(planner.g, planner.dtype, smallest, 1))
 
     def too_small(self, planner):
@@ -680,8 +728,24 @@ class Fused(Lowering):
                                            *g.kernel_args, g.groups, plan.flip, b.kc, b.nc,
                                            b.mc, b.isa, threads, row_table=bufs["table"])
             return
-        fused.conv2d_fused(ops.x, ops.filters, ops.bias, ops.out, bufs["packed_weight"],
-                           bufs["workspace"], *g.kernel_args, g.groups, plan.flip,
+        x, filters, bias, out, flip = ops.x, ops.filters, ops.bias, ops.out, plan.flip
+        if self.kind == "input_grad":
+            # grad_x = the adjoint's forward pass: the output gradient as its
+            # input, each group's weights (K/groups x C/groups x taps)
+            # transposed, the kernel reversed (again, if flip reversed it)
+            adjoint = _adjoint(g)
+            taps = g.R * g.S
+            kg, cg = g.K // g.groups, g.C // g.groups
+            filters = bufs["adjoint_weight"]
+            np.copyto(filters.reshape(g.groups, cg, kg, taps),
+                      ops.filters.reshape(g.groups, kg, cg, taps).transpose(0, 2, 1, 3))
+            x = ops.grad.reshape(g.N, g.K, g.Ho, g.Wo)
+            out = ops.out.reshape(g.N, g.C, g.H * g.W)
+            bias = np.zeros(0, plan.dtype)
+            flip = not flip
+            g = adjoint
+        fused.conv2d_fused(x, filters, bias, out, bufs["packed_weight"],
+                           bufs["workspace"], *g.kernel_args, g.groups, flip,
                            b.kc, b.nc, b.mc, b.isa, threads, row_table=bufs["table"],
                            weights_in_place=b.weights_in_place)
 

@@ -7,8 +7,10 @@ import pytest
 from hypothesis import given, settings, HealthCheck, strategies as st
 
 import fastconv
-from cases import (DTYPES, GRADIENT_METHODS as METHODS, WEIGHT_GRAD_METHODS, conv_cases,
-                   random_arrays, small_tiles)
+from fastconv import _tuning
+from fastconv._kernels.fused import supported_isas
+from cases import (DTYPES, GRADIENT_METHODS as METHODS, WEIGHT_GRAD_METHODS, blas_rules,
+                   conv_cases, random_arrays, small_tiles)
 from reference import (assert_close, conv2d_input_grad_reference, conv2d_reference,
                        conv2d_weight_grad_reference, conv_transpose2d_reference)
 
@@ -67,6 +69,68 @@ def test_weight_grad_only_lowerings_match_reference(case, limit):
     out = np.full(w.shape, np.nan, case["dtype"])
     assert fastconv.conv2d_weight_grad(x, w.shape, grad, out=out, **kw) is out
     np.testing.assert_array_equal(out, grad_w)
+
+
+@st.composite
+def stride_one_cases(draw):
+    """A stride-1 convolution whose padding never exceeds the kernel's span
+    on a side: the geometries whose input gradient runs fused."""
+    case = draw(conv_cases(["fused"]))
+    spans = (case["dilation"][0] * (case["R"] - 1), case["dilation"][1] * (case["S"] - 1))
+    padding = tuple((draw(st.integers(0, span)), draw(st.integers(0, span))) for span in spans)
+    H = draw(st.integers(max(1, spans[0] + 1 - sum(padding[0])), 13))
+    W = draw(st.integers(max(1, spans[1] + 1 - sum(padding[1])), 13))
+    return dict(case, stride=(1, 1), padding=padding, H=H, W=W, method="fused")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stride_one_cases(), st.sampled_from([None, 8192, 60_000]),
+       st.sampled_from(supported_isas()))
+def test_fused_input_grad_matches_reference(case, limit, isa):
+    """The input gradient as the adjoint's forward pass (stride 1): odd
+    sizes, groups, dilation, uneven padding up to the kernel's span, flip,
+    both dtypes, threads, every ISA, tight limits; it writes every element."""
+    x, w, _ = random_arrays(case)
+    grad = _grad_output(case, np.random.default_rng(case["seed"] + 1))
+    kw = dict(_conv(case), method="fused", num_threads=case["threads"], memory_limit=limit)
+    with _tuning.tuned(isa=isa):
+        try:
+            plan = fastconv.plan_conv2d(x.shape, w.shape, case["dtype"], kind="input_grad",
+                                        **{k: v for k, v in kw.items() if k != "flip"})
+        except fastconv.WorkspaceLimitError as exc:
+            assert limit is not None and "needs" in str(exc)
+            return
+        assert plan.method == "fused" and (limit is None or plan.workspace_bytes <= limit)
+        out = np.full(x.shape, np.nan, case["dtype"])
+        grad_x = fastconv.conv2d_input_grad(x.shape, w, grad, out=out, **kw)
+    assert grad_x is out
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)),
+                 case["dtype"])
+
+
+def test_fused_input_grad_of_conv1d_and_what_it_refuses():
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((2, 4, 23)), rng.standard_normal((6, 2, 4))
+    conv = dict(padding=(3, 1), dilation=2, groups=2)
+    g = rng.standard_normal(fastconv.conv1d(x, w, **conv).shape)
+    assert_close(fastconv.conv1d_input_grad(x.shape, w, g, method="fused", **conv),
+                 conv2d_input_grad_reference((2, 4, 1, 23), w[:, :, None], g[:, :, None],
+                                             padding=((0, 0), (3, 1)), dilation=(1, 2),
+                                             groups=2)[:, :, 0], np.float64)
+    with pytest.raises(ValueError, match="stride-1 convolutions only"):
+        fastconv.plan_conv2d((1, 2, 9, 9), (2, 2, 3, 3), stride=2, kind="input_grad",
+                             method="fused")
+    with pytest.raises(ValueError, match="exceeds the kernel's span"):
+        fastconv.plan_conv2d((1, 2, 9, 9), (2, 2, 3, 3), padding=3, kind="input_grad",
+                             method="fused")
+    with pytest.raises(ValueError, match="no output_padding"):
+        fastconv.conv_transpose2d(np.ones((1, 2, 4, 4)), np.ones((2, 2, 3, 3)), dilation=2,
+                                  output_padding=1, method="fused")
+    # deep stride-1 layers plan it; paper_mnist's one channel (1 row in 8) does not
+    assert fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1,
+                                kind="input_grad").method == "fused"
+    assert fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 3, 3),
+                                kind="input_grad").method != "fused"
 
 
 @settings(max_examples=150, deadline=None)
@@ -241,17 +305,18 @@ def test_gradient_workspace_within_limit_and_really_allocated(kind, N, C, K, H, 
 
 def test_gradient_plans_follow_the_forward_rules():
     vgg = (16, 64, 224, 224), (64, 64, 3, 3)
-    # auto takes the fused weight gradient here (the BLAS rules are this
-    # test's subject, so mapped is asked for; fused fits the limit too)
-    fused_plan = fastconv.plan_conv2d(*vgg, padding=1, memory_limit="64MiB", kind="weight_grad")
-    assert fused_plan.method == "fused" and fused_plan.workspace_bytes <= 64 * 2**20, fused_plan
+    # auto takes fused for both gradients here, within the limit (the BLAS
+    # rules are this test's subject, so they are asked for by name below)
+    for kind in ("input_grad", "weight_grad"):
+        fused_plan = fastconv.plan_conv2d(*vgg, padding=1, memory_limit="64MiB", kind=kind)
+        assert fused_plan.method == "fused" and fused_plan.workspace_bytes <= 64 * 2**20, fused_plan
     for kind in ("input_grad", "weight_grad"):
         plan = fastconv.plan_conv2d(*vgg, padding=1, memory_limit="64MiB", kind=kind,
-                                    method="auto" if kind == "input_grad" else "mapped")
+                                    method="mapped")
         assert plan.method == "mapped" and plan.workspace_bytes <= 64 * 2**20, plan
         assert f"{kind}, mapped" in repr(plan)
         small = fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1, kind=kind,
-                                     method="auto" if kind == "input_grad" else "stretch")
+                                     method="stretch")
         # small images: several per GEMM, as in the forward pass (wider GEMMs
         # for the input gradient, deeper ones for the weight gradient)
         assert small.method == "stretch" and small.blocking.images == 2, small
@@ -265,7 +330,14 @@ def test_gradient_plans_follow_the_forward_rules():
             shallow = fastconv.plan_conv2d((8, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3,
                                            kind=kind)
             assert shallow.method != "fused", shallow
-        assert fastconv.plan_conv2d((8, 64, 56, 56), (256, 64, 1, 1), kind=kind).method == "gemm1x1"
+        # a 1x1 layer: the weight gradient on gemm1x1; the input gradient is
+        # a 1x1 forward pass with 64 filters over the batch's columns, fused
+        # (0.81x gemm1x1's time, interleaved, fp32, 2 threads)
+        pointwise = fastconv.plan_conv2d((8, 64, 56, 56), (256, 64, 1, 1), kind=kind).method
+        assert pointwise == ("fused" if kind == "input_grad" else "gemm1x1"), pointwise
+        with blas_rules():
+            assert fastconv.plan_conv2d((8, 64, 56, 56), (256, 64, 1, 1),
+                                        kind=kind).method == "gemm1x1"
     # a gradient plan executes like the function of its kind, and names the
     # operands it expects
     rng = np.random.default_rng(3)
