@@ -318,6 +318,9 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
         the same size, lowered by the same rules; their workspace also
         counts the product tiles scattered back (input gradient) and one
         accumulator of the weight's size per extra thread (weight gradient).
+        At stride 1 the input gradient can also run fused, as the forward
+        convolution it is (the weights transposed per group and reversed);
+        its workspace then holds that transposed copy of the weights.
 
     Returns
     -------
