@@ -527,8 +527,7 @@ def _adjoint(g):
     g, padded on each side by the kernel's span less g's padding there
     (Fused.unsuitable refuses wider padding); its output is H x W."""
     from fastconv._params import conv_geometry
-    spans = (g.dilation[0] * (g.R - 1), g.dilation[1] * (g.S - 1))
-    padding = tuple((span - lo, span - hi) for (lo, hi), span in zip(g.padding, spans))
+    padding = tuple((span - lo, span - hi) for (lo, hi), span in zip(g.padding, g.spans))
     adjoint = conv_geometry((g.N, g.K, g.Ho, g.Wo), (g.C, g.K // g.groups, g.R, g.S),
                             stride=1, padding=padding, dilation=g.dilation, groups=g.groups)
     assert (adjoint.Ho, adjoint.Wo) == (g.H, g.W), (g, adjoint)
@@ -563,7 +562,7 @@ class Fused(Lowering):
             if g.stride != (1, 1):
                 return (f"computes the input gradient of stride-1 convolutions only (as a "
                         f"forward pass); got stride {g.stride[1] if g.spatial_dims == 1 else g.stride}")
-            spans = (g.dilation[0] * (g.R - 1), g.dilation[1] * (g.S - 1))
+            spans = g.spans
             if any(p > span for pair, span in zip(g.padding, spans) for p in pair):
                 return (f"computes the input gradient only where no side's padding exceeds "
                         f"the kernel's span {spans}; got padding {g.padding}")
@@ -579,6 +578,12 @@ class Fused(Lowering):
         """The geometry the kernel runs: g, or for the input gradient its adjoint."""
         return _adjoint(g) if self.kind == "input_grad" else g
 
+    @property
+    def _runs_forward_kernel(self):
+        """The forward pass and the input gradient (its adjoint's forward
+        pass) run conv2d_fused, which can read the weights in place."""
+        return self.kind != "weight_grad"
+
     def defaults(self, planner):
         from fastconv._kernels import fused
         isa = fused_isa(planner.tuning.isa)
@@ -593,7 +598,7 @@ class Fused(Lowering):
         kc, nc, mc = defaults["KC"], defaults["NC"], defaults["MC"]
         threads = planner.threads if _machine.openmp_enabled() else 1
         # few columns for the weights: their packing pass is not amortised
-        in_place = (self.kind != "weight_grad"
+        in_place = (self._runs_forward_kernel
                     and g.N * g.cols <= planner.tuning.fused_in_place_max_cols)
         reason = (f"fastconv's own GEMM ({isa} micro-kernel {defaults['MR']}x{nr}), "
                   "panels gathered through the index map"
@@ -606,7 +611,7 @@ class Fused(Lowering):
                 return plan
             # a tighter limit: the weights in place (no packed copy), then
             # narrower panels, then shallower ones, then one thread
-            if self.kind != "weight_grad" and not in_place:
+            if self._runs_forward_kernel and not in_place:
                 in_place = True
                 reason += "; weights read in place to fit the limit"
             elif nc > nr:
@@ -702,7 +707,7 @@ class Fused(Lowering):
     def needed_bytes(self, planner):
         isa, defaults = self.defaults(planner)
         smallest = FusedBlocking(16, defaults["NR"], defaults["MR"], isa,
-                                 weights_in_place=self.kind != "weight_grad")
+                                 weights_in_place=self._runs_forward_kernel)
         return buffer_bytes(self.buffers(planner.g, planner.dtype, smallest, 1))
 
     def too_small(self, planner):

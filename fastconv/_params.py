@@ -56,6 +56,12 @@ class ConvGeometry:
         return self.Ho * self.Wo
 
     @property
+    def spans(self):
+        """(dh*(R-1), dw*(S-1)): how far the dilated kernel reaches past its
+        first tap along each axis."""
+        return (self.dilation[0] * (self.R - 1), self.dilation[1] * (self.S - 1))
+
+    @property
     def output_shape(self):
         if self.spatial_dims == 1:
             return (self.N, self.K, self.Wo)

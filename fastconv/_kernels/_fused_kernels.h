@@ -232,4 +232,20 @@ static inline fc_pack_a_f64_t fc_pack_a_f64(int isa)
     return fc_pack_a_generic_f64;
 }
 
+/* The kernel for a micro-panel pw columns wide (fused.pyx's _panel_width):
+ * the ISA's full tile for NR, its narrow kernel of pw / fc_lanes vectors for
+ * a partial panel packed narrower (the forward's columns, the weight
+ * gradient's rows). */
+static inline fc_ukr_f32_t fc_ukr_width_f32(int isa, ptrdiff_t pw)
+{
+    if (pw >= fc_nr(isa, 0)) return fc_ukr_f32(isa);
+    return fc_ukr_narrow_f32(isa, (int)(pw / fc_lanes(isa, 0)));
+}
+
+static inline fc_ukr_f64_t fc_ukr_width_f64(int isa, ptrdiff_t pw)
+{
+    if (pw >= fc_nr(isa, 1)) return fc_ukr_f64(isa);
+    return fc_ukr_narrow_f64(isa, (int)(pw / fc_lanes(isa, 1)));
+}
+
 #endif /* FASTCONV_FUSED_KERNELS_H */

@@ -59,6 +59,8 @@ cdef extern from "_fused_kernels.h" nogil:
     fc_ukr_f64_t fc_ukr_f64(int isa)
     fc_ukr_f32_t fc_ukr_narrow_f32(int isa, int nv)
     fc_ukr_f64_t fc_ukr_narrow_f64(int isa, int nv)
+    fc_ukr_f32_t fc_ukr_width_f32(int isa, Py_ssize_t pw)
+    fc_ukr_f64_t fc_ukr_width_f64(int isa, Py_ssize_t pw)
     ctypedef void (*fc_pack_f32_t)(float *, Py_ssize_t, Py_ssize_t, const Py_ssize_t *,
                                    const float *, const Py_ssize_t *, int, Py_ssize_t) noexcept nogil
     ctypedef void (*fc_pack_f64_t)(double *, Py_ssize_t, Py_ssize_t, const Py_ssize_t *,
@@ -577,8 +579,6 @@ cdef void _run_item(const Geometry *geo, const floating *x_group, const Py_ssize
     (geo.a_in_place) its edge rows."""
     cdef floating tile[MAX_MR * MAX_NR]
     cdef Py_ssize_t lda = geo.rows if geo.a_in_place else 0
-    cdef fc_ukr_f32_t ukr32 = fc_ukr_f32(geo.isa)
-    cdef fc_ukr_f64_t ukr64 = fc_ukr_f64(geo.isa)
     cdef fc_ukr_f32_t panel32
     cdef fc_ukr_f64_t panel64
     cdef Py_ssize_t mr = geo.mr, nr = geo.nr, cols = geo.cols, Kg = geo.Kg
@@ -604,12 +604,8 @@ cdef void _run_item(const Geometry *geo, const floating *x_group, const Py_ssize
             while jr < width:
                 nvalid = width - jr if width - jr < nr else nr
                 pw = _panel_width(nvalid, nr, geo.lanes)
-                if pw == nr:
-                    panel32 = ukr32
-                    panel64 = ukr64
-                else:
-                    panel32 = fc_ukr_narrow_f32(geo.isa, <int> (pw // geo.lanes))
-                    panel64 = fc_ukr_narrow_f64(geo.isa, <int> (pw // geo.lanes))
+                panel32 = fc_ukr_width_f32(geo.isa, pw)
+                panel64 = fc_ukr_width_f64(geo.isa, pw)
                 j = j0 + jr
                 n = j // cols
                 col = j - n * cols
@@ -967,6 +963,8 @@ cdef void _pack_g(int isa, const floating *grad_rows, Py_ssize_t image_step, Py_
     gradient (perf), and per-column gathers 1.24x that loop's time."""
     cdef Py_ssize_t p, mp, off, j, n, col, run
     cdef const floating *src
+    cdef fc_pack_a_f32_t pack32 = fc_pack_a_f32(isa)
+    cdef fc_pack_a_f64_t pack64 = fc_pack_a_f64(isa)
     p = 0
     while p * mr < m:
         mp = m - p * mr if m - p * mr < mr else mr
@@ -976,9 +974,9 @@ cdef void _pack_g(int isa, const floating *grad_rows, Py_ssize_t image_step, Py_
             run = _image_run(j, kcb - off, cols, &n, &col)
             src = grad_rows + n * image_step + p * mr * cols + col
             if floating is float:
-                fc_pack_a_f32(isa)(src, cols, mp, mr, run, dst + p * mr * kcb + off * mr)
+                pack32(src, cols, mp, mr, run, dst + p * mr * kcb + off * mr)
             else:
-                fc_pack_a_f64(isa)(src, cols, mp, mr, run, dst + p * mr * kcb + off * mr)
+                pack64(src, cols, mp, mr, run, dst + p * mr * kcb + off * mr)
             off += run
             j += run
         p += 1
@@ -1016,12 +1014,8 @@ cdef void _weight_grad_item(int isa, const floating *x_group, Py_ssize_t xs_n,
         while jr < nrows:
             nvalid = nrows - jr if nrows - jr < nr else nr
             pw = _panel_width(nvalid, nr, lanes)
-            if pw == nr:
-                ukr32 = fc_ukr_f32(isa)
-                ukr64 = fc_ukr_f64(isa)
-            else:
-                ukr32 = fc_ukr_narrow_f32(isa, <int> (pw // lanes))
-                ukr64 = fc_ukr_narrow_f64(isa, <int> (pw // lanes))
+            ukr32 = fc_ukr_width_f32(isa, pw)
+            ukr64 = fc_ukr_width_f64(isa, pw)
             ir = 0
             while ir < m:
                 mvalid = m - ir if m - ir < mr else mr
