@@ -18,9 +18,10 @@
 #       call, which the columns amortise: with few columns (ResNet-50 5b, 8 x
 #       49) it is ~6 % of the run, with many the packed panel's contiguous
 #       reads win (the planner decides: Tuning.fused_in_place_max_cols).
-#   work items: (group, block of <= NC columns, block of filters), dealt by
-#       a dynamic OpenMP schedule; _work_split sizes the blocks so that 2
-#       threads get equal work even when the problem is small.
+#   work items: (group, block of columns, block of filters), dealt by a
+#       dynamic OpenMP schedule, run NC columns at a time; _work_split sizes
+#       the blocks so that 2 threads get equal work even when the problem
+#       is small.
 #   per item, per KC block: the item's thread gathers B (KC x NC) straight
 #       from the input through the row table into NR-wide micro-panels in its
 #       workspace (zero padding, stride, dilation, flip and any input strides,
@@ -294,9 +295,13 @@ def buffer_sizes(K, rows, groups, kc, nc, dtype, isa=None, weights_in_place=Fals
 
 # ---------------------------------------------------------------- work split
 
-# Cost of gathering one element of B, in multiply-adds: a copy (about one
-# tenth of a cycle per float, vectorised) against 32 float MACs per cycle.
-cdef double GATHER_MACS = 4
+# Cost of gathering one element of B, in multiply-adds of the micro-kernel.
+# Measured by perf: packing took 8 % of ResNet-50 3b_3x3 (128 filters, B
+# packed once) and 7.9 % of 4b_3x3 (256 filters, B packed once per each of 2
+# filter blocks): x / (128 + x) = 0.08 and 2x / (256 + 2x) = 0.079 give
+# x = 11 (the old guess of 4, from a copy's throughput, let 4b, 4b_1x1 and
+# VGG-16 3_2 pack B twice).
+cdef double GATHER_MACS = 11
 # Fixed cost of a work item (finding and packing its panels), in MACs.
 cdef double ITEM_MACS = 20000
 
@@ -309,19 +314,24 @@ def _work_split(Py_ssize_t total_cols, Py_ssize_t Kg, Py_ssize_t groups, Py_ssiz
 
     One thread, or plenty of items (>= 64 per thread): blocks of nc columns
     (rounded up to NR), all the group's filters per item. Otherwise the
-    candidate splits (up to 2*threads more column blocks, up to 2*threads
-    filter blocks) are scored by the makespan of a greedy in-order
-    assignment, which is what the dynamic schedule does, under a cost model
-    (padded MACs, a partial last panel padded to lanes (_panel_width),
-    + gather + a fixed cost per item); ties go to fewer items.
-    E.g. ResNet-50 5b_3x3 (8 x 49 = 392 columns x 512 filters) on 2 threads
-    becomes 3 x 2 items rather than 192 + 192 + 8 columns, and 3b_3x3's 33
-    blocks of 192 columns become 34 of 186. A filter block costs its own
-    gather of B (each thread packs the panel it needs).
+    candidate splits (from `threads` column blocks up to 4*threads more than
+    nc-wide blocks need, widths in whole vectors (lanes; NR without narrow
+    kernels); up to 2*threads filter blocks) are scored by the makespan of a
+    greedy in-order assignment, which is what the dynamic schedule does,
+    under a cost model (padded MACs, a partial last panel padded to lanes
+    (_panel_width), + gather + a fixed cost per item); ties go to fewer
+    items. A block wider than nc runs nc columns at a time (conv2d_fused),
+    so B is gathered once per filter block whatever the width; a filter
+    block costs its own gather of B (each thread packs the panel it needs).
+    E.g. on 2 threads ResNet-50 4b_1x1 (1568 columns) becomes 2 blocks of
+    784 columns, all filters each, not 9 x 2 items of 192 columns x 128
+    filters: 0.90x the time (interleaved A/B); 5b_3x3 (392 columns x 512
+    filters) 2 x 2 items of 208 + 184 columns x 256 filters.
     """
     cdef Py_ssize_t width_max = _round_up(nc, nr)
     cdef Py_ssize_t nb_min = _ceil_div(total_cols, width_max)
     cdef Py_ssize_t k_pad = _round_up(Kg, mr)
+    cdef Py_ssize_t granule = lanes if lanes else nr
     if threads <= 1 or groups * nb_min >= 64 * threads:
         return width_max, nb_min, k_pad, 1
     cdef double[::1] load = np.zeros(threads)
@@ -329,8 +339,8 @@ def _work_split(Py_ssize_t total_cols, Py_ssize_t Kg, Py_ssize_t groups, Py_ssiz
     cdef Py_ssize_t nb_c, nb_m, width, n_cb, height, n_mb, cb, mb, w, h, g, t, i_min
     cdef Py_ssize_t best_items = 0
     best = None
-    for nb_c in range(nb_min, nb_min + 2 * threads + 1):
-        width = _round_up(_ceil_div(total_cols, nb_c), nr)
+    for nb_c in range(min(nb_min, threads), nb_min + 4 * threads + 1):
+        width = _round_up(_ceil_div(total_cols, nb_c), granule)
         n_cb = _ceil_div(total_cols, width)
         for nb_m in range(1, 2 * threads + 1):
             height = _round_up(_ceil_div(Kg, nb_m), mr)
@@ -753,7 +763,8 @@ def conv2d_fused(const floating[:, :, :, :] x,
     cdef const floating *bias_ptr = &bias[0] if bias.shape[0] > 0 else NULL
     cdef floating *packed = _aligned(&packed_weight[0])
     cdef floating *out0 = &out[0, 0, 0]
-    cdef Py_ssize_t item, g, cb, mb, j0, w, m0, m1, panel
+    cdef Py_ssize_t item, g, cb, mb, j0, w, m0, m1, panel, s0
+    cdef Py_ssize_t sub_width = _round_up(nc, nr)
     cdef Py_ssize_t n_panels = geo.k_pad // mr
     cdef Py_ssize_t a_stride = mr * rows if weights_in_place else geo.k_pad * rows
 
@@ -782,11 +793,15 @@ def conv2d_fused(const floating[:, :, :, :] x,
             w = total - j0 if total - j0 < cb_width else cb_width
             m0 = mb * mb_height
             m1 = m0 + mb_height if m0 + mb_height < geo.Kg else geo.Kg
-            _run_item(&geo, x0 + g * c_group * xs_c, &table[0, 0],
-                      &weight[g * geo.Kg, 0], packed + g * a_stride,
-                      bias_ptr + g * geo.Kg if bias_ptr != NULL else NULL,
-                      out0 + g * geo.Kg * cols, _aligned(&workspace[threadid(), 0]),
-                      j0, w, m0, m1)
+            # a block wider than the workspace's panel: nc columns at a time
+            s0 = 0
+            while s0 < w:
+                _run_item(&geo, x0 + g * c_group * xs_c, &table[0, 0],
+                          &weight[g * geo.Kg, 0], packed + g * a_stride,
+                          bias_ptr + g * geo.Kg if bias_ptr != NULL else NULL,
+                          out0 + g * geo.Kg * cols, _aligned(&workspace[threadid(), 0]),
+                          j0 + s0, w - s0 if w - s0 < sub_width else sub_width, m0, m1)
+                s0 = s0 + sub_width   # (not +=: Cython would make it a reduction)
 
 
 # ---------------------------------------------------------------- weight gradient
