@@ -739,11 +739,8 @@ class Fused(Lowering):
             # input, each group's weights (K/groups x C/groups x taps)
             # transposed, the kernel reversed (again, if flip reversed it)
             adjoint = _adjoint(g)
-            taps = g.R * g.S
-            kg, cg = g.K // g.groups, g.C // g.groups
             filters = bufs["adjoint_weight"]
-            np.copyto(filters.reshape(g.groups, cg, kg, taps),
-                      ops.filters.reshape(g.groups, kg, cg, taps).transpose(0, 2, 1, 3))
+            fused.adjoint_filters(ops.filters, filters, g.groups, g.R * g.S, threads)
             x = ops.grad.reshape(g.N, g.K, g.Ho, g.Wo)
             out = ops.out.reshape(g.N, g.C, g.H * g.W)
             bias = np.zeros(0, plan.dtype)

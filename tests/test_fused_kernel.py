@@ -521,3 +521,25 @@ def test_padded_columns_narrows_only_the_last_panel(isa, dtype):
         assert fused.padded_columns(columns, dtype, isa) == full * nr + last
     with pytest.raises(ValueError):
         fused.padded_columns(-1, dtype, isa)
+
+
+@settings(max_examples=40, deadline=None)
+@given(kg=st.integers(1, 40), cg=st.integers(1, 40), groups=st.integers(1, 3),
+       taps=st.sampled_from([1, 2, 9, 25]), threads=st.integers(1, 3),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**32 - 1))
+def test_adjoint_filters_transposes_each_group(kg, cg, groups, taps, threads, dtype, seed):
+    # the input gradient's weights: each group's (filters x channels) swapped,
+    # the taps of each pair kept in order; tiles of 16 must not drop the edges
+    w = np.random.default_rng(seed).standard_normal((groups * kg, cg * taps)).astype(dtype)
+    out = np.full((groups * cg, kg * taps), np.nan, dtype)
+    fused.adjoint_filters(w, out, groups, taps, threads)
+    want = w.reshape(groups, kg, cg, taps).transpose(0, 2, 1, 3).reshape(groups * cg, kg * taps)
+    np.testing.assert_array_equal(out, want)
+
+
+def test_adjoint_filters_rejects_mismatched_shapes():
+    w = np.zeros((4, 6 * 9), np.float32)
+    with pytest.raises(ValueError, match="groups=4 must divide"):
+        fused.adjoint_filters(w, np.zeros((6, 9), np.float32), 4, 9, 1)
+    with pytest.raises(ValueError, match="do not match"):
+        fused.adjoint_filters(w, np.zeros((6, 5 * 9), np.float32), 1, 9, 1)
