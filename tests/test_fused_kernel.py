@@ -319,10 +319,11 @@ def test_empty_batch_and_bias_only(dtype):
 
 def run_fused_weight_grad(x, weight_shape, grad, *, stride=(1, 1), padding=((0, 0), (0, 0)),
                           dilation=(1, 1), groups=1, flip=False, isa="generic", threads=1,
-                          kc=None, nc=None, mc=None, initial=None):
+                          kc=None, nc=None, mc=None, initial=None, g_in_place=None):
     """conv2d_fused_weight_grad with a workspace sized by
     weight_grad_buffer_sizes; initial: accumulate onto it (else overwrite a
-    NaN-filled grad_w)."""
+    NaN-filled grad_w); g_in_place: read the output gradient in place or
+    pack it (None: the kernel's rule)."""
     dtype = x.dtype
     N, K, Ho, Wo = grad.shape
     _, Cg, R, S = weight_shape
@@ -335,14 +336,18 @@ def run_fused_weight_grad(x, weight_shape, grad, *, stride=(1, 1), padding=((0, 
     fused.conv2d_fused_weight_grad(x, np.ascontiguousarray(grad.reshape(N, K, Ho * Wo)), grad_w,
                                    workspace, R, S, Wo, stride[0], stride[1], padding[0][0],
                                    padding[1][0], dilation[0], dilation[1], groups, flip,
-                                   kc, nc, mc, isa, threads, initial is not None)
+                                   kc, nc, mc, isa, threads, initial is not None,
+                                   g_in_place=g_in_place)
     return grad_w.reshape(weight_shape)
 
 
+@pytest.mark.parametrize("g_in_place", [True, False])
 @pytest.mark.parametrize("isa", ISAS)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=fused_cases())
-def test_fused_weight_grad_matches_reference(isa, case):
+def test_fused_weight_grad_matches_reference(isa, g_in_place, case):
+    # g_in_place: the output gradient's rows read in place (depth blocks end
+    # with each image, a partial panel of filters packed) or packed
     rng = np.random.default_rng(case["seed"])
     dtype = case["dtype"]
     x = make_view(rng.standard_normal((case["N"], case["C"], case["H"], case["W"])).astype(dtype),
@@ -355,7 +360,8 @@ def test_fused_weight_grad_matches_reference(isa, case):
     grad = rng.standard_normal((case["N"], case["K"], Ho, Wo)).astype(dtype)
     initial = rng.standard_normal(wshape).astype(dtype) if case["bias"] else None
     out = run_fused_weight_grad(x, wshape, grad, isa=isa, threads=case["threads"], kc=case["kc"],
-                                nc=case["nc"], mc=case["mc"], initial=initial, **conv)
+                                nc=case["nc"], mc=case["mc"], initial=initial,
+                                g_in_place=g_in_place, **conv)
     expected = conv2d_weight_grad_reference(x, wshape, grad, **conv)
     if initial is not None:
         expected = expected + initial

@@ -1071,7 +1071,7 @@ cdef void _weight_grad_item(int isa, const floating *x_group, Py_ssize_t xs_n,
                             Py_ssize_t row_step, Py_ssize_t col_step, Py_ssize_t total,
                             Py_ssize_t kc, Py_ssize_t r0, Py_ssize_t nrows, Py_ssize_t m,
                             Py_ssize_t width, Py_ssize_t mr, Py_ssize_t nr, Py_ssize_t lanes,
-                            bint accumulate, floating *out, Py_ssize_t ld_out,
+                            bint accumulate, bint g_in_place, floating *out, Py_ssize_t ld_out,
                             floating *buf) noexcept nogil:
     """One work item of the weight gradient: filters [0, m) (grad_rows: the
     first one's gradient) x table rows [r0, r0+nrows) into out (leading
@@ -1082,14 +1082,23 @@ cdef void _weight_grad_item(int isa, const floating *x_group, Py_ssize_t xs_n,
     the workspace (seeded with out's values if accumulate, so the sums run
     in the same order as into out) and are written once at the end: a
     store per depth block, element by element, took 5 % of the stem's
-    weight gradient (perf)."""
+    weight gradient (perf).
+
+    g_in_place: the micro-kernel reads MR rows of the output gradient in
+    place (lda = cols), as the forward pass reads the weights, and only a
+    partial last panel of filters is packed; the depth blocks then end
+    where an image does (each image's columns in equal blocks of at most
+    kc), since the rows jump between images."""
     cdef floating tile[MAX_MR * MAX_NR]
     cdef fc_ukr_f32_t ukr32
     cdef fc_ukr_f64_t ukr64
     cdef floating *bpanel = buf
     cdef floating *gpanel = _aligned(buf + kc * width)
     cdef floating *edge = _aligned(gpanel + kc * _round_up(m, mr))
-    cdef Py_ssize_t k0, kcb, jr, ir, nvalid, mvalid, pw, i, t
+    cdef Py_ssize_t k0, kcb, jr, ir, nvalid, mvalid, pw, i, t, n_img, col0, alda
+    cdef Py_ssize_t g_block = _ceil_div(cols, _ceil_div(cols, kc))
+    cdef Py_ssize_t m_full = m // mr * mr
+    cdef const floating *ap
     cdef Py_ssize_t edge_col = nrows // nr * nr, edge_valid = nrows - edge_col
     cdef Py_ssize_t edge_pw = _panel_width(edge_valid, nr, lanes) if edge_valid else 0
     cdef floating *c
@@ -1104,10 +1113,18 @@ cdef void _weight_grad_item(int isa, const floating *x_group, Py_ssize_t xs_n,
     k0 = 0
     while k0 < total:
         kcb = total - k0 if total - k0 < kc else kc
+        n_img = k0 // cols
+        col0 = k0 - n_img * cols
+        if g_in_place:
+            kcb = cols - col0 if cols - col0 < g_block else g_block
         first = k0 == 0 and not accumulate
         _pack_bt(isa, x_group, xs_n, table, r0, nrows, k0, kcb, cols, Wo, row_step, col_step, nr,
                  lanes, bpanel)
-        _pack_g(isa, grad_rows, image_step, cols, m, k0, kcb, mr, gpanel)
+        if not g_in_place:
+            _pack_g(isa, grad_rows, image_step, cols, m, k0, kcb, mr, gpanel)
+        elif m_full < m:
+            _pack_g(isa, grad_rows + m_full * cols, image_step, cols, m - m_full, k0, kcb, mr,
+                    gpanel + m_full * kcb)
         jr = 0
         while jr < nrows:
             nvalid = nrows - jr if nrows - jr < nr else nr
@@ -1118,24 +1135,30 @@ cdef void _weight_grad_item(int isa, const floating *x_group, Py_ssize_t xs_n,
             while ir < m:
                 mvalid = m - ir if m - ir < mr else mr
                 c = out + ir * ld_out + jr
+                if g_in_place and ir < m_full:
+                    ap = grad_rows + n_img * image_step + ir * cols + col0
+                    alda = cols
+                else:
+                    ap = gpanel + ir * kcb
+                    alda = 0
                 if nvalid != pw:
                     # the partial panel of rows: into the edge tile
                     if floating is float:
-                        ukr32(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, edge + ir * pw, pw,
+                        ukr32(kcb, ap, alda, bpanel + jr * kcb, edge + ir * pw, pw,
                               0, NULL)
                     else:
-                        ukr64(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, edge + ir * pw, pw,
+                        ukr64(kcb, ap, alda, bpanel + jr * kcb, edge + ir * pw, pw,
                               0, NULL)
                 elif nvalid == pw and mvalid == mr:
                     if floating is float:
-                        ukr32(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, c, ld_out, first, NULL)
+                        ukr32(kcb, ap, alda, bpanel + jr * kcb, c, ld_out, first, NULL)
                     else:
-                        ukr64(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, c, ld_out, first, NULL)
+                        ukr64(kcb, ap, alda, bpanel + jr * kcb, c, ld_out, first, NULL)
                 else:
                     if floating is float:
-                        ukr32(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, tile, pw, 1, NULL)
+                        ukr32(kcb, ap, alda, bpanel + jr * kcb, tile, pw, 1, NULL)
                     else:
-                        ukr64(kcb, gpanel + ir * kcb, 0, bpanel + jr * kcb, tile, pw, 1, NULL)
+                        ukr64(kcb, ap, alda, bpanel + jr * kcb, tile, pw, 1, NULL)
                     for i in range(mvalid):
                         for t in range(nvalid):
                             if first:
@@ -1151,6 +1174,18 @@ cdef void _weight_grad_item(int isa, const floating *x_group, Py_ssize_t xs_n,
                 out[i * ld_out + edge_col + t] = edge[i * edge_pw + t]
 
 
+# The output gradient is read in place (no packing of G) when each image has
+# at least this many depth blocks of kc columns: its depth blocks end with the
+# image, so small maps would make short micro-kernel calls (ResNet-50 5b:
+# 49 columns per image). And not when a row of G is a multiple of 4 KiB: its
+# rows then fall in one set of the L1 cache and evict each other. Measured,
+# interleaved, fp32, 2 threads, in place / packed: paper_mnist 0.76, stem
+# 0.94, 2a 3x3 0.95, 3b 0.98, 3a 3x3/2 0.99; VGG-16 conv1_2 (rows of 196 KiB)
+# 1.05 and dilated (16 KiB) 1.03.
+G_IN_PLACE_MIN_BLOCKS = 4
+G_ALIASED_ROW_BYTES = 4096
+
+
 def conv2d_fused_weight_grad(const floating[:, :, :, :] x,
                              const floating[:, :, ::1] grad,
                              floating[:, ::1] grad_w,
@@ -1161,7 +1196,8 @@ def conv2d_fused_weight_grad(const floating[:, :, :, :] x,
                              Py_ssize_t dil_h, Py_ssize_t dil_w,
                              Py_ssize_t groups, bint flip,
                              Py_ssize_t kc, Py_ssize_t nc, Py_ssize_t mc,
-                             isa, int num_threads, bint accumulate=False, row_table=None):
+                             isa, int num_threads, bint accumulate=False, row_table=None,
+                             g_in_place=None):
     """grad_w (K, C/groups*R*S), C-contiguous = (accumulate: +=) the weight
     gradient for input x (N, C, H, W; any strides) and output gradient grad
     (N, K, Ho*Wo), C-contiguous, on the fused GEMM.
@@ -1170,7 +1206,11 @@ def conv2d_fused_weight_grad(const floating[:, :, :, :] x,
     kc: depth (columns of all images) per packed block; nc: rows of grad_w
     per work item; mc: filters per work item (rounded up to MR); any >= 1.
     Items are (group, nc rows, mc filters): the same bits for any thread
-    count. isa, flip, row_table: as conv2d_fused.
+    count. isa, flip, row_table: as conv2d_fused. g_in_place: read the
+    output gradient's rows in place rather than packing them (see
+    _weight_grad_item); None: where each image has at least
+    G_IN_PLACE_MIN_BLOCKS * kc columns and a row is not a multiple of
+    G_ALIASED_ROW_BYTES (both below).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = grad_w.shape[0], rows = grad_w.shape[1]
@@ -1228,6 +1268,9 @@ def conv2d_fused_weight_grad(const floating[:, :, :, :] x,
         height = _round_up(_ceil_div(height, 2), mr)
         n_mb = _ceil_div(Kg, height)
     cdef Py_ssize_t kc_eff = kc if kc < total else total
+    cdef bint grad_in_place = (cols >= G_IN_PLACE_MIN_BLOCKS * kc_eff
+                               and (cols * itemsize) % G_ALIASED_ROW_BYTES != 0
+                               if g_in_place is None else bool(g_in_place))
     if row_table is None:
         row_table = np.empty((rows, ROW_FIELDS), dtype=np.intp)
     cdef Py_ssize_t[:, ::1] table = row_table
@@ -1253,6 +1296,6 @@ def conv2d_fused_weight_grad(const floating[:, :, :, :] x,
             _weight_grad_item(code, x0 + g * c_group * xs_c, xs_n, &table[0, 0],
                               g0 + (g * Kg + m0) * cols, image_step, cols, Wo, row_step,
                               col_step, total, kc_eff, r0, nrows, m, width, mr, nr, lanes,
-                              accumulate,
+                              accumulate, grad_in_place,
                               gw + (g * Kg + m0) * rows + r0, rows,
                               _aligned(&workspace[threadid(), 0]))
