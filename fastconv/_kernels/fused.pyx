@@ -1095,7 +1095,7 @@ cdef void _weight_grad_item(int isa, const floating *x_group, Py_ssize_t xs_n,
     cdef floating *bpanel = buf
     cdef floating *gpanel = _aligned(buf + kc * width)
     cdef floating *edge = _aligned(gpanel + kc * _round_up(m, mr))
-    cdef Py_ssize_t k0, kcb, jr, ir, nvalid, mvalid, pw, i, t, n_img, col0, alda
+    cdef Py_ssize_t k0, kcb, jr, ir, nvalid, mvalid, pw, i, t, n_img, col0, run, alda
     cdef Py_ssize_t g_block = _ceil_div(cols, _ceil_div(cols, kc))
     cdef Py_ssize_t m_full = m // mr * mr
     cdef const floating *ap
@@ -1113,10 +1113,9 @@ cdef void _weight_grad_item(int isa, const floating *x_group, Py_ssize_t xs_n,
     k0 = 0
     while k0 < total:
         kcb = total - k0 if total - k0 < kc else kc
-        n_img = k0 // cols
-        col0 = k0 - n_img * cols
+        run = _image_run(k0, kcb, cols, &n_img, &col0)
         if g_in_place:
-            kcb = cols - col0 if cols - col0 < g_block else g_block
+            kcb = run if run < g_block else g_block
         first = k0 == 0 and not accumulate
         _pack_bt(isa, x_group, xs_n, table, r0, nrows, k0, kcb, cols, Wo, row_step, col_step, nr,
                  lanes, bpanel)
