@@ -668,7 +668,12 @@ class Fused(Lowering):
         macs = g.groups * padded * depth
         if macs == 0:
             return 1.0   # nothing to compute (the executor returns zeros)
-        packed = g.groups * depth * (g.rows * -(-kg // b.mc) + kg * -(-g.rows // b.nc))
+        # B^T gathered once per block of filters; G packed once per block of
+        # rows, or only its partial last panel of filters where the kernel
+        # reads G's rows in place
+        g_packed = kg % mr if fused.weight_grad_reads_grad_in_place(
+            g.cols, depth, b.kc, plan.dtype) else kg
+        packed = g.groups * depth * (g.rows * -(-kg // b.mc) + g_packed * -(-g.rows // b.nc))
         # (float64 packs half the vectors per element but multiplies at half
         # the rate too: the same per MAC; halving it sent ResNet-50's stem to
         # fused at 1.27x mapped's time)

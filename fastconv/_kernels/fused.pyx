@@ -1185,6 +1185,23 @@ G_IN_PLACE_MIN_BLOCKS = 4
 G_ALIASED_ROW_BYTES = 4096
 
 
+def weight_grad_reads_grad_in_place(cols, total, kc, dtype):
+    """Whether conv2d_fused_weight_grad (g_in_place=None) reads the output
+    gradient's rows in place: `cols` columns per image, `total` of the
+    batch, depth blocks of `kc` columns (the rule above; the planner's cost
+    model asks the same question).
+
+    >>> weight_grad_reads_grad_in_place(12544, 8 * 12544, 128, "float32")
+    True
+    >>> weight_grad_reads_grad_in_place(49, 8 * 49, 128, "float32")   # short images
+    False
+    """
+    itemsize = 8 if _dtype_is_double(dtype) else 4
+    kc_eff = min(int(kc), int(total))
+    return bool(cols >= G_IN_PLACE_MIN_BLOCKS * kc_eff
+                and (cols * itemsize) % G_ALIASED_ROW_BYTES != 0)
+
+
 def conv2d_fused_weight_grad(const floating[:, :, :, :] x,
                              const floating[:, :, ::1] grad,
                              floating[:, ::1] grad_w,
@@ -1267,9 +1284,9 @@ def conv2d_fused_weight_grad(const floating[:, :, :, :] x,
         height = _round_up(_ceil_div(height, 2), mr)
         n_mb = _ceil_div(Kg, height)
     cdef Py_ssize_t kc_eff = kc if kc < total else total
-    cdef bint grad_in_place = (cols >= G_IN_PLACE_MIN_BLOCKS * kc_eff
-                               and (cols * itemsize) % G_ALIASED_ROW_BYTES != 0
-                               if g_in_place is None else bool(g_in_place))
+    cdef bint grad_in_place = (
+        weight_grad_reads_grad_in_place(cols, total, kc, np.float64 if dbl else np.float32)
+        if g_in_place is None else bool(g_in_place))
     if row_table is None:
         row_table = np.empty((rows, ROW_FIELDS), dtype=np.intp)
     cdef Py_ssize_t[:, ::1] table = row_table
