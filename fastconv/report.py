@@ -254,10 +254,11 @@ def _measure_in_this_process(payload):
                     f"{spec['scipy_seconds']:g} s allowed"), scipy=estimate, allocator=allocator)))
                 return
         _, run = _benchcases.make_case(layer, dtype, kind, name, threads,
-                                       batch=min(2, layer["N"]), limit=limit)
+                                       batch=min(2, spec.get("batch") or layer["N"]), limit=limit)
         run()  # warm-up: kernels loaded, thread teams started
         del run
-        plan, run = _benchcases.make_case(layer, dtype, kind, name, threads, limit=limit)
+        plan, run = _benchcases.make_case(layer, dtype, kind, name, threads,
+                                          batch=spec.get("batch"), limit=limit)
     except (fastconv.WorkspaceLimitError, RuntimeError) as exc:
         print(json.dumps(dict(skipped=str(exc), allocator=allocator)))
         return

@@ -164,6 +164,14 @@ def test_only_a_freed_block_under_32_mib_raises_the_threshold(block, raised):
     assert proc.stdout.split() == ["True", str(raised)]
 
 
+def test_a_case_runs_the_batch_it_is_given(tiny_layers):
+    """bench/memory_limit.py --batch: the measured call runs that many images
+    (the tiny layer has 2), not the layer's own batch."""
+    result = report.measure_case(_tiny_spec(tiny_layers, "mapped", batch=3))
+    assert result["output_bytes"] == 3 * 6 * 5 * 5 * 4
+    assert "x(3, " in result["plan"]
+
+
 def test_scipy_peer_on_a_tiny_layer(tiny_layers):
     result = report.measure_case(_tiny_spec(tiny_layers, "scipy"))
     assert len(result["times"]) >= 2 and result["output_bytes"] == 2 * 6 * 5 * 5 * 4
