@@ -588,7 +588,7 @@ class Fused(Lowering):
         from fastconv._kernels import fused
         isa = fused_isa(planner.tuning.isa)
         if self.kind == "weight_grad":
-            return isa, fused.weight_grad_blocking(planner.dtype, isa)
+            return isa, fused.weight_grad_blocking(planner.dtype, isa, planner.g.cols)
         return isa, fused.blocking(planner.dtype, isa)
 
     def propose(self, planner, forced):

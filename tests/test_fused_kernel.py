@@ -232,6 +232,25 @@ def test_supported_isas_and_codes():
         fused.isa_code(1.5)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_grad_depth_blocks_deepen_only_for_large_images(dtype):
+    """KC doubles where each image still has G_IN_PLACE_MIN_BLOCKS blocks of
+    the deeper size (so the output gradient stays read in place), and the
+    planner passes the layer's columns per image."""
+    base = fused.weight_grad_blocking(dtype)["KC"]
+    assert fused.weight_grad_blocking(dtype, cols=None)["KC"] == base
+    deep = fused.G_IN_PLACE_MIN_BLOCKS * 2 * base
+    assert fused.weight_grad_blocking(dtype, cols=deep)["KC"] == 2 * base
+    assert fused.weight_grad_blocking(dtype, cols=deep - 1)["KC"] == base
+    # (deep columns are 4 KiB rows, which the aliasing rule packs)
+    assert fused.weight_grad_reads_grad_in_place(deep + 8, 8 * deep, 2 * base, dtype)
+    stem = fastconv.plan_conv2d((8, 3, 224, 224), (64, 3, 7, 7), dtype, stride=2, padding=3,
+                                kind="weight_grad", method="fused")
+    small = fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), dtype, padding=1,
+                                 kind="weight_grad", method="fused")
+    assert (stem.blocking.kc, small.blocking.kc) == (2 * base, base)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_blocking_and_buffer_sizes(isa, dtype):

@@ -886,10 +886,20 @@ def adjoint_filters(const floating[:, ::1] weight, floating[:, ::1] out, Py_ssiz
 # lowering's split by images).
 
 
-def weight_grad_blocking(dtype, isa=None):
-    """Default blocking of conv2d_fused_weight_grad: dict(MR=, NR=, KC=, NC=, MC=).
+def weight_grad_blocking(dtype, isa=None, cols=None):
+    """Default blocking of conv2d_fused_weight_grad: dict(MR=, NR=, KC=, NC=, MC=)
+    (cols: the output's columns per image, if known).
 
-    KC = 512 bytes / itemsize (128 floats): depth (columns) per packed block;
+    KC = 1024 bytes / itemsize (256 floats) where each image has at least
+    G_IN_PLACE_MIN_BLOCKS blocks of that many columns, else 512 bytes /
+    itemsize (128 floats): depth (columns) per packed block. Re-measured
+    after the vectorised packs and G read in place (interleaved in one
+    process, fp32, 2 threads, KC 256 / 128, two runs): the stem 0.83 and
+    0.93, 2a 3x3 0.89 and 0.95, dilated 0.92, VGG-16 conv3_2 0.98 (images
+    of >= 3136 columns); but 3b 3x3 1.05-1.06, 3a 3x3/2 1.02, 5b 1.03,
+    paper_mnist 1.20 (784 columns or fewer: with KC 256 their images hold
+    fewer than 4 blocks, and G is packed). float64 keeps the same bytes
+    (not measured separately).
     NC = ~1152 rows of grad_w per item; MC = 512 filters (in practice all of
     a group's). Measured (one thread, float32 AVX-512, vs the mapped weight
     gradient): KC=256/NC=192 0.90-1.00x of mapped, KC=576/NC=96 0.75-0.93x,
@@ -902,7 +912,10 @@ def weight_grad_blocking(dtype, isa=None):
     dbl = _dtype_is_double(dtype)
     itemsize = 8 if dbl else 4
     mr, nr = fc_mr(code, dbl), fc_nr(code, dbl)
-    return dict(MR=mr, NR=nr, KC=512 // itemsize, NC=max(nr, 1152 // nr * nr),
+    kc = 512 // itemsize
+    if cols is not None and int(cols) >= G_IN_PLACE_MIN_BLOCKS * 2 * kc:
+        kc *= 2
+    return dict(MR=mr, NR=nr, KC=kc, NC=max(nr, 1152 // nr * nr),
                 MC=max(mr, 512 // mr * mr))
 
 
