@@ -898,8 +898,9 @@ def weight_grad_blocking(dtype, isa=None, cols=None):
     0.93, 2a 3x3 0.89 and 0.95, dilated 0.92, VGG-16 conv3_2 0.98 (images
     of >= 3136 columns); but 3b 3x3 1.05-1.06, 3a 3x3/2 1.02, 5b 1.03,
     paper_mnist 1.20 (784 columns or fewer: with KC 256 their images hold
-    fewer than 4 blocks, and G is packed). float64 keeps the same bytes
-    (not measured separately).
+    fewer than 4 blocks, and G is packed). float64 keeps the same bytes:
+    KC 128 / 64 doubles, same protocol, the stem 1.03, 2a 3x3 0.96, 3b 0.91,
+    VGG-16 conv3_2 0.98.
     NC = ~1152 rows of grad_w per item; MC = 512 filters (in practice all of
     a group's). Measured (one thread, float32 AVX-512, vs the mapped weight
     gradient): KC=256/NC=192 0.90-1.00x of mapped, KC=576/NC=96 0.75-0.93x,
