@@ -235,6 +235,8 @@ def _measure_in_this_process(payload):
     allocator = warm_allocator()  # before anything else
     import fastconv
     spec = json.loads(payload)
+    if spec.get("batch"):   # another batch (bench/memory_limit.py --batch): every use sees it
+        spec["layer"] = dict(spec["layer"], N=spec["batch"])
     layer, dtype, kind, name = spec["layer"], spec["dtype"], spec["kind"], spec["case"]
     threads = spec["threads"]
     if name == "tradeoff":
@@ -254,11 +256,10 @@ def _measure_in_this_process(payload):
                     f"{spec['scipy_seconds']:g} s allowed"), scipy=estimate, allocator=allocator)))
                 return
         _, run = _benchcases.make_case(layer, dtype, kind, name, threads,
-                                       batch=min(2, spec.get("batch") or layer["N"]), limit=limit)
+                                       batch=min(2, layer["N"]), limit=limit)
         run()  # warm-up: kernels loaded, thread teams started
         del run
-        plan, run = _benchcases.make_case(layer, dtype, kind, name, threads,
-                                          batch=spec.get("batch"), limit=limit)
+        plan, run = _benchcases.make_case(layer, dtype, kind, name, threads, limit=limit)
     except (fastconv.WorkspaceLimitError, RuntimeError) as exc:
         print(json.dumps(dict(skipped=str(exc), allocator=allocator)))
         return
