@@ -796,7 +796,19 @@ class Depthwise(Lowering):
     def cost(self, plan, tuning):
         # against thin GEMMs (see Tuning.gemm_full_rate_dim): measured 0.13-0.78x
         # mapped's time at 1 filter per group, stride 2 the worst
-        return plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads * tuning.direct_rate)
+        return plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads
+                             * self.rate(plan.geometry, tuning))
+
+    def rate(self, g, tuning):
+        """The kernel's rate against a full-rate GEMM: direct_rate one filter
+        at a time, up to direct_block_rate where the forward pass computes
+        blocks of a channel multiplier's filters together."""
+        from fastconv._kernels import depthwise
+
+        block = (depthwise.forward_block_filters(g.K // g.C, g.R, g.S, g.stride[1])
+                 if self.kind == "forward" else 1)
+        return tuning.direct_rate + ((tuning.direct_block_rate - tuning.direct_rate)
+                                     * (block - 1) / (depthwise.FORWARD_BLOCK_MAX - 1))
 
     def buffers(self, g, dtype, blocking, threads):
         return {}

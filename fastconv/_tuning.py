@@ -51,6 +51,16 @@ class Tuning:
     # on mobilenet_dw_3x3, fp32: 0.6; at 1 filter per group it took 0.13-0.78x
     # mapped's time, at 32 filters per group 2.9x stretch's).
     direct_rate: float = 0.5
+    # ... and its forward pass where it computes blocks of 8 filters of one
+    # input channel (a channel multiplier of 8 or more, fixed-size kernels;
+    # fewer filters per block interpolate linearly from direct_rate).
+    # Measured in one process, fp32, 2 threads, depthwise / best of stretch,
+    # mapped and fused (which run at the full GEMM rate from 8 filters per
+    # group): C=1 28x28 32 filters (paper_mnist) 0.84, 8x56x56 multiplier 8
+    # 0.72, 3x112x112 x8 0.73, 16x28x28 5x5 x8 0.69, 4x56x56 7x7 x16 0.92;
+    # at multiplier 4 0.59 and 2 0.41-0.55 of the GEMMs, which run there at
+    # a half and a quarter of their rate.
+    direct_block_rate: float = 1.2
     # The fused lowering's instruction set: None for FASTCONV_ISA if set,
     # else the best this CPU runs ("avx512", "avx2", "generic").
     isa: object = None

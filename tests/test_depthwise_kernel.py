@@ -60,7 +60,9 @@ def make_input(rng, shape, dtype, layout):
 
 @st.composite
 def depthwise_cases(draw):
-    R, S = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    # square 3x3 and 5x5 kernels often: they have fixed-size kernels
+    R = draw(st.integers(1, 5))
+    S = draw(st.one_of(st.just(R), st.integers(1, 5)))
     dh, dw_ = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     # pads up to 3, and now and then wider than the kernel's span
     pad = st.one_of(st.integers(0, 3), st.integers(4, 8))
@@ -70,7 +72,10 @@ def depthwise_cases(draw):
     # wide enough rows to reach the 2-vector blocks of float32 (32 columns)
     W = draw(st.integers(max(1, span_w - sum(pads[1])), 45))
     return dict(
-        N=draw(st.integers(1, 3)), C=draw(st.integers(1, 5)), mult=draw(st.integers(1, 3)),
+        # multipliers: one plane at a time (1), and the forward's blocks of
+        # 8, 4 and 2 planes with one left over (11 = 8 + 2 + 1)
+        N=draw(st.integers(1, 3)), C=draw(st.integers(1, 4)),
+        mult=draw(st.sampled_from([1, 1, 2, 3, 4, 5, 8, 11])),
         H=H, W=W, R=R, S=S, stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
         padding=pads, dilation=(dh, dw_), flip=draw(st.booleans()), bias=draw(st.booleans()),
         dtype=draw(st.sampled_from(DTYPES)), layout=draw(st.sampled_from(LAYOUTS)),
@@ -160,15 +165,22 @@ def test_same_bits_for_any_thread_count(case):
     # a kernel wider than the column intervals cached per call (32)
     ((1, 2, 3, 80, 1, 35), dict(stride=(1, 2), padding=((0, 0), (3, 5)), dilation=(1, 1))),
     ((1, 2, 3, 80, 2, 35), dict(stride=(1, 1), padding=((1, 0), (3, 5)), dilation=(1, 1))),
+    # 7x7 with rows of one to two vectors, dilated 5x5 on a wide row
+    ((1, 2, 21, 19, 7, 7), dict(stride=(1, 1), padding=((3, 3), (3, 3)), dilation=(1, 1))),
+    ((1, 1, 12, 70, 5, 5), dict(stride=(2, 1), padding=((1, 4), (0, 2)), dilation=(1, 2))),
+    # a first layer: one channel, no padding (paper_mnist's shape, fewer images)
+    ((2, 1, 28, 28, 3, 3), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1))),
 ])
 @pytest.mark.parametrize("layout", ["contiguous", "reversed_w"])
-def test_fixed_shapes(name, dtype, shape, conv, layout):
+# 2 filters per channel: the forward's 2-plane blocks; 15 = 8 + 4 + 2 + 1
+@pytest.mark.parametrize("multiplier", [2, 15])
+def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
     N, C, H, W, R, S = shape
     case = dict(conv, flip=False, C=C, dtype=dtype)
     rng = np.random.default_rng(3)
     x = make_input(rng, (N, C, H, W), dtype, layout)
-    w = rng.standard_normal((2 * C, 1, R, S)).astype(dtype)
-    b = rng.standard_normal(2 * C).astype(dtype)
+    w = rng.standard_normal((multiplier * C, 1, R, S)).astype(dtype)
+    b = rng.standard_normal(multiplier * C).astype(dtype)
     expected = conv2d_reference(x, w, b, **_conv(case))
     grad = rng.standard_normal(expected.shape).astype(dtype)
     with isa(name):

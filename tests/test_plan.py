@@ -80,7 +80,16 @@ def test_choice_rules():
     assert fastconv.plan_conv2d((8, 2048, 7, 7), (512, 2048, 1, 1)).method == "fused"
     assert fastconv.plan_conv2d((1, 1024, 14, 14), (256, 1024, 1, 1)).method == "gemm1x1"
     assert fastconv.plan_conv2d((1, 2048, 7, 7), (512, 2048, 1, 1)).method == "gemm1x1"
-    assert fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 3, 3)).method == "stretch"
+    # a first layer (one channel, 32 filters: a channel multiplier of 32) runs
+    # the direct kernel's blocks of filters (Tuning.direct_block_rate), its
+    # gradients GEMMs; a 3x4 kernel has no blocks, nor has a multiplier of 1
+    mnist = (64, 1, 28, 28), (32, 1, 3, 3)
+    assert fastconv.plan_conv2d(*mnist).method == "depthwise"
+    for kind in ("input_grad", "weight_grad"):
+        assert fastconv.plan_conv2d(*mnist, kind=kind).method != "depthwise"
+    assert fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 3, 4)).method != "depthwise"
+    assert fastconv.plan_conv2d((8, 144, 56, 56), (144, 1, 3, 3), groups=144,
+                                padding=1).method == "depthwise"
     # a memory limit below its panels leaves the 1x1 layer to gemm1x1 (no workspace)
     assert fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 1, 1),
                                 memory_limit="4KiB").method == "gemm1x1"

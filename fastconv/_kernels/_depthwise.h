@@ -84,6 +84,25 @@ DW_INLINE dws dw_end(dws shift, dws stride, dws size, dws limit)
     return o < limit ? o : limit;
 }
 
+/* Interior output columns [*A, *B): every kernel column inside the input.
+ * Kernel column s is valid on [first(s*dw - pl), end(s*dw - pl)): the first
+ * interval starts last and the last one ends first. */
+DW_INLINE void dw_interior_columns(const dw_geom *g, dws *A, dws *B)
+{
+    *A = dw_first(-g->pl, g->sw, g->Wo);
+    *B = dw_end((g->S - 1) * g->dw - g->pl, g->sw, g->W, g->Wo);
+    if (*B < *A)
+        *B = *A;
+}
+
+/* Interior output rows [*lo, *hi): every kernel row inside the input
+ * (empty when *hi <= *lo) */
+DW_INLINE void dw_interior_rows(const dw_geom *g, dws *lo, dws *hi)
+{
+    *lo = dw_first(-g->pt, g->sh, g->Ho);
+    *hi = dw_end((g->R - 1) * g->dh - g->pt, g->sh, g->H, g->Ho);
+}
+
 /* Unaligned vector load and store (GNU statement expressions; memcpy compiles
  * to one vmovups / movups). */
 #define DW_LOAD(TYPE, p) ({ TYPE v_; memcpy(&v_, (p), sizeof v_); v_; })
@@ -121,6 +140,9 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
 #define DW_ARGS_fwd(T) const dw_geom *g, const T *in, dws in_plane, dws M, \
                        const T *w, dws w_plane, T bias, T *out
 #define DW_PASS_fwd g, in, in_plane, M, w, w_plane, bias, out
+#define DW_ARGS_fwd_multi(T) const dw_geom *g, const T *in, dws MB, const T *w, dws w_step, \
+                             const T *bias, T *out, dws o_step
+#define DW_PASS_fwd_multi g, in, MB, w, w_step, bias, out, o_step
 #define DW_ARGS_igrad_scatter(T) const dw_geom *g, const T *grad, dws g_plane, dws M, \
                                  const T *w, dws w_plane, T *gx
 #define DW_PASS_igrad_scatter g, grad, g_plane, M, w, w_plane, gx
@@ -298,6 +320,8 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
 
 DW_DISPATCH(fwd, f, float)
 DW_DISPATCH(fwd, d, double)
+DW_DISPATCH(fwd_multi, f, float)
+DW_DISPATCH(fwd_multi, d, double)
 DW_DISPATCH(igrad_scatter, f, float)
 DW_DISPATCH(igrad_scatter, d, double)
 DW_DISPATCH(wgrad, f, float)

@@ -78,8 +78,12 @@
     orow[OW] = acc_;                                                           \
 } while (0)
 
-static __attribute__((noinline)) void NM(fwd)(const dw_geom *g, const T *in, dws in_plane, dws M,
-                            const T *w, dws w_plane, T bias, T *out)
+/* The rows of one output plane from M input planes, except what a
+ * fixed-size kernel made already: the interior columns [A, B) of rows
+ * [fx_lo, fx_hi), or (fx_full) those whole rows. */
+static void NM(fwd_rows)(const dw_geom *g, const T *in, dws in_plane, dws M,
+                         const T *w, dws w_plane, T bias, T *out,
+                         dws fx_lo, dws fx_hi, int fx_full)
 {
     const dws H = g->H, W = g->W, xs_h = g->xs_h, xs_w = g->xs_w;
     const dws Ho = g->Ho, Wo = g->Wo, R = g->R, S = g->S;
@@ -89,29 +93,10 @@ static __attribute__((noinline)) void NM(fwd)(const dw_geom *g, const T *in, dws
     const dws wds = g->flip ? -1 : 1, wdr = g->flip ? -S : S;
     const dws wr0 = g->flip ? R * S - 1 : 0;
     const int fast = (sw == 1 && xs_w == 1);
-    /* interior columns: every kernel column inside the input. Kernel column
-     * s is valid on [first(s*dw - pl), end(s*dw - pl)): the first interval
-     * starts last and the last one ends first. */
-    const dws A = dw_first(-pl, sw, Wo);
-    dws B = dw_end((S - 1) * dw - pl, sw, W, Wo);
+    dws A, B;
     dws lo[DW_MAX_S], hi[DW_MAX_S];
     const int cached = S <= DW_MAX_S;
-    dws fx_lo = 0, fx_hi = 0;  /* rows whose interior a fixed-size kernel made */
-    int fx_full = 0;           /* ... or the whole rows */
-    if (B < A)
-        B = A;
-    if (fast && M == 1 && B - A >= DW_MIN_LANES && R == S && (R == 3 || R == 5 || R == 7)) {
-        fx_lo = dw_first(-pt, sh, Ho);
-        fx_hi = dw_end((R - 1) * dh - pt, sh, H, Ho);
-        if (fx_hi > fx_lo) {
-            if (R == 3)
-                fx_full = NM(fwd_3x3)(g, in, w, bias, out, A, B, fx_lo, fx_hi);
-            else if (R == 5)
-                fx_full = NM(fwd_5x5)(g, in, w, bias, out, A, B, fx_lo, fx_hi);
-            else
-                fx_full = NM(fwd_7x7)(g, in, w, bias, out, A, B, fx_lo, fx_hi);
-        }
-    }
+    dw_interior_columns(g, &A, &B);
     if (!fast && cached) {
         for (dws s = 0; s < S; s++) {
             lo[s] = dw_first(s * dw - pl, sw, Wo);
@@ -123,8 +108,10 @@ static __attribute__((noinline)) void NM(fwd)(const dw_geom *g, const T *in, dws
     for (dws oh = 0; oh < Ho; oh++) {
         T *orow = out + oh * Wo;
         const dws base = oh * sh - pt;       /* input row of kernel row 0 */
-        if (fx_full && oh >= fx_lo && oh < fx_hi)
+        if (fx_full && oh >= fx_lo && oh < fx_hi) {
+            oh = fx_hi - 1;   /* those rows are made: skip them at once */
             continue;
+        }
         const dws r_lo = dw_first(base, dh, R);
         dws r_hi = dw_end(base, dh, H, R);
         if (r_hi < r_lo)
@@ -198,6 +185,82 @@ static __attribute__((noinline)) void NM(fwd)(const dw_geom *g, const T *in, dws
             for (dws ow = 0; ow < Wo; ow++)
                 DW_FWD_COLUMN(ow);
         }
+    }
+}
+
+/* whether a fixed-size kernel (3x3, 5x5, 7x7) does the interior rows */
+DW_INLINE int NM(fixed_size)(const dw_geom *g)
+{
+    return g->sw == 1 && g->xs_w == 1 && g->R == g->S
+           && (g->R == 3 || g->R == 5 || g->R == 7);
+}
+
+/* One output plane from M input planes (see fwd_rows). */
+static __attribute__((noinline)) void NM(fwd)(const dw_geom *g, const T *in, dws in_plane, dws M,
+                            const T *w, dws w_plane, T bias, T *out)
+{
+    dws A, B, fx_lo = 0, fx_hi = 0;
+    int fx_full = 0;
+    dw_interior_columns(g, &A, &B);
+    if (M == 1 && B - A >= DW_MIN_LANES && NM(fixed_size)(g)) {
+        dw_interior_rows(g, &fx_lo, &fx_hi);
+        if (fx_hi > fx_lo) {
+            if (g->R == 3)
+                fx_full = NM(fwd_3x3)(g, in, w, bias, out, A, B, fx_lo, fx_hi);
+            else if (g->R == 5)
+                fx_full = NM(fwd_5x5)(g, in, w, bias, out, A, B, fx_lo, fx_hi);
+            else
+                fx_full = NM(fwd_7x7)(g, in, w, bias, out, A, B, fx_lo, fx_hi);
+        }
+    }
+    NM(fwd_rows)(g, in, in_plane, M, w, w_plane, bias, out, fx_lo, fx_hi, fx_full);
+}
+
+/* MB planes of one input plane (a channel multiplier's filters): out +
+ * m*o_step = the correlation of `in` with filter w + m*w_step, plus bias[m]
+ * (bias NULL: none), m < MB. The interior rows go through the fixed-size
+ * multi-plane kernels in blocks of 8, 4 and 2 planes (each input vector
+ * loaded once for the block); the rest, and any plane left over, plane by
+ * plane. */
+static __attribute__((noinline)) void NM(fwd_multi)(const dw_geom *g, const T *in, dws MB,
+                                                    const T *w, dws w_step, const T *bias,
+                                                    T *out, dws o_step)
+{
+    dws A, B, fx_lo = 0, fx_hi = 0, m = 0;
+    dw_interior_columns(g, &A, &B);
+    if (NM(fixed_size)(g))
+        dw_interior_rows(g, &fx_lo, &fx_hi);
+    while (m < MB) {
+        const dws left = MB - m;
+        const T *wm = w + m * w_step, *bm = bias ? bias + m : NULL;
+        T *om = out + m * o_step;
+        dws block = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        int done = 0;
+        if (block > 1 && fx_hi > fx_lo) {
+#define DW_MULTI_CALL(RS, MBV) NM(fwd_multi_##RS##_##MBV)(g, in, wm, w_step, bm, om, o_step, \
+                                                          A, B, fx_lo, fx_hi)
+#define DW_MULTI_SIZE(RS) (block == 8 ? DW_MULTI_CALL(RS, 8) : block == 4 ? DW_MULTI_CALL(RS, 4) \
+                           : DW_MULTI_CALL(RS, 2))
+            if (g->R == 3)
+                done = DW_MULTI_SIZE(3x3);
+            else if (g->R == 5)
+                done = DW_MULTI_SIZE(5x5);
+            else
+                done = DW_MULTI_SIZE(7x7);
+#undef DW_MULTI_SIZE
+#undef DW_MULTI_CALL
+        }
+        if (!done)
+            block = left;   /* the rows are too narrow for it: plane by plane */
+        for (dws j = 0; j < block; j++) {
+            const T b = bm ? bm[j] : 0;
+            if (done)
+                NM(fwd_rows)(g, in, 0, 1, wm + j * w_step, 0, b, om + j * o_step,
+                             fx_lo, fx_hi, done == 2);
+            else
+                NM(fwd)(g, in, 0, 1, wm + j * w_step, 0, b, om + j * o_step);
+        }
+        m += block;
     }
 }
 

@@ -41,6 +41,10 @@ cdef extern from "_depthwise.h" nogil:
                   const float *w, dws w_plane, float bias, float *out)
     void dw_fwd_d(int isa, const dw_geom *g, const double *inp, dws in_plane, dws M,
                   const double *w, dws w_plane, double bias, double *out)
+    void dw_fwd_multi_f(int isa, const dw_geom *g, const float *inp, dws MB, const float *w,
+                        dws w_step, const float *bias, float *out, dws o_step)
+    void dw_fwd_multi_d(int isa, const dw_geom *g, const double *inp, dws MB, const double *w,
+                        dws w_step, const double *bias, double *out, dws o_step)
     void dw_igrad_scatter_f(int isa, const dw_geom *g, const float *grad, dws g_plane,
                             dws M, const float *w, dws w_plane, float *gx)
     void dw_igrad_scatter_d(int isa, const dw_geom *g, const double *grad, dws g_plane,
@@ -49,6 +53,24 @@ cdef extern from "_depthwise.h" nogil:
                     dws g_n, dws N, float *gw)
     void dw_wgrad_d(int isa, const dw_geom *g, const double *x, dws xs_n, const double *grad,
                     dws g_n, dws N, double *gw)
+
+
+# Filters of one input channel per forward item (a channel multiplier): the
+# C kernel blocks them by 8, 4 and 2 (_depthwise_fixed.h, fwd_multi).
+cdef enum:
+    MULTI_PLANES = 8
+FORWARD_BLOCK_MAX = MULTI_PLANES
+
+def forward_block_filters(Py_ssize_t multiplier, Py_ssize_t R, Py_ssize_t S,
+                          Py_ssize_t stride_w):
+    """How many filters of one input channel the forward kernel computes
+    together (each input vector loaded once for all of them): blocks of up to
+    MULTI_PLANES where the fixed-size kernels run (square 3x3, 5x5, 7x7,
+    column stride 1: _depthwise_impl.h, fixed_size, for input rows of
+    contiguous elements), else 1. For the planner's cost model."""
+    if multiplier < 2 or R != S or R not in (3, 5, 7) or stride_w != 1:
+        return 1
+    return min(multiplier, MULTI_PLANES)
 
 
 _ISA_NAMES = {"generic": DW_ISA_PORTABLE, "avx2": DW_ISA_AVX2, "avx512": DW_ISA_AVX512}
@@ -169,23 +191,42 @@ def conv2d_depthwise(const floating[:, :, :, :] x,
     cdef const floating *b0 = &bias[0] if bias.shape[0] > 0 else NULL
     cdef floating *out0 = &out[0, 0, 0]
     cdef int isa = _isa
-    cdef Py_ssize_t item, n, k
+    cdef Py_ssize_t item, n, k, c, blocks, first, count
     cdef floating b
 
+    if mult > 1:
+        # a channel multiplier: an item is up to MULTI_PLANES filters of one
+        # input channel, which the kernel computes together, each input
+        # vector loaded once for all of them
+        blocks = (mult + MULTI_PLANES - 1) // MULTI_PLANES
+        with nogil:
+            for item in prange(N * C * blocks, schedule="static", num_threads=num_threads):
+                n = item // (C * blocks)
+                c = (item // blocks) % C
+                first = c * mult + (item % blocks) * MULTI_PLANES
+                count = min(MULTI_PLANES, (c + 1) * mult - first)
+                if floating is float:
+                    dw_fwd_multi_f(isa, &g, x0 + n * xs_n + c * xs_c, count, w0 + first * taps,
+                                   taps, b0 + first if b0 != NULL else NULL,
+                                   out0 + (n * K + first) * cols, cols)
+                else:
+                    dw_fwd_multi_d(isa, &g, x0 + n * xs_n + c * xs_c, count, w0 + first * taps,
+                                   taps, b0 + first if b0 != NULL else NULL,
+                                   out0 + (n * K + first) * cols, cols)
+        return
+
     with nogil:
-        # static: each thread streams one contiguous half of the planes, and
-        # the planes of one input channel's filters (multiplier > 1) follow
-        # one another on the same thread, the input plane still in cache
+        # static: each thread streams one contiguous half of the planes
         for item in prange(N * K, schedule="static", num_threads=num_threads):
             n = item // K
             k = item - n * K
             b = b0[k] if b0 != NULL else 0
             if floating is float:
-                dw_fwd_f(isa, &g, x0 + n * xs_n + (k // mult) * xs_c, 0, 1,
-                         w0 + k * taps, 0, b, out0 + item * cols)
+                dw_fwd_f(isa, &g, x0 + n * xs_n + k * xs_c, 0, 1, w0 + k * taps, 0, b,
+                         out0 + item * cols)
             else:
-                dw_fwd_d(isa, &g, x0 + n * xs_n + (k // mult) * xs_c, 0, 1,
-                         w0 + k * taps, 0, b, out0 + item * cols)
+                dw_fwd_d(isa, &g, x0 + n * xs_n + k * xs_c, 0, 1, w0 + k * taps, 0, b,
+                         out0 + item * cols)
 
 
 def conv2d_depthwise_input_grad(const floating[:, :, ::1] grad,
