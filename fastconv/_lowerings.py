@@ -782,9 +782,16 @@ class Depthwise(Lowering):
         return _zero_padding_only(g)
 
     def work_items(self, g):
-        # forward: (image, output channel); input gradient: (image, input
-        # channel); weight gradient: one filter over the whole batch
-        return {"forward": g.N * g.K, "input_grad": g.N * g.C, "weight_grad": g.K}[self.kind]
+        # forward: (image, output channel), or with a channel multiplier m > 1
+        # (image, input channel, block of up to FORWARD_BLOCK_MAX of its m
+        # filters); input gradient: (image, input channel); weight gradient:
+        # one filter over the whole batch
+        from fastconv._kernels import depthwise
+
+        mult = g.K // g.C if g.C else 1
+        forward = (g.N * g.K if mult < 2
+                   else g.N * g.C * -(-mult // depthwise.FORWARD_BLOCK_MAX))
+        return {"forward": forward, "input_grad": g.N * g.C, "weight_grad": g.K}[self.kind]
 
     def propose(self, planner, forced):
         items = self.work_items(planner.g)

@@ -14,7 +14,10 @@
 # import (FASTCONV_ISA=avx512|avx2|generic forces one; set_isa() for tests).
 #
 # Work items and determinism:
-# * forward: (image, output channel); each writes its own output plane.
+# * forward: (image, output channel); each writes its own output plane. With
+#   a channel multiplier m > 1, (image, block of up to MULTI_PLANES of one
+#   input channel's m filters): the block's planes are made together, each
+#   input vector loaded once for all of them.
 # * input gradient: (image, input channel); the item sums its `multiplier`
 #   filters' contributions into its own plane of grad_x (cleared first), so
 #   no two threads touch one plane. Stride 1: the gradient is the correlation
