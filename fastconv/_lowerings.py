@@ -782,16 +782,12 @@ class Depthwise(Lowering):
         return _zero_padding_only(g)
 
     def work_items(self, g):
-        # forward: (image, output channel), or with a channel multiplier m > 1
-        # (image, input channel, block of up to FORWARD_BLOCK_MAX of its m
-        # filters); input gradient: (image, input channel); weight gradient:
-        # one filter over the whole batch
+        # forward: see depthwise.forward_items; input gradient: (image, input
+        # channel); weight gradient: one filter over the whole batch
         from fastconv._kernels import depthwise
 
-        mult = g.K // g.C if g.C else 1
-        forward = (g.N * g.K if mult < 2
-                   else g.N * g.C * -(-mult // depthwise.FORWARD_BLOCK_MAX))
-        return {"forward": forward, "input_grad": g.N * g.C, "weight_grad": g.K}[self.kind]
+        return {"forward": depthwise.forward_items(g.N, g.C, g.K), "input_grad": g.N * g.C,
+                "weight_grad": g.K}[self.kind]
 
     def propose(self, planner, forced):
         items = self.work_items(planner.g)

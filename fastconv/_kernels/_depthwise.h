@@ -103,6 +103,11 @@ DW_INLINE void dw_interior_rows(const dw_geom *g, dws *lo, dws *hi)
     *hi = dw_end((g->R - 1) * g->dh - g->pt, g->sh, g->H, g->Ho);
 }
 
+/* Filters of one input channel the forward kernel computes together at most
+ * (a channel multiplier's blocks of 8, 4 and 2: _depthwise_fixed.h,
+ * fwd_multi); depthwise.pyx and the planner read it from here. */
+#define DW_FWD_BLOCK_MAX 8
+
 /* Unaligned vector load and store (GNU statement expressions; memcpy compiles
  * to one vmovups / movups). */
 #define DW_LOAD(TYPE, p) ({ TYPE v_; memcpy(&v_, (p), sizeof v_); v_; })

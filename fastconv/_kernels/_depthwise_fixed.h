@@ -41,6 +41,18 @@
 } while (0)
 
 #ifdef DW_MLOAD
+/* COND[s]: the lanes of columns [OW, OW + VL) whose input column under
+ * kernel column s is inside the input (iota, zero, width in scope) */
+#define DW_COLUMN_MASKS(COND, OW) do {                                         \
+    _Pragma("GCC unroll 7")                                                    \
+    for (int s_ = 0; s_ < SS; s_++) {                                          \
+        const IVT c_ = iota + (IT)((OW) - pl + s_ * dw);                       \
+        (COND)[s_] = (c_ >= zero) & (c_ < width);                              \
+    }                                                                          \
+} while (0)
+#endif
+
+#ifdef DW_MLOAD
 /* columns [OW, OW + VL) of row oh where some lanes meet the zero padding:
  * those lanes are masked off the loads (AVX-512 / AVX2 masked loads read
  * nothing there, so a row's first column may sit at the start of the array) */
@@ -48,11 +60,7 @@
     const dws o_ = (OW);                                                       \
     VT acc_ = (VT){0} + bias;                                                  \
     IVT cond_[SS];                                                             \
-    _Pragma("GCC unroll 7")                                                    \
-    for (int s_ = 0; s_ < SS; s_++) {                                          \
-        const IVT c_ = iota + (IT)(o_ - pl + s_ * dw);                         \
-        cond_[s_] = (c_ >= zero) & (c_ < width);                               \
-    }                                                                          \
+    DW_COLUMN_MASKS(cond_, o_);                                                \
     _Pragma("GCC unroll 7")                                                    \
     for (int r_ = 0; r_ < RR; r_++) {                                          \
         const T *q_ = p + (r_ * dh * xs_h + o_);                               \
@@ -152,15 +160,13 @@ static __attribute__((noinline)) int DW_FIX(fwd)(const dw_geom *g, const T *in,
  * loads, not the FMAs, bound it: paper_mnist (C = 1, 32 filters, 26 x 26
  * outputs, float32, AVX-512, 2 threads) took 0.46 ms one plane at a time,
  * 2.4x PyTorch's time (see depthwise.pyx for the measured blocks). */
-#define DW_MULTI_MAX 8
-
 /* columns [OW, OW + VL) of rows oh and, if ROWS == 2, oh + 1 of all MB
  * planes; LOADX(q, s) loads the input vector of kernel column s from q.
  * Two rows share every weight: a weight vector loaded from the stack meets
  * two input vectors (memory operands, not FMAs, bound this loop). */
 #define DW_MULTI_BLOCK(OW, ROWS, LOADX) do {                                   \
     const dws o_ = (OW);                                                       \
-    VT acc_[2][DW_MULTI_MAX];                                                  \
+    VT acc_[2][DW_FWD_BLOCK_MAX];                                                  \
     _Pragma("GCC unroll 2")                                                    \
     for (int i_ = 0; i_ < (ROWS); i_++) {                                      \
         _Pragma("GCC unroll 8")                                                \
@@ -213,11 +219,7 @@ DW_INLINE void DW_FIX(fwd_multi_edge_body)(const dw_geom *g, const T *p, T *orow
     IVT iota, zero = {0}, width = zero + (IT)g->W, cond_[SS];
     for (int l = 0; l < VL; l++)
         iota[l] = l;
-    _Pragma("GCC unroll 7")
-    for (int s_ = 0; s_ < SS; s_++) {
-        const IVT c_ = iota + (IT)(ow - pl + s_ * dw);
-        cond_[s_] = (c_ >= zero) & (c_ < width);
-    }
+    DW_COLUMN_MASKS(cond_, ow);
     if (rows == 2)
         DW_MULTI_BLOCK(ow, 2, DW_MULTI_MASKED);
     else
@@ -247,8 +249,8 @@ DW_INLINE int DW_FIX(fwd_multi_body)(const dw_geom *g, const T *in, const T *w,
 {
     const dws xs_h = g->xs_h, Wo = g->Wo, sh = g->sh, pt = g->pt, pl = g->pl;
     const dws dh = g->dh, dw = g->dw, row_step = sh * xs_h;
-    T wt[DW_MULTI_MAX][RR * SS];
-    T bs[DW_MULTI_MAX];
+    T wt[DW_FWD_BLOCK_MAX][RR * SS];
+    T bs[DW_FWD_BLOCK_MAX];
     dws oh;
     for (int m = 0; m < MB; m++) {
         for (int r = 0; r < RR; r++)
@@ -324,11 +326,10 @@ DW_DEFINE_FWD_MULTI(2)
     const IVT keep_ = (KEEP);                                                  \
     const VT gv_ = (VT)((IVT)DW_LOAD(VT, gp + o_) & keep_);                    \
     IVT cond_[SS];                                                             \
+    DW_COLUMN_MASKS(cond_, o_);                                                \
     _Pragma("GCC unroll 7")                                                    \
-    for (int s_ = 0; s_ < SS; s_++) {                                          \
-        const IVT c_ = iota + (IT)(o_ - pl + s_ * dw);                         \
-        cond_[s_] = (c_ >= zero) & (c_ < width) & keep_;                       \
-    }                                                                          \
+    for (int s_ = 0; s_ < SS; s_++)                                            \
+        cond_[s_] &= keep_;                                                    \
     _Pragma("GCC unroll 7")                                                    \
     for (int r_ = 0; r_ < RR; r_++) {                                          \
         _Pragma("GCC unroll 7")                                                \
@@ -437,7 +438,7 @@ static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x,
 #undef DW_FIXED_BLOCK
 #undef DW_EDGE_BLOCK
 #undef DW_WGRAD_EDGE
-#undef DW_MULTI_MAX
+#undef DW_COLUMN_MASKS
 #undef DW_MULTI_BLOCK
 #undef DW_MULTI_PLAIN
 #undef DW_MULTI_MASKED

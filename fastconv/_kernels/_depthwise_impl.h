@@ -234,7 +234,7 @@ static __attribute__((noinline)) void NM(fwd_multi)(const dw_geom *g, const T *i
         const dws left = MB - m;
         const T *wm = w + m * w_step, *bm = bias ? bias + m : NULL;
         T *om = out + m * o_step;
-        dws block = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        dws block = left >= DW_FWD_BLOCK_MAX ? DW_FWD_BLOCK_MAX : left >= 4 ? 4 : left >= 2 ? 2 : 1;
         int done = 0;
         if (block > 1 && fx_hi > fx_lo) {
 #define DW_MULTI_CALL(RS, MBV) NM(fwd_multi_##RS##_##MBV)(g, in, wm, w_step, bm, om, o_step, \

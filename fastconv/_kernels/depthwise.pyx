@@ -15,7 +15,7 @@
 #
 # Work items and determinism:
 # * forward: (image, output channel); each writes its own output plane. With
-#   a channel multiplier m > 1, (image, block of up to MULTI_PLANES of one
+#   a channel multiplier m > 1, (image, block of up to DW_FWD_BLOCK_MAX of one
 #   input channel's m filters): the block's planes are made together, each
 #   input vector loaded once for all of them.
 # * input gradient: (image, input channel); the item sums its `multiplier`
@@ -56,24 +56,33 @@ cdef extern from "_depthwise.h" nogil:
                     dws g_n, dws N, float *gw)
     void dw_wgrad_d(int isa, const dw_geom *g, const double *x, dws xs_n, const double *grad,
                     dws g_n, dws N, double *gw)
+    # filters of one input channel per forward item (a channel multiplier):
+    # the C kernel blocks them by 8, 4 and 2 (_depthwise_fixed.h, fwd_multi)
+    enum: DW_FWD_BLOCK_MAX
+
+FORWARD_BLOCK_MAX = DW_FWD_BLOCK_MAX
 
 
-# Filters of one input channel per forward item (a channel multiplier): the
-# C kernel blocks them by 8, 4 and 2 (_depthwise_fixed.h, fwd_multi).
-cdef enum:
-    MULTI_PLANES = 8
-FORWARD_BLOCK_MAX = MULTI_PLANES
+def forward_items(Py_ssize_t N, Py_ssize_t C, Py_ssize_t K):
+    """The forward pass's work items: (image, output channel), or with a
+    channel multiplier m = K/C > 1 (image, input channel, block of up to
+    FORWARD_BLOCK_MAX of its m filters)."""
+    cdef Py_ssize_t mult = K // C if C else 1
+    if mult < 2:
+        return N * K
+    return N * C * ((mult + DW_FWD_BLOCK_MAX - 1) // DW_FWD_BLOCK_MAX)
+
 
 def forward_block_filters(Py_ssize_t multiplier, Py_ssize_t R, Py_ssize_t S,
                           Py_ssize_t stride_w):
     """How many filters of one input channel the forward kernel computes
     together (each input vector loaded once for all of them): blocks of up to
-    MULTI_PLANES where the fixed-size kernels run (square 3x3, 5x5, 7x7,
+    DW_FWD_BLOCK_MAX where the fixed-size kernels run (square 3x3, 5x5, 7x7,
     column stride 1: _depthwise_impl.h, fixed_size, for input rows of
     contiguous elements), else 1. For the planner's cost model."""
     if multiplier < 2 or R != S or R not in (3, 5, 7) or stride_w != 1:
         return 1
-    return min(multiplier, MULTI_PLANES)
+    return min(multiplier, DW_FWD_BLOCK_MAX)
 
 
 _ISA_NAMES = {"generic": DW_ISA_PORTABLE, "avx2": DW_ISA_AVX2, "avx512": DW_ISA_AVX512}
@@ -198,16 +207,16 @@ def conv2d_depthwise(const floating[:, :, :, :] x,
     cdef floating b
 
     if mult > 1:
-        # a channel multiplier: an item is up to MULTI_PLANES filters of one
+        # a channel multiplier: an item is up to DW_FWD_BLOCK_MAX filters of one
         # input channel, which the kernel computes together, each input
         # vector loaded once for all of them
-        blocks = (mult + MULTI_PLANES - 1) // MULTI_PLANES
+        blocks = forward_items(1, 1, mult)
         with nogil:
             for item in prange(N * C * blocks, schedule="static", num_threads=num_threads):
                 n = item // (C * blocks)
                 c = (item // blocks) % C
-                first = c * mult + (item % blocks) * MULTI_PLANES
-                count = min(MULTI_PLANES, (c + 1) * mult - first)
+                first = c * mult + (item % blocks) * DW_FWD_BLOCK_MAX
+                count = min(DW_FWD_BLOCK_MAX, (c + 1) * mult - first)
                 if floating is float:
                     dw_fwd_multi_f(isa, &g, x0 + n * xs_n + c * xs_c, count, w0 + first * taps,
                                    taps, b0 + first if b0 != NULL else NULL,
