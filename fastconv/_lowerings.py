@@ -838,9 +838,103 @@ class Depthwise(Lowering):
 
 
 # --------------------------------------------------------------------------
+# the direct convolution: no gathered panel, padding skipped
+
+@dataclasses.dataclass(frozen=True)
+class DirectConvBlocking:
+    """The direct convolution's tile (MR pixels x NR filters) and ISA."""
+    mr: int
+    nr: int
+    isa: str
+
+
+def valid_tap_fraction(g):
+    """The share of the stretched matrix's elements that are inside the image
+    (the rest are padding): per axis, each output position's taps that read
+    the input, over all taps; the two axes multiply."""
+    def axis(out_len, in_len, taps, stride, pad, dil):
+        if out_len == 0 or taps == 0:
+            return 1.0
+        positions = np.arange(out_len)[:, None] * stride - pad + np.arange(taps)[None, :] * dil
+        return float(((positions >= 0) & (positions < in_len)).mean())
+    (pad_top, _), (pad_left, _) = g.padding
+    return (axis(g.Ho, g.H, g.R, g.stride[0], pad_top, g.dilation[0])
+            * axis(g.Wo, g.W, g.S, g.stride[1], pad_left, g.dilation[1]))
+
+
+class DirectConv(Lowering):
+    """The convolution on the input in place (oneDNN's direct kernels,
+    XNNPACK's indirect GEMM): a tile of MR output pixels by NR filters, per
+    input channel and kernel tap each pixel's input value broadcast into NR
+    filters' packed weights. The stretched matrix's element is at a channel
+    offset + a tap offset + a pixel offset, so nothing is gathered; pixels
+    are grouped by which taps fall in the padding, and those taps are
+    skipped, not multiplied (fastconv/_kernels/direct.pyx, _direct_*.h)."""
+    name = "direct"
+    kernel = "direct"
+    uses_blas = False
+
+    def unsuitable(self, g):
+        if self.kind != "forward":
+            return "computes the forward pass only"
+        return _zero_padding_only(g)
+
+    def propose(self, planner, forced):
+        from fastconv._kernels import direct
+        isa = fused_isa(planner.tuning.isa)
+        sizes = direct.blocking(planner.dtype, isa)
+        threads = planner.threads if _machine.openmp_enabled() else 1
+        reason = (f"direct convolution ({isa} kernel, {sizes['MR']} pixels x {sizes['NR']} "
+                  "filters), padding taps skipped")
+        plan = planner.plan(self, DirectConvBlocking(sizes["MR"], sizes["NR"], isa), threads, 1,
+                            reason)
+        return plan if plan.workspace_bytes <= planner.limit else None
+
+    def cost(self, plan, tuning):
+        # the multiply-adds inside the image, filters padded to NR, at the
+        # kernel's rate (see Tuning.direct_conv_rate)
+        g, b = plan.geometry, plan.blocking
+        kg = max(1, g.K // g.groups)
+        filters = -(-kg // b.nr) * b.nr / kg
+        return (plan.flops * valid_tap_fraction(g) * filters
+                / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads * tuning.direct_conv_rate)
+                * _thin_gemm_factor(kg, g.rows, tuning))
+
+    def buffers(self, g, dtype, blocking, threads):
+        from fastconv._kernels import direct
+        (pad_top, _), (pad_left, _) = g.padding
+        packed, tables, per_thread = direct.buffer_sizes(
+            g.N, g.K, g.C, g.H, g.W, g.Ho, g.Wo, g.R, g.S, g.groups, *g.stride, pad_top,
+            pad_left, *g.dilation, dtype, blocking.isa)
+        return {"packed_weight": ((packed,), dtype), "tables": ((tables,), _INDEX),
+                "workspace": ((threads, per_thread), dtype)}
+
+    def too_small(self, planner):
+        sizes = self.buffers(planner.g, planner.dtype,
+                             DirectConvBlocking(1, 1, fused_isa(planner.tuning.isa)), 1)
+        needed = buffer_bytes(sizes)
+        return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "
+                f"small: the direct convolution (packed weights, pixel tables, one thread) "
+                f"needs {needed} bytes ({format_bytes(needed)})")
+
+    def describe(self, plan):
+        b = plan.blocking
+        return (f"direct {b.isa} kernel, tiles of {b.mr} pixels x {b.nr} filters, "
+                f"{valid_tap_fraction(plan.geometry):.0%} of the taps inside the image")
+
+    def run(self, plan, ops, bufs, threads):
+        from fastconv._kernels import direct
+        g = plan.geometry
+        direct.conv2d_direct(ops.x, ops.filters, ops.bias, ops.out, bufs["packed_weight"],
+                             bufs["tables"], bufs["workspace"], *g.kernel_args, g.groups,
+                             plan.flip, plan.blocking.isa, threads)
+
+
+# --------------------------------------------------------------------------
 # the table: per kind, the entries in order of preference when costs tie
 
-TABLE = {kind: (Gemm1x1(kind), Stretch(kind), Mapped(kind), Fused(kind), Depthwise(kind))
+TABLE = {kind: (Gemm1x1(kind), Stretch(kind), Mapped(kind), Fused(kind), Depthwise(kind),
+               DirectConv(kind))
          for kind in KINDS}
 
 

@@ -54,10 +54,11 @@ def random_arrays(case):
 
 
 def blas_rules():
-    """Plan as if the fused lowering were not in the table: the rules among
-    the BLAS lowerings (1x1, stretch, mapped), which it otherwise outbids on
-    deep layers."""
-    return _tuning.tuned(fused_rate=1e-9, fused_shallow_rate=1e-9, fused_pointwise_rate=1e-9)
+    """Plan as if the fused and direct lowerings were not in the table: the
+    rules among the BLAS lowerings (1x1, stretch, mapped), which they
+    otherwise outbid on deep layers."""
+    return _tuning.tuned(fused_rate=1e-9, fused_shallow_rate=1e-9, fused_pointwise_rate=1e-9,
+                         direct_conv_rate=1e-9)
 
 
 def small_tiles(tile_bytes):

@@ -80,6 +80,11 @@ def test_choice_rules():
     assert fastconv.plan_conv2d((8, 2048, 7, 7), (512, 2048, 1, 1)).method == "fused"
     assert fastconv.plan_conv2d((1, 1024, 14, 14), (256, 1024, 1, 1)).method == "gemm1x1"
     assert fastconv.plan_conv2d((1, 2048, 7, 7), (512, 2048, 1, 1)).method == "gemm1x1"
+    # the direct convolution where the padding is a large share of the taps
+    # (7x7 maps: 18 %, which it skips), not where it is small (56x56: 2 %)
+    assert fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3), padding=1).method == "direct"
+    assert fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 3, 3), padding=1).method == "fused"
+    assert fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3)).method != "direct"
     # a first layer (one channel, 32 filters: a channel multiplier of 32) runs
     # the direct kernel's blocks of filters (Tuning.direct_block_rate), its
     # gradients GEMMs; a 3x4 kernel has no blocks, nor has a multiplier of 1

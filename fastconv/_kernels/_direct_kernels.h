@@ -1,0 +1,88 @@
+/* Dispatch of the direct lowering's tile kernels (direct.pyx): the ISA codes
+ * and availability test of _fused_kernels.h (0 generic, 1 avx2, 2 avx512). */
+#ifndef FASTCONV_DIRECT_KERNELS_H
+#define FASTCONV_DIRECT_KERNELS_H
+
+#include <stddef.h>
+#include "_fused_kernels.h"
+#include "_direct_generic.h"
+#if FC_HAVE_X86_KERNELS
+#include "_direct_avx2.h"
+#include "_direct_avx512.h"
+#endif
+
+typedef void (*fc_direct_f32_t)(ptrdiff_t, const float *, const ptrdiff_t *, ptrdiff_t,
+                                ptrdiff_t, const ptrdiff_t *, const ptrdiff_t *, ptrdiff_t,
+                                const float *, ptrdiff_t, float *, int);
+typedef void (*fc_direct_f64_t)(ptrdiff_t, const double *, const ptrdiff_t *, ptrdiff_t,
+                                ptrdiff_t, const ptrdiff_t *, const ptrdiff_t *, ptrdiff_t,
+                                const double *, ptrdiff_t, double *, int);
+
+/* pixels per tile */
+static inline int fc_direct_mr(int isa)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return FC_DIRECT_AVX512_MR;
+    if (isa == FC_ISA_AVX2) return FC_DIRECT_AVX2_MR;
+#endif
+    return FC_DIRECT_GENERIC_MR;
+}
+
+/* filters per tile */
+static inline int fc_direct_nr(int isa, int is_double)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return is_double ? FC_DIRECT_AVX512_NR_F64 : FC_DIRECT_AVX512_NR_F32;
+    if (isa == FC_ISA_AVX2) return is_double ? FC_DIRECT_AVX2_NR_F64 : FC_DIRECT_AVX2_NR_F32;
+#endif
+    return is_double ? FC_DIRECT_GENERIC_NR_F64 : FC_DIRECT_GENERIC_NR_F32;
+}
+
+static inline fc_direct_f32_t fc_direct_f32(int isa)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_direct_avx512_f32;
+    if (isa == FC_ISA_AVX2) return fc_direct_avx2_f32;
+#endif
+    return fc_direct_generic_f32;
+}
+
+static inline fc_direct_f64_t fc_direct_f64(int isa)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_direct_avx512_f64;
+    if (isa == FC_ISA_AVX2) return fc_direct_avx2_f64;
+#endif
+    return fc_direct_generic_f64;
+}
+
+/* The ISA's transposing pack of a weight panel (w, rows, nf, depth, taps,
+ * flip, panel), or NULL: direct.pyx's portable loop */
+typedef void (*fc_direct_pack_f32_t)(const float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                     int, float *);
+typedef void (*fc_direct_pack_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                     int, double *);
+
+static inline fc_direct_pack_f32_t fc_direct_pack_f32(int isa)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_direct_pack_avx512_f32;
+#endif
+    return NULL;
+}
+
+static inline fc_direct_pack_f64_t fc_direct_pack_f64(int isa)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_direct_pack_avx512_f64;
+#endif
+    return NULL;
+}
+
+#endif

@@ -1,0 +1,401 @@
+# The direct lowering: the convolution computed on the input in place, with
+# neither an im2col matrix nor a gathered panel (oneDNN's direct kernels,
+# XNNPACK's indirect GEMM), and the taps that fall in the padding skipped.
+#
+# The stretched matrix's element (channel c, tap (r, s), output pixel p) is
+#     x[c * xs_c + tap_off(r, s) + pix(p)]
+# with tap_off(r, s) = r*dh*xs_h + s*dw*xs_w and pix(p) = n*xs_n +
+# (oh*sh - pad_top)*xs_h + (ow*sw - pad_left)*xs_w: separable, wherever the
+# tap is inside the image. So:
+#
+#   pixel classes: output rows whose valid taps (r range) agree form a row
+#       class, likewise columns; a class is (row class, column class), and
+#       every tap in it is inside the image for all its pixels. ResNet-50's
+#       7x7 maps with a 3x3 kernel: 9 classes (interior, 4 edges, 4
+#       corners), the interior's 25 pixels use 9 taps, an edge's 6, a
+#       corner's 4: 82 % of the multiply-adds a GEMM lowering makes.
+#   tiles: up to MR pixels of one class (in batch order: an interior run of
+#       a row is contiguous in the input).
+#   packed weights: per (group, block of NR filters) a panel [channel][tap]
+#       [NR], filters zero-padded to NR, the kernel reversed if flip: packed
+#       once per call, before the parallel loop, shared read-only.
+#   work items: (group, filter block, run of tiles), dynamic schedule. Per
+#       item, per block of input channels (its panel part in L2), per tile:
+#       one kernel call (_direct_*.h), MR x NR accumulators in registers
+#       over the channel block, parked in the thread's workspace between
+#       blocks; after the last block the tile is stored into out (bias
+#       added), each pixel's filters at out's filter stride.
+#
+# ISA codes as the fused lowering's (_fused_kernels.h): 0 generic, 1 avx2,
+# 2 avx512.
+
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+
+import numpy as np
+
+from fastconv._kernels.fused import isa_code
+
+
+cdef extern from "_direct_kernels.h" nogil:
+    ctypedef void (*fc_direct_f32_t)(Py_ssize_t, const float *, const Py_ssize_t *, Py_ssize_t,
+                                     Py_ssize_t, const Py_ssize_t *, const Py_ssize_t *,
+                                     Py_ssize_t, const float *, Py_ssize_t, float *,
+                                     int) noexcept nogil
+    ctypedef void (*fc_direct_f64_t)(Py_ssize_t, const double *, const Py_ssize_t *, Py_ssize_t,
+                                     Py_ssize_t, const Py_ssize_t *, const Py_ssize_t *,
+                                     Py_ssize_t, const double *, Py_ssize_t, double *,
+                                     int) noexcept nogil
+    int fc_direct_mr(int isa)
+    int fc_direct_nr(int isa, int is_double)
+    fc_direct_f32_t fc_direct_f32(int isa)
+    fc_direct_f64_t fc_direct_f64(int isa)
+    ctypedef void (*fc_direct_pack_f32_t)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                          Py_ssize_t, int, float *) noexcept nogil
+    ctypedef void (*fc_direct_pack_f64_t)(const double *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                          Py_ssize_t, int, double *) noexcept nogil
+    fc_direct_pack_f32_t fc_direct_pack_f32(int isa)
+    fc_direct_pack_f64_t fc_direct_pack_f64(int isa)
+
+
+cdef enum:
+    ALIGN_BYTES = 64
+    # the tile fields of the tables: first pixel, pixels, class
+    TILE_START = 0
+    TILE_PIXELS = 1
+    TILE_CLASS = 2
+    TILE_FIELDS = 3
+
+# A channel block's part of a panel (channels x taps x NR) stays near this
+# size, so that it lives in L2 while an item's tiles run over it (prototype,
+# fp32, 2 threads: the whole depth at once, 1.2 MB on ResNet-50 5b, took
+# 1.1x the time of 64-channel blocks; 16-64 channels within 3 %).
+PANEL_BLOCK_BYTES = 144 * 1024
+# An item's accumulators (tiles x MR x NR) stay in L2 between channel blocks.
+ITEM_TILE_BYTES = 64 * 1024
+# Items per thread at least, for the dynamic schedule to even out.
+ITEMS_PER_THREAD = 16
+
+
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+def _dtype_is_double(dtype):
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return True
+    if dtype == np.float32:
+        return False
+    raise TypeError(f"the direct kernel computes float32 or float64, not {dtype}")
+
+
+def blocking(dtype, isa=None):
+    """{"MR": pixels, "NR": filters} of a tile of the ISA's kernel."""
+    code = isa_code(isa)
+    return {"MR": fc_direct_mr(code), "NR": fc_direct_nr(code, _dtype_is_double(dtype))}
+
+
+def _classes(Py_ssize_t out_len, Py_ssize_t in_len, Py_ssize_t taps, Py_ssize_t stride,
+             Py_ssize_t pad, Py_ssize_t dil):
+    """Per output position along one axis, its valid taps [lo, hi) and class
+    id (positions with the same range share one); and the classes' ranges."""
+    lo = np.empty(out_len, np.intp)
+    hi = np.empty(out_len, np.intp)
+    for o in range(out_len):
+        first = o * stride - pad
+        r_lo = 0
+        while r_lo < taps and first + r_lo * dil < 0:
+            r_lo += 1
+        r_hi = taps
+        while r_hi > r_lo and first + (r_hi - 1) * dil >= in_len:
+            r_hi -= 1
+        lo[o], hi[o] = r_lo, r_hi
+    ranges, ids = np.unique(np.stack([lo, hi], 1), axis=0, return_inverse=True)
+    return np.ascontiguousarray(ids.reshape(-1), dtype=np.intp), ranges
+
+
+def table_size(N, H, W, Ho, Wo, R, S, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
+               isa=None):
+    """intp elements of the tables of a geometry: every pixel's input and
+    output offsets, the tiles, and each class's taps (offsets and panel
+    rows) and count. An upper bound, from the shapes only: row classes are
+    at most 2R+1 (the valid tap range's ends only fall as the row grows)."""
+    mr = fc_direct_mr(isa_code(isa))
+    pixels = N * Ho * Wo
+    classes = min(Ho, 2 * R + 1) * min(Wo, 2 * S + 1)
+    tiles = pixels // mr + classes + 1   # sum of ceil(class pixels / MR)
+    return 2 * pixels + TILE_FIELDS * tiles + classes * (2 * R * S + 1)
+
+
+def item_tiles(Py_ssize_t mr, Py_ssize_t nr, Py_ssize_t itemsize):
+    """The most tiles of an item, whose accumulators stay in L2 between
+    channel blocks (the workspace holds that many per thread)."""
+    return max(1, ITEM_TILE_BYTES // (mr * nr * itemsize))
+
+
+def work_split(Py_ssize_t tiles, Py_ssize_t blocks, Py_ssize_t channel_blocks, Py_ssize_t mr,
+               Py_ssize_t nr, Py_ssize_t itemsize, Py_ssize_t threads):
+    """Tiles per item: few enough that an item's accumulators stay in L2
+    between channel blocks (with one block, a tile at a time needs none),
+    and enough items (with the `blocks` filter blocks of all groups) for
+    every thread several times over."""
+    if tiles == 0:
+        return 1
+    per_item = tiles
+    if channel_blocks > 1:
+        per_item = item_tiles(mr, nr, itemsize)
+    wanted = ITEMS_PER_THREAD * threads if threads > 1 else 1
+    runs = max(_ceil_div(tiles, per_item), _ceil_div(wanted, max(1, blocks)))
+    return _ceil_div(tiles, min(runs, tiles))
+
+
+def buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, stride_h, stride_w, pad_top, pad_left,
+                 dil_h, dil_w, dtype, isa=None):
+    """(packed weight elements, tables' intp elements, workspace elements per
+    thread) of a call."""
+    sizes = blocking(dtype, isa)
+    mr, nr = sizes["MR"], sizes["NR"]
+    itemsize = np.dtype(dtype).itemsize
+    Kg, Cg = K // groups, C // groups
+    fblocks = _ceil_div(Kg, nr) if Kg else 0
+    packed = groups * fblocks * Cg * R * S * nr + ALIGN_BYTES // itemsize
+    tables = table_size(N, H, W, Ho, Wo, R, S, stride_h, stride_w, pad_top, pad_left,
+                        dil_h, dil_w, isa)
+    # an item's accumulators, for any channel blocks (see work_split)
+    slots = item_tiles(mr, nr, itemsize)
+    return packed, tables, slots * mr * nr + ALIGN_BYTES // itemsize
+
+
+def channel_block(Py_ssize_t channels, Py_ssize_t taps, Py_ssize_t nr, Py_ssize_t itemsize):
+    """Input channels per block: their part of a panel near PANEL_BLOCK_BYTES,
+    the blocks of even size."""
+    if channels == 0:
+        return 1
+    most = max(1, PANEL_BLOCK_BYTES // max(1, taps * nr * itemsize))
+    return _ceil_div(channels, _ceil_div(channels, most))
+
+
+cdef inline floating *_aligned(floating *p) noexcept nogil:
+    cdef size_t a = <size_t>p
+    return <floating *>((a + ALIGN_BYTES - 1) // ALIGN_BYTES * ALIGN_BYTES)
+
+
+cdef void _pack_panel(const floating *weight, Py_ssize_t rows, Py_ssize_t Kg,
+                      Py_ssize_t f0, Py_ssize_t Cg, Py_ssize_t taps, Py_ssize_t nr, bint flip,
+                      floating *panel) noexcept nogil:
+    """panel[c][tap][f] = weight[f0 + f, c*taps + tap] (tap reversed if flip),
+    zero for filters past Kg: in blocks of 64 (channel, tap) rows, so that
+    the block being written stays in L1 while nr weight rows are read."""
+    cdef Py_ssize_t nf = Kg - f0 if Kg - f0 < nr else nr
+    cdef Py_ssize_t depth = Cg * taps, d0, d1, d, f, c, t
+    cdef const floating *row
+    for d0 in range(0, depth, 64):
+        d1 = d0 + 64 if d0 + 64 < depth else depth
+        for f in range(nr):
+            if f >= nf:
+                for d in range(d0, d1):
+                    panel[d * nr + f] = 0
+                continue
+            row = weight + (f0 + f) * rows
+            if flip:
+                for d in range(d0, d1):
+                    c = d // taps
+                    t = d - c * taps
+                    panel[(c * taps + taps - 1 - t) * nr + f] = row[d]
+            else:
+                for d in range(d0, d1):
+                    panel[d * nr + f] = row[d]
+
+
+cdef void _store_tile(const floating *tile, Py_ssize_t m, Py_ssize_t nr, Py_ssize_t nf,
+                      const Py_ssize_t *pix_out, floating *out, Py_ssize_t out_filter,
+                      const floating *bias) noexcept nogil:
+    """Each of the tile's m pixels' nf filters into out, bias added."""
+    cdef Py_ssize_t j, f
+    cdef floating *o
+    for j in range(m):
+        o = out + pix_out[j]
+        if bias != NULL:
+            for f in range(nf):
+                o[f * out_filter] = tile[j * nr + f] + bias[f]
+        else:
+            for f in range(nf):
+                o[f * out_filter] = tile[j * nr + f]
+
+
+def conv2d_direct(const floating[:, :, :, :] x,
+                  const floating[:, ::1] weight,
+                  const floating[::1] bias,
+                  floating[:, :, ::1] out,
+                  floating[::1] packed_weight,
+                  Py_ssize_t[::1] tables,
+                  floating[:, ::1] workspace,
+                  Py_ssize_t R, Py_ssize_t S, Py_ssize_t Wo,
+                  Py_ssize_t stride_h, Py_ssize_t stride_w,
+                  Py_ssize_t pad_top, Py_ssize_t pad_left,
+                  Py_ssize_t dil_h, Py_ssize_t dil_w,
+                  Py_ssize_t groups, bint flip, isa, int num_threads,
+                  Py_ssize_t channel_block_size=0):
+    """out (N, K, Ho*Wo), C-contiguous = the convolution of x (N, C, H, W; any
+    strides, negative and zero included) with weight (K, C/groups*R*S),
+    C-contiguous, plus bias (K,) (length 0: no bias), by the direct kernel.
+
+    packed_weight, tables, workspace: at least buffer_sizes(...) elements
+    (workspace: (>= num_threads, per thread)); all overwritten. isa:
+    "avx512", "avx2", "generic", their codes, or None / "auto". Same
+    conventions as conv2d_fused (flip reverses the kernel).
+    channel_block_size: input channels per block (0: channel_block()'s; for
+    tests, any value >= 1 is correct, the workspace sized for the default
+    holds the accumulators of any).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = weight.shape[0], rows = weight.shape[1]
+    cdef Py_ssize_t cols = out.shape[2]
+    cdef int code = isa_code(isa)
+    cdef int dbl = floating is double
+    cdef Py_ssize_t mr = fc_direct_mr(code), nr = fc_direct_nr(code, dbl)
+    cdef Py_ssize_t itemsize = sizeof(floating)
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if groups < 1 or C % groups or K % groups:
+        raise ValueError(f"groups={groups} must divide C={C} and K={K}")
+    if Wo < 1 or cols % Wo or R < 1 or S < 1:
+        raise ValueError(f"bad geometry: Wo={Wo}, R={R}, S={S}, out columns {cols}")
+    if rows != C // groups * R * S:
+        raise ValueError(f"weight has {rows} columns, expected C/groups*R*S = {C // groups * R * S}")
+    if out.shape[0] != N or out.shape[1] != K:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected ({N}, {K}, {cols})")
+    if bias.shape[0] not in (0, K):
+        raise ValueError(f"bias has {bias.shape[0]} values, expected 0 or K={K}")
+    if N == 0 or K == 0 or cols == 0:
+        return
+    cdef Py_ssize_t Ho = cols // Wo
+    need = buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, stride_h, stride_w, pad_top,
+                        pad_left, dil_h, dil_w, np.float64 if dbl else np.float32, code)
+    if (packed_weight.shape[0] < need[0] or tables.shape[0] < need[1]
+            or workspace.shape[0] < num_threads or workspace.shape[1] < need[2]):
+        raise ValueError(f"buffers of {packed_weight.shape[0]}, {tables.shape[0]} and "
+                         f"({workspace.shape[0]}, {workspace.shape[1]}) elements, need {need[0]}, {need[1]} and "
+                         f"({num_threads}, {need[2]})")
+
+    # ---- the classes, pixels (class by class, each in batch order) and tiles
+    cdef Py_ssize_t xs_n = x.strides[0] // itemsize, xs_c = x.strides[1] // itemsize
+    cdef Py_ssize_t xs_h = x.strides[2] // itemsize, xs_w = x.strides[3] // itemsize
+    row_class_a, row_ranges = _classes(Ho, H, R, stride_h, pad_top, dil_h)
+    col_class_a, col_ranges = _classes(Wo, W, S, stride_w, pad_left, dil_w)
+    cdef Py_ssize_t[::1] row_class = row_class_a, col_class = col_class_a
+    cdef Py_ssize_t n_col_classes = len(col_ranges)
+    cdef Py_ssize_t n_classes = len(row_ranges) * n_col_classes
+    cdef Py_ssize_t npix = N * Ho * Wo
+    cdef Py_ssize_t[::1] fill = np.zeros(n_classes + 1, np.intp)
+    cdef Py_ssize_t *tab_w = &tables[0]
+    cdef Py_ssize_t n, i, j, k, pos, count, tiles_at = 2 * npix, n_tiles = 0
+    for i in range(Ho):
+        for j in range(Wo):
+            fill[row_class[i] * n_col_classes + col_class[j] + 1] += N
+    for k in range(n_classes):
+        fill[k + 1] += fill[k]      # fill[k]: where class k's pixels start
+    for k in range(n_classes):
+        count = fill[k + 1] - fill[k]
+        for pos in range(0, count, mr):
+            tab_w[tiles_at + n_tiles * TILE_FIELDS + TILE_START] = fill[k] + pos
+            tab_w[tiles_at + n_tiles * TILE_FIELDS + TILE_PIXELS] = count - pos if count - pos < mr else mr
+            tab_w[tiles_at + n_tiles * TILE_FIELDS + TILE_CLASS] = k
+            n_tiles += 1
+    for n in range(N):
+        for i in range(Ho):
+            for j in range(Wo):
+                k = row_class[i] * n_col_classes + col_class[j]
+                pos = fill[k]
+                fill[k] = pos + 1
+                tab_w[pos] = n * xs_n + (i * stride_h - pad_top) * xs_h + (j * stride_w - pad_left) * xs_w
+                tab_w[npix + pos] = n * K * cols + i * Wo + j
+    buf = np.asarray(tables)
+    # per class: valid taps' input offsets, their rows in the panel, their count
+    cdef Py_ssize_t taps_at = tiles_at + TILE_FIELDS * n_tiles
+    cdef Py_ssize_t RS = R * S, class_fields = 2 * RS + 1
+    for klass in range(n_classes):
+        (r_lo, r_hi), (s_lo, s_hi) = (row_ranges[klass // n_col_classes],
+                                      col_ranges[klass % n_col_classes])
+        r, s = np.meshgrid(np.arange(r_lo, r_hi), np.arange(s_lo, s_hi), indexing="ij")
+        r, s = r.reshape(-1), s.reshape(-1)
+        at = taps_at + klass * class_fields
+        buf[at] = len(r)
+        buf[at + 1:at + 1 + len(r)] = r * dil_h * xs_h + s * dil_w * xs_w
+        buf[at + 1 + RS:at + 1 + RS + len(r)] = (r * S + s) * nr
+
+    cdef Py_ssize_t Kg = K // groups, Cg = C // groups
+    cdef Py_ssize_t fblocks = _ceil_div(Kg, nr)
+    cdef Py_ssize_t cb = (channel_block_size if channel_block_size > 0
+                          else channel_block(Cg, RS, nr, itemsize))
+    cdef Py_ssize_t n_cblocks = _ceil_div(Cg, cb)
+    cdef Py_ssize_t per_item = work_split(n_tiles, groups * fblocks, n_cblocks, mr, nr, itemsize,
+                                          num_threads)
+    cdef Py_ssize_t runs = _ceil_div(n_tiles, per_item)
+    cdef Py_ssize_t panel_size = Cg * RS * nr, panel_channel = RS * nr
+    cdef const floating *x0 = &x[0, 0, 0, 0]
+    cdef const floating *w0 = &weight[0, 0]
+    cdef const floating *bias0 = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef floating *packed = _aligned(&packed_weight[0])
+    cdef floating *out0 = &out[0, 0, 0]
+    cdef const Py_ssize_t *tab = &tables[0]
+    cdef Py_ssize_t item, g, fb, run, t0, t1, t, c0, nc, nf, f0, ntaps, slot
+    cdef const Py_ssize_t *tile
+    cdef const Py_ssize_t *klass_taps
+    cdef floating *acc
+    cdef const floating *panel
+    cdef fc_direct_f32_t kernel32 = fc_direct_f32(code)
+    cdef fc_direct_f64_t kernel64 = fc_direct_f64(code)
+    cdef fc_direct_pack_f32_t pack32 = fc_direct_pack_f32(code)
+    cdef fc_direct_pack_f64_t pack64 = fc_direct_pack_f64(code)
+    with nogil:
+        # weights first: every item of a filter block reads its whole panel
+        for item in prange(groups * fblocks, schedule="static", num_threads=num_threads):
+            g = item // fblocks
+            fb = item % fblocks
+            nf = Kg - fb * nr if Kg - fb * nr < nr else nr
+            if floating is float and pack32 != NULL:
+                pack32(w0 + (g * Kg + fb * nr) * rows, rows, nf, rows, RS, flip,
+                       packed + item * panel_size)
+            elif floating is double and pack64 != NULL:
+                pack64(w0 + (g * Kg + fb * nr) * rows, rows, nf, rows, RS, flip,
+                       packed + item * panel_size)
+            else:
+                _pack_panel(w0 + g * Kg * rows, rows, Kg, fb * nr, Cg, RS, nr, flip,
+                            packed + item * panel_size)
+        for item in prange(groups * fblocks * runs, schedule="dynamic", num_threads=num_threads):
+            g = item // (fblocks * runs)
+            fb = (item // runs) % fblocks
+            run = item % runs
+            f0 = fb * nr
+            nf = Kg - f0 if Kg - f0 < nr else nr
+            t0 = run * per_item
+            t1 = t0 + per_item if t0 + per_item < n_tiles else n_tiles
+            panel = packed + (g * fblocks + fb) * panel_size
+            acc = _aligned(&workspace[threadid(), 0])
+            c0 = 0
+            while c0 < Cg:
+                nc = Cg - c0 if Cg - c0 < cb else cb
+                for t in range(t0, t1):
+                    tile = tab + tiles_at + t * TILE_FIELDS
+                    klass_taps = tab + taps_at + tile[TILE_CLASS] * class_fields
+                    ntaps = klass_taps[0]
+                    # one channel block: a tile is stored as soon as computed
+                    slot = (t - t0) * mr * nr if n_cblocks > 1 else 0
+                    if floating is float:
+                        kernel32(tile[TILE_PIXELS], x0 + (g * Cg + c0) * xs_c,
+                                 tab + tile[TILE_START], xs_c, nc, klass_taps + 1,
+                                 klass_taps + 1 + RS, ntaps, panel + c0 * panel_channel,
+                                 panel_channel, acc + slot, c0 == 0)
+                    else:
+                        kernel64(tile[TILE_PIXELS], x0 + (g * Cg + c0) * xs_c,
+                                 tab + tile[TILE_START], xs_c, nc, klass_taps + 1,
+                                 klass_taps + 1 + RS, ntaps, panel + c0 * panel_channel,
+                                 panel_channel, acc + slot, c0 == 0)
+                    if c0 + nc >= Cg:
+                        _store_tile(acc + slot, tile[TILE_PIXELS], nr, nf,
+                                    tab + npix + tile[TILE_START],
+                                    out0 + (g * Kg + f0) * cols, cols,
+                                    bias0 + g * Kg + f0 if bias0 != NULL else NULL)
+                c0 = c0 + cb   # (not +=: Cython would make it a reduction)

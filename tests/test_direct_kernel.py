@@ -1,0 +1,189 @@
+"""The direct convolution's kernel (fastconv._kernels.direct), called
+directly, against the independent NumPy reference (tests/reference.py), on
+every instruction set this machine runs: pixel counts that leave partial
+tiles, filter counts around and past NR, every padding form (including
+outputs that read only padding), stride, dilation, groups, flip, odd input
+strides and views, 1 to 3 threads, channel blocks of any size."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import fastconv
+from fastconv import _tuning
+from reference import assert_close, conv2d_reference
+from test_fused_kernel import VIEWS, make_view, out_size
+
+direct = pytest.importorskip("fastconv._kernels.direct")
+fused = pytest.importorskip("fastconv._kernels.fused")
+
+ISAS = fused.supported_isas()
+DTYPES = [np.float32, np.float64]
+
+
+def run_direct(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1,
+               flip=False, isa="generic", threads=1, channel_block_size=0):
+    """conv2d_direct on NCHW x and (K, C/groups, R, S) w, with NaN-filled
+    buffers sized by buffer_sizes (every element the kernel reads must have
+    been written by it); returns out as (N, K, Ho, Wo)."""
+    dtype = x.dtype
+    N, C, H, W = x.shape
+    K, Cg, R, S = w.shape
+    Ho = out_size(H, padding[0], dilation[0], R, stride[0])
+    Wo = out_size(W, padding[1], dilation[1], S, stride[1])
+    n_packed, n_tables, per_thread = direct.buffer_sizes(
+        N, K, C, H, W, Ho, Wo, R, S, groups, *stride, padding[0][0], padding[1][0], *dilation,
+        dtype, isa)
+    packed = np.full(n_packed, np.nan, dtype)
+    tables = np.full(n_tables, -(2**40), np.intp)
+    workspace = np.full((threads, per_thread), np.nan, dtype)
+    out = np.full((N, K, Ho * Wo), np.nan, dtype)
+    bias = np.zeros(0, dtype) if b is None else b
+    direct.conv2d_direct(x, np.ascontiguousarray(w.reshape(K, Cg * R * S)), bias, out, packed,
+                         tables, workspace, R, S, Wo, *stride, padding[0][0], padding[1][0],
+                         *dilation, groups, flip, isa, threads,
+                         channel_block_size=channel_block_size)
+    return out.reshape(N, K, Ho, Wo)
+
+
+@st.composite
+def direct_cases(draw):
+    groups = draw(st.integers(1, 3))
+    c_group = draw(st.integers(1, 6))
+    # filters per group: around and past NR (8/16 generic, 8/16 avx2, 32/64 avx512)
+    k_group = draw(st.sampled_from([1, 3, 8, 9, 16, 17, 33, 65]))
+    R, S = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pads = tuple(tuple(draw(st.integers(0, 4)) for _ in range(2)) for _ in range(2))
+    span_h, span_w = dh * (R - 1) + 1, dw * (S - 1) + 1
+    H = draw(st.integers(max(1, span_h - sum(pads[0])), 13))
+    W = draw(st.integers(max(1, span_w - sum(pads[1])), 17))
+    return dict(
+        N=draw(st.integers(1, 3)), C=groups * c_group, K=groups * k_group, H=H, W=W, R=R, S=S,
+        groups=groups, stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        padding=pads, dilation=(dh, dw), bias=draw(st.booleans()), flip=draw(st.booleans()),
+        dtype=draw(st.sampled_from(DTYPES)), view=draw(st.sampled_from(VIEWS)),
+        threads=draw(st.sampled_from([1, 2, 3])),
+        channel_block_size=draw(st.sampled_from([0, 1, 2, 5])),
+        seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=direct_cases())
+def test_direct_matches_reference(isa, case):
+    rng = np.random.default_rng(case["seed"])
+    dtype = case["dtype"]
+    base = rng.standard_normal((case["N"], case["C"], case["H"], case["W"])).astype(dtype)
+    x = make_view(base, case["view"])
+    w = rng.standard_normal((case["K"], case["C"] // case["groups"], case["R"], case["S"]))
+    w = w.astype(dtype)
+    b = rng.standard_normal(case["K"]).astype(dtype) if case["bias"] else None
+    conv = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                groups=case["groups"], flip=case["flip"])
+    out = run_direct(x, w, b, isa=isa, threads=case["threads"],
+                     channel_block_size=case["channel_block_size"], **conv)
+    assert_close(out, conv2d_reference(x, w, b, **conv), dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("channel_block_size", [0, 1, 7, 50])
+def test_layer_sized(isa, dtype, threads, channel_block_size):
+    # ResNet-50 5b's shape, scaled down: 7x7 maps (9 pixel classes, tiles
+    # that end mid-class), filters past one NR block and not a multiple of
+    # it, channels in several blocks, groups
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 150, 7, 7)).astype(dtype)
+    w = rng.standard_normal((140, 75, 3, 3)).astype(dtype)
+    b = rng.standard_normal(140).astype(dtype)
+    conv = dict(padding=((1, 1), (1, 1)), groups=2)
+    out = run_direct(x, w, b, isa=isa, threads=threads, channel_block_size=channel_block_size,
+                     **conv)
+    assert_close(out, conv2d_reference(x, w, b, **conv), dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_same_bits_for_any_threads(isa, dtype):
+    # each output element is summed by one tile in one order, whatever the
+    # threads or how the tiles are dealt out
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 10, 9, 13)).astype(dtype)
+    w = rng.standard_normal((21, 10, 3, 3)).astype(dtype)
+    runs = [run_direct(x, w, None, padding=((1, 1), (1, 1)), isa=isa, threads=t, flip=True)
+            for t in (1, 2, 3)]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other, runs[0])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_isa_agrees_with_generic(isa):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 16, 12, 12))
+    w = rng.standard_normal((70, 16, 3, 3))
+    ours = run_direct(x, w, None, padding=((1, 1), (1, 1)), isa=isa, threads=2)
+    generic = run_direct(x, w, None, padding=((1, 1), (1, 1)), isa="generic", threads=2)
+    np.testing.assert_allclose(ours, generic, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_padding_only_outputs_are_the_bias(dtype):
+    # a 2x2 image padded by 3: the corner outputs read no input at all (a
+    # pixel class with no taps)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 2, 2)).astype(dtype)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    conv = dict(padding=((3, 3), (3, 3)))
+    out = run_direct(x, w, b, **conv)
+    assert_close(out, conv2d_reference(x, w, b, **conv), dtype)
+    np.testing.assert_array_equal(out[:, :, 0, 0], np.broadcast_to(b, (2, 5)))
+
+
+def test_pixel_classes_skip_the_padding():
+    # 3x3 "same" on 7x7: 3 row classes x 3 column classes; the kernel's work
+    # is the taps inside the image, 82 % of a GEMM's
+    from fastconv._lowerings import valid_tap_fraction
+    from fastconv._params import conv_geometry
+    ids, ranges = direct._classes(7, 7, 3, 1, 1, 1)
+    # valid taps [lo, hi) of the first row, the middle rows, the last row
+    assert ranges.tolist() == [[0, 2], [0, 3], [1, 3]]
+    assert ids.tolist() == [2, 1, 1, 1, 1, 1, 0]
+    g = conv_geometry((8, 512, 7, 7), (512, 512, 3, 3), stride=1, padding=1, dilation=1,
+                      groups=1)
+    assert valid_tap_fraction(g) == pytest.approx((19 / 21) ** 2)
+
+
+def test_rejects_small_buffers_and_bad_arguments():
+    x = np.ones((1, 2, 5, 5), np.float32)
+    w = np.ones((3, 2 * 9), np.float32)
+    out = np.empty((1, 3, 25), np.float32)
+    sizes = direct.buffer_sizes(1, 3, 2, 5, 5, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, np.float32,
+                                "generic")
+    packed, tables = np.empty(sizes[0], np.float32), np.empty(sizes[1], np.intp)
+    ws = np.empty((1, sizes[2]), np.float32)
+    args = (3, 3, 5, 1, 1, 1, 1, 1, 1, 1, False, "generic")
+    direct.conv2d_direct(x, w, np.zeros(0, np.float32), out, packed, tables, ws, *args, 1)
+    with pytest.raises(ValueError, match="buffers"):
+        direct.conv2d_direct(x, w, np.zeros(0, np.float32), out, packed[:-30], tables, ws,
+                             *args, 1)
+    with pytest.raises(ValueError, match="buffers"):
+        direct.conv2d_direct(x, w, np.zeros(0, np.float32), out, packed, tables, ws, *args, 2)
+    with pytest.raises(ValueError, match="num_threads"):
+        direct.conv2d_direct(x, w, np.zeros(0, np.float32), out, packed, tables, ws, *args, 0)
+    with pytest.raises(ValueError, match="bias"):
+        direct.conv2d_direct(x, w, np.zeros(2, np.float32), out, packed, tables, ws, *args, 1)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_front_end_runs_it_on_every_isa(isa):
+    # method="direct" through the planner and executor, on a forced ISA
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 6, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((20, 6, 3, 3)).astype(np.float32)
+    with _tuning.tuned(isa=isa):
+        plan = fastconv.plan_conv2d(x.shape, w.shape, np.float32, padding=1, method="direct")
+    assert plan.method == "direct" and plan.blocking.isa == isa and isa in repr(plan)
+    assert_close(plan.execute(x, w), conv2d_reference(x, w, padding=((1, 1), (1, 1))),
+                 np.float32)
