@@ -56,12 +56,9 @@ static FC_DIRECT_AVX512_TARGET void NAME(const T *w, ptrdiff_t rows, ptrdiff_t n
                 r[i] = LOADZ(f0 + i < nf ? m : (MASK)0, w + (f0 + i) * rows + d0);         \
             TRANSPOSE(r);                                                                  \
             for (i = 0; i < nd; i++) {                                                     \
-                ptrdiff_t d = d0 + i;                                                      \
-                if (flip) {                                                                \
-                    ptrdiff_t c = d / taps;                                                \
-                    d = c * taps + taps - 1 - (d - c * taps);                              \
-                }                                                                          \
-                STORE(panel + d * NR + f0, r[i]);                                          \
+                const ptrdiff_t c = (d0 + i) / taps, t = d0 + i - c * taps;                \
+                const ptrdiff_t row = (flip ? taps - 1 - t : t) * (depth / taps) + c;      \
+                STORE(panel + row * NR + f0, r[i]);                                        \
             }                                                                              \
         }                                                                                  \
     }                                                                                      \

@@ -56,15 +56,16 @@ FC_INLINE void fc_direct_generic_##SUF##_body(                                  
         p[j] = x + pix[j];                                                                 \
         for (f = 0; f < NR; f++) acc[j][f] = first ? (T)0 : tile[j * NR + f];              \
     }                                                                                      \
-    for (c = 0; c < channels; c++) {                                                       \
-        const T *pc = panel + c * panel_channel;                                           \
-        for (t = 0; t < ntaps; t++) {                                                      \
-            const ptrdiff_t off = c * x_channel + tap_off[t];                              \
-            const T *w = pc + tap_panel[t];                                                \
+    for (t = 0; t < ntaps; t++) {                                                          \
+        const T *w = panel + tap_panel[t];                                                 \
+        ptrdiff_t off = tap_off[t];                                                        \
+        for (c = 0; c < channels; c++) {                                                   \
             for (j = 0; j < M; j++) {                                                      \
-                const T v = p[j][off];                                                      \
+                const T v = p[j][off];                                                     \
                 for (f = 0; f < NR; f++) acc[j][f] += v * w[f];                            \
             }                                                                              \
+            w += panel_channel;                                                            \
+            off += x_channel;                                                              \
         }                                                                                  \
     }                                                                                      \
     for (j = 0; j < M; j++)                                                                \

@@ -32,17 +32,18 @@ FC_INLINE TARGET void NAME##_body(                                              
         for (v = 0; v < NV; v++)                                                           \
             acc[j][v] = first ? (VT){0} : ((const VT *)tile)[j * NV + v];                  \
     }                                                                                      \
-    for (c = 0; c < channels; c++) {                                                       \
-        const T *pc = panel + c * panel_channel;                                           \
-        for (t = 0; t < ntaps; t++) {                                                      \
-            const ptrdiff_t off = c * x_channel + tap_off[t];                              \
-            const VT *w = (const VT *)(pc + tap_panel[t]);                                 \
+    for (t = 0; t < ntaps; t++) {                                                          \
+        const T *w = panel + tap_panel[t];                                                 \
+        ptrdiff_t off = tap_off[t];                                                        \
+        for (c = 0; c < channels; c++) {                                                   \
             VT wv[NV];                                                                     \
-            for (v = 0; v < NV; v++) wv[v] = w[v];                                         \
+            for (v = 0; v < NV; v++) wv[v] = ((const VT *)w)[v];                           \
             for (j = 0; j < M; j++) {                                                      \
-                const T xv = p[j][off];                                                     \
+                const T xv = p[j][off];                                                    \
                 for (v = 0; v < NV; v++) acc[j][v] += xv * wv[v];                          \
             }                                                                              \
+            w += panel_channel;                                                            \
+            off += x_channel;                                                              \
         }                                                                                  \
     }                                                                                      \
     for (j = 0; j < M; j++)                                                                \

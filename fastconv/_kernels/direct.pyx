@@ -184,7 +184,7 @@ cdef inline floating *_aligned(floating *p) noexcept nogil:
 cdef void _pack_panel(const floating *weight, Py_ssize_t rows, Py_ssize_t Kg,
                       Py_ssize_t f0, Py_ssize_t Cg, Py_ssize_t taps, Py_ssize_t nr, bint flip,
                       floating *panel) noexcept nogil:
-    """panel[c][tap][f] = weight[f0 + f, c*taps + tap] (tap reversed if flip),
+    """panel[tap][c][f] = weight[f0 + f, c*taps + tap] (tap reversed if flip),
     zero for filters past Kg: in blocks of 64 (channel, tap) rows, so that
     the block being written stays in L1 while nr weight rows are read."""
     cdef Py_ssize_t nf = Kg - f0 if Kg - f0 < nr else nr
@@ -198,14 +198,12 @@ cdef void _pack_panel(const floating *weight, Py_ssize_t rows, Py_ssize_t Kg,
                     panel[d * nr + f] = 0
                 continue
             row = weight + (f0 + f) * rows
-            if flip:
-                for d in range(d0, d1):
-                    c = d // taps
-                    t = d - c * taps
-                    panel[(c * taps + taps - 1 - t) * nr + f] = row[d]
-            else:
-                for d in range(d0, d1):
-                    panel[d * nr + f] = row[d]
+            for d in range(d0, d1):
+                c = d // taps
+                t = d - c * taps
+                if flip:
+                    t = taps - 1 - t
+                panel[(t * Cg + c) * nr + f] = row[d]
 
 
 cdef void _store_tile(const floating *tile, Py_ssize_t m, Py_ssize_t nr, Py_ssize_t nf,
@@ -271,6 +269,7 @@ def conv2d_direct(const floating[:, :, :, :] x,
     if N == 0 or K == 0 or cols == 0:
         return
     cdef Py_ssize_t Ho = cols // Wo
+    cdef Py_ssize_t Kg = K // groups, Cg = C // groups
     need = buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, stride_h, stride_w, pad_top,
                         pad_left, dil_h, dil_w, np.float64 if dbl else np.float32, code)
     if (packed_weight.shape[0] < need[0] or tables.shape[0] < need[1]
@@ -323,9 +322,8 @@ def conv2d_direct(const floating[:, :, :, :] x,
         at = taps_at + klass * class_fields
         buf[at] = len(r)
         buf[at + 1:at + 1 + len(r)] = r * dil_h * xs_h + s * dil_w * xs_w
-        buf[at + 1 + RS:at + 1 + RS + len(r)] = (r * S + s) * nr
+        buf[at + 1 + RS:at + 1 + RS + len(r)] = (r * S + s) * Cg * nr
 
-    cdef Py_ssize_t Kg = K // groups, Cg = C // groups
     cdef Py_ssize_t fblocks = _ceil_div(Kg, nr)
     cdef Py_ssize_t cb = (channel_block_size if channel_block_size > 0
                           else channel_block(Cg, RS, nr, itemsize))
@@ -333,7 +331,7 @@ def conv2d_direct(const floating[:, :, :, :] x,
     cdef Py_ssize_t per_item = work_split(n_tiles, groups * fblocks, n_cblocks, mr, nr, itemsize,
                                           num_threads)
     cdef Py_ssize_t runs = _ceil_div(n_tiles, per_item)
-    cdef Py_ssize_t panel_size = Cg * RS * nr, panel_channel = RS * nr
+    cdef Py_ssize_t panel_size = Cg * RS * nr, panel_channel = nr
     cdef const floating *x0 = &x[0, 0, 0, 0]
     cdef const floating *w0 = &weight[0, 0]
     cdef const floating *bias0 = &bias[0] if bias.shape[0] > 0 else NULL
