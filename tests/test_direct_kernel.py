@@ -21,7 +21,7 @@ DTYPES = [np.float32, np.float64]
 
 
 def run_direct(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1,
-               flip=False, isa="generic", threads=1, channel_block_size=0):
+               flip=False, isa="generic", threads=1, channel_block_size=0, pack_in_items=None):
     """conv2d_direct on NCHW x and (K, C/groups, R, S) w, with NaN-filled
     buffers sized by buffer_sizes (every element the kernel reads must have
     been written by it); returns out as (N, K, Ho, Wo)."""
@@ -32,7 +32,7 @@ def run_direct(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1,
     Wo = out_size(W, padding[1], dilation[1], S, stride[1])
     n_packed, n_tables, per_thread = direct.buffer_sizes(
         N, K, C, H, W, Ho, Wo, R, S, groups, *stride, padding[0][0], padding[1][0], *dilation,
-        dtype, isa)
+        dtype, isa, channel_block_size, pack_in_items)
     packed = np.full(n_packed, np.nan, dtype)
     tables = np.full(n_tables, -(2**40), np.intp)
     workspace = np.full((threads, per_thread), np.nan, dtype)
@@ -41,7 +41,7 @@ def run_direct(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1,
     direct.conv2d_direct(x, np.ascontiguousarray(w.reshape(K, Cg * R * S)), bias, out, packed,
                          tables, workspace, R, S, Wo, *stride, padding[0][0], padding[1][0],
                          *dilation, groups, flip, isa, threads,
-                         channel_block_size=channel_block_size)
+                         channel_block_size=channel_block_size, pack_in_items=pack_in_items)
     return out.reshape(N, K, Ho, Wo)
 
 
@@ -64,6 +64,7 @@ def direct_cases(draw):
         dtype=draw(st.sampled_from(DTYPES)), view=draw(st.sampled_from(VIEWS)),
         threads=draw(st.sampled_from([1, 2, 3])),
         channel_block_size=draw(st.sampled_from([0, 1, 2, 5])),
+        pack_in_items=draw(st.sampled_from([None, True, False])),
         seed=draw(st.integers(0, 2**32 - 1)))
 
 
@@ -81,7 +82,8 @@ def test_direct_matches_reference(isa, case):
     conv = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
                 groups=case["groups"], flip=case["flip"])
     out = run_direct(x, w, b, isa=isa, threads=case["threads"],
-                     channel_block_size=case["channel_block_size"], **conv)
+                     channel_block_size=case["channel_block_size"],
+                     pack_in_items=case["pack_in_items"], **conv)
     assert_close(out, conv2d_reference(x, w, b, **conv), dtype)
 
 
@@ -89,7 +91,8 @@ def test_direct_matches_reference(isa, case):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("channel_block_size", [0, 1, 7, 50])
-def test_layer_sized(isa, dtype, threads, channel_block_size):
+@pytest.mark.parametrize("pack_in_items", [True, False])
+def test_layer_sized(isa, dtype, threads, channel_block_size, pack_in_items):
     # ResNet-50 5b's shape, scaled down: 7x7 maps (9 pixel classes, tiles
     # that end mid-class), filters past one NR block and not a multiple of
     # it, channels in several blocks, groups
@@ -99,7 +102,7 @@ def test_layer_sized(isa, dtype, threads, channel_block_size):
     b = rng.standard_normal(140).astype(dtype)
     conv = dict(padding=((1, 1), (1, 1)), groups=2)
     out = run_direct(x, w, b, isa=isa, threads=threads, channel_block_size=channel_block_size,
-                     **conv)
+                     pack_in_items=pack_in_items, **conv)
     assert_close(out, conv2d_reference(x, w, b, **conv), dtype)
 
 
@@ -111,8 +114,9 @@ def test_same_bits_for_any_threads(isa, dtype):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 10, 9, 13)).astype(dtype)
     w = rng.standard_normal((21, 10, 3, 3)).astype(dtype)
-    runs = [run_direct(x, w, None, padding=((1, 1), (1, 1)), isa=isa, threads=t, flip=True)
-            for t in (1, 2, 3)]
+    runs = [run_direct(x, w, None, padding=((1, 1), (1, 1)), isa=isa, threads=t, flip=True,
+                       pack_in_items=shared)
+            for t in (1, 2, 3) for shared in (True, False)]
     for other in runs[1:]:
         np.testing.assert_array_equal(other, runs[0])
 

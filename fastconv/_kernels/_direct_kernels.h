@@ -61,11 +61,11 @@ static inline fc_direct_f64_t fc_direct_f64(int isa)
 }
 
 /* The ISA's transposing pack of a weight panel (w, rows, nf, depth, taps,
- * flip, panel), or NULL: direct.pyx's portable loop */
+ * flip, tap_rows, panel), or NULL: direct.pyx's portable loop */
 typedef void (*fc_direct_pack_f32_t)(const float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                                     int, float *);
+                                     int, ptrdiff_t, float *);
 typedef void (*fc_direct_pack_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                                     int, double *);
+                                     int, ptrdiff_t, double *);
 
 static inline fc_direct_pack_f32_t fc_direct_pack_f32(int isa)
 {

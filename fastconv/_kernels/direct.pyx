@@ -51,9 +51,9 @@ cdef extern from "_direct_kernels.h" nogil:
     fc_direct_f32_t fc_direct_f32(int isa)
     fc_direct_f64_t fc_direct_f64(int isa)
     ctypedef void (*fc_direct_pack_f32_t)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                                          Py_ssize_t, int, float *) noexcept nogil
+                                          Py_ssize_t, int, Py_ssize_t, float *) noexcept nogil
     ctypedef void (*fc_direct_pack_f64_t)(const double *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                                          Py_ssize_t, int, double *) noexcept nogil
+                                          Py_ssize_t, int, Py_ssize_t, double *) noexcept nogil
     fc_direct_pack_f32_t fc_direct_pack_f32(int isa)
     fc_direct_pack_f64_t fc_direct_pack_f64(int isa)
 
@@ -72,9 +72,15 @@ cdef enum:
 # 1.1x the time of 64-channel blocks; 16-64 channels within 3 %).
 PANEL_BLOCK_BYTES = 144 * 1024
 # An item's accumulators (tiles x MR x NR) stay in L2 between channel blocks.
-ITEM_TILE_BYTES = 64 * 1024
-# Items per thread at least, for the dynamic schedule to even out.
+ITEM_TILE_BYTES = 128 * 1024
+# Items per thread at least, for the dynamic schedule to even out (4: up to
+# 10 % of a 2-thread run waited at the end; 16: 2-3 %).
 ITEMS_PER_THREAD = 16
+# Packed weights above this size are packed by each item, a channel block at
+# a time, into its thread's workspace (in L2) rather than once for all items
+# into one buffer: ResNet-50 5b's 9.4 MB panel took 12 % of its run to write
+# and read back (perf).
+SHARED_PANEL_MAX_BYTES = 4 * 1024 * 1024
 
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -134,37 +140,51 @@ def item_tiles(Py_ssize_t mr, Py_ssize_t nr, Py_ssize_t itemsize):
     return max(1, ITEM_TILE_BYTES // (mr * nr * itemsize))
 
 
-def work_split(Py_ssize_t tiles, Py_ssize_t blocks, Py_ssize_t channel_blocks, Py_ssize_t mr,
-               Py_ssize_t nr, Py_ssize_t itemsize, Py_ssize_t threads):
-    """Tiles per item: few enough that an item's accumulators stay in L2
-    between channel blocks (with one block, a tile at a time needs none),
-    and enough items (with the `blocks` filter blocks of all groups) for
-    every thread several times over."""
+def work_split(Py_ssize_t tiles, Py_ssize_t blocks, Py_ssize_t mr, Py_ssize_t nr,
+               Py_ssize_t itemsize, Py_ssize_t threads, bint pack_in_items):
+    """Tiles per item: at most item_tiles() (the accumulators of an item stay
+    in L2 between channel blocks), and enough items (with the `blocks`
+    filter blocks of all groups) for every thread several times over, or,
+    where each item packs its own panel, only as many as it takes to share
+    the work between the threads (each item packs its filter block again)."""
     if tiles == 0:
         return 1
-    per_item = tiles
-    if channel_blocks > 1:
-        per_item = item_tiles(mr, nr, itemsize)
-    wanted = ITEMS_PER_THREAD * threads if threads > 1 else 1
-    runs = max(_ceil_div(tiles, per_item), _ceil_div(wanted, max(1, blocks)))
+    wanted = 1 if threads == 1 else (2 * threads if pack_in_items
+                                     else ITEMS_PER_THREAD * threads)
+    runs = max(_ceil_div(tiles, item_tiles(mr, nr, itemsize)), _ceil_div(wanted, max(1, blocks)))
     return _ceil_div(tiles, min(runs, tiles))
 
 
+def packs_in_items(K, C, R, S, groups, dtype, isa=None):
+    """Whether each item packs its own panel (the packed weights are larger
+    than SHARED_PANEL_MAX_BYTES) rather than all items sharing one."""
+    nr = blocking(dtype, isa)["NR"]
+    Kg = K // groups
+    return (groups * _ceil_div(Kg, nr) * nr * (C // groups) * R * S * np.dtype(dtype).itemsize
+            > SHARED_PANEL_MAX_BYTES)
+
+
 def buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, stride_h, stride_w, pad_top, pad_left,
-                 dil_h, dil_w, dtype, isa=None):
+                 dil_h, dil_w, dtype, isa=None, channel_block_size=0, pack_in_items=None):
     """(packed weight elements, tables' intp elements, workspace elements per
-    thread) of a call."""
+    thread) of a call (channel_block_size, pack_in_items: as conv2d_direct's)."""
     sizes = blocking(dtype, isa)
     mr, nr = sizes["MR"], sizes["NR"]
     itemsize = np.dtype(dtype).itemsize
     Kg, Cg = K // groups, C // groups
     fblocks = _ceil_div(Kg, nr) if Kg else 0
-    packed = groups * fblocks * Cg * R * S * nr + ALIGN_BYTES // itemsize
+    if pack_in_items is None:
+        pack_in_items = packs_in_items(K, C, R, S, groups, dtype, isa)
     tables = table_size(N, H, W, Ho, Wo, R, S, stride_h, stride_w, pad_top, pad_left,
                         dil_h, dil_w, isa)
-    # an item's accumulators, for any channel blocks (see work_split)
-    slots = item_tiles(mr, nr, itemsize)
-    return packed, tables, slots * mr * nr + ALIGN_BYTES // itemsize
+    align = ALIGN_BYTES // itemsize
+    # an item's accumulators (see work_split), and with pack_in_items, the
+    # panel of its channel block
+    per_thread = item_tiles(mr, nr, itemsize) * mr * nr + align
+    if pack_in_items:
+        cb = channel_block_size or channel_block(Cg, R * S, nr, itemsize)
+        return align, tables, per_thread + min(cb, max(Cg, 1)) * R * S * nr + align
+    return groups * fblocks * Cg * R * S * nr + align, tables, per_thread
 
 
 def channel_block(Py_ssize_t channels, Py_ssize_t taps, Py_ssize_t nr, Py_ssize_t itemsize):
@@ -181,29 +201,45 @@ cdef inline floating *_aligned(floating *p) noexcept nogil:
     return <floating *>((a + ALIGN_BYTES - 1) // ALIGN_BYTES * ALIGN_BYTES)
 
 
-cdef void _pack_panel(const floating *weight, Py_ssize_t rows, Py_ssize_t Kg,
-                      Py_ssize_t f0, Py_ssize_t Cg, Py_ssize_t taps, Py_ssize_t nr, bint flip,
-                      floating *panel) noexcept nogil:
-    """panel[tap][c][f] = weight[f0 + f, c*taps + tap] (tap reversed if flip),
-    zero for filters past Kg: in blocks of 64 (channel, tap) rows, so that
-    the block being written stays in L1 while nr weight rows are read."""
-    cdef Py_ssize_t nf = Kg - f0 if Kg - f0 < nr else nr
-    cdef Py_ssize_t depth = Cg * taps, d0, d1, d, f, c, t
+cdef void _pack_panel(const floating *weight, Py_ssize_t rows, Py_ssize_t nf,
+                      Py_ssize_t depth, Py_ssize_t taps, bint flip, Py_ssize_t tap_rows,
+                      Py_ssize_t nr, floating *panel) noexcept nogil:
+    """panel[tap * tap_rows + c][f] = weight[f * rows + c * taps + tap] (tap
+    reversed if flip) for the depth = channels x taps weights of nf <= nr
+    filter rows, zero for filters past nf: in blocks of 64 depth steps, so
+    that the block being written stays in L1 while the nr rows are read
+    (_direct_avx512.h has the transposing version)."""
+    cdef Py_ssize_t d0, d1, d, f, c, t
     cdef const floating *row
     for d0 in range(0, depth, 64):
         d1 = d0 + 64 if d0 + 64 < depth else depth
         for f in range(nr):
-            if f >= nf:
-                for d in range(d0, d1):
-                    panel[d * nr + f] = 0
-                continue
-            row = weight + (f0 + f) * rows
+            row = weight + f * rows
             for d in range(d0, d1):
                 c = d // taps
                 t = d - c * taps
                 if flip:
                     t = taps - 1 - t
-                panel[(t * Cg + c) * nr + f] = row[d]
+                panel[(t * tap_rows + c) * nr + f] = row[d] if f < nf else 0
+
+
+cdef inline void _pack(const floating *weight, Py_ssize_t rows, Py_ssize_t nf,
+                       Py_ssize_t channels, Py_ssize_t taps, bint flip, Py_ssize_t tap_rows,
+                       Py_ssize_t nr, fc_direct_pack_f32_t pack32, fc_direct_pack_f64_t pack64,
+                       floating *panel) noexcept nogil:
+    """A panel of nf (at most nr) filters: the ISA's transposing pack where
+    it has one, else the portable loop."""
+    if nf > nr:
+        nf = nr
+    if floating is float:
+        if pack32 != NULL:
+            pack32(weight, rows, nf, channels * taps, taps, flip, tap_rows, panel)
+            return
+    else:
+        if pack64 != NULL:
+            pack64(weight, rows, nf, channels * taps, taps, flip, tap_rows, panel)
+            return
+    _pack_panel(weight, rows, nf, channels * taps, taps, flip, tap_rows, nr, panel)
 
 
 cdef void _store_tile(const floating *tile, Py_ssize_t m, Py_ssize_t nr, Py_ssize_t nf,
@@ -234,7 +270,7 @@ def conv2d_direct(const floating[:, :, :, :] x,
                   Py_ssize_t pad_top, Py_ssize_t pad_left,
                   Py_ssize_t dil_h, Py_ssize_t dil_w,
                   Py_ssize_t groups, bint flip, isa, int num_threads,
-                  Py_ssize_t channel_block_size=0):
+                  Py_ssize_t channel_block_size=0, pack_in_items=None):
     """out (N, K, Ho*Wo), C-contiguous = the convolution of x (N, C, H, W; any
     strides, negative and zero included) with weight (K, C/groups*R*S),
     C-contiguous, plus bias (K,) (length 0: no bias), by the direct kernel.
@@ -243,9 +279,10 @@ def conv2d_direct(const floating[:, :, :, :] x,
     (workspace: (>= num_threads, per thread)); all overwritten. isa:
     "avx512", "avx2", "generic", their codes, or None / "auto". Same
     conventions as conv2d_fused (flip reverses the kernel).
-    channel_block_size: input channels per block (0: channel_block()'s; for
-    tests, any value >= 1 is correct, the workspace sized for the default
-    holds the accumulators of any).
+    channel_block_size: input channels per block (0: channel_block()'s; any
+    value >= 1 is correct); pack_in_items: each item packs its channel
+    blocks' panels into its thread's workspace (None: packs_in_items()); the
+    buffers must be sized by buffer_sizes with the same two values.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = weight.shape[0], rows = weight.shape[1]
@@ -270,13 +307,28 @@ def conv2d_direct(const floating[:, :, :, :] x,
         return
     cdef Py_ssize_t Ho = cols // Wo
     cdef Py_ssize_t Kg = K // groups, Cg = C // groups
+    dtype = np.float64 if dbl else np.float32
+    if pack_in_items is None:
+        pack_in_items = packs_in_items(K, C, R, S, groups, dtype, code)
+    cdef bint in_items = pack_in_items
     need = buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, stride_h, stride_w, pad_top,
-                        pad_left, dil_h, dil_w, np.float64 if dbl else np.float32, code)
+                        pad_left, dil_h, dil_w, dtype, code, channel_block_size, in_items)
     if (packed_weight.shape[0] < need[0] or tables.shape[0] < need[1]
             or workspace.shape[0] < num_threads or workspace.shape[1] < need[2]):
         raise ValueError(f"buffers of {packed_weight.shape[0]}, {tables.shape[0]} and "
                          f"({workspace.shape[0]}, {workspace.shape[1]}) elements, need {need[0]}, {need[1]} and "
                          f"({num_threads}, {need[2]})")
+    if Cg == 0:
+        # nothing to sum over: the bias (or zeros)
+        np.asarray(out)[...] = np.asarray(bias)[:, None] if bias.shape[0] else 0
+        return
+    cdef Py_ssize_t cb = (channel_block_size if channel_block_size > 0
+                          else channel_block(Cg, R * S, nr, itemsize))
+    if cb > Cg:
+        cb = Cg
+    # a tap's rows in a panel: the group's channels (one shared panel), or a
+    # channel block's (each item packing its own)
+    cdef Py_ssize_t tap_rows = cb if in_items else Cg
 
     # ---- the classes, pixels (class by class, each in batch order) and tiles
     cdef Py_ssize_t xs_n = x.strides[0] // itemsize, xs_c = x.strides[1] // itemsize
@@ -322,16 +374,15 @@ def conv2d_direct(const floating[:, :, :, :] x,
         at = taps_at + klass * class_fields
         buf[at] = len(r)
         buf[at + 1:at + 1 + len(r)] = r * dil_h * xs_h + s * dil_w * xs_w
-        buf[at + 1 + RS:at + 1 + RS + len(r)] = (r * S + s) * Cg * nr
+        buf[at + 1 + RS:at + 1 + RS + len(r)] = (r * S + s) * tap_rows * nr
 
     cdef Py_ssize_t fblocks = _ceil_div(Kg, nr)
-    cdef Py_ssize_t cb = (channel_block_size if channel_block_size > 0
-                          else channel_block(Cg, RS, nr, itemsize))
     cdef Py_ssize_t n_cblocks = _ceil_div(Cg, cb)
-    cdef Py_ssize_t per_item = work_split(n_tiles, groups * fblocks, n_cblocks, mr, nr, itemsize,
-                                          num_threads)
+    cdef Py_ssize_t per_item = work_split(n_tiles, groups * fblocks, mr, nr, itemsize,
+                                          num_threads, in_items)
+    cdef Py_ssize_t panel_at = item_tiles(mr, nr, itemsize) * mr * nr
     cdef Py_ssize_t runs = _ceil_div(n_tiles, per_item)
-    cdef Py_ssize_t panel_size = Cg * RS * nr, panel_channel = nr
+    cdef Py_ssize_t panel_size = Cg * RS * nr
     cdef const floating *x0 = &x[0, 0, 0, 0]
     cdef const floating *w0 = &weight[0, 0]
     cdef const floating *bias0 = &bias[0] if bias.shape[0] > 0 else NULL
@@ -348,20 +399,13 @@ def conv2d_direct(const floating[:, :, :, :] x,
     cdef fc_direct_pack_f32_t pack32 = fc_direct_pack_f32(code)
     cdef fc_direct_pack_f64_t pack64 = fc_direct_pack_f64(code)
     with nogil:
-        # weights first: every item of a filter block reads its whole panel
-        for item in prange(groups * fblocks, schedule="static", num_threads=num_threads):
-            g = item // fblocks
-            fb = item % fblocks
-            nf = Kg - fb * nr if Kg - fb * nr < nr else nr
-            if floating is float and pack32 != NULL:
-                pack32(w0 + (g * Kg + fb * nr) * rows, rows, nf, rows, RS, flip,
-                       packed + item * panel_size)
-            elif floating is double and pack64 != NULL:
-                pack64(w0 + (g * Kg + fb * nr) * rows, rows, nf, rows, RS, flip,
-                       packed + item * panel_size)
-            else:
-                _pack_panel(w0 + g * Kg * rows, rows, Kg, fb * nr, Cg, RS, nr, flip,
-                            packed + item * panel_size)
+        if not in_items:
+            # weights first: every item of a filter block reads its whole panel
+            for item in prange(groups * fblocks, schedule="static", num_threads=num_threads):
+                g = item // fblocks
+                fb = item % fblocks
+                _pack(w0 + (g * Kg + fb * nr) * rows, rows, Kg - fb * nr, Cg, RS, flip, Cg, nr,
+                      pack32, pack64, packed + item * panel_size)
         for item in prange(groups * fblocks * runs, schedule="dynamic", num_threads=num_threads):
             g = item // (fblocks * runs)
             fb = (item // runs) % fblocks
@@ -370,11 +414,16 @@ def conv2d_direct(const floating[:, :, :, :] x,
             nf = Kg - f0 if Kg - f0 < nr else nr
             t0 = run * per_item
             t1 = t0 + per_item if t0 + per_item < n_tiles else n_tiles
-            panel = packed + (g * fblocks + fb) * panel_size
             acc = _aligned(&workspace[threadid(), 0])
             c0 = 0
             while c0 < Cg:
                 nc = Cg - c0 if Cg - c0 < cb else cb
+                if in_items:
+                    panel = _aligned(acc + panel_at)
+                    _pack(w0 + (g * Kg + f0) * rows + c0 * RS, rows, nf, nc, RS, flip, cb, nr,
+                          pack32, pack64, <floating *>panel)
+                else:
+                    panel = packed + (g * fblocks + fb) * panel_size + c0 * nr
                 for t in range(t0, t1):
                     tile = tab + tiles_at + t * TILE_FIELDS
                     klass_taps = tab + taps_at + tile[TILE_CLASS] * class_fields
@@ -384,13 +433,11 @@ def conv2d_direct(const floating[:, :, :, :] x,
                     if floating is float:
                         kernel32(tile[TILE_PIXELS], x0 + (g * Cg + c0) * xs_c,
                                  tab + tile[TILE_START], xs_c, nc, klass_taps + 1,
-                                 klass_taps + 1 + RS, ntaps, panel + c0 * panel_channel,
-                                 panel_channel, acc + slot, c0 == 0)
+                                 klass_taps + 1 + RS, ntaps, panel, nr, acc + slot, c0 == 0)
                     else:
                         kernel64(tile[TILE_PIXELS], x0 + (g * Cg + c0) * xs_c,
                                  tab + tile[TILE_START], xs_c, nc, klass_taps + 1,
-                                 klass_taps + 1 + RS, ntaps, panel + c0 * panel_channel,
-                                 panel_channel, acc + slot, c0 == 0)
+                                 klass_taps + 1 + RS, ntaps, panel, nr, acc + slot, c0 == 0)
                     if c0 + nc >= Cg:
                         _store_tile(acc + slot, tile[TILE_PIXELS], nr, nf,
                                     tab + npix + tile[TILE_START],
