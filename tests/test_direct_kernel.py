@@ -150,10 +150,14 @@ def test_pixel_classes_skip_the_padding():
     # is the taps inside the image, 82 % of a GEMM's
     from fastconv._lowerings import valid_tap_fraction
     from fastconv._params import conv_geometry
-    ids, ranges = direct._classes(7, 7, 3, 1, 1, 1)
+    ids, ranges = direct.pixel_classes(7, 7, 3, 1, 1, 1)
     # valid taps [lo, hi) of the first row, the middle rows, the last row
-    assert ranges.tolist() == [[0, 2], [0, 3], [1, 3]]
-    assert ids.tolist() == [2, 1, 1, 1, 1, 1, 0]
+    assert ranges.tolist() == [[1, 3], [0, 3], [0, 2]]
+    assert ids.tolist() == [0, 1, 1, 1, 1, 1, 2]
+    # stride 2, dilation 2, padding 3 on 9 positions: ranges only fall
+    ids, ranges = direct.pixel_classes(5, 9, 4, 2, 3, 2)
+    assert ranges.tolist() == [[2, 4], [1, 4], [0, 4], [0, 3], [0, 2]]
+    assert ids.tolist() == [0, 1, 2, 3, 4]
     g = conv_geometry((8, 512, 7, 7), (512, 512, 3, 3), stride=1, padding=1, dilation=1,
                       groups=1)
     assert valid_tap_fraction(g) == pytest.approx((19 / 21) ** 2)

@@ -76,11 +76,11 @@ ITEM_TILE_BYTES = 128 * 1024
 # Items per thread at least, for the dynamic schedule to even out (4: up to
 # 10 % of a 2-thread run waited at the end; 16: 2-3 %).
 ITEMS_PER_THREAD = 16
-# Packed weights above this size are packed by each item, a channel block at
+# Packed weights above this size (256 KiB) are packed by each item, a channel block at
 # a time, into its thread's workspace (in L2) rather than once for all items
 # into one buffer: ResNet-50 5b's 9.4 MB panel took 12 % of its run to write
 # and read back (perf).
-SHARED_PANEL_MAX_BYTES = 4 * 1024 * 1024
+SHARED_PANEL_MAX_BYTES = 256 * 1024
 
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -102,23 +102,41 @@ def blocking(dtype, isa=None):
     return {"MR": fc_direct_mr(code), "NR": fc_direct_nr(code, _dtype_is_double(dtype))}
 
 
-def _classes(Py_ssize_t out_len, Py_ssize_t in_len, Py_ssize_t taps, Py_ssize_t stride,
-             Py_ssize_t pad, Py_ssize_t dil):
-    """Per output position along one axis, its valid taps [lo, hi) and class
-    id (positions with the same range share one); and the classes' ranges."""
-    lo = np.empty(out_len, np.intp)
-    hi = np.empty(out_len, np.intp)
+cdef Py_ssize_t _axis_classes(Py_ssize_t out_len, Py_ssize_t in_len, Py_ssize_t taps,
+                              Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t dil,
+                              Py_ssize_t *ids, Py_ssize_t *ranges) noexcept nogil:
+    """Per output position along one axis, the class of its valid taps
+    [lo, hi) (ids[o]), the classes' ranges (ranges[2k], ranges[2k + 1]) in
+    order of first appearance; returns how many. As the position grows its
+    first tap moves right, so lo and hi only fall: positions of one class
+    are one run, and there are at most 2 * taps + 1 classes."""
+    cdef Py_ssize_t o, first, lo, hi, n = 0
     for o in range(out_len):
         first = o * stride - pad
-        r_lo = 0
-        while r_lo < taps and first + r_lo * dil < 0:
-            r_lo += 1
-        r_hi = taps
-        while r_hi > r_lo and first + (r_hi - 1) * dil >= in_len:
-            r_hi -= 1
-        lo[o], hi[o] = r_lo, r_hi
-    ranges, ids = np.unique(np.stack([lo, hi], 1), axis=0, return_inverse=True)
-    return np.ascontiguousarray(ids.reshape(-1), dtype=np.intp), ranges
+        lo = 0
+        while lo < taps and first + lo * dil < 0:
+            lo += 1
+        hi = taps
+        while hi > lo and first + (hi - 1) * dil >= in_len:
+            hi -= 1
+        if n == 0 or ranges[2 * n - 2] != lo or ranges[2 * n - 1] != hi:
+            ranges[2 * n] = lo
+            ranges[2 * n + 1] = hi
+            n += 1
+        ids[o] = n - 1
+    return n
+
+
+def pixel_classes(Py_ssize_t out_len, Py_ssize_t in_len, Py_ssize_t taps, Py_ssize_t stride,
+                  Py_ssize_t pad, Py_ssize_t dil):
+    """(ids, ranges) of _axis_classes along one axis, as arrays."""
+    ids = np.empty(out_len, np.intp)
+    ranges = np.empty((2 * taps + 1, 2), np.intp)
+    cdef Py_ssize_t[::1] ids_v = ids
+    cdef Py_ssize_t[:, ::1] ranges_v = ranges
+    n = _axis_classes(out_len, in_len, taps, stride, pad, dil, &ids_v[0] if out_len else NULL,
+                      &ranges_v[0, 0])
+    return ids, ranges[:n]
 
 
 def table_size(N, H, W, Ho, Wo, R, S, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
@@ -333,11 +351,13 @@ def conv2d_direct(const floating[:, :, :, :] x,
     # ---- the classes, pixels (class by class, each in batch order) and tiles
     cdef Py_ssize_t xs_n = x.strides[0] // itemsize, xs_c = x.strides[1] // itemsize
     cdef Py_ssize_t xs_h = x.strides[2] // itemsize, xs_w = x.strides[3] // itemsize
-    row_class_a, row_ranges = _classes(Ho, H, R, stride_h, pad_top, dil_h)
-    col_class_a, col_ranges = _classes(Wo, W, S, stride_w, pad_left, dil_w)
-    cdef Py_ssize_t[::1] row_class = row_class_a, col_class = col_class_a
-    cdef Py_ssize_t n_col_classes = len(col_ranges)
-    cdef Py_ssize_t n_classes = len(row_ranges) * n_col_classes
+    cdef Py_ssize_t[::1] row_class = np.empty(Ho, np.intp), col_class = np.empty(Wo, np.intp)
+    cdef Py_ssize_t[:, ::1] row_ranges = np.empty((2 * R + 1, 2), np.intp)
+    cdef Py_ssize_t[:, ::1] col_ranges = np.empty((2 * S + 1, 2), np.intp)
+    cdef Py_ssize_t n_col_classes = _axis_classes(Wo, W, S, stride_w, pad_left, dil_w,
+                                                  &col_class[0], &col_ranges[0, 0])
+    cdef Py_ssize_t n_classes = n_col_classes * _axis_classes(Ho, H, R, stride_h, pad_top, dil_h,
+                                                              &row_class[0], &row_ranges[0, 0])
     cdef Py_ssize_t npix = N * Ho * Wo
     cdef Py_ssize_t[::1] fill = np.zeros(n_classes + 1, np.intp)
     cdef Py_ssize_t *tab_w = &tables[0]
@@ -362,19 +382,19 @@ def conv2d_direct(const floating[:, :, :, :] x,
                 fill[k] = pos + 1
                 tab_w[pos] = n * xs_n + (i * stride_h - pad_top) * xs_h + (j * stride_w - pad_left) * xs_w
                 tab_w[npix + pos] = n * K * cols + i * Wo + j
-    buf = np.asarray(tables)
-    # per class: valid taps' input offsets, their rows in the panel, their count
+    # per class: its valid taps' count, input offsets and rows in the panel
     cdef Py_ssize_t taps_at = tiles_at + TILE_FIELDS * n_tiles
     cdef Py_ssize_t RS = R * S, class_fields = 2 * RS + 1
-    for klass in range(n_classes):
-        (r_lo, r_hi), (s_lo, s_hi) = (row_ranges[klass // n_col_classes],
-                                      col_ranges[klass % n_col_classes])
-        r, s = np.meshgrid(np.arange(r_lo, r_hi), np.arange(s_lo, s_hi), indexing="ij")
-        r, s = r.reshape(-1), s.reshape(-1)
-        at = taps_at + klass * class_fields
-        buf[at] = len(r)
-        buf[at + 1:at + 1 + len(r)] = r * dil_h * xs_h + s * dil_w * xs_w
-        buf[at + 1 + RS:at + 1 + RS + len(r)] = (r * S + s) * tap_rows * nr
+    cdef Py_ssize_t r, s, at, ntap
+    for k in range(n_classes):
+        at = taps_at + k * class_fields
+        ntap = 0
+        for r in range(row_ranges[k // n_col_classes, 0], row_ranges[k // n_col_classes, 1]):
+            for s in range(col_ranges[k % n_col_classes, 0], col_ranges[k % n_col_classes, 1]):
+                tab_w[at + 1 + ntap] = r * dil_h * xs_h + s * dil_w * xs_w
+                tab_w[at + 1 + RS + ntap] = (r * S + s) * tap_rows * nr
+                ntap += 1
+        tab_w[at] = ntap
 
     cdef Py_ssize_t fblocks = _ceil_div(Kg, nr)
     cdef Py_ssize_t n_cblocks = _ceil_div(Cg, cb)
