@@ -519,6 +519,23 @@ def _zero_padding_only(g):
             f"that gather through the index map ({', '.join(walkers)})")
 
 
+def _adjoint_unsuitable(g):
+    """Why g's input gradient is not a forward convolution (_adjoint), or None."""
+    if g.stride != (1, 1):
+        return (f"computes the input gradient of stride-1 convolutions only (as a "
+                f"forward pass); got stride {g.stride[1] if g.spatial_dims == 1 else g.stride}")
+    spans = g.spans
+    if any(p > span for pair, span in zip(g.padding, spans) for p in pair):
+        return (f"computes the input gradient only where no side's padding exceeds "
+                f"the kernel's span {spans}; got padding {g.padding}")
+    if (g.H + sum(g.padding[0]) - spans[0], g.W + sum(g.padding[1]) - spans[1]) != (g.Ho, g.Wo):
+        # a transposed convolution's output_padding: rows no output reads
+        return (f"computes the input gradient only where the input is the stride-1 "
+                f"preimage of the output (no output_padding); got input "
+                f"{(g.H, g.W)} for output {(g.Ho, g.Wo)}")
+    return None
+
+
 @functools.lru_cache(maxsize=64)
 def _adjoint(g):
     """The forward convolution that is g's input gradient when g has stride
@@ -558,21 +575,8 @@ class Fused(Lowering):
     writes_whole_weight_grad = True   # each item owns its block of grad_w
 
     def unsuitable(self, g):
-        if self.kind == "input_grad":
-            if g.stride != (1, 1):
-                return (f"computes the input gradient of stride-1 convolutions only (as a "
-                        f"forward pass); got stride {g.stride[1] if g.spatial_dims == 1 else g.stride}")
-            spans = g.spans
-            if any(p > span for pair, span in zip(g.padding, spans) for p in pair):
-                return (f"computes the input gradient only where no side's padding exceeds "
-                        f"the kernel's span {spans}; got padding {g.padding}")
-            if (g.H + sum(g.padding[0]) - spans[0], g.W + sum(g.padding[1]) - spans[1]) != \
-                    (g.Ho, g.Wo):
-                # a transposed convolution's output_padding: rows no output reads
-                return (f"computes the input gradient only where the input is the stride-1 "
-                        f"preimage of the output (no output_padding); got input "
-                        f"{(g.H, g.W)} for output {(g.Ho, g.Wo)}")
-        return _zero_padding_only(g)
+        return (_adjoint_unsuitable(g) if self.kind == "input_grad" else None) \
+            or _zero_padding_only(g)
 
     def _forward_geometry(self, g):
         """The geometry the kernel runs: g, or for the input gradient its adjoint."""
@@ -869,15 +873,24 @@ class DirectConv(Lowering):
     filters' packed weights. The stretched matrix's element is at a channel
     offset + a tap offset + a pixel offset, so nothing is gathered; pixels
     are grouped by which taps fall in the padding, and those taps are
-    skipped, not multiplied (fastconv/_kernels/direct.pyx, _direct_*.h)."""
+    skipped, not multiplied (fastconv/_kernels/direct.pyx, _direct_*.h).
+
+    The input gradient of a stride-1 convolution runs as its adjoint's
+    forward pass (see Fused), the kernel packing each group's weights
+    transposed straight from the forward ones: no transposed copy."""
     name = "direct"
     kernel = "direct"
     uses_blas = False
 
     def unsuitable(self, g):
-        if self.kind != "forward":
-            return "computes the forward pass only"
-        return _zero_padding_only(g)
+        if self.kind == "weight_grad":
+            return "computes the forward pass and the input gradient only"
+        return (_adjoint_unsuitable(g) if self.kind == "input_grad" else None) \
+            or _zero_padding_only(g)
+
+    def _geometry(self, g):
+        """The convolution the kernel runs: g, or for the input gradient its adjoint."""
+        return _adjoint(g) if self.kind == "input_grad" else g
 
     def propose(self, planner, forced):
         from fastconv._kernels import direct
@@ -893,15 +906,17 @@ class DirectConv(Lowering):
     def cost(self, plan, tuning):
         # the multiply-adds inside the image, filters padded to NR, at the
         # kernel's rate (see Tuning.direct_conv_rate)
-        g, b = plan.geometry, plan.blocking
+        g, b = self._geometry(plan.geometry), plan.blocking
         kg = max(1, g.K // g.groups)
         filters = -(-kg // b.nr) * b.nr / kg
-        return (plan.flops * valid_tap_fraction(g) * filters
+        shallow = max(1.0, tuning.direct_conv_min_channels / max(1, g.C // g.groups))
+        return (plan.flops * valid_tap_fraction(g) * filters * shallow
                 / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads * tuning.direct_conv_rate)
                 * _thin_gemm_factor(kg, g.rows, tuning))
 
     def buffers(self, g, dtype, blocking, threads):
         from fastconv._kernels import direct
+        g = self._geometry(g)
         (pad_top, _), (pad_left, _) = g.padding
         packed, tables, per_thread = direct.buffer_sizes(
             g.N, g.K, g.C, g.H, g.W, g.Ho, g.Wo, g.R, g.S, g.groups, *g.stride, pad_top,
@@ -920,14 +935,23 @@ class DirectConv(Lowering):
     def describe(self, plan):
         b = plan.blocking
         return (f"direct {b.isa} kernel, tiles of {b.mr} pixels x {b.nr} filters, "
-                f"{valid_tap_fraction(plan.geometry):.0%} of the taps inside the image")
+                f"{valid_tap_fraction(self._geometry(plan.geometry)):.0%} of the taps inside "
+                "the image")
 
     def run(self, plan, ops, bufs, threads):
         from fastconv._kernels import direct
         g = plan.geometry
-        direct.conv2d_direct(ops.x, ops.filters, ops.bias, ops.out, bufs["packed_weight"],
-                             bufs["tables"], bufs["workspace"], *g.kernel_args, g.groups,
-                             plan.flip, plan.blocking.isa, threads)
+        x, bias, out = ops.x, ops.bias, ops.out
+        if self.kind == "input_grad":
+            # grad_x = the adjoint's forward pass over the output gradient,
+            # the kernel packing the weights transposed and reversed
+            x = ops.grad.reshape(g.N, g.K, g.Ho, g.Wo)
+            out = ops.out.reshape(g.N, g.C, g.H * g.W)
+            bias = np.zeros(0, plan.dtype)
+            g = _adjoint(g)
+        direct.conv2d_direct(x, ops.filters, bias, out, bufs["packed_weight"], bufs["tables"],
+                             bufs["workspace"], *g.kernel_args, g.groups, plan.flip,
+                             plan.blocking.isa, threads, adjoint=self.kind == "input_grad")
 
 
 # --------------------------------------------------------------------------

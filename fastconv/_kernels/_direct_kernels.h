@@ -85,4 +85,31 @@ static inline fc_direct_pack_f64_t fc_direct_pack_f64(int isa)
     return NULL;
 }
 
+/* The ISA's pack of an input gradient's panel from the forward weights (w,
+ * channel_step, nf, channels, taps, reverse, tap_rows, panel; each filter's
+ * taps one run, `taps` after the previous filter's), or NULL: direct.pyx's
+ * portable loop */
+typedef void (*fc_direct_pack_adjoint_f32_t)(const float *, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                             ptrdiff_t, int, ptrdiff_t, float *);
+typedef void (*fc_direct_pack_adjoint_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                             ptrdiff_t, int, ptrdiff_t, double *);
+
+static inline fc_direct_pack_adjoint_f32_t fc_direct_pack_adjoint_f32(int isa)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_direct_pack_adjoint_avx512_f32;
+#endif
+    return NULL;
+}
+
+static inline fc_direct_pack_adjoint_f64_t fc_direct_pack_adjoint_f64(int isa)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_direct_pack_adjoint_avx512_f64;
+#endif
+    return NULL;
+}
+
 #endif

@@ -56,6 +56,14 @@ cdef extern from "_direct_kernels.h" nogil:
                                           Py_ssize_t, int, Py_ssize_t, double *) noexcept nogil
     fc_direct_pack_f32_t fc_direct_pack_f32(int isa)
     fc_direct_pack_f64_t fc_direct_pack_f64(int isa)
+    ctypedef void (*fc_direct_pack_adjoint_f32_t)(const float *, Py_ssize_t, Py_ssize_t,
+                                                  Py_ssize_t, Py_ssize_t, int, Py_ssize_t,
+                                                  float *) noexcept nogil
+    ctypedef void (*fc_direct_pack_adjoint_f64_t)(const double *, Py_ssize_t, Py_ssize_t,
+                                                  Py_ssize_t, Py_ssize_t, int, Py_ssize_t,
+                                                  double *) noexcept nogil
+    fc_direct_pack_adjoint_f32_t fc_direct_pack_adjoint_f32(int isa)
+    fc_direct_pack_adjoint_f64_t fc_direct_pack_adjoint_f64(int isa)
 
 
 cdef enum:
@@ -241,23 +249,68 @@ cdef void _pack_panel(const floating *weight, Py_ssize_t rows, Py_ssize_t nf,
                 panel[(t * tap_rows + c) * nr + f] = row[d] if f < nf else 0
 
 
-cdef inline void _pack(const floating *weight, Py_ssize_t rows, Py_ssize_t nf,
-                       Py_ssize_t channels, Py_ssize_t taps, bint flip, Py_ssize_t tap_rows,
-                       Py_ssize_t nr, fc_direct_pack_f32_t pack32, fc_direct_pack_f64_t pack64,
+cdef struct Packers:
+    # the ISA's packs, NULL where it has none (the portable loops run)
+    fc_direct_pack_f32_t rows32
+    fc_direct_pack_f64_t rows64
+    fc_direct_pack_adjoint_f32_t adjoint32
+    fc_direct_pack_adjoint_f64_t adjoint64
+
+
+cdef void _pack_strided(const floating *weight, Py_ssize_t filter_step,
+                        Py_ssize_t channel_step, Py_ssize_t nf, Py_ssize_t channels,
+                        Py_ssize_t taps, bint reverse, Py_ssize_t tap_rows, Py_ssize_t nr,
+                        floating *panel) noexcept nogil:
+    """The panel of weights laid out otherwise: element (filter f, channel c,
+    tap t) at weight[f * filter_step + c * channel_step + t]. The input
+    gradient's panel from the forward weights (filter_step = taps: a
+    channel's nr filters x taps are one run of the forward row)."""
+    cdef Py_ssize_t c, f, t, tt
+    cdef const floating *run
+    for c in range(channels):
+        run = weight + c * channel_step
+        for f in range(nr):
+            for t in range(taps):
+                tt = taps - 1 - t if reverse else t
+                panel[(tt * tap_rows + c) * nr + f] = run[f * filter_step + t] if f < nf else 0
+
+
+cdef inline void _pack(const floating *weight, Py_ssize_t filter_step, Py_ssize_t channel_step,
+                       Py_ssize_t nf, Py_ssize_t channels, Py_ssize_t taps, bint reverse,
+                       Py_ssize_t tap_rows, Py_ssize_t nr, const Packers *packers,
                        floating *panel) noexcept nogil:
-    """A panel of nf (at most nr) filters: the ISA's transposing pack where
-    it has one, else the portable loop."""
+    """A panel of nf (at most nr) filters x channels x taps: where each
+    filter's weights are one run (channel_step = taps), the ISA's
+    transposing pack or the portable blocked loop; where each channel's are
+    (filter_step = taps: the input gradient's), the ISA's gathering pack or
+    the portable strided loop."""
     if nf > nr:
         nf = nr
+    if channel_step != taps:
+        if floating is float:
+            if filter_step == taps and packers.adjoint32 != NULL:
+                packers.adjoint32(weight, channel_step, nf, channels, taps, reverse, tap_rows,
+                                  panel)
+                return
+        else:
+            if filter_step == taps and packers.adjoint64 != NULL:
+                packers.adjoint64(weight, channel_step, nf, channels, taps, reverse, tap_rows,
+                                  panel)
+                return
+        _pack_strided(weight, filter_step, channel_step, nf, channels, taps, reverse, tap_rows,
+                      nr, panel)
+        return
     if floating is float:
-        if pack32 != NULL:
-            pack32(weight, rows, nf, channels * taps, taps, flip, tap_rows, panel)
+        if packers.rows32 != NULL:
+            packers.rows32(weight, filter_step, nf, channels * taps, taps, reverse, tap_rows,
+                           panel)
             return
     else:
-        if pack64 != NULL:
-            pack64(weight, rows, nf, channels * taps, taps, flip, tap_rows, panel)
+        if packers.rows64 != NULL:
+            packers.rows64(weight, filter_step, nf, channels * taps, taps, reverse, tap_rows,
+                           panel)
             return
-    _pack_panel(weight, rows, nf, channels * taps, taps, flip, tap_rows, nr, panel)
+    _pack_panel(weight, filter_step, nf, channels * taps, taps, reverse, tap_rows, nr, panel)
 
 
 cdef void _store_tile(const floating *tile, Py_ssize_t m, Py_ssize_t nr, Py_ssize_t nf,
@@ -288,7 +341,7 @@ def conv2d_direct(const floating[:, :, :, :] x,
                   Py_ssize_t pad_top, Py_ssize_t pad_left,
                   Py_ssize_t dil_h, Py_ssize_t dil_w,
                   Py_ssize_t groups, bint flip, isa, int num_threads,
-                  Py_ssize_t channel_block_size=0, pack_in_items=None):
+                  Py_ssize_t channel_block_size=0, pack_in_items=None, bint adjoint=False):
     """out (N, K, Ho*Wo), C-contiguous = the convolution of x (N, C, H, W; any
     strides, negative and zero included) with weight (K, C/groups*R*S),
     C-contiguous, plus bias (K,) (length 0: no bias), by the direct kernel.
@@ -301,9 +354,16 @@ def conv2d_direct(const floating[:, :, :, :] x,
     value >= 1 is correct); pack_in_items: each item packs its channel
     blocks' panels into its thread's workspace (None: packs_in_items()); the
     buffers must be sized by buffer_sizes with the same two values.
+    adjoint: weight holds the forward weights (C, K/groups*R*S) of the
+    convolution whose input gradient this is (x the output gradient, N x C
+    channels; out N x K, the input gradient), which it packs transposed per
+    group (K/groups filters of C/groups channels each) and reversed: the
+    input gradient of a stride-1 convolution as a forward pass, with no
+    transposed copy of the weights.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t K = weight.shape[0], rows = weight.shape[1]
+    cdef Py_ssize_t rows = weight.shape[1]
+    cdef Py_ssize_t K = groups * (rows // (R * S)) if adjoint and R > 0 and S > 0 else weight.shape[0]
     cdef Py_ssize_t cols = out.shape[2]
     cdef int code = isa_code(isa)
     cdef int dbl = floating is double
@@ -315,7 +375,10 @@ def conv2d_direct(const floating[:, :, :, :] x,
         raise ValueError(f"groups={groups} must divide C={C} and K={K}")
     if Wo < 1 or cols % Wo or R < 1 or S < 1:
         raise ValueError(f"bad geometry: Wo={Wo}, R={R}, S={S}, out columns {cols}")
-    if rows != C // groups * R * S:
+    if adjoint and (weight.shape[0] != C or rows % (R * S)):
+        raise ValueError(f"adjoint: weight has shape {tuple(weight.shape)[:2]}, expected "
+                         f"({C}, a multiple of R*S = {R * S})")
+    if not adjoint and rows != C // groups * R * S:
         raise ValueError(f"weight has {rows} columns, expected C/groups*R*S = {C // groups * R * S}")
     if out.shape[0] != N or out.shape[1] != K:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected ({N}, {K}, {cols})")
@@ -347,6 +410,12 @@ def conv2d_direct(const floating[:, :, :, :] x,
     # a tap's rows in a panel: the group's channels (one shared panel), or a
     # channel block's (each item packing its own)
     cdef Py_ssize_t tap_rows = cb if in_items else Cg
+    # element (filter f, channel c, tap t) of group g at w0 + g * w_group +
+    # f * w_filter + c * w_channel + t, the taps reversed if `reverse`
+    cdef Py_ssize_t w_group = Cg * rows if adjoint else Kg * rows
+    cdef Py_ssize_t w_filter = R * S if adjoint else rows
+    cdef Py_ssize_t w_channel = rows if adjoint else R * S
+    cdef bint reverse = (not flip) if adjoint else flip
 
     # ---- the classes, pixels (class by class, each in batch order) and tiles
     cdef Py_ssize_t xs_n = x.strides[0] // itemsize, xs_c = x.strides[1] // itemsize
@@ -416,16 +485,19 @@ def conv2d_direct(const floating[:, :, :, :] x,
     cdef const floating *panel
     cdef fc_direct_f32_t kernel32 = fc_direct_f32(code)
     cdef fc_direct_f64_t kernel64 = fc_direct_f64(code)
-    cdef fc_direct_pack_f32_t pack32 = fc_direct_pack_f32(code)
-    cdef fc_direct_pack_f64_t pack64 = fc_direct_pack_f64(code)
+    cdef Packers packers
+    packers.rows32 = fc_direct_pack_f32(code)
+    packers.rows64 = fc_direct_pack_f64(code)
+    packers.adjoint32 = fc_direct_pack_adjoint_f32(code)
+    packers.adjoint64 = fc_direct_pack_adjoint_f64(code)
     with nogil:
         if not in_items:
             # weights first: every item of a filter block reads its whole panel
             for item in prange(groups * fblocks, schedule="static", num_threads=num_threads):
                 g = item // fblocks
                 fb = item % fblocks
-                _pack(w0 + (g * Kg + fb * nr) * rows, rows, Kg - fb * nr, Cg, RS, flip, Cg, nr,
-                      pack32, pack64, packed + item * panel_size)
+                _pack(w0 + g * w_group + fb * nr * w_filter, w_filter, w_channel, Kg - fb * nr,
+                      Cg, RS, reverse, Cg, nr, &packers, packed + item * panel_size)
         for item in prange(groups * fblocks * runs, schedule="dynamic", num_threads=num_threads):
             g = item // (fblocks * runs)
             fb = (item // runs) % fblocks
@@ -440,8 +512,8 @@ def conv2d_direct(const floating[:, :, :, :] x,
                 nc = Cg - c0 if Cg - c0 < cb else cb
                 if in_items:
                     panel = _aligned(acc + panel_at)
-                    _pack(w0 + (g * Kg + f0) * rows + c0 * RS, rows, nf, nc, RS, flip, cb, nr,
-                          pack32, pack64, <floating *>panel)
+                    _pack(w0 + g * w_group + f0 * w_filter + c0 * w_channel, w_filter, w_channel,
+                          nf, nc, RS, reverse, cb, nr, &packers, <floating *>panel)
                 else:
                     panel = packed + (g * fblocks + fb) * panel_size + c0 * nr
                 for t in range(t0, t1):
