@@ -7,9 +7,12 @@ from fastconv._config import format_bytes
 
 
 def build_info():
-    """A dict: version, OpenMP, default threads, memory limit, BLAS libraries."""
+    """A dict: version, OpenMP, default threads, memory limit, the instruction
+    set of fastconv's own kernels, BLAS libraries."""
     import fastconv
     from fastconv._config import get_config
+    from fastconv._kernels import fused
+    from fastconv._lowerings import fused_isa
     from fastconv._workspace import kept_bytes
     from fastconv._kernels.openmp_info import openmp_enabled
     import fastconv._kernels.stretch  # noqa: F401  (loads SciPy's BLAS)
@@ -25,6 +28,10 @@ def build_info():
         "memory_limit": config["memory_limit"],
         "keep_workspace": config["keep_workspace"],
         "kept_workspace_bytes": kept_bytes(),
+        # the fused and direct kernels' ISA (FASTCONV_ISA, else the best) and
+        # every one this CPU and build run
+        "isa": fused_isa(),
+        "isas": list(fused.supported_isas()),
         "threadpools": [
             {k: info.get(k) for k in ("user_api", "internal_api", "version", "num_threads",
                                       "threading_layer", "filepath", "architecture")}
@@ -51,6 +58,8 @@ def show_config(file=None):
         f"default threads: {info['num_threads']}",
         f"default memory limit: {info['memory_limit']} bytes ({format_bytes(info['memory_limit'])})",
     ]
+    lines.append(f"own kernels (fused, direct): {info['isa']} (this CPU and build run "
+                 f"{', '.join(info['isas'])}; FASTCONV_ISA forces one)")
     lines.append(f"workspace kept between calls: "
                  f"{'yes' if info['keep_workspace'] else 'no'}, "
                  f"{format_bytes(info['kept_workspace_bytes'])} held now")

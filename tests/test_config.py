@@ -134,3 +134,22 @@ def test_environment_defaults():
     assert config["num_threads"] >= 1
     bad = _config_in_subprocess({"FASTCONV_MEMORY_LIMIT": "a lot"})
     assert bad.returncode != 0 and "FASTCONV_MEMORY_LIMIT" in bad.stderr
+
+
+def test_show_config_says_which_isa_the_own_kernels_run(tmp_path):
+    # FASTCONV_ISA forces the fused and direct kernels' instruction set; the
+    # default is the best this CPU and build run (a fresh process: the
+    # variable is read when a plan is made)
+    import subprocess
+    import sys
+    from fastconv._kernels.fused import supported_isas
+    code = "import fastconv; fastconv.show_config()"
+    for isa in [None, *supported_isas()]:
+        env = {k: v for k, v in __import__("os").environ.items() if k != "FASTCONV_ISA"}
+        if isa:
+            env["FASTCONV_ISA"] = isa
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, cwd=tmp_path, timeout=120)
+        line = [l for l in out.stdout.splitlines() if l.startswith("own kernels")]
+        assert line, out.stdout + out.stderr
+        assert line[0].startswith(f"own kernels (fused, direct): {isa or supported_isas()[0]} ")
