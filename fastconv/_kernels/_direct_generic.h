@@ -3,7 +3,7 @@
  * The convolution as oneDNN's direct kernels and XNNPACK's indirect GEMM
  * compute it, on the NCHW input in place: a tile is up to MR output pixels
  * (any pixels, each given by its offset into the input) by NR filters; per
- * input channel and valid kernel tap, each pixel's input value is
+ * valid kernel tap and input channel, each pixel's input value is
  * broadcast and multiplied into NR filters' weights, loaded as vectors from
  * a packed panel. An element of the stretched matrix at (channel, tap,
  * pixel) is at x + channel * x_channel + tap_off[tap] + pix[pixel]: the
@@ -19,12 +19,16 @@
  *   x_channel   elements between input channels
  *   channels    input channels to sum over
  *   tap_off     ntaps offsets (elements) of the valid taps
- *   tap_panel   ntaps offsets (elements) of those taps' rows in a channel's
- *               part of the panel
- *   panel       packed weights: per channel, taps rows of NR filters
- *   panel_channel  elements of one channel's part of the panel
+ *   tap_panel   ntaps offsets (elements) of those taps' first rows in the
+ *               panel
+ *   panel       packed weights: rows of NR filters, one per (tap, channel)
+ *   panel_channel  elements between a tap's rows of consecutive channels
  *   tile        MR x NR accumulators, row j = pixel j (aligned to the
  *               vector): read when !first, written
+ * The loop runs the taps outer and the channels inner: each tap's weights
+ * one run of the panel, its input offset stepped by the channel stride, no
+ * index loads in the inner loop (in one process, fp32, 2 threads, against
+ * channels outer: ResNet-50 5b 0.95x, 4b 0.93x, 2a 0.89x the time).
  */
 #ifndef FASTCONV_DIRECT_GENERIC_H
 #define FASTCONV_DIRECT_GENERIC_H

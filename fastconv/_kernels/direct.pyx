@@ -16,15 +16,22 @@
 #       corner's 4: 82 % of the multiply-adds a GEMM lowering makes.
 #   tiles: up to MR pixels of one class (in batch order: an interior run of
 #       a row is contiguous in the input).
-#   packed weights: per (group, block of NR filters) a panel [channel][tap]
-#       [NR], filters zero-padded to NR, the kernel reversed if flip: packed
-#       once per call, before the parallel loop, shared read-only.
+#   packed weights: per (group, block of NR filters) a panel [tap][channel]
+#       [NR], filters zero-padded to NR, the kernel reversed if flip. Each
+#       work item packs its channel blocks' parts into its thread's
+#       workspace as it reaches them; a panel under SHARED_PANEL_MAX_BYTES
+#       is packed once, before the parallel loop, and shared.
 #   work items: (group, filter block, run of tiles), dynamic schedule. Per
 #       item, per block of input channels (its panel part in L2), per tile:
-#       one kernel call (_direct_*.h), MR x NR accumulators in registers
-#       over the channel block, parked in the thread's workspace between
-#       blocks; after the last block the tile is stored into out (bias
-#       added), each pixel's filters at out's filter stride.
+#       one kernel call (_direct_*.h): MR x NR accumulators in registers
+#       over the channel block's taps (outer) and channels (inner), parked
+#       in the thread's workspace between blocks; after the last block the
+#       tile is stored into out (bias added), each pixel's filters at out's
+#       filter stride.
+#   adjoint: the input gradient of a stride-1 convolution is the forward
+#       pass of its adjoint (see _lowerings._adjoint); the panels are then
+#       packed straight from the forward weights, transposed per group and
+#       reversed, so no transposed copy is made.
 #
 # ISA codes as the fused lowering's (_fused_kernels.h): 0 generic, 1 avx2,
 # 2 avx512.
@@ -34,7 +41,7 @@ from cython.parallel cimport prange, threadid
 
 import numpy as np
 
-from fastconv._kernels.fused import isa_code
+from fastconv._kernels.fused import _dtype_is_double, isa_code
 
 
 cdef extern from "_direct_kernels.h" nogil:
@@ -84,24 +91,16 @@ ITEM_TILE_BYTES = 128 * 1024
 # Items per thread at least, for the dynamic schedule to even out (4: up to
 # 10 % of a 2-thread run waited at the end; 16: 2-3 %).
 ITEMS_PER_THREAD = 16
-# Packed weights above this size (256 KiB) are packed by each item, a channel block at
-# a time, into its thread's workspace (in L2) rather than once for all items
-# into one buffer: ResNet-50 5b's 9.4 MB panel took 12 % of its run to write
-# and read back (perf).
+# Packed weights above this size are packed by each item, a channel block at
+# a time, into its thread's workspace (in L2), not once into one buffer for
+# all items: in one process, fp32, 2 threads, direct / fused went from 1.03 to
+# 0.97 on ResNet-50 4b (2.4 MB of weights) and 1.06 to 1.04 on 3b (0.6 MB);
+# on 2a (0.15 MB) it made no difference (1.07 either way).
 SHARED_PANEL_MAX_BYTES = 256 * 1024
 
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
-
-
-def _dtype_is_double(dtype):
-    dtype = np.dtype(dtype)
-    if dtype == np.float64:
-        return True
-    if dtype == np.float32:
-        return False
-    raise TypeError(f"the direct kernel computes float32 or float64, not {dtype}")
 
 
 def blocking(dtype, isa=None):
