@@ -910,7 +910,11 @@ class DirectConv(Lowering):
         kg = max(1, g.K // g.groups)
         filters = -(-kg // b.nr) * b.nr / kg
         shallow = max(1.0, tuning.direct_conv_min_channels / max(1, g.C // g.groups))
-        return (plan.flops * valid_tap_fraction(g) * filters * shallow
+        if g.R * g.S == 1:
+            layout = tuning.direct_conv_pointwise_factor
+        else:
+            layout = tuning.direct_conv_strided_factor if g.stride[1] > 1 else 1.0
+        return (plan.flops * valid_tap_fraction(g) * filters * shallow * layout
                 / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads * tuning.direct_conv_rate)
                 * _thin_gemm_factor(kg, g.rows, tuning))
 

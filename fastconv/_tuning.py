@@ -73,6 +73,18 @@ class Tuning:
     # the channels of one tap) is short: the rate falls in proportion
     # (ResNet-50's stem, 3 channels: 1.44x fused's time).
     direct_conv_min_channels: int = 16
+    # ... and its time factor where the columns are strided (stride > 1),
+    # which fused gathers on a slower path (two masked loads and a permute
+    # per vector) while direct only broadcasts other pixels. In one process,
+    # fp32, 2 threads, 3x3 stride 2 padding 1, direct / fused: 8x64x56x56 ->
+    # 64 0.80, 8x128x56x56 -> 128 (ResNet-50 3a) 0.98, 8x256x28x28 -> 256
+    # 0.98, 8x512x14x14 -> 512 0.76 (9 % of its taps in the padding).
+    direct_conv_strided_factor: float = 0.9
+    # ... and where the kernel is 1x1: one tap per channel, so each channel
+    # step reads new lines of the input (a 3x3 kernel's taps along a row
+    # share them). Fresh processes, fp32, 2 threads, ResNet-50 3a projection
+    # (1x1, stride 2): direct 1.14x PyTorch's time, fused 0.79x, stretch 0.77x.
+    direct_conv_pointwise_factor: float = 1.5
     # The fused lowering's instruction set: None for FASTCONV_ISA if set,
     # else the best this CPU runs ("avx512", "avx2", "generic").
     isa: object = None

@@ -85,6 +85,11 @@ def test_choice_rules():
     assert fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3), padding=1).method == "direct"
     assert fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 3, 3), padding=1).method == "fused"
     assert fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3)).method != "direct"
+    # and on strided 3x3 layers (fused's strided gather is slower), not on
+    # strided 1x1 ones (ResNet-50's 3a projection)
+    assert fastconv.plan_conv2d((8, 128, 56, 56), (128, 128, 3, 3), stride=2,
+                                padding=1).method == "direct"
+    assert fastconv.plan_conv2d((8, 256, 56, 56), (512, 256, 1, 1), stride=2).method != "direct"
     # a first layer (one channel, 32 filters: a channel multiplier of 32) runs
     # the direct kernel's blocks of filters (Tuning.direct_block_rate), its
     # gradients GEMMs; a 3x4 kernel has no blocks, nor has a multiplier of 1
