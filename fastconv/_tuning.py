@@ -63,12 +63,14 @@ class Tuning:
     direct_block_rate: float = 1.2
     # The direct convolution's rate against the BLAS GEMM lowerings', on the
     # multiply-adds inside the image (it skips the padding's). Measured in
-    # one process, fp32, 2 threads, direct / fused, forward: ResNet-50 5b 3x3
-    # 0.87-0.90 (82 % of the taps inside), 4b 0.97 (91 %), 3b 1.04 (95 %),
-    # 2a 1.07 (98 %); input gradient 5b 0.83, 4b 1.00, 3b 1.01, 2a 1.01: per
-    # multiply-add made, ~1.08x fused's time (fused_rate / 1.08), so it is
-    # worth it where the padding is a large share of the taps.
-    direct_conv_rate: float = 1.06
+    # one process, fp32, 2 threads, direct / fused (share of the taps inside
+    # the image), forward: ResNet-50 5b 3x3 0.81 (82 %), 4b 0.97 (91 %), 3b
+    # 1.02 (95 %), 2a 1.02 (98 %), dilated 0.99 (96 %), VGG-16 conv3_2 1.05
+    # (98 %); input gradient 5b 0.86, 4b 0.95, 3b 1.04, 2a 1.05, dilated
+    # 1.05, conv3_2 1.09: per multiply-add made, ~1.07x fused's time
+    # (fused_rate / 1.07), so it is worth it where the padding is a large
+    # share of the taps.
+    direct_conv_rate: float = 1.08
     # ... at fewer input channels per group than this, its inner loop (over
     # the channels of one tap) is short: the rate falls in proportion
     # (ResNet-50's stem, 3 channels: 1.44x fused's time).

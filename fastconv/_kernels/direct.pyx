@@ -315,17 +315,19 @@ cdef inline void _pack(const floating *weight, Py_ssize_t filter_step, Py_ssize_
 cdef void _store_tile(const floating *tile, Py_ssize_t m, Py_ssize_t nr, Py_ssize_t nf,
                       const Py_ssize_t *pix_out, floating *out, Py_ssize_t out_filter,
                       const floating *bias) noexcept nogil:
-    """Each of the tile's m pixels' nf filters into out, bias added."""
+    """Each of the tile's m pixels' nf filters into out, bias added: filter
+    by filter, so that each output row's line takes the tile's pixels one
+    after another. Pixel by pixel, every store went to another row, and
+    rows 16 KiB apart (64 x 64 maps) share one L1 set: dilated_3x3_d2
+    spent 16 % of its run in this loop (perf)."""
     cdef Py_ssize_t j, f
     cdef floating *o
-    for j in range(m):
-        o = out + pix_out[j]
-        if bias != NULL:
-            for f in range(nf):
-                o[f * out_filter] = tile[j * nr + f] + bias[f]
-        else:
-            for f in range(nf):
-                o[f * out_filter] = tile[j * nr + f]
+    cdef floating b
+    for f in range(nf):
+        o = out + f * out_filter
+        b = bias[f] if bias != NULL else 0
+        for j in range(m):
+            o[pix_out[j]] = tile[j * nr + f] + b
 
 
 def conv2d_direct(const floating[:, :, :, :] x,
