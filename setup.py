@@ -22,8 +22,8 @@ KERNELS = ["openmp_info", "gemm1x1", "stretch", "mapped", "batched", "col2im",
            "input_grad", "weight_grad", "depthwise", "fused", "direct"]
 # C headers a kernel includes: a change to one rebuilds the kernel
 HEADERS = {"depthwise": ["_depthwise.h", "_depthwise_impl.h", "_depthwise_fixed.h"],
-           "fused": ["_fused_kernels.h", "_fused_generic.h", "_fused_avx2.h", "_fused_avx512.h"],
-           "direct": ["_direct_kernels.h", "_direct_generic.h", "_direct_vector.h",
+           "fused": ["_blocks.pxd", "_fused_kernels.h", "_fused_generic.h", "_fused_avx2.h", "_fused_avx512.h"],
+           "direct": ["_blocks.pxd", "_direct_kernels.h", "_direct_generic.h", "_direct_vector.h",
                       "_direct_avx2.h", "_direct_avx512.h", "_fused_kernels.h",
                       "_fused_generic.h", "_fused_avx2.h", "_fused_avx512.h"]}
 

@@ -519,6 +519,12 @@ def _zero_padding_only(g):
             f"that gather through the index map ({', '.join(walkers)})")
 
 
+def _kernel_geometry(kind, g):
+    """The convolution a forward kernel runs for `kind`: g, or for the input
+    gradient its adjoint (fused and direct compute it as a forward pass)."""
+    return _adjoint(g) if kind == "input_grad" else g
+
+
 def _adjoint_unsuitable(g):
     """Why g's input gradient is not a forward convolution (_adjoint), or None."""
     if g.stride != (1, 1):
@@ -578,10 +584,6 @@ class Fused(Lowering):
         return (_adjoint_unsuitable(g) if self.kind == "input_grad" else None) \
             or _zero_padding_only(g)
 
-    def _forward_geometry(self, g):
-        """The geometry the kernel runs: g, or for the input gradient its adjoint."""
-        return _adjoint(g) if self.kind == "input_grad" else g
-
     @property
     def _runs_forward_kernel(self):
         """The forward pass and the input gradient (its adjoint's forward
@@ -596,7 +598,7 @@ class Fused(Lowering):
         return isa, fused.blocking(planner.dtype, isa)
 
     def propose(self, planner, forced):
-        g = self._forward_geometry(planner.g)
+        g = _kernel_geometry(self.kind, planner.g)
         isa, defaults = self.defaults(planner)
         nr = defaults["NR"]
         kc, nc, mc = defaults["KC"], defaults["NC"], defaults["MC"]
@@ -628,7 +630,7 @@ class Fused(Lowering):
                 return None
 
     def cost(self, plan, tuning):
-        g = self._forward_geometry(plan.geometry)
+        g = _kernel_geometry(self.kind, plan.geometry)
         m, _, k = self.gemm_shape(plan)
         thin = _thin_gemm_factor(m, k, tuning)
         base = plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads) * thin
@@ -689,14 +691,14 @@ class Fused(Lowering):
     def gemm_shape(self, plan):
         """(M, N, K): the forward pass as the BLAS lowerings'; the weight
         gradient filters x rows of the stretched matrix x the batch's columns."""
-        g = self._forward_geometry(plan.geometry)
+        g = _kernel_geometry(self.kind, plan.geometry)
         if self.kind == "weight_grad":
             return (g.K // g.groups, g.rows, g.N * g.cols)
         return (g.K // g.groups, g.cols, g.rows)
 
     def buffers(self, g, dtype, blocking, threads):
         from fastconv._kernels import fused
-        g = self._forward_geometry(g)
+        g = _kernel_geometry(self.kind, g)
         table = (row_table_shape(g), np.intp)
         if self.kind == "weight_grad":
             # per thread: a KC x NC panel of B^T and an MC x KC panel of G
@@ -854,13 +856,16 @@ class DirectConvBlocking:
 
 def valid_tap_fraction(g):
     """The share of the stretched matrix's elements that are inside the image
-    (the rest are padding): per axis, each output position's taps that read
-    the input, over all taps; the two axes multiply."""
+    (the rest are padding): per axis, each output position's valid taps
+    (the direct kernel's own pixel classes), over all taps; the two axes
+    multiply."""
+    from fastconv._kernels.direct import pixel_classes
+
     def axis(out_len, in_len, taps, stride, pad, dil):
         if out_len == 0 or taps == 0:
             return 1.0
-        positions = np.arange(out_len)[:, None] * stride - pad + np.arange(taps)[None, :] * dil
-        return float(((positions >= 0) & (positions < in_len)).mean())
+        ids, ranges = pixel_classes(out_len, in_len, taps, stride, pad, dil)
+        return float((ranges[ids, 1] - ranges[ids, 0]).mean()) / taps
     (pad_top, _), (pad_left, _) = g.padding
     return (axis(g.Ho, g.H, g.R, g.stride[0], pad_top, g.dilation[0])
             * axis(g.Wo, g.W, g.S, g.stride[1], pad_left, g.dilation[1]))
@@ -888,10 +893,6 @@ class DirectConv(Lowering):
         return (_adjoint_unsuitable(g) if self.kind == "input_grad" else None) \
             or _zero_padding_only(g)
 
-    def _geometry(self, g):
-        """The convolution the kernel runs: g, or for the input gradient its adjoint."""
-        return _adjoint(g) if self.kind == "input_grad" else g
-
     def propose(self, planner, forced):
         from fastconv._kernels import direct
         isa = fused_isa(planner.tuning.isa)
@@ -906,7 +907,7 @@ class DirectConv(Lowering):
     def cost(self, plan, tuning):
         # the multiply-adds inside the image, filters padded to NR, at the
         # kernel's rate (see Tuning.direct_conv_rate)
-        g, b = self._geometry(plan.geometry), plan.blocking
+        g, b = _kernel_geometry(self.kind, plan.geometry), plan.blocking
         kg = max(1, g.K // g.groups)
         filters = -(-kg // b.nr) * b.nr / kg
         shallow = max(1.0, tuning.direct_conv_min_channels / max(1, g.C // g.groups))
@@ -920,7 +921,7 @@ class DirectConv(Lowering):
 
     def buffers(self, g, dtype, blocking, threads):
         from fastconv._kernels import direct
-        g = self._geometry(g)
+        g = _kernel_geometry(self.kind, g)
         (pad_top, _), (pad_left, _) = g.padding
         packed, tables, per_thread = direct.buffer_sizes(
             g.N, g.K, g.C, g.H, g.W, g.Ho, g.Wo, g.R, g.S, g.groups, *g.stride, pad_top,
@@ -939,7 +940,7 @@ class DirectConv(Lowering):
     def describe(self, plan):
         b = plan.blocking
         return (f"direct {b.isa} kernel, tiles of {b.mr} pixels x {b.nr} filters, "
-                f"{valid_tap_fraction(self._geometry(plan.geometry)):.0%} of the taps inside "
+                f"{valid_tap_fraction(_kernel_geometry(self.kind, plan.geometry)):.0%} of the taps inside "
                 "the image")
 
     def run(self, plan, ops, bufs, threads):

@@ -11,6 +11,7 @@
 #define FASTCONV_DIRECT_VECTOR_H
 
 #include <stddef.h>
+#include "_direct_generic.h"   /* FC_DIRECT_CASES: one loop per pixel count */
 
 #ifndef FC_INLINE
 #define FC_INLINE static inline __attribute__((always_inline))
@@ -54,25 +55,9 @@ static TARGET void NAME(                                                        
     const ptrdiff_t *tap_off, const ptrdiff_t *tap_panel, ptrdiff_t ntaps,                 \
     const T *panel, ptrdiff_t panel_channel, T *tile, int first)                           \
 {                                                                                          \
-    /* one copy of the loop per pixel count: a tile's last pixels are not     */           \
-    /* computed on duplicates (ResNet-50 5b's classes of 8 pixels: 6 + 2)     */           \
     switch (m < MR ? m : MR) {                                                             \
     FC_DIRECT_CASES(MR, NAME)                                                              \
     }                                                                                      \
 }
-
-/* (two levels: MR is expanded before it is pasted) */
-#define FC_DIRECT_CASES(MR, NAME) FC_DIRECT_CASES_(MR, NAME)
-#define FC_DIRECT_CASES_(MR, NAME) FC_DIRECT_CASES_##MR(NAME)
-#define FC_DIRECT_CASE(NAME, M) case M: NAME##_body(M, x, pix, x_channel, channels,       \
-    tap_off, tap_panel, ntaps, panel, panel_channel, tile, first); break;
-#define FC_DIRECT_CASES_6(NAME) FC_DIRECT_CASE(NAME, 6) FC_DIRECT_CASE(NAME, 5)            \
-    FC_DIRECT_CASE(NAME, 4) FC_DIRECT_CASE(NAME, 3) FC_DIRECT_CASE(NAME, 2)                \
-    default: FC_DIRECT_CASE(NAME, 1)
-
-#define FC_DIRECT_CASES_8(NAME) FC_DIRECT_CASE(NAME, 8) FC_DIRECT_CASE(NAME, 7)            \
-    FC_DIRECT_CASES_6(NAME)
-#define FC_DIRECT_CASES_12(NAME) FC_DIRECT_CASE(NAME, 12) FC_DIRECT_CASE(NAME, 11)         \
-    FC_DIRECT_CASE(NAME, 10) FC_DIRECT_CASE(NAME, 9) FC_DIRECT_CASES_8(NAME)
 
 #endif

@@ -41,6 +41,7 @@ from cython.parallel cimport prange, threadid
 
 import numpy as np
 
+from fastconv._kernels._blocks cimport ALIGN_BYTES, _aligned, _ceil_div
 from fastconv._kernels.fused import _dtype_is_double, isa_code
 
 
@@ -74,7 +75,6 @@ cdef extern from "_direct_kernels.h" nogil:
 
 
 cdef enum:
-    ALIGN_BYTES = 64
     # the tile fields of the tables: first pixel, pixels, class
     TILE_START = 0
     TILE_PIXELS = 1
@@ -97,10 +97,6 @@ ITEMS_PER_THREAD = 16
 # 0.97 on ResNet-50 4b (2.4 MB of weights) and 1.06 to 1.04 on 3b (0.6 MB);
 # on 2a (0.15 MB) it made no difference (1.07 either way).
 SHARED_PANEL_MAX_BYTES = 256 * 1024
-
-
-cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    return (a + b - 1) // b
 
 
 def blocking(dtype, isa=None):
@@ -146,8 +142,7 @@ def pixel_classes(Py_ssize_t out_len, Py_ssize_t in_len, Py_ssize_t taps, Py_ssi
     return ids, ranges[:n]
 
 
-def table_size(N, H, W, Ho, Wo, R, S, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
-               isa=None):
+def table_size(N, Ho, Wo, R, S, isa=None):
     """intp elements of the tables of a geometry: every pixel's input and
     output offsets, the tiles, and each class's taps (offsets and panel
     rows) and count. An upper bound, from the shapes only: row classes are
@@ -200,8 +195,7 @@ def buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, stride_h, stride_w, pad_to
     fblocks = _ceil_div(Kg, nr) if Kg else 0
     if pack_in_items is None:
         pack_in_items = packs_in_items(K, C, R, S, groups, dtype, isa)
-    tables = table_size(N, H, W, Ho, Wo, R, S, stride_h, stride_w, pad_top, pad_left,
-                        dil_h, dil_w, isa)
+    tables = table_size(N, Ho, Wo, R, S, isa)
     align = ALIGN_BYTES // itemsize
     # an item's accumulators (see work_split), and with pack_in_items, the
     # panel of its channel block
@@ -219,11 +213,6 @@ def channel_block(Py_ssize_t channels, Py_ssize_t taps, Py_ssize_t nr, Py_ssize_
         return 1
     most = max(1, PANEL_BLOCK_BYTES // max(1, taps * nr * itemsize))
     return _ceil_div(channels, _ceil_div(channels, most))
-
-
-cdef inline floating *_aligned(floating *p) noexcept nogil:
-    cdef size_t a = <size_t>p
-    return <floating *>((a + ALIGN_BYTES - 1) // ALIGN_BYTES * ALIGN_BYTES)
 
 
 cdef void _pack_panel(const floating *weight, Py_ssize_t rows, Py_ssize_t nf,

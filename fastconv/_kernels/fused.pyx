@@ -39,8 +39,8 @@
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport uintptr_t
 
+from fastconv._kernels._blocks cimport ALIGN_BYTES, _aligned, _ceil_div, _round_up
 from fastconv._kernels._index_map cimport (build_row_table, ROW_FIELDS, ROW_OFFSET,
                                            ROW_OH_LO, ROW_OH_HI, ROW_OW_LO, ROW_OW_HI)
 
@@ -108,9 +108,6 @@ ISA_NAMES = ("generic", "avx2", "avx512")   # index = the ISA code of _fused_ker
 _ISA_CODES = {name: code for code, name in enumerate(ISA_NAMES)}
 
 cdef enum:
-    # Panels start on 64-byte boundaries (one cache line, one zmm): each
-    # buffer has this many bytes of slack for the aligned offset.
-    ALIGN_BYTES = 64
     # Bounds of the register tiles (stack temp tile, segment table of _pack_b).
     MAX_MR = 16
     MAX_NR = 64
@@ -124,16 +121,6 @@ cdef enum:
 
 
 # ---------------------------------------------------------------- ISA, blocking
-
-# (the module is compiled with cdivision: C's truncating division, so the
-# -(-a // b) idiom would be wrong on C integers)
-cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    return (a + b - 1) // b
-
-
-cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    return (a + b - 1) // b * b
-
 
 cdef inline Py_ssize_t _panel_width(Py_ssize_t nvalid, Py_ssize_t nr, Py_ssize_t lanes) noexcept nogil:
     """Width of the micro-panel holding nvalid (<= nr) columns: nr, or for a
@@ -370,10 +357,6 @@ def _work_split(Py_ssize_t total_cols, Py_ssize_t Kg, Py_ssize_t groups, Py_ssiz
 
 
 # ---------------------------------------------------------------- packing
-
-cdef inline floating *_aligned(floating *p) noexcept nogil:
-    return <floating *> ((<uintptr_t> p + (ALIGN_BYTES - 1)) & ~(<uintptr_t> (ALIGN_BYTES - 1)))
-
 
 cdef void _pack_a(int isa, const floating *weight, Py_ssize_t rows, Py_ssize_t Kg,
                   Py_ssize_t k_pad, Py_ssize_t kc, Py_ssize_t mr, Py_ssize_t panel,
