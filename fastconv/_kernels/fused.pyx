@@ -867,6 +867,19 @@ def adjoint_filters(const floating[:, ::1] weight, floating[:, ::1] out, Py_ssiz
 # in one order, so the result has the same bits for any thread count and no
 # reduction is needed (no per-thread accumulators, unlike the mapped
 # lowering's split by images).
+#
+# Packing B^T costs 11-26 % of the 3x3 layers' weight gradients (fp32, 2
+# threads, the time with the pack skipped: ResNet-50 3b 26 %, the stem 24 %,
+# 2a and 3a 3x3/2 20 %, 4b and 5b 11-17 %). The other orientation was tried
+# (grad_w^T = B @ G^T: the stretched rows as the micro-kernel's A operand,
+# packed row-major by masked copies with no transpose; G^T packed as B) and
+# not kept: its row pack still took 11-12 % of 3b (perf; the time is the
+# gather of the input's scattered rows, not the transpose), the filters on
+# the NR side left narrow last panels (128 = 48 + 48 + 32: 16 % of 3b in
+# the narrow kernel), and the stem's G^T pack took 18 % where G is read in
+# place here. Fused / mapped, each ratio from one process: 3b 0.85, 4b
+# 0.82, 3a 3x3/2 0.92, 5b 0.84, 2a 0.79, the stem 0.93 (this code, in the
+# full report of 2026-11-22: 0.87, 0.80, 0.91, 0.79, 0.86, 0.78).
 
 
 def weight_grad_blocking(dtype, isa=None, cols=None):
