@@ -525,6 +525,16 @@ def _kernel_geometry(kind, g):
     return _adjoint(g) if kind == "input_grad" else g
 
 
+def _adjoint_operands(plan, ops):
+    """(x, out, bias, geometry) of the input gradient run as its adjoint's
+    forward pass (fused, direct): the output gradient as the input, the
+    input gradient as the output, each viewed as the forward kernel takes
+    them, no bias, and the adjoint's geometry."""
+    g = plan.geometry
+    return (ops.grad.reshape(g.N, g.K, g.Ho, g.Wo), ops.out.reshape(g.N, g.C, g.H * g.W),
+            np.zeros(0, plan.dtype), _adjoint(g))
+
+
 def _adjoint_unsuitable(g):
     """Why g's input gradient is not a forward convolution (_adjoint), or None."""
     if g.stride != (1, 1):
@@ -749,14 +759,10 @@ class Fused(Lowering):
             # grad_x = the adjoint's forward pass: the output gradient as its
             # input, each group's weights (K/groups x C/groups x taps)
             # transposed, the kernel reversed (again, if flip reversed it)
-            adjoint = _adjoint(g)
             filters = bufs["adjoint_weight"]
             fused.adjoint_filters(ops.filters, filters, g.groups, g.R * g.S, threads)
-            x = ops.grad.reshape(g.N, g.K, g.Ho, g.Wo)
-            out = ops.out.reshape(g.N, g.C, g.H * g.W)
-            bias = np.zeros(0, plan.dtype)
+            x, out, bias, g = _adjoint_operands(plan, ops)
             flip = not flip
-            g = adjoint
         fused.conv2d_fused(x, filters, bias, out, bufs["packed_weight"],
                            bufs["workspace"], *g.kernel_args, g.groups, flip,
                            b.kc, b.nc, b.mc, b.isa, threads, row_table=bufs["table"],
@@ -950,10 +956,7 @@ class DirectConv(Lowering):
         if self.kind == "input_grad":
             # grad_x = the adjoint's forward pass over the output gradient,
             # the kernel packing the weights transposed and reversed
-            x = ops.grad.reshape(g.N, g.K, g.Ho, g.Wo)
-            out = ops.out.reshape(g.N, g.C, g.H * g.W)
-            bias = np.zeros(0, plan.dtype)
-            g = _adjoint(g)
+            x, out, bias, g = _adjoint_operands(plan, ops)
         direct.conv2d_direct(x, ops.filters, bias, out, bufs["packed_weight"], bufs["tables"],
                              bufs["workspace"], *g.kernel_args, g.groups, plan.flip,
                              plan.blocking.isa, threads, adjoint=self.kind == "input_grad")
