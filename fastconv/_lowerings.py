@@ -552,6 +552,13 @@ def _adjoint_unsuitable(g):
     return None
 
 
+def _forward_kernel_unsuitable(kind, g):
+    """Why a lowering that runs a forward kernel for every kind it computes
+    (fused, direct) cannot compute g, or None: for the input gradient the
+    adjoint's conditions first, then zero padding only."""
+    return (_adjoint_unsuitable(g) if kind == "input_grad" else None) or _zero_padding_only(g)
+
+
 @functools.lru_cache(maxsize=64)
 def _adjoint(g):
     """The forward convolution that is g's input gradient when g has stride
@@ -591,8 +598,7 @@ class Fused(Lowering):
     writes_whole_weight_grad = True   # each item owns its block of grad_w
 
     def unsuitable(self, g):
-        return (_adjoint_unsuitable(g) if self.kind == "input_grad" else None) \
-            or _zero_padding_only(g)
+        return _forward_kernel_unsuitable(self.kind, g)
 
     @property
     def _runs_forward_kernel(self):
@@ -896,8 +902,7 @@ class DirectConv(Lowering):
     def unsuitable(self, g):
         if self.kind == "weight_grad":
             return "computes the forward pass and the input gradient only"
-        return (_adjoint_unsuitable(g) if self.kind == "input_grad" else None) \
-            or _zero_padding_only(g)
+        return _forward_kernel_unsuitable(self.kind, g)
 
     def propose(self, planner, forced):
         from fastconv._kernels import direct
