@@ -18,7 +18,7 @@ dw = pytest.importorskip("fastconv._kernels.depthwise")
 ISAS = dw.available_isas()
 # how x is laid out: the kernels read any strides in place
 LAYOUTS = ["contiguous", "reversed_w", "reversed_h", "every_other_w", "every_other_c",
-           "transposed_hw", "broadcast_n", "broadcast_h", "broadcast_w"]
+           "cropped_w", "transposed_hw", "broadcast_n", "broadcast_h", "broadcast_w"]
 
 
 @contextlib.contextmanager
@@ -46,6 +46,8 @@ def make_input(rng, shape, dtype, layout):
         x = draw(N, C, H, 2 * W)[..., ::2]
     elif layout == "every_other_c":
         x = draw(N, 2 * C, H, W)[:, ::2]
+    elif layout == "cropped_w":   # rows further apart than their length
+        x = draw(N, C, H, W + 5)[..., 2:W + 2]
     elif layout == "transposed_hw":
         x = draw(N, C, W, H).swapaxes(2, 3)
     elif layout == "broadcast_n":
@@ -170,8 +172,14 @@ def test_same_bits_for_any_thread_count(case):
     ((1, 1, 12, 70, 5, 5), dict(stride=(2, 1), padding=((1, 4), (0, 2)), dilation=(1, 2))),
     # a first layer: one channel, no padding (paper_mnist's shape, fewer images)
     ((2, 1, 28, 28, 3, 3), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1))),
+    # no column padding: compact rows (vectors across row ends) with a row
+    # stride, dilation, rows one column past a vector, padded rows above and
+    # below (done apart), and a 7x7 kernel
+    ((1, 2, 30, 37, 5, 5), dict(stride=(2, 1), padding=((0, 0), (0, 0)), dilation=(2, 1))),
+    ((2, 1, 9, 19, 3, 3), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1))),
+    ((1, 2, 20, 40, 7, 7), dict(stride=(1, 1), padding=((3, 2), (0, 0)), dilation=(1, 1))),
 ])
-@pytest.mark.parametrize("layout", ["contiguous", "reversed_w"])
+@pytest.mark.parametrize("layout", ["contiguous", "reversed_w", "cropped_w"])
 # 2 filters per channel: the forward's 2-plane blocks; 15 = 8 + 4 + 2 + 1
 @pytest.mark.parametrize("multiplier", [2, 15])
 def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
