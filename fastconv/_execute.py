@@ -22,20 +22,26 @@ OPERANDS = {
 }
 
 
+def _expected_shape(plan, name):
+    return {"x": plan.input_shape, "weight": plan.weight_shape,
+            "grad_output": plan.geometry.output_shape}.get(name)
+
+
 def _operands(plan, given):
     names = OPERANDS[plan.kind]
-    required = [n for n in names if n != "bias"]
-    if not len(required) <= len(given) <= len(names):
+    if not len(names) - (names[-1] == "bias") <= len(given) <= len(names):
         raise TypeError(f"a {plan.kind} plan executes on ({', '.join(names)}), "
                         f"got {len(given)} operand(s)")
-    arrays = {name: None if value is None and name == "bias" else as_array(value, name)
-              for name, value in zip(names, given)}
-    expected = {"x": plan.input_shape, "weight": plan.weight_shape,
-                "grad_output": plan.geometry.output_shape}
-    for name, array in arrays.items():
-        if name in expected and array.shape != expected[name]:
+    arrays = {}
+    for name, value in zip(names, given):
+        if value is None and name == "bias":
+            arrays[name] = None
+            continue
+        array = arrays[name] = as_array(value, name)
+        expected = _expected_shape(plan, name)
+        if expected is not None and array.shape != expected:
             raise ValueError(f"{name} has shape {array.shape}, but the plan is for "
-                             f"{expected[name]}")
+                             f"{expected}")
     resolve_dtypes(**arrays)  # rejects complex, object, strings...
     if arrays.get("bias") is not None:
         check_bias(arrays["bias"], plan.geometry.K, f"filter of weight {plan.weight_shape}")
