@@ -23,8 +23,11 @@ OPERANDS = {
 
 
 def _expected_shape(plan, name):
-    return {"x": plan.input_shape, "weight": plan.weight_shape,
-            "grad_output": plan.geometry.output_shape}.get(name)
+    if name == "x":
+        return plan.input_shape
+    if name == "weight":
+        return plan.weight_shape
+    return plan.geometry.output_shape if name == "grad_output" else None
 
 
 def _operands(plan, given):

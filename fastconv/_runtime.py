@@ -139,8 +139,8 @@ class ThreadBudget:
         return _blas_threads_now()
 
     def lend(self, kernel_threads, blas_threads, uses_blas=True):
-        """Lend threads to one call (a context manager); yields the (kernel,
-        BLAS) threads to use.
+        """Lend threads to one call: a context manager whose ``with ... as``
+        gets the (kernel, BLAS) threads to use.
 
         kernel_threads > 1: an OpenMP team over work items, BLAS at 1.
         blas_threads > 1: a serial loop over threaded GEMMs.

@@ -3,6 +3,9 @@ against the independent NumPy reference: forward, input gradient and weight
 gradient over random geometries, input layouts, thread counts and every
 instruction set this CPU runs."""
 import contextlib
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -178,6 +181,7 @@ def test_same_bits_for_any_thread_count(case):
     ((1, 2, 30, 37, 5, 5), dict(stride=(2, 1), padding=((0, 0), (0, 0)), dilation=(2, 1))),
     ((2, 1, 9, 19, 3, 3), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1))),
     ((1, 2, 20, 40, 7, 7), dict(stride=(1, 1), padding=((3, 2), (0, 0)), dilation=(1, 1))),
+    ((1, 2, 12, 40, 3, 3), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 2))),
 ])
 @pytest.mark.parametrize("layout", ["contiguous", "reversed_w", "cropped_w"])
 # 2 filters per channel: the forward's 2-plane blocks; 15 = 8 + 4 + 2 + 1
@@ -196,6 +200,57 @@ def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
     assert_close(out, expected, dtype)
     assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
+
+
+# A child process places inputs at the very end of a page followed by an
+# inaccessible one: a read past the input's last element crashes the child
+# rather than passing unseen. Input rows W apart (contiguous) and rows that
+# overlap (a sliding-window view, row pitch 1), with a channel multiplier and
+# no padding, the forward's compact rows where they apply.
+_GUARDED_CHILD = textwrap.dedent("""
+    import ctypes, mmap, sys
+    import numpy as np
+    from numpy.lib.stride_tricks import sliding_window_view
+    from fastconv._kernels import depthwise as dw
+    libc = ctypes.CDLL(None)
+    page = mmap.PAGESIZE
+    for isa in dw.available_isas():
+        dw.set_isa(isa)
+        for dtype in (np.float32, np.float64):
+            for layout in ("rows", "overlapping"):
+                for K in (2, 8):
+                    region = mmap.mmap(-1, 2 * page)
+                    start = ctypes.addressof(ctypes.c_char.from_buffer(region))
+                    assert libc.mprotect(ctypes.c_void_p(start + page), page, 0) == 0
+                    W, H = 28, 16   # float64 rows fill 3.5 KiB of the page
+                    n = H * W if layout == "rows" else H + W - 1
+                    itemsize = np.dtype(dtype).itemsize
+                    buf = np.frombuffer(region, np.uint8, page)[page - n * itemsize:].view(dtype)
+                    buf[:] = np.random.default_rng(K).standard_normal(n)
+                    x = (buf.reshape(H, W) if layout == "rows"
+                         else sliding_window_view(buf, W))[None, None]
+                    w = np.random.default_rng(1).standard_normal((K, 9)).astype(dtype)
+                    Ho, Wo = H - 2, W - 2
+                    out = np.empty((1, K, Ho * Wo), dtype)
+                    dw.conv2d_depthwise(x, w, np.zeros(0, dtype), out, 3, 3, Wo, 1, 1, 0, 0,
+                                        1, 1, False, 1)
+                    xx = np.asarray(x[0, 0], np.float64)
+                    ref = np.zeros((K, Ho, Wo))
+                    for k in range(K):
+                        for r in range(3):
+                            for c in range(3):
+                                ref[k] += w[k, 3 * r + c] * xx[r:r + Ho, c:c + Wo]
+                    err = np.abs(out.reshape(K, Ho, Wo) - ref).max() / np.abs(ref).max()
+                    assert err < (1e-5 if dtype == np.float32 else 1e-12), (isa, layout, err)
+    print("ok")
+""")
+
+
+def test_no_read_past_the_input():
+    result = subprocess.run([sys.executable, "-c", _GUARDED_CHILD], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (
+        f"exit {result.returncode}: {result.stderr[-2000:]}")
 
 
 @pytest.mark.parametrize("name", ISAS)

@@ -255,11 +255,15 @@ DW_DEFINE_FWD_MULTI_EDGE(2)
  * time with unmasked stores, 1.4x with the masked ones (one thread), for
  * 11 % fewer vectors. */
 
-/* whether compact rows take at least 10 % fewer vectors than whole rows */
+/* whether compact rows take more than 10 % fewer vectors than whole rows.
+ * Input rows that overlap (a row pitch xs_h below W, as a sliding-window
+ * view has) are left to whole rows: the load of a vector's lanes past a row
+ * end, from that row, reaches VL - 1 columns beyond it, which lie in the
+ * next input row only if the rows are at least W apart. */
 DW_INLINE int DW_FIX(compact_pays)(const dw_geom *g, dws A, dws B, dws oh_lo, dws oh_hi)
 {
     const dws Wo = g->Wo, rows = oh_hi - oh_lo;
-    if (A != 0 || B != Wo || Wo < VL || rows < 2 || g->xs_h <= 0)
+    if (A != 0 || B != Wo || Wo < VL || rows < 2 || g->xs_h < g->W)
         return 0;
     const dws compact = (rows * Wo + VL - 1) / VL;
     const dws whole = rows * ((Wo + VL - 1) / VL);
@@ -364,7 +368,8 @@ DW_DEFINE_FWD_MULTI_COMPACT(2)
 
 /* Output rows [oh_lo, oh_hi) (every kernel row inside the input) of the MB
  * planes out + m*o_step, filters w + m*w_step, biases bias[m] (NULL: none).
- * Returns 2 if it did whole rows (masked loads and Wo >= VL), 1 if columns
+ * Returns 2 if it did whole rows (compact rows, or masked loads and
+ * Wo >= VL), 1 if columns
  * [A, B) only (B - A >= VL), 0 if nothing (narrower rows: the caller goes
  * plane by plane). Column blocks are single vectors, the last one of a run
  * overlapping the one before (same values); rows go in pairs. */
@@ -583,3 +588,5 @@ static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x,
 #undef DW_FIXM2
 #undef DW_FIXM3
 #undef DW_DEFINE_FWD_MULTI
+#undef DW_COMPACT_BLOCK
+#undef DW_DEFINE_FWD_MULTI_COMPACT
