@@ -246,9 +246,10 @@ _GUARDED_CHILD = textwrap.dedent("""
 """)
 
 
-def test_no_read_past_the_input():
+def test_no_read_past_the_input(tmp_path):
+    # cwd: the installed package, not a source tree's (its kernels unbuilt)
     result = subprocess.run([sys.executable, "-c", _GUARDED_CHILD], capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip() == "ok", (
         f"exit {result.returncode}: {result.stderr[-2000:]}")
 
