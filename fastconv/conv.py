@@ -15,6 +15,7 @@ import operator
 
 import numpy as np
 
+from fastconv import _execute
 from fastconv._execute import check_out
 from fastconv._params import (as_array, check_bias, conv_geometry, int_tuple, padding_pairs,
                               resolve_dtypes, shape_like, shape_tuple, summarize)
@@ -32,7 +33,8 @@ def _run(plan, operands, result, out):
         return y if y.dtype == result else y.astype(result)
     check_out(out, plan.output_shape, result)
     if np.can_cast(plan.dtype, out.dtype, casting="safe"):
-        return plan.execute(*operands, out=out)
+        # out passed check_out for the result's dtype, and takes the plan's
+        return _execute.execute(plan, operands, out, out_checked=True)
     # out holds the (narrower) result dtype, e.g. float16 computed in float32
     np.copyto(out, plan.execute(*operands).astype(result), casting="safe")
     return out
