@@ -24,7 +24,6 @@ import os
 import queue
 import sys
 import threading
-from contextlib import contextmanager
 
 from fastconv import _machine
 

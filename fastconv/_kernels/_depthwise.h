@@ -105,6 +105,17 @@ DW_INLINE void dw_interior_rows(const dw_geom *g, dws *lo, dws *hi)
     *hi = dw_end((g->R - 1) * g->dh - g->pt, g->sh, g->H, g->Ho);
 }
 
+/* (*row, *col) moved `step` positions along rows of Wo columns (the compact
+ * rows of _depthwise_fixed.h: step <= Wo, so one row end at most) */
+DW_INLINE void dw_step_position(dws *row, dws *col, dws step, dws Wo)
+{
+    *col += step;
+    if (*col >= Wo) {
+        *col -= Wo;
+        (*row)++;
+    }
+}
+
 /* Filters of one input channel the forward kernel computes together at most
  * (a channel multiplier's blocks of 8, 4 and 2: _depthwise_fixed.h,
  * fwd_multi); depthwise.pyx and the planner read it from here. */

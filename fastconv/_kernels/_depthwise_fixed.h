@@ -330,18 +330,12 @@ DW_INLINE void DW_FIX(fwd_multi_compact_body)(const dw_geom *g, const T *in,
     col_[0] = 0;
     for (; j + 2 * VL <= total; j += 2 * VL) {
         row_[1] = row_[0];
-        col_[1] = col_[0] + VL;
-        if (col_[1] >= Wo) {    /* Wo >= VL: one row end at most */
-            col_[1] -= Wo;
-            row_[1]++;
-        }
+        col_[1] = col_[0];
+        dw_step_position(&row_[1], &col_[1], VL, Wo);
         DW_COMPACT_BLOCK(j, 2);
         row_[0] = row_[1];
-        col_[0] = col_[1] + VL;
-        if (col_[0] >= Wo) {
-            col_[0] -= Wo;
-            row_[0]++;
-        }
+        col_[0] = col_[1];
+        dw_step_position(&row_[0], &col_[0], VL, Wo);
     }
     if (j < total) {
         if (j + VL < total) {
