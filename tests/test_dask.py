@@ -320,6 +320,47 @@ def test_the_weight_is_in_the_graph_once():
         assert w.nbytes < total < 1.5 * w.nbytes
 
 
+
+def _held(array, images_per_block):
+    """A Dask array whose blocks are the given NumPy views of ``array``
+    themselves (from_array may copy small slices into the graph), and
+    those views."""
+    parts = [array[i:i + images_per_block] for i in range(0, len(array), images_per_block)]
+    same = dask.delayed(lambda part: part, pure=True)
+    return da.concatenate([da.from_delayed(same(part), part.shape, part.dtype)
+                           for part in parts]), parts
+
+
+@pytest.mark.parametrize("kind", ["forward", "input_grad", "weight_grad"])
+def test_tasks_get_their_blocks_without_a_copy(kind, monkeypatch):
+    """A task hands fastconv the blocks Dask holds, not copies (blockwise's
+    concatenate=True copied every block)."""
+    x, w, b, g = _arrays(np.float32)
+    (xd, x_parts), (gd, g_parts) = _held(x, 3), _held(g, 3)
+    (wd, (w_part,)), (bd, (b_part,)) = _held(w, len(w)), _held(b, len(b))
+    function, build, held = {
+        "forward": ("conv2d", lambda: fd.conv2d(xd, wd, bd, **CONV),
+                    lambda i: (x_parts[i], w_part, b_part)),
+        "input_grad": ("conv2d_input_grad", lambda: fd.conv2d_input_grad(X_SHAPE, wd, gd, **CONV),
+                       lambda i: (w_part, g_parts[i])),
+        "weight_grad": ("conv2d_weight_grad",
+                        lambda: fd.conv2d_weight_grad(xd, W_SHAPE, gd, **CONV),
+                        lambda i: (x_parts[i], g_parts[i]))}[kind]
+    seen = []
+    in_memory = getattr(fd._inmemory, function)
+
+    def recording(*args, **kwargs):
+        seen.append([a for a in args if isinstance(a, np.ndarray)])
+        return in_memory(*args, **kwargs)
+
+    monkeypatch.setattr(fd._inmemory, function, recording)
+    build().compute(scheduler="synchronous")
+    assert len(seen) == 3  # blocks of 3, 3 and 1 images
+    for blocks in seen:
+        assert any(all(given is expected for given, expected in zip(blocks, held(i), strict=True))
+                   for i in range(3))
+
+
 # --------------------------------------------------------------------------
 # bad input: clear errors before any compute
 
