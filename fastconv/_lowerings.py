@@ -485,12 +485,14 @@ class Mapped(_Gemm):
 class FusedBlocking:
     """The fused GEMM's blocks: kc rows of the stretched matrix (depth), nc
     columns, mc filters per packed block, the micro-kernel's ISA, and
-    whether it reads the weights in place rather than packed (forward)."""
+    whether it reads the weights in place rather than packed (forward), and
+    x's channel planes (forward of a pointwise layer: B is x itself)."""
     kc: int
     nc: int
     mc: int
     isa: str
     weights_in_place: bool = False
+    x_in_place: bool = False
 
 
 def fused_isa(requested=None):
@@ -627,8 +629,10 @@ class Fused(Lowering):
                   + ("; weights read in place (few columns to amortise packing them)"
                      if in_place else ""))
         while True:
-            plan = planner.plan(self, FusedBlocking(kc, nc, mc, isa, in_place), threads, 1,
-                                reason)
+            x_in_place = self._reads_x_in_place(g, kc, nr, planner)
+            plan = planner.plan(self, FusedBlocking(kc, nc, mc, isa, in_place, x_in_place),
+                                threads, 1, reason + ("; x's channel rows read in place"
+                                                      if x_in_place else ""))
             if plan.workspace_bytes <= planner.limit:
                 return plan
             # a tighter limit: the weights in place (no packed copy), then
@@ -644,6 +648,15 @@ class Fused(Lowering):
                 threads = 1
             else:
                 return None
+
+    def _reads_x_in_place(self, g, kc, nr, planner):
+        """A pointwise forward kernel whose micro-panel of B (depth kc x NR
+        columns of x's channel rows) stays in L1 across the filters' panels:
+        the kernel reads it from x, not from a packed copy (conv2d_fused's
+        b_in_place; it packs where x's rows are not contiguous anyway)."""
+        panel = min(kc, g.rows) * nr * np.dtype(planner.dtype).itemsize
+        return (self._runs_forward_kernel and g.is_pointwise
+                and panel <= planner.tuning.fused_x_in_place_panel_bytes)
 
     def cost(self, plan, tuning):
         g = _kernel_geometry(self.kind, plan.geometry)
@@ -750,7 +763,7 @@ class Fused(Lowering):
         m, n, k = self.gemm_shape(plan)
         return (f"fused GEMMs {m}x{k} @ {k}x{n} (own {b.isa} micro-kernel; KC {b.kc}, "
                 f"NC {b.nc}, MC {b.mc}" + ("; weights in place" if b.weights_in_place else "")
-                + ")")
+                + ("; x in place" if b.x_in_place else "") + ")")
 
     def run(self, plan, ops, bufs, threads):
         from fastconv._kernels import fused
@@ -772,7 +785,7 @@ class Fused(Lowering):
         fused.conv2d_fused(x, filters, bias, out, bufs["packed_weight"],
                            bufs["workspace"], *g.kernel_args, g.groups, flip,
                            b.kc, b.nc, b.mc, b.isa, threads, row_table=bufs["table"],
-                           weights_in_place=b.weights_in_place)
+                           weights_in_place=b.weights_in_place, b_in_place=b.x_in_place)
 
 
 # --------------------------------------------------------------------------

@@ -133,6 +133,16 @@ class Tuning:
     # gemm1x1, measured then at 1.01-1.09x).
     fused_pointwise_min_cols: int = 392
     fused_pointwise_rate: float = 2.2
+    # Bytes of a micro-panel of B (depth x NR x itemsize) up to which a
+    # pointwise forward pass reads it from x's channel rows in place instead
+    # of packing it (no packing pass; the kernel's loads stride across
+    # channel planes). Fresh processes alternated with the build that packs
+    # every panel, best of 6, 2 threads, in place / packed: fp32 ResNet-50
+    # 2a_1x1 (12 KiB panel) 0.86-0.91, 2b_1x1 (48 KiB) 0.85, 4b_1x1 (110 KiB)
+    # 1.01; fp64 2a 0.84-0.92, 2b 0.96, 4b 0.97 (one process, interleaved:
+    # 2a 0.82 / 0.90, 2b 0.82 / 0.76). Past L1 (32 KiB) it still pays while
+    # few filters (64) amortise the packing; 4b's 256 do, and it gains nothing.
+    fused_x_in_place_panel_bytes: int = 64 * 2**10
     # The fused weight gradient's time over the BLAS lowerings' model:
     # fused_weight_grad_rate + fused_weight_grad_gather * (elements it packs
     # per multiply-add, either dtype), times its padding. Fitted

@@ -23,7 +23,7 @@ def out_size(size, pad, dil, k, stride):
 
 def run_fused(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1,
               flip=False, isa="generic", threads=1, kc=None, nc=None, mc=None, out_fill=np.nan,
-              linear_packing=True, weights_in_place=False):
+              linear_packing=True, weights_in_place=False, b_in_place=False):
     """conv2d_fused on NCHW x and (K, C/groups, R, S) w, with buffers sized by
     buffer_sizes; returns out as (N, K, Ho, Wo)."""
     dtype = x.dtype
@@ -45,7 +45,8 @@ def run_fused(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 
     fused.conv2d_fused(x, np.ascontiguousarray(w.reshape(K, rows)), bias, out, packed, workspace,
                        R, S, Wo, stride[0], stride[1], padding[0][0], padding[1][0],
                        dilation[0], dilation[1], groups, flip, kc, nc, mc, isa, threads,
-                       linear_packing=linear_packing, weights_in_place=weights_in_place)
+                       linear_packing=linear_packing, weights_in_place=weights_in_place,
+                       b_in_place=b_in_place)
     return out.reshape(N, K, Ho, Wo)
 
 
@@ -160,6 +161,84 @@ def test_linear_packing_matches_segments_and_reference(isa, case):
                       linear_packing=linear, **conv) for linear in (True, False)]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert_close(runs[0], conv2d_reference(x, w, b, **conv), dtype)
+
+
+def pointwise_view(base, view):
+    """x for the pointwise tests: make_view's layouts, and two whose rows are
+    still contiguous (read in place) with other channel steps."""
+    if view == "reversed_c":          # negative channel step
+        return np.ascontiguousarray(base[:, ::-1])[:, ::-1]
+    if view == "every_other_channel":  # channel planes 2 H W apart
+        N, C, H, W = base.shape
+        big = np.zeros((N, 2 * C, H, W), base.dtype)
+        big[:, ::2] = base
+        return big[:, ::2]
+    if view == "cropped_w":           # rows further apart than W: packed
+        return np.pad(base, ((0, 0), (0, 0), (0, 0), (0, 3)))[..., :base.shape[3]]
+    return make_view(base, view)
+
+
+@st.composite
+def pointwise_cases(draw):
+    """1x1, stride 1, no padding: B is x itself. Maps that are not multiples
+    of NR put micro-panels across images (packed) beside whole ones (read in
+    place); depth blocks of 1, 5, 13 rows; views whose rows are contiguous
+    (in place) and others (packed)."""
+    groups = draw(st.integers(1, 2))
+    return dict(
+        N=draw(st.integers(1, 5)), C=groups * draw(st.integers(1, 9)),
+        K=groups * draw(st.sampled_from([1, 3, 8, 9, 17])),
+        H=draw(st.integers(1, 9)), W=draw(st.integers(1, 70)), groups=groups,
+        dilation=(draw(st.integers(1, 2)), draw(st.integers(1, 2))),
+        bias=draw(st.booleans()), flip=draw(st.booleans()),
+        dtype=draw(st.sampled_from(DTYPES)),
+        view=draw(st.sampled_from(["contiguous", "contiguous", "reversed_c",
+                                   "every_other_channel", "broadcast_n", "cropped_w",
+                                   "strided"])),
+        threads=draw(st.sampled_from([1, 2])), kc=draw(st.sampled_from([None, 1, 5, 13])),
+        nc=draw(st.sampled_from([None, 1, 50])), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=pointwise_cases())
+def test_x_read_in_place_matches_packed_and_reference(isa, case):
+    rng = np.random.default_rng(case["seed"])
+    dtype = case["dtype"]
+    shape = (case["N"], case["C"], case["H"], case["W"])
+    x = pointwise_view(rng.standard_normal(shape).astype(dtype), case["view"])
+    # contiguous rows; a one-row map's rows may lie anywhere; one pixel, anything
+    contiguous_rows = (case["view"] in ("contiguous", "reversed_c", "every_other_channel",
+                                        "broadcast_n")
+                       or case["view"] == "cropped_w" and case["H"] == 1
+                       or case["H"] == case["W"] == 1)
+    assert fused.reads_x_in_place(x, 1, 1, case["H"], case["W"], 1, 1, 0, 0) == contiguous_rows
+    w = rng.standard_normal((case["K"], case["C"] // case["groups"], 1, 1)).astype(dtype)
+    b = rng.standard_normal(case["K"]).astype(dtype) if case["bias"] else None
+    conv = dict(dilation=case["dilation"], groups=case["groups"], flip=case["flip"])
+    runs = [run_fused(x, w, b, isa=isa, threads=case["threads"], kc=case["kc"], nc=case["nc"],
+                      b_in_place=in_place, **conv) for in_place in (True, False)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert_close(runs[0], conv2d_reference(x, w, b, **conv), dtype)
+
+
+def test_x_is_read_in_place_only_where_it_is_the_stretched_matrix():
+    x = np.zeros((2, 3, 5, 7), np.float32)
+    assert fused.reads_x_in_place(x, 1, 1, 5, 7, 1, 1, 0, 0)
+    for R, S, Ho, Wo, sh, sw, top, left in [(3, 1, 3, 7, 1, 1, 0, 0), (1, 3, 5, 5, 1, 1, 0, 0),
+                                            (1, 1, 3, 7, 2, 1, 0, 0), (1, 1, 5, 4, 1, 2, 0, 0),
+                                            (1, 1, 6, 7, 1, 1, 1, 0), (1, 1, 5, 8, 1, 1, 0, 1)]:
+        assert not fused.reads_x_in_place(x, R, S, Ho, Wo, sh, sw, top, left)
+    assert not fused.reads_x_in_place(x[..., ::-1], 1, 1, 5, 7, 1, 1, 0, 0)
+    assert not fused.reads_x_in_place(x.transpose(0, 1, 3, 2), 1, 1, 7, 5, 1, 1, 0, 0)
+    assert not fused.reads_x_in_place(x[..., ::2], 1, 1, 5, 4, 1, 1, 0, 0)
+    # rows of a one-row map, or a one-column map's pixels, may be anywhere
+    assert fused.reads_x_in_place(x[:, :, :1, :], 1, 1, 1, 7, 1, 1, 0, 0)
+    assert fused.reads_x_in_place(x[:, :, :1, ::-1][..., :1], 1, 1, 1, 1, 1, 1, 0, 0)
+    assert not fused.reads_x_in_place(x[..., :1], 1, 1, 5, 1, 1, 1, 0, 0)
+    # padding at the bottom or right only: the output is larger than the input
+    assert not fused.reads_x_in_place(x, 1, 1, 6, 7, 1, 1, 0, 0)
+    assert not fused.reads_x_in_place(x, 1, 1, 5, 8, 1, 1, 0, 0)
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -28,7 +28,7 @@
 /* float: MR x NV vectors of 8; double: MR x NV vectors of 4 */
 FC_INLINE FC_AVX2_TARGET void
 fc_avx2_f32_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step,
-                 ptrdiff_t kc, const float *a, const float *b,
+                 ptrdiff_t kc, const float *a, const float *b, ptrdiff_t b_step,
                  float *c, ptrdiff_t ldc, int first, const float *bias)
 {
     __m256 acc[8][4];
@@ -53,7 +53,7 @@ fc_avx2_f32_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step,
             for (v = 0; v < NV; v++) acc[i][v] = _mm256_fmadd_ps(ai, bv[v], acc[i][v]);
         }
         a += a_step;
-        b += 8 * NV;
+        b += b_step;
     }
 #pragma GCC unroll 8
     for (i = 0; i < MR; i++) {
@@ -75,7 +75,7 @@ fc_avx2_f32_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step,
 
 FC_INLINE FC_AVX2_TARGET void
 fc_avx2_f64_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step,
-                 ptrdiff_t kc, const double *a, const double *b,
+                 ptrdiff_t kc, const double *a, const double *b, ptrdiff_t b_step,
                  double *c, ptrdiff_t ldc, int first, const double *bias)
 {
     __m256d acc[8][4];
@@ -100,7 +100,7 @@ fc_avx2_f64_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step,
             for (v = 0; v < NV; v++) acc[i][v] = _mm256_fmadd_pd(ai, bv[v], acc[i][v]);
         }
         a += a_step;
-        b += 4 * NV;
+        b += b_step;
     }
 #pragma GCC unroll 8
     for (i = 0; i < MR; i++) {
@@ -120,13 +120,21 @@ fc_avx2_f64_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step,
     }
 }
 
-/* lda == 0: a packed panel; lda > 0: MR weight rows in place (see _fused_generic.h) */
-#define FC_DEFINE_AVX2(NAME, T, SUF, MR, NV)                                          \
-static FC_AVX2_TARGET void NAME(ptrdiff_t kc, const T *a, ptrdiff_t lda, const T *b, \
-                                T *c, ptrdiff_t ldc, int first, const T *bias)       \
-{                                                                                    \
-    if (lda == 0) fc_avx2_##SUF##_body(MR, NV, 1, MR, kc, a, b, c, ldc, first, bias); \
-    else fc_avx2_##SUF##_body(MR, NV, lda, 1, kc, a, b, c, ldc, first, bias);        \
+/* lda == 0: a packed panel; lda > 0: MR weight rows in place; ldb == NR: a
+ * packed micro-panel of B, other ldb: B's rows in place (see _fused_generic.h) */
+#define FC_DEFINE_AVX2(NAME, T, SUF, MR, NV)                                        \
+static FC_AVX2_TARGET void NAME(ptrdiff_t kc, const T *a, ptrdiff_t lda, const T *b,      \
+                               ptrdiff_t ldb, T *c, ptrdiff_t ldc, int first,          \
+                               const T *bias)                                          \
+{                                                                                      \
+    const ptrdiff_t packed = (ptrdiff_t)(32 / sizeof(T)) * NV;                          \
+    if (lda == 0 && ldb == packed)                                                     \
+        fc_avx2_##SUF##_body(MR, NV, 1, MR, kc, a, b, packed, c, ldc, first, bias);  \
+    else if (lda == 0)                                                                 \
+        fc_avx2_##SUF##_body(MR, NV, 1, MR, kc, a, b, ldb, c, ldc, first, bias);     \
+    else if (ldb == packed)                                                            \
+        fc_avx2_##SUF##_body(MR, NV, lda, 1, kc, a, b, packed, c, ldc, first, bias); \
+    else fc_avx2_##SUF##_body(MR, NV, lda, 1, kc, a, b, ldb, c, ldc, first, bias);   \
 }
 
 /* the defaults (see the top of this file): float 4 x 24, double 4 x 12;

@@ -37,7 +37,7 @@
 
 FC_INLINE FC_AVX512_TARGET void
 fc_avx512_f32_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step,
-                   ptrdiff_t kc, const float *a, const float *b,
+                   ptrdiff_t kc, const float *a, const float *b, ptrdiff_t b_step,
                    float *c, ptrdiff_t ldc, int first, const float *bias)
 {
     __m512 acc[16][4];
@@ -63,7 +63,7 @@ fc_avx512_f32_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step
             for (v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
         }
         a += a_step;
-        b += 16 * NV;
+        b += b_step;
     }
 #pragma GCC unroll 16
     for (i = 0; i < MR; i++) {
@@ -85,7 +85,7 @@ fc_avx512_f32_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step
 
 FC_INLINE FC_AVX512_TARGET void
 fc_avx512_f64_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step,
-                   ptrdiff_t kc, const double *a, const double *b,
+                   ptrdiff_t kc, const double *a, const double *b, ptrdiff_t b_step,
                    double *c, ptrdiff_t ldc, int first, const double *bias)
 {
     __m512d acc[16][4];
@@ -111,7 +111,7 @@ fc_avx512_f64_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step
             for (v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_pd(ai, bv[v], acc[i][v]);
         }
         a += a_step;
-        b += 8 * NV;
+        b += b_step;
     }
 #pragma GCC unroll 16
     for (i = 0; i < MR; i++) {
@@ -132,14 +132,23 @@ fc_avx512_f64_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step
 }
 
 /* lda == 0: a packed panel (MR values per depth step); lda > 0: MR rows of
- * the weights read in place, lda apart (see _fused_generic.h). Each case is
- * its own specialised copy of the body. */
+ * the weights read in place, lda apart. ldb == NR: a packed micro-panel of
+ * B; other ldb: B's rows read in place (a pointwise layer's channel rows of
+ * x), ldb apart (see _fused_generic.h). Each case is its own specialised
+ * copy of the body, so the packed cases keep their constant steps. */
 #define FC_DEFINE_AVX512(NAME, T, SUF, MR, NV)                                        \
-static FC_AVX512_TARGET void NAME(ptrdiff_t kc, const T *a, ptrdiff_t lda, const T *b, \
-                                  T *c, ptrdiff_t ldc, int first, const T *bias)     \
-{                                                                                    \
-    if (lda == 0) fc_avx512_##SUF##_body(MR, NV, 1, MR, kc, a, b, c, ldc, first, bias); \
-    else fc_avx512_##SUF##_body(MR, NV, lda, 1, kc, a, b, c, ldc, first, bias);        \
+static FC_AVX512_TARGET void NAME(ptrdiff_t kc, const T *a, ptrdiff_t lda, const T *b,      \
+                               ptrdiff_t ldb, T *c, ptrdiff_t ldc, int first,          \
+                               const T *bias)                                          \
+{                                                                                      \
+    const ptrdiff_t packed = (ptrdiff_t)(64 / sizeof(T)) * NV;                          \
+    if (lda == 0 && ldb == packed)                                                     \
+        fc_avx512_##SUF##_body(MR, NV, 1, MR, kc, a, b, packed, c, ldc, first, bias);  \
+    else if (lda == 0)                                                                 \
+        fc_avx512_##SUF##_body(MR, NV, 1, MR, kc, a, b, ldb, c, ldc, first, bias);     \
+    else if (ldb == packed)                                                            \
+        fc_avx512_##SUF##_body(MR, NV, lda, 1, kc, a, b, packed, c, ldc, first, bias); \
+    else fc_avx512_##SUF##_body(MR, NV, lda, 1, kc, a, b, ldb, c, ldc, first, bias);   \
 }
 
 /* -DFC_AVX512_MR_F32=12 -DFC_AVX512_NV_F32=2 etc. build another tile */

@@ -2,15 +2,18 @@
  *
  * The micro-kernel contract, shared by every ISA header:
  *
- *   c[i, j] (i < MR, j < NR, row i at c + i*ldc)  =  sum_k A(i, k) * b[k*NR + j]
+ *   c[i, j] (i < MR, j < NR, row i at c + i*ldc)  =  sum_k A(i, k) * B(k, j)
  *             + bias[i]                              if first (bias may be NULL)
- *   c[i, j] += sum_k A(i, k) * b[k*NR + j]           if !first
+ *   c[i, j] += sum_k A(i, k) * B(k, j)               if !first
  *
  * with A(i, k) = a[k*MR + i] if lda == 0 (an MR-row panel of packed weights,
  * MR values per depth step) or a[i*lda + k] if lda > 0 (MR rows of the weight
  * matrix read in place, lda apart: no packing pass over the weights, which
- * pays where they are large next to the columns, see fused.pyx); b an
- * NR-column micro-panel of the packed (index-mapped) input, both of depth kc.
+ * pays where they are large next to the columns, see fused.pyx); B(k, j) =
+ * b[k*ldb + j]: with ldb = NR an NR-column micro-panel of the packed
+ * (index-mapped) input, with another ldb NR columns of x's rows read in place
+ * (a pointwise layer, where x is the stretched matrix: see fused.pyx's
+ * _b_in_place_layout); both of depth kc.
  * The sum runs over k in order, starting from zero, and bias (or the old c)
  * is added once at the end: every kernel and every edge path (see fused.pyx)
  * therefore rounds the same way for a given ISA.
@@ -41,8 +44,8 @@
 
 #define FC_DEFINE_GENERIC(NAME, T, MR, NR)                                         \
 static void NAME(ptrdiff_t kc, const T *FC_RESTRICT a, ptrdiff_t lda,             \
-                 const T *FC_RESTRICT b, T *FC_RESTRICT c, ptrdiff_t ldc, int first, \
-                 const T *FC_RESTRICT bias)                                       \
+                 const T *FC_RESTRICT b, ptrdiff_t ldb, T *FC_RESTRICT c,         \
+                 ptrdiff_t ldc, int first, const T *FC_RESTRICT bias)             \
 {                                                                                  \
     T acc[MR][NR];                                                                 \
     ptrdiff_t k;                                                                   \
@@ -52,7 +55,7 @@ static void NAME(ptrdiff_t kc, const T *FC_RESTRICT a, ptrdiff_t lda,           
         for (j = 0; j < NR; j++)                                                   \
             acc[i][j] = 0;                                                         \
     for (k = 0; k < kc; k++) {                                                     \
-        const T *ak = a + k * a_step, *bk = b + k * NR;                            \
+        const T *ak = a + k * a_step, *bk = b + k * ldb;                            \
         for (i = 0; i < MR; i++) {                                                 \
             T ai = ak[i * a_row];                                                  \
             for (j = 0; j < NR; j++)                                               \

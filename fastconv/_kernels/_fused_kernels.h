@@ -26,11 +26,11 @@
 #define FC_ISA_AVX2 1
 #define FC_ISA_AVX512 2
 
-/* (kc, a, lda, b, c, ldc, first, bias): the contract in _fused_generic.h */
-typedef void (*fc_ukr_f32_t)(ptrdiff_t, const float *, ptrdiff_t, const float *, float *,
-                             ptrdiff_t, int, const float *);
-typedef void (*fc_ukr_f64_t)(ptrdiff_t, const double *, ptrdiff_t, const double *, double *,
-                             ptrdiff_t, int, const double *);
+/* (kc, a, lda, b, ldb, c, ldc, first, bias): the contract in _fused_generic.h */
+typedef void (*fc_ukr_f32_t)(ptrdiff_t, const float *, ptrdiff_t, const float *, ptrdiff_t,
+                             float *, ptrdiff_t, int, const float *);
+typedef void (*fc_ukr_f64_t)(ptrdiff_t, const double *, ptrdiff_t, const double *, ptrdiff_t,
+                             double *, ptrdiff_t, int, const double *);
 
 typedef void (*fc_pack_f32_t)(float *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *, const float *,
                               const ptrdiff_t *, int, ptrdiff_t);
