@@ -631,8 +631,8 @@ class Fused(Lowering):
         while True:
             x_in_place = self._reads_x_in_place(g, kc, nr, planner)
             plan = planner.plan(self, FusedBlocking(kc, nc, mc, isa, in_place, x_in_place),
-                                threads, 1, reason + ("; x's channel rows read in place"
-                                                      if x_in_place else ""))
+                                threads, 1, reason + ("; x's channel rows read in place "
+                                                      "where contiguous" if x_in_place else ""))
             if plan.workspace_bytes <= planner.limit:
                 return plan
             # a tighter limit: the weights in place (no packed copy), then
@@ -651,12 +651,19 @@ class Fused(Lowering):
 
     def _reads_x_in_place(self, g, kc, nr, planner):
         """A pointwise forward kernel whose micro-panel of B (depth kc x NR
-        columns of x's channel rows) stays in L1 across the filters' panels:
-        the kernel reads it from x, not from a packed copy (conv2d_fused's
-        b_in_place; it packs where x's rows are not contiguous anyway)."""
-        panel = min(kc, g.rows) * nr * np.dtype(planner.dtype).itemsize
+        columns of x's channel rows) is small enough to be re-read from x by
+        every panel of filters: the kernel reads it there, not from a packed
+        copy (conv2d_fused's b_in_place; at run time it still packs an x
+        whose rows are not contiguous). Not where a contiguous x's channel
+        planes are a multiple of 4 KiB apart: the panel's rows would then
+        share a few cache sets and evict each other (as the weight
+        gradient's rows of G, G_ALIASED_ROW_BYTES)."""
+        from fastconv._kernels import fused
+        itemsize = np.dtype(planner.dtype).itemsize
+        panel = min(kc, g.rows) * nr * itemsize
         return (self._runs_forward_kernel and g.is_pointwise
-                and panel <= planner.tuning.fused_x_in_place_panel_bytes)
+                and panel <= planner.tuning.fused_x_in_place_panel_bytes
+                and (g.H * g.W * itemsize) % fused.G_ALIASED_ROW_BYTES != 0)
 
     def cost(self, plan, tuning):
         g = _kernel_geometry(self.kind, plan.geometry)
@@ -763,7 +770,8 @@ class Fused(Lowering):
         m, n, k = self.gemm_shape(plan)
         return (f"fused GEMMs {m}x{k} @ {k}x{n} (own {b.isa} micro-kernel; KC {b.kc}, "
                 f"NC {b.nc}, MC {b.mc}" + ("; weights in place" if b.weights_in_place else "")
-                + ("; x in place" if b.x_in_place else "") + ")")
+                + ("; x in place where its rows are contiguous" if b.x_in_place else "")
+                + ")")
 
     def run(self, plan, ops, bufs, threads):
         from fastconv._kernels import fused

@@ -142,6 +142,10 @@ class Tuning:
     # 1.01; fp64 2a 0.84-0.92, 2b 0.96, 4b 0.97 (one process, interleaved:
     # 2a 0.82 / 0.90, 2b 0.82 / 0.76). Past L1 (32 KiB) it still pays while
     # few filters (64) amortise the packing; 4b's 256 do, and it gains nothing.
+    # Measured with the AVX-512 kernels (NR 48 / 24); AVX2's (24 / 12) and the
+    # portable ones' narrower panels are within the budget on every layer
+    # above, and were not measured. Not where channel planes are a multiple
+    # of 4 KiB apart (Fused._reads_x_in_place).
     fused_x_in_place_panel_bytes: int = 64 * 2**10
     # The fused weight gradient's time over the BLAS lowerings' model:
     # fused_weight_grad_rate + fused_weight_grad_gather * (elements it packs

@@ -200,7 +200,10 @@ def _on_blocks(func, *blocks, **kwargs):
     took ~7 % of a worker's time and page faults besides (ResNet-50 2a,
     blocks of 8 images, py-spy on a LocalCluster worker, 2026-11-22)."""
     def single(block):
-        while isinstance(block, list):
+        while isinstance(block, (list, tuple)):
+            if len(block) != 1:
+                raise ValueError(f"fastconv.dask: a task got {len(block)} blocks along an "
+                                 f"axis that must be one block (whole images, one weight)")
             (block,) = block
         return block
     return func(*map(single, blocks), **kwargs)

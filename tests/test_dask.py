@@ -320,7 +320,6 @@ def test_the_weight_is_in_the_graph_once():
         assert w.nbytes < total < 1.5 * w.nbytes
 
 
-
 def _held(array, images_per_block):
     """A Dask array whose blocks are the given NumPy views of ``array``
     themselves (from_array may copy small slices into the graph), and

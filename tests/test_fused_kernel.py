@@ -23,9 +23,10 @@ def out_size(size, pad, dil, k, stride):
 
 def run_fused(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1,
               flip=False, isa="generic", threads=1, kc=None, nc=None, mc=None, out_fill=np.nan,
-              linear_packing=True, weights_in_place=False, b_in_place=False):
+              linear_packing=True, weights_in_place=False, b_in_place=False, buffers=None):
     """conv2d_fused on NCHW x and (K, C/groups, R, S) w, with buffers sized by
-    buffer_sizes; returns out as (N, K, Ho, Wo)."""
+    buffer_sizes; returns out as (N, K, Ho, Wo) (and puts the workspace in
+    the dict `buffers`, if given)."""
     dtype = x.dtype
     N, C, H, W = x.shape
     K, Cg, R, S = w.shape
@@ -47,6 +48,8 @@ def run_fused(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 
                        dilation[0], dilation[1], groups, flip, kc, nc, mc, isa, threads,
                        linear_packing=linear_packing, weights_in_place=weights_in_place,
                        b_in_place=b_in_place)
+    if buffers is not None:
+        buffers["workspace"] = workspace
     return out.reshape(N, K, Ho, Wo)
 
 
@@ -196,7 +199,8 @@ def pointwise_cases(draw):
                                    "every_other_channel", "broadcast_n", "cropped_w",
                                    "strided"])),
         threads=draw(st.sampled_from([1, 2])), kc=draw(st.sampled_from([None, 1, 5, 13])),
-        nc=draw(st.sampled_from([None, 1, 50])), seed=draw(st.integers(0, 2**32 - 1)))
+        nc=draw(st.sampled_from([None, 1, 50])), mc=draw(st.sampled_from([None, 1, 9])),
+        weights_in_place=draw(st.booleans()), seed=draw(st.integers(0, 2**32 - 1)))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -217,9 +221,29 @@ def test_x_read_in_place_matches_packed_and_reference(isa, case):
     b = rng.standard_normal(case["K"]).astype(dtype) if case["bias"] else None
     conv = dict(dilation=case["dilation"], groups=case["groups"], flip=case["flip"])
     runs = [run_fused(x, w, b, isa=isa, threads=case["threads"], kc=case["kc"], nc=case["nc"],
+                      mc=case["mc"], weights_in_place=case["weights_in_place"],
                       b_in_place=in_place, **conv) for in_place in (True, False)]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert_close(runs[0], conv2d_reference(x, w, b, **conv), dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weights_in_place", [False, True])
+def test_whole_panels_read_in_place_are_not_packed(isa, dtype, weights_in_place):
+    # each image's columns are whole micro-panels: read in place, the
+    # NaN-filled workspace is never written; packed, it is
+    nr = fused.blocking(dtype, isa)["NR"]
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 7, 2, nr)).astype(dtype)
+    w = rng.standard_normal((11, 7, 1, 1)).astype(dtype)
+    expected = conv2d_reference(x, w, None)
+    for in_place in (True, False):
+        buffers = {}
+        out = run_fused(x, w, None, isa=isa, threads=2, nc=nr, kc=3, b_in_place=in_place,
+                        weights_in_place=weights_in_place, buffers=buffers)
+        assert_close(out, expected, dtype)
+        assert np.isnan(buffers["workspace"]).all() == in_place
 
 
 def test_x_is_read_in_place_only_where_it_is_the_stretched_matrix():

@@ -199,3 +199,27 @@ def test_measure_picks_a_candidate_that_fits_and_is_remembered():
     x, w = rng.standard_normal(args[0]), rng.standard_normal(args[1])
     p64 = fastconv.plan_conv2d(*args, "float64", padding=1, measure=True)
     assert_close(p64.execute(x, w), conv2d_reference(x, w, padding=((1, 1), (1, 1))), np.float64)
+
+
+def test_fused_reads_a_pointwise_x_in_place_where_planned():
+    def x_in_place(x_shape, w_shape, dtype="float32", kind="forward", **conv):
+        plan = fastconv.plan_conv2d(x_shape, w_shape, dtype, method="fused", kind=kind, **conv)
+        assert ("x in place" in repr(plan)) == plan.blocking.x_in_place
+        return plan.blocking.x_in_place
+
+    # every ISA: these layers' panels are within the byte budget
+    # ResNet-50 2a 1x1, both dtypes, and its input gradient (a pointwise adjoint)
+    assert x_in_place((8, 64, 56, 56), (64, 64, 1, 1))
+    assert x_in_place((8, 64, 56, 56), (64, 64, 1, 1), "float64")
+    assert x_in_place((8, 64, 56, 56), (64, 64, 1, 1), kind="input_grad")
+    # not the weight gradient, nor a spatial kernel, a stride or padding
+    assert not x_in_place((8, 64, 56, 56), (64, 64, 1, 1), kind="weight_grad")
+    assert not x_in_place((8, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    assert not x_in_place((8, 64, 56, 56), (64, 64, 1, 1), stride=2)
+    assert not x_in_place((8, 64, 56, 56), (64, 64, 1, 1), padding=1)
+    # channel planes a multiple of 4 KiB apart (32 x 32 floats): cache sets alias
+    assert not x_in_place((8, 64, 32, 32), (64, 64, 1, 1))
+    assert x_in_place((8, 64, 31, 33), (64, 64, 1, 1))
+    # panels past the byte budget
+    with _tuning.tuned(fused_x_in_place_panel_bytes=0):
+        assert not x_in_place((8, 64, 56, 56), (64, 64, 1, 1))

@@ -4,8 +4,9 @@
  * __builtin_cpu_supports says the CPU (and OS) has AVX2 and FMA.
  *
  * Register blocking (broadcast-A orientation): NR output columns lie along
- * NV vectors (the contiguous direction of the output and of the packed
- * input), and each of the MR filters is broadcast from the packed weights.
+ * NV vectors (the contiguous direction of the output and of B's rows,
+ * packed or read in place), and each of the MR filters is broadcast from the
+ * packed weights.
  * Per depth step: NV vector loads of b, MR broadcasts, MR*NV FMAs.
  * 16 ymm registers hold MR*NV accumulators + NV b vectors + 1 broadcast, so
  * MR*NV + NV + 1 <= 16: 6x2 (6 x 16 floats: 12 + 2 + 1 = 15) or 4x3
@@ -120,8 +121,9 @@ fc_avx2_f64_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step,
     }
 }
 
-/* lda == 0: a packed panel; lda > 0: MR weight rows in place; ldb == NR: a
- * packed micro-panel of B, other ldb: B's rows in place (see _fused_generic.h) */
+/* lda == 0: a packed panel; lda > 0: MR weight rows in place; ldb == the
+ * kernel's width (NV vectors): a packed micro-panel of B, other ldb: B's rows
+ * in place (see _fused_generic.h) */
 #define FC_DEFINE_AVX2(NAME, T, SUF, MR, NV)                                        \
 static FC_AVX2_TARGET void NAME(ptrdiff_t kc, const T *a, ptrdiff_t lda, const T *b,      \
                                ptrdiff_t ldb, T *c, ptrdiff_t ldc, int first,          \

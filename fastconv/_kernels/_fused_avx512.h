@@ -132,8 +132,8 @@ fc_avx512_f64_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step
 }
 
 /* lda == 0: a packed panel (MR values per depth step); lda > 0: MR rows of
- * the weights read in place, lda apart. ldb == NR: a packed micro-panel of
- * B; other ldb: B's rows read in place (a pointwise layer's channel rows of
+ * the weights read in place, lda apart. ldb == the kernel's width (NV
+ * vectors): a packed micro-panel of B; other ldb: B's rows read in place (a pointwise layer's channel rows of
  * x), ldb apart (see _fused_generic.h). Each case is its own specialised
  * copy of the body, so the packed cases keep their constant steps. */
 #define FC_DEFINE_AVX512(NAME, T, SUF, MR, NV)                                        \

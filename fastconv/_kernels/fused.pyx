@@ -26,7 +26,9 @@
 #       from the input through the row table into NR-wide micro-panels in its
 #       workspace (zero padding, stride, dilation, flip and any input strides,
 #       exactly as gather_columns), then for each MC block of filters, each
-#       NR micro-panel, each MR panel: one micro-kernel call.
+#       NR micro-panel, each MR panel: one micro-kernel call. A pointwise
+#       layer's x is B itself: with b_in_place, whole micro-panels are read
+#       from x's channel rows (ldb = xs_c) and only the others are gathered.
 #   micro-kernel (_fused_*.h): an MR x NR register tile with FMAs; the first
 #       KC block writes (adding the bias), later ones accumulate, straight
 #       into out (leading dimension Ho*Wo). Edge tiles (fewer than MR filters,
@@ -608,7 +610,7 @@ cdef struct Geometry:
     Py_ssize_t taps             # R*S: rows per channel of the row table
     bint linear                 # the columns of an image are linear in x (see _pack_linear)
     bint a_in_place             # weights read in place (packed_group: the edge rows)
-    bint b_in_place             # whole micro-panels read from x in place (see _in_place)
+    bint b_in_place             # whole micro-panels read from x in place (_b_in_place_layout)
     Py_ssize_t xs_c             # x's channel step: the depth step of B read in place
     int isa
 
