@@ -199,14 +199,17 @@ def _on_blocks(func, *blocks, **kwargs):
     always allocates and copies, even one block. That copy of the input
     took ~7 % of a worker's time and page faults besides (ResNet-50 2a,
     blocks of 8 images, py-spy on a LocalCluster worker, 2026-11-22)."""
-    def single(block):
-        while isinstance(block, (list, tuple)):
-            if len(block) != 1:
-                raise ValueError(f"fastconv.dask: a task got {len(block)} blocks along an "
-                                 f"axis that must be one block (whole images, one weight)")
-            (block,) = block
-        return block
-    return func(*map(single, blocks), **kwargs)
+    return func(*map(_single_block, blocks), **kwargs)
+
+
+def _single_block(block):
+    """The one block inside blockwise's nested lists (see _on_blocks)."""
+    while isinstance(block, (list, tuple)):
+        if len(block) != 1:
+            raise ValueError(f"fastconv.dask: a task got {len(block)} blocks along an axis "
+                             f"that must be one block (whole images, one weight)")
+        (block,) = block
+    return block
 
 
 # --------------------------------------------------------------------------

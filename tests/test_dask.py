@@ -330,6 +330,14 @@ def _held(array, images_per_block):
                            for part in parts]), parts
 
 
+def test_a_task_unwraps_one_block_and_refuses_several():
+    block = np.ones((2, 3))
+    first, second = fd._on_blocks(lambda a, b: (a, b), [[block]], ([block],))
+    assert first is block and second is block
+    with pytest.raises(ValueError, match="got 2 blocks along an axis that must be one block"):
+        fd._on_blocks(lambda a: a, [[block, block]])
+
+
 @pytest.mark.parametrize("kind", ["forward", "input_grad", "weight_grad"])
 def test_tasks_get_their_blocks_without_a_copy(kind, monkeypatch):
     """A task hands fastconv the blocks Dask holds, not copies (blockwise's

@@ -133,9 +133,10 @@ fc_avx512_f64_body(const int MR, const int NV, ptrdiff_t a_row, ptrdiff_t a_step
 
 /* lda == 0: a packed panel (MR values per depth step); lda > 0: MR rows of
  * the weights read in place, lda apart. ldb == the kernel's width (NV
- * vectors): a packed micro-panel of B; other ldb: B's rows read in place (a pointwise layer's channel rows of
- * x), ldb apart (see _fused_generic.h). Each case is its own specialised
- * copy of the body, so the packed cases keep their constant steps. */
+ * vectors): a packed micro-panel of B; other ldb: B's rows read in place, ldb
+ * apart (a pointwise layer's channel rows of x; see _fused_generic.h). Each
+ * case is its own specialised copy of the body, so the packed cases keep
+ * their constant steps. */
 #define FC_DEFINE_AVX512(NAME, T, SUF, MR, NV)                                        \
 static FC_AVX512_TARGET void NAME(ptrdiff_t kc, const T *a, ptrdiff_t lda, const T *b,      \
                                ptrdiff_t ldb, T *c, ptrdiff_t ldc, int first,          \
