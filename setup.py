@@ -19,13 +19,15 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("FASTCONV_DEBUG", "0") not in ("", "0")
 KERNELS = ["openmp_info", "gemm1x1", "stretch", "mapped", "batched", "col2im",
-           "input_grad", "weight_grad", "depthwise", "fused", "direct"]
+           "input_grad", "weight_grad", "depthwise", "fused", "direct", "winograd"]
 # C headers a kernel includes: a change to one rebuilds the kernel
 HEADERS = {"depthwise": ["_depthwise.h", "_depthwise_impl.h", "_depthwise_fixed.h"],
            "fused": ["_blocks.pxd", "_fused_kernels.h", "_fused_generic.h", "_fused_avx2.h", "_fused_avx512.h"],
            "direct": ["_blocks.pxd", "_direct_kernels.h", "_direct_generic.h", "_direct_vector.h",
                       "_direct_avx2.h", "_direct_avx512.h", "_fused_kernels.h",
-                      "_fused_generic.h", "_fused_avx2.h", "_fused_avx512.h"]}
+                      "_fused_generic.h", "_fused_avx2.h", "_fused_avx512.h"],
+           "winograd": ["_blocks.pxd", "_winograd.h", "_fused_kernels.h", "_fused_generic.h",
+                        "_fused_avx2.h", "_fused_avx512.h"]}
 
 
 def openmp_flags():

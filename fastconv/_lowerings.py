@@ -989,10 +989,128 @@ class DirectConv(Lowering):
 
 
 # --------------------------------------------------------------------------
+# Winograd F(4x4, 3x3): 36 GEMMs of transformed tiles, 4x fewer multiply-adds
+
+@dataclasses.dataclass(frozen=True)
+class WinogradBlocking:
+    """The Winograd kernel's ISA (its GEMMs run the fused micro-kernels)."""
+    isa: str
+
+
+def winograd_unsuitable(g):
+    """Why g is not a 3x3, stride-1, undilated convolution (the geometry
+    F(4x4, 3x3) computes), or None."""
+    if (g.R, g.S) != (3, 3):
+        return f"computes 3x3 kernels only; got {g.R}x{g.S}"
+    if g.stride != (1, 1) or g.dilation != (1, 1):
+        return (f"computes stride-1, undilated convolutions only; got stride {g.stride}, "
+                f"dilation {g.dilation}")
+    return None
+
+
+class Winograd(Lowering):
+    """Winograd's minimal filtering, F(4x4, 3x3) (Lavin & Gray 2016): each
+    4x4 block of outputs from a 6x6 input tile, 36 multiplies per channel
+    and filter instead of 144. The products summed over channels are 36
+    GEMMs (filters x channels @ channels x tiles), run on the fused
+    lowering's micro-kernels: the input transform writes each GEMM's B
+    straight in the micro-kernel's layout, the output transform adds the
+    bias and stores the tiles (fastconv/_kernels/winograd.pyx, _winograd.h).
+    Rounding differs from the direct sum (float32: ~1e-5 of the output's
+    magnitude). The input gradient of a 3x3 stride-1 layer is a 3x3
+    stride-1 forward pass (its adjoint, see Fused), computed the same way."""
+    name = "winograd"
+    kernel = "winograd"
+    uses_blas = False
+
+    def unsuitable(self, g):
+        if self.kind == "weight_grad":
+            return "computes the forward pass and the input gradient only"
+        return (winograd_unsuitable(g) or _forward_kernel_unsuitable(self.kind, g)
+                or winograd_unsuitable(_kernel_geometry(self.kind, g)))
+
+    def propose(self, planner, forced):
+        from fastconv._kernels import winograd
+        isa = fused_isa(planner.tuning.isa)
+        sizes = winograd.blocking(planner.dtype, isa)
+        threads = planner.threads if _machine.openmp_enabled() else 1
+        plan = planner.plan(self, WinogradBlocking(isa), threads, 1,
+                            f"Winograd F(4x4, 3x3): 36 GEMMs on the {isa} micro-kernel "
+                            f"({sizes['MR']}x{sizes['NR']}), 4x fewer multiply-adds")
+        return plan if plan.workspace_bytes <= planner.limit else None
+
+    def cost(self, plan, tuning):
+        # in flop-equivalents of the GEMM lowerings' model: the 36 GEMMs
+        # (filters padded to MR, tiles to NR-wide panels) at the fused
+        # micro-kernel's rate, and per element the transforms (input: per
+        # channel and tile, again for each chunk of filters; output: per
+        # filter and tile; weights: per filter and channel, and the
+        # transformed weights' 36 matrices read again for each panel of
+        # tiles); see Tuning.winograd_*
+        from fastconv._kernels import fused, winograd
+        g, b = _kernel_geometry(self.kind, plan.geometry), plan.blocking
+        sizes = winograd.blocking(plan.dtype, b.isa)
+        mr, nr = sizes["MR"], sizes["NR"]
+        kg, cg = g.K // g.groups, g.C // g.groups
+        tiles_h, tiles_w = winograd.tiles(g.Ho, g.Wo)
+        tiles = max(1, g.N * tiles_h * tiles_w)
+        padded = fused.padded_columns(tiles, plan.dtype, b.isa)
+        panels = -(-tiles // nr)
+        kpanels = -(-kg // mr)
+        chunks = winograd.chunk_count(g.groups * panels, kpanels, plan.kernel_threads)
+        gemm = 2 * winograd.POINTS * g.groups * kpanels * mr * cg * padded / tuning.fused_rate
+        transforms = (tuning.winograd_input * g.C * padded * chunks
+                      + tuning.winograd_output * g.K * tiles
+                      + tuning.winograd_weights * g.K * cg
+                      + tuning.winograd_weight_reads * winograd.POINTS * g.K * cg * panels)
+        return ((gemm + transforms) * tuning.winograd_factor
+                / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads))
+
+    def buffers(self, g, dtype, blocking, threads):
+        from fastconv._kernels import winograd
+        g = _kernel_geometry(self.kind, g)
+        packed, per_thread = winograd.buffer_sizes(g.K, g.C, g.groups, dtype, blocking.isa)
+        bufs = {"packed_weight": ((packed,), dtype), "workspace": ((threads, per_thread), dtype)}
+        if self.kind == "input_grad":
+            bufs["adjoint_weight"] = ((g.K, g.rows), dtype)   # each group's transposed
+        return bufs
+
+    def too_small(self, planner):
+        needed = buffer_bytes(self.buffers(planner.g, planner.dtype,
+                                           WinogradBlocking(fused_isa(planner.tuning.isa)), 1))
+        return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "
+                f"small: the Winograd lowering (transformed weights, one thread's tiles) "
+                f"needs {needed} bytes ({format_bytes(needed)})")
+
+    def describe(self, plan):
+        from fastconv._kernels import winograd
+        g = _kernel_geometry(self.kind, plan.geometry)
+        tiles_h, tiles_w = winograd.tiles(g.Ho, g.Wo)
+        return (f"Winograd F(4x4, 3x3), {plan.blocking.isa} micro-kernel: 36 GEMMs "
+                f"{g.K // g.groups}x{g.C // g.groups} @ {g.C // g.groups}x"
+                f"{g.N * tiles_h * tiles_w} tiles")
+
+    def run(self, plan, ops, bufs, threads):
+        from fastconv._kernels import fused, winograd
+        g = plan.geometry
+        x, filters, bias, out, flip = ops.x, ops.filters, ops.bias, ops.out, plan.flip
+        if self.kind == "input_grad":
+            # grad_x = the adjoint's forward pass (see Fused.run)
+            filters = bufs["adjoint_weight"]
+            fused.adjoint_filters(ops.filters, filters, g.groups, g.R * g.S, threads)
+            x, out, bias, g = _adjoint_operands(plan, ops)
+            flip = not flip
+        (pad_top, _), (pad_left, _) = g.padding
+        winograd.conv2d_winograd(x, filters, bias, out, bufs["packed_weight"],
+                                 bufs["workspace"], g.Wo, pad_top, pad_left, g.groups, flip,
+                                 plan.blocking.isa, threads)
+
+
+# --------------------------------------------------------------------------
 # the table: per kind, the entries in order of preference when costs tie
 
 TABLE = {kind: (Gemm1x1(kind), Stretch(kind), Mapped(kind), Fused(kind), Depthwise(kind),
-               DirectConv(kind))
+               DirectConv(kind), Winograd(kind))
          for kind in KINDS}
 
 

@@ -284,8 +284,10 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
     cache-sized tiles through the index map, as wide as the limit allows,
     with one buffer per thread or, if the limit allows only one, a single
     buffer and threaded BLAS. fastconv's own GEMM ("fused") outbids them on
-    deep layers and on 1x1 layers with large maps, the direct kernel
-    ("depthwise") on groups == C. Plans are cached: planning the same call
+    deep layers and on 1x1 layers with large maps, the direct kernels
+    ("depthwise", "direct") on groups == C and where the padding is a large
+    share of the taps, Winograd's F(4x4, 3x3) ("winograd", 4x fewer
+    multiply-adds) on 3x3 stride-1 layers with enough channels and tiles. Plans are cached: planning the same call
     again costs a dictionary look-up.
 
     Parameters
@@ -298,7 +300,7 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
         ``float32`` or ``float64`` (integer types plan as float64).
     stride, padding, dilation, groups, flip, padding_mode
         As in :func:`fastconv.conv2d`.
-    method : {"auto", "stretch", "mapped", "gemm1x1", "fused", "depthwise"}
+    method : {"auto", "stretch", "mapped", "gemm1x1", "fused", "depthwise", "direct", "winograd"}
     memory_limit : int or str, optional
         Workspace bound; default from :func:`fastconv.get_config`.
     num_threads : int, optional
@@ -318,8 +320,9 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
         the same size, lowered by the same rules; their workspace also
         counts the product tiles scattered back (input gradient) and one
         accumulator of the weight's size per extra thread (weight gradient).
-        At stride 1 the input gradient can also run fused, as the forward
-        convolution it is (the weights transposed per group and reversed);
+        At stride 1 the input gradient can also run fused (or direct, or
+        Winograd), as the forward convolution it is (the weights transposed
+        per group and reversed);
         its workspace then holds that transposed copy of the weights.
 
     Returns
@@ -341,7 +344,10 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
     >>> plan = fastconv.plan_conv2d((16, 64, 224, 224), (64, 64, 3, 3), padding=1,
     ...                             memory_limit="64MiB")
     >>> plan.method, plan.workspace_bytes <= 64 * 2**20
-    ('fused', True)
+    ('winograd', True)
+    >>> fastconv.plan_conv2d((16, 64, 224, 224), (64, 64, 3, 3), padding=2, dilation=2,
+    ...                      memory_limit="64MiB").method
+    'fused'
     """
     from fastconv._params import shape_like
     x_shape = shape_like(x_shape, "x_shape", "x")

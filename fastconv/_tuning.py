@@ -98,6 +98,19 @@ class Tuning:
     # 1.31: below fused_min_depth rows, or for a 1x1 kernel, its rate is
     # fused_shallow_rate.
     fused_rate: float = 1.15
+    # The Winograd lowering's transforms, in flop-equivalents of the GEMM
+    # model per element: input per channel and tile (a 6x6 gather, 12 lane
+    # transforms), output per filter and tile, weights per filter and
+    # channel, and per element of the transformed weights read again for
+    # each panel of tiles (from L3 on deep layers); winograd_factor scales
+    # the whole to the other entries' measured time. Set from the kernel's
+    # times (fp32, 2 threads, one process) on ResNet-50's and VGG-16's 3x3
+    # layers against direct and fused (see README).
+    winograd_input: float = 850.0
+    winograd_output: float = 560.0
+    winograd_weights: float = 900.0
+    winograd_weight_reads: float = 3.5
+    winograd_factor: float = 1.6
     fused_min_depth: int = 64
     # Columns of the whole batch (fused runs every image's columns as one
     # axis) below which the micro-tiles are mostly empty. ResNet-50 5b (7x7

@@ -127,12 +127,15 @@ def test_fused_input_grad_of_conv1d_and_what_it_refuses():
     with pytest.raises(ValueError, match="no output_padding"):
         fastconv.conv_transpose2d(np.ones((1, 2, 4, 4)), np.ones((2, 2, 3, 3)), dilation=2,
                                   output_padding=1, method="fused")
-    # deep stride-1 layers plan it (or, on small maps, where the padding is a
-    # large share of the taps, the direct kernel's adjoint pass); paper_mnist's
-    # one channel (1 row in 8) does not
-    assert fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 3, 3), padding=1,
+    # deep stride-1 layers plan it (3x3 ones Winograd's adjoint pass, and on
+    # small maps with many channels, where the padding is a large share of
+    # the taps, the direct kernel's); paper_mnist's one channel (1 row in 8)
+    # does not
+    assert fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 5, 5), padding=2,
                                 kind="input_grad").method == "fused"
-    assert fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1,
+    assert fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 3, 3), padding=1,
+                                kind="input_grad").method == "winograd"
+    assert fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3), padding=1,
                                 kind="input_grad").method == "direct"
     assert fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 3, 3),
                                 kind="input_grad").method != "fused"
@@ -310,11 +313,12 @@ def test_gradient_workspace_within_limit_and_really_allocated(kind, N, C, K, H, 
 
 def test_gradient_plans_follow_the_forward_rules():
     vgg = (16, 64, 224, 224), (64, 64, 3, 3)
-    # auto takes fused for both gradients here, within the limit (the BLAS
-    # rules are this test's subject, so they are asked for by name below)
-    for kind in ("input_grad", "weight_grad"):
-        fused_plan = fastconv.plan_conv2d(*vgg, padding=1, memory_limit="64MiB", kind=kind)
-        assert fused_plan.method == "fused" and fused_plan.workspace_bytes <= 64 * 2**20, fused_plan
+    # auto takes Winograd for the input gradient (as for the forward pass),
+    # fused for the weight gradient, within the limit (the BLAS rules are
+    # this test's subject, so they are asked for by name below)
+    for kind, method in (("input_grad", "winograd"), ("weight_grad", "fused")):
+        auto = fastconv.plan_conv2d(*vgg, padding=1, memory_limit="64MiB", kind=kind)
+        assert auto.method == method and auto.workspace_bytes <= 64 * 2**20, auto
     for kind in ("input_grad", "weight_grad"):
         plan = fastconv.plan_conv2d(*vgg, padding=1, memory_limit="64MiB", kind=kind,
                                     method="mapped")

@@ -1,0 +1,357 @@
+/* The Winograd lowering's transforms and work item (winograd.pyx).
+ *
+ * F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+ * Networks", 2016; interpolation points 0, +-1, +-2, infinity): a 4x4 block
+ * of outputs of a 3x3 stride-1 correlation is
+ *
+ *     Y = A^T [ (G g G^T) .* (B^T d B) ] A          (d: the 6x6 input tile)
+ *
+ * so per input channel and filter 36 multiplies make 16 outputs, not 144.
+ * Summed over channels, the product .* becomes 36 independent GEMMs, one
+ * per point xi of the 6x6 transform domain:
+ *
+ *     M[xi] (filters x tiles) = U[xi] (filters x channels) @ V[xi] (channels x tiles)
+ *
+ * which run on the fused lowering's micro-kernels (_fused_*.h): U packed
+ * once per call into MR-row panels (the "weights"), V written by the input
+ * transform straight into the micro-kernel's B layout (channel rows of PW
+ * tiles, read in place with ldb = PW: no packing pass), M a stack of MR x PW
+ * tiles.
+ *
+ * A work item is (group, micro-panel of PW <= NR consecutive tiles of the
+ * batch, chunk of filters):
+ *   1. gather each channel's 6x6 input tiles (zero padding by bounds
+ *      checks; the interior ones without) into d[36][PW], transform (lanes
+ *      = tiles, so each row of the transform is one vector operation) into
+ *      V[xi][c][PW];
+ *   2. per block of KB filters (M's 36 x KB x PW in L2): the 36 GEMMs, then
+ *      the output transform of each filter's tiles, the bias added, stored
+ *      into out (tiles cut at the bottom and right edges).
+ *
+ * The transforms are plain C loops over lanes, compiled once per ISA with
+ * the target attribute of the fused kernels, where GCC and Clang vectorise
+ * them; the item is therefore defined once per ISA (fw_item_*), and calls
+ * the micro-kernel of that ISA through a pointer.
+ *
+ * Arithmetic: the points 0, +-1, +-2 keep the transforms' coefficients small
+ * (at most 8 in A, 5 in B^T, 1/24 in G); float32 errors measured against
+ * float64 stay ~1e-5 of the output's magnitude at 512 channels (tests'
+ * tolerance: 1e-4).
+ */
+#ifndef FASTCONV_WINOGRAD_H
+#define FASTCONV_WINOGRAD_H
+
+#include <stddef.h>
+#include <string.h>
+#include "_fused_kernels.h"
+
+#define FW_M 4        /* outputs per tile side */
+#define FW_A 6        /* input tile side: FW_M + 3 - 1 */
+#define FW_POINTS 36  /* FW_A * FW_A GEMMs */
+#define FW_MAX_NR 64  /* bound of the lane tables on the stack (fused MAX_NR) */
+
+/* The transforms' lane loops are functions of their own, so that their
+ * restrict pointers hold: inlined, GCC could not tell the rows of one
+ * scratch buffer apart and left the loops scalar. */
+#if defined(__GNUC__) || defined(__clang__)
+#define FW_NOINLINE __attribute__((noinline))
+#else
+#define FW_NOINLINE
+#endif
+
+/* The geometry an item reads (elements, not bytes). */
+typedef struct {
+    ptrdiff_t H, W, Ho, Wo, Cg, Kg, K;
+    ptrdiff_t xs_n, xs_c, xs_h, xs_w;
+    ptrdiff_t pad_top, pad_left;
+    ptrdiff_t tiles_w, tiles_per_image, tiles;   /* tiles: of the batch */
+    ptrdiff_t mr, kpanels, kb;                   /* kb: filters per M block (mr multiple) */
+} fw_geometry;
+
+/* One transform over lanes: o[r*os + l] = sum_q T[r][q] * s[q*ss + l] for
+ * l < n, T one of B^T (6x6), A^T (4x6), G (6x3). The bodies are written
+ * once for a type V, then run on vectors of the ISA's width (GCC/Clang
+ * vector extensions: the loops are vector code whatever the compiler's
+ * alias analysis makes of the strides; auto-vectorised, they ran scalar)
+ * and on the scalar tail. LD/ST: V's load and store at a T pointer. */
+#define FW_BODY_BT(V, LD, ST)                                                     \
+    {                                                                             \
+        V s0 = LD(s + l), s1 = LD(s + ss + l), s2 = LD(s + 2 * ss + l);            \
+        V s3 = LD(s + 3 * ss + l), s4 = LD(s + 4 * ss + l), s5 = LD(s + 5 * ss + l); \
+        ST(o + l, s0 * 4 - s2 * 5 + s4);                                          \
+        ST(o + os + l, s3 + s4 - (s1 + s2) * 4);                                  \
+        ST(o + 2 * os + l, (s1 - s2) * 4 - s3 + s4);                              \
+        ST(o + 3 * os + l, (s3 - s1) * 2 - s2 + s4);                              \
+        ST(o + 4 * os + l, (s1 - s3) * 2 - s2 + s4);                              \
+        ST(o + 5 * os + l, s1 * 4 - s3 * 5 + s5);                                 \
+    }
+
+#define FW_BODY_AT(V, LD, ST)                                                     \
+    {                                                                             \
+        V s1 = LD(s + ss + l), s2 = LD(s + 2 * ss + l);                           \
+        V s3 = LD(s + 3 * ss + l), s4 = LD(s + 4 * ss + l);                       \
+        V p12 = s1 + s2, m12 = s1 - s2, p34 = s3 + s4, m34 = s3 - s4;             \
+        ST(o + l, LD(s + l) + p12 + p34);                                         \
+        ST(o + os + l, m12 + m34 * 2);                                            \
+        ST(o + 2 * os + l, p12 + p34 * 4);                                        \
+        ST(o + 3 * os + l, m12 + m34 * 8 + LD(s + 5 * ss + l));                   \
+    }
+
+/* G's rows by multiplications with the reciprocals (a division per element
+ * made the weight transform ~4 ms of ResNet-50 4b_3x3's call) */
+#define FW_BODY_G(V, LD, ST)                                                      \
+    {                                                                             \
+        V g0 = LD(s + l), g1 = LD(s + ss + l), g2 = LD(s + 2 * ss + l);            \
+        V even = g0 + g2, outer = g0 * fw_24th + g2 * fw_6th;                     \
+        ST(o + l, g0 * fw_4th);                                                   \
+        ST(o + os + l, (even + g1) * -fw_6th);                                    \
+        ST(o + 2 * os + l, (g1 - even) * fw_6th);                                 \
+        ST(o + 3 * os + l, outer + g1 * fw_12th);                                 \
+        ST(o + 4 * os + l, outer - g1 * fw_12th);                                 \
+        ST(o + 5 * os + l, g2);                                                   \
+    }
+
+#define FW_SCALAR_LD(p) (*(p))
+#define FW_SCALAR_ST(p, v) (*(p) = (v))
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FW_HAVE_VECTORS 1
+/* V of BYTES bytes of T, loadable from any T-aligned address */
+#define FW_VECTOR_TYPE(NAME, T, BYTES) \
+    typedef T NAME __attribute__((vector_size(BYTES), aligned(sizeof(T))));
+#else
+#define FW_HAVE_VECTORS 0
+#endif
+
+/* fw_<name>_<SUF>(s, ss, o, os, n): one transform (BODY) over n lanes, in
+ * vectors of the type VT (VL lanes) then scalars. */
+#if FW_HAVE_VECTORS
+#define FW_LANE_FUNCTION(NAME, SUF, T, TARGET, VT, VL, BODY)                      \
+static FW_NOINLINE TARGET void fw_##NAME##_##SUF(const T *s, ptrdiff_t ss, T *o,  \
+                                                 ptrdiff_t os, ptrdiff_t n)        \
+{                                                                                 \
+    const T fw_4th = (T)0.25, fw_6th = (T)(1.0 / 6), fw_12th = (T)(1.0 / 12);     \
+    const T fw_24th = (T)(1.0 / 24);                                              \
+    ptrdiff_t l = 0;                                                              \
+    (void)fw_4th; (void)fw_6th; (void)fw_12th; (void)fw_24th;                     \
+    for (; l + VL <= n; l += VL)                                                  \
+        BODY(VT, *(const VT *), FW_VECTOR_ST_##SUF)                               \
+    for (; l < n; l++) BODY(T, FW_SCALAR_LD, FW_SCALAR_ST)                        \
+}
+#else
+#define FW_LANE_FUNCTION(NAME, SUF, T, TARGET, VT, VL, BODY)                      \
+static void fw_##NAME##_##SUF(const T *s, ptrdiff_t ss, T *o, ptrdiff_t os, ptrdiff_t n) \
+{                                                                                 \
+    const T fw_4th = (T)0.25, fw_6th = (T)(1.0 / 6), fw_12th = (T)(1.0 / 12);     \
+    const T fw_24th = (T)(1.0 / 24);                                              \
+    ptrdiff_t l;                                                                  \
+    (void)fw_4th; (void)fw_6th; (void)fw_12th; (void)fw_24th;                     \
+    for (l = 0; l < n; l++) BODY(T, FW_SCALAR_LD, FW_SCALAR_ST)                   \
+}
+#endif
+
+/* FW_DEFINE(SUF, T, TARGET, VT, VL): the transforms and the item of one
+ * dtype and ISA (VT: its vector type of VL lanes). */
+#define FW_DEFINE(SUF, T, TARGET, VT, VL)                                        \
+FW_LANE_FUNCTION(bt, SUF, T, TARGET, VT, VL, FW_BODY_BT)                           \
+FW_LANE_FUNCTION(at, SUF, T, TARGET, VT, VL, FW_BODY_AT)                           \
+FW_LANE_FUNCTION(g, SUF, T, TARGET, VT, VL, FW_BODY_G)                             \
+                                                                                   \
+/* U = G g G^T of filter rows: for each of m filters (filter i's channel c's \
+ * 9 taps at g + i*filter_step + c*9, reversed if flip) over n channels, row   \
+ * i of each point's matrix (point xi at u + xi*point_step, rows n apart: the \
+ * micro-kernel reads MR of them in place, lda = n). tmp: 27*n. */             \
+static TARGET void fw_weights_##SUF(const T *g, ptrdiff_t filter_step, ptrdiff_t m, \
+                                    ptrdiff_t n, int flip, T *u,                   \
+                                    ptrdiff_t point_step, T *tmp)                  \
+{                                                                                  \
+    T *taps = tmp, *half = tmp + 9 * n;                                            \
+    ptrdiff_t t, c, i;                                                             \
+    for (i = 0; i < m; i++) {                                                      \
+        for (t = 0; t < 9; t++) {                                                  \
+            const T *src = g + i * filter_step + (flip ? 8 - t : t);               \
+            for (c = 0; c < n; c++) taps[t * n + c] = src[c * 9];                  \
+        }                                                                          \
+        /* half[r][s] = (G g)[r][s]: G down each of the 3 columns */               \
+        for (t = 0; t < 3; t++) fw_g_##SUF(taps + t * n, 3 * n, half + t * n, 3 * n, n); \
+        /* (G g G^T)[r][q], point 6r + q: G along each of the 6 rows */            \
+        for (t = 0; t < 6; t++)                                                    \
+            fw_g_##SUF(half + 3 * t * n, n, u + i * n + 6 * t * point_step, point_step, n); \
+    }                                                                              \
+}                                                                                  \
+                                                                                   \
+/* d[36][pw] <- the 6x6 input tiles of nt lanes (channel at x_c; lane l's      \
+ * top-left at x_c + off[l], image row row[l], column col[l]; zeros outside    \
+ * the image and past nt), then V = B^T d B into v + xi*v_step. */                \
+static inline TARGET void fw_input_##SUF(const fw_geometry *geo, const T *x_c,     \
+        const ptrdiff_t *off, const ptrdiff_t *row, const ptrdiff_t *col,          \
+        const unsigned char *inside, ptrdiff_t nt, ptrdiff_t pw, T *d, T *tmp,     \
+        T *v, ptrdiff_t v_step)                                                    \
+{                                                                                  \
+    const ptrdiff_t xs_h = geo->xs_h, xs_w = geo->xs_w;                            \
+    ptrdiff_t l, i, j;                                                             \
+    for (l = 0; l < nt; l++) {                                                     \
+        const T *p = x_c + off[l];                                                 \
+        if (inside[l]) {                                                           \
+            for (i = 0; i < FW_A; i++)                                             \
+                for (j = 0; j < FW_A; j++)                                         \
+                    d[(i * FW_A + j) * pw + l] = p[i * xs_h + j * xs_w];           \
+        } else {                                                                   \
+            for (i = 0; i < FW_A; i++) {                                           \
+                int row_in = row[l] + i >= 0 && row[l] + i < geo->H;               \
+                for (j = 0; j < FW_A; j++)                                         \
+                    d[(i * FW_A + j) * pw + l] =                                   \
+                        row_in && col[l] + j >= 0 && col[l] + j < geo->W           \
+                        ? p[i * xs_h + j * xs_w] : (T)0;                           \
+            }                                                                      \
+        }                                                                          \
+    }                                                                              \
+    for (; l < pw; l++)                                                            \
+        for (i = 0; i < FW_POINTS; i++) d[i * pw + l] = 0;                         \
+    for (j = 0; j < FW_A; j++) fw_bt_##SUF(d + j * pw, FW_A * pw, tmp + j * pw, FW_A * pw, pw); \
+    for (i = 0; i < FW_A; i++)                                                     \
+        fw_bt_##SUF(tmp + i * FW_A * pw, pw, v + i * FW_A * v_step, v_step, pw);   \
+}                                                                                  \
+                                                                                   \
+/* Y = A^T M A of one filter (m + xi*m_step, pw lanes) into y[16][pw]. */          \
+static inline TARGET void fw_output_##SUF(const T *m, ptrdiff_t m_step, ptrdiff_t pw, \
+                                          T *tmp, T *y)                            \
+{                                                                                  \
+    ptrdiff_t i, j;                                                                \
+    for (j = 0; j < FW_A; j++) fw_at_##SUF(m + j * m_step, FW_A * m_step, tmp + j * pw, FW_A * pw, pw); \
+    for (i = 0; i < FW_M; i++) fw_at_##SUF(tmp + i * FW_A * pw, pw, y + i * FW_M * pw, pw, pw); \
+}                                                                                  \
+                                                                                   \
+/* One work item: group grp, tiles [t0, t0 + nt) of the batch in a micro-panel  \
+ * pw wide (ukr: the micro-kernel of that width), filters [f0, f1) of the       \
+ * group. u: the packed U (fw_weights); ws: this thread's workspace            \
+ * (winograd.pyx's buffer_sizes), aligned. */                                     \
+static TARGET void fw_item_##SUF(const fw_geometry *geo, const T *x_group,         \
+        const T *u_group, const T *bias, T *out_group, ptrdiff_t t0, ptrdiff_t nt, \
+        ptrdiff_t pw, ptrdiff_t f0, ptrdiff_t f1,                                  \
+        void (*ukr)(ptrdiff_t, const T *, ptrdiff_t, const T *, ptrdiff_t, T *,   \
+                    ptrdiff_t, int, const T *), T *ws)                            \
+{                                                                                  \
+    ptrdiff_t off[FW_MAX_NR], row[FW_MAX_NR], col[FW_MAX_NR], yoff[FW_MAX_NR];     \
+    ptrdiff_t yrows[FW_MAX_NR], ycols[FW_MAX_NR];                                  \
+    unsigned char inside[FW_MAX_NR];                                               \
+    const ptrdiff_t Cg = geo->Cg, mr = geo->mr, kb = geo->kb, plane = geo->Ho * geo->Wo; \
+    const ptrdiff_t v_step = Cg * pw, m_step = kb * pw;                            \
+    const ptrdiff_t u_point = geo->kpanels * mr * Cg;                              \
+    T *v = ws, *mbuf = v + FW_POINTS * v_step;                                     \
+    T *d = mbuf + FW_POINTS * m_step, *tmp = d + FW_POINTS * pw, *y = tmp + FW_POINTS * pw; \
+    ptrdiff_t l, c, b0, b1, xi, p, f, i, j;                                        \
+    for (l = 0; l < nt; l++) {                                                     \
+        ptrdiff_t t = t0 + l, n = t / geo->tiles_per_image, r = t % geo->tiles_per_image; \
+        ptrdiff_t oh = r / geo->tiles_w * FW_M, ow = r % geo->tiles_w * FW_M;      \
+        row[l] = oh - geo->pad_top;                                                \
+        col[l] = ow - geo->pad_left;                                               \
+        off[l] = n * geo->xs_n + row[l] * geo->xs_h + col[l] * geo->xs_w;          \
+        inside[l] = row[l] >= 0 && row[l] + FW_A <= geo->H && col[l] >= 0          \
+                    && col[l] + FW_A <= geo->W;                                    \
+        yoff[l] = n * geo->K * plane + oh * geo->Wo + ow;                          \
+        yrows[l] = geo->Ho - oh < FW_M ? geo->Ho - oh : FW_M;                      \
+        ycols[l] = geo->Wo - ow < FW_M ? geo->Wo - ow : FW_M;                      \
+    }                                                                              \
+    for (c = 0; c < Cg; c++)                                                       \
+        fw_input_##SUF(geo, x_group + c * geo->xs_c, off, row, col, inside, nt, pw, \
+                       d, tmp, v + c * pw, v_step);                                \
+    for (b0 = f0; b0 < f1; b0 += kb) {                                             \
+        b1 = b0 + kb < f1 ? b0 + kb : f1;                                          \
+        for (xi = 0; xi < FW_POINTS; xi++)                                         \
+            for (p = b0 / mr; p * mr < b1; p++)                                    \
+                ukr(Cg, u_group + xi * u_point + p * mr * Cg, Cg, v + xi * v_step, pw, \
+                    mbuf + xi * m_step + (p * mr - b0) * pw, pw, 1, NULL);          \
+        for (f = b0; f < b1; f++) {                                                \
+            T *dst = out_group + f * plane, beta = bias ? bias[f] : (T)0;          \
+            fw_output_##SUF(mbuf + (f - b0) * pw, m_step, pw, tmp, y);             \
+            for (l = 0; l < nt; l++)                                               \
+                for (i = 0; i < yrows[l]; i++)                                     \
+                    for (j = 0; j < ycols[l]; j++)                                 \
+                        dst[yoff[l] + i * geo->Wo + j] = y[(i * FW_M + j) * pw + l] + beta; \
+        }                                                                          \
+    }                                                                              \
+}
+
+#define FW_NO_TARGET
+#if FW_HAVE_VECTORS
+/* generic: 16-byte vectors (SSE2, NEON), which divide its NR of 8 floats
+ * and 4 doubles */
+FW_VECTOR_TYPE(fw_f32x4, float, 16)
+FW_VECTOR_TYPE(fw_f64x2, double, 16)
+#define FW_VECTOR_ST_generic_f32(p, v) (*(fw_f32x4 *)(p) = (v))
+#define FW_VECTOR_ST_generic_f64(p, v) (*(fw_f64x2 *)(p) = (v))
+FW_DEFINE(generic_f32, float, FW_NO_TARGET, fw_f32x4, 4)
+FW_DEFINE(generic_f64, double, FW_NO_TARGET, fw_f64x2, 2)
+#else
+FW_DEFINE(generic_f32, float, FW_NO_TARGET, float, 1)
+FW_DEFINE(generic_f64, double, FW_NO_TARGET, double, 1)
+#endif
+#if FC_HAVE_X86_KERNELS
+/* the ISA's register width, which divides its narrow kernels' widths */
+FW_VECTOR_TYPE(fw_f32x8, float, 32)
+FW_VECTOR_TYPE(fw_f64x4, double, 32)
+FW_VECTOR_TYPE(fw_f32x16, float, 64)
+FW_VECTOR_TYPE(fw_f64x8, double, 64)
+#define FW_VECTOR_ST_avx2_f32(p, v) (*(fw_f32x8 *)(p) = (v))
+#define FW_VECTOR_ST_avx2_f64(p, v) (*(fw_f64x4 *)(p) = (v))
+#define FW_VECTOR_ST_avx512_f32(p, v) (*(fw_f32x16 *)(p) = (v))
+#define FW_VECTOR_ST_avx512_f64(p, v) (*(fw_f64x8 *)(p) = (v))
+FW_DEFINE(avx2_f32, float, FC_AVX2_TARGET, fw_f32x8, 8)
+FW_DEFINE(avx2_f64, double, FC_AVX2_TARGET, fw_f64x4, 4)
+FW_DEFINE(avx512_f32, float, FC_AVX512_TARGET, fw_f32x16, 16)
+FW_DEFINE(avx512_f64, double, FC_AVX512_TARGET, fw_f64x8, 8)
+#endif
+
+typedef void (*fw_item_f32_t)(const fw_geometry *, const float *, const float *, const float *,
+                              float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                              fc_ukr_f32_t, float *);
+typedef void (*fw_item_f64_t)(const fw_geometry *, const double *, const double *,
+                              const double *, double *, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                              ptrdiff_t, ptrdiff_t, fc_ukr_f64_t, double *);
+typedef void (*fw_weights_f32_t)(const float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, float *,
+                                 ptrdiff_t, float *);
+typedef void (*fw_weights_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, double *,
+                                 ptrdiff_t, double *);
+
+static inline fw_item_f32_t fw_item_f32(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fw_item_avx512_f32;
+    if (isa == FC_ISA_AVX2) return fw_item_avx2_f32;
+#endif
+    (void)isa;
+    return fw_item_generic_f32;
+}
+
+static inline fw_item_f64_t fw_item_f64(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fw_item_avx512_f64;
+    if (isa == FC_ISA_AVX2) return fw_item_avx2_f64;
+#endif
+    (void)isa;
+    return fw_item_generic_f64;
+}
+
+static inline fw_weights_f32_t fw_weights_f32(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fw_weights_avx512_f32;
+    if (isa == FC_ISA_AVX2) return fw_weights_avx2_f32;
+#endif
+    (void)isa;
+    return fw_weights_generic_f32;
+}
+
+static inline fw_weights_f64_t fw_weights_f64(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fw_weights_avx512_f64;
+    if (isa == FC_ISA_AVX2) return fw_weights_avx2_f64;
+#endif
+    (void)isa;
+    return fw_weights_generic_f64;
+}
+
+#endif /* FASTCONV_WINOGRAD_H */

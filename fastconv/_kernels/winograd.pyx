@@ -1,0 +1,253 @@
+# The Winograd lowering: 3x3 stride-1 convolutions as F(4x4, 3x3), 36
+# GEMMs of transformed weights and transformed input tiles on the fused
+# lowering's micro-kernels, 4x fewer multiply-adds than the convolution
+# (the transforms, the item and the layouts: _winograd.h).
+#
+#   U: per (group, point xi) a matrix of filter rows (Cg values each, read in
+#       place by the micro-kernel, lda = Cg), filters zero-padded to a multiple of MR; transformed and packed once
+#       per call, before the parallel loop, in parallel over panels.
+#   work items: (group, micro-panel of up to NR tiles of the batch, chunk of
+#       filters), dynamic schedule; chunks of filters only where the batch
+#       has too few tiles to keep the threads busy (each chunk transforms
+#       its tiles' input again).
+#   per thread workspace: V (36 x Cg x NR), M (36 x KB x NR), the gathered
+#       tiles and the transforms' scratch (2 x 36 x NR + 16 x NR); before
+#       the items, the weight transform's scratch (27 x Cg).
+#
+# ISA codes as the fused lowering's (_fused_kernels.h): 0 generic, 1 avx2,
+# 2 avx512.
+
+from cython cimport floating
+from libc.string cimport memset
+from cython.parallel cimport prange, threadid
+
+import numpy as np
+
+from fastconv._kernels._blocks cimport ALIGN_BYTES, _aligned, _ceil_div, _round_up
+from fastconv._kernels.fused import _dtype_is_double, _narrow_lanes, isa_code
+
+
+cdef extern from "_winograd.h" nogil:
+    ctypedef struct fw_geometry:
+        Py_ssize_t H, W, Ho, Wo, Cg, Kg, K
+        Py_ssize_t xs_n, xs_c, xs_h, xs_w
+        Py_ssize_t pad_top, pad_left
+        Py_ssize_t tiles_w, tiles_per_image, tiles
+        Py_ssize_t mr, kpanels, kb
+    ctypedef void (*fc_ukr_f32_t)(Py_ssize_t, const float *, Py_ssize_t, const float *,
+                                  Py_ssize_t, float *, Py_ssize_t, int,
+                                  const float *) noexcept nogil
+    ctypedef void (*fc_ukr_f64_t)(Py_ssize_t, const double *, Py_ssize_t, const double *,
+                                  Py_ssize_t, double *, Py_ssize_t, int,
+                                  const double *) noexcept nogil
+    ctypedef void (*fw_item_f32_t)(const fw_geometry *, const float *, const float *,
+                                   const float *, float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                   Py_ssize_t, Py_ssize_t, fc_ukr_f32_t, float *) noexcept nogil
+    ctypedef void (*fw_item_f64_t)(const fw_geometry *, const double *, const double *,
+                                   const double *, double *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                   Py_ssize_t, Py_ssize_t, fc_ukr_f64_t, double *) noexcept nogil
+    ctypedef void (*fw_weights_f32_t)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, int,
+                                      float *, Py_ssize_t, float *) noexcept nogil
+    ctypedef void (*fw_weights_f64_t)(const double *, Py_ssize_t, Py_ssize_t, Py_ssize_t, int,
+                                      double *, Py_ssize_t, double *) noexcept nogil
+    int fc_mr(int isa, int is_double)
+    int fc_nr(int isa, int is_double)
+    fc_ukr_f32_t fc_ukr_width_f32(int isa, Py_ssize_t pw)
+    fc_ukr_f64_t fc_ukr_width_f64(int isa, Py_ssize_t pw)
+    fw_item_f32_t fw_item_f32(int isa)
+    fw_item_f64_t fw_item_f64(int isa)
+    fw_weights_f32_t fw_weights_f32(int isa)
+    fw_weights_f64_t fw_weights_f64(int isa)
+    enum:
+        FW_M, FW_A, FW_POINTS, FW_MAX_NR
+
+
+TILE = FW_M            # outputs per tile side
+POINTS = FW_POINTS     # GEMMs per call (the 6 x 6 transform domain)
+
+# Bytes of a filter block's M (36 x KB x NR) in the thread's workspace: a
+# quarter of the 1 MiB L2 (fused.L2_BYTES), beside V.
+M_BLOCK_BYTES = 1 << 18
+
+
+def blocking(dtype, isa=None):
+    """dict(MR=, NR=, KB=): the micro-kernel's tile (the fused lowering's) and
+    the filters per block of M.
+
+    >>> sizes = blocking("float32", "generic")
+    >>> sizes["KB"] % sizes["MR"]
+    0
+    """
+    code = isa_code(isa)
+    dbl = _dtype_is_double(dtype)
+    itemsize = 8 if dbl else 4
+    mr, nr = fc_mr(code, dbl), fc_nr(code, dbl)
+    kb = max(mr, M_BLOCK_BYTES // (FW_POINTS * nr * itemsize) // mr * mr)
+    return dict(MR=mr, NR=nr, KB=kb)
+
+
+def tiles(Ho, Wo):
+    """(tiles down, tiles across) of a Ho x Wo output: 4 x 4 outputs each.
+
+    >>> tiles(56, 55)
+    (14, 14)
+    """
+    return -(-Ho // FW_M), -(-Wo // FW_M)
+
+
+def buffer_sizes(K, C, groups, dtype, isa=None):
+    """(packed_weight_elems, per_thread_workspace_elems) for K filters and C
+    input channels in `groups` groups, with alignment slack.
+
+    >>> packed, per_thread = buffer_sizes(64, 64, 1, "float32", "generic")
+    >>> packed >= 36 * 64 * 64
+    True
+    """
+    sizes = blocking(dtype, isa)
+    mr, nr, kb = sizes["MR"], sizes["NR"], sizes["KB"]
+    itemsize = np.dtype(np.float64 if _dtype_is_double(dtype) else np.float32).itemsize
+    slack = ALIGN_BYTES // itemsize
+    kg, cg = K // groups, C // groups
+    packed = groups * FW_POINTS * _ceil_div(kg, mr) * mr * cg + slack
+    items = FW_POINTS * (cg + kb + 2) * nr + FW_M * FW_M * nr
+    weights = 27 * cg   # fw_weights' scratch, before the items run
+    per_thread = max(items, weights) + slack
+    return packed, per_thread
+
+
+def chunk_count(Py_ssize_t items, Py_ssize_t kpanels, int num_threads):
+    """Chunks of filters per (group, panel of tiles) item: 1, or more where
+    there are fewer than 4 items a thread (ResNet-50 4b_3x3: 128 tiles, 3
+    panels), at most one per MR-row panel of filters.
+
+    >>> chunk_count(3, 32, 2), chunk_count(100, 32, 2)
+    (3, 1)
+    """
+    cdef Py_ssize_t want = 4 * num_threads
+    if items >= want:
+        return 1
+    return min(kpanels, _ceil_div(want, items))
+
+
+def conv2d_winograd(const floating[:, :, :, :] x,
+                    const floating[:, ::1] weight,
+                    const floating[::1] bias,
+                    floating[:, :, ::1] out,
+                    floating[::1] packed_weight,
+                    floating[:, ::1] workspace,
+                    Py_ssize_t Wo, Py_ssize_t pad_top, Py_ssize_t pad_left,
+                    Py_ssize_t groups, bint flip, isa, int num_threads):
+    """out (N, K, Ho*Wo), C-contiguous = the 3x3 stride-1 correlation of x
+    (N, C, H, W; any strides) with weight (K, C/groups*9), C-contiguous,
+    plus bias (K,) (length 0: no bias), by F(4x4, 3x3) Winograd (flip: the
+    kernel reversed, mathematical convolution). Padding: pad_top, pad_left
+    zeros before the image; the output's size Ho x Wo says the rest.
+
+    packed_weight, workspace: >= buffer_sizes(...) elements (workspace:
+    (>= num_threads, per thread)); overwritten. isa: as conv2d_fused's.
+
+    >>> import numpy as np
+    >>> x = np.arange(2 * 6 * 6, dtype=np.float64).reshape(1, 2, 6, 6)
+    >>> w = np.ones((1, 2 * 9))
+    >>> out = np.empty((1, 1, 16))
+    >>> packed, per_thread = buffer_sizes(1, 2, 1, np.float64, "generic")
+    >>> conv2d_winograd(x, w, np.zeros(0), out, np.empty(packed),
+    ...                 np.empty((1, per_thread)), 4, 0, 0, 1, False, "generic", 1)
+    >>> float(out[0, 0, 0]) == float(x[0, :, :3, :3].sum())
+    True
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = weight.shape[0], rows = weight.shape[1], cols = out.shape[2]
+    cdef int code = isa_code(isa)
+    cdef int dbl = floating is double
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if groups < 1 or C % groups or K % groups:
+        raise ValueError(f"groups={groups} must divide C={C} and K={K}")
+    if rows != C // groups * 9:
+        raise ValueError(f"weight has {rows} columns, expected C/groups*9 = {C // groups * 9}")
+    if Wo < 1 or cols % Wo:
+        raise ValueError(f"bad geometry: Wo={Wo}, out columns {cols}")
+    if out.shape[0] != N or out.shape[1] != K:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected ({N}, {K}, {cols})")
+    if bias.shape[0] not in (0, K):
+        raise ValueError(f"bias has {bias.shape[0]} values, expected 0 or K={K}")
+    cdef Py_ssize_t Ho = cols // Wo
+    if N == 0 or K == 0 or cols == 0:
+        return
+    dtype = np.float64 if dbl else np.float32
+    need = buffer_sizes(K, C, groups, dtype, code)
+    if (packed_weight.shape[0] < need[0] or workspace.shape[0] < num_threads
+            or workspace.shape[1] < need[1]):
+        raise ValueError(f"buffers of {packed_weight.shape[0]} and ({workspace.shape[0]}, "
+                         f"{workspace.shape[1]}) elements, need {need[0]} and "
+                         f"({num_threads}, {need[1]})")
+    if C == 0:
+        np.asarray(out)[...] = np.asarray(bias)[:, None] if bias.shape[0] else 0
+        return
+    sizes = blocking(dtype, code)
+    cdef Py_ssize_t itemsize = sizeof(floating)
+    cdef fw_geometry geo
+    geo.H, geo.W, geo.Ho, geo.Wo = H, W, Ho, Wo
+    geo.Cg, geo.Kg, geo.K = C // groups, K // groups, K
+    geo.xs_n, geo.xs_c = x.strides[0] // itemsize, x.strides[1] // itemsize
+    geo.xs_h, geo.xs_w = x.strides[2] // itemsize, x.strides[3] // itemsize
+    geo.pad_top, geo.pad_left = pad_top, pad_left
+    tiles_h, geo.tiles_w = tiles(Ho, Wo)
+    geo.tiles_per_image = tiles_h * geo.tiles_w
+    geo.tiles = N * geo.tiles_per_image
+    geo.mr = sizes["MR"]
+    geo.kpanels = _ceil_div(geo.Kg, geo.mr)
+    geo.kb = sizes["KB"]
+    cdef Py_ssize_t nr = sizes["NR"], lanes = _narrow_lanes(code, dbl)
+    cdef Py_ssize_t panels = _ceil_div(geo.tiles, nr)
+    cdef Py_ssize_t chunks = chunk_count(groups * panels, geo.kpanels, num_threads)
+    cdef Py_ssize_t chunk = _ceil_div(geo.kpanels, chunks) * geo.mr
+    chunks = _ceil_div(geo.Kg, chunk)
+    cdef Py_ssize_t u_group = FW_POINTS * geo.kpanels * geo.Cg * geo.mr
+    cdef Py_ssize_t u_point = geo.kpanels * geo.Cg * geo.mr
+    cdef const floating *x0 = &x[0, 0, 0, 0]
+    cdef const floating *w0 = &weight[0, 0]
+    cdef const floating *bias0 = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef floating *packed = _aligned(&packed_weight[0])
+    cdef floating *out0 = &out[0, 0, 0]
+    cdef floating *ws
+    cdef floating *panel
+    cdef Py_ssize_t item, g, p, t0, nt, pw, f0, f1, m, xi
+    with nogil:
+        for item in prange(groups * geo.kpanels, schedule="static", num_threads=num_threads):
+            g = item // geo.kpanels
+            p = item % geo.kpanels
+            m = geo.Kg - p * geo.mr if geo.Kg - p * geo.mr < geo.mr else geo.mr
+            ws = _aligned(&workspace[threadid(), 0])
+            panel = packed + g * u_group + p * geo.mr * geo.Cg
+            if floating is float:
+                fw_weights_f32(code)(w0 + (g * geo.Kg + p * geo.mr) * rows, rows, m, geo.Cg,
+                                     flip, panel, u_point, ws)
+            else:
+                fw_weights_f64(code)(w0 + (g * geo.Kg + p * geo.mr) * rows, rows, m, geo.Cg,
+                                     flip, panel, u_point, ws)
+            if m < geo.mr:
+                # the filters that pad the last panel: rows of zeros
+                for xi in range(FW_POINTS):
+                    memset(panel + xi * u_point + m * geo.Cg, 0,
+                           (geo.mr - m) * geo.Cg * sizeof(floating))
+        for item in prange(groups * panels * chunks, schedule="dynamic", num_threads=num_threads):
+            g = item // (panels * chunks)
+            p = (item // chunks) % panels
+            f0 = item % chunks * chunk
+            f1 = f0 + chunk if f0 + chunk < geo.Kg else geo.Kg
+            t0 = p * nr
+            nt = geo.tiles - t0 if geo.tiles - t0 < nr else nr
+            pw = nr if nt >= nr or lanes == 0 else _round_up(nt, lanes)
+            ws = _aligned(&workspace[threadid(), 0])
+            if floating is float:
+                fw_item_f32(code)(&geo, x0 + g * geo.Cg * geo.xs_c, packed + g * u_group,
+                                  bias0 + g * geo.Kg if bias0 != NULL else NULL,
+                                  out0 + g * geo.Kg * cols, t0, nt, pw, f0, f1,
+                                  fc_ukr_width_f32(code, pw), ws)
+            else:
+                fw_item_f64(code)(&geo, x0 + g * geo.Cg * geo.xs_c, packed + g * u_group,
+                                  bias0 + g * geo.Kg if bias0 != NULL else NULL,
+                                  out0 + g * geo.Kg * cols, t0, nt, pw, f0, f1,
+                                  fc_ukr_width_f64(code, pw), ws)

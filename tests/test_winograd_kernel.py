@@ -1,0 +1,228 @@
+"""The Winograd lowering (fastconv._kernels.winograd, F(4x4, 3x3)), its
+kernel called directly and through the front end, against the independent
+NumPy reference (tests/reference.py), on every instruction set this machine
+runs: tile counts that leave partial micro-panels and images that end
+mid-tile, filter counts around MR and past a block of M, several chunks of
+filters, every zero-padding form up to 2 a side (and outputs that read only
+padding), groups, flip, bias, odd input strides and views, 1 to 3 threads;
+the input gradient (its adjoint's forward pass); what it refuses."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import fastconv
+from fastconv import _tuning
+from reference import assert_close, conv2d_input_grad_reference, conv2d_reference
+from test_fused_kernel import VIEWS, make_view, out_size
+
+winograd = pytest.importorskip("fastconv._kernels.winograd")
+fused = pytest.importorskip("fastconv._kernels.fused")
+
+ISAS = fused.supported_isas()
+DTYPES = [np.float32, np.float64]
+
+
+def run_winograd(x, w, b, *, padding=((0, 0), (0, 0)), groups=1, flip=False, isa="generic",
+                 threads=1):
+    """conv2d_winograd on NCHW x and (K, C/groups, 3, 3) w, with NaN-filled
+    buffers and output (every element the kernel reads or returns must have
+    been written by it); returns out as (N, K, Ho, Wo)."""
+    dtype = x.dtype
+    N, C, H, W = x.shape
+    K = w.shape[0]
+    Ho, Wo = out_size(H, padding[0], 1, 3, 1), out_size(W, padding[1], 1, 3, 1)
+    n_packed, per_thread = winograd.buffer_sizes(K, C, groups, dtype, isa)
+    packed = np.full(n_packed, np.nan, dtype)
+    workspace = np.full((threads, per_thread), np.nan, dtype)
+    out = np.full((N, K, Ho * Wo), np.nan, dtype)
+    bias = np.zeros(0, dtype) if b is None else b
+    winograd.conv2d_winograd(x, np.ascontiguousarray(w.reshape(K, -1)), bias, out, packed,
+                             workspace, Wo, padding[0][0], padding[1][0], groups, flip, isa,
+                             threads)
+    return out.reshape(N, K, Ho, Wo)
+
+
+@st.composite
+def winograd_cases(draw):
+    groups = draw(st.integers(1, 3))
+    c_group = draw(st.integers(1, 9))
+    # filters per group: around MR (4 generic and avx2, 8 avx512) and past it
+    k_group = draw(st.sampled_from([1, 3, 4, 8, 9, 17, 33]))
+    pads = tuple(tuple(draw(st.integers(0, 2)) for _ in range(2)) for _ in range(2))
+    H = draw(st.integers(max(1, 3 - sum(pads[0])), 19))
+    W = draw(st.integers(max(1, 3 - sum(pads[1])), 23))
+    return dict(N=draw(st.integers(1, 3)), C=groups * c_group, K=groups * k_group, H=H, W=W,
+                groups=groups, padding=pads, bias=draw(st.booleans()), flip=draw(st.booleans()),
+                dtype=draw(st.sampled_from(DTYPES)), view=draw(st.sampled_from(VIEWS)),
+                threads=draw(st.sampled_from([1, 2, 3])), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def _arrays(case):
+    rng = np.random.default_rng(case["seed"])
+    dtype = case["dtype"]
+    x = make_view(rng.standard_normal((case["N"], case["C"], case["H"], case["W"])).astype(dtype),
+                  case["view"])
+    w = rng.standard_normal((case["K"], case["C"] // case["groups"], 3, 3)).astype(dtype)
+    b = rng.standard_normal(case["K"]).astype(dtype) if case["bias"] else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=winograd_cases())
+def test_winograd_matches_reference(isa, case):
+    x, w, b = _arrays(case)
+    conv = dict(padding=case["padding"], groups=case["groups"], flip=case["flip"])
+    out = run_winograd(x, w, b, isa=isa, threads=case["threads"], **conv)
+    assert_close(out, conv2d_reference(x, w, b, **conv), case["dtype"])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_layer_sized(isa, dtype, threads):
+    # ResNet-50 5b's and 4b's shapes, scaled down: 7x7 and 14x14 maps (4x4
+    # tiles, the last ones cut), more filters than one block of M and not a
+    # multiple of MR, two groups; first so few tiles that the filters are
+    # split into chunks, then many (several micro-panels, the last partial)
+    sizes = winograd.blocking(dtype, isa)
+    rng = np.random.default_rng(3)
+    few = 2 * (sizes["KB"] + sizes["MR"] + 3)
+    for n, size, k in ((1, 7, few), (7, 14, 2 * (sizes["MR"] + 1))):
+        x = rng.standard_normal((n, 2 * 37, size, size)).astype(dtype)
+        w = rng.standard_normal((k, 37, 3, 3)).astype(dtype)
+        b = rng.standard_normal(k).astype(dtype)
+        conv = dict(padding=((1, 1), (1, 1)), groups=2)
+        assert_close(run_winograd(x, w, b, isa=isa, threads=threads, **conv),
+                     conv2d_reference(x, w, b, **conv), dtype)
+    # the first shape really is split: fewer items than 4 a thread
+    panels = -(-int(np.prod(winograd.tiles(7, 7))) // sizes["NR"])
+    assert winograd.chunk_count(2 * panels, -(-(few // 2) // sizes["MR"]), threads) > 1
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_same_bits_for_any_threads(isa, dtype):
+    # each output is transformed from one GEMM per point, summed in one
+    # order, whatever the threads or how the items are dealt out
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 10, 9, 13)).astype(dtype)
+    w = rng.standard_normal((21, 10, 3, 3)).astype(dtype)
+    runs = [run_winograd(x, w, None, padding=((1, 1), (1, 1)), isa=isa, threads=t, flip=True)
+            for t in (1, 2, 3)]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other, runs[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tiles_that_are_mostly_padding(dtype):
+    # 1x1 and 1x2 images padded by 2 (the most the lowering takes: every
+    # output then reads one pixel): a 6x6 tile of which 1 or 2 values are
+    # inside the image
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 1, 1)).astype(dtype)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    conv = dict(padding=((2, 2), (2, 2)))
+    for image in (x, np.concatenate([x, -x], axis=3)):
+        assert_close(run_winograd(image, w, b, **conv), conv2d_reference(image, w, b, **conv),
+                     dtype)
+
+
+def test_rejects_small_buffers_and_bad_arguments():
+    x = np.ones((1, 2, 5, 5), np.float32)
+    w = np.ones((3, 2 * 9), np.float32)
+    out = np.empty((1, 3, 9), np.float32)
+    n_packed, per_thread = winograd.buffer_sizes(3, 2, 1, np.float32, "generic")
+    packed, ws = np.empty(n_packed, np.float32), np.empty((1, per_thread), np.float32)
+    none = np.zeros(0, np.float32)
+    winograd.conv2d_winograd(x, w, none, out, packed, ws, 3, 0, 0, 1, False, "generic", 1)
+    assert_close(out.reshape(1, 3, 3, 3), conv2d_reference(x, w.reshape(3, 2, 3, 3)), np.float32)
+    with pytest.raises(ValueError, match="buffers"):
+        winograd.conv2d_winograd(x, w, none, out, packed[:-30], ws, 3, 0, 0, 1, False,
+                                 "generic", 1)
+    with pytest.raises(ValueError, match="buffers"):
+        winograd.conv2d_winograd(x, w, none, out, packed, ws, 3, 0, 0, 1, False, "generic", 2)
+    with pytest.raises(ValueError, match="num_threads"):
+        winograd.conv2d_winograd(x, w, none, out, packed, ws, 3, 0, 0, 1, False, "generic", 0)
+    with pytest.raises(ValueError, match="bias"):
+        winograd.conv2d_winograd(x, w, np.zeros(2, np.float32), out, packed, ws, 3, 0, 0, 1,
+                                 False, "generic", 1)
+    with pytest.raises(ValueError, match="C/groups\\*9"):
+        winograd.conv2d_winograd(x, np.ones((3, 9), np.float32), none, out, packed, ws, 3, 0, 0, 1, False,
+                                 "generic", 1)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_front_end_runs_it_on_every_isa(isa):
+    # method="winograd" through the planner and executor, on a forced ISA:
+    # the forward pass and the input gradient (the adjoint's forward pass)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 6, 7, 9)).astype(np.float32)
+    w = rng.standard_normal((20, 6, 3, 3)).astype(np.float32)
+    with _tuning.tuned(isa=isa):
+        plan = fastconv.plan_conv2d(x.shape, w.shape, np.float32, padding=1, method="winograd")
+        assert plan.method == "winograd" and plan.blocking.isa == isa and isa in repr(plan)
+        assert_close(plan.execute(x, w), conv2d_reference(x, w, padding=((1, 1), (1, 1))),
+                     np.float32)
+        grad = rng.standard_normal(plan.output_shape).astype(np.float32)
+        grad_x = fastconv.conv2d_input_grad(x.shape, w, grad, padding=1, method="winograd")
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, padding=((1, 1), (1, 1))),
+                 np.float32)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=winograd_cases(), isa=st.sampled_from(ISAS),
+       limit=st.sampled_from([None, 60_000, 10**6]))
+def test_input_grad_matches_reference(case, isa, limit):
+    """The input gradient as the adjoint's forward pass, through the front
+    end: uneven padding up to 2 (the adjoint pads 2 less), groups, flip,
+    both dtypes, threads, tight limits; it writes every element."""
+    x, w, _ = _arrays(case)
+    conv = dict(padding=case["padding"], groups=case["groups"])
+    rng = np.random.default_rng(case["seed"] + 1)
+    grad = rng.standard_normal(conv2d_reference(x, w, **conv).shape).astype(case["dtype"])
+    kw = dict(conv, method="winograd", num_threads=case["threads"], memory_limit=limit)
+    with _tuning.tuned(isa=isa):
+        try:
+            fastconv.plan_conv2d(x.shape, w.shape, case["dtype"], kind="input_grad", **kw)
+        except fastconv.WorkspaceLimitError as exc:
+            assert limit is not None and "needs" in str(exc)
+            return
+        out = np.full(x.shape, np.nan, case["dtype"])
+        grad_x = fastconv.conv2d_input_grad(x.shape, w, grad, out=out, flip=case["flip"], **kw)
+    assert grad_x is out
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, flip=case["flip"], **conv),
+                 case["dtype"])
+
+
+def test_what_it_refuses():
+    x = np.ones((1, 2, 9, 9))
+    for kw, message in ((dict(weight=(2, 2, 5, 5)), "3x3 kernels only"),
+                        (dict(stride=2), "stride-1, undilated"),
+                        (dict(dilation=2), "stride-1, undilated"),
+                        (dict(padding=3, kind="input_grad"), "exceeds the kernel's span"),
+                        (dict(kind="weight_grad"), "forward pass and the input gradient only"),
+                        (dict(padding=1, padding_mode="reflect"), "pads with zeros only")):
+        kw = dict(kw)
+        weight = kw.pop("weight", (2, 2, 3, 3))
+        with pytest.raises(ValueError, match=message):
+            fastconv.plan_conv2d(x.shape, weight, method="winograd", **kw)
+    with pytest.raises(ValueError, match="3x3 kernels only"):
+        fastconv.conv1d(np.ones((1, 2, 9)), np.ones((2, 2, 3)), method="winograd")
+
+
+def test_planner_weighs_it():
+    # deep 3x3 stride-1 layers with many tiles (ResNet-50 2a, 3b, VGG-16
+    # conv3_2) and the 14x14 4b: Winograd; 7x7 maps with 512 channels (5b:
+    # 32 tiles, 9.4 M transformed weights): the direct kernel; one input
+    # channel (paper_mnist): not Winograd; nor where it does not apply
+    for shape, filters in (((8, 64, 56, 56), 64), ((8, 128, 28, 28), 128),
+                           ((2, 256, 56, 56), 256), ((8, 256, 14, 14), 256)):
+        for kind in ("forward", "input_grad"):
+            plan = fastconv.plan_conv2d(shape, (filters, shape[1], 3, 3), padding=1, kind=kind)
+            assert plan.method == "winograd", (shape, kind, plan)
+    assert fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3), padding=1).method == "direct"
+    assert fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 3, 3)).method != "winograd"
+    assert fastconv.plan_conv2d((8, 128, 64, 64), (128, 128, 3, 3), padding=2,
+                                dilation=2).method != "winograd"
