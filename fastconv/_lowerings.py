@@ -998,14 +998,21 @@ class WinogradBlocking:
 
 
 def winograd_unsuitable(g):
-    """Why g is not a 3x3, stride-1, undilated convolution (the geometry
-    F(4x4, 3x3) computes), or None."""
+    """Why g is not a 3x3 stride-1 convolution (the geometry F(4x4, 3x3)
+    computes; a dilated one is several undilated ones), or None."""
     if (g.R, g.S) != (3, 3):
         return f"computes 3x3 kernels only; got {g.R}x{g.S}"
-    if g.stride != (1, 1) or g.dilation != (1, 1):
-        return (f"computes stride-1, undilated convolutions only; got stride {g.stride}, "
-                f"dilation {g.dilation}")
+    if g.stride != (1, 1):
+        return f"computes stride-1 convolutions only; got stride {g.stride}"
     return None
+
+
+def winograd_phases(g):
+    """(N, Ho, Wo) of each undilated convolution a dilated g is made of: the
+    output's rows and columns p, p + d, p + 2d, ... for each phase p < d."""
+    def sizes(length, d):
+        return [len(range(p, length, d)) for p in range(min(d, length))]
+    return [(g.N, ho, wo) for ho in sizes(g.Ho, g.dilation[0]) for wo in sizes(g.Wo, g.dilation[1])]
 
 
 class Winograd(Lowering):
@@ -1017,8 +1024,10 @@ class Winograd(Lowering):
     straight in the micro-kernel's layout, the output transform adds the
     bias and stores the tiles (fastconv/_kernels/winograd.pyx, _winograd.h).
     Rounding differs from the direct sum (float32: ~1e-5 of the output's
-    magnitude). The input gradient of a 3x3 stride-1 layer is a 3x3
-    stride-1 forward pass (its adjoint, see Fused), computed the same way."""
+    magnitude). A dilated layer is one undilated convolution per phase of
+    the dilation (strided views of the input and output). The input
+    gradient of a 3x3 stride-1 layer is a 3x3 stride-1 forward pass (its
+    adjoint, see Fused), computed the same way."""
     name = "winograd"
     kernel = "winograd"
     uses_blas = False
@@ -1052,17 +1061,19 @@ class Winograd(Lowering):
         sizes = winograd.blocking(plan.dtype, b.isa)
         mr, nr = sizes["MR"], sizes["NR"]
         kg, cg = g.K // g.groups, g.C // g.groups
-        tiles_h, tiles_w = winograd.tiles(g.Ho, g.Wo)
-        tiles = max(1, g.N * tiles_h * tiles_w)
-        padded = fused.padded_columns(tiles, plan.dtype, b.isa)
-        panels = -(-tiles // nr)
         kpanels = -(-kg // mr)
-        chunks = winograd.chunk_count(g.groups * panels, kpanels, plan.kernel_threads)
-        gemm = 2 * winograd.POINTS * g.groups * kpanels * mr * cg * padded / tuning.fused_rate
-        transforms = (tuning.winograd_input * g.C * padded * chunks
-                      + tuning.winograd_output * g.K * tiles
-                      + tuning.winograd_weights * g.K * cg
-                      + tuning.winograd_weight_reads * winograd.POINTS * g.K * cg * panels)
+        gemm = transforms = 0.0
+        for n, ho, wo in winograd_phases(g):   # one undilated convolution each
+            tiles_h, tiles_w = winograd.tiles(ho, wo)
+            tiles = max(1, n * tiles_h * tiles_w)
+            padded = fused.padded_columns(tiles, plan.dtype, b.isa)
+            panels = -(-tiles // nr)
+            chunks = winograd.chunk_count(g.groups * panels, kpanels, plan.kernel_threads)
+            gemm += 2 * winograd.POINTS * g.groups * kpanels * mr * cg * padded / tuning.fused_rate
+            transforms += (tuning.winograd_input * g.C * padded * chunks
+                           + tuning.winograd_output * g.K * tiles
+                           + tuning.winograd_weight_reads * winograd.POINTS * g.K * cg * panels)
+        transforms += tuning.winograd_weights * g.K * cg
         return ((gemm + transforms) * tuning.winograd_factor
                 / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads))
 
@@ -1085,10 +1096,12 @@ class Winograd(Lowering):
     def describe(self, plan):
         from fastconv._kernels import winograd
         g = _kernel_geometry(self.kind, plan.geometry)
-        tiles_h, tiles_w = winograd.tiles(g.Ho, g.Wo)
+        phases = winograd_phases(g)
+        tiles = sum(n * np.prod(winograd.tiles(ho, wo)) for n, ho, wo in phases)
         return (f"Winograd F(4x4, 3x3), {plan.blocking.isa} micro-kernel: 36 GEMMs "
-                f"{g.K // g.groups}x{g.C // g.groups} @ {g.C // g.groups}x"
-                f"{g.N * tiles_h * tiles_w} tiles")
+                f"{g.K // g.groups}x{g.C // g.groups} @ {g.C // g.groups}x{tiles} tiles"
+                + (f" (dilation {g.dilation}: {len(phases)} undilated convolutions)"
+                   if len(phases) > 1 else ""))
 
     def run(self, plan, ops, bufs, threads):
         from fastconv._kernels import fused, winograd
@@ -1101,9 +1114,9 @@ class Winograd(Lowering):
             x, out, bias, g = _adjoint_operands(plan, ops)
             flip = not flip
         (pad_top, _), (pad_left, _) = g.padding
-        winograd.conv2d_winograd(x, filters, bias, out, bufs["packed_weight"],
-                                 bufs["workspace"], g.Wo, pad_top, pad_left, g.groups, flip,
-                                 plan.blocking.isa, threads)
+        winograd.conv2d_winograd(x, filters, bias, out.reshape(g.N, g.K, g.Ho, g.Wo),
+                                 bufs["packed_weight"], bufs["workspace"], pad_top, pad_left,
+                                 *g.dilation, g.groups, flip, plan.blocking.isa, threads)
 
 
 # --------------------------------------------------------------------------

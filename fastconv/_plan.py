@@ -345,7 +345,7 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
     ...                             memory_limit="64MiB")
     >>> plan.method, plan.workspace_bytes <= 64 * 2**20
     ('winograd', True)
-    >>> fastconv.plan_conv2d((16, 64, 224, 224), (64, 64, 3, 3), padding=2, dilation=2,
+    >>> fastconv.plan_conv2d((16, 64, 224, 224), (64, 64, 5, 5), padding=2,
     ...                      memory_limit="64MiB").method
     'fused'
     """

@@ -5,7 +5,8 @@ runs: tile counts that leave partial micro-panels and images that end
 mid-tile, filter counts around MR and past a block of M, several chunks of
 filters, every zero-padding form up to 2 a side (and outputs that read only
 padding), groups, flip, bias, odd input strides and views, 1 to 3 threads;
-the input gradient (its adjoint's forward pass); what it refuses."""
+the input gradient (its adjoint's forward pass); dilation (one undilated
+convolution per phase); what it refuses."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -22,24 +23,24 @@ ISAS = fused.supported_isas()
 DTYPES = [np.float32, np.float64]
 
 
-def run_winograd(x, w, b, *, padding=((0, 0), (0, 0)), groups=1, flip=False, isa="generic",
-                 threads=1):
+def run_winograd(x, w, b, *, padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1, flip=False,
+                 isa="generic", threads=1):
     """conv2d_winograd on NCHW x and (K, C/groups, 3, 3) w, with NaN-filled
     buffers and output (every element the kernel reads or returns must have
     been written by it); returns out as (N, K, Ho, Wo)."""
     dtype = x.dtype
     N, C, H, W = x.shape
     K = w.shape[0]
-    Ho, Wo = out_size(H, padding[0], 1, 3, 1), out_size(W, padding[1], 1, 3, 1)
+    Ho, Wo = out_size(H, padding[0], dilation[0], 3, 1), out_size(W, padding[1], dilation[1], 3, 1)
     n_packed, per_thread = winograd.buffer_sizes(K, C, groups, dtype, isa)
     packed = np.full(n_packed, np.nan, dtype)
     workspace = np.full((threads, per_thread), np.nan, dtype)
-    out = np.full((N, K, Ho * Wo), np.nan, dtype)
+    out = np.full((N, K, Ho, Wo), np.nan, dtype)
     bias = np.zeros(0, dtype) if b is None else b
     winograd.conv2d_winograd(x, np.ascontiguousarray(w.reshape(K, -1)), bias, out, packed,
-                             workspace, Wo, padding[0][0], padding[1][0], groups, flip, isa,
-                             threads)
-    return out.reshape(N, K, Ho, Wo)
+                             workspace, padding[0][0], padding[1][0], *dilation, groups, flip,
+                             isa, threads)
+    return out
 
 
 @st.composite
@@ -48,11 +49,14 @@ def winograd_cases(draw):
     c_group = draw(st.integers(1, 9))
     # filters per group: around MR (4 generic and avx2, 8 avx512) and past it
     k_group = draw(st.sampled_from([1, 3, 4, 8, 9, 17, 33]))
-    pads = tuple(tuple(draw(st.integers(0, 2)) for _ in range(2)) for _ in range(2))
-    H = draw(st.integers(max(1, 3 - sum(pads[0])), 19))
-    W = draw(st.integers(max(1, 3 - sum(pads[1])), 23))
+    # dilation: one undilated convolution per phase, some of them empty
+    # where the map is smaller than the dilation; padding up to the span
+    dilation = (draw(st.sampled_from([1, 1, 2, 3])), draw(st.sampled_from([1, 1, 2, 3])))
+    pads = tuple(tuple(draw(st.integers(0, 2 * d)) for _ in range(2)) for d in dilation)
+    H = draw(st.integers(max(1, 2 * dilation[0] + 1 - sum(pads[0])), 19))
+    W = draw(st.integers(max(1, 2 * dilation[1] + 1 - sum(pads[1])), 23))
     return dict(N=draw(st.integers(1, 3)), C=groups * c_group, K=groups * k_group, H=H, W=W,
-                groups=groups, padding=pads, bias=draw(st.booleans()), flip=draw(st.booleans()),
+                groups=groups, padding=pads, dilation=dilation, bias=draw(st.booleans()), flip=draw(st.booleans()),
                 dtype=draw(st.sampled_from(DTYPES)), view=draw(st.sampled_from(VIEWS)),
                 threads=draw(st.sampled_from([1, 2, 3])), seed=draw(st.integers(0, 2**32 - 1)))
 
@@ -72,7 +76,8 @@ def _arrays(case):
 @given(case=winograd_cases())
 def test_winograd_matches_reference(isa, case):
     x, w, b = _arrays(case)
-    conv = dict(padding=case["padding"], groups=case["groups"], flip=case["flip"])
+    conv = dict(padding=case["padding"], dilation=case["dilation"], groups=case["groups"],
+                flip=case["flip"])
     out = run_winograd(x, w, b, isa=isa, threads=case["threads"], **conv)
     assert_close(out, conv2d_reference(x, w, b, **conv), case["dtype"])
 
@@ -132,25 +137,27 @@ def test_tiles_that_are_mostly_padding(dtype):
 def test_rejects_small_buffers_and_bad_arguments():
     x = np.ones((1, 2, 5, 5), np.float32)
     w = np.ones((3, 2 * 9), np.float32)
-    out = np.empty((1, 3, 9), np.float32)
+    out = np.empty((1, 3, 3, 3), np.float32)
     n_packed, per_thread = winograd.buffer_sizes(3, 2, 1, np.float32, "generic")
     packed, ws = np.empty(n_packed, np.float32), np.empty((1, per_thread), np.float32)
     none = np.zeros(0, np.float32)
-    winograd.conv2d_winograd(x, w, none, out, packed, ws, 3, 0, 0, 1, False, "generic", 1)
-    assert_close(out.reshape(1, 3, 3, 3), conv2d_reference(x, w.reshape(3, 2, 3, 3)), np.float32)
+    winograd.conv2d_winograd(x, w, none, out, packed, ws, 0, 0, 1, 1, 1, False, "generic", 1)
+    assert_close(out, conv2d_reference(x, w.reshape(3, 2, 3, 3)), np.float32)
     with pytest.raises(ValueError, match="buffers"):
-        winograd.conv2d_winograd(x, w, none, out, packed[:-30], ws, 3, 0, 0, 1, False,
+        winograd.conv2d_winograd(x, w, none, out, packed[:-30], ws, 0, 0, 1, 1, 1, False,
                                  "generic", 1)
     with pytest.raises(ValueError, match="buffers"):
-        winograd.conv2d_winograd(x, w, none, out, packed, ws, 3, 0, 0, 1, False, "generic", 2)
+        winograd.conv2d_winograd(x, w, none, out, packed, ws, 0, 0, 1, 1, 1, False, "generic", 2)
     with pytest.raises(ValueError, match="num_threads"):
-        winograd.conv2d_winograd(x, w, none, out, packed, ws, 3, 0, 0, 1, False, "generic", 0)
+        winograd.conv2d_winograd(x, w, none, out, packed, ws, 0, 0, 1, 1, 1, False, "generic", 0)
     with pytest.raises(ValueError, match="bias"):
-        winograd.conv2d_winograd(x, w, np.zeros(2, np.float32), out, packed, ws, 3, 0, 0, 1,
+        winograd.conv2d_winograd(x, w, np.zeros(2, np.float32), out, packed, ws, 0, 0, 1, 1, 1,
                                  False, "generic", 1)
     with pytest.raises(ValueError, match="C/groups\\*9"):
-        winograd.conv2d_winograd(x, np.ones((3, 9), np.float32), none, out, packed, ws, 3, 0, 0, 1, False,
-                                 "generic", 1)
+        winograd.conv2d_winograd(x, np.ones((3, 9), np.float32), none, out, packed, ws, 0, 0, 1,
+                                 1, 1, False, "generic", 1)
+    with pytest.raises(ValueError, match="dilation"):
+        winograd.conv2d_winograd(x, w, none, out, packed, ws, 0, 0, 0, 1, 1, False, "generic", 1)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -176,10 +183,11 @@ def test_front_end_runs_it_on_every_isa(isa):
        limit=st.sampled_from([None, 60_000, 10**6]))
 def test_input_grad_matches_reference(case, isa, limit):
     """The input gradient as the adjoint's forward pass, through the front
-    end: uneven padding up to 2 (the adjoint pads 2 less), groups, flip,
+    end: uneven padding up to the span (the adjoint pads the span less),
+    dilation, groups, flip,
     both dtypes, threads, tight limits; it writes every element."""
     x, w, _ = _arrays(case)
-    conv = dict(padding=case["padding"], groups=case["groups"])
+    conv = dict(padding=case["padding"], dilation=case["dilation"], groups=case["groups"])
     rng = np.random.default_rng(case["seed"] + 1)
     grad = rng.standard_normal(conv2d_reference(x, w, **conv).shape).astype(case["dtype"])
     kw = dict(conv, method="winograd", num_threads=case["threads"], memory_limit=limit)
@@ -199,8 +207,8 @@ def test_input_grad_matches_reference(case, isa, limit):
 def test_what_it_refuses():
     x = np.ones((1, 2, 9, 9))
     for kw, message in ((dict(weight=(2, 2, 5, 5)), "3x3 kernels only"),
-                        (dict(stride=2), "stride-1, undilated"),
-                        (dict(dilation=2), "stride-1, undilated"),
+                        (dict(stride=2), "stride-1 convolutions only"),
+                        (dict(stride=(1, 2), dilation=2), "stride-1 convolutions only"),
                         (dict(padding=3, kind="input_grad"), "exceeds the kernel's span"),
                         (dict(kind="weight_grad"), "forward pass and the input gradient only"),
                         (dict(padding=1, padding_mode="reflect"), "pads with zeros only")):
@@ -224,5 +232,6 @@ def test_planner_weighs_it():
             assert plan.method == "winograd", (shape, kind, plan)
     assert fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3), padding=1).method == "direct"
     assert fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 3, 3)).method != "winograd"
-    assert fastconv.plan_conv2d((8, 128, 64, 64), (128, 128, 3, 3), padding=2,
-                                dilation=2).method != "winograd"
+    # a dilated layer: one undilated convolution per phase (4 of 32x32 here)
+    dilated = fastconv.plan_conv2d((4, 128, 64, 64), (128, 128, 3, 3), padding=2, dilation=2)
+    assert dilated.method == "winograd" and "4 undilated convolutions" in repr(dilated)

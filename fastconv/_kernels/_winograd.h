@@ -12,11 +12,14 @@
  *
  *     M[xi] (filters x tiles) = U[xi] (filters x channels) @ V[xi] (channels x tiles)
  *
- * which run on the fused lowering's micro-kernels (_fused_*.h): U packed
- * once per call into MR-row panels (the "weights"), V written by the input
- * transform straight into the micro-kernel's B layout (channel rows of PW
- * tiles, read in place with ldb = PW: no packing pass), M a stack of MR x PW
- * tiles.
+ * which run on the fused lowering's micro-kernels (_fused_*.h): U
+ * transformed once per call into filter rows of Cg values per point, read
+ * in place as the micro-kernel's A (lda = Cg; writing it as packed MR-row
+ * panels scattered each filter's values over 36 points and cost more than
+ * the in-place reads), V written by the input transform straight into the
+ * micro-kernel's B layout (channel rows of PW tiles, ldb = PW: no packing
+ * pass), M a stack of MR x PW tiles. The output may have any strides (a
+ * dilated convolution's phases are strided views).
  *
  * A work item is (group, micro-panel of PW <= NR consecutive tiles of the
  * batch, chunk of filters):
@@ -28,10 +31,10 @@
  *      the output transform of each filter's tiles, the bias added, stored
  *      into out (tiles cut at the bottom and right edges).
  *
- * The transforms are plain C loops over lanes, compiled once per ISA with
- * the target attribute of the fused kernels, where GCC and Clang vectorise
- * them; the item is therefore defined once per ISA (fw_item_*), and calls
- * the micro-kernel of that ISA through a pointer.
+ * The transforms are loops over lanes in vectors of the ISA's width (GCC /
+ * Clang vector extensions, compiled with the target attribute of the fused
+ * kernels; scalar C elsewhere); the item is defined once per ISA
+ * (fw_item_*) and calls the micro-kernel of that ISA through a pointer.
  *
  * Arithmetic: the points 0, +-1, +-2 keep the transforms' coefficients small
  * (at most 8 in A, 5 in B^T, 1/24 in G); float32 errors measured against
@@ -62,6 +65,7 @@
 /* The geometry an item reads (elements, not bytes). */
 typedef struct {
     ptrdiff_t H, W, Ho, Wo, Cg, Kg, K;
+    ptrdiff_t ys_n, ys_k, ys_h, ys_w;             /* the output's strides */
     ptrdiff_t xs_n, xs_c, xs_h, xs_w;
     ptrdiff_t pad_top, pad_left;
     ptrdiff_t tiles_w, tiles_per_image, tiles;   /* tiles: of the batch */
@@ -224,7 +228,7 @@ static inline TARGET void fw_output_##SUF(const T *m, ptrdiff_t m_step, ptrdiff_
                                                                                    \
 /* One work item: group grp, tiles [t0, t0 + nt) of the batch in a micro-panel  \
  * pw wide (ukr: the micro-kernel of that width), filters [f0, f1) of the       \
- * group. u: the packed U (fw_weights); ws: this thread's workspace            \
+ * group. u: the group's U (fw_weights); ws: this thread's workspace         \
  * (winograd.pyx's buffer_sizes), aligned. */                                     \
 static TARGET void fw_item_##SUF(const fw_geometry *geo, const T *x_group,         \
         const T *u_group, const T *bias, T *out_group, ptrdiff_t t0, ptrdiff_t nt, \
@@ -235,7 +239,7 @@ static TARGET void fw_item_##SUF(const fw_geometry *geo, const T *x_group,      
     ptrdiff_t off[FW_MAX_NR], row[FW_MAX_NR], col[FW_MAX_NR], yoff[FW_MAX_NR];     \
     ptrdiff_t yrows[FW_MAX_NR], ycols[FW_MAX_NR];                                  \
     unsigned char inside[FW_MAX_NR];                                               \
-    const ptrdiff_t Cg = geo->Cg, mr = geo->mr, kb = geo->kb, plane = geo->Ho * geo->Wo; \
+    const ptrdiff_t Cg = geo->Cg, mr = geo->mr, kb = geo->kb;                      \
     const ptrdiff_t v_step = Cg * pw, m_step = kb * pw;                            \
     const ptrdiff_t u_point = geo->kpanels * mr * Cg;                              \
     T *v = ws, *mbuf = v + FW_POINTS * v_step;                                     \
@@ -249,7 +253,7 @@ static TARGET void fw_item_##SUF(const fw_geometry *geo, const T *x_group,      
         off[l] = n * geo->xs_n + row[l] * geo->xs_h + col[l] * geo->xs_w;          \
         inside[l] = row[l] >= 0 && row[l] + FW_A <= geo->H && col[l] >= 0          \
                     && col[l] + FW_A <= geo->W;                                    \
-        yoff[l] = n * geo->K * plane + oh * geo->Wo + ow;                          \
+        yoff[l] = n * geo->ys_n + oh * geo->ys_h + ow * geo->ys_w;                 \
         yrows[l] = geo->Ho - oh < FW_M ? geo->Ho - oh : FW_M;                      \
         ycols[l] = geo->Wo - ow < FW_M ? geo->Wo - ow : FW_M;                      \
     }                                                                              \
@@ -263,12 +267,13 @@ static TARGET void fw_item_##SUF(const fw_geometry *geo, const T *x_group,      
                 ukr(Cg, u_group + xi * u_point + p * mr * Cg, Cg, v + xi * v_step, pw, \
                     mbuf + xi * m_step + (p * mr - b0) * pw, pw, 1, NULL);          \
         for (f = b0; f < b1; f++) {                                                \
-            T *dst = out_group + f * plane, beta = bias ? bias[f] : (T)0;          \
+            T *dst = out_group + f * geo->ys_k, beta = bias ? bias[f] : (T)0;      \
             fw_output_##SUF(mbuf + (f - b0) * pw, m_step, pw, tmp, y);             \
             for (l = 0; l < nt; l++)                                               \
                 for (i = 0; i < yrows[l]; i++)                                     \
                     for (j = 0; j < ycols[l]; j++)                                 \
-                        dst[yoff[l] + i * geo->Wo + j] = y[(i * FW_M + j) * pw + l] + beta; \
+                        dst[yoff[l] + i * geo->ys_h + j * geo->ys_w] =                     \
+                            y[(i * FW_M + j) * pw + l] + beta;                             \
         }                                                                          \
     }                                                                              \
 }

@@ -1,7 +1,9 @@
 # The Winograd lowering: 3x3 stride-1 convolutions as F(4x4, 3x3), 36
 # GEMMs of transformed weights and transformed input tiles on the fused
 # lowering's micro-kernels, 4x fewer multiply-adds than the convolution
-# (the transforms, the item and the layouts: _winograd.h).
+# (the transforms, the item and the layouts: _winograd.h). A dilated
+# convolution runs as one undilated convolution per phase of the dilation,
+# on strided views of the input and the output (conv2d_winograd).
 #
 #   U: per (group, point xi) a matrix of filter rows (Cg values each, read in
 #       place by the micro-kernel, lda = Cg), filters zero-padded to a multiple of MR; transformed and packed once
@@ -30,6 +32,7 @@ from fastconv._kernels.fused import _dtype_is_double, _narrow_lanes, isa_code
 cdef extern from "_winograd.h" nogil:
     ctypedef struct fw_geometry:
         Py_ssize_t H, W, Ho, Wo, Cg, Kg, K
+        Py_ssize_t ys_n, ys_k, ys_h, ys_w
         Py_ssize_t xs_n, xs_c, xs_h, xs_w
         Py_ssize_t pad_top, pad_left
         Py_ssize_t tiles_w, tiles_per_image, tiles
@@ -129,19 +132,21 @@ def chunk_count(Py_ssize_t items, Py_ssize_t kpanels, int num_threads):
     return min(kpanels, _ceil_div(want, items))
 
 
-def conv2d_winograd(const floating[:, :, :, :] x,
-                    const floating[:, ::1] weight,
-                    const floating[::1] bias,
-                    floating[:, :, ::1] out,
-                    floating[::1] packed_weight,
-                    floating[:, ::1] workspace,
-                    Py_ssize_t Wo, Py_ssize_t pad_top, Py_ssize_t pad_left,
-                    Py_ssize_t groups, bint flip, isa, int num_threads):
-    """out (N, K, Ho*Wo), C-contiguous = the 3x3 stride-1 correlation of x
-    (N, C, H, W; any strides) with weight (K, C/groups*9), C-contiguous,
-    plus bias (K,) (length 0: no bias), by F(4x4, 3x3) Winograd (flip: the
-    kernel reversed, mathematical convolution). Padding: pad_top, pad_left
-    zeros before the image; the output's size Ho x Wo says the rest.
+def conv2d_winograd(x, weight, bias, out, packed_weight, workspace, Py_ssize_t pad_top,
+                    Py_ssize_t pad_left, Py_ssize_t dil_h, Py_ssize_t dil_w, Py_ssize_t groups,
+                    bint flip, isa, int num_threads):
+    """out (N, K, Ho, Wo; any strides) = the 3x3 stride-1 correlation of x
+    (N, C, H, W; any strides), dilated by (dil_h, dil_w), with weight
+    (K, C/groups*9), C-contiguous, plus bias (K,) (length 0: no bias), by
+    F(4x4, 3x3) Winograd (flip: the kernel reversed, mathematical
+    convolution). Padding: pad_top, pad_left zeros before the image; the
+    output's size says the rest. All arrays of one dtype, float32 or float64.
+
+    A dilated convolution is dil_h x dil_w undilated ones: output rows
+    oh = d*i + p read input rows d*(i + r + s) + q (q, s from p and the
+    padding), so each phase p of the output is the undilated convolution of
+    one phase q of the input, both strided views; the weights are
+    transformed once, for the first.
 
     packed_weight, workspace: >= buffer_sizes(...) elements (workspace:
     (>= num_threads, per thread)); overwritten. isa: as conv2d_fused's.
@@ -149,15 +154,47 @@ def conv2d_winograd(const floating[:, :, :, :] x,
     >>> import numpy as np
     >>> x = np.arange(2 * 6 * 6, dtype=np.float64).reshape(1, 2, 6, 6)
     >>> w = np.ones((1, 2 * 9))
-    >>> out = np.empty((1, 1, 16))
+    >>> out = np.empty((1, 1, 4, 4))
     >>> packed, per_thread = buffer_sizes(1, 2, 1, np.float64, "generic")
     >>> conv2d_winograd(x, w, np.zeros(0), out, np.empty(packed),
-    ...                 np.empty((1, per_thread)), 4, 0, 0, 1, False, "generic", 1)
-    >>> float(out[0, 0, 0]) == float(x[0, :, :3, :3].sum())
+    ...                 np.empty((1, per_thread)), 0, 0, 1, 1, 1, False, "generic", 1)
+    >>> float(out[0, 0, 0, 0]) == float(x[0, :, :3, :3].sum())
     True
     """
+    if dil_h < 1 or dil_w < 1:
+        raise ValueError(f"dilation must be >= 1, got ({dil_h}, {dil_w})")
+    if dil_h == 1 and dil_w == 1:
+        _undilated(x, weight, bias, out, packed_weight, workspace, pad_top, pad_left, groups,
+                   flip, isa, num_threads, True)
+        return
+    x, out = np.asarray(x), np.asarray(out)
+    if x.ndim != 4 or out.ndim != 4:
+        raise ValueError(f"x and out must be 4-D, got shapes {x.shape} and {out.shape}")
+    packed = False
+    for p_h in range(min(dil_h, out.shape[2])):
+        q_h = (p_h - pad_top) % dil_h
+        s_h = (p_h - pad_top - q_h) // dil_h
+        for p_w in range(min(dil_w, out.shape[3])):
+            q_w = (p_w - pad_left) % dil_w
+            s_w = (p_w - pad_left - q_w) // dil_w
+            packed |= _undilated(x[:, :, q_h::dil_h, q_w::dil_w], weight, bias,
+                                 out[:, :, p_h::dil_h, p_w::dil_w], packed_weight, workspace,
+                                 -s_h, -s_w, groups, flip, isa, num_threads, not packed)
+
+
+def _undilated(const floating[:, :, :, :] x,
+               const floating[:, ::1] weight,
+               const floating[::1] bias,
+               floating[:, :, :, :] out,
+               floating[::1] packed_weight,
+               floating[:, ::1] workspace,
+               Py_ssize_t pad_top, Py_ssize_t pad_left,
+               Py_ssize_t groups, bint flip, isa, int num_threads, bint transform_weights):
+    """conv2d_winograd without dilation; transform_weights False: the
+    packed weights are already there. Returns whether it transformed them."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t K = weight.shape[0], rows = weight.shape[1], cols = out.shape[2]
+    cdef Py_ssize_t K = weight.shape[0], rows = weight.shape[1]
+    cdef Py_ssize_t Ho = out.shape[2], Wo = out.shape[3]
     cdef int code = isa_code(isa)
     cdef int dbl = floating is double
     if num_threads < 1:
@@ -166,15 +203,12 @@ def conv2d_winograd(const floating[:, :, :, :] x,
         raise ValueError(f"groups={groups} must divide C={C} and K={K}")
     if rows != C // groups * 9:
         raise ValueError(f"weight has {rows} columns, expected C/groups*9 = {C // groups * 9}")
-    if Wo < 1 or cols % Wo:
-        raise ValueError(f"bad geometry: Wo={Wo}, out columns {cols}")
     if out.shape[0] != N or out.shape[1] != K:
-        raise ValueError(f"out has shape {tuple(out.shape)}, expected ({N}, {K}, {cols})")
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected ({N}, {K}, Ho, Wo)")
     if bias.shape[0] not in (0, K):
         raise ValueError(f"bias has {bias.shape[0]} values, expected 0 or K={K}")
-    cdef Py_ssize_t Ho = cols // Wo
-    if N == 0 or K == 0 or cols == 0:
-        return
+    if N == 0 or K == 0 or Ho == 0 or Wo == 0:
+        return False
     dtype = np.float64 if dbl else np.float32
     need = buffer_sizes(K, C, groups, dtype, code)
     if (packed_weight.shape[0] < need[0] or workspace.shape[0] < num_threads
@@ -182,13 +216,16 @@ def conv2d_winograd(const floating[:, :, :, :] x,
         raise ValueError(f"buffers of {packed_weight.shape[0]} and ({workspace.shape[0]}, "
                          f"{workspace.shape[1]}) elements, need {need[0]} and "
                          f"({num_threads}, {need[1]})")
-    if C == 0:
-        np.asarray(out)[...] = np.asarray(bias)[:, None] if bias.shape[0] else 0
-        return
+    if C == 0 or H == 0 or W == 0:
+        # nothing to sum (no channels, or a phase of a dilated input with no pixels)
+        np.asarray(out)[...] = np.asarray(bias)[:, None, None] if bias.shape[0] else 0
+        return False
     sizes = blocking(dtype, code)
     cdef Py_ssize_t itemsize = sizeof(floating)
     cdef fw_geometry geo
     geo.H, geo.W, geo.Ho, geo.Wo = H, W, Ho, Wo
+    geo.ys_n, geo.ys_k = out.strides[0] // itemsize, out.strides[1] // itemsize
+    geo.ys_h, geo.ys_w = out.strides[2] // itemsize, out.strides[3] // itemsize
     geo.Cg, geo.Kg, geo.K = C // groups, K // groups, K
     geo.xs_n, geo.xs_c = x.strides[0] // itemsize, x.strides[1] // itemsize
     geo.xs_h, geo.xs_w = x.strides[2] // itemsize, x.strides[3] // itemsize
@@ -210,12 +247,13 @@ def conv2d_winograd(const floating[:, :, :, :] x,
     cdef const floating *w0 = &weight[0, 0]
     cdef const floating *bias0 = &bias[0] if bias.shape[0] > 0 else NULL
     cdef floating *packed = _aligned(&packed_weight[0])
-    cdef floating *out0 = &out[0, 0, 0]
+    cdef floating *out0 = &out[0, 0, 0, 0]
     cdef floating *ws
     cdef floating *panel
     cdef Py_ssize_t item, g, p, t0, nt, pw, f0, f1, m, xi
+    cdef Py_ssize_t weight_items = groups * geo.kpanels if transform_weights else 0
     with nogil:
-        for item in prange(groups * geo.kpanels, schedule="static", num_threads=num_threads):
+        for item in prange(weight_items, schedule="static", num_threads=num_threads):
             g = item // geo.kpanels
             p = item % geo.kpanels
             m = geo.Kg - p * geo.mr if geo.Kg - p * geo.mr < geo.mr else geo.mr
@@ -244,10 +282,11 @@ def conv2d_winograd(const floating[:, :, :, :] x,
             if floating is float:
                 fw_item_f32(code)(&geo, x0 + g * geo.Cg * geo.xs_c, packed + g * u_group,
                                   bias0 + g * geo.Kg if bias0 != NULL else NULL,
-                                  out0 + g * geo.Kg * cols, t0, nt, pw, f0, f1,
+                                  out0 + g * geo.Kg * geo.ys_k, t0, nt, pw, f0, f1,
                                   fc_ukr_width_f32(code, pw), ws)
             else:
                 fw_item_f64(code)(&geo, x0 + g * geo.Cg * geo.xs_c, packed + g * u_group,
                                   bias0 + g * geo.Kg if bias0 != NULL else NULL,
-                                  out0 + g * geo.Kg * cols, t0, nt, pw, f0, f1,
+                                  out0 + g * geo.Kg * geo.ys_k, t0, nt, pw, f0, f1,
                                   fc_ukr_width_f64(code, pw), ws)
+    return transform_weights
