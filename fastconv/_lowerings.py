@@ -1027,14 +1027,15 @@ class Winograd(Lowering):
     magnitude). A dilated layer is one undilated convolution per phase of
     the dilation (strided views of the input and output). The input
     gradient of a 3x3 stride-1 layer is a 3x3 stride-1 forward pass (its
-    adjoint, see Fused), computed the same way."""
+    adjoint, see Fused), computed the same way. The weight gradient is the
+    transposed algorithm, F(3x3, 4x4): dW = G^T [sum over tiles of (A h A^T)
+    .* (B^T d B)] G, 36 GEMMs whose depth is the batch's tiles."""
     name = "winograd"
     kernel = "winograd"
     uses_blas = False
+    writes_whole_weight_grad = True   # each item writes its block of grad_w
 
     def unsuitable(self, g):
-        if self.kind == "weight_grad":
-            return "computes the forward pass and the input gradient only"
         return (winograd_unsuitable(g) or _forward_kernel_unsuitable(self.kind, g)
                 or winograd_unsuitable(_kernel_geometry(self.kind, g)))
 
@@ -1043,8 +1044,9 @@ class Winograd(Lowering):
         isa = fused_isa(planner.tuning.isa)
         sizes = winograd.blocking(planner.dtype, isa)
         threads = planner.threads if _machine.openmp_enabled() else 1
+        algorithm = "F(3x3, 4x4)" if self.kind == "weight_grad" else "F(4x4, 3x3)"
         plan = planner.plan(self, WinogradBlocking(isa), threads, 1,
-                            f"Winograd F(4x4, 3x3): 36 GEMMs on the {isa} micro-kernel "
+                            f"Winograd {algorithm}: 36 GEMMs on the {isa} micro-kernel "
                             f"({sizes['MR']}x{sizes['NR']}), 4x fewer multiply-adds")
         return plan if plan.workspace_bytes <= planner.limit else None
 
@@ -1058,6 +1060,8 @@ class Winograd(Lowering):
         # tiles); see Tuning.winograd_*
         from fastconv._kernels import fused, winograd
         g, b = _kernel_geometry(self.kind, plan.geometry), plan.blocking
+        if self.kind == "weight_grad":
+            return self.weight_grad_cost(plan, tuning)
         sizes = winograd.blocking(plan.dtype, b.isa)
         mr, nr = sizes["MR"], sizes["NR"]
         kg, cg = g.K // g.groups, g.C // g.groups
@@ -1077,8 +1081,33 @@ class Winograd(Lowering):
         return ((gemm + transforms) * tuning.winograd_factor
                 / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads))
 
+    def weight_grad_cost(self, plan, tuning):
+        """The weight gradient's: the 36 GEMMs (channels padded to MR, filters
+        to NR) over the batch's tiles, the input tiles transformed once per
+        block of NR filters and the gradient's once per block of channels."""
+        from fastconv._kernels import winograd
+        g, b = plan.geometry, plan.blocking
+        sizes = winograd.weight_grad_blocking(plan.dtype, b.isa)
+        mr, nr = sizes["MR"], sizes["NR"]
+        kg, cg = g.K // g.groups, g.C // g.groups
+        kblocks = -(-kg // nr)
+        cblocks = -(-cg // sizes["CB"])
+        gemm = transforms = 0.0
+        for n, ho, wo in winograd_phases(g):
+            tiles = n * int(np.prod(winograd.tiles(ho, wo)))
+            gemm += (2 * winograd.POINTS * g.groups * kblocks * nr * (-(-cg // mr) * mr) * tiles
+                     / tuning.fused_rate)
+            transforms += (tuning.winograd_input * g.C * tiles * kblocks
+                           + tuning.winograd_grad_input * g.groups * kblocks * nr * tiles
+                           * cblocks)
+        return ((gemm + transforms) * tuning.winograd_weight_grad_factor
+                / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads))
+
     def buffers(self, g, dtype, blocking, threads):
         from fastconv._kernels import winograd
+        if self.kind == "weight_grad":
+            per_thread = winograd.weight_grad_buffer_size(g.C, g.groups, dtype, blocking.isa)
+            return {"workspace": ((threads, per_thread), dtype)}
         g = _kernel_geometry(self.kind, g)
         packed, per_thread = winograd.buffer_sizes(g.K, g.C, g.groups, dtype, blocking.isa)
         bufs = {"packed_weight": ((packed,), dtype), "workspace": ((threads, per_thread), dtype)}
@@ -1098,14 +1127,24 @@ class Winograd(Lowering):
         g = _kernel_geometry(self.kind, plan.geometry)
         phases = winograd_phases(g)
         tiles = sum(n * np.prod(winograd.tiles(ho, wo)) for n, ho, wo in phases)
-        return (f"Winograd F(4x4, 3x3), {plan.blocking.isa} micro-kernel: 36 GEMMs "
-                f"{g.K // g.groups}x{g.C // g.groups} @ {g.C // g.groups}x{tiles} tiles"
+        kg, cg = g.K // g.groups, g.C // g.groups
+        shape = (f"F(3x3, 4x4), {plan.blocking.isa} micro-kernel: 36 GEMMs {cg}x{tiles} tiles "
+                 f"@ {tiles}x{kg}" if self.kind == "weight_grad" else
+                 f"F(4x4, 3x3), {plan.blocking.isa} micro-kernel: 36 GEMMs {kg}x{cg} @ "
+                 f"{cg}x{tiles} tiles")
+        return (f"Winograd {shape}"
                 + (f" (dilation {g.dilation}: {len(phases)} undilated convolutions)"
                    if len(phases) > 1 else ""))
 
     def run(self, plan, ops, bufs, threads):
         from fastconv._kernels import fused, winograd
         g = plan.geometry
+        if self.kind == "weight_grad":
+            (pad_top, _), (pad_left, _) = g.padding
+            winograd.conv2d_winograd_weight_grad(
+                ops.x, ops.grad.reshape(g.N, g.K, g.Ho, g.Wo), ops.out, bufs["workspace"],
+                pad_top, pad_left, *g.dilation, g.groups, plan.flip, plan.blocking.isa, threads)
+            return
         x, filters, bias, out, flip = ops.x, ops.filters, ops.bias, ops.out, plan.flip
         if self.kind == "input_grad":
             # grad_x = the adjoint's forward pass (see Fused.run)

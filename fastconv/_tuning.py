@@ -110,6 +110,14 @@ class Tuning:
     winograd_output: float = 560.0
     winograd_weights: float = 900.0
     winograd_weight_reads: float = 3.5
+    # ... the weight gradient's transform of an output-gradient tile (a 4x4
+    # gather, 10 lane transforms), per filter and tile; and the weight
+    # gradient's scale against the fused weight gradient's model. In one
+    # process, fp32, 2 threads, Winograd / PyTorch (fused / PyTorch):
+    # ResNet-50 4b 3x3 0.64 (0.98), 5b 0.70 (0.72); 2a 0.73, 3b 0.64, VGG-16
+    # conv1_2 0.83, conv3_2 0.61, dilated 0.92.
+    winograd_grad_input: float = 600.0
+    winograd_weight_grad_factor: float = 1.2
     winograd_factor: float = 1.6
     fused_min_depth: int = 64
     # Columns of the whole batch (fused runs every image's columns as one

@@ -313,12 +313,14 @@ def test_gradient_workspace_within_limit_and_really_allocated(kind, N, C, K, H, 
 
 def test_gradient_plans_follow_the_forward_rules():
     vgg = (16, 64, 224, 224), (64, 64, 3, 3)
-    # auto takes Winograd for the input gradient (as for the forward pass),
-    # fused for the weight gradient, within the limit (the BLAS rules are
-    # this test's subject, so they are asked for by name below)
-    for kind, method in (("input_grad", "winograd"), ("weight_grad", "fused")):
-        auto = fastconv.plan_conv2d(*vgg, padding=1, memory_limit="64MiB", kind=kind)
-        assert auto.method == method and auto.workspace_bytes <= 64 * 2**20, auto
+    # auto takes Winograd for both gradients (as for the forward pass), and
+    # fused for a 5x5 kernel, within the limit (the BLAS rules are this
+    # test's subject, so they are asked for by name below)
+    for kind in ("input_grad", "weight_grad"):
+        for weight, method in (((64, 64, 3, 3), "winograd"), ((64, 64, 5, 5), "fused")):
+            auto = fastconv.plan_conv2d(vgg[0], weight, padding=weight[2] // 2,
+                                        memory_limit="64MiB", kind=kind)
+            assert auto.method == method and auto.workspace_bytes <= 64 * 2**20, auto
     for kind in ("input_grad", "weight_grad"):
         plan = fastconv.plan_conv2d(*vgg, padding=1, memory_limit="64MiB", kind=kind,
                                     method="mapped")
@@ -331,9 +333,12 @@ def test_gradient_plans_follow_the_forward_rules():
         assert small.method == "stretch" and small.blocking.images == 2, small
         if kind == "weight_grad":
             # many filters, deep rows, few columns: the fused weight gradient
-            # (whose packing per multiply-add is small) is planned
-            auto = fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1, kind=kind)
+            # (whose packing per multiply-add is small) is planned (a 3x3
+            # kernel: Winograd's)
+            auto = fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 5, 5), padding=2, kind=kind)
             assert auto.method == "fused", auto
+            auto = fastconv.plan_conv2d((8, 256, 14, 14), (256, 256, 3, 3), padding=1, kind=kind)
+            assert auto.method == "winograd", auto
             # ResNet-50's stem (147 rows, 64 filters): with the output
             # gradient read in place, fused (0.86x mapped's time, interleaved)
             stem = fastconv.plan_conv2d((8, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3,

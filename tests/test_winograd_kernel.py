@@ -5,15 +5,17 @@ runs: tile counts that leave partial micro-panels and images that end
 mid-tile, filter counts around MR and past a block of M, several chunks of
 filters, every zero-padding form up to 2 a side (and outputs that read only
 padding), groups, flip, bias, odd input strides and views, 1 to 3 threads;
-the input gradient (its adjoint's forward pass); dilation (one undilated
-convolution per phase); what it refuses."""
+the input gradient (its adjoint's forward pass) and the weight gradient
+(F(3x3, 4x4)); dilation (one undilated convolution per phase); what it
+refuses."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fastconv
 from fastconv import _tuning
-from reference import assert_close, conv2d_input_grad_reference, conv2d_reference
+from reference import (assert_close, conv2d_input_grad_reference, conv2d_reference,
+                       conv2d_weight_grad_reference)
 from test_fused_kernel import VIEWS, make_view, out_size
 
 winograd = pytest.importorskip("fastconv._kernels.winograd")
@@ -56,7 +58,8 @@ def winograd_cases(draw):
     H = draw(st.integers(max(1, 2 * dilation[0] + 1 - sum(pads[0])), 19))
     W = draw(st.integers(max(1, 2 * dilation[1] + 1 - sum(pads[1])), 23))
     return dict(N=draw(st.integers(1, 3)), C=groups * c_group, K=groups * k_group, H=H, W=W,
-                groups=groups, padding=pads, dilation=dilation, bias=draw(st.booleans()), flip=draw(st.booleans()),
+                groups=groups, padding=pads, dilation=dilation, bias=draw(st.booleans()),
+                flip=draw(st.booleans()),
                 dtype=draw(st.sampled_from(DTYPES)), view=draw(st.sampled_from(VIEWS)),
                 threads=draw(st.sampled_from([1, 2, 3])), seed=draw(st.integers(0, 2**32 - 1)))
 
@@ -204,13 +207,88 @@ def test_input_grad_matches_reference(case, isa, limit):
                  case["dtype"])
 
 
+def run_weight_grad(x, grad, *, padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1,
+                    flip=False, isa="generic", threads=1):
+    """conv2d_winograd_weight_grad with a NaN-filled workspace and result;
+    returns grad_w as (K, C/groups, 3, 3)."""
+    dtype = x.dtype
+    K, C = grad.shape[1], x.shape[1]
+    workspace = np.full((threads, winograd.weight_grad_buffer_size(C, groups, dtype, isa)),
+                        np.nan, dtype)
+    out = np.full((K, C // groups * 9), np.nan, dtype)
+    winograd.conv2d_winograd_weight_grad(x, grad, out, workspace, padding[0][0], padding[1][0],
+                                         *dilation, groups, flip, isa, threads)
+    return out.reshape(K, C // groups, 3, 3)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=winograd_cases(), grad_view=st.sampled_from(VIEWS))
+def test_weight_grad_matches_reference(isa, case, grad_view):
+    """The weight gradient's kernel: tiles cut at the edges, filters around
+    and past NR (partial micro-panels of B), channels past a block, dilation
+    (the phases summed), groups, flip, views of x and of the output
+    gradient, threads; it writes every element."""
+    x, w, _ = _arrays(case)
+    conv = dict(padding=case["padding"], dilation=case["dilation"], groups=case["groups"],
+                flip=case["flip"])
+    rng = np.random.default_rng(case["seed"] + 2)
+    shape = conv2d_reference(x, w, **conv).shape
+    grad = make_view(rng.standard_normal(shape).astype(case["dtype"]), grad_view)
+    got = run_weight_grad(x, grad, isa=isa, threads=case["threads"], **conv)
+    assert_close(got, conv2d_weight_grad_reference(x, w.shape, grad, **conv), case["dtype"])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_grad_layer_sized(isa, dtype):
+    # channels over two blocks (the last partial, not a multiple of MR),
+    # filters over two micro-panels, tiles over several panels of the depth
+    # (the last partial), 1 and 2 threads alike
+    sizes = winograd.weight_grad_blocking(dtype, isa)
+    rng = np.random.default_rng(9)
+    C, K = sizes["CB"] + sizes["MR"] + 3, sizes["NR"] + 5
+    x = rng.standard_normal((5, C, 17, 15)).astype(dtype)
+    grad = rng.standard_normal((5, K, 17, 15)).astype(dtype)
+    conv = dict(padding=((1, 1), (1, 1)))
+    expected = conv2d_weight_grad_reference(x, (K, C, 3, 3), grad, **conv)
+    assert 5 * np.prod(winograd.tiles(17, 15)) > sizes["TB"]
+    one = run_weight_grad(x, grad, isa=isa, threads=1, **conv)
+    assert_close(one, expected, dtype)
+    np.testing.assert_array_equal(run_weight_grad(x, grad, isa=isa, threads=2, **conv), one)
+
+
+def test_weight_grad_front_end_and_bad_arguments():
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 6, 9, 8))
+    w = rng.standard_normal((10, 3, 3, 3))
+    conv = dict(padding=((2, 0), (1, 1)), dilation=(1, 2), groups=2)
+    grad = rng.standard_normal(conv2d_reference(x, w, **conv).shape)
+    plan = fastconv.plan_conv2d(x.shape, w.shape, "float64", kind="weight_grad",
+                                method="winograd", **conv)
+    assert plan.method == "winograd" and "F(3x3, 4x4)" in repr(plan)
+    out = np.full(w.shape, np.nan)
+    assert fastconv.conv2d_weight_grad(x, w.shape, grad, out=out, method="winograd",
+                                       **conv) is out
+    assert_close(out, conv2d_weight_grad_reference(x, w.shape, grad, **conv), np.float64)
+    ws = np.empty((1, winograd.weight_grad_buffer_size(6, 2, np.float64, "generic")))
+    g4, dw = grad.reshape(2, 10, *grad.shape[2:]), np.empty((10, 27))
+    with pytest.raises(ValueError, match="workspace"):
+        winograd.conv2d_winograd_weight_grad(x, g4, dw, ws[:, :-40], 2, 1, 1, 2, 2, False,
+                                             "generic", 1)
+    with pytest.raises(ValueError, match="do not match"):
+        winograd.conv2d_winograd_weight_grad(x, g4, np.empty((10, 18)), ws, 2, 1, 1, 2, 2, False,
+                                             "generic", 1)
+    with pytest.raises(ValueError, match="dilation"):
+        winograd.conv2d_winograd_weight_grad(x, g4, dw, ws, 2, 1, 0, 2, 2, False, "generic", 1)
+
+
 def test_what_it_refuses():
     x = np.ones((1, 2, 9, 9))
     for kw, message in ((dict(weight=(2, 2, 5, 5)), "3x3 kernels only"),
                         (dict(stride=2), "stride-1 convolutions only"),
                         (dict(stride=(1, 2), dilation=2), "stride-1 convolutions only"),
                         (dict(padding=3, kind="input_grad"), "exceeds the kernel's span"),
-                        (dict(kind="weight_grad"), "forward pass and the input gradient only"),
                         (dict(padding=1, padding_mode="reflect"), "pads with zeros only")):
         kw = dict(kw)
         weight = kw.pop("weight", (2, 2, 3, 3))
@@ -227,10 +305,14 @@ def test_planner_weighs_it():
     # channel (paper_mnist): not Winograd; nor where it does not apply
     for shape, filters in (((8, 64, 56, 56), 64), ((8, 128, 28, 28), 128),
                            ((2, 256, 56, 56), 256), ((8, 256, 14, 14), 256)):
-        for kind in ("forward", "input_grad"):
+        for kind in ("forward", "input_grad", "weight_grad"):
             plan = fastconv.plan_conv2d(shape, (filters, shape[1], 3, 3), padding=1, kind=kind)
             assert plan.method == "winograd", (shape, kind, plan)
     assert fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3), padding=1).method == "direct"
+    # (its weight gradient, a GEMM as deep as the batch's tiles, does not
+    # re-read transformed weights: Winograd, 0.70x PyTorch's time)
+    assert fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3), padding=1,
+                                kind="weight_grad").method == "winograd"
     assert fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 3, 3)).method != "winograd"
     # a dilated layer: one undilated convolution per phase (4 of 32x32 here)
     dilated = fastconv.plan_conv2d((4, 128, 64, 64), (128, 128, 3, 3), padding=2, dilation=2)

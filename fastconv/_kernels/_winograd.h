@@ -115,6 +115,32 @@ typedef struct {
         ST(o + 5 * os + l, g2);                                                   \
     }
 
+/* The weight gradient's transforms (F(3x3, 4x4), the transpose of the
+ * forward's: dW = G^T [ (A h A^T) .* (B^T d B) ] G for a 4x4 tile h of the
+ * output gradient and the 6x6 input tile d; A = (A^T)^T): A (6 from 4)
+ * and G^T (3 from 6). */
+#define FW_BODY_A(V, LD, ST)                                                      \
+    {                                                                             \
+        V s0 = LD(s + l), s1 = LD(s + ss + l), s2 = LD(s + 2 * ss + l);            \
+        V s3 = LD(s + 3 * ss + l), even = s0 + s2 * 4, odd = s1 * 2 + s3 * 8;     \
+        ST(o + l, s0);                                                            \
+        ST(o + os + l, s0 + s1 + s2 + s3);                                        \
+        ST(o + 2 * os + l, s0 - s1 + s2 - s3);                                    \
+        ST(o + 3 * os + l, even + odd);                                           \
+        ST(o + 4 * os + l, even - odd);                                           \
+        ST(o + 5 * os + l, s3);                                                   \
+    }
+
+#define FW_BODY_GT(V, LD, ST)                                                     \
+    {                                                                             \
+        V s1 = LD(s + ss + l), s2 = LD(s + 2 * ss + l);                          \
+        V s3 = LD(s + 3 * ss + l), s4 = LD(s + 4 * ss + l);                       \
+        V p12 = (s1 + s2) * fw_6th, m12 = (s2 - s1) * fw_6th;                     \
+        ST(o + l, LD(s + l) * fw_4th - p12 + (s3 + s4) * fw_24th);                \
+        ST(o + os + l, m12 + (s3 - s4) * fw_12th);                                \
+        ST(o + 2 * os + l, (s3 + s4) * fw_6th - p12 + LD(s + 5 * ss + l));        \
+    }
+
 #define FW_SCALAR_LD(p) (*(p))
 #define FW_SCALAR_ST(p, v) (*(p) = (v))
 
@@ -160,6 +186,8 @@ static void fw_##NAME##_##SUF(const T *s, ptrdiff_t ss, T *o, ptrdiff_t os, ptrd
 FW_LANE_FUNCTION(bt, SUF, T, TARGET, VT, VL, FW_BODY_BT)                           \
 FW_LANE_FUNCTION(at, SUF, T, TARGET, VT, VL, FW_BODY_AT)                           \
 FW_LANE_FUNCTION(g, SUF, T, TARGET, VT, VL, FW_BODY_G)                             \
+FW_LANE_FUNCTION(a, SUF, T, TARGET, VT, VL, FW_BODY_A)                             \
+FW_LANE_FUNCTION(gt, SUF, T, TARGET, VT, VL, FW_BODY_GT)                           \
                                                                                    \
 /* U = G g G^T of filter rows: for each of m filters (filter i's channel c's \
  * 9 taps at g + i*filter_step + c*9, reversed if flip) over n channels, row   \
@@ -276,7 +304,89 @@ static TARGET void fw_item_##SUF(const fw_geometry *geo, const T *x_group,      
                             y[(i * FW_M + j) * pw + l] + beta;                             \
         }                                                                          \
     }                                                                              \
+}                                                                                  \
+                                                                                   \
+/* One weight-gradient item: filters [k0, k0 + nk) (nk <= NR, one micro-panel \
+ * of B) and channels [c0, c0 + nc) (nc <= the workspace's cb) of a group,     \
+ * over every tile of the batch, tb tiles a panel: per panel, the channels'   \
+ * input tiles into V[36][cb][tb] (fw_input), the filters' gradient tiles,   \
+ * A h A^T, into H[36][tb][NR] (lanes = filters), and 36 GEMMs M[xi] (cb x   \
+ * NR) += V[xi] (read in place, lda = tb) @ H[xi] (ldb = NR); then G^T M G     \
+ * into dw (rows of the group's filters, Cg*9 apart; taps reversed if flip),   \
+ * added to it if accumulate. grad_group: the output gradient's first filter \
+ * of the group, strides gs_*. */                                              \
+static TARGET void fw_wgrad_item_##SUF(const fw_geometry *geo, const T *x_group,    \
+        const T *grad_group, ptrdiff_t gs_n, ptrdiff_t gs_k, ptrdiff_t gs_h,       \
+        ptrdiff_t gs_w, T *dw, ptrdiff_t k0, ptrdiff_t nk, ptrdiff_t c0,           \
+        ptrdiff_t nc, ptrdiff_t cb, ptrdiff_t tb, ptrdiff_t nr, int flip,          \
+        int accumulate,                                                            \
+        void (*ukr)(ptrdiff_t, const T *, ptrdiff_t, const T *, ptrdiff_t, T *,   \
+                    ptrdiff_t, int, const T *), T *ws)                            \
+{                                                                                  \
+    ptrdiff_t off[FW_MAX_NR], row[FW_MAX_NR], col[FW_MAX_NR], goff[FW_MAX_NR];     \
+    ptrdiff_t grows[FW_MAX_NR], gcols[FW_MAX_NR];                                  \
+    unsigned char inside[FW_MAX_NR];                                               \
+    const ptrdiff_t mr = geo->mr, cb_rows = (cb + mr - 1) / mr * mr;               \
+    const ptrdiff_t v_step = cb_rows * tb, h_step = tb * nr, m_step = cb_rows * nr; \
+    T *v = ws, *h = v + FW_POINTS * v_step, *m = h + FW_POINTS * h_step;           \
+    T *d = m + FW_POINTS * m_step, *tmp = d + FW_POINTS * tb;                      \
+    T *hg = tmp + FW_POINTS * tb, *ht = hg + 16 * nr, *o = ht + 24 * nr;           \
+    const ptrdiff_t rows = geo->Cg * 9;                                            \
+    ptrdiff_t t0, nt, l, c, k, i, j, xi, p;                                        \
+    for (t0 = 0; t0 < geo->tiles; t0 += tb) {                                      \
+        nt = geo->tiles - t0 < tb ? geo->tiles - t0 : tb;                          \
+        for (l = 0; l < nt; l++) {                                                 \
+            ptrdiff_t t = t0 + l, n = t / geo->tiles_per_image, r = t % geo->tiles_per_image; \
+            ptrdiff_t oh = r / geo->tiles_w * FW_M, ow = r % geo->tiles_w * FW_M;  \
+            row[l] = oh - geo->pad_top;                                            \
+            col[l] = ow - geo->pad_left;                                           \
+            off[l] = n * geo->xs_n + row[l] * geo->xs_h + col[l] * geo->xs_w;      \
+            inside[l] = row[l] >= 0 && row[l] + FW_A <= geo->H && col[l] >= 0      \
+                        && col[l] + FW_A <= geo->W;                                \
+            goff[l] = n * gs_n + oh * gs_h + ow * gs_w;                            \
+            grows[l] = geo->Ho - oh < FW_M ? geo->Ho - oh : FW_M;                  \
+            gcols[l] = geo->Wo - ow < FW_M ? geo->Wo - ow : FW_M;                  \
+        }                                                                          \
+        for (c = 0; c < nc; c++)                                                   \
+            fw_input_##SUF(geo, x_group + (c0 + c) * geo->xs_c, off, row, col, inside, \
+                           nt, tb, d, tmp, v + c * tb, v_step);                    \
+        for (l = 0; l < nt; l++) {                                                 \
+            const T *src = grad_group + k0 * gs_k + goff[l];                       \
+            for (i = 0; i < FW_M; i++)                                             \
+                for (j = 0; j < FW_M; j++) {                                       \
+                    T *dst = hg + (i * FW_M + j) * nr;                             \
+                    if (i < grows[l] && j < gcols[l])                              \
+                        for (k = 0; k < nk; k++) dst[k] = src[k * gs_k + i * gs_h + j * gs_w]; \
+                    else                                                           \
+                        for (k = 0; k < nk; k++) dst[k] = 0;                       \
+                    for (k = nk; k < nr; k++) dst[k] = 0;                          \
+                }                                                                  \
+            /* A down each of the 4 columns, then along each of the 6 rows */     \
+            for (j = 0; j < FW_M; j++) fw_a_##SUF(hg + j * nr, FW_M * nr, ht + j * nr, FW_M * nr, nr); \
+            for (i = 0; i < FW_A; i++)                                             \
+                fw_a_##SUF(ht + i * FW_M * nr, nr, h + i * FW_A * h_step + l * nr, h_step, nr); \
+        }                                                                          \
+        for (xi = 0; xi < FW_POINTS; xi++)                                         \
+            for (p = 0; p < nc; p += mr)                                           \
+                ukr(nt, v + xi * v_step + p * tb, tb, h + xi * h_step, nr,         \
+                    m + xi * m_step + p * nr, nr, t0 == 0, NULL);                  \
+    }                                                                              \
+    for (c = 0; c < nc; c++) {                                                     \
+        /* G^T down each of the 6 columns, then along each of the 3 rows */       \
+        for (j = 0; j < FW_A; j++)                                                 \
+            fw_gt_##SUF(m + j * m_step + c * nr, FW_A * m_step, ht + j * nr, FW_A * nr, nr); \
+        for (i = 0; i < 3; i++) fw_gt_##SUF(ht + i * FW_A * nr, nr, o + i * 3 * nr, nr, nr); \
+        for (k = 0; k < nk; k++) {                                                 \
+            T *dst = dw + (k0 + k) * rows + (c0 + c) * 9;                          \
+            for (i = 0; i < 9; i++) {                                              \
+                T value = o[i * nr + k];                                           \
+                if (accumulate) dst[flip ? 8 - i : i] += value;                    \
+                else dst[flip ? 8 - i : i] = value;                                \
+            }                                                                      \
+        }                                                                          \
+    }                                                                              \
 }
+
 
 #define FW_NO_TARGET
 #if FW_HAVE_VECTORS
@@ -314,6 +424,14 @@ typedef void (*fw_item_f32_t)(const fw_geometry *, const float *, const float *,
 typedef void (*fw_item_f64_t)(const fw_geometry *, const double *, const double *,
                               const double *, double *, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                               ptrdiff_t, ptrdiff_t, fc_ukr_f64_t, double *);
+typedef void (*fw_wgrad_item_f32_t)(const fw_geometry *, const float *, const float *, ptrdiff_t,
+                                    ptrdiff_t, ptrdiff_t, ptrdiff_t, float *, ptrdiff_t,
+                                    ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                    ptrdiff_t, int, int, fc_ukr_f32_t, float *);
+typedef void (*fw_wgrad_item_f64_t)(const fw_geometry *, const double *, const double *, ptrdiff_t,
+                                    ptrdiff_t, ptrdiff_t, ptrdiff_t, double *, ptrdiff_t,
+                                    ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                    ptrdiff_t, int, int, fc_ukr_f64_t, double *);
 typedef void (*fw_weights_f32_t)(const float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, float *,
                                  ptrdiff_t, float *);
 typedef void (*fw_weights_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, double *,
@@ -337,6 +455,26 @@ static inline fw_item_f64_t fw_item_f64(int isa)
 #endif
     (void)isa;
     return fw_item_generic_f64;
+}
+
+static inline fw_wgrad_item_f32_t fw_wgrad_item_f32(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fw_wgrad_item_avx512_f32;
+    if (isa == FC_ISA_AVX2) return fw_wgrad_item_avx2_f32;
+#endif
+    (void)isa;
+    return fw_wgrad_item_generic_f32;
+}
+
+static inline fw_wgrad_item_f64_t fw_wgrad_item_f64(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fw_wgrad_item_avx512_f64;
+    if (isa == FC_ISA_AVX2) return fw_wgrad_item_avx2_f64;
+#endif
+    (void)isa;
+    return fw_wgrad_item_generic_f64;
 }
 
 static inline fw_weights_f32_t fw_weights_f32(int isa)

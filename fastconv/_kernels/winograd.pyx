@@ -5,9 +5,10 @@
 # convolution runs as one undilated convolution per phase of the dilation,
 # on strided views of the input and the output (conv2d_winograd).
 #
-#   U: per (group, point xi) a matrix of filter rows (Cg values each, read in
-#       place by the micro-kernel, lda = Cg), filters zero-padded to a multiple of MR; transformed and packed once
-#       per call, before the parallel loop, in parallel over panels.
+#   U: per (group, point xi) a matrix of filter rows (Cg values each, read
+#       in place by the micro-kernel, lda = Cg), filters zero-padded to a
+#       multiple of MR; transformed once per call, before the parallel loop,
+#       in parallel over panels of MR filters.
 #   work items: (group, micro-panel of up to NR tiles of the batch, chunk of
 #       filters), dynamic schedule; chunks of filters only where the batch
 #       has too few tiles to keep the threads busy (each chunk transforms
@@ -49,6 +50,20 @@ cdef extern from "_winograd.h" nogil:
     ctypedef void (*fw_item_f64_t)(const fw_geometry *, const double *, const double *,
                                    const double *, double *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                    Py_ssize_t, Py_ssize_t, fc_ukr_f64_t, double *) noexcept nogil
+    ctypedef void (*fw_wgrad_item_f32_t)(const fw_geometry *, const float *, const float *,
+                                         Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float *,
+                                         Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                         Py_ssize_t, Py_ssize_t, Py_ssize_t, int, int,
+                                         fc_ukr_f32_t, float *) noexcept nogil
+    ctypedef void (*fw_wgrad_item_f64_t)(const fw_geometry *, const double *, const double *,
+                                         Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, double *,
+                                         Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                         Py_ssize_t, Py_ssize_t, Py_ssize_t, int, int,
+                                         fc_ukr_f64_t, double *) noexcept nogil
+    fw_wgrad_item_f32_t fw_wgrad_item_f32(int isa)
+    fw_wgrad_item_f64_t fw_wgrad_item_f64(int isa)
+    fc_ukr_f32_t fc_ukr_f32(int isa)
+    fc_ukr_f64_t fc_ukr_f64(int isa)
     ctypedef void (*fw_weights_f32_t)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, int,
                                       float *, Py_ssize_t, float *) noexcept nogil
     ctypedef void (*fw_weights_f64_t)(const double *, Py_ssize_t, Py_ssize_t, Py_ssize_t, int,
@@ -290,3 +305,156 @@ def _undilated(const floating[:, :, :, :] x,
                                   out0 + g * geo.Kg * geo.ys_k, t0, nt, pw, f0, f1,
                                   fc_ukr_width_f64(code, pw), ws)
     return transform_weights
+
+
+# ---------------------------------------------------------------- weight gradient
+#
+# dW[k, c] (3x3) = G^T [ sum over the batch's tiles of (A h A^T) .* (B^T d B) ] G
+# with h a 4x4 tile of the output gradient and d the 6x6 input tile under it
+# (F(3x3, 4x4), the transpose of the forward's algorithm): per point xi one
+# GEMM M[xi] (channels x filters) = V[xi] (channels x tiles) @ H[xi] (tiles
+# x filters), the depth being the batch's tiles. Work items: (group, NR
+# filters, WGRAD_CB channels), each over every tile, WGRAD_TB at a time
+# (_winograd.h's fw_wgrad_item): the input tiles are transformed once per
+# block of filters, the gradient tiles once per block of channels.
+
+# Tiles per panel (the GEMMs' depth step; <= FW_MAX_NR lanes of the input
+# transform) and channels per item: V (36 x CB x TB), H (36 x TB x NR) and M
+# (36 x CB x NR) of one item, ~1.5 MB in float32 AVX-512, in L2 and L3.
+WGRAD_TB = 64
+WGRAD_CB = 64
+
+
+def weight_grad_blocking(dtype, isa=None):
+    """dict(MR=, NR=, TB=, CB=) of the weight gradient's items.
+
+    >>> sizes = weight_grad_blocking("float64", "generic")
+    >>> sizes["CB"] % sizes["MR"], sizes["TB"] <= 64
+    (0, True)
+    """
+    sizes = blocking(dtype, isa)
+    mr = sizes["MR"]
+    return dict(MR=mr, NR=sizes["NR"], TB=WGRAD_TB, CB=max(mr, WGRAD_CB // mr * mr))
+
+
+def weight_grad_buffer_size(C, groups, dtype, isa=None):
+    """Elements of one thread's workspace for the weight gradient of C input
+    channels in `groups` groups (with alignment slack).
+
+    >>> weight_grad_buffer_size(64, 1, "float32", "generic") > 36 * 64 * 64
+    True
+    """
+    sizes = weight_grad_blocking(dtype, isa)
+    mr, nr, tb = sizes["MR"], sizes["NR"], sizes["TB"]
+    cb = min(sizes["CB"], _round_up(max(1, C // groups), mr))
+    itemsize = 8 if _dtype_is_double(dtype) else 4
+    return (FW_POINTS * (cb * tb + tb * nr + cb * nr + 2 * tb) + (16 + 24 + 9) * nr
+            + ALIGN_BYTES // itemsize)
+
+
+def conv2d_winograd_weight_grad(x, grad, out, workspace, Py_ssize_t pad_top,
+                                Py_ssize_t pad_left, Py_ssize_t dil_h, Py_ssize_t dil_w,
+                                Py_ssize_t groups, bint flip, isa, int num_threads):
+    """out (K, C/groups*9), C-contiguous = the gradient of the 3x3 stride-1
+    correlation (dilated by (dil_h, dil_w); flip: of the convolution) with
+    respect to its weights, from x (N, C, H, W; any strides) and the output
+    gradient grad (N, K, Ho, Wo; any strides), by F(3x3, 4x4) Winograd; a
+    dilated layer as the sum over its phases (see conv2d_winograd).
+    workspace: (>= num_threads, >= weight_grad_buffer_size(...)).
+
+    >>> import numpy as np
+    >>> x = np.arange(2 * 6 * 6, dtype=np.float64).reshape(1, 2, 6, 6)
+    >>> g = np.ones((1, 1, 4, 4))
+    >>> out = np.empty((1, 2 * 9))
+    >>> ws = np.empty((1, weight_grad_buffer_size(2, 1, np.float64, "generic")))
+    >>> conv2d_winograd_weight_grad(x, g, out, ws, 0, 0, 1, 1, 1, False, "generic", 1)
+    >>> float(out[0, 0]) == float(x[0, 0, :4, :4].sum())
+    True
+    """
+    if dil_h < 1 or dil_w < 1:
+        raise ValueError(f"dilation must be >= 1, got ({dil_h}, {dil_w})")
+    x, grad = np.asarray(x), np.asarray(grad)
+    if x.ndim != 4 or grad.ndim != 4:
+        raise ValueError(f"x and grad must be 4-D, got shapes {x.shape} and {grad.shape}")
+    written = False
+    for p_h in range(min(dil_h, grad.shape[2])):
+        q_h = (p_h - pad_top) % dil_h
+        s_h = (p_h - pad_top - q_h) // dil_h
+        for p_w in range(min(dil_w, grad.shape[3])):
+            q_w = (p_w - pad_left) % dil_w
+            s_w = (p_w - pad_left - q_w) // dil_w
+            written |= _weight_grad_undilated(
+                x[:, :, q_h::dil_h, q_w::dil_w], grad[:, :, p_h::dil_h, p_w::dil_w], out,
+                workspace, -s_h, -s_w, groups, flip, isa, num_threads, written)
+    if not written:
+        np.asarray(out)[...] = 0
+
+
+def _weight_grad_undilated(const floating[:, :, :, :] x,
+                           const floating[:, :, :, :] grad,
+                           floating[:, ::1] out,
+                           floating[:, ::1] workspace,
+                           Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t groups,
+                           bint flip, isa, int num_threads, bint accumulate):
+    """conv2d_winograd_weight_grad without dilation, added to out if
+    accumulate; returns whether it wrote out (nothing to sum: not)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = grad.shape[1], Ho = grad.shape[2], Wo = grad.shape[3]
+    cdef int code = isa_code(isa)
+    cdef int dbl = floating is double
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if groups < 1 or C % groups or K % groups:
+        raise ValueError(f"groups={groups} must divide C={C} and K={K}")
+    if grad.shape[0] != N or out.shape[0] != K or out.shape[1] != C // groups * 9:
+        raise ValueError(f"grad {tuple(grad.shape)} and out {tuple(out.shape)} do not match x "
+                         f"{(N, C, H, W)} with groups={groups} (out: (K, C/groups*9))")
+    dtype = np.float64 if dbl else np.float32
+    if workspace.shape[0] < num_threads or workspace.shape[1] < weight_grad_buffer_size(
+            C, groups, dtype, code):
+        raise ValueError(f"workspace of ({workspace.shape[0]}, {workspace.shape[1]}) elements, "
+                         f"need ({num_threads}, {weight_grad_buffer_size(C, groups, dtype, code)})")
+    if N == 0 or K == 0 or C == 0 or H == 0 or W == 0 or Ho == 0 or Wo == 0:
+        return False
+    sizes = weight_grad_blocking(dtype, code)
+    cdef Py_ssize_t itemsize = sizeof(floating)
+    cdef fw_geometry geo
+    geo.H, geo.W, geo.Ho, geo.Wo = H, W, Ho, Wo
+    geo.Cg, geo.Kg, geo.K = C // groups, K // groups, K
+    geo.xs_n, geo.xs_c = x.strides[0] // itemsize, x.strides[1] // itemsize
+    geo.xs_h, geo.xs_w = x.strides[2] // itemsize, x.strides[3] // itemsize
+    geo.pad_top, geo.pad_left = pad_top, pad_left
+    tiles_h, geo.tiles_w = tiles(Ho, Wo)
+    geo.tiles_per_image = tiles_h * geo.tiles_w
+    geo.tiles = N * geo.tiles_per_image
+    geo.mr = sizes["MR"]
+    cdef Py_ssize_t nr = sizes["NR"], tb = sizes["TB"]
+    cdef Py_ssize_t cb = min(sizes["CB"], _round_up(geo.Cg, geo.mr))
+    cdef Py_ssize_t gs_n = grad.strides[0] // itemsize, gs_k = grad.strides[1] // itemsize
+    cdef Py_ssize_t gs_h = grad.strides[2] // itemsize, gs_w = grad.strides[3] // itemsize
+    cdef Py_ssize_t kblocks = _ceil_div(geo.Kg, nr), cblocks = _ceil_div(geo.Cg, cb)
+    cdef const floating *x0 = &x[0, 0, 0, 0]
+    cdef const floating *g0 = &grad[0, 0, 0, 0]
+    cdef floating *out0 = &out[0, 0]
+    cdef Py_ssize_t item, g, kb, cblock, nk, nc
+    with nogil:
+        for item in prange(groups * kblocks * cblocks, schedule="dynamic",
+                           num_threads=num_threads):
+            g = item // (kblocks * cblocks)
+            kb = (item // cblocks) % kblocks
+            cblock = item % cblocks
+            nk = geo.Kg - kb * nr if geo.Kg - kb * nr < nr else nr
+            nc = geo.Cg - cblock * cb if geo.Cg - cblock * cb < cb else cb
+            if floating is float:
+                fw_wgrad_item_f32(code)(&geo, x0 + g * geo.Cg * geo.xs_c, g0 + g * geo.Kg * gs_k,
+                                        gs_n, gs_k, gs_h, gs_w, out0 + g * geo.Kg * out.shape[1],
+                                        kb * nr, nk, cblock * cb, nc, cb, tb, nr, flip,
+                                        accumulate, fc_ukr_f32(code),
+                                        _aligned(&workspace[threadid(), 0]))
+            else:
+                fw_wgrad_item_f64(code)(&geo, x0 + g * geo.Cg * geo.xs_c, g0 + g * geo.Kg * gs_k,
+                                        gs_n, gs_k, gs_h, gs_w, out0 + g * geo.Kg * out.shape[1],
+                                        kb * nr, nk, cblock * cb, nc, cb, tb, nr, flip,
+                                        accumulate, fc_ukr_f64(code),
+                                        _aligned(&workspace[threadid(), 0]))
+    return True
