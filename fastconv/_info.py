@@ -58,7 +58,7 @@ def show_config(file=None):
         f"default threads: {info['num_threads']}",
         f"default memory limit: {info['memory_limit']} bytes ({format_bytes(info['memory_limit'])})",
     ]
-    lines.append(f"own kernels (fused, direct): {info['isa']} (this CPU and build run "
+    lines.append(f"own kernels (fused, direct, winograd): {info['isa']} (this CPU and build run "
                  f"{', '.join(info['isas'])}; FASTCONV_ISA forces one)")
     lines.append(f"workspace kept between calls: "
                  f"{'yes' if info['keep_workspace'] else 'no'}, "

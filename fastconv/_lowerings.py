@@ -1118,9 +1118,11 @@ class Winograd(Lowering):
     def too_small(self, planner):
         needed = buffer_bytes(self.buffers(planner.g, planner.dtype,
                                            WinogradBlocking(fused_isa(planner.tuning.isa)), 1))
+        held = ("one thread's tiles" if self.kind == "weight_grad"
+                else "transformed weights, one thread's tiles")
         return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "
-                f"small: the Winograd lowering (transformed weights, one thread's tiles) "
-                f"needs {needed} bytes ({format_bytes(needed)})")
+                f"small: the Winograd lowering ({held}) needs {needed} bytes "
+                f"({format_bytes(needed)})")
 
     def describe(self, plan):
         from fastconv._kernels import winograd

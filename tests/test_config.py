@@ -152,4 +152,5 @@ def test_show_config_says_which_isa_the_own_kernels_run(tmp_path):
                              text=True, cwd=tmp_path, timeout=120)
         line = [l for l in out.stdout.splitlines() if l.startswith("own kernels")]
         assert line, out.stdout + out.stderr
-        assert line[0].startswith(f"own kernels (fused, direct): {isa or supported_isas()[0]} ")
+        assert line[0].startswith(f"own kernels (fused, direct, winograd): "
+                                  f"{isa or supported_isas()[0]} ")

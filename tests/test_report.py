@@ -225,3 +225,20 @@ def test_a_case_that_stays_noisy_is_measured_again_and_flagged(tiny_layers, tmp_
     assert "| 0.50× (1 noisy) |" in summary  # auto / NumPy: 1e-3 / 2e-3
     assert "tiny_3x3 float32 forward NumPy: noisy: spread 2.60×" in summary
     assert "⚠ noisy: spread 2.60×" in markdown.split("## Layers", 1)[1]
+
+
+def test_same_shape_gemm_is_blas_on_every_layer():
+    # the report's GEMM ceiling: BLAS (gemm1x1) on the stretched matrix,
+    # whatever auto would take for such a 1x1 layer (fused, on ResNet-50's
+    # full-size layers), with the layer's FLOPs; and the product it runs
+    import numpy as np
+    from fastconv._benchcases import load_layers, same_shape_gemm
+    for layer in load_layers(None):
+        if layer["name"].startswith("resnet50"):   # full size (the others' operands are large)
+            plan, _ = same_shape_gemm(layer, "float32", threads=2)
+            assert plan.method == "gemm1x1", layer["name"]
+    small = dict(load_layers(None)[0], N=2, H=9, W=9)
+    plan, run = same_shape_gemm(small, "float64", threads=1)
+    result = run()
+    assert plan.method == "gemm1x1" and result.shape == plan.output_shape
+    assert np.isfinite(result).all()
