@@ -537,6 +537,29 @@ def _adjoint_operands(plan, ops):
             np.zeros(0, plan.dtype), _adjoint(g))
 
 
+def _forward_pass_operands(plan, ops, bufs, threads):
+    """(x, filters, bias, out, geometry, flip) of the forward pass a kernel
+    that takes the weights as filter rows (fused, winograd) runs for plan:
+    the call's own operands, or for the input gradient its adjoint's
+    (_adjoint_operands) with each group's weights transposed into
+    bufs["adjoint_weight"] (K/groups x C/groups x taps to C/groups x
+    K/groups x taps) and the kernel reversed (again, if flip reversed it)."""
+    if plan.kind != "input_grad":
+        return ops.x, ops.filters, ops.bias, ops.out, plan.geometry, plan.flip
+    g = plan.geometry
+    filters = bufs["adjoint_weight"]
+    from fastconv._kernels import fused
+    fused.adjoint_filters(ops.filters, filters, g.groups, g.R * g.S, threads)
+    x, out, bias, adjoint = _adjoint_operands(plan, ops)
+    return x, filters, bias, out, adjoint, not plan.flip
+
+
+def _adjoint_weight_buffer(adjoint, dtype):
+    """The buffer _forward_pass_operands transposes the weights into, for
+    the adjoint geometry: {"adjoint_weight": (shape, dtype)}."""
+    return {"adjoint_weight": ((adjoint.K, adjoint.rows), dtype)}
+
+
 def _adjoint_unsuitable(g):
     """Why g's input gradient is not a forward convolution (_adjoint), or None."""
     if g.stride != (1, 1):
@@ -748,7 +771,7 @@ class Fused(Lowering):
         bufs = {"packed_weight": ((packed,), dtype), "workspace": ((threads, per_thread), dtype),
                 "table": table}
         if self.kind == "input_grad":
-            bufs["adjoint_weight"] = ((g.K, g.rows), dtype)   # each group's transposed
+            bufs.update(_adjoint_weight_buffer(g, dtype))
         return bufs
 
     def needed_bytes(self, planner):
@@ -781,15 +804,8 @@ class Fused(Lowering):
                                            *g.kernel_args, g.groups, plan.flip, b.kc, b.nc,
                                            b.mc, b.isa, threads, row_table=bufs["table"])
             return
-        x, filters, bias, out, flip = ops.x, ops.filters, ops.bias, ops.out, plan.flip
-        if self.kind == "input_grad":
-            # grad_x = the adjoint's forward pass: the output gradient as its
-            # input, each group's weights (K/groups x C/groups x taps)
-            # transposed, the kernel reversed (again, if flip reversed it)
-            filters = bufs["adjoint_weight"]
-            fused.adjoint_filters(ops.filters, filters, g.groups, g.R * g.S, threads)
-            x, out, bias, g = _adjoint_operands(plan, ops)
-            flip = not flip
+        # (the input gradient: its adjoint's forward pass)
+        x, filters, bias, out, g, flip = _forward_pass_operands(plan, ops, bufs, threads)
         fused.conv2d_fused(x, filters, bias, out, bufs["packed_weight"],
                            bufs["workspace"], *g.kernel_args, g.groups, flip,
                            b.kc, b.nc, b.mc, b.isa, threads, row_table=bufs["table"],
@@ -1112,7 +1128,7 @@ class Winograd(Lowering):
         packed, per_thread = winograd.buffer_sizes(g.K, g.C, g.groups, dtype, blocking.isa)
         bufs = {"packed_weight": ((packed,), dtype), "workspace": ((threads, per_thread), dtype)}
         if self.kind == "input_grad":
-            bufs["adjoint_weight"] = ((g.K, g.rows), dtype)   # each group's transposed
+            bufs.update(_adjoint_weight_buffer(g, dtype))
         return bufs
 
     def too_small(self, planner):
@@ -1139,7 +1155,7 @@ class Winograd(Lowering):
                    if len(phases) > 1 else ""))
 
     def run(self, plan, ops, bufs, threads):
-        from fastconv._kernels import fused, winograd
+        from fastconv._kernels import winograd
         g = plan.geometry
         if self.kind == "weight_grad":
             (pad_top, _), (pad_left, _) = g.padding
@@ -1147,13 +1163,8 @@ class Winograd(Lowering):
                 ops.x, ops.grad.reshape(g.N, g.K, g.Ho, g.Wo), ops.out, bufs["workspace"],
                 pad_top, pad_left, *g.dilation, g.groups, plan.flip, plan.blocking.isa, threads)
             return
-        x, filters, bias, out, flip = ops.x, ops.filters, ops.bias, ops.out, plan.flip
-        if self.kind == "input_grad":
-            # grad_x = the adjoint's forward pass (see Fused.run)
-            filters = bufs["adjoint_weight"]
-            fused.adjoint_filters(ops.filters, filters, g.groups, g.R * g.S, threads)
-            x, out, bias, g = _adjoint_operands(plan, ops)
-            flip = not flip
+        # (the input gradient: its adjoint's forward pass)
+        x, filters, bias, out, g, flip = _forward_pass_operands(plan, ops, bufs, threads)
         (pad_top, _), (pad_left, _) = g.padding
         winograd.conv2d_winograd(x, filters, bias, out.reshape(g.N, g.K, g.Ho, g.Wo),
                                  bufs["packed_weight"], bufs["workspace"], pad_top, pad_left,

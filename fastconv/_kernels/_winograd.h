@@ -72,6 +72,31 @@ typedef struct {
     ptrdiff_t mr, kpanels, kb;                   /* kb: filters per M block (mr multiple) */
 } fw_geometry;
 
+/* The lane tables of tiles [t0, t0 + nt) of the batch: each tile's input
+ * offset (its 6x6 tile's top-left at x + off; image row row, column col;
+ * inside: all 36 values in the image) and, in an array of strides (o_n,
+ * o_h, o_w) (the output, or the output gradient), the offset of its 4x4
+ * block and how many of its rows and columns are inside (cut at the edges). */
+static inline void fw_tile_lanes(const fw_geometry *geo, ptrdiff_t t0, ptrdiff_t nt,
+                                 ptrdiff_t o_n, ptrdiff_t o_h, ptrdiff_t o_w, ptrdiff_t *off,
+                                 ptrdiff_t *row, ptrdiff_t *col, unsigned char *inside,
+                                 ptrdiff_t *o_off, ptrdiff_t *o_rows, ptrdiff_t *o_cols)
+{
+    ptrdiff_t l;
+    for (l = 0; l < nt; l++) {
+        ptrdiff_t t = t0 + l, n = t / geo->tiles_per_image, r = t % geo->tiles_per_image;
+        ptrdiff_t oh = r / geo->tiles_w * FW_M, ow = r % geo->tiles_w * FW_M;
+        row[l] = oh - geo->pad_top;
+        col[l] = ow - geo->pad_left;
+        off[l] = n * geo->xs_n + row[l] * geo->xs_h + col[l] * geo->xs_w;
+        inside[l] = row[l] >= 0 && row[l] + FW_A <= geo->H && col[l] >= 0
+                    && col[l] + FW_A <= geo->W;
+        o_off[l] = n * o_n + oh * o_h + ow * o_w;
+        o_rows[l] = geo->Ho - oh < FW_M ? geo->Ho - oh : FW_M;
+        o_cols[l] = geo->Wo - ow < FW_M ? geo->Wo - ow : FW_M;
+    }
+}
+
 /* One transform over lanes: o[r*os + l] = sum_q T[r][q] * s[q*ss + l] for
  * l < n, T one of B^T (6x6), A^T (4x6), G (6x3). The bodies are written
  * once for a type V, then run on vectors of the ISA's width (GCC/Clang
@@ -273,18 +298,8 @@ static TARGET void fw_item_##SUF(const fw_geometry *geo, const T *x_group,      
     T *v = ws, *mbuf = v + FW_POINTS * v_step;                                     \
     T *d = mbuf + FW_POINTS * m_step, *tmp = d + FW_POINTS * pw, *y = tmp + FW_POINTS * pw; \
     ptrdiff_t l, c, b0, b1, xi, p, f, i, j;                                        \
-    for (l = 0; l < nt; l++) {                                                     \
-        ptrdiff_t t = t0 + l, n = t / geo->tiles_per_image, r = t % geo->tiles_per_image; \
-        ptrdiff_t oh = r / geo->tiles_w * FW_M, ow = r % geo->tiles_w * FW_M;      \
-        row[l] = oh - geo->pad_top;                                                \
-        col[l] = ow - geo->pad_left;                                               \
-        off[l] = n * geo->xs_n + row[l] * geo->xs_h + col[l] * geo->xs_w;          \
-        inside[l] = row[l] >= 0 && row[l] + FW_A <= geo->H && col[l] >= 0          \
-                    && col[l] + FW_A <= geo->W;                                    \
-        yoff[l] = n * geo->ys_n + oh * geo->ys_h + ow * geo->ys_w;                 \
-        yrows[l] = geo->Ho - oh < FW_M ? geo->Ho - oh : FW_M;                      \
-        ycols[l] = geo->Wo - ow < FW_M ? geo->Wo - ow : FW_M;                      \
-    }                                                                              \
+    fw_tile_lanes(geo, t0, nt, geo->ys_n, geo->ys_h, geo->ys_w, off, row, col, inside, \
+                  yoff, yrows, ycols);                                             \
     for (c = 0; c < Cg; c++)                                                       \
         fw_input_##SUF(geo, x_group + c * geo->xs_c, off, row, col, inside, nt, pw, \
                        d, tmp, v + c * pw, v_step);                                \
@@ -335,18 +350,8 @@ static TARGET void fw_wgrad_item_##SUF(const fw_geometry *geo, const T *x_group,
     ptrdiff_t t0, nt, l, c, k, i, j, xi, p;                                        \
     for (t0 = 0; t0 < geo->tiles; t0 += tb) {                                      \
         nt = geo->tiles - t0 < tb ? geo->tiles - t0 : tb;                          \
-        for (l = 0; l < nt; l++) {                                                 \
-            ptrdiff_t t = t0 + l, n = t / geo->tiles_per_image, r = t % geo->tiles_per_image; \
-            ptrdiff_t oh = r / geo->tiles_w * FW_M, ow = r % geo->tiles_w * FW_M;  \
-            row[l] = oh - geo->pad_top;                                            \
-            col[l] = ow - geo->pad_left;                                           \
-            off[l] = n * geo->xs_n + row[l] * geo->xs_h + col[l] * geo->xs_w;      \
-            inside[l] = row[l] >= 0 && row[l] + FW_A <= geo->H && col[l] >= 0      \
-                        && col[l] + FW_A <= geo->W;                                \
-            goff[l] = n * gs_n + oh * gs_h + ow * gs_w;                            \
-            grows[l] = geo->Ho - oh < FW_M ? geo->Ho - oh : FW_M;                  \
-            gcols[l] = geo->Wo - ow < FW_M ? geo->Wo - ow : FW_M;                  \
-        }                                                                          \
+        fw_tile_lanes(geo, t0, nt, gs_n, gs_h, gs_w, off, row, col, inside, goff, grows, \
+                      gcols);                                                      \
         for (c = 0; c < nc; c++)                                                   \
             fw_input_##SUF(geo, x_group + (c0 + c) * geo->xs_c, off, row, col, inside, \
                            nt, tb, d, tmp, v + c * tb, v_step);                    \

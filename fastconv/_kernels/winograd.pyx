@@ -147,6 +147,43 @@ def chunk_count(Py_ssize_t items, Py_ssize_t kpanels, int num_threads):
     return min(kpanels, _ceil_div(want, items))
 
 
+def _phases(x, y, Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t dil_h, Py_ssize_t dil_w):
+    """(x view, y view, pad_top, pad_left) of each undilated convolution a
+    dilated one is made of (y: the output, or the output gradient): output
+    rows oh = d*i + p read input rows d*(i + r + s) + q, with q and s fixed
+    by p and the padding, so phase p of y is the undilated convolution of
+    phase q of x, padded by -s. Without dilation: x, y and the padding."""
+    if dil_h < 1 or dil_w < 1:
+        raise ValueError(f"dilation must be >= 1, got ({dil_h}, {dil_w})")
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 4 or y.ndim != 4:
+        raise ValueError(f"x and the output must be 4-D, got shapes {x.shape} and {y.shape}")
+    for p_h in range(min(dil_h, y.shape[2])):
+        q_h = (p_h - pad_top) % dil_h
+        for p_w in range(min(dil_w, y.shape[3])):
+            q_w = (p_w - pad_left) % dil_w
+            yield (x[:, :, q_h::dil_h, q_w::dil_w], y[:, :, p_h::dil_h, p_w::dil_w],
+                   -((p_h - pad_top - q_h) // dil_h), -((p_w - pad_left - q_w) // dil_w))
+
+
+cdef fw_geometry _geometry(x, Py_ssize_t K, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t groups,
+                           Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t mr,
+                           Py_ssize_t itemsize):
+    """The item geometry both passes share: x's shape and strides (in
+    elements), the groups, padding and the batch's 4x4 tiles of Ho x Wo."""
+    cdef fw_geometry geo
+    geo.H, geo.W, geo.Ho, geo.Wo = x.shape[2], x.shape[3], Ho, Wo
+    geo.Cg, geo.Kg, geo.K = x.shape[1] // groups, K // groups, K
+    geo.xs_n, geo.xs_c = x.strides[0] // itemsize, x.strides[1] // itemsize
+    geo.xs_h, geo.xs_w = x.strides[2] // itemsize, x.strides[3] // itemsize
+    geo.pad_top, geo.pad_left = pad_top, pad_left
+    tiles_h, geo.tiles_w = tiles(Ho, Wo)
+    geo.tiles_per_image = tiles_h * geo.tiles_w
+    geo.tiles = x.shape[0] * geo.tiles_per_image
+    geo.mr = mr
+    return geo
+
+
 def conv2d_winograd(x, weight, bias, out, packed_weight, workspace, Py_ssize_t pad_top,
                     Py_ssize_t pad_left, Py_ssize_t dil_h, Py_ssize_t dil_w, Py_ssize_t groups,
                     bint flip, isa, int num_threads):
@@ -176,25 +213,10 @@ def conv2d_winograd(x, weight, bias, out, packed_weight, workspace, Py_ssize_t p
     >>> float(out[0, 0, 0, 0]) == float(x[0, :, :3, :3].sum())
     True
     """
-    if dil_h < 1 or dil_w < 1:
-        raise ValueError(f"dilation must be >= 1, got ({dil_h}, {dil_w})")
-    if dil_h == 1 and dil_w == 1:
-        _undilated(x, weight, bias, out, packed_weight, workspace, pad_top, pad_left, groups,
-                   flip, isa, num_threads, True)
-        return
-    x, out = np.asarray(x), np.asarray(out)
-    if x.ndim != 4 or out.ndim != 4:
-        raise ValueError(f"x and out must be 4-D, got shapes {x.shape} and {out.shape}")
     packed = False
-    for p_h in range(min(dil_h, out.shape[2])):
-        q_h = (p_h - pad_top) % dil_h
-        s_h = (p_h - pad_top - q_h) // dil_h
-        for p_w in range(min(dil_w, out.shape[3])):
-            q_w = (p_w - pad_left) % dil_w
-            s_w = (p_w - pad_left - q_w) // dil_w
-            packed |= _undilated(x[:, :, q_h::dil_h, q_w::dil_w], weight, bias,
-                                 out[:, :, p_h::dil_h, p_w::dil_w], packed_weight, workspace,
-                                 -s_h, -s_w, groups, flip, isa, num_threads, not packed)
+    for x_phase, out_phase, top, left in _phases(x, out, pad_top, pad_left, dil_h, dil_w):
+        packed |= _undilated(x_phase, weight, bias, out_phase, packed_weight, workspace, top,
+                             left, groups, flip, isa, num_threads, not packed)
 
 
 def _undilated(const floating[:, :, :, :] x,
@@ -237,18 +259,10 @@ def _undilated(const floating[:, :, :, :] x,
         return False
     sizes = blocking(dtype, code)
     cdef Py_ssize_t itemsize = sizeof(floating)
-    cdef fw_geometry geo
-    geo.H, geo.W, geo.Ho, geo.Wo = H, W, Ho, Wo
+    cdef fw_geometry geo = _geometry(x, K, Ho, Wo, groups, pad_top, pad_left, sizes["MR"],
+                                     itemsize)
     geo.ys_n, geo.ys_k = out.strides[0] // itemsize, out.strides[1] // itemsize
     geo.ys_h, geo.ys_w = out.strides[2] // itemsize, out.strides[3] // itemsize
-    geo.Cg, geo.Kg, geo.K = C // groups, K // groups, K
-    geo.xs_n, geo.xs_c = x.strides[0] // itemsize, x.strides[1] // itemsize
-    geo.xs_h, geo.xs_w = x.strides[2] // itemsize, x.strides[3] // itemsize
-    geo.pad_top, geo.pad_left = pad_top, pad_left
-    tiles_h, geo.tiles_w = tiles(Ho, Wo)
-    geo.tiles_per_image = tiles_h * geo.tiles_w
-    geo.tiles = N * geo.tiles_per_image
-    geo.mr = sizes["MR"]
     geo.kpanels = _ceil_div(geo.Kg, geo.mr)
     geo.kb = sizes["KB"]
     cdef Py_ssize_t nr = sizes["NR"], lanes = _narrow_lanes(code, dbl)
@@ -371,21 +385,10 @@ def conv2d_winograd_weight_grad(x, grad, out, workspace, Py_ssize_t pad_top,
     >>> float(out[0, 0]) == float(x[0, 0, :4, :4].sum())
     True
     """
-    if dil_h < 1 or dil_w < 1:
-        raise ValueError(f"dilation must be >= 1, got ({dil_h}, {dil_w})")
-    x, grad = np.asarray(x), np.asarray(grad)
-    if x.ndim != 4 or grad.ndim != 4:
-        raise ValueError(f"x and grad must be 4-D, got shapes {x.shape} and {grad.shape}")
     written = False
-    for p_h in range(min(dil_h, grad.shape[2])):
-        q_h = (p_h - pad_top) % dil_h
-        s_h = (p_h - pad_top - q_h) // dil_h
-        for p_w in range(min(dil_w, grad.shape[3])):
-            q_w = (p_w - pad_left) % dil_w
-            s_w = (p_w - pad_left - q_w) // dil_w
-            written |= _weight_grad_undilated(
-                x[:, :, q_h::dil_h, q_w::dil_w], grad[:, :, p_h::dil_h, p_w::dil_w], out,
-                workspace, -s_h, -s_w, groups, flip, isa, num_threads, written)
+    for x_phase, grad_phase, top, left in _phases(x, grad, pad_top, pad_left, dil_h, dil_w):
+        written |= _weight_grad_undilated(x_phase, grad_phase, out, workspace, top, left,
+                                          groups, flip, isa, num_threads, written)
     if not written:
         np.asarray(out)[...] = 0
 
@@ -418,16 +421,8 @@ def _weight_grad_undilated(const floating[:, :, :, :] x,
         return False
     sizes = weight_grad_blocking(dtype, code)
     cdef Py_ssize_t itemsize = sizeof(floating)
-    cdef fw_geometry geo
-    geo.H, geo.W, geo.Ho, geo.Wo = H, W, Ho, Wo
-    geo.Cg, geo.Kg, geo.K = C // groups, K // groups, K
-    geo.xs_n, geo.xs_c = x.strides[0] // itemsize, x.strides[1] // itemsize
-    geo.xs_h, geo.xs_w = x.strides[2] // itemsize, x.strides[3] // itemsize
-    geo.pad_top, geo.pad_left = pad_top, pad_left
-    tiles_h, geo.tiles_w = tiles(Ho, Wo)
-    geo.tiles_per_image = tiles_h * geo.tiles_w
-    geo.tiles = N * geo.tiles_per_image
-    geo.mr = sizes["MR"]
+    cdef fw_geometry geo = _geometry(x, K, Ho, Wo, groups, pad_top, pad_left, sizes["MR"],
+                                     itemsize)
     cdef Py_ssize_t nr = sizes["NR"], tb = sizes["TB"]
     cdef Py_ssize_t cb = min(sizes["CB"], _round_up(geo.Cg, geo.mr))
     cdef Py_ssize_t gs_n = grad.strides[0] // itemsize, gs_k = grad.strides[1] // itemsize
