@@ -110,6 +110,17 @@ class Tuning:
     winograd_output: float = 560.0
     winograd_weights: float = 900.0
     winograd_weight_reads: float = 3.5
+    # The kept operand (transformed weights, or transformed input) read
+    # again per panel of tiles, or per block of filters: per element, at
+    # winograd_weight_reads from memory, or at winograd_cached_reads where
+    # it fits in winograd_cache_bytes (a share of the L3). The input-kept
+    # order (WinogradBlocking.keep_input) against the weights-kept, fp32, 2
+    # threads, one process: ResNet-50 5b_3x3 0.51x, 4b 0.70x, dilated 0.84x,
+    # VGG-16 conv3_2 0.95x; 2a 1.05-1.13x, 3b 1.10x, VGG-16 conv1_2 1.32x
+    # (its transformed input, 58 MB, from memory twice); this model picks
+    # the faster on each but conv3_2 (a tie).
+    winograd_cached_reads: float = 1.0
+    winograd_cache_bytes: int = 8 * 2**20
     # ... the weight gradient's transform of an output-gradient tile (a 4x4
     # gather, 10 lane transforms), per filter and tile; and the weight
     # gradient's scale against the fused weight gradient's model. In one

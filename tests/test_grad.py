@@ -127,15 +127,17 @@ def test_fused_input_grad_of_conv1d_and_what_it_refuses():
     with pytest.raises(ValueError, match="no output_padding"):
         fastconv.conv_transpose2d(np.ones((1, 2, 4, 4)), np.ones((2, 2, 3, 3)), dilation=2,
                                   output_padding=1, method="fused")
-    # deep stride-1 layers plan it (3x3 ones Winograd's adjoint pass, and on
-    # small maps with many channels, where the padding is a large share of
-    # the taps, the direct kernel's); paper_mnist's one channel (1 row in 8)
-    # does not
+    # deep stride-1 layers plan it (3x3 ones Winograd's adjoint pass, also
+    # on ResNet-50 5b's 7x7 maps; 5x5 ones on small maps with many channels,
+    # where the padding is a large share of the taps, the direct kernel's);
+    # paper_mnist's one channel (1 row in 8) does not
     assert fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 5, 5), padding=2,
                                 kind="input_grad").method == "fused"
     assert fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 3, 3), padding=1,
                                 kind="input_grad").method == "winograd"
     assert fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3), padding=1,
+                                kind="input_grad").method == "winograd"
+    assert fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 5, 5), padding=2,
                                 kind="input_grad").method == "direct"
     assert fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 3, 3),
                                 kind="input_grad").method != "fused"

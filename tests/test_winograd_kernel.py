@@ -26,22 +26,32 @@ DTYPES = [np.float32, np.float64]
 
 
 def run_winograd(x, w, b, *, padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1, flip=False,
-                 isa="generic", threads=1):
+                 isa="generic", threads=1, keep_input=False, adjoint=False):
     """conv2d_winograd on NCHW x and (K, C/groups, 3, 3) w, with NaN-filled
     buffers and output (every element the kernel reads or returns must have
-    been written by it); returns out as (N, K, Ho, Wo)."""
+    been written by it), in either order (keep_input); adjoint: w handed
+    over as the weights of the layer whose input gradient this is (C,
+    K/groups*9), as the input gradient reads them. Returns out as (N, K,
+    Ho, Wo)."""
     dtype = x.dtype
     N, C, H, W = x.shape
     K = w.shape[0]
     Ho, Wo = out_size(H, padding[0], dilation[0], 3, 1), out_size(W, padding[1], dilation[1], 3, 1)
-    n_packed, per_thread = winograd.buffer_sizes(K, C, groups, dtype, isa)
-    packed = np.full(n_packed, np.nan, dtype)
+    # the most tiles of a dilation phase: the first phase's
+    tiles = N * int(np.prod(winograd.tiles(-(-Ho // dilation[0]), -(-Wo // dilation[1]))))
+    n_kept, per_thread = winograd.buffer_sizes(K, C, groups, dtype, isa,
+                                               tiles if keep_input else None)
+    kept = np.full(n_kept, np.nan, dtype)
     workspace = np.full((threads, per_thread), np.nan, dtype)
     out = np.full((N, K, Ho, Wo), np.nan, dtype)
     bias = np.zeros(0, dtype) if b is None else b
-    winograd.conv2d_winograd(x, np.ascontiguousarray(w.reshape(K, -1)), bias, out, packed,
-                             workspace, padding[0][0], padding[1][0], *dilation, groups, flip,
-                             isa, threads)
+    weight = np.ascontiguousarray(w.reshape(K, -1))
+    if adjoint:
+        weight = np.ascontiguousarray(w.reshape(groups, K // groups, C // groups, 9)
+                                      .transpose(0, 2, 1, 3).reshape(C, K // groups * 9))
+    winograd.conv2d_winograd(x, weight, bias, out, kept, workspace, padding[0][0],
+                             padding[1][0], *dilation, groups, flip, isa, threads,
+                             keep_input=keep_input, adjoint=adjoint)
     return out
 
 
@@ -59,7 +69,8 @@ def winograd_cases(draw):
     W = draw(st.integers(max(1, 2 * dilation[1] + 1 - sum(pads[1])), 23))
     return dict(N=draw(st.integers(1, 3)), C=groups * c_group, K=groups * k_group, H=H, W=W,
                 groups=groups, padding=pads, dilation=dilation, bias=draw(st.booleans()),
-                flip=draw(st.booleans()),
+                flip=draw(st.booleans()), keep_input=draw(st.booleans()),
+                adjoint=draw(st.booleans()),
                 dtype=draw(st.sampled_from(DTYPES)), view=draw(st.sampled_from(VIEWS)),
                 threads=draw(st.sampled_from([1, 2, 3])), seed=draw(st.integers(0, 2**32 - 1)))
 
@@ -81,18 +92,22 @@ def test_winograd_matches_reference(isa, case):
     x, w, b = _arrays(case)
     conv = dict(padding=case["padding"], dilation=case["dilation"], groups=case["groups"],
                 flip=case["flip"])
-    out = run_winograd(x, w, b, isa=isa, threads=case["threads"], **conv)
+    out = run_winograd(x, w, b, isa=isa, threads=case["threads"], keep_input=case["keep_input"],
+                       adjoint=case["adjoint"], **conv)
     assert_close(out, conv2d_reference(x, w, b, **conv), case["dtype"])
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_layer_sized(isa, dtype, threads):
+@pytest.mark.parametrize("keep_input", [False, True])
+def test_layer_sized(isa, dtype, threads, keep_input):
     # ResNet-50 5b's and 4b's shapes, scaled down: 7x7 and 14x14 maps (4x4
     # tiles, the last ones cut), more filters than one block of M and not a
     # multiple of MR, two groups; first so few tiles that the filters are
-    # split into chunks, then many (several micro-panels, the last partial)
+    # split into chunks (the weights-kept order) and blocks (the
+    # input-kept), then many (several micro-panels, the last partial); the
+    # weights read as the input gradient reads them, too
     sizes = winograd.blocking(dtype, isa)
     rng = np.random.default_rng(3)
     few = 2 * (sizes["KB"] + sizes["MR"] + 3)
@@ -101,23 +116,28 @@ def test_layer_sized(isa, dtype, threads):
         w = rng.standard_normal((k, 37, 3, 3)).astype(dtype)
         b = rng.standard_normal(k).astype(dtype)
         conv = dict(padding=((1, 1), (1, 1)), groups=2)
-        assert_close(run_winograd(x, w, b, isa=isa, threads=threads, **conv),
-                     conv2d_reference(x, w, b, **conv), dtype)
+        for adjoint in (False, True):
+            assert_close(run_winograd(x, w, b, isa=isa, threads=threads, keep_input=keep_input,
+                                      adjoint=adjoint, **conv),
+                         conv2d_reference(x, w, b, **conv), dtype)
     # the first shape really is split: fewer items than 4 a thread
     panels = -(-int(np.prod(winograd.tiles(7, 7))) // sizes["NR"])
     assert winograd.chunk_count(2 * panels, -(-(few // 2) // sizes["MR"]), threads) > 1
+    assert few // 2 > sizes["KB"]
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_same_bits_for_any_threads(isa, dtype):
     # each output is transformed from one GEMM per point, summed in one
-    # order, whatever the threads or how the items are dealt out
+    # order, whatever the threads, how the items are dealt out or which
+    # operand is kept
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 10, 9, 13)).astype(dtype)
     w = rng.standard_normal((21, 10, 3, 3)).astype(dtype)
-    runs = [run_winograd(x, w, None, padding=((1, 1), (1, 1)), isa=isa, threads=t, flip=True)
-            for t in (1, 2, 3)]
+    runs = [run_winograd(x, w, None, padding=((1, 1), (1, 1)), isa=isa, threads=t, flip=True,
+                         keep_input=keep_input)
+            for t in (1, 2, 3) for keep_input in (False, True)]
     for other in runs[1:]:
         np.testing.assert_array_equal(other, runs[0])
 
@@ -133,8 +153,9 @@ def test_tiles_that_are_mostly_padding(dtype):
     b = rng.standard_normal(5).astype(dtype)
     conv = dict(padding=((2, 2), (2, 2)))
     for image in (x, np.concatenate([x, -x], axis=3)):
-        assert_close(run_winograd(image, w, b, **conv), conv2d_reference(image, w, b, **conv),
-                     dtype)
+        for keep_input in (False, True):
+            assert_close(run_winograd(image, w, b, keep_input=keep_input, **conv),
+                         conv2d_reference(image, w, b, **conv), dtype)
 
 
 def test_rejects_small_buffers_and_bad_arguments():
@@ -161,6 +182,16 @@ def test_rejects_small_buffers_and_bad_arguments():
                                  1, 1, False, "generic", 1)
     with pytest.raises(ValueError, match="dilation"):
         winograd.conv2d_winograd(x, w, none, out, packed, ws, 0, 0, 0, 1, 1, False, "generic", 1)
+    # the input-kept order keeps 36 x C x NR-wide panels: more than these
+    kept_input, _ = winograd.buffer_sizes(3, 2, 1, np.float32, "generic", tiles=1)
+    assert kept_input > n_packed
+    with pytest.raises(ValueError, match="buffers"):
+        winograd.conv2d_winograd(x, w, none, out, packed, ws, 0, 0, 1, 1, 1, False, "generic", 1,
+                                 keep_input=True)
+    # the input gradient's weights: (C, K/groups*9) = (2, 27), not (3, 18)
+    with pytest.raises(ValueError, match="C, K/groups\\*9"):
+        winograd.conv2d_winograd(x, w, none, out, packed, ws, 0, 0, 1, 1, 1, False, "generic", 1,
+                                 adjoint=True)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -299,20 +330,22 @@ def test_what_it_refuses():
 
 
 def test_planner_weighs_it():
-    # deep 3x3 stride-1 layers with many tiles (ResNet-50 2a, 3b, VGG-16
-    # conv3_2) and the 14x14 4b: Winograd; 7x7 maps with 512 channels (5b:
-    # 32 tiles, 9.4 M transformed weights): the direct kernel; one input
-    # channel (paper_mnist): not Winograd; nor where it does not apply
-    for shape, filters in (((8, 64, 56, 56), 64), ((8, 128, 28, 28), 128),
-                           ((2, 256, 56, 56), 256), ((8, 256, 14, 14), 256)):
+    # deep 3x3 stride-1 layers (ResNet-50 2a, 3b, VGG-16 conv3_2, 4b, 5b):
+    # Winograd; the weights-kept order where the tiles are many, the
+    # input-kept order where they are few against the weights (4b's 128
+    # tiles, 5b's 32 against 2.4 M weights); one input channel
+    # (paper_mnist): not Winograd; nor where it does not apply
+    for shape, filters, keep_input in (((8, 64, 56, 56), 64, False),
+                                       ((8, 128, 28, 28), 128, False),
+                                       ((2, 256, 56, 56), 256, False),
+                                       ((8, 256, 14, 14), 256, True),
+                                       ((8, 512, 7, 7), 512, True)):
         for kind in ("forward", "input_grad", "weight_grad"):
             plan = fastconv.plan_conv2d(shape, (filters, shape[1], 3, 3), padding=1, kind=kind)
             assert plan.method == "winograd", (shape, kind, plan)
-    assert fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3), padding=1).method == "direct"
-    # (its weight gradient, a GEMM as deep as the batch's tiles, does not
-    # re-read transformed weights: Winograd, 0.70x PyTorch's time)
-    assert fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 3, 3), padding=1,
-                                kind="weight_grad").method == "winograd"
+            if kind != "weight_grad":
+                assert plan.blocking.keep_input == keep_input, (shape, kind, plan)
+                assert ("input transformed once" in repr(plan)) == keep_input
     assert fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 3, 3)).method != "winograd"
     # a dilated layer: one undilated convolution per phase (4 of 32x32 here)
     dilated = fastconv.plan_conv2d((4, 128, 64, 64), (128, 128, 3, 3), padding=2, dilation=2)

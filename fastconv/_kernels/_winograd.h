@@ -52,6 +52,14 @@
 #define FW_A 6        /* input tile side: FW_M + 3 - 1 */
 #define FW_POINTS 36  /* FW_A * FW_A GEMMs */
 #define FW_MAX_NR 64  /* bound of the lane tables on the stack (fused MAX_NR) */
+#define FW_WEIGHT_BLOCK 8  /* filters whose taps fw_weights gathers at once */
+#define FW_WEIGHT_AHEAD 8  /* channels ahead fw_weights prefetches */
+#define FW_TAPS_PAD 16     /* elements past each row of fw_weights' taps */
+#if defined(__GNUC__) || defined(__clang__)
+#define FW_PREFETCH(p) __builtin_prefetch(p)
+#else
+#define FW_PREFETCH(p) ((void)(p))
+#endif
 
 /* The transforms' lane loops are functions of their own, so that their
  * restrict pointers hold: inlined, GCC could not tell the rows of one
@@ -215,25 +223,48 @@ FW_LANE_FUNCTION(a, SUF, T, TARGET, VT, VL, FW_BODY_A)                          
 FW_LANE_FUNCTION(gt, SUF, T, TARGET, VT, VL, FW_BODY_GT)                           \
                                                                                    \
 /* U = G g G^T of filter rows: for each of m filters (filter i's channel c's \
- * 9 taps at g + i*filter_step + c*9, reversed if flip) over n channels, row   \
- * i of each point's matrix (point xi at u + xi*point_step, rows n apart: the \
- * micro-kernel reads MR of them in place, lda = n). tmp: 27*n. */             \
-static TARGET void fw_weights_##SUF(const T *g, ptrdiff_t filter_step, ptrdiff_t m, \
+ * 9 taps at g + i*filter_step + c*channel_step, reversed if flip) over n     \
+ * channels, row i of each point's matrix (point xi at u + xi*point_step, rows \
+ * n apart: the micro-kernel reads MR of them in place, lda = n). The forward  \
+ * pass's filters are rows of the weights (filter_step = Cg*9, channel_step   \
+ * = 9); the input gradient's (the adjoint's) are its columns, read in place  \
+ * (filter_step = 9, channel_step = Cg*9 of the original weights), so no     \
+ * transposed copy is made. The taps are gathered FW_WEIGHT_BLOCK filters at  \
+ * a time, channel by channel (the block's taps of a channel are one run of   \
+ * the adjoint's row): gathered per filter, the adjoint's 9 taps of each      \
+ * channel came from rows 18 KB apart (ResNet-50 5b_3x3) and the gather took   \
+ * 30 % of the input gradient's call (perf), the page and line walks again    \
+ * for every filter. tmp: 9*FW_WEIGHT_BLOCK*(n + FW_TAPS_PAD) + 18*n. */                       \
+static TARGET void fw_weights_##SUF(const T *g, ptrdiff_t filter_step,          \
+                                    ptrdiff_t channel_step, ptrdiff_t m,           \
                                     ptrdiff_t n, int flip, T *u,                   \
                                     ptrdiff_t point_step, T *tmp)                  \
 {                                                                                  \
-    T *taps = tmp, *half = tmp + 9 * n;                                            \
-    ptrdiff_t t, c, i;                                                             \
-    for (i = 0; i < m; i++) {                                                      \
-        for (t = 0; t < 9; t++) {                                                  \
-            const T *src = g + i * filter_step + (flip ? 8 - t : t);               \
-            for (c = 0; c < n; c++) taps[t * n + c] = src[c * 9];                  \
+    /* the taps' rows n + FW_TAPS_PAD apart: n apart (512 channels: 2 KB), the   \
+     * gather's 72 rows fell into 2 sets of the L1 cache */                       \
+    const ptrdiff_t ts = n + FW_TAPS_PAD;                                          \
+    T *taps = tmp, *half = tmp + 9 * FW_WEIGHT_BLOCK * ts;                         \
+    ptrdiff_t t, c, i, i0, ib;                                                     \
+    for (i0 = 0; i0 < m; i0 += FW_WEIGHT_BLOCK) {                                  \
+        ib = m - i0 < FW_WEIGHT_BLOCK ? m - i0 : FW_WEIGHT_BLOCK;                  \
+        for (c = 0; c < n; c++) {                                                  \
+            const T *src = g + i0 * filter_step + c * channel_step;                \
+            if (c + FW_WEIGHT_AHEAD < n) /* rows apart: no hardware prefetch */    \
+                for (t = 0; t < ib * 9 * (ptrdiff_t)sizeof(T); t += 64)            \
+                    FW_PREFETCH((const char *)(src + FW_WEIGHT_AHEAD * channel_step) + t); \
+            for (i = 0; i < ib; i++)                                               \
+                for (t = 0; t < 9; t++)                                            \
+                    taps[(i * 9 + t) * ts + c] = src[i * filter_step + (flip ? 8 - t : t)]; \
         }                                                                          \
-        /* half[r][s] = (G g)[r][s]: G down each of the 3 columns */               \
-        for (t = 0; t < 3; t++) fw_g_##SUF(taps + t * n, 3 * n, half + t * n, 3 * n, n); \
-        /* (G g G^T)[r][q], point 6r + q: G along each of the 6 rows */            \
-        for (t = 0; t < 6; t++)                                                    \
-            fw_g_##SUF(half + 3 * t * n, n, u + i * n + 6 * t * point_step, point_step, n); \
+        for (i = 0; i < ib; i++) {                                                 \
+            const T *tap = taps + i * 9 * ts;                                      \
+            /* half[r][s] = (G g)[r][s]: G down each of the 3 columns */           \
+            for (t = 0; t < 3; t++) fw_g_##SUF(tap + t * ts, 3 * ts, half + t * n, 3 * n, n); \
+            /* (G g G^T)[r][q], point 6r + q: G along each of the 6 rows */        \
+            for (t = 0; t < 6; t++)                                                \
+                fw_g_##SUF(half + 3 * t * n, n, u + (i0 + i) * n + 6 * t * point_step, \
+                           point_step, n);                                         \
+        }                                                                          \
     }                                                                              \
 }                                                                                  \
                                                                                    \
@@ -279,13 +310,33 @@ static inline TARGET void fw_output_##SUF(const T *m, ptrdiff_t m_step, ptrdiff_
     for (i = 0; i < FW_M; i++) fw_at_##SUF(tmp + i * FW_A * pw, pw, y + i * FW_M * pw, pw, pw); \
 }                                                                                  \
                                                                                    \
-/* One work item: group grp, tiles [t0, t0 + nt) of the batch in a micro-panel  \
- * pw wide (ukr: the micro-kernel of that width), filters [f0, f1) of the       \
- * group. u: the group's U (fw_weights); ws: this thread's workspace         \
- * (winograd.pyx's buffer_sizes), aligned. */                                     \
-static TARGET void fw_item_##SUF(const fw_geometry *geo, const T *x_group,         \
-        const T *u_group, const T *bias, T *out_group, ptrdiff_t t0, ptrdiff_t nt, \
-        ptrdiff_t pw, ptrdiff_t f0, ptrdiff_t f1,                                  \
+/* V of one panel: the input tiles of tiles [t0, t0 + nt) of the batch     \
+ * (a micro-panel pw wide), channels [c0, c1) of the group, transformed into   \
+ * v + xi*Cg*pw + c*pw (the micro-kernel's B, ldb = pw). ws: 72*pw. */        \
+static TARGET void fw_panel_input_##SUF(const fw_geometry *geo, const T *x_group, \
+        ptrdiff_t t0, ptrdiff_t nt, ptrdiff_t pw, ptrdiff_t c0, ptrdiff_t c1, T *v, \
+        T *ws)                                                                     \
+{                                                                                  \
+    ptrdiff_t off[FW_MAX_NR], row[FW_MAX_NR], col[FW_MAX_NR], yoff[FW_MAX_NR];     \
+    ptrdiff_t yrows[FW_MAX_NR], ycols[FW_MAX_NR];                                  \
+    unsigned char inside[FW_MAX_NR];                                               \
+    ptrdiff_t c;                                                                   \
+    fw_tile_lanes(geo, t0, nt, geo->ys_n, geo->ys_h, geo->ys_w, off, row, col, inside, \
+                  yoff, yrows, ycols);                                             \
+    for (c = c0; c < c1; c++)                                                      \
+        fw_input_##SUF(geo, x_group + c * geo->xs_c, off, row, col, inside, nt, pw, \
+                       ws, ws + FW_POINTS * pw, v + c * pw, geo->Cg * pw);         \
+}                                                                                  \
+                                                                                   \
+/* The GEMMs and the output of one panel (tiles [t0, t0 + nt), pw wide, its V  \
+ * at v) for filters [f0, f1) of the group (f0 a multiple of MR), KB filters  \
+ * at a time: M[xi] = U[xi] @ V[xi] (filter f's row of point xi at             \
+ * u + xi*u_point + (f - f0)*Cg, rows zero up to a multiple of MR), then      \
+ * A^T M A of each filter's tiles plus its bias, stored into out (tiles cut at \
+ * the bottom and right edges). ws: 36*kb*pw + 52*pw. */                       \
+static TARGET void fw_panel_output_##SUF(const fw_geometry *geo, const T *u,       \
+        ptrdiff_t u_point, const T *v, const T *bias, T *out_group, ptrdiff_t t0,  \
+        ptrdiff_t nt, ptrdiff_t pw, ptrdiff_t f0, ptrdiff_t f1,                    \
         void (*ukr)(ptrdiff_t, const T *, ptrdiff_t, const T *, ptrdiff_t, T *,   \
                     ptrdiff_t, int, const T *), T *ws)                            \
 {                                                                                  \
@@ -294,21 +345,16 @@ static TARGET void fw_item_##SUF(const fw_geometry *geo, const T *x_group,      
     unsigned char inside[FW_MAX_NR];                                               \
     const ptrdiff_t Cg = geo->Cg, mr = geo->mr, kb = geo->kb;                      \
     const ptrdiff_t v_step = Cg * pw, m_step = kb * pw;                            \
-    const ptrdiff_t u_point = geo->kpanels * mr * Cg;                              \
-    T *v = ws, *mbuf = v + FW_POINTS * v_step;                                     \
-    T *d = mbuf + FW_POINTS * m_step, *tmp = d + FW_POINTS * pw, *y = tmp + FW_POINTS * pw; \
-    ptrdiff_t l, c, b0, b1, xi, p, f, i, j;                                        \
+    T *mbuf = ws, *tmp = mbuf + FW_POINTS * m_step, *y = tmp + FW_POINTS * pw;     \
+    ptrdiff_t l, b0, b1, xi, p, f, i, j;                                           \
     fw_tile_lanes(geo, t0, nt, geo->ys_n, geo->ys_h, geo->ys_w, off, row, col, inside, \
                   yoff, yrows, ycols);                                             \
-    for (c = 0; c < Cg; c++)                                                       \
-        fw_input_##SUF(geo, x_group + c * geo->xs_c, off, row, col, inside, nt, pw, \
-                       d, tmp, v + c * pw, v_step);                                \
     for (b0 = f0; b0 < f1; b0 += kb) {                                             \
         b1 = b0 + kb < f1 ? b0 + kb : f1;                                          \
         for (xi = 0; xi < FW_POINTS; xi++)                                         \
-            for (p = b0 / mr; p * mr < b1; p++)                                    \
-                ukr(Cg, u_group + xi * u_point + p * mr * Cg, Cg, v + xi * v_step, pw, \
-                    mbuf + xi * m_step + (p * mr - b0) * pw, pw, 1, NULL);          \
+            for (p = b0; p < b1; p += mr)                                          \
+                ukr(Cg, u + xi * u_point + (p - f0) * Cg, Cg, v + xi * v_step, pw, \
+                    mbuf + xi * m_step + (p - b0) * pw, pw, 1, NULL);              \
         for (f = b0; f < b1; f++) {                                                \
             T *dst = out_group + f * geo->ys_k, beta = bias ? bias[f] : (T)0;      \
             fw_output_##SUF(mbuf + (f - b0) * pw, m_step, pw, tmp, y);             \
@@ -318,6 +364,59 @@ static TARGET void fw_item_##SUF(const fw_geometry *geo, const T *x_group,      
                         dst[yoff[l] + i * geo->ys_h + j * geo->ys_w] =                     \
                             y[(i * FW_M + j) * pw + l] + beta;                             \
         }                                                                          \
+    }                                                                              \
+}                                                                                  \
+                                                                                   \
+/* One work item of the weights-kept order: group grp, tiles [t0, t0 + nt) of  \
+ * the batch in a micro-panel pw wide (ukr: the micro-kernel of that width),    \
+ * filters [f0, f1) of the group: its V, then its GEMMs and output. u: the    \
+ * group's U (fw_weights, MR-padded rows of kpanels*MR filters); ws: this      \
+ * thread's workspace (winograd.pyx's buffer_sizes), aligned. */              \
+static TARGET void fw_item_##SUF(const fw_geometry *geo, const T *x_group,         \
+        const T *u_group, const T *bias, T *out_group, ptrdiff_t t0, ptrdiff_t nt, \
+        ptrdiff_t pw, ptrdiff_t f0, ptrdiff_t f1,                                  \
+        void (*ukr)(ptrdiff_t, const T *, ptrdiff_t, const T *, ptrdiff_t, T *,   \
+                    ptrdiff_t, int, const T *), T *ws)                            \
+{                                                                                  \
+    T *v = ws, *rest = v + FW_POINTS * geo->Cg * pw;                               \
+    fw_panel_input_##SUF(geo, x_group, t0, nt, pw, 0, geo->Cg, v, rest);           \
+    fw_panel_output_##SUF(geo, u_group + f0 * geo->Cg, geo->kpanels * geo->mr * geo->Cg, \
+                          v, bias, out_group, t0, nt, pw, f0, f1, ukr, rest);      \
+}                                                                                  \
+                                                                                   \
+/* One work item of the input-kept order: filters [f0, f1) of a group (at most \
+ * KB, f0 a multiple of MR; filter f's weights at w_group + f*filter_step, as   \
+ * fw_weights reads them) against every panel of the batch's tiles, whose V   \
+ * the threads wrote before (panel p's at v_group + p*36*Cg*NR): the filters'  \
+ * U into this thread's workspace (36 x KB x Cg: in its caches, not in memory, \
+ * where the weights-kept order writes all of U and reads it again per panel), \
+ * then each panel's GEMMs and output. ukr: the micro-kernel of width nr;     \
+ * ukr_last: of the last panel's width pw_last. */                            \
+static TARGET void fw_filters_item_##SUF(const fw_geometry *geo, const T *w_group,  \
+        ptrdiff_t filter_step, ptrdiff_t channel_step, int flip, const T *v_group,  \
+        const T *bias, T *out_group, ptrdiff_t f0, ptrdiff_t f1, ptrdiff_t nr,     \
+        ptrdiff_t pw_last,                                                         \
+        void (*ukr)(ptrdiff_t, const T *, ptrdiff_t, const T *, ptrdiff_t, T *,   \
+                    ptrdiff_t, int, const T *),                                    \
+        void (*ukr_last)(ptrdiff_t, const T *, ptrdiff_t, const T *, ptrdiff_t, T *, \
+                         ptrdiff_t, int, const T *), T *ws)                        \
+{                                                                                  \
+    const ptrdiff_t Cg = geo->Cg, kb = geo->kb, m = f1 - f0;                       \
+    const ptrdiff_t rows = (m + geo->mr - 1) / geo->mr * geo->mr;                  \
+    const ptrdiff_t u_point = kb * Cg;                                             \
+    T *u = ws, *rest = u + FW_POINTS * u_point;                                    \
+    ptrdiff_t t0, xi;                                                              \
+    fw_weights_##SUF(w_group + f0 * filter_step, filter_step, channel_step, m, Cg,  \
+                     flip, u, u_point, rest);                                      \
+    if (rows > m) /* the filters that pad the last MR rows: zeros */               \
+        for (xi = 0; xi < FW_POINTS; xi++)                                         \
+            memset(u + xi * u_point + m * Cg, 0, (size_t)((rows - m) * Cg) * sizeof(T)); \
+    for (t0 = 0; t0 < geo->tiles; t0 += nr) {                                      \
+        const ptrdiff_t nt = geo->tiles - t0 < nr ? geo->tiles - t0 : nr;          \
+        const int last = t0 + nr >= geo->tiles;                                    \
+        fw_panel_output_##SUF(geo, u, u_point, v_group + t0 / nr * FW_POINTS * Cg * nr, \
+                              bias, out_group, t0, nt, last ? pw_last : nr, f0, f1,  \
+                              last ? ukr_last : ukr, rest);                        \
     }                                                                              \
 }                                                                                  \
                                                                                    \
@@ -437,10 +536,22 @@ typedef void (*fw_wgrad_item_f64_t)(const fw_geometry *, const double *, const d
                                     ptrdiff_t, ptrdiff_t, ptrdiff_t, double *, ptrdiff_t,
                                     ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                                     ptrdiff_t, int, int, fc_ukr_f64_t, double *);
-typedef void (*fw_weights_f32_t)(const float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, float *,
-                                 ptrdiff_t, float *);
-typedef void (*fw_weights_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, double *,
-                                 ptrdiff_t, double *);
+typedef void (*fw_weights_f32_t)(const float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int,
+                                 float *, ptrdiff_t, float *);
+typedef void (*fw_weights_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int,
+                                 double *, ptrdiff_t, double *);
+typedef void (*fw_panel_input_f32_t)(const fw_geometry *, const float *, ptrdiff_t, ptrdiff_t,
+                                     ptrdiff_t, ptrdiff_t, ptrdiff_t, float *, float *);
+typedef void (*fw_panel_input_f64_t)(const fw_geometry *, const double *, ptrdiff_t, ptrdiff_t,
+                                     ptrdiff_t, ptrdiff_t, ptrdiff_t, double *, double *);
+typedef void (*fw_filters_item_f32_t)(const fw_geometry *, const float *, ptrdiff_t, ptrdiff_t,
+                                      int, const float *, const float *, float *, ptrdiff_t,
+                                      ptrdiff_t, ptrdiff_t, ptrdiff_t, fc_ukr_f32_t,
+                                      fc_ukr_f32_t, float *);
+typedef void (*fw_filters_item_f64_t)(const fw_geometry *, const double *, ptrdiff_t, ptrdiff_t,
+                                      int, const double *, const double *, double *, ptrdiff_t,
+                                      ptrdiff_t, ptrdiff_t, ptrdiff_t, fc_ukr_f64_t,
+                                      fc_ukr_f64_t, double *);
 
 static inline fw_item_f32_t fw_item_f32(int isa)
 {
@@ -500,6 +611,46 @@ static inline fw_weights_f64_t fw_weights_f64(int isa)
 #endif
     (void)isa;
     return fw_weights_generic_f64;
+}
+
+static inline fw_panel_input_f32_t fw_panel_input_f32(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fw_panel_input_avx512_f32;
+    if (isa == FC_ISA_AVX2) return fw_panel_input_avx2_f32;
+#endif
+    (void)isa;
+    return fw_panel_input_generic_f32;
+}
+
+static inline fw_panel_input_f64_t fw_panel_input_f64(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fw_panel_input_avx512_f64;
+    if (isa == FC_ISA_AVX2) return fw_panel_input_avx2_f64;
+#endif
+    (void)isa;
+    return fw_panel_input_generic_f64;
+}
+
+static inline fw_filters_item_f32_t fw_filters_item_f32(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fw_filters_item_avx512_f32;
+    if (isa == FC_ISA_AVX2) return fw_filters_item_avx2_f32;
+#endif
+    (void)isa;
+    return fw_filters_item_generic_f32;
+}
+
+static inline fw_filters_item_f64_t fw_filters_item_f64(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fw_filters_item_avx512_f64;
+    if (isa == FC_ISA_AVX2) return fw_filters_item_avx2_f64;
+#endif
+    (void)isa;
+    return fw_filters_item_generic_f64;
 }
 
 #endif /* FASTCONV_WINOGRAD_H */

@@ -15,7 +15,7 @@
 #       its tiles' input again).
 #   per thread workspace: V (36 x Cg x NR), M (36 x KB x NR), the gathered
 #       tiles and the transforms' scratch (2 x 36 x NR + 16 x NR); before
-#       the items, the weight transform's scratch (27 x Cg).
+#       the items, the weight transform's scratch (~90 x Cg).
 #
 # ISA codes as the fused lowering's (_fused_kernels.h): 0 generic, 1 avx2,
 # 2 avx512.
@@ -64,10 +64,29 @@ cdef extern from "_winograd.h" nogil:
     fw_wgrad_item_f64_t fw_wgrad_item_f64(int isa)
     fc_ukr_f32_t fc_ukr_f32(int isa)
     fc_ukr_f64_t fc_ukr_f64(int isa)
-    ctypedef void (*fw_weights_f32_t)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t, int,
-                                      float *, Py_ssize_t, float *) noexcept nogil
-    ctypedef void (*fw_weights_f64_t)(const double *, Py_ssize_t, Py_ssize_t, Py_ssize_t, int,
-                                      double *, Py_ssize_t, double *) noexcept nogil
+    ctypedef void (*fw_weights_f32_t)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                      Py_ssize_t, int, float *, Py_ssize_t, float *) noexcept nogil
+    ctypedef void (*fw_weights_f64_t)(const double *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                      Py_ssize_t, int, double *, Py_ssize_t, double *) noexcept nogil
+    ctypedef void (*fw_panel_input_f32_t)(const fw_geometry *, const float *, Py_ssize_t,
+                                          Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float *,
+                                          float *) noexcept nogil
+    ctypedef void (*fw_panel_input_f64_t)(const fw_geometry *, const double *, Py_ssize_t,
+                                          Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                          double *, double *) noexcept nogil
+    ctypedef void (*fw_filters_item_f32_t)(const fw_geometry *, const float *, Py_ssize_t,
+                                           Py_ssize_t, int, const float *, const float *, float *,
+                                           Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                           fc_ukr_f32_t, fc_ukr_f32_t, float *) noexcept nogil
+    ctypedef void (*fw_filters_item_f64_t)(const fw_geometry *, const double *, Py_ssize_t,
+                                           Py_ssize_t, int, const double *, const double *,
+                                           double *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                           Py_ssize_t, fc_ukr_f64_t, fc_ukr_f64_t,
+                                           double *) noexcept nogil
+    fw_panel_input_f32_t fw_panel_input_f32(int isa)
+    fw_panel_input_f64_t fw_panel_input_f64(int isa)
+    fw_filters_item_f32_t fw_filters_item_f32(int isa)
+    fw_filters_item_f64_t fw_filters_item_f64(int isa)
     int fc_mr(int isa, int is_double)
     int fc_nr(int isa, int is_double)
     fc_ukr_f32_t fc_ukr_width_f32(int isa, Py_ssize_t pw)
@@ -77,7 +96,7 @@ cdef extern from "_winograd.h" nogil:
     fw_weights_f32_t fw_weights_f32(int isa)
     fw_weights_f64_t fw_weights_f64(int isa)
     enum:
-        FW_M, FW_A, FW_POINTS, FW_MAX_NR
+        FW_M, FW_A, FW_POINTS, FW_MAX_NR, FW_WEIGHT_BLOCK, FW_TAPS_PAD
 
 
 TILE = FW_M            # outputs per tile side
@@ -113,12 +132,18 @@ def tiles(Ho, Wo):
     return -(-Ho // FW_M), -(-Wo // FW_M)
 
 
-def buffer_sizes(K, C, groups, dtype, isa=None):
-    """(packed_weight_elems, per_thread_workspace_elems) for K filters and C
-    input channels in `groups` groups, with alignment slack.
+def buffer_sizes(K, C, groups, dtype, isa=None, tiles=None):
+    """(kept_elems, per_thread_workspace_elems) for K filters and C input
+    channels in `groups` groups, with alignment slack. tiles None: the
+    weights-kept order (kept: the transformed weights, 36 x K x C/groups);
+    else the input-kept order for that many tiles (kept: their transformed
+    input, 36 x C x the tiles in NR-wide panels).
 
-    >>> packed, per_thread = buffer_sizes(64, 64, 1, "float32", "generic")
-    >>> packed >= 36 * 64 * 64
+    >>> kept, per_thread = buffer_sizes(64, 64, 1, "float32", "generic")
+    >>> kept >= 36 * 64 * 64
+    True
+    >>> kept, per_thread = buffer_sizes(64, 64, 1, "float32", "generic", tiles=20)
+    >>> kept >= 36 * 64 * 20
     True
     """
     sizes = blocking(dtype, isa)
@@ -126,11 +151,15 @@ def buffer_sizes(K, C, groups, dtype, isa=None):
     itemsize = np.dtype(np.float64 if _dtype_is_double(dtype) else np.float32).itemsize
     slack = ALIGN_BYTES // itemsize
     kg, cg = K // groups, C // groups
-    packed = groups * FW_POINTS * _ceil_div(kg, mr) * mr * cg + slack
+    weights = 9 * FW_WEIGHT_BLOCK * (cg + FW_TAPS_PAD) + 18 * cg   # fw_weights' scratch
+    if tiles is not None:
+        kept = groups * _ceil_div(max(1, tiles), nr) * FW_POINTS * cg * nr + slack
+        gemms = FW_POINTS * (kb + 1) * nr + 16 * nr
+        return kept, FW_POINTS * kb * cg + max(weights, gemms, 2 * FW_POINTS * nr) + slack
+    kept = groups * FW_POINTS * _ceil_div(kg, mr) * mr * cg + slack
     items = FW_POINTS * (cg + kb + 2) * nr + FW_M * FW_M * nr
-    weights = 27 * cg   # fw_weights' scratch, before the items run
     per_thread = max(items, weights) + slack
-    return packed, per_thread
+    return kept, per_thread
 
 
 def chunk_count(Py_ssize_t items, Py_ssize_t kpanels, int num_threads):
@@ -184,9 +213,9 @@ cdef fw_geometry _geometry(x, Py_ssize_t K, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssi
     return geo
 
 
-def conv2d_winograd(x, weight, bias, out, packed_weight, workspace, Py_ssize_t pad_top,
+def conv2d_winograd(x, weight, bias, out, kept, workspace, Py_ssize_t pad_top,
                     Py_ssize_t pad_left, Py_ssize_t dil_h, Py_ssize_t dil_w, Py_ssize_t groups,
-                    bint flip, isa, int num_threads):
+                    bint flip, isa, int num_threads, keep_input=False, bint adjoint=False):
     """out (N, K, Ho, Wo; any strides) = the 3x3 stride-1 correlation of x
     (N, C, H, W; any strides), dilated by (dil_h, dil_w), with weight
     (K, C/groups*9), C-contiguous, plus bias (K,) (length 0: no bias), by
@@ -194,43 +223,60 @@ def conv2d_winograd(x, weight, bias, out, packed_weight, workspace, Py_ssize_t p
     convolution). Padding: pad_top, pad_left zeros before the image; the
     output's size says the rest. All arrays of one dtype, float32 or float64.
 
+    adjoint: weight is instead (C, K/groups*9), the weights of the layer
+    whose input gradient this forward pass computes; filter k of group g is
+    their column block k of rows g*C/groups ..., read in place (no
+    transposed copy).
+
+    keep_input False (the weights-kept order): the weights are transformed
+    once into `kept`, then the items are (group, panel of tiles, chunk of
+    filters). True (the input-kept order, for few tiles: ResNet-50 5b_3x3
+    has 32 against 2.4 M weights): the input is transformed once into
+    `kept`, then the items are (group, block of KB filters), each
+    transforming its filters' weights in its own workspace, where they stay
+    in cache, and running them against every panel of tiles.
+
     A dilated convolution is dil_h x dil_w undilated ones: output rows
     oh = d*i + p read input rows d*(i + r + s) + q (q, s from p and the
     padding), so each phase p of the output is the undilated convolution of
-    one phase q of the input, both strided views; the weights are
-    transformed once, for the first.
+    one phase q of the input, both strided views; in the weights-kept order
+    the weights are transformed once, for the first.
 
-    packed_weight, workspace: >= buffer_sizes(...) elements (workspace:
-    (>= num_threads, per thread)); overwritten. isa: as conv2d_fused's.
+    kept, workspace: >= buffer_sizes(..., tiles=None or the most tiles of a
+    phase) elements (workspace: (>= num_threads, per thread)); overwritten.
+    isa: as conv2d_fused's.
 
     >>> import numpy as np
     >>> x = np.arange(2 * 6 * 6, dtype=np.float64).reshape(1, 2, 6, 6)
     >>> w = np.ones((1, 2 * 9))
     >>> out = np.empty((1, 1, 4, 4))
-    >>> packed, per_thread = buffer_sizes(1, 2, 1, np.float64, "generic")
-    >>> conv2d_winograd(x, w, np.zeros(0), out, np.empty(packed),
+    >>> kept, per_thread = buffer_sizes(1, 2, 1, np.float64, "generic")
+    >>> conv2d_winograd(x, w, np.zeros(0), out, np.empty(kept),
     ...                 np.empty((1, per_thread)), 0, 0, 1, 1, 1, False, "generic", 1)
     >>> float(out[0, 0, 0, 0]) == float(x[0, :, :3, :3].sum())
     True
     """
-    packed = False
+    transformed = False
     for x_phase, out_phase, top, left in _phases(x, out, pad_top, pad_left, dil_h, dil_w):
-        packed |= _undilated(x_phase, weight, bias, out_phase, packed_weight, workspace, top,
-                             left, groups, flip, isa, num_threads, not packed)
+        transformed |= _undilated(x_phase, weight, bias, out_phase, kept, workspace, top,
+                                  left, groups, flip, isa, num_threads, bool(keep_input),
+                                  adjoint, not transformed)
 
 
 def _undilated(const floating[:, :, :, :] x,
                const floating[:, ::1] weight,
                const floating[::1] bias,
                floating[:, :, :, :] out,
-               floating[::1] packed_weight,
+               floating[::1] kept,
                floating[:, ::1] workspace,
                Py_ssize_t pad_top, Py_ssize_t pad_left,
-               Py_ssize_t groups, bint flip, isa, int num_threads, bint transform_weights):
-    """conv2d_winograd without dilation; transform_weights False: the
-    packed weights are already there. Returns whether it transformed them."""
+               Py_ssize_t groups, bint flip, isa, int num_threads, bint keep_input,
+               bint adjoint, bint transform_weights):
+    """conv2d_winograd without dilation; transform_weights False (the
+    weights-kept order): the kept weights are already there. Returns whether
+    it transformed the weights into `kept`."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t K = weight.shape[0], rows = weight.shape[1]
+    cdef Py_ssize_t K = out.shape[1], rows = weight.shape[1]
     cdef Py_ssize_t Ho = out.shape[2], Wo = out.shape[3]
     cdef int code = isa_code(isa)
     cdef int dbl = floating is double
@@ -238,26 +284,30 @@ def _undilated(const floating[:, :, :, :] x,
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     if groups < 1 or C % groups or K % groups:
         raise ValueError(f"groups={groups} must divide C={C} and K={K}")
-    if rows != C // groups * 9:
-        raise ValueError(f"weight has {rows} columns, expected C/groups*9 = {C // groups * 9}")
-    if out.shape[0] != N or out.shape[1] != K:
-        raise ValueError(f"out has shape {tuple(out.shape)}, expected ({N}, {K}, Ho, Wo)")
+    if out.shape[0] != N:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected ({N}, K, Ho, Wo)")
+    expected = (C, K // groups * 9) if adjoint else (K, C // groups * 9)
+    if (weight.shape[0], rows) != expected:
+        raise ValueError(f"weight has shape {(weight.shape[0], rows)}, expected {expected} = "
+                         + ("(C, K/groups*9)" if adjoint else "(K, C/groups*9)")
+                         + f" for C={C}, K={K}, groups={groups}")
     if bias.shape[0] not in (0, K):
         raise ValueError(f"bias has {bias.shape[0]} values, expected 0 or K={K}")
     if N == 0 or K == 0 or Ho == 0 or Wo == 0:
         return False
     dtype = np.float64 if dbl else np.float32
-    need = buffer_sizes(K, C, groups, dtype, code)
-    if (packed_weight.shape[0] < need[0] or workspace.shape[0] < num_threads
+    sizes = blocking(dtype, code)
+    tiles_h, tiles_w = tiles(Ho, Wo)
+    need = buffer_sizes(K, C, groups, dtype, code, N * tiles_h * tiles_w if keep_input else None)
+    if (kept.shape[0] < need[0] or workspace.shape[0] < num_threads
             or workspace.shape[1] < need[1]):
-        raise ValueError(f"buffers of {packed_weight.shape[0]} and ({workspace.shape[0]}, "
+        raise ValueError(f"buffers of {kept.shape[0]} and ({workspace.shape[0]}, "
                          f"{workspace.shape[1]}) elements, need {need[0]} and "
                          f"({num_threads}, {need[1]})")
     if C == 0 or H == 0 or W == 0:
         # nothing to sum (no channels, or a phase of a dilated input with no pixels)
         np.asarray(out)[...] = np.asarray(bias)[:, None, None] if bias.shape[0] else 0
         return False
-    sizes = blocking(dtype, code)
     cdef Py_ssize_t itemsize = sizeof(floating)
     cdef fw_geometry geo = _geometry(x, K, Ho, Wo, groups, pad_top, pad_left, sizes["MR"],
                                      itemsize)
@@ -265,35 +315,86 @@ def _undilated(const floating[:, :, :, :] x,
     geo.ys_h, geo.ys_w = out.strides[2] // itemsize, out.strides[3] // itemsize
     geo.kpanels = _ceil_div(geo.Kg, geo.mr)
     geo.kb = sizes["KB"]
+    # filter f of group g, channel c: w_group(g) + f*filter_step + c*channel_step
+    cdef Py_ssize_t filter_step = 9 if adjoint else rows
+    cdef Py_ssize_t channel_step = rows if adjoint else 9
+    cdef Py_ssize_t group_step = (geo.Cg if adjoint else geo.Kg) * rows
     cdef Py_ssize_t nr = sizes["NR"], lanes = _narrow_lanes(code, dbl)
     cdef Py_ssize_t panels = _ceil_div(geo.tiles, nr)
-    cdef Py_ssize_t chunks = chunk_count(groups * panels, geo.kpanels, num_threads)
-    cdef Py_ssize_t chunk = _ceil_div(geo.kpanels, chunks) * geo.mr
-    chunks = _ceil_div(geo.Kg, chunk)
-    cdef Py_ssize_t u_group = FW_POINTS * geo.kpanels * geo.Cg * geo.mr
-    cdef Py_ssize_t u_point = geo.kpanels * geo.Cg * geo.mr
+    cdef Py_ssize_t last_width = geo.tiles - (panels - 1) * nr
+    last_width = nr if lanes == 0 else min(nr, _round_up(last_width, lanes))
+    cdef Py_ssize_t chunks, chunk, u_group, u_point, weight_items, cblock, cblocks
+    cdef Py_ssize_t v_group = panels * FW_POINTS * geo.Cg * nr
     cdef const floating *x0 = &x[0, 0, 0, 0]
     cdef const floating *w0 = &weight[0, 0]
     cdef const floating *bias0 = &bias[0] if bias.shape[0] > 0 else NULL
-    cdef floating *packed = _aligned(&packed_weight[0])
+    cdef floating *kept0 = _aligned(&kept[0])
     cdef floating *out0 = &out[0, 0, 0, 0]
     cdef floating *ws
     cdef floating *panel
-    cdef Py_ssize_t item, g, p, t0, nt, pw, f0, f1, m, xi
-    cdef Py_ssize_t weight_items = groups * geo.kpanels if transform_weights else 0
+    cdef Py_ssize_t item, g, p, t0, nt, pw, f0, f1, m, xi, c0, c1
+    if keep_input:
+        # V of every panel (items: group, panel, block of channels), then the
+        # filter blocks; a block of KB filters is as large as M allows
+        cblocks = min(geo.Cg, _ceil_div(4 * num_threads, groups * panels))
+        cblock = _ceil_div(geo.Cg, cblocks)
+        cblocks = _ceil_div(geo.Cg, cblock)
+        chunks = _ceil_div(geo.Kg, geo.kb)
+        with nogil:
+            for item in prange(groups * panels * cblocks, schedule="dynamic",
+                               num_threads=num_threads):
+                g = item // (panels * cblocks)
+                p = (item // cblocks) % panels
+                c0 = item % cblocks * cblock
+                c1 = c0 + cblock if c0 + cblock < geo.Cg else geo.Cg
+                t0 = p * nr
+                nt = geo.tiles - t0 if geo.tiles - t0 < nr else nr
+                pw = last_width if p == panels - 1 else nr
+                ws = _aligned(&workspace[threadid(), 0])
+                panel = kept0 + g * v_group + p * FW_POINTS * geo.Cg * nr
+                if floating is float:
+                    fw_panel_input_f32(code)(&geo, x0 + g * geo.Cg * geo.xs_c, t0, nt, pw,
+                                             c0, c1, panel, ws)
+                else:
+                    fw_panel_input_f64(code)(&geo, x0 + g * geo.Cg * geo.xs_c, t0, nt, pw,
+                                             c0, c1, panel, ws)
+            for item in prange(groups * chunks, schedule="dynamic", num_threads=num_threads):
+                g = item // chunks
+                f0 = item % chunks * geo.kb
+                f1 = f0 + geo.kb if f0 + geo.kb < geo.Kg else geo.Kg
+                ws = _aligned(&workspace[threadid(), 0])
+                if floating is float:
+                    fw_filters_item_f32(code)(
+                        &geo, w0 + g * group_step, filter_step, channel_step, flip,
+                        kept0 + g * v_group, bias0 + g * geo.Kg if bias0 != NULL else NULL,
+                        out0 + g * geo.Kg * geo.ys_k, f0, f1, nr, last_width,
+                        fc_ukr_width_f32(code, nr), fc_ukr_width_f32(code, last_width), ws)
+                else:
+                    fw_filters_item_f64(code)(
+                        &geo, w0 + g * group_step, filter_step, channel_step, flip,
+                        kept0 + g * v_group, bias0 + g * geo.Kg if bias0 != NULL else NULL,
+                        out0 + g * geo.Kg * geo.ys_k, f0, f1, nr, last_width,
+                        fc_ukr_width_f64(code, nr), fc_ukr_width_f64(code, last_width), ws)
+        return False
+    chunks = chunk_count(groups * panels, geo.kpanels, num_threads)
+    chunk = _ceil_div(geo.kpanels, chunks) * geo.mr
+    chunks = _ceil_div(geo.Kg, chunk)
+    u_group = FW_POINTS * geo.kpanels * geo.Cg * geo.mr
+    u_point = geo.kpanels * geo.Cg * geo.mr
+    weight_items = groups * geo.kpanels if transform_weights else 0
     with nogil:
         for item in prange(weight_items, schedule="static", num_threads=num_threads):
             g = item // geo.kpanels
             p = item % geo.kpanels
             m = geo.Kg - p * geo.mr if geo.Kg - p * geo.mr < geo.mr else geo.mr
             ws = _aligned(&workspace[threadid(), 0])
-            panel = packed + g * u_group + p * geo.mr * geo.Cg
+            panel = kept0 + g * u_group + p * geo.mr * geo.Cg
             if floating is float:
-                fw_weights_f32(code)(w0 + (g * geo.Kg + p * geo.mr) * rows, rows, m, geo.Cg,
-                                     flip, panel, u_point, ws)
+                fw_weights_f32(code)(w0 + g * group_step + p * geo.mr * filter_step, filter_step,
+                                     channel_step, m, geo.Cg, flip, panel, u_point, ws)
             else:
-                fw_weights_f64(code)(w0 + (g * geo.Kg + p * geo.mr) * rows, rows, m, geo.Cg,
-                                     flip, panel, u_point, ws)
+                fw_weights_f64(code)(w0 + g * group_step + p * geo.mr * filter_step, filter_step,
+                                     channel_step, m, geo.Cg, flip, panel, u_point, ws)
             if m < geo.mr:
                 # the filters that pad the last panel: rows of zeros
                 for xi in range(FW_POINTS):
@@ -306,15 +407,15 @@ def _undilated(const floating[:, :, :, :] x,
             f1 = f0 + chunk if f0 + chunk < geo.Kg else geo.Kg
             t0 = p * nr
             nt = geo.tiles - t0 if geo.tiles - t0 < nr else nr
-            pw = nr if nt >= nr or lanes == 0 else _round_up(nt, lanes)
+            pw = last_width if p == panels - 1 else nr
             ws = _aligned(&workspace[threadid(), 0])
             if floating is float:
-                fw_item_f32(code)(&geo, x0 + g * geo.Cg * geo.xs_c, packed + g * u_group,
+                fw_item_f32(code)(&geo, x0 + g * geo.Cg * geo.xs_c, kept0 + g * u_group,
                                   bias0 + g * geo.Kg if bias0 != NULL else NULL,
                                   out0 + g * geo.Kg * geo.ys_k, t0, nt, pw, f0, f1,
                                   fc_ukr_width_f32(code, pw), ws)
             else:
-                fw_item_f64(code)(&geo, x0 + g * geo.Cg * geo.xs_c, packed + g * u_group,
+                fw_item_f64(code)(&geo, x0 + g * geo.Cg * geo.xs_c, kept0 + g * u_group,
                                   bias0 + g * geo.Kg if bias0 != NULL else NULL,
                                   out0 + g * geo.Kg * geo.ys_k, t0, nt, pw, f0, f1,
                                   fc_ukr_width_f64(code, pw), ws)
