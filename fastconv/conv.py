@@ -185,9 +185,14 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         input folds again, as ``np.pad``. Done by the index map while
         gathering, never by a padded copy; the gradients add what the
         padding read back into the elements it came from.
-    method : {"auto", "stretch", "mapped", "gemm1x1", "fused", "depthwise"}
+    method : {"auto", "stretch", "mapped", "gemm1x1", "fused", "depthwise", "direct", "winograd"}
         "stretch" builds each image's whole im2col matrix; "mapped" gathers
-        tiles of it through an index map; "auto" picks under the memory limit.
+        tiles of it through an index map; "gemm1x1" multiplies a 1x1 layer's
+        input in place; "fused" runs fastconv's own micro-kernels on panels
+        gathered through the index map; "depthwise" a sliding window (groups
+        == C); "direct" skips the padding's taps; "winograd" F(4x4, 3x3)
+        (3x3 stride-1 layers); "auto" picks the cheapest under the memory
+        limit (``ConvPlan.reason`` says why).
     memory_limit : int or str, optional
         Bound on the workspace (bytes, or "512MB", "1.5GiB"...).
     num_threads : int, optional
