@@ -529,7 +529,7 @@ def _kernel_geometry(kind, g):
 
 def _adjoint_operands(plan, ops):
     """(x, out, bias, geometry) of the input gradient run as its adjoint's
-    forward pass (fused, direct): the output gradient as the input, the
+    forward pass (fused, direct, winograd): the output gradient as the input, the
     input gradient as the output, each viewed as the forward kernel takes
     them, no bias, and the adjoint's geometry."""
     g = plan.geometry
@@ -1014,9 +1014,11 @@ class WinogradBlocking:
     each item (panel of tiles, chunk of filters) its tiles; True transforms
     the input once and each item (block of filters) its filters' weights, in
     its cache (the better order where the tiles are few and the weights many:
-    ResNet-50 5b_3x3, 32 tiles against 2.4 M weights)."""
+    ResNet-50 5b_3x3, 32 tiles against 2.4 M weights), filter_block of them
+    per item (winograd.filter_block, for the planned threads)."""
     isa: str
     keep_input: bool = False
+    filter_block: int = 0   # the input-kept order's filters per item
 
 
 def winograd_unsuitable(g):
@@ -1067,11 +1069,16 @@ class Winograd(Lowering):
         sizes = winograd.blocking(planner.dtype, isa)
         threads = planner.threads if _machine.openmp_enabled() else 1
         algorithm = "F(3x3, 4x4)" if self.kind == "weight_grad" else "F(4x4, 3x3)"
-        orders = (False,) if self.kind == "weight_grad" else (False, True)
-        plans = [planner.plan(self, WinogradBlocking(isa, keep_input), threads, 1,
+        blockings = [WinogradBlocking(isa)]
+        if self.kind != "weight_grad":
+            g = _kernel_geometry(self.kind, planner.g)
+            block = winograd.filter_block(g.K // g.groups, g.C // g.groups, g.groups,
+                                          planner.dtype, isa, threads)
+            blockings.append(WinogradBlocking(isa, True, block))
+        plans = [planner.plan(self, blocking, threads, 1,
                               f"Winograd {algorithm}: 36 GEMMs on the {isa} micro-kernel "
                               f"({sizes['MR']}x{sizes['NR']}), 4x fewer multiply-adds")
-                 for keep_input in orders]
+                 for blocking in blockings]
         plans = [plan for plan in plans if plan.workspace_bytes <= planner.limit]
         return min(plans, key=lambda plan: self.cost(plan, planner.tuning), default=None)
 
@@ -1091,7 +1098,10 @@ class Winograd(Lowering):
         mr, nr = sizes["MR"], sizes["NR"]
         kg, cg = g.K // g.groups, g.C // g.groups
         kpanels = -(-kg // mr)
-        filter_blocks = g.groups * -(-kg // sizes["KB"])
+        # the input-kept order's items: blocks of filters, dealt to the threads
+        filter_blocks = g.groups * -(-kg // max(1, b.filter_block))
+        threads = plan.kernel_threads
+        balance = threads * -(-filter_blocks // threads) / filter_blocks
         itemsize = np.dtype(plan.dtype).itemsize
 
         def reads(elements, kept):
@@ -1122,6 +1132,8 @@ class Winograd(Lowering):
                                + reads(kept_weights * panels, kept_weights))
         if not b.keep_input:
             transforms += tuning.winograd_weights * g.K * cg
+        else:
+            gemm *= balance   # (the input transform's items are many)
         return ((gemm + transforms) * tuning.winograd_factor
                 / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads))
 
@@ -1153,15 +1165,22 @@ class Winograd(Lowering):
             per_thread = winograd.weight_grad_buffer_size(g.C, g.groups, dtype, blocking.isa)
             return {"workspace": ((threads, per_thread), dtype)}
         g = _kernel_geometry(self.kind, g)
-        tiles = (max(n * int(np.prod(winograd.tiles(ho, wo))) for n, ho, wo in winograd_phases(g))
-                 if blocking.keep_input else None)
-        kept, per_thread = winograd.buffer_sizes(g.K, g.C, g.groups, dtype, blocking.isa, tiles)
+        tiles = (winograd.kept_tiles(g.N, g.Ho, g.Wo, *g.dilation) if blocking.keep_input
+                 else None)
+        kept, per_thread = winograd.buffer_sizes(g.K, g.C, g.groups, dtype, blocking.isa, tiles,
+                                                 blocking.filter_block or None)
         # (the input gradient's weights are read in place, transposed)
         return {"kept": ((kept,), dtype), "workspace": ((threads, per_thread), dtype)}
 
     def too_small(self, planner):
-        needed = buffer_bytes(self.buffers(planner.g, planner.dtype,
-                                           WinogradBlocking(fused_isa(planner.tuning.isa)), 1))
+        from fastconv._kernels import winograd
+        isa = fused_isa(planner.tuning.isa)
+        blockings = [WinogradBlocking(isa)]
+        if self.kind != "weight_grad":
+            mr = winograd.blocking(planner.dtype, isa)["MR"]
+            blockings.append(WinogradBlocking(isa, True, mr))
+        needed = min(buffer_bytes(self.buffers(planner.g, planner.dtype, blocking, 1))
+                     for blocking in blockings)
         held = ("one thread's tiles" if self.kind == "weight_grad"
                 else "transformed weights or input, one thread's tiles")
         return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "
@@ -1206,7 +1225,8 @@ class Winograd(Lowering):
                                  bufs["kept"], bufs["workspace"], pad_top, pad_left,
                                  *g.dilation, g.groups, flip, plan.blocking.isa, threads,
                                  keep_input=plan.blocking.keep_input,
-                                 adjoint=self.kind == "input_grad")
+                                 adjoint=self.kind == "input_grad",
+                                 block=plan.blocking.filter_block)
 
 
 # --------------------------------------------------------------------------

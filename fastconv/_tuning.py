@@ -102,7 +102,8 @@ class Tuning:
     # model per element: input per channel and tile (a 6x6 gather, 12 lane
     # transforms), output per filter and tile, weights per filter and
     # channel, and per element of the transformed weights read again for
-    # each panel of tiles (from L3 on deep layers); winograd_factor scales
+    # each panel of tiles (from memory: see winograd_cached_reads below for
+    # what fits in the cache); winograd_factor scales
     # the whole to the other entries' measured time. Set from the kernel's
     # times (fp32, 2 threads, one process) on ResNet-50's and VGG-16's 3x3
     # layers against direct and fused (see README).

@@ -82,8 +82,8 @@ def test_choice_rules():
     assert fastconv.plan_conv2d((1, 1024, 14, 14), (256, 1024, 1, 1)).method == "gemm1x1"
     assert fastconv.plan_conv2d((1, 2048, 7, 7), (512, 2048, 1, 1)).method == "gemm1x1"
     # the direct convolution where the padding is a large share of the taps
-    # (5x5 on 7x7 maps: 35 %, which it skips), not where it is small (56x56:
-    # 7 %); 3x3 stride-1 layers go to Winograd (test_winograd_kernel), and
+    # (5x5 on 7x7 maps: 31 %, which it skips), not where it is small (56x56:
+    # 4 %); 3x3 stride-1 layers go to Winograd (test_winograd_kernel), and
     # without padding 7x7 maps to fused
     assert fastconv.plan_conv2d((8, 512, 7, 7), (512, 512, 5, 5), padding=2).method == "direct"
     assert fastconv.plan_conv2d((8, 512, 56, 56), (512, 512, 5, 5), padding=2).method != "direct"

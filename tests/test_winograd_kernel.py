@@ -6,8 +6,11 @@ mid-tile, filter counts around MR and past a block of M, several chunks of
 filters, every zero-padding form up to 2 a side (and outputs that read only
 padding), groups, flip, bias, odd input strides and views, 1 to 3 threads;
 the input gradient (its adjoint's forward pass) and the weight gradient
-(F(3x3, 4x4)); dilation (one undilated convolution per phase); what it
-refuses."""
+(F(3x3, 4x4)); dilation (one undilated convolution per phase); both
+orders of the work (weights kept, input kept) and the input gradient's
+weights read in place; what it refuses."""
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -26,10 +29,11 @@ DTYPES = [np.float32, np.float64]
 
 
 def run_winograd(x, w, b, *, padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1, flip=False,
-                 isa="generic", threads=1, keep_input=False, adjoint=False):
+                 isa="generic", threads=1, keep_input=False, adjoint=False, block=0):
     """conv2d_winograd on NCHW x and (K, C/groups, 3, 3) w, with NaN-filled
     buffers and output (every element the kernel reads or returns must have
-    been written by it), in either order (keep_input); adjoint: w handed
+    been written by it), in either order (keep_input; block: its filters per
+    item, 0 for filter_block's); adjoint: w handed
     over as the weights of the layer whose input gradient this is (C,
     K/groups*9), as the input gradient reads them. Returns out as (N, K,
     Ho, Wo)."""
@@ -37,10 +41,10 @@ def run_winograd(x, w, b, *, padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1
     N, C, H, W = x.shape
     K = w.shape[0]
     Ho, Wo = out_size(H, padding[0], dilation[0], 3, 1), out_size(W, padding[1], dilation[1], 3, 1)
-    # the most tiles of a dilation phase: the first phase's
-    tiles = N * int(np.prod(winograd.tiles(-(-Ho // dilation[0]), -(-Wo // dilation[1]))))
-    n_kept, per_thread = winograd.buffer_sizes(K, C, groups, dtype, isa,
-                                               tiles if keep_input else None)
+    block = block or winograd.filter_block(K // groups, C // groups, groups, dtype, isa, threads)
+    n_kept, per_thread = winograd.buffer_sizes(
+        K, C, groups, dtype, isa, winograd.kept_tiles(N, Ho, Wo, *dilation) if keep_input else None,
+        block if keep_input else None)
     kept = np.full(n_kept, np.nan, dtype)
     workspace = np.full((threads, per_thread), np.nan, dtype)
     out = np.full((N, K, Ho, Wo), np.nan, dtype)
@@ -51,7 +55,7 @@ def run_winograd(x, w, b, *, padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1
                                       .transpose(0, 2, 1, 3).reshape(C, K // groups * 9))
     winograd.conv2d_winograd(x, weight, bias, out, kept, workspace, padding[0][0],
                              padding[1][0], *dilation, groups, flip, isa, threads,
-                             keep_input=keep_input, adjoint=adjoint)
+                             keep_input=keep_input, adjoint=adjoint, block=block)
     return out
 
 
@@ -111,19 +115,25 @@ def test_layer_sized(isa, dtype, threads, keep_input):
     sizes = winograd.blocking(dtype, isa)
     rng = np.random.default_rng(3)
     few = 2 * (sizes["KB"] + sizes["MR"] + 3)
-    for n, size, k in ((1, 7, few), (7, 14, 2 * (sizes["MR"] + 1))):
+    # the input-kept order's blocks: the planned ones, and MR (several
+    # blocks, the last partial, against several panels)
+    blocks = (0, sizes["MR"]) if keep_input else (0,)
+    for n, size, k in ((1, 7, few), (7, 14, 2 * (sizes["MR"] + 1)), (7, 14, few)):
         x = rng.standard_normal((n, 2 * 37, size, size)).astype(dtype)
         w = rng.standard_normal((k, 37, 3, 3)).astype(dtype)
         b = rng.standard_normal(k).astype(dtype)
         conv = dict(padding=((1, 1), (1, 1)), groups=2)
         for adjoint in (False, True):
-            assert_close(run_winograd(x, w, b, isa=isa, threads=threads, keep_input=keep_input,
-                                      adjoint=adjoint, **conv),
-                         conv2d_reference(x, w, b, **conv), dtype)
+            for block in blocks:
+                assert_close(run_winograd(x, w, b, isa=isa, threads=threads,
+                                          keep_input=keep_input, adjoint=adjoint, block=block,
+                                          **conv),
+                             conv2d_reference(x, w, b, **conv), dtype)
     # the first shape really is split: fewer items than 4 a thread
     panels = -(-int(np.prod(winograd.tiles(7, 7))) // sizes["NR"])
     assert winograd.chunk_count(2 * panels, -(-(few // 2) // sizes["MR"]), threads) > 1
-    assert few // 2 > sizes["KB"]
+    # and the last has several panels of tiles (7 images of 16) for blocks of MR
+    assert 7 * 16 > sizes["NR"] and few // 2 > sizes["MR"]
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -183,11 +193,23 @@ def test_rejects_small_buffers_and_bad_arguments():
     with pytest.raises(ValueError, match="dilation"):
         winograd.conv2d_winograd(x, w, none, out, packed, ws, 0, 0, 0, 1, 1, False, "generic", 1)
     # the input-kept order keeps 36 x C x NR-wide panels: more than these
-    kept_input, _ = winograd.buffer_sizes(3, 2, 1, np.float32, "generic", tiles=1)
+    kept_input, per_thread_input = winograd.buffer_sizes(3, 2, 1, np.float32, "generic",
+                                                         tiles=1, block=4)
     assert kept_input > n_packed
     with pytest.raises(ValueError, match="buffers"):
         winograd.conv2d_winograd(x, w, none, out, packed, ws, 0, 0, 1, 1, 1, False, "generic", 1,
-                                 keep_input=True)
+                                 keep_input=True, block=4)
+    # ... and its workspace holds a block's transformed weights
+    big = np.empty(kept_input, np.float32)
+    with pytest.raises(ValueError, match="buffers"):
+        winograd.conv2d_winograd(x, w, none, out, big, np.empty((1, per_thread_input - 1),
+                                 np.float32), 0, 0, 1, 1, 1, False, "generic", 1,
+                                 keep_input=True, block=4)
+    winograd.conv2d_winograd(x, w, none, out, big, np.empty((1, per_thread_input), np.float32),
+                             0, 0, 1, 1, 1, False, "generic", 1, keep_input=True, block=4)
+    assert_close(out, conv2d_reference(x, w.reshape(3, 2, 3, 3)), np.float32)
+    with pytest.raises(ValueError, match="multiple of MR"):
+        winograd.buffer_sizes(3, 2, 1, np.float32, "generic", tiles=1, block=6)
     # the input gradient's weights: (C, K/groups*9) = (2, 27), not (3, 18)
     with pytest.raises(ValueError, match="C, K/groups\\*9"):
         winograd.conv2d_winograd(x, w, none, out, packed, ws, 0, 0, 1, 1, 1, False, "generic", 1,
@@ -327,6 +349,32 @@ def test_what_it_refuses():
             fastconv.plan_conv2d(x.shape, weight, method="winograd", **kw)
     with pytest.raises(ValueError, match="3x3 kernels only"):
         fastconv.conv1d(np.ones((1, 2, 9)), np.ones((2, 2, 3)), method="winograd")
+
+
+@pytest.mark.parametrize("keep_input", [False, True])
+@pytest.mark.parametrize("kind", ["forward", "input_grad"])
+def test_both_orders_through_the_front_end(keep_input, kind):
+    # a plan of each order (as the planner would make it: its blocking,
+    # buffers sized over the dilation phases) run by the front end, groups,
+    # dilation, flip and a strided view, against the reference
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 12, 15, 13))[:, :, ::-1, :]
+    w = rng.standard_normal((21, 4, 3, 3))
+    conv = dict(padding=((2, 1), (1, 2)), dilation=(2, 1), groups=3, flip=True)
+    plan = fastconv.plan_conv2d(x.shape, w.shape, np.float64, method="winograd", kind=kind,
+                                **conv)
+    if plan.blocking.keep_input != keep_input:
+        sizes = winograd.blocking(np.float64, plan.blocking.isa)
+        blocking = dataclasses.replace(plan.blocking, keep_input=keep_input,
+                                       filter_block=sizes["MR"] if keep_input else 0)
+        plan = dataclasses.replace(plan, blocking=blocking)
+    y = conv2d_reference(x, w, **conv)
+    if kind == "forward":
+        assert_close(plan.execute(x, w), y, np.float64)
+    else:
+        g = rng.standard_normal(y.shape)
+        assert_close(plan.execute(w, g), conv2d_input_grad_reference(x.shape, w, g, **conv),
+                     np.float64)
 
 
 def test_planner_weighs_it():

@@ -13,7 +13,7 @@
  *     M[xi] (filters x tiles) = U[xi] (filters x channels) @ V[xi] (channels x tiles)
  *
  * which run on the fused lowering's micro-kernels (_fused_*.h): U
- * transformed once per call into filter rows of Cg values per point, read
+ * transformed into filter rows of Cg values per point, read
  * in place as the micro-kernel's A (lda = Cg; writing it as packed MR-row
  * panels scattered each filter's values over 36 points and cost more than
  * the in-place reads), V written by the input transform straight into the
@@ -21,15 +21,24 @@
  * pass), M a stack of MR x PW tiles. The output may have any strides (a
  * dilated convolution's phases are strided views).
  *
- * A work item is (group, micro-panel of PW <= NR consecutive tiles of the
+ * The work runs in one of two orders (winograd.pyx picks by the plan):
+ *
+ * weights kept (fw_item): U of every filter transformed once per call; a
+ * work item is (group, micro-panel of PW <= NR consecutive tiles of the
  * batch, chunk of filters):
  *   1. gather each channel's 6x6 input tiles (zero padding by bounds
  *      checks; the interior ones without) into d[36][PW], transform (lanes
  *      = tiles, so each row of the transform is one vector operation) into
- *      V[xi][c][PW];
+ *      V[xi][c][PW] (fw_panel_input);
  *   2. per block of KB filters (M's 36 x KB x PW in L2): the 36 GEMMs, then
  *      the output transform of each filter's tiles, the bias added, stored
- *      into out (tiles cut at the bottom and right edges).
+ *      into out (tiles cut at the bottom and right edges) (fw_panel_output).
+ *
+ * input kept (fw_filters_item; few tiles against many weights): V of every
+ * panel transformed once per call (fw_panel_input, items of channels); a
+ * work item is a block of filters, which transforms its own U into the
+ * thread's workspace (36 x block x Cg: ~2 MB, in L2 and L3, never all of
+ * U in memory) and runs step 2 for every panel.
  *
  * The transforms are loops over lanes in vectors of the ISA's width (GCC /
  * Clang vector extensions, compiled with the target attribute of the fused
@@ -225,7 +234,8 @@ FW_LANE_FUNCTION(gt, SUF, T, TARGET, VT, VL, FW_BODY_GT)                        
 /* U = G g G^T of filter rows: for each of m filters (filter i's channel c's \
  * 9 taps at g + i*filter_step + c*channel_step, reversed if flip) over n     \
  * channels, row i of each point's matrix (point xi at u + xi*point_step, rows \
- * n apart: the micro-kernel reads MR of them in place, lda = n). The forward  \
+ * n apart: the micro-kernel reads MR of them in place, lda = n), and rows   \
+ * m .. rows-1 zero (the filters that pad the last MR rows). The forward      \
  * pass's filters are rows of the weights (filter_step = Cg*9, channel_step   \
  * = 9); the input gradient's (the adjoint's) are its columns, read in place  \
  * (filter_step = 9, channel_step = Cg*9 of the original weights), so no     \
@@ -237,7 +247,7 @@ FW_LANE_FUNCTION(gt, SUF, T, TARGET, VT, VL, FW_BODY_GT)                        
  * for every filter. tmp: 9*FW_WEIGHT_BLOCK*(n + FW_TAPS_PAD) + 18*n. */                       \
 static TARGET void fw_weights_##SUF(const T *g, ptrdiff_t filter_step,          \
                                     ptrdiff_t channel_step, ptrdiff_t m,           \
-                                    ptrdiff_t n, int flip, T *u,                   \
+                                    ptrdiff_t rows, ptrdiff_t n, int flip, T *u,   \
                                     ptrdiff_t point_step, T *tmp)                  \
 {                                                                                  \
     /* the taps' rows n + FW_TAPS_PAD apart: n apart (512 channels: 2 KB), the   \
@@ -266,6 +276,9 @@ static TARGET void fw_weights_##SUF(const T *g, ptrdiff_t filter_step,          
                            point_step, n);                                         \
         }                                                                          \
     }                                                                              \
+    if (rows > m) /* the filters that pad the last MR rows: zeros */               \
+        for (t = 0; t < FW_POINTS; t++)                                            \
+            memset(u + t * point_step + m * n, 0, (size_t)((rows - m) * n) * sizeof(T)); \
 }                                                                                  \
                                                                                    \
 /* d[36][pw] <- the 6x6 input tiles of nt lanes (channel at x_c; lane l's      \
@@ -385,11 +398,13 @@ static TARGET void fw_item_##SUF(const fw_geometry *geo, const T *x_group,      
 }                                                                                  \
                                                                                    \
 /* One work item of the input-kept order: filters [f0, f1) of a group (at most \
- * KB, f0 a multiple of MR; filter f's weights at w_group + f*filter_step, as   \
+ * geo->kb, the plan's block, f0 a multiple of MR; filter f's weights at       \
+ * w_group + f*filter_step, as                                                 \
  * fw_weights reads them) against every panel of the batch's tiles, whose V   \
  * the threads wrote before (panel p's at v_group + p*36*Cg*NR): the filters'  \
- * U into this thread's workspace (36 x KB x Cg: in its caches, not in memory, \
- * where the weights-kept order writes all of U and reads it again per panel), \
+ * U into this thread's workspace (36 x block x Cg, ~2 MB: in its L2 and the   \
+ * L3, where the weights-kept order writes all of U to memory and reads it    \
+ * again per panel),                                                          \
  * then each panel's GEMMs and output. ukr: the micro-kernel of width nr;     \
  * ukr_last: of the last panel's width pw_last. */                            \
 static TARGET void fw_filters_item_##SUF(const fw_geometry *geo, const T *w_group,  \
@@ -401,16 +416,13 @@ static TARGET void fw_filters_item_##SUF(const fw_geometry *geo, const T *w_grou
         void (*ukr_last)(ptrdiff_t, const T *, ptrdiff_t, const T *, ptrdiff_t, T *, \
                          ptrdiff_t, int, const T *), T *ws)                        \
 {                                                                                  \
-    const ptrdiff_t Cg = geo->Cg, kb = geo->kb, m = f1 - f0;                       \
+    const ptrdiff_t Cg = geo->Cg, m = f1 - f0;                                     \
     const ptrdiff_t rows = (m + geo->mr - 1) / geo->mr * geo->mr;                  \
-    const ptrdiff_t u_point = kb * Cg;                                             \
-    T *u = ws, *rest = u + FW_POINTS * u_point;                                    \
-    ptrdiff_t t0, xi;                                                              \
-    fw_weights_##SUF(w_group + f0 * filter_step, filter_step, channel_step, m, Cg,  \
-                     flip, u, u_point, rest);                                      \
-    if (rows > m) /* the filters that pad the last MR rows: zeros */               \
-        for (xi = 0; xi < FW_POINTS; xi++)                                         \
-            memset(u + xi * u_point + m * Cg, 0, (size_t)((rows - m) * Cg) * sizeof(T)); \
+    const ptrdiff_t u_point = rows * Cg;                                           \
+    T *u = ws, *rest = u + FW_POINTS * geo->kb * Cg;                               \
+    ptrdiff_t t0;                                                                  \
+    fw_weights_##SUF(w_group + f0 * filter_step, filter_step, channel_step, m, rows, \
+                     Cg, flip, u, u_point, rest);                                  \
     for (t0 = 0; t0 < geo->tiles; t0 += nr) {                                      \
         const ptrdiff_t nt = geo->tiles - t0 < nr ? geo->tiles - t0 : nr;          \
         const int last = t0 + nr >= geo->tiles;                                    \
@@ -536,10 +548,10 @@ typedef void (*fw_wgrad_item_f64_t)(const fw_geometry *, const double *, const d
                                     ptrdiff_t, ptrdiff_t, ptrdiff_t, double *, ptrdiff_t,
                                     ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                                     ptrdiff_t, int, int, fc_ukr_f64_t, double *);
-typedef void (*fw_weights_f32_t)(const float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int,
-                                 float *, ptrdiff_t, float *);
-typedef void (*fw_weights_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int,
-                                 double *, ptrdiff_t, double *);
+typedef void (*fw_weights_f32_t)(const float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                 ptrdiff_t, int, float *, ptrdiff_t, float *);
+typedef void (*fw_weights_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                 ptrdiff_t, int, double *, ptrdiff_t, double *);
 typedef void (*fw_panel_input_f32_t)(const fw_geometry *, const float *, ptrdiff_t, ptrdiff_t,
                                      ptrdiff_t, ptrdiff_t, ptrdiff_t, float *, float *);
 typedef void (*fw_panel_input_f64_t)(const fw_geometry *, const double *, ptrdiff_t, ptrdiff_t,

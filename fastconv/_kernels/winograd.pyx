@@ -3,12 +3,14 @@
 # lowering's micro-kernels, 4x fewer multiply-adds than the convolution
 # (the transforms, the item and the layouts: _winograd.h). A dilated
 # convolution runs as one undilated convolution per phase of the dilation,
-# on strided views of the input and the output (conv2d_winograd).
+# on strided views of the input and the output (conv2d_winograd). Two
+# orders, which the plan chooses (WinogradBlocking.keep_input):
 #
+# weights kept:
 #   U: per (group, point xi) a matrix of filter rows (Cg values each, read
 #       in place by the micro-kernel, lda = Cg), filters zero-padded to a
 #       multiple of MR; transformed once per call, before the parallel loop,
-#       in parallel over panels of MR filters.
+#       in parallel over panels of MR filters, into `kept`.
 #   work items: (group, micro-panel of up to NR tiles of the batch, chunk of
 #       filters), dynamic schedule; chunks of filters only where the batch
 #       has too few tiles to keep the threads busy (each chunk transforms
@@ -16,12 +18,17 @@
 #   per thread workspace: V (36 x Cg x NR), M (36 x KB x NR), the gathered
 #       tiles and the transforms' scratch (2 x 36 x NR + 16 x NR); before
 #       the items, the weight transform's scratch (~90 x Cg).
+# input kept (few tiles against many weights: ResNet-50 4b, 5b):
+#   V of every panel of tiles transformed once per call into `kept` (items:
+#       group, panel, block of channels).
+#   work items: (group, block of filters, filter_block()), each transforming
+#       its U into the thread's workspace (36 x block x Cg), then running
+#       it against every panel.
 #
 # ISA codes as the fused lowering's (_fused_kernels.h): 0 generic, 1 avx2,
 # 2 avx512.
 
 from cython cimport floating
-from libc.string cimport memset
 from cython.parallel cimport prange, threadid
 
 import numpy as np
@@ -65,9 +72,11 @@ cdef extern from "_winograd.h" nogil:
     fc_ukr_f32_t fc_ukr_f32(int isa)
     fc_ukr_f64_t fc_ukr_f64(int isa)
     ctypedef void (*fw_weights_f32_t)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                                      Py_ssize_t, int, float *, Py_ssize_t, float *) noexcept nogil
+                                      Py_ssize_t, Py_ssize_t, int, float *, Py_ssize_t,
+                                      float *) noexcept nogil
     ctypedef void (*fw_weights_f64_t)(const double *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                                      Py_ssize_t, int, double *, Py_ssize_t, double *) noexcept nogil
+                                      Py_ssize_t, Py_ssize_t, int, double *, Py_ssize_t,
+                                      double *) noexcept nogil
     ctypedef void (*fw_panel_input_f32_t)(const fw_geometry *, const float *, Py_ssize_t,
                                           Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float *,
                                           float *) noexcept nogil
@@ -132,19 +141,57 @@ def tiles(Ho, Wo):
     return -(-Ho // FW_M), -(-Wo // FW_M)
 
 
-def buffer_sizes(K, C, groups, dtype, isa=None, tiles=None):
+# Bytes of an input-kept item's transformed weights (36 x block x Cg in the
+# thread's workspace): about two L2s, so that a block is large enough that
+# the kept input is read again few times (ResNet-50 5b, fp32 AVX-512: 32
+# filters, 16 blocks; blocks of 8 read it 64 times), and the transformed
+# weights of one point (block x Cg, 64 KiB) stay in L2 for its GEMMs.
+U_BLOCK_BYTES = 5 << 19
+
+
+def filter_block(Kg, Cg, groups, dtype, isa=None, num_threads=1):
+    """Filters per item of the input-kept order: at most KB (M's block) and
+    U_BLOCK_BYTES of transformed weights, a multiple of MR, and small enough
+    that every thread gets two items where the filters allow it.
+
+    >>> filter_block(512, 512, 1, "float32", "avx512", 2) <= 32
+    True
+    >>> filter_block(64, 64, 1, "float32", "generic", 2)   # 4 items of 16
+    16
+    """
+    sizes = blocking(dtype, isa)
+    mr, kb = sizes["MR"], sizes["KB"]
+    itemsize = 8 if _dtype_is_double(dtype) else 4
+    by_bytes = U_BLOCK_BYTES // (FW_POINTS * max(1, Cg) * itemsize) // mr * mr
+    per_group = _ceil_div(2 * max(1, num_threads), max(1, groups))
+    by_threads = _round_up(_ceil_div(max(1, Kg), per_group), mr)
+    return max(mr, min(kb, by_bytes, by_threads))
+
+
+def kept_tiles(N, Ho, Wo, dil_h=1, dil_w=1):
+    """The tiles of the largest undilated convolution of a layer (its first
+    dilation phase): what the input-kept order's buffer holds.
+
+    >>> kept_tiles(2, 7, 7), kept_tiles(1, 9, 9, 2, 2)
+    (8, 4)
+    """
+    return N * int(np.prod(tiles(-(-Ho // dil_h), -(-Wo // dil_w))))
+
+
+def buffer_sizes(K, C, groups, dtype, isa=None, tiles=None, block=None):
     """(kept_elems, per_thread_workspace_elems) for K filters and C input
     channels in `groups` groups, with alignment slack. tiles None: the
     weights-kept order (kept: the transformed weights, 36 x K x C/groups);
-    else the input-kept order for that many tiles (kept: their transformed
+    else the input-kept order for that many tiles (kept_tiles) and blocks
+    of `block` filters (filter_block; default KB) (kept: the transformed
     input, 36 x C x the tiles in NR-wide panels).
 
     >>> kept, per_thread = buffer_sizes(64, 64, 1, "float32", "generic")
     >>> kept >= 36 * 64 * 64
     True
-    >>> kept, per_thread = buffer_sizes(64, 64, 1, "float32", "generic", tiles=20)
-    >>> kept >= 36 * 64 * 20
-    True
+    >>> kept, per_thread = buffer_sizes(64, 64, 1, "float32", "generic", tiles=20, block=8)
+    >>> kept >= 36 * 64 * 20, per_thread >= 36 * 8 * 64
+    (True, True)
     """
     sizes = blocking(dtype, isa)
     mr, nr, kb = sizes["MR"], sizes["NR"], sizes["KB"]
@@ -153,9 +200,12 @@ def buffer_sizes(K, C, groups, dtype, isa=None, tiles=None):
     kg, cg = K // groups, C // groups
     weights = 9 * FW_WEIGHT_BLOCK * (cg + FW_TAPS_PAD) + 18 * cg   # fw_weights' scratch
     if tiles is not None:
+        block = kb if block is None else block
+        if block < mr or block % mr:
+            raise ValueError(f"block={block} must be a positive multiple of MR={mr}")
         kept = groups * _ceil_div(max(1, tiles), nr) * FW_POINTS * cg * nr + slack
-        gemms = FW_POINTS * (kb + 1) * nr + 16 * nr
-        return kept, FW_POINTS * kb * cg + max(weights, gemms, 2 * FW_POINTS * nr) + slack
+        gemms = FW_POINTS * (block + 1) * nr + 16 * nr
+        return kept, FW_POINTS * block * cg + max(weights, gemms, 2 * FW_POINTS * nr) + slack
     kept = groups * FW_POINTS * _ceil_div(kg, mr) * mr * cg + slack
     items = FW_POINTS * (cg + kb + 2) * nr + FW_M * FW_M * nr
     per_thread = max(items, weights) + slack
@@ -215,7 +265,8 @@ cdef fw_geometry _geometry(x, Py_ssize_t K, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssi
 
 def conv2d_winograd(x, weight, bias, out, kept, workspace, Py_ssize_t pad_top,
                     Py_ssize_t pad_left, Py_ssize_t dil_h, Py_ssize_t dil_w, Py_ssize_t groups,
-                    bint flip, isa, int num_threads, keep_input=False, bint adjoint=False):
+                    bint flip, isa, int num_threads, keep_input=False, bint adjoint=False,
+                    Py_ssize_t block=0):
     """out (N, K, Ho, Wo; any strides) = the 3x3 stride-1 correlation of x
     (N, C, H, W; any strides), dilated by (dil_h, dil_w), with weight
     (K, C/groups*9), C-contiguous, plus bias (K,) (length 0: no bias), by
@@ -232,9 +283,10 @@ def conv2d_winograd(x, weight, bias, out, kept, workspace, Py_ssize_t pad_top,
     once into `kept`, then the items are (group, panel of tiles, chunk of
     filters). True (the input-kept order, for few tiles: ResNet-50 5b_3x3
     has 32 against 2.4 M weights): the input is transformed once into
-    `kept`, then the items are (group, block of KB filters), each
-    transforming its filters' weights in its own workspace, where they stay
-    in cache, and running them against every panel of tiles.
+    `kept`, then the items are (group, block of `block` filters; 0:
+    filter_block() for num_threads), each transforming its filters' weights
+    in its own workspace, where they stay in cache, and running them
+    against every panel of tiles.
 
     A dilated convolution is dil_h x dil_w undilated ones: output rows
     oh = d*i + p read input rows d*(i + r + s) + q (q, s from p and the
@@ -242,8 +294,9 @@ def conv2d_winograd(x, weight, bias, out, kept, workspace, Py_ssize_t pad_top,
     one phase q of the input, both strided views; in the weights-kept order
     the weights are transformed once, for the first.
 
-    kept, workspace: >= buffer_sizes(..., tiles=None or the most tiles of a
-    phase) elements (workspace: (>= num_threads, per thread)); overwritten.
+    kept, workspace: >= buffer_sizes(..., tiles=None, or kept_tiles(...) and
+    the block) elements (workspace: (>= num_threads, per thread));
+    overwritten.
     isa: as conv2d_fused's.
 
     >>> import numpy as np
@@ -257,10 +310,14 @@ def conv2d_winograd(x, weight, bias, out, kept, workspace, Py_ssize_t pad_top,
     True
     """
     transformed = False
+    if keep_input and block == 0:
+        C, K = np.shape(x)[1], np.shape(out)[1]
+        block = filter_block(K // max(1, groups), C // max(1, groups), groups, weight.dtype,
+                             isa, num_threads)
     for x_phase, out_phase, top, left in _phases(x, out, pad_top, pad_left, dil_h, dil_w):
         transformed |= _undilated(x_phase, weight, bias, out_phase, kept, workspace, top,
                                   left, groups, flip, isa, num_threads, bool(keep_input),
-                                  adjoint, not transformed)
+                                  adjoint, not transformed, block)
 
 
 def _undilated(const floating[:, :, :, :] x,
@@ -271,7 +328,7 @@ def _undilated(const floating[:, :, :, :] x,
                floating[:, ::1] workspace,
                Py_ssize_t pad_top, Py_ssize_t pad_left,
                Py_ssize_t groups, bint flip, isa, int num_threads, bint keep_input,
-               bint adjoint, bint transform_weights):
+               bint adjoint, bint transform_weights, Py_ssize_t block):
     """conv2d_winograd without dilation; transform_weights False (the
     weights-kept order): the kept weights are already there. Returns whether
     it transformed the weights into `kept`."""
@@ -298,7 +355,8 @@ def _undilated(const floating[:, :, :, :] x,
     dtype = np.float64 if dbl else np.float32
     sizes = blocking(dtype, code)
     tiles_h, tiles_w = tiles(Ho, Wo)
-    need = buffer_sizes(K, C, groups, dtype, code, N * tiles_h * tiles_w if keep_input else None)
+    need = buffer_sizes(K, C, groups, dtype, code, N * tiles_h * tiles_w if keep_input else None,
+                        block if keep_input else None)
     if (kept.shape[0] < need[0] or workspace.shape[0] < num_threads
             or workspace.shape[1] < need[1]):
         raise ValueError(f"buffers of {kept.shape[0]} and ({workspace.shape[0]}, "
@@ -335,11 +393,12 @@ def _undilated(const floating[:, :, :, :] x,
     cdef Py_ssize_t item, g, p, t0, nt, pw, f0, f1, m, xi, c0, c1
     if keep_input:
         # V of every panel (items: group, panel, block of channels), then the
-        # filter blocks; a block of KB filters is as large as M allows
+        # blocks of filters (M's block too)
+        geo.kb = block
         cblocks = min(geo.Cg, _ceil_div(4 * num_threads, groups * panels))
         cblock = _ceil_div(geo.Cg, cblocks)
         cblocks = _ceil_div(geo.Cg, cblock)
-        chunks = _ceil_div(geo.Kg, geo.kb)
+        chunks = _ceil_div(geo.Kg, block)
         with nogil:
             for item in prange(groups * panels * cblocks, schedule="dynamic",
                                num_threads=num_threads):
@@ -391,15 +450,10 @@ def _undilated(const floating[:, :, :, :] x,
             panel = kept0 + g * u_group + p * geo.mr * geo.Cg
             if floating is float:
                 fw_weights_f32(code)(w0 + g * group_step + p * geo.mr * filter_step, filter_step,
-                                     channel_step, m, geo.Cg, flip, panel, u_point, ws)
+                                     channel_step, m, geo.mr, geo.Cg, flip, panel, u_point, ws)
             else:
                 fw_weights_f64(code)(w0 + g * group_step + p * geo.mr * filter_step, filter_step,
-                                     channel_step, m, geo.Cg, flip, panel, u_point, ws)
-            if m < geo.mr:
-                # the filters that pad the last panel: rows of zeros
-                for xi in range(FW_POINTS):
-                    memset(panel + xi * u_point + m * geo.Cg, 0,
-                           (geo.mr - m) * geo.Cg * sizeof(floating))
+                                     channel_step, m, geo.mr, geo.Cg, flip, panel, u_point, ws)
         for item in prange(groups * panels * chunks, schedule="dynamic", num_threads=num_threads):
             g = item // (panels * chunks)
             p = (item // chunks) % panels
