@@ -227,17 +227,20 @@ def _single_block(block):
 _EMBEDDED_WARN_BYTES = 4 * 2**20
 
 # Dask's cost per task (python bench/dask_cluster.py --overhead --guidance-only,
-# 2026-11-21, 2 cores; 256 blocks of one 1x2x2 image): 7.2 ms of a worker
-# thread per task on a LocalCluster of 2 single-threaded workers, 1.26 ms per
-# task on the threaded scheduler (fastconv's call included). One core does
-# 23.3 GFLOP/s in float32 on ResNet-50 2a (0.231 GFLOP per image).
-_TASK_OVERHEAD = {"distributed": 7.2e-3, "threads": 1.26e-3}
-_CORE_FLOPS_PER_SECOND = 23.3e9
+# 2026-11-22, 2 cores; 256 blocks of one 1x2x2 image; three runs, medians):
+# 2.08 ms of a worker thread per task on a LocalCluster of 2 single-threaded
+# workers (2.04-2.52), 0.675 ms per task on the threaded scheduler
+# (0.661-0.685; fastconv's call included). One core does 152 GFLOP/s in
+# float32 on ResNet-50 2a (141-174; 0.231 GFLOP per image, counted as the
+# convolution's multiply-adds: Winograd does a quarter of them). (On
+# 2026-11-21, before Winograd: 7.2 ms, 1.26 ms and 23.3 GFLOP/s.)
+_TASK_OVERHEAD = {"distributed": 2.08e-3, "threads": 0.675e-3}
+_CORE_FLOPS_PER_SECOND = 152e9
 # A block is worth a task when its convolution takes >= 10x the task's cost:
-# >= 10 * 7.2 ms * 23.3 GFLOP/s = 1.7 GFLOP per thread of a task on a cluster
-# (ResNet-50 2a: 8 images; bench/dask_cluster.py measured 2.14, 1.57, 1.63,
-# 1.06, 0.90 times the in-process time for blocks of 1, 2, 4, 8, 16 images),
-# 0.29 GFLOP per thread on the threaded scheduler.
+# >= 10 * 2.08 ms * 152 GFLOP/s = 3.2 GFLOP per thread of a task on a cluster
+# (ResNet-50 2a: 14 images; bench/dask_cluster.py measured 1.71 and 1.50
+# times the in-process time for blocks of 8 and 16 images, persisted, on
+# 2026-11-22), 1.0 GFLOP per thread on the threaded scheduler.
 _MIN_BLOCK_SECONDS_PER_OVERHEAD = 10
 # ... and small blocks are worth a warning when their overhead adds up to
 # something a user would notice (not for a toy array of a few blocks)
