@@ -1010,15 +1010,19 @@ class DirectConv(Lowering):
 @dataclasses.dataclass(frozen=True)
 class WinogradBlocking:
     """The Winograd kernel's ISA (its GEMMs run the fused micro-kernels) and
-    its order: keep_input False transforms the weights once per call and
+    its order: keep_input (filter_block > 0) False transforms the weights once per call and
     each item (panel of tiles, chunk of filters) its tiles; True transforms
     the input once and each item (block of filters) its filters' weights, in
     its cache (the better order where the tiles are few and the weights many:
     ResNet-50 5b_3x3, 32 tiles against 2.4 M weights), filter_block of them
-    per item (winograd.filter_block, for the planned threads)."""
+    per item (winograd.filter_block, for the planned threads; 0: the
+    weights-kept order)."""
     isa: str
-    keep_input: bool = False
-    filter_block: int = 0   # the input-kept order's filters per item
+    filter_block: int = 0   # the input-kept order's filters per item; 0: weights kept
+
+    @property
+    def keep_input(self):
+        return self.filter_block > 0
 
 
 def winograd_unsuitable(g):
@@ -1069,18 +1073,25 @@ class Winograd(Lowering):
         sizes = winograd.blocking(planner.dtype, isa)
         threads = planner.threads if _machine.openmp_enabled() else 1
         algorithm = "F(3x3, 4x4)" if self.kind == "weight_grad" else "F(4x4, 3x3)"
-        blockings = [WinogradBlocking(isa)]
-        if self.kind != "weight_grad":
-            g = _kernel_geometry(self.kind, planner.g)
-            block = winograd.filter_block(g.K // g.groups, g.C // g.groups, g.groups,
-                                          planner.dtype, isa, threads)
-            blockings.append(WinogradBlocking(isa, True, block))
         plans = [planner.plan(self, blocking, threads, 1,
                               f"Winograd {algorithm}: 36 GEMMs on the {isa} micro-kernel "
                               f"({sizes['MR']}x{sizes['NR']}), 4x fewer multiply-adds")
-                 for blocking in blockings]
+                 for blocking in self._orders(planner, isa, threads)]
         plans = [plan for plan in plans if plan.workspace_bytes <= planner.limit]
         return min(plans, key=lambda plan: self.cost(plan, planner.tuning), default=None)
+
+    def _orders(self, planner, isa, threads, smallest=False):
+        """The blockings of each order the kind has: weights kept, and (not
+        for the weight gradient) input kept in blocks of filters for the
+        threads (smallest: of MR filters, the least workspace)."""
+        from fastconv._kernels import winograd
+        if self.kind == "weight_grad":
+            return [WinogradBlocking(isa)]
+        g = _kernel_geometry(self.kind, planner.g)
+        block = (winograd.blocking(planner.dtype, isa)["MR"] if smallest else
+                 winograd.filter_block(g.K // g.groups, g.C // g.groups, g.groups,
+                                       planner.dtype, isa, threads))
+        return [WinogradBlocking(isa), WinogradBlocking(isa, block)]
 
     def cost(self, plan, tuning):
         # in flop-equivalents of the GEMM lowerings' model: the 36 GEMMs
@@ -1173,14 +1184,9 @@ class Winograd(Lowering):
         return {"kept": ((kept,), dtype), "workspace": ((threads, per_thread), dtype)}
 
     def too_small(self, planner):
-        from fastconv._kernels import winograd
         isa = fused_isa(planner.tuning.isa)
-        blockings = [WinogradBlocking(isa)]
-        if self.kind != "weight_grad":
-            mr = winograd.blocking(planner.dtype, isa)["MR"]
-            blockings.append(WinogradBlocking(isa, True, mr))
         needed = min(buffer_bytes(self.buffers(planner.g, planner.dtype, blocking, 1))
-                     for blocking in blockings)
+                     for blocking in self._orders(planner, isa, 1, smallest=True))
         held = ("one thread's tiles" if self.kind == "weight_grad"
                 else "transformed weights or input, one thread's tiles")
         return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "

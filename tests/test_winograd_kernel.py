@@ -365,7 +365,7 @@ def test_both_orders_through_the_front_end(keep_input, kind):
                                 **conv)
     if plan.blocking.keep_input != keep_input:
         sizes = winograd.blocking(np.float64, plan.blocking.isa)
-        blocking = dataclasses.replace(plan.blocking, keep_input=keep_input,
+        blocking = dataclasses.replace(plan.blocking,
                                        filter_block=sizes["MR"] if keep_input else 0)
         plan = dataclasses.replace(plan, blocking=blocking)
     y = conv2d_reference(x, w, **conv)

@@ -42,7 +42,8 @@
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 
-from fastconv._kernels._blocks cimport ALIGN_BYTES, _aligned, _ceil_div, _round_up
+from fastconv._kernels._blocks cimport (ALIGN_BYTES, _aligned, _ceil_div, _panel_width,
+                                        _round_up)
 from fastconv._kernels._index_map cimport (build_row_table, ROW_FIELDS, ROW_OFFSET,
                                            ROW_OH_LO, ROW_OH_HI, ROW_OW_LO, ROW_OW_HI)
 
@@ -127,15 +128,6 @@ cdef enum:
 
 
 # ---------------------------------------------------------------- ISA, blocking
-
-cdef inline Py_ssize_t _panel_width(Py_ssize_t nvalid, Py_ssize_t nr, Py_ssize_t lanes) noexcept nogil:
-    """Width of the micro-panel holding nvalid (<= nr) columns: nr, or for a
-    partial one the fewest whole vectors (lanes columns each) that hold
-    them, run by a narrow kernel (lanes 0: the ISA has none)."""
-    if nvalid >= nr or lanes == 0:
-        return nr
-    return _round_up(nvalid, lanes)
-
 
 cdef inline Py_ssize_t _padded_width(Py_ssize_t width, Py_ssize_t nr, Py_ssize_t lanes) noexcept nogil:
     """Columns computed for a block of width columns: whole NR panels and a

@@ -33,7 +33,8 @@ from cython.parallel cimport prange, threadid
 
 import numpy as np
 
-from fastconv._kernels._blocks cimport ALIGN_BYTES, _aligned, _ceil_div, _round_up
+from fastconv._kernels._blocks cimport (ALIGN_BYTES, _aligned, _ceil_div, _panel_width,
+                                        _round_up)
 from fastconv._kernels.fused import _dtype_is_double, _narrow_lanes, isa_code
 
 
@@ -354,8 +355,7 @@ def _undilated(const floating[:, :, :, :] x,
         return False
     dtype = np.float64 if dbl else np.float32
     sizes = blocking(dtype, code)
-    tiles_h, tiles_w = tiles(Ho, Wo)
-    need = buffer_sizes(K, C, groups, dtype, code, N * tiles_h * tiles_w if keep_input else None,
+    need = buffer_sizes(K, C, groups, dtype, code, kept_tiles(N, Ho, Wo) if keep_input else None,
                         block if keep_input else None)
     if (kept.shape[0] < need[0] or workspace.shape[0] < num_threads
             or workspace.shape[1] < need[1]):
@@ -379,8 +379,7 @@ def _undilated(const floating[:, :, :, :] x,
     cdef Py_ssize_t group_step = (geo.Cg if adjoint else geo.Kg) * rows
     cdef Py_ssize_t nr = sizes["NR"], lanes = _narrow_lanes(code, dbl)
     cdef Py_ssize_t panels = _ceil_div(geo.tiles, nr)
-    cdef Py_ssize_t last_width = geo.tiles - (panels - 1) * nr
-    last_width = nr if lanes == 0 else min(nr, _round_up(last_width, lanes))
+    cdef Py_ssize_t last_width = _panel_width(geo.tiles - (panels - 1) * nr, nr, lanes)
     cdef Py_ssize_t chunks, chunk, u_group, u_point, weight_items, cblock, cblocks
     cdef Py_ssize_t v_group = panels * FW_POINTS * geo.Cg * nr
     cdef const floating *x0 = &x[0, 0, 0, 0]
