@@ -202,30 +202,39 @@ def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
 
 
-# A channel multiplier of at least PANEL_MIN_MULT runs over gathered taps in
-# chunks of positions (fwd_panels): a copy of the rows per kernel column
-# where the row stride is 1, a copy of every tap's run otherwise. Planes of
-# several chunks, a last chunk shorter than a vector (it takes positions from
-# the one before), padding wider than the kernel, and a kernel of more taps
-# than the gather holds (the fixed-size and generic kernels instead).
+# A channel multiplier of at least PANEL_MIN_MULT (of 2 where the fixed-size
+# kernels do not run) runs over gathered taps in chunks of positions
+# (fwd_panels): a copy of the rows per kernel column where the row stride is
+# 1, a copy of every tap's run otherwise. Planes of several chunks, a last
+# chunk shorter than a vector (it takes positions from the one before),
+# padding wider than the kernel, and what stays with the other kernels: a
+# kernel of more taps than the gather holds, a small multiplier on 3x3.
 @pytest.mark.parametrize("name", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape, conv, min_chunks", [
-    # columns, one chunk (paper_mnist), then several
-    ((2, 1, 28, 28, 3, 3), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1)), 1),
-    ((1, 2, 66, 66, 3, 3), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1)), 2),
-    ((1, 1, 40, 50, 5, 3), dict(stride=(1, 2), padding=((4, 1), (0, 6)), dilation=(2, 1)), 1),
+@pytest.mark.parametrize("shape, conv, multiplier, min_chunks", [
+    # columns, one chunk (paper_mnist), then several; 11 = a block of 8, 2, 1
+    ((2, 1, 28, 28, 3, 3), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1)), 11, 1),
+    ((1, 2, 66, 66, 3, 3), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1)), 11, 2),
+    ((1, 1, 40, 50, 5, 3), dict(stride=(1, 2), padding=((4, 1), (0, 6)), dilation=(2, 1)), 11, 1),
     # taps, with the last chunk shorter than a vector of float32 and float64
-    ((1, 1, 7, 303, 3, 3), dict(stride=(2, 2), padding=((0, 0), (0, 0)), dilation=(1, 1)), 2),
-    ((1, 2, 40, 41, 3, 4), dict(stride=(3, 1), padding=((2, 5), (1, 0)), dilation=(1, 2)), 1),
-    # 11 x 12 taps: more than the gather holds
-    ((1, 1, 20, 24, 11, 12), dict(stride=(1, 1), padding=((5, 5), (0, 0)), dilation=(1, 1)), 0),
+    ((1, 1, 7, 303, 3, 3), dict(stride=(2, 2), padding=((0, 0), (0, 0)), dilation=(1, 1)), 11, 2),
+    ((1, 2, 40, 41, 3, 4), dict(stride=(3, 1), padding=((2, 5), (1, 0)), dilation=(1, 2)), 11, 1),
+    # small multipliers where the fixed-size kernels do not run: a column
+    # stride, a 3x4 kernel
+    ((2, 3, 28, 29, 3, 3), dict(stride=(2, 2), padding=((1, 1), (1, 1)), dilation=(1, 1)), 2, 1),
+    ((1, 2, 20, 33, 3, 4), dict(stride=(1, 1), padding=((1, 2), (0, 0)), dilation=(1, 1)), 5, 1),
+    # 3x3 with column padding and a multiplier of 4
+    ((1, 2, 20, 24, 3, 3), dict(stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1)), 4, 1),
+    # 11 x 12 taps: more than the gather holds; 3x3 without column padding
+    # and a multiplier of 4, with padding and 2
+    ((1, 1, 20, 24, 11, 12), dict(stride=(1, 1), padding=((5, 5), (0, 0)), dilation=(1, 1)), 11, 0),
+    ((1, 2, 20, 24, 3, 3), dict(stride=(1, 1), padding=((1, 1), (0, 0)), dilation=(1, 1)), 4, 0),
+    ((1, 2, 20, 24, 3, 3), dict(stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1)), 2, 0),
 ])
 @pytest.mark.parametrize("layout", ["contiguous", "reversed_h", "every_other_w"])
 @pytest.mark.parametrize("flip", [False, True])
-def test_gathered_taps(name, dtype, shape, conv, min_chunks, layout, flip):
+def test_gathered_taps(name, dtype, shape, conv, multiplier, min_chunks, layout, flip):
     N, C, H, W, R, S = shape
-    multiplier = dw.PANEL_MIN_MULT + 3   # a block of 8, then 2 and 1
     case = dict(conv, flip=flip, C=C, dtype=dtype)
     rng = np.random.default_rng(7)
     x = make_input(rng, (N, C, H, W), dtype, layout)
@@ -233,9 +242,10 @@ def test_gathered_taps(name, dtype, shape, conv, min_chunks, layout, flip):
     b = rng.standard_normal(multiplier * C).astype(dtype)
     geometry, args = _kernel_args(x.shape, w.shape, case)
     with isa(name):
-        chunks = dw.forward_panel_chunks(geometry.Ho, geometry.Wo, R, S, conv["stride"][0],
-                                         conv["dilation"][0], np.dtype(dtype).itemsize)
-        assert (chunks >= min_chunks) if min_chunks else chunks == 0
+        chunks = dw.forward_panel_chunks(H, W, geometry.Ho, *args, multiplier,
+                                         np.dtype(dtype).itemsize)
+        if layout != "every_other_w":   # columns not contiguous: never fixed-size
+            assert (chunks >= min_chunks) if min_chunks else chunks == 0
         out = np.full((N, multiplier * C, geometry.Ho * geometry.Wo), np.nan, dtype)
         dw.conv2d_depthwise(x, np.ascontiguousarray(w.reshape(len(w), -1)), b, out, *args,
                             flip, 2)
@@ -247,11 +257,14 @@ def test_gathered_taps_chunking():
     """The geometries above reach what they are there for, on this CPU's
     widest instruction set: several chunks, and a last one made up to a
     vector (453 positions: 448 + 5 in float32, 224 + 224 + 5 in float64)."""
-    assert dw.forward_panel_chunks(64, 64, 3, 3, 1, 1, 4) >= 2
+    def chunks(H, W, Ho, Wo, R, S, stride, itemsize):
+        return dw.forward_panel_chunks(H, W, Ho, R, S, Wo, stride, stride, 0, 0, 1, 1, 11,
+                                       itemsize)
+    assert chunks(66, 66, 64, 64, 3, 3, 1, 4) >= 2
     if dw.get_isa() == "avx512":
-        assert dw.forward_panel_chunks(3, 151, 3, 3, 2, 1, 4) == 2
-        assert dw.forward_panel_chunks(3, 151, 3, 3, 2, 1, 8) == 3
-    assert dw.forward_panel_chunks(20, 20, 11, 12, 1, 1, 4) == 0
+        assert chunks(7, 303, 3, 151, 3, 3, 2, 4) == 2
+        assert chunks(7, 303, 3, 151, 3, 3, 2, 8) == 3
+    assert chunks(30, 31, 20, 20, 11, 12, 1, 4) == 0
 
 
 # A child process places inputs at the very end of a page followed by an

@@ -22,7 +22,8 @@
  * columns) takes the generic loops of _depthwise_impl.h.
  *
  * A channel multiplier of 8 or more (paper_mnist's first layer: 1 channel,
- * 32 filters) takes none of those: its plane is gathered in chunks, tap by
+ * 32 filters), or a smaller one where those kernels run slower (see
+ * panel_chunks), takes none of those: its plane is gathered in chunks, tap by
  * tap, once for all of its filters, and blocks of 8 filters run over the
  * chunk as a small GEMM (fwd_panels, any kernel of up to 128 taps, any
  * stride, dilation and padding). Against the fixed-size and generic
@@ -130,8 +131,10 @@ DW_INLINE void dw_step_position(dws *row, dws *col, dws step, dws Wo)
  * fwd_multi); depthwise.pyx and the planner read it from here. */
 #define DW_FWD_BLOCK_MAX 8
 
-/* A channel multiplier of at least DW_PANEL_MIN_MULT filters runs over
- * gathered taps (_depthwise_impl.h, fwd_panels): the gather costs a store
+/* A channel multiplier of at least DW_PANEL_MIN_MULT filters (of 2 where
+ * the fixed-size kernels do not run, of 4 where they meet column padding:
+ * _depthwise_impl.h, panel_chunks) runs over gathered taps (fwd_panels):
+ * the gather costs a store
  * per tap and output vector, shared by the channel's filters. Chunks of
  * positions hold at most DW_PANEL_BYTES of taps, a buffer on the thread's
  * stack that stays in L1 beside the output's lines. */
@@ -365,19 +368,19 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
             dw_##name##_portable_##sfx(DW_PASS_##name);                        \
     }
 #define DW_DISPATCH_LEN(sfx, T)                                                \
-    static dws dw_panel_chunks_##sfx(int isa, const dw_geom *g)                \
+    static dws dw_panel_chunks_##sfx(int isa, const dw_geom *g, dws mult)      \
     {                                                                          \
-        return isa >= DW_ISA_AVX512 ? dw_panel_chunks_avx512_##sfx(g)          \
-             : isa >= DW_ISA_AVX2 ? dw_panel_chunks_avx2_##sfx(g)              \
-             : dw_panel_chunks_portable_##sfx(g);                              \
+        return isa >= DW_ISA_AVX512 ? dw_panel_chunks_avx512_##sfx(g, mult)    \
+             : isa >= DW_ISA_AVX2 ? dw_panel_chunks_avx2_##sfx(g, mult)        \
+             : dw_panel_chunks_portable_##sfx(g, mult);                        \
     }
 #else
 #define DW_DISPATCH(name, sfx, T)                                              \
     static void dw_##name##_##sfx(int isa, DW_ARGS_##name(T))                  \
     { (void)isa; dw_##name##_portable_##sfx(DW_PASS_##name); }
 #define DW_DISPATCH_LEN(sfx, T)                                                \
-    static dws dw_panel_chunks_##sfx(int isa, const dw_geom *g)                \
-    { (void)isa; return dw_panel_chunks_portable_##sfx(g); }
+    static dws dw_panel_chunks_##sfx(int isa, const dw_geom *g, dws mult)      \
+    { (void)isa; return dw_panel_chunks_portable_##sfx(g, mult); }
 #endif
 
 DW_DISPATCH(fwd, f, float)

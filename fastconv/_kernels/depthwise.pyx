@@ -61,8 +61,8 @@ cdef extern from "_depthwise.h" nogil:
     void dw_fwd_panels_d(int isa, const dw_geom *g, const double *inp, dws MB,
                          const double *w, dws w_step, const double *bias, double *out,
                          dws o_step, dws chunk)
-    dws dw_panel_chunks_f(int isa, const dw_geom *g)
-    dws dw_panel_chunks_d(int isa, const dw_geom *g)
+    dws dw_panel_chunks_f(int isa, const dw_geom *g, dws mult)
+    dws dw_panel_chunks_d(int isa, const dw_geom *g, dws mult)
     # filters of one input channel per forward item (a channel multiplier):
     # the C kernel blocks them by 8, 4 and 2 (_depthwise_fixed.h, fwd_multi)
     enum: DW_FWD_BLOCK_MAX
@@ -89,29 +89,34 @@ def forward_items(Py_ssize_t N, Py_ssize_t C, Py_ssize_t K):
 def forward_block_filters(Py_ssize_t multiplier, Py_ssize_t R, Py_ssize_t S,
                           Py_ssize_t stride_w):
     """How many filters of one input channel the forward kernel computes
-    together (each input vector loaded once for all of them): blocks of
-    DW_FWD_BLOCK_MAX over gathered taps for a multiplier of at least
-    DW_PANEL_MIN_MULT (any kernel of up to DW_PANEL_MAX_TAPS taps: fwd_panels),
-    blocks of up to DW_FWD_BLOCK_MAX where the fixed-size kernels run
-    (square 3x3, 5x5, 7x7, column stride 1: _depthwise_impl.h, fixed_size,
-    for input rows of contiguous elements), else 1. For the planner's cost
+    together (each input vector loaded once for all of them): blocks of up
+    to DW_FWD_BLOCK_MAX where the fixed-size kernels run (square 3x3, 5x5,
+    7x7, column stride 1: _depthwise_impl.h, fixed_size, for input rows of
+    contiguous elements) and over gathered taps (fwd_panels: any other
+    kernel of up to DW_PANEL_MAX_TAPS taps), else 1. For the planner's cost
     model."""
-    if multiplier >= DW_PANEL_MIN_MULT and R * S <= DW_PANEL_MAX_TAPS:
-        return DW_FWD_BLOCK_MAX
-    if multiplier < 2 or R != S or R not in (3, 5, 7) or stride_w != 1:
+    fixed = R == S and R in (3, 5, 7) and stride_w == 1
+    if multiplier < 2 or not fixed and R * S > DW_PANEL_MAX_TAPS:
         return 1
     return min(multiplier, DW_FWD_BLOCK_MAX)
 
 
-def forward_panel_chunks(Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t R, Py_ssize_t S,
-                         Py_ssize_t stride_h, Py_ssize_t dil_h, Py_ssize_t itemsize):
+def forward_panel_chunks(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho,
+                         Py_ssize_t R, Py_ssize_t S, Py_ssize_t Wo,
+                         Py_ssize_t stride_h, Py_ssize_t stride_w,
+                         Py_ssize_t pad_top, Py_ssize_t pad_left,
+                         Py_ssize_t dil_h, Py_ssize_t dil_w,
+                         Py_ssize_t multiplier, Py_ssize_t itemsize):
     """Chunks of a plane's Ho*Wo positions that the forward pass gathers for
-    a channel multiplier of at least PANEL_MIN_MULT (fwd_panels), with the
-    current instruction set and 4- or 8-byte elements; 0 where that path
-    does not apply (fewer outputs than a vector, more than PANEL_MAX_TAPS
-    taps). For tests: several chunks, and a last one shorter than a vector."""
-    cdef dw_geom g = _geometry(Ho, Wo, Wo, 1, Ho, Wo, R, S, stride_h, 1, 0, 0, dil_h, 1, False)
-    return dw_panel_chunks_f(_isa, &g) if itemsize == 4 else dw_panel_chunks_d(_isa, &g)
+    a channel multiplier (fwd_panels) on contiguous input rows, with the
+    current instruction set and 4- or 8-byte elements (the geometry as
+    conv2d_depthwise takes it); 0 where that path does not apply (a small
+    multiplier where the fixed-size kernels run, fewer outputs than a
+    vector, more than PANEL_MAX_TAPS taps). For tests."""
+    cdef dw_geom g = _geometry(H, W, W, 1, Ho, Wo, R, S, stride_h, stride_w, pad_top, pad_left,
+                               dil_h, dil_w, False)
+    return (dw_panel_chunks_f(_isa, &g, multiplier) if itemsize == 4
+            else dw_panel_chunks_d(_isa, &g, multiplier))
 
 
 _ISA_NAMES = {"generic": DW_ISA_PORTABLE, "avx2": DW_ISA_AVX2, "avx512": DW_ISA_AVX512}
@@ -235,11 +240,12 @@ def conv2d_depthwise(const floating[:, :, :, :] x,
     cdef Py_ssize_t item, n, k, c, blocks, first, count, chunks = 0
     cdef floating b
 
-    if mult >= DW_PANEL_MIN_MULT:
-        chunks = dw_panel_chunks_f(isa, &g) if floating is float else dw_panel_chunks_d(isa, &g)
+    if mult > 1:
+        chunks = (dw_panel_chunks_f(isa, &g, mult) if floating is float
+                  else dw_panel_chunks_d(isa, &g, mult))
     if chunks > 0:
-        # a large multiplier: an item is a chunk of one input plane's
-        # positions, gathered tap by tap once for all of its filters
+        # a multiplier over gathered taps: an item is a chunk of one input
+        # plane's positions, gathered once for all of its filters
         with nogil:
             for item in prange(N * C * chunks, schedule="static", num_threads=num_threads):
                 n = item // (C * chunks)
