@@ -836,16 +836,21 @@ class Depthwise(Lowering):
                     f"with C = {g.C}")
         return _zero_padding_only(g)
 
-    def work_items(self, g):
-        # forward: see depthwise.forward_items; input gradient: (image, input
-        # channel); weight gradient: one filter over the whole batch
+    def work_items(self, g, dtype):
+        # forward: see depthwise.forward_items (chunks of positions where a
+        # channel multiplier runs over gathered taps); input gradient:
+        # (image, input channel); weight gradient: one filter over the batch
         from fastconv._kernels import depthwise
 
-        return {"forward": depthwise.forward_items(g.N, g.C, g.K), "input_grad": g.N * g.C,
-                "weight_grad": g.K}[self.kind]
+        if self.kind == "forward":
+            chunks = depthwise.forward_panel_chunks(g.H, g.W, g.Ho, *g.kernel_args,
+                                                    g.K // g.C if g.C else 1,
+                                                    np.dtype(dtype).itemsize) if g.C else 0
+            return depthwise.forward_items(g.N, g.C, g.K, chunks)
+        return {"input_grad": g.N * g.C, "weight_grad": g.K}[self.kind]
 
     def propose(self, planner, forced):
-        items = self.work_items(planner.g)
+        items = self.work_items(planner.g, planner.dtype)
         threads = max(1, min(planner.threads, items)) if _machine.openmp_enabled() else 1
         plan = planner.plan(self, DirectBlocking(items), threads, 1,
                             "groups == C: direct sliding-window kernel, no GEMM, no workspace")

@@ -76,13 +76,17 @@ PANEL_MIN_MULT = DW_PANEL_MIN_MULT
 PANEL_MAX_TAPS = DW_PANEL_MAX_TAPS
 
 
-def forward_items(Py_ssize_t N, Py_ssize_t C, Py_ssize_t K):
+def forward_items(Py_ssize_t N, Py_ssize_t C, Py_ssize_t K, Py_ssize_t chunks=0):
     """The forward pass's work items: (image, output channel), or with a
-    channel multiplier m = K/C > 1 (image, input channel, block of up to
+    channel multiplier m = K/C > 1 (image, input channel, chunk of positions)
+    where it runs over gathered taps in `chunks` chunks a plane
+    (forward_panel_chunks), else (image, input channel, block of up to
     FORWARD_BLOCK_MAX of its m filters)."""
     cdef Py_ssize_t mult = K // C if C else 1
     if mult < 2:
         return N * K
+    if chunks > 0:
+        return N * C * chunks
     return N * C * ((mult + DW_FWD_BLOCK_MAX - 1) // DW_FWD_BLOCK_MAX)
 
 
