@@ -225,6 +225,11 @@ def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
     ((1, 2, 20, 33, 3, 4), dict(stride=(1, 1), padding=((1, 2), (0, 0)), dilation=(1, 1)), 5, 1),
     # 3x3 with column padding and a multiplier of 4
     ((1, 2, 20, 24, 3, 3), dict(stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1)), 4, 1),
+    # left padding wider than the kernel, per-tap gather: a row's run inside
+    # the input starts past the end of a chunk (the gather once wrote zeros
+    # past its buffer there)
+    ((1, 1, 60, 12, 2, 2), dict(stride=(2, 1), padding=((20, 20), (20, 20)), dilation=(1, 1)), 3, 1),
+    ((1, 1, 80, 29, 4, 1), dict(stride=(2, 1), padding=((2, 2), (2, 2)), dilation=(1, 1)), 2, 1),
     # 11 x 12 taps: more than the gather holds; 3x3 without column padding
     # and a multiplier of 4, with padding and 2
     ((1, 1, 20, 24, 11, 12), dict(stride=(1, 1), padding=((5, 5), (0, 0)), dilation=(1, 1)), 11, 0),
@@ -244,13 +249,42 @@ def test_gathered_taps(name, dtype, shape, conv, multiplier, min_chunks, layout,
     with isa(name):
         chunks = dw.forward_panel_chunks(H, W, geometry.Ho, *args, multiplier,
                                          np.dtype(dtype).itemsize)
-        if layout != "every_other_w":   # columns not contiguous: never fixed-size
+        # (every_other_w: columns not contiguous, never the fixed-size
+        # kernels, so the small multipliers take the panels there too)
+        if layout != "every_other_w":
             assert (chunks >= min_chunks) if min_chunks else chunks == 0
         out = np.full((N, multiplier * C, geometry.Ho * geometry.Wo), np.nan, dtype)
         dw.conv2d_depthwise(x, np.ascontiguousarray(w.reshape(len(w), -1)), b, out, *args,
                             flip, 2)
     expected = conv2d_reference(x, w, b, **_conv(case))
     assert_close(out.reshape(expected.shape), expected, dtype)
+
+
+def test_gathered_taps_with_wide_left_padding_do_not_crash(tmp_path):
+    """The review's reproducer, through the public API in a child: padding
+    wider than a 2x2 kernel with a row stride made the gather write zeros
+    past its stack buffer (a crash, or a silent overflow elsewhere)."""
+    child = textwrap.dedent("""
+        import numpy as np, fastconv
+        from fastconv._kernels import depthwise as dw
+        x = np.random.default_rng(0).standard_normal((60, 12))
+        xp = np.pad(x, 20)
+        # 2x2 ones at stride (2, 1): the sum of the window, zeros outside
+        ref = sum(xp[r:r + 2 * 50:2, c:c + 51] for r in (0, 1) for c in (0, 1))
+        for isa in dw.available_isas():
+            dw.set_isa(isa)
+            for dtype in (np.float32, np.float64):
+                y = fastconv.conv2d(x[None, None].astype(dtype), np.ones((3, 1, 2, 2), dtype),
+                                    stride=(2, 1), padding=20, method="depthwise")
+                assert y.shape == (1, 3, 50, 51), y.shape
+                tol = 1e-5 if dtype == np.float32 else 1e-12
+                assert np.abs(y[0] - ref).max() < tol, (isa, dtype)
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (
+        f"exit {result.returncode}: {result.stderr[-2000:]}")
 
 
 def test_gathered_taps_chunking():
@@ -271,7 +305,8 @@ def test_gathered_taps_chunking():
 # inaccessible one: a read past the input's last element crashes the child
 # rather than passing unseen. Input rows W apart (contiguous) and rows that
 # overlap (a sliding-window view, row pitch 1), with a channel multiplier and
-# no padding, the forward's compact rows where they apply.
+# no padding, the forward's compact rows where they apply, and its gathered
+# taps (8 filters; a row stride: every tap's run).
 _GUARDED_CHILD = textwrap.dedent("""
     import ctypes, mmap, sys
     import numpy as np
@@ -295,18 +330,20 @@ _GUARDED_CHILD = textwrap.dedent("""
                     x = (buf.reshape(H, W) if layout == "rows"
                          else sliding_window_view(buf, W))[None, None]
                     w = np.random.default_rng(1).standard_normal((K, 9)).astype(dtype)
-                    Ho, Wo = H - 2, W - 2
-                    out = np.empty((1, K, Ho * Wo), dtype)
-                    dw.conv2d_depthwise(x, w, np.zeros(0, dtype), out, 3, 3, Wo, 1, 1, 0, 0,
-                                        1, 1, False, 1)
-                    xx = np.asarray(x[0, 0], np.float64)
-                    ref = np.zeros((K, Ho, Wo))
-                    for k in range(K):
-                        for r in range(3):
-                            for c in range(3):
-                                ref[k] += w[k, 3 * r + c] * xx[r:r + Ho, c:c + Wo]
-                    err = np.abs(out.reshape(K, Ho, Wo) - ref).max() / np.abs(ref).max()
-                    assert err < (1e-5 if dtype == np.float32 else 1e-12), (isa, layout, err)
+                    # row stride 2: with K = 8, the gathered taps' per-tap copies
+                    for sh in (1, 2):
+                        Ho, Wo = (H - 3) // sh + 1, W - 2
+                        out = np.empty((1, K, Ho * Wo), dtype)
+                        dw.conv2d_depthwise(x, w, np.zeros(0, dtype), out, 3, 3, Wo, sh, 1,
+                                            0, 0, 1, 1, False, 1)
+                        xx = np.asarray(x[0, 0], np.float64)
+                        ref = np.zeros((K, Ho, Wo))
+                        for k in range(K):
+                            for r in range(3):
+                                for c in range(3):
+                                    ref[k] += w[k, 3 * r + c] * xx[r:r + sh * Ho:sh, c:c + Wo]
+                        err = np.abs(out.reshape(K, Ho, Wo) - ref).max() / np.abs(ref).max()
+                        assert err < (1e-5 if dtype == np.float32 else 1e-12), (isa, layout, sh, err)
     print("ok")
 """)
 

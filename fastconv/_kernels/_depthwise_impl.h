@@ -353,7 +353,12 @@ DW_INLINE void NM(panel_row)(const dw_geom *g, const T *in, dws ih, dws col0, dw
             dst[i] = 0;
         return;
     }
-    const dws lo = a > ow ? a : ow, hi = b < ow + n ? b : ow + n;
+    /* [lo, hi): the columns of this run inside the input, clipped to the
+     * run (padding wider than the kernel puts a past the run's end) */
+    dws lo = a > ow ? a : ow;
+    if (lo > ow + n)
+        lo = ow + n;
+    const dws hi = b < ow + n ? b : ow + n;
     const dws step = g->sw * g->xs_w;
     for (dws o = ow; o < lo; o++)
         dst[o - ow] = 0;
