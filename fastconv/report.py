@@ -284,9 +284,18 @@ def _measure_in_this_process(payload):
     del out
     if first < spec["max_seconds"] / 4:
         run()  # warm-up on the full batch, after the first call
+    # what the process got of the machine while timed: CPU seconds per
+    # wall second (about the threads a call runs when it has the cores to
+    # itself, less when something else takes them) and the load average at
+    # the start, so that a case slower than its twin shows why in report.json
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    cpu, wall = time.process_time(), time.perf_counter()
     times = _time_calls([run], spec)[0]
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     result = dict(times=times, first_call=first, peak_growth=peak, output_bytes=output_bytes,
-                  peak_exact=exact, allocator=allocator, **extra)
+                  peak_exact=exact, allocator=allocator,
+                  machine_share=dict(cpu_per_wall=cpu / wall if wall > 0 else None,
+                                     load_average=load), **extra)
     if plan is not None:
         result.update(_plan_record(plan))
     print(json.dumps(result))
@@ -924,6 +933,8 @@ def _measure_unit(unit, records, settings, allocator):
     record = records[unit[0][0]]
     if "times" in result:
         record.setdefault("runs", []).append(result.pop("times"))
+        # one per process, beside its run
+        record.setdefault("machine_shares", []).append(result.pop("machine_share", None))
         record.pop("skipped", None)
         record.pop("error", None)
         record.update(result)

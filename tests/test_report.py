@@ -93,6 +93,10 @@ def test_quick_report_with_every_installed_peer(tiny_layers, tmp_path):
     tradeoff = [r for r in data["results"] if r.get("tradeoff")]
     assert tradeoff and all(r["over_baseline"] > 0 and len(r["baseline_runs"]) == len(r["runs"])
                             for r in tradeoff)
+    # each timed process says what it got of the machine, one entry per run
+    timed = [r for r in data["results"] if "runs" in r and not r.get("tradeoff")]
+    assert timed and all(len(r["machine_shares"]) == len(r["runs"]) for r in timed)
+    assert all(share["cpu_per_wall"] > 0 for r in timed for share in r["machine_shares"])
 
 
 @pytest.mark.parametrize("argv, message", [
