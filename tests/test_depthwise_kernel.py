@@ -77,8 +77,9 @@ def depthwise_cases(draw):
     # wide enough rows to reach the 2-vector blocks of float32 (32 columns)
     W = draw(st.integers(max(1, span_w - sum(pads[1])), 45))
     return dict(
-        # multipliers: one plane at a time (1), and the forward's blocks of
-        # 8, 4 and 2 planes with one left over (11 = 8 + 2 + 1)
+        # multipliers: one plane at a time (1), the fixed-size kernels' blocks
+        # of 4 and 2 planes with one left over (5 = 4 + 1), and the gathered
+        # taps' blocks of 8, 2 and 1 (11)
         N=draw(st.integers(1, 3)), C=draw(st.integers(1, 4)),
         mult=draw(st.sampled_from([1, 1, 2, 3, 4, 5, 8, 11])),
         H=H, W=W, R=R, S=S, stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),

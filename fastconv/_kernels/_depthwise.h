@@ -127,8 +127,9 @@ DW_INLINE void dw_step_position(dws *row, dws *col, dws step, dws Wo)
 }
 
 /* Filters of one input channel the forward kernel computes together at most
- * (a channel multiplier's blocks of 8, 4 and 2: _depthwise_fixed.h,
- * fwd_multi); depthwise.pyx and the planner read it from here. */
+ * (a channel multiplier's blocks of 8, 4, 2 and 1 over gathered taps:
+ * _depthwise_impl.h, fwd_panels; the fixed-size kernels' fwd_multi takes
+ * blocks of 4 and 2); depthwise.pyx and the planner read it from here. */
 #define DW_FWD_BLOCK_MAX 8
 
 /* A channel multiplier of at least DW_PANEL_MIN_MULT filters (of 2 where

@@ -232,7 +232,6 @@ static __attribute__((noinline)) void DW_FIXM(fwd_multi_edge, MBV)(             
 {                                                                                \
     DW_FIX(fwd_multi_edge_body)(g, p, orow, o_step, ow, rows, wt, bs, MBV);     \
 }
-DW_DEFINE_FWD_MULTI_EDGE(8)
 DW_DEFINE_FWD_MULTI_EDGE(4)
 DW_DEFINE_FWD_MULTI_EDGE(2)
 #endif
@@ -355,7 +354,6 @@ static __attribute__((noinline)) void DW_FIXM(fwd_multi_compact, MBV)(          
 {                                                                                \
     DW_FIX(fwd_multi_compact_body)(g, in, wt, bs, out, o_step, oh_lo, oh_hi, MBV); \
 }
-DW_DEFINE_FWD_MULTI_COMPACT(8)
 DW_DEFINE_FWD_MULTI_COMPACT(4)
 DW_DEFINE_FWD_MULTI_COMPACT(2)
 #endif
@@ -385,9 +383,7 @@ DW_INLINE int DW_FIX(fwd_multi_body)(const dw_geom *g, const T *in, const T *w,
     }
 #ifdef DW_MERGE_LOAD
     if (DW_FIX(compact_pays)(g, A, B, oh_lo, oh_hi)) {
-        if (MB == 8)
-            DW_FIXM(fwd_multi_compact, 8)(g, in, wt, bs, out, o_step, oh_lo, oh_hi);
-        else if (MB == 4)
+        if (MB == 4)
             DW_FIXM(fwd_multi_compact, 4)(g, in, wt, bs, out, o_step, oh_lo, oh_hi);
         else
             DW_FIXM(fwd_multi_compact, 2)(g, in, wt, bs, out, o_step, oh_lo, oh_hi);
@@ -404,9 +400,7 @@ DW_INLINE int DW_FIX(fwd_multi_body)(const dw_geom *g, const T *in, const T *w,
                     ow = Wo - VL;   /* the last block overlaps, same values */
                 const int rows = oh + 1 < oh_hi ? 2 : 1;
                 if (ow < A || ow + VL > B) {
-                    if (MB == 8)
-                        DW_FIXM(fwd_multi_edge, 8)(g, p, orow, o_step, ow, rows, wt, bs);
-                    else if (MB == 4)
+                    if (MB == 4)
                         DW_FIXM(fwd_multi_edge, 4)(g, p, orow, o_step, ow, rows, wt, bs);
                     else
                         DW_FIXM(fwd_multi_edge, 2)(g, p, orow, o_step, ow, rows, wt, bs);
@@ -445,7 +439,6 @@ static __attribute__((noinline)) int DW_FIXM(fwd_multi, MBV)(                   
     return DW_FIX(fwd_multi_body)(g, in, w, w_step, bias, out, o_step, A, B,    \
                                   oh_lo, oh_hi, MBV);                           \
 }
-DW_DEFINE_FWD_MULTI(8)
 DW_DEFINE_FWD_MULTI(4)
 DW_DEFINE_FWD_MULTI(2)
 

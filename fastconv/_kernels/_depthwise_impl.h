@@ -219,7 +219,7 @@ static __attribute__((noinline)) void NM(fwd)(const dw_geom *g, const T *in, dws
 /* MB planes of one input plane (a channel multiplier's filters): out +
  * m*o_step = the correlation of `in` with filter w + m*w_step, plus bias[m]
  * (bias NULL: none), m < MB. The interior rows go through the fixed-size
- * multi-plane kernels in blocks of 8, 4 and 2 planes (each input vector
+ * multi-plane kernels in blocks of 4 and 2 planes (each input vector
  * loaded once for the block); the rest, and any plane left over, plane by
  * plane. */
 static __attribute__((noinline)) void NM(fwd_multi)(const dw_geom *g, const T *in, dws MB,
@@ -234,13 +234,15 @@ static __attribute__((noinline)) void NM(fwd_multi)(const dw_geom *g, const T *i
         const dws left = MB - m;
         const T *wm = w + m * w_step, *bm = bias ? bias + m : NULL;
         T *om = out + m * o_step;
-        dws block = left >= DW_FWD_BLOCK_MAX ? DW_FWD_BLOCK_MAX : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        /* blocks of 4 and 2: a multiplier of 8 or more reaches here only
+         * with planes narrower than a vector (fwd_panels takes the rest),
+         * where the fixed-size kernels do nothing */
+        dws block = left >= 4 ? 4 : left >= 2 ? 2 : 1;
         int done = 0;
         if (block > 1 && fx_hi > fx_lo) {
 #define DW_MULTI_CALL(RS, MBV) NM(fwd_multi_##RS##_##MBV)(g, in, wm, w_step, bm, om, o_step, \
                                                           A, B, fx_lo, fx_hi)
-#define DW_MULTI_SIZE(RS) (block == 8 ? DW_MULTI_CALL(RS, 8) : block == 4 ? DW_MULTI_CALL(RS, 4) \
-                           : DW_MULTI_CALL(RS, 2))
+#define DW_MULTI_SIZE(RS) (block == 4 ? DW_MULTI_CALL(RS, 4) : DW_MULTI_CALL(RS, 2))
             if (g->R == 3)
                 done = DW_MULTI_SIZE(3x3);
             else if (g->R == 5)
@@ -473,14 +475,15 @@ static __attribute__((noinline)) void NM(fwd_panels)(const dw_geom *g, const T *
     NM(panel_gather)(g, in, j0, len, X, off);
     for (dws m = 0; m < MB;) {
         const dws left = MB - m;
-        const dws block = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        const dws block = left >= DW_FWD_BLOCK_MAX ? DW_FWD_BLOCK_MAX
+                        : left >= 4 ? 4 : left >= 2 ? 2 : 1;
         for (dws i = 0; i < block; i++) {
             bs[i] = bias ? bias[m + i] : 0;
             for (dws t = 0; t < taps; t++)
                 wt[t * block + i] = w[(m + i) * w_step + t];
         }
         T *om = out + m * o_step + j0;
-        if (block == 8)
+        if (block == DW_FWD_BLOCK_MAX)
             NM(panel_filters_8)(X, off, len, taps, wt, bs, om, o_step);
         else if (block == 4)
             NM(panel_filters_4)(X, off, len, taps, wt, bs, om, o_step);

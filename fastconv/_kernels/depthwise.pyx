@@ -64,7 +64,7 @@ cdef extern from "_depthwise.h" nogil:
     dws dw_panel_chunks_f(int isa, const dw_geom *g, dws mult)
     dws dw_panel_chunks_d(int isa, const dw_geom *g, dws mult)
     # filters of one input channel per forward item (a channel multiplier):
-    # the C kernel blocks them by 8, 4 and 2 (_depthwise_fixed.h, fwd_multi)
+    # the C kernel blocks them by 8, 4, 2 (fwd_panels) or 4, 2 (fwd_multi)
     enum: DW_FWD_BLOCK_MAX
     # a multiplier from which the filters run over gathered taps (fwd_panels),
     # for kernels of at most DW_PANEL_MAX_TAPS taps
