@@ -180,6 +180,46 @@ def _release_free_memory():
         pass
 
 
+# A half-speed machine: on this 2-vCPU virtual machine a whole process now and
+# then runs every threaded case at about half its speed (the host giving the
+# two vCPUs one core's throughput, it seems): a full run of 2026-11-22 had 48
+# cases whose slowest process took 1.7-2.0x their fastest, PyTorch's among
+# them, each process uniformly slow while its CPU seconds per wall second
+# stayed 2.0 and a 64 MB copy kept its speed. A case whose processes all land
+# in such a phase shows no spread (ResNet-50 3a projection, auto, 16.9 against
+# 9.4 ms, in two full runs). So each child times a small compute-bound
+# convolution on the case's threads before and after its timed calls
+# (fastconv's own GEMM, 4 images of 64x16x16 through 64 3x3 filters, ~0.4 ms a
+# call: fits the L2 cache, so it measures the cores, not the memory), and the
+# run compares each process's probe with the median of all of them.
+PROBE_CALLS = 40
+# a process whose faster probe ran below this fraction of the run's median
+# probe ran on a slowed machine: a case whose best time came from such a
+# process is measured again (and flagged if it still is after the reruns).
+# Measured over 67 processes of the 3a projection (stretch; 20 calls a
+# probe): the 8 slow ones took 16.4-17.7 ms and probed 99-102 GFLOP/s (the
+# faster of their two probes), 54 others took 9.1-11.8 ms and probed 120-187
+# (single probes down to 99)
+SLOWED_FRACTION = 0.75
+
+
+def machine_speed(threads, calls=PROBE_CALLS):
+    """GFLOP/s of a small compute-bound convolution on `threads` threads (the
+    best of `calls` calls): how fast this process's cores are running now."""
+    import fastconv
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2 * threads, 64, 16, 16), dtype=np.float32)
+    w = rng.standard_normal((64, 64, 3, 3), dtype=np.float32)
+    out = np.empty_like(x)
+    best = float("inf")
+    for _ in range(calls):
+        start = time.perf_counter()
+        fastconv.conv2d(x, w, padding=1, method="fused", num_threads=threads, out=out)
+        best = min(best, time.perf_counter() - start)
+    time.sleep(0.01)  # OpenMP's workers stop spinning before a peer's threads run
+    return 2 * x.size * w.shape[0] * w[0].size / best / 1e9
+
+
 def _nbytes(out):
     return int(out.nbytes if hasattr(out, "nbytes") else out.element_size() * out.nelement())
 
@@ -288,14 +328,18 @@ def _measure_in_this_process(payload):
     # wall second (about the threads a call runs when it has the cores to
     # itself, less when something else takes them) and the load average at
     # the start, so that a case slower than its twin shows why in report.json
+    # the speed of the cores just before and just after (machine_speed)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    speed_before = machine_speed(threads)
     cpu, wall = time.process_time(), time.perf_counter()
     times = _time_calls([run], spec)[0]
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    speed_after = machine_speed(threads)
     result = dict(times=times, first_call=first, peak_growth=peak, output_bytes=output_bytes,
                   peak_exact=exact, allocator=allocator,
                   machine_share=dict(cpu_per_wall=cpu / wall if wall > 0 else None,
-                                     load_average=load), **extra)
+                                     load_average=load,
+                                     probe_gflops=[speed_before, speed_after]), **extra)
     if plan is not None:
         result.update(_plan_record(plan))
     print(json.dumps(result))
@@ -527,11 +571,36 @@ def _run_statistics(runs):
                 max=float(times.max()), spread=float(spread), runs_measured=len(runs))
 
 
-def _with_statistics(result, tolerance=TOLERANCE):
+def _probe_speed(share):
+    """The faster of a process's two machine_speed probes (None without): a
+    slowed phase lasts the whole process, a probe's own noise does not."""
+    speeds = (share or {}).get("probe_gflops")
+    return max(speeds) if speeds else None
+
+
+def reference_speed(records):
+    """The run's machine speed: the median probe over every timed process
+    (most run at the machine's normal speed), or None without probes."""
+    speeds = [speed for r in records for share in r.get("machine_shares") or []
+              if (speed := _probe_speed(share))]
+    return float(np.median(speeds)) if speeds else None
+
+
+def _with_statistics(result, tolerance=TOLERANCE, reference=None):
+    """Add best, median, spread... to a record; noisy when its spread is over
+    `tolerance` or (given the run's `reference` speed) its best process ran on
+    a slowed machine."""
     runs = result.get("runs") or [result["times"]]
     result["times"] = [t for ts in runs for t in ts]
     result.update(_run_statistics(runs))
     noisy = result["spread"] > 1 + tolerance
+    shares = result.get("machine_shares") or []
+    best_run = min(range(len(runs)), key=lambda j: min(runs[j]))
+    speed = _probe_speed(shares[best_run]) if best_run < len(shares) else None
+    if reference and speed:
+        result["machine_speed"] = speed / reference
+        result["slowed"] = bool(speed < SLOWED_FRACTION * reference)
+        noisy = noisy or result["slowed"]
     if result.get("baseline_runs"):
         base = _run_statistics(result["baseline_runs"])
         # the baseline and the point timed in the same process, round-robin:
@@ -668,6 +737,13 @@ def write_markdown(path, meta, summary, results, layers, dtypes, notes, plots):
         f"{meta['reruns']} times), and one still noisy after that is flagged "
         f"\"noisy: spread S×\" (S: second best over best, or the second-best process's best over "
         f"the best one's).", "",
+        f"- **Machine speed**: each process also times a small compute-bound convolution on the "
+        f"same threads before and after its timed calls; on a virtual machine whole processes "
+        f"sometimes run at half speed, and a case whose best process ran below "
+        f"{100 * SLOWED_FRACTION:.0f} % of the run's median probe is measured again like a noisy "
+        f"one. " + (f"This run: {ms['slowed_processes']} of {ms['processes']} processes slowed "
+                    f"(median probe {ms['median_gflops']:.0f} GFLOP/s)."
+                    if (ms := meta.get("machine_speed")) and ms.get("median_gflops") else ""), "",
         "## Summary", "",
         "Geometric means over the layers of the best times; a time ratio below 1 means fastconv "
         "(auto) is faster. \"total\": the summed times of those layers, which weighs each layer "
@@ -699,11 +775,14 @@ def write_markdown(path, meta, summary, results, layers, dtypes, notes, plots):
     noisy = [r for r in results if r.get("noisy")]
     if noisy:
         lines += [f"Noisy cases ({len(noisy)}; spread of the best times still over "
-                  f"{100 * meta['tolerance']:.0f} % after every rerun):", ""] + [
+                  f"{100 * meta['tolerance']:.0f} %, or the best time from a process on a slowed "
+                  f"machine, after every rerun):", ""] + [
             f"- {r['layer']} {r['dtype']} {r['kind']} {label(r['case'])}"
             f"{' (limit ' + _fmt_bytes(r['limit']) + ')' if r.get('tradeoff') else ''}: "
             f"noisy: spread {max(r['spread'], r.get('baseline_spread', 1)):.2f}× over "
-            f"{r['runs_measured']} process(es)" for r in noisy] + [""]
+            f"{r['runs_measured']} process(es)"
+            + (f"; its best process ran with the cores at {100 * r['machine_speed']:.0f} % of "
+               f"the run's speed" if r.get("slowed") else "") for r in noisy] + [""]
     load = meta.get("load_average")
     if load and max(load) > (meta["usable_cpus"] or 1):
         lines += [f"⚠ Other processes loaded the machine during this run (1-minute load average "
@@ -1048,7 +1127,9 @@ def run_report(layers_file=None, dtypes=None, threads=None, quick=False, out_dir
         noisy = []
         for unit in units:
             for i, _ in unit:
-                if records[i].get("runs") and _with_statistics(dict(records[i]), tolerance)["noisy"]:
+                if (records[i].get("runs")
+                        and _with_statistics(dict(records[i]), tolerance,
+                                             reference_speed(records))["noisy"]):
                     noisy.append(unit)
                     break
         if not noisy:
@@ -1059,16 +1140,23 @@ def run_report(layers_file=None, dtypes=None, threads=None, quick=False, out_dir
         for unit in noisy:
             measure(unit, "again: ")
     results = []
+    reference = reference_speed(records)
     for record in records:
         if record.get("runs"):
-            _with_statistics(record, tolerance)
+            _with_statistics(record, tolerance, reference)
         results.append(record)
+    speeds = [_probe_speed(share) for r in records for share in r.get("machine_shares") or []]
+    speeds = [v for v in speeds if v]
 
     meta = machine_info(threads)
     meta.update(layers_file=str(layers_path), quick=quick, repeats=repeats,
                 min_seconds=min_seconds, tolerance=tolerance, max_seconds=settings["max_seconds"],
                 reruns=reruns, passes=passes, scipy_seconds=settings["scipy_seconds"],
                 dtypes=dtypes, allocator=allocator,
+                machine_speed=dict(median_gflops=reference, processes=len(speeds),
+                                   slowed_processes=sum(v < SLOWED_FRACTION * reference
+                                                        for v in speeds) if reference else 0,
+                                   slowed_fraction=SLOWED_FRACTION),
                 torch_missing=_benchcases.peer_available("torch") is not None,
                 load_average=(None if load_start is None else [load_start, os.getloadavg()[0]]),
                 seconds=round(time.perf_counter() - started, 1))

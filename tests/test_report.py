@@ -97,6 +97,10 @@ def test_quick_report_with_every_installed_peer(tiny_layers, tmp_path):
     timed = [r for r in data["results"] if "runs" in r and not r.get("tradeoff")]
     assert timed and all(len(r["machine_shares"]) == len(r["runs"]) for r in timed)
     assert all(share["cpu_per_wall"] > 0 for r in timed for share in r["machine_shares"])
+    assert all(len(share["probe_gflops"]) == 2 and min(share["probe_gflops"]) > 0
+               for r in timed for share in r["machine_shares"])
+    assert data["meta"]["machine_speed"]["median_gflops"] > 0
+    assert all(0 < r["machine_speed"] for r in timed)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -229,6 +233,47 @@ def test_a_case_that_stays_noisy_is_measured_again_and_flagged(tiny_layers, tmp_
     assert "| 0.50× (1 noisy) |" in summary  # auto / NumPy: 1e-3 / 2e-3
     assert "tiny_3x3 float32 forward NumPy: noisy: spread 2.60×" in summary
     assert "⚠ noisy: spread 2.60×" in markdown.split("## Layers", 1)[1]
+
+
+def test_a_case_timed_on_a_slowed_machine_is_measured_again(tiny_layers, tmp_path, monkeypatch):
+    """Whole processes of a virtual machine sometimes run at half speed with
+    no spread to show it: the children's machine-speed probes do. Faked: every
+    process of the mapped case probes at half the others' speed; stretch's
+    first process does too, with times twice as long, and its rerun does not."""
+    calls = []
+
+    def fake(spec):
+        calls.append(spec["case"])
+        base = dict(peak_growth=4096, output_bytes=800, first_call=1e-3, allocator={})
+        steady = [1e-3, 1.02e-3, 1.05e-3]
+        if spec["case"] == "tradeoff":
+            point = dict(base, times=steady, workspace_bytes=1024, method="mapped",
+                         plan="ConvPlan(mapped)")
+            return dict(points=[dict(point) for _ in range(len(spec["limits"]) + 1)])
+        slowed = spec["case"] == "mapped" or (spec["case"] == "stretch"
+                                               and calls.count("stretch") == 1)
+        times = [2 * t for t in steady] if spec["case"] == "stretch" and slowed else steady
+        return dict(base, times=times, machine_share=dict(
+            cpu_per_wall=1.0, load_average=0.1, probe_gflops=[48.0, 50.0] if slowed else [99.0, 100.0]))
+    monkeypatch.setattr(report, "measure_case", fake)
+    paths = report.run_report(tiny_layers, ["float32"], threads=1, quick=True, repeats=3,
+                              names=["tiny_3x3"], out_dir=tmp_path / "s", progress=False,
+                              reruns=2)
+    # stretch: again for its slowed best, then for the spread its slowed process leaves
+    assert calls.count("mapped") == 3 and calls.count("stretch") == 3 and calls.count("direct") == 1
+    data = json.loads(pathlib.Path(paths["json"]).read_text())
+    by_case = {r["case"]: r for r in data["results"] if r["kind"] == "forward" and not r.get("tradeoff")}
+    assert by_case["mapped"]["noisy"] and by_case["mapped"]["slowed"]
+    assert by_case["mapped"]["machine_speed"] == pytest.approx(0.5)
+    stretch = by_case["stretch"]  # its best from a fast process
+    assert not stretch["noisy"] and not stretch["slowed"] and stretch["best"] == 1e-3
+    assert stretch["runs_measured"] == 3 and stretch["spread"] == pytest.approx(1.02)
+    assert [r["case"] for r in data["results"] if r.get("noisy")] == ["mapped"]
+    speed = data["meta"]["machine_speed"]
+    assert speed["median_gflops"] == 100.0 and speed["slowed_processes"] == 4
+    markdown = pathlib.Path(paths["markdown"]).read_text()
+    assert "its best process ran with the cores at 50 % of the run's speed" in markdown
+    assert "4 of " in markdown and "processes slowed (median probe 100 GFLOP/s)" in markdown
 
 
 def test_same_shape_gemm_is_blas_on_every_layer():
