@@ -217,7 +217,8 @@ def machine_speed(threads, calls=PROBE_CALLS):
         fastconv.conv2d(x, w, padding=1, method="fused", num_threads=threads, out=out)
         best = min(best, time.perf_counter() - start)
     time.sleep(0.01)  # OpenMP's workers stop spinning before a peer's threads run
-    return 2 * x.size * w.shape[0] * w[0].size / best / 1e9
+    n, _, h, width = x.shape
+    return 2 * n * h * width * w.size / best / 1e9   # padding 1: Ho, Wo = H, W
 
 
 def _nbytes(out):
@@ -784,7 +785,8 @@ def write_markdown(path, meta, summary, results, layers, dtypes, notes, plots):
             + (f"; its best process ran with the cores at {100 * r['machine_speed']:.0f} % of "
                f"the run's speed" if r.get("slowed") else "") for r in noisy] + [""]
     load = meta.get("load_average")
-    if load and max(load) > (meta["usable_cpus"] or 1):
+    # at the end the run's own child counts (its threads): more is someone else
+    if load and (load[0] > (meta["usable_cpus"] or 1) or load[1] > meta["threads"] + 1):
         lines += [f"⚠ Other processes loaded the machine during this run (1-minute load average "
                   f"{load[0]:.1f} at the start, {load[1]:.1f} at the end, on "
                   f"{meta['usable_cpus']} usable CPUs): threaded calls then wait for time slices, "

@@ -99,7 +99,9 @@ def test_quick_report_with_every_installed_peer(tiny_layers, tmp_path):
     assert all(share["cpu_per_wall"] > 0 for r in timed for share in r["machine_shares"])
     assert all(len(share["probe_gflops"]) == 2 and min(share["probe_gflops"]) > 0
                for r in timed for share in r["machine_shares"])
-    assert data["meta"]["machine_speed"]["median_gflops"] > 0
+    # GFLOP/s of the probe: no core runs 1 TFLOP/s of float32 (a count of the
+    # channels twice over once gave 11852 on two threads here)
+    assert 0 < data["meta"]["machine_speed"]["median_gflops"] < 1000 * data["meta"]["threads"]
     assert all(0 < r["machine_speed"] for r in timed)
 
 
