@@ -60,6 +60,7 @@ cdef extern from "_fused_kernels.h" nogil:
                                   Py_ssize_t, double *, Py_ssize_t, int,
                                   const double *) noexcept nogil
     int fc_isa_available(int isa)
+    void fc_prefetch_rows(const void *p, Py_ssize_t stride, Py_ssize_t rows, Py_ssize_t nbytes)
     int fc_mr(int isa, int is_double)
     int fc_nr(int isa, int is_double)
     int fc_lanes(int isa, int is_double)
@@ -621,7 +622,9 @@ cdef void _run_item(const Geometry *geo, const floating *x_group, const Py_ssize
     cdef fc_ukr_f64_t panel64
     cdef Py_ssize_t mr = geo.mr, nr = geo.nr, cols = geo.cols, Kg = geo.Kg
     cdef Py_ssize_t k0, kcb, ic, ie, jr, ir, nvalid, pw, j, n, col, m, ldb
+    cdef Py_ssize_t n_blocks, block, r0, r1
     cdef bint direct
+    cdef const floating *b_next
     cdef int first
     cdef const floating *a_block
     cdef const floating *ap
@@ -656,8 +659,23 @@ cdef void _run_item(const Geometry *geo, const floating *x_group, const Py_ssize
                     bp = buf + jr * kcb
                     ldb = pw
                 c_col = out_group + n * geo.image_step + col
+                # B read in place (a pointwise layer): its first pass per
+                # micro-panel read one row per channel plane from memory; the
+                # next micro-panel's rows are prefetched a slice per call of
+                # this one's, so that pass finds them in the cache
+                b_next = NULL
+                if direct and geo.b_in_place and col + 2 * nr <= cols:
+                    b_next = bp + nr
+                n_blocks = (ie - ic + mr - 1) // mr
+                block = 0
                 ir = ic
                 while ir < ie:
+                    if b_next != NULL:
+                        r0 = block * kcb // n_blocks
+                        r1 = (block + 1) * kcb // n_blocks
+                        fc_prefetch_rows(b_next + r0 * ldb, ldb * sizeof(floating), r1 - r0,
+                                         nr * sizeof(floating))
+                        block += 1
                     if lda == 0:
                         ap = a_block + ir * kcb
                     elif ir + mr <= Kg:
