@@ -122,6 +122,25 @@ def test_same_bits_for_any_threads(isa, dtype):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("K", [5, 13, 64])
+@pytest.mark.parametrize("N, W", [(1, 11), (1, 13), (2, 6), (2, 40)])
+def test_tile_stores(isa, K, N, W):
+    # float32 tiles whose pixels are consecutive in the output go through the
+    # ISA's transposing store (8 filters at a time, then the rest), the others
+    # (across images, border classes) element by element. A class's pixels
+    # are dealt out 6 at a time over the batch: without padding, one image of
+    # 7 x 9 or 7 x 11 outputs ends on a tile of 3 or 5 pixels. Every output
+    # written once, with its bias
+    rng = np.random.default_rng(K * W)
+    x = rng.standard_normal((N, 3, 9, W)).astype(np.float32)
+    w = rng.standard_normal((K, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(K).astype(np.float32)
+    for padding in (((0, 0), (0, 0)), ((1, 1), (2, 1))):
+        out = run_direct(x, w, b, padding=padding, isa=isa, threads=2)
+        assert_close(out, conv2d_reference(x, w, b, padding=padding), np.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_every_isa_agrees_with_generic(isa):
     rng = np.random.default_rng(6)
     x = rng.standard_normal((2, 16, 12, 12))

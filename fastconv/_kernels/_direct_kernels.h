@@ -85,6 +85,21 @@ static inline fc_direct_pack_f64_t fc_direct_pack_f64(int isa)
     return NULL;
 }
 
+/* The ISA's store of a tile of at most 8 pixels consecutive in the output
+ * (tile, m, nr, nf, out, out_filter, bias), or NULL: direct.pyx's portable
+ * loop (float64, the generic ISA, pixels apart) */
+typedef void (*fc_direct_store_f32_t)(const float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, float *,
+                                      ptrdiff_t, const float *);
+
+static inline fc_direct_store_f32_t fc_direct_store_f32(int isa)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512 || isa == FC_ISA_AVX2) return fc_direct_store_avx2_f32;
+#endif
+    return NULL;
+}
+
 /* The ISA's pack of an input gradient's panel from the forward weights (w,
  * channel_step, nf, channels, taps, reverse, tap_rows, panel; each filter's
  * taps one run, `taps` after the previous filter's), or NULL: direct.pyx's

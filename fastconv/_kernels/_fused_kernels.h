@@ -62,6 +62,23 @@ static inline void fc_prefetch_rows(const void *p, ptrdiff_t stride, ptrdiff_t r
 #endif
 }
 
+/* The same for lines about to be written (prefetchw where the CPU has it):
+ * the output rows of direct.pyx's next tile store, one per filter. */
+static inline void fc_prefetch_write_rows(void *p, ptrdiff_t stride, ptrdiff_t rows,
+                                          ptrdiff_t bytes)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    char *row = (char *)p;
+    ptrdiff_t r;
+    for (r = 0; r < rows; r++, row += stride) {
+        __builtin_prefetch(row, 1, 3);
+        __builtin_prefetch(row + bytes - 1, 1, 3);
+    }
+#else
+    (void)p; (void)stride; (void)rows; (void)bytes;
+#endif
+}
+
 /* 1 if this build has the kernel and this CPU can run it */
 static inline int fc_isa_available(int isa)
 {

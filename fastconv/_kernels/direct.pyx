@@ -72,6 +72,10 @@ cdef extern from "_direct_kernels.h" nogil:
                                                   double *) noexcept nogil
     fc_direct_pack_adjoint_f32_t fc_direct_pack_adjoint_f32(int isa)
     fc_direct_pack_adjoint_f64_t fc_direct_pack_adjoint_f64(int isa)
+    ctypedef void (*fc_direct_store_f32_t)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                           float *, Py_ssize_t, const float *) noexcept nogil
+    fc_direct_store_f32_t fc_direct_store_f32(int isa)
+    void fc_prefetch_write_rows(void *p, Py_ssize_t stride, Py_ssize_t rows, Py_ssize_t nbytes)
 
 
 cdef enum:
@@ -303,15 +307,25 @@ cdef inline void _pack(const floating *weight, Py_ssize_t filter_step, Py_ssize_
 
 cdef void _store_tile(const floating *tile, Py_ssize_t m, Py_ssize_t nr, Py_ssize_t nf,
                       const Py_ssize_t *pix_out, floating *out, Py_ssize_t out_filter,
-                      const floating *bias) noexcept nogil:
+                      const floating *bias, fc_direct_store_f32_t store32) noexcept nogil:
     """Each of the tile's m pixels' nf filters into out, bias added: filter
     by filter, so that each output row's line takes the tile's pixels one
     after another. Pixel by pixel, every store went to another row, and
     rows 16 KiB apart (64 x 64 maps) share one L1 set: dilated_3x3_d2
-    spent 16 % of its run in this loop (perf)."""
+    spent 16 % of its run in this loop (perf). store32 (the ISA's, or
+    NULL): float32 tiles of at most 8 pixels consecutive in the output,
+    transposed in registers (_direct_avx2.h)."""
     cdef Py_ssize_t j, f
     cdef floating *o
     cdef floating b
+    if floating is float:
+        if store32 != NULL and m <= 8:
+            j = 1
+            while j < m and pix_out[j] == pix_out[0] + j:
+                j += 1
+            if j == m:
+                store32(tile, m, nr, nf, out + pix_out[0], out_filter, bias)
+                return
     for f in range(nf):
         o = out + f * out_filter
         b = bias[f] if bias != NULL else 0
@@ -476,6 +490,7 @@ def conv2d_direct(const floating[:, :, :, :] x,
     cdef fc_direct_f32_t kernel32 = fc_direct_f32(code)
     cdef fc_direct_f64_t kernel64 = fc_direct_f64(code)
     cdef Packers packers
+    cdef fc_direct_store_f32_t store32 = fc_direct_store_f32(code)
     packers.rows32 = fc_direct_pack_f32(code)
     packers.rows64 = fc_direct_pack_f64(code)
     packers.adjoint32 = fc_direct_pack_adjoint_f32(code)
@@ -512,6 +527,12 @@ def conv2d_direct(const floating[:, :, :, :] x,
                     ntaps = klass_taps[0]
                     # one channel block: a tile is stored as soon as computed
                     slot = (t - t0) * mr * nr if n_cblocks > 1 else 0
+                    if c0 + nc >= Cg:
+                        # its nf output rows fetched for writing while it computes
+                        fc_prefetch_write_rows(out0 + (g * Kg + f0) * cols
+                                               + (tab + npix + tile[TILE_START])[0],
+                                               cols * sizeof(floating), nf,
+                                               tile[TILE_PIXELS] * sizeof(floating))
                     if floating is float:
                         kernel32(tile[TILE_PIXELS], x0 + (g * Cg + c0) * xs_c,
                                  tab + tile[TILE_START], xs_c, nc, klass_taps + 1,
@@ -524,5 +545,5 @@ def conv2d_direct(const floating[:, :, :, :] x,
                         _store_tile(acc + slot, tile[TILE_PIXELS], nr, nf,
                                     tab + npix + tile[TILE_START],
                                     out0 + (g * Kg + f0) * cols, cols,
-                                    bias0 + g * Kg + f0 if bias0 != NULL else NULL)
+                                    bias0 + g * Kg + f0 if bias0 != NULL else NULL, store32)
                 c0 = c0 + cb   # (not +=: Cython would make it a reduction)
