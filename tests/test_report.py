@@ -256,7 +256,7 @@ def test_a_case_timed_on_a_slowed_machine_is_measured_again(tiny_layers, tmp_pat
                                                and calls.count("stretch") == 1)
         times = [2 * t for t in steady] if spec["case"] == "stretch" and slowed else steady
         return dict(base, times=times, machine_share=dict(
-            cpu_per_wall=1.0, load_average=0.1, probe_gflops=[48.0, 50.0] if slowed else [99.0, 100.0]))
+            cpu_per_wall=1.0, load_average=0.1, probe_gflops=[50.0, 52.0] if slowed else [101.0, 100.0]))
     monkeypatch.setattr(report, "measure_case", fake)
     paths = report.run_report(tiny_layers, ["float32"], threads=1, quick=True, repeats=3,
                               names=["tiny_3x3"], out_dir=tmp_path / "s", progress=False,
