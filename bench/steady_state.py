@@ -4,6 +4,10 @@ as a training loop calls it. Every case runs in a fresh process that first
 puts glibc's allocator in a long-running program's state (report's
 warm_allocator), warms up on the full batch, then times; the cases alternate
 between libraries round after round, and the best of all rounds is kept.
+Each process also probes the machine's speed before and after (report's
+machine_speed): a process whose slower probe ran under 75 % of the median
+probe ran in one of this VM's half-speed phases, and its time is left out
+(shown with a warning where a case has no other).
 
     python bench/steady_state.py [--names paper_mnist,resnet50_2a_1x1] [--rounds 4]
                                  [--threads 2] [--calls 30] [--methods auto,fused]
@@ -20,7 +24,7 @@ import time
 
 CHILD = r"""
 import json, sys, time
-from fastconv.report import warm_allocator
+from fastconv.report import machine_speed, warm_allocator
 warm_allocator()
 import numpy as np
 import fastconv
@@ -48,12 +52,13 @@ else:
            }[kind]
 for _ in range(3):
     run()
+before = machine_speed(threads)
 times = []
 for _ in range(calls):
     start = time.perf_counter()
     run()
     times.append(time.perf_counter() - start)
-print(json.dumps(min(times)))
+print(json.dumps([min(times), min(before, machine_speed(threads))]))
 """
 
 
@@ -71,7 +76,8 @@ def main():
     from fastconv._benchcases import load_layers
     layers = {layer["name"]: layer for layer in load_layers()}
     methods = args.methods.split(",")
-    best = {}
+    from fastconv.report import SLOWED_FRACTION
+    runs = {}   # (layer, library) -> [(best time, probe)], or None: not applicable
     for round_ in range(args.rounds):
         for name in args.names.split(","):
             libraries = ["torch"] + methods
@@ -86,11 +92,22 @@ def main():
                     # 3x3 one): shown as n/a; anything else is raised
                     if "ValueError: method=" not in child.stderr:
                         raise RuntimeError(f"{name} {library}: {child.stderr[-2000:]}")
-                    best[key] = None
+                    runs[key] = None
                     continue
-                seconds = json.loads(child.stdout)
-                best[key] = min(best.get(key) or seconds, seconds)
+                runs.setdefault(key, []).append(json.loads(child.stdout))
                 time.sleep(0.2)  # let the other runtime's spinning threads sleep
+    probes = sorted(p for r in runs.values() if r for _, p in r)
+    floor = SLOWED_FRACTION * probes[len(probes) // 2] if probes else 0
+    best, slowed, dropped = {}, set(), 0
+    for key, r in runs.items():
+        if r is None:
+            best[key] = None
+            continue
+        kept = [t for t, p in r if p >= floor]
+        dropped += len(r) - len(kept)
+        if not kept:
+            slowed.add(key)
+        best[key] = min(kept or [t for t, _ in r])
     print(f"{args.kind}, {args.dtype}, {args.threads} threads, best of {args.rounds} rounds; fastconv "
           "with out= (method: time, ratio to PyTorch)")
     print(f"{'layer':24s} {'PyTorch':>10s}" + "".join(f" {m:>19s}" for m in methods))
@@ -99,6 +116,10 @@ def main():
         print(f"{name:24s} {t * 1e3:7.3f} ms" + "".join(
             f" {'n/a':>19s}" if best[(name, m)] is None else
             f" {best[(name, m)] * 1e3:9.3f} ms {best[(name, m)] / t:5.2f}x" for m in methods))
+    print(f"{dropped} of {len(probes)} processes left out: the machine at under "
+          f"{100 * SLOWED_FRACTION:.0f} % of its median speed" + (
+              "; every process of " + ", ".join(" ".join(k) for k in sorted(slowed))
+              + " was slowed (its best time shown anyway)" if slowed else ""))
 
 
 if __name__ == "__main__":
