@@ -584,11 +584,16 @@ def _probe_speed(share):
     return min(speeds) if speeds else None
 
 
+def _probe_speeds(records):
+    """The probe speed of every timed process of the run."""
+    return [speed for r in records for share in r.get("machine_shares") or []
+            if (speed := _probe_speed(share))]
+
+
 def reference_speed(records):
     """The run's machine speed: the median probe over every timed process
     (most run at the machine's normal speed), or None without probes."""
-    speeds = [speed for r in records for share in r.get("machine_shares") or []
-              if (speed := _probe_speed(share))]
+    speeds = _probe_speeds(records)
     return float(np.median(speeds)) if speeds else None
 
 
@@ -1132,11 +1137,11 @@ def run_report(layers_file=None, dtypes=None, threads=None, quick=False, out_dir
     bar.close()
     for attempt in range(reruns):
         noisy = []
+        reference = reference_speed(records)
         for unit in units:
             for i, _ in unit:
                 if (records[i].get("runs")
-                        and _with_statistics(dict(records[i]), tolerance,
-                                             reference_speed(records))["noisy"]):
+                        and _with_statistics(dict(records[i]), tolerance, reference)["noisy"]):
                     noisy.append(unit)
                     break
         if not noisy:
@@ -1152,8 +1157,7 @@ def run_report(layers_file=None, dtypes=None, threads=None, quick=False, out_dir
         if record.get("runs"):
             _with_statistics(record, tolerance, reference)
         results.append(record)
-    speeds = [_probe_speed(share) for r in records for share in r.get("machine_shares") or []]
-    speeds = [v for v in speeds if v]
+    speeds = _probe_speeds(records)
 
     meta = machine_info(threads)
     meta.update(layers_file=str(layers_path), quick=quick, repeats=repeats,

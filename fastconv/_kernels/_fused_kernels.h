@@ -37,45 +37,37 @@ typedef void (*fc_pack_f32_t)(float *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *, 
 typedef void (*fc_pack_f64_t)(double *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *, const double *,
                               const ptrdiff_t *, int, ptrdiff_t);
 
-/* Prefetch `rows` rows of `bytes` bytes each, `stride` bytes apart, from p
- * into L2: the rows of the next micro-panel of B read in place (fused.pyx's
- * _run_item spreads them over the micro-kernel calls of the current one).
- * Those rows are one per input channel, a channel plane apart, which the
- * hardware prefetcher does not follow (64 channels: 64 streams). Fused's
- * time, new build over old, processes alternated, best of 3-4, float32:
- * ResNet-50 2b 1x1 (256 channels) 0.86 on 2 threads, 0.83 on one; 2a 1x1
- * (64) 0.99 / 0.96; 4b 1x1 (1024, 14x14) 0.99 / 0.99. Into L1 instead
- * (locality 3): 2b 0.93 / 0.90, the others the same (a panel of 256 rows
- * is 48 KiB, more than L1). */
+/* Prefetch `rows` rows of `bytes` bytes each, `stride` bytes apart, from p.
+ * Reading (for_write 0), into L2: the rows of the next micro-panel of B read
+ * in place (fused.pyx's _run_item spreads them over the micro-kernel calls
+ * of the current one). Those rows are one per input channel, a channel
+ * plane apart, which the hardware prefetcher does not follow (64 channels:
+ * 64 streams). Fused's time, new build over old, processes alternated, best
+ * of 3-4, float32: ResNet-50 2b 1x1 (256 channels) 0.86 on 2 threads, 0.83
+ * on one; 2a 1x1 (64) 0.99 / 0.96; 4b 1x1 (1024, 14x14) 0.99 / 0.99. Into
+ * L1 instead: 2b 0.93 / 0.90, the others the same (a panel of 256 rows is
+ * 48 KiB, more than L1). Writing (for_write 1), into L1 with write intent
+ * (prefetchw where the compiler targets it, else an ordinary prefetch): a
+ * direct tile's output rows, one per filter, fetched while it computes
+ * (direct.pyx). */
 static inline void fc_prefetch_rows(const void *p, ptrdiff_t stride, ptrdiff_t rows,
-                                    ptrdiff_t bytes)
+                                    ptrdiff_t bytes, int for_write)
 {
 #if defined(__GNUC__) || defined(__clang__)
     const char *row = (const char *)p;
     ptrdiff_t r, o;
     for (r = 0; r < rows; r++, row += stride) {
-        for (o = 0; o < bytes; o += 64) __builtin_prefetch(row + o, 0, 2);
-        __builtin_prefetch(row + bytes - 1, 0, 2);  /* an unaligned row's last line */
+        /* every line of the row; the last byte: an unaligned row's last line */
+        if (for_write) {
+            for (o = 0; o < bytes; o += 64) __builtin_prefetch(row + o, 1, 3);
+            __builtin_prefetch(row + bytes - 1, 1, 3);
+        } else {
+            for (o = 0; o < bytes; o += 64) __builtin_prefetch(row + o, 0, 2);
+            __builtin_prefetch(row + bytes - 1, 0, 2);
+        }
     }
 #else
-    (void)p; (void)stride; (void)rows; (void)bytes;
-#endif
-}
-
-/* The same for lines about to be written (prefetchw where the CPU has it):
- * the output rows of direct.pyx's next tile store, one per filter. */
-static inline void fc_prefetch_write_rows(void *p, ptrdiff_t stride, ptrdiff_t rows,
-                                          ptrdiff_t bytes)
-{
-#if defined(__GNUC__) || defined(__clang__)
-    char *row = (char *)p;
-    ptrdiff_t r;
-    for (r = 0; r < rows; r++, row += stride) {
-        __builtin_prefetch(row, 1, 3);
-        __builtin_prefetch(row + bytes - 1, 1, 3);
-    }
-#else
-    (void)p; (void)stride; (void)rows; (void)bytes;
+    (void)p; (void)stride; (void)rows; (void)bytes; (void)for_write;
 #endif
 }
 

@@ -75,7 +75,8 @@ cdef extern from "_direct_kernels.h" nogil:
     ctypedef void (*fc_direct_store_f32_t)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                            float *, Py_ssize_t, const float *) noexcept nogil
     fc_direct_store_f32_t fc_direct_store_f32(int isa)
-    void fc_prefetch_write_rows(void *p, Py_ssize_t stride, Py_ssize_t rows, Py_ssize_t nbytes)
+    void fc_prefetch_rows(const void *p, Py_ssize_t stride, Py_ssize_t rows, Py_ssize_t nbytes,
+                          int for_write)
 
 
 cdef enum:
@@ -484,6 +485,8 @@ def conv2d_direct(const floating[:, :, :, :] x,
     cdef const Py_ssize_t *tab = &tables[0]
     cdef Py_ssize_t item, g, fb, run, t0, t1, t, c0, nc, nf, f0, ntaps, slot
     cdef const Py_ssize_t *tile
+    cdef const Py_ssize_t *pix_out
+    cdef floating *out_block
     cdef const Py_ssize_t *klass_taps
     cdef floating *acc
     cdef const floating *panel
@@ -511,6 +514,7 @@ def conv2d_direct(const floating[:, :, :, :] x,
             nf = Kg - f0 if Kg - f0 < nr else nr
             t0 = run * per_item
             t1 = t0 + per_item if t0 + per_item < n_tiles else n_tiles
+            out_block = out0 + (g * Kg + f0) * cols   # the item's filters' output rows
             acc = _aligned(&workspace[threadid(), 0])
             c0 = 0
             while c0 < Cg:
@@ -527,12 +531,11 @@ def conv2d_direct(const floating[:, :, :, :] x,
                     ntaps = klass_taps[0]
                     # one channel block: a tile is stored as soon as computed
                     slot = (t - t0) * mr * nr if n_cblocks > 1 else 0
+                    pix_out = tab + npix + tile[TILE_START]
                     if c0 + nc >= Cg:
                         # its nf output rows fetched for writing while it computes
-                        fc_prefetch_write_rows(out0 + (g * Kg + f0) * cols
-                                               + (tab + npix + tile[TILE_START])[0],
-                                               cols * sizeof(floating), nf,
-                                               tile[TILE_PIXELS] * sizeof(floating))
+                        fc_prefetch_rows(out_block + pix_out[0], cols * sizeof(floating), nf,
+                                         tile[TILE_PIXELS] * sizeof(floating), 1)
                     if floating is float:
                         kernel32(tile[TILE_PIXELS], x0 + (g * Cg + c0) * xs_c,
                                  tab + tile[TILE_START], xs_c, nc, klass_taps + 1,
@@ -542,8 +545,6 @@ def conv2d_direct(const floating[:, :, :, :] x,
                                  tab + tile[TILE_START], xs_c, nc, klass_taps + 1,
                                  klass_taps + 1 + RS, ntaps, panel, nr, acc + slot, c0 == 0)
                     if c0 + nc >= Cg:
-                        _store_tile(acc + slot, tile[TILE_PIXELS], nr, nf,
-                                    tab + npix + tile[TILE_START],
-                                    out0 + (g * Kg + f0) * cols, cols,
+                        _store_tile(acc + slot, tile[TILE_PIXELS], nr, nf, pix_out, out_block, cols,
                                     bias0 + g * Kg + f0 if bias0 != NULL else NULL, store32)
                 c0 = c0 + cb   # (not +=: Cython would make it a reduction)

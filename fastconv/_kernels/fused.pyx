@@ -60,7 +60,8 @@ cdef extern from "_fused_kernels.h" nogil:
                                   Py_ssize_t, double *, Py_ssize_t, int,
                                   const double *) noexcept nogil
     int fc_isa_available(int isa)
-    void fc_prefetch_rows(const void *p, Py_ssize_t stride, Py_ssize_t rows, Py_ssize_t nbytes)
+    void fc_prefetch_rows(const void *p, Py_ssize_t stride, Py_ssize_t rows, Py_ssize_t nbytes,
+                          int for_write)
     int fc_mr(int isa, int is_double)
     int fc_nr(int isa, int is_double)
     int fc_lanes(int isa, int is_double)
@@ -674,7 +675,7 @@ cdef void _run_item(const Geometry *geo, const floating *x_group, const Py_ssize
                         r0 = block * kcb // n_blocks
                         r1 = (block + 1) * kcb // n_blocks
                         fc_prefetch_rows(b_next + r0 * ldb, ldb * sizeof(floating), r1 - r0,
-                                         nr * sizeof(floating))
+                                         nr * sizeof(floating), 0)
                         block += 1
                     if lda == 0:
                         ap = a_block + ir * kcb
