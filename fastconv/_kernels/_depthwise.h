@@ -143,6 +143,11 @@ DW_INLINE void dw_step_position(dws *row, dws *col, dws step, dws Wo)
 #define DW_PANEL_BYTES 16384
 #define DW_PANEL_MAX_TAPS 128
 
+/* fwd_band: the buffer of padded input rows on the thread's stack (a band of
+ * output rows takes as many as fit), and the widest kernel it takes */
+#define DW_BAND_BYTES 32768
+#define DW_BAND_MAX_S 128
+
 /* Unaligned vector load and store (GNU statement expressions; memcpy compiles
  * to one vmovups / movups). */
 #define DW_LOAD(TYPE, p) ({ TYPE v_; memcpy(&v_, (p), sizeof v_); v_; })
