@@ -203,6 +203,48 @@ def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
 
 
+# Padded bands (fwd_band): a column stride, a column step (reversed_w,
+# cropped_w layouts) or border columns outweighing the interior take the
+# buffered rows; a band too large for the buffer (a 6000-column row with a
+# column stride) or a kernel wider than it takes (130 taps) falls back to
+# fwd_rows. The input gradients of stride-1 layers run the same forward
+# kernel over the gradient with the kernel's full padding (border-heavy),
+# with M = multiplier planes at once.
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, conv", [
+    # EfficientNet's 5x5/2 depthwise, scaled down in channels
+    ((2, 3, 30, 30, 5, 5), dict(stride=(2, 2), padding=((2, 2), (2, 2)), dilation=(1, 1))),
+    # 1-D layers of speech models: 33 taps with half padding, 31 without
+    ((2, 2, 1, 90, 1, 33), dict(stride=(1, 1), padding=((0, 0), (16, 16)), dilation=(1, 1))),
+    ((2, 2, 1, 70, 1, 31), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1))),
+    # MobileFaceNet's global depthwise 7x7: one output per plane
+    ((2, 4, 7, 7, 7, 7), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1))),
+    # a tall plane: several bands; dilated columns with a stride of 3
+    ((1, 2, 300, 40, 3, 3), dict(stride=(2, 2), padding=((1, 1), (1, 1)), dilation=(1, 1))),
+    ((1, 2, 20, 61, 3, 4), dict(stride=(1, 3), padding=((1, 0), (2, 5)), dilation=(2, 2))),
+    # what the buffer does not take: a 6000-column row, 130 taps
+    ((1, 1, 5, 6000, 3, 3), dict(stride=(2, 2), padding=((1, 1), (1, 1)), dilation=(1, 1))),
+    ((1, 2, 2, 400, 1, 130), dict(stride=(1, 2), padding=((0, 0), (3, 3)), dilation=(1, 1))),
+])
+@pytest.mark.parametrize("layout", ["contiguous", "reversed_w", "cropped_w"])
+@pytest.mark.parametrize("multiplier", [1, 3])
+def test_padded_bands(name, dtype, shape, conv, layout, multiplier):
+    N, C, H, W, R, S = shape
+    case = dict(conv, flip=False, C=C, dtype=dtype)
+    rng = np.random.default_rng(5)
+    x = make_input(rng, (N, C, H, W), dtype, layout)
+    w = rng.standard_normal((multiplier * C, 1, R, S)).astype(dtype)
+    b = rng.standard_normal(multiplier * C).astype(dtype)
+    expected = conv2d_reference(x, w, b, **_conv(case))
+    grad = rng.standard_normal(expected.shape).astype(dtype)
+    with isa(name):
+        out, grad_x, grad_w = run_all(x, w, b, grad, case, 2)
+    assert_close(out, expected, dtype)
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
+    assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
+
+
 # A channel multiplier of at least PANEL_MIN_MULT (of 2 where the fixed-size
 # kernels do not run) runs over gathered taps in chunks of positions
 # (fwd_panels): a copy of the rows per kernel column where the row stride is
