@@ -61,7 +61,9 @@
 } while (0)
 
 /* One output column, any strides: the valid kernel columns of this column
- * are one interval (two divisions), then a plain sum. */
+ * are one interval (two divisions), then a sum per kernel row, added up:
+ * the rows' chains of dependent adds overlap (one chain of R*S adds made a
+ * 7x7 global depthwise layer, one column per plane, latency-bound). */
 #define DW_FWD_COLUMN(OW) do {                                                 \
     const dws cb_ = (OW) * sw - pl;                                            \
     const dws s_lo_ = dw_first(cb_, dw, S);                                    \
@@ -71,8 +73,10 @@
         for (dws r_ = r_lo; r_ < r_hi; r_++) {                                 \
             const T *p_ = in + j_ * in_plane + (base + r_ * dh) * xs_h;        \
             const T *wr_ = w + j_ * w_plane + wr0 + r_ * wdr;                  \
+            T row_ = 0;                                                        \
             for (dws s_ = s_lo_; s_ < s_hi_; s_++)                             \
-                acc_ += wr_[s_ * wds] * p_[(cb_ + s_ * dw) * xs_w];            \
+                row_ += wr_[s_ * wds] * p_[(cb_ + s_ * dw) * xs_w];            \
+            acc_ += row_;                                                      \
         }                                                                      \
     }                                                                          \
     orow[OW] = acc_;                                                           \
