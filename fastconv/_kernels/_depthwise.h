@@ -191,9 +191,9 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
 #define DW_ARGS_fwd_panels(T) const dw_geom *g, const T *in, dws MB, const T *w, dws w_step, \
                               const T *bias, T *out, dws o_step, dws chunk
 #define DW_PASS_fwd_panels g, in, MB, w, w_step, bias, out, o_step, chunk
-#define DW_ARGS_igrad_scatter(T) const dw_geom *g, const T *grad, dws g_plane, dws M, \
+#define DW_ARGS_igrad_strided(T) const dw_geom *g, const T *grad, dws g_plane, dws M, \
                                  const T *w, dws w_plane, T *gx
-#define DW_PASS_igrad_scatter g, grad, g_plane, M, w, w_plane, gx
+#define DW_PASS_igrad_strided g, grad, g_plane, M, w, w_plane, gx
 #define DW_ARGS_wgrad(T) const dw_geom *g, const T *x, dws xs_n, const T *grad, dws g_n, \
                          dws N, T *gw
 #define DW_PASS_wgrad g, x, xs_n, grad, g_n, N, gw
@@ -397,8 +397,8 @@ DW_DISPATCH(fwd_panels, f, float)
 DW_DISPATCH(fwd_panels, d, double)
 DW_DISPATCH_LEN(f, float)
 DW_DISPATCH_LEN(d, double)
-DW_DISPATCH(igrad_scatter, f, float)
-DW_DISPATCH(igrad_scatter, d, double)
+DW_DISPATCH(igrad_strided, f, float)
+DW_DISPATCH(igrad_strided, d, double)
 DW_DISPATCH(wgrad, f, float)
 DW_DISPATCH(wgrad, d, double)
 

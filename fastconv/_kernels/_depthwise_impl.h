@@ -219,15 +219,23 @@ DW_INLINE dws NM(band_row_len)(const dw_geom *g)
 }
 
 /* output rows per band, 0 when one output row's input rows (of all M planes)
- * do not fit in DW_BAND_BYTES or the kernel is wider than DW_BAND_MAX_S */
+ * do not fit in DW_BAND_BYTES or the kernel is wider or taller than
+ * DW_BAND_MAX_S */
 DW_INLINE dws NM(band_rows)(const dw_geom *g, dws M)
 {
     const dws per_row = M * g->sw * NM(band_row_len)(g);
     const dws fit = DW_BAND_BYTES / (dws)sizeof(T) / per_row;
     const dws reach = (g->R - 1) * g->dh + 1;
-    if (g->S > DW_BAND_MAX_S || fit < reach)
+    if (g->S > DW_BAND_MAX_S || g->R > DW_BAND_MAX_S || fit < reach)
         return 0;
     return 1 + (fit - reach) / g->sh;
+}
+
+/* zeros over n elements at dst (aligned, n a multiple of VL) */
+DW_INLINE void NM(band_clear)(T *dst, dws n)
+{
+    for (dws q = 0; q < n; q += VL)
+        DW_STORE(dst + q, (VT){0});
 }
 
 /* input row `src` (W elements a step xs_w apart) into its sw phases of LP
@@ -237,8 +245,7 @@ DW_INLINE dws NM(band_rows)(const dw_geom *g, dws M)
 static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
 {
     const dws sw = g->sw, pl = g->pl, W = g->W, xs_w = g->xs_w;
-    for (dws q = 0; q < sw * LP; q += VL)
-        DW_STORE(dst + q, (VT){0});
+    NM(band_clear)(dst, sw * LP);
     for (dws p = 0; p < sw; p++) {
         T *d = dst + p * LP;
         /* [qa, qb): phase columns q with 0 <= q*sw + p - pl < W */
@@ -258,20 +265,24 @@ static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
     }
 }
 
-/* NB vectors of output columns from column OW of row orow: rows [r_lo, r_hi)
- * of each plane, every tap, two accumulators per vector (even and odd
- * kernel columns); a vector past Wo (Wo < VL) is stored in part */
-#define DW_BAND_BLOCK(NB, OW) do {                                             \
+/* NB vectors of output columns from column AT of row orow (WIDTH columns)
+ * from the buffered rows of a band (fwd_band, igrad_band): for the nr
+ * kernel rows of this output row, kernel row r0 + k*r_step reading
+ * buffered row o0 + k*o_step of each plane (steps, not a list: a list read
+ * per row made fwd_band 10 % slower), every plane and tap, two
+ * accumulators per vector (even and odd kernel columns), the first
+ * starting at BIAS; a vector past WIDTH (WIDTH < VL) is stored in part */
+#define DW_BAND_BLOCK(NB, AT, WIDTH, BIAS) do {                                \
     VT e_[NB], o_[NB];                                                         \
     _Pragma("GCC unroll 4")                                                    \
     for (int b_ = 0; b_ < (NB); b_++) {                                        \
-        e_[b_] = (VT){0} + bias;                                               \
+        e_[b_] = (VT){0} + (BIAS);                                             \
         o_[b_] = (VT){0};                                                      \
     }                                                                          \
-    for (dws j_ = 0; j_ < M; j_++) {                                           \
-        for (dws r_ = r_lo; r_ < r_hi; r_++) {                                 \
-            const T *row_ = buf + (j_ * nrows + base + r_ * dh - i0) * rowstep + (OW); \
-            const T *wr_ = w + j_ * w_plane + wr0 + r_ * wdr;                  \
+    for (dws k_ = 0; k_ < nr; k_++) {                                          \
+        for (dws j_ = 0; j_ < M; j_++) {                                       \
+            const T *row_ = buf + (j_ * nrows + o0 + k_ * o_step) * rowstep + (AT); \
+            const T *wr_ = w + j_ * w_plane + wr0 + (r0 + k_ * r_step) * wdr;  \
             dws s_ = 0;                                                        \
             for (; s_ + 1 < S; s_ += 2) {                                      \
                 const T w0_ = wr_[s_ * wds], w1_ = wr_[(s_ + 1) * wds];        \
@@ -294,11 +305,31 @@ static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
     _Pragma("GCC unroll 4")                                                    \
     for (int b_ = 0; b_ < (NB); b_++) {                                        \
         const VT sum_ = e_[b_] + o_[b_];                                       \
-        if ((OW) + (b_ + 1) * VL <= Wo)                                        \
-            DW_STORE(orow + (OW) + b_ * VL, sum_);                             \
+        if ((AT) + (b_ + 1) * VL <= (WIDTH))                                   \
+            DW_STORE(orow + (AT) + b_ * VL, sum_);                             \
         else                                                                   \
-            memcpy(orow + (OW) + b_ * VL, &sum_, (size_t)(Wo - (OW) - b_ * VL) * sizeof(T)); \
+            memcpy(orow + (AT) + b_ * VL, &sum_,                               \
+                   (size_t)((WIDTH) - (AT) - b_ * VL) * sizeof(T));            \
     }                                                                          \
+} while (0)
+
+/* The WIDTH columns of row orow by DW_BAND_BLOCK: vectors 4, 2 and 1 at a
+ * time, then one vector ending at WIDTH (the same values again where it
+ * overlaps) or, on a row narrower than a vector, part of one */
+#define DW_BAND_ROW(WIDTH, BIAS) do {                                          \
+    dws c_ = 0;                                                                \
+    for (; c_ + 4 * VL <= (WIDTH); c_ += 4 * VL)                               \
+        DW_BAND_BLOCK(4, c_, WIDTH, BIAS);                                     \
+    if (c_ + 2 * VL <= (WIDTH)) {                                              \
+        DW_BAND_BLOCK(2, c_, WIDTH, BIAS);                                     \
+        c_ += 2 * VL;                                                          \
+    }                                                                          \
+    if (c_ + VL <= (WIDTH)) {                                                  \
+        DW_BAND_BLOCK(1, c_, WIDTH, BIAS);                                     \
+        c_ += VL;                                                              \
+    }                                                                          \
+    if (c_ < (WIDTH))                                                          \
+        DW_BAND_BLOCK(1, (WIDTH) >= VL ? (WIDTH) - VL : 0, WIDTH, BIAS);       \
 } while (0)
 
 /* whether fwd_band beats fwd_rows on a plane whose interior columns are
@@ -349,26 +380,11 @@ static __attribute__((noinline)) int NM(fwd_band)(const dw_geom *g, const T *in,
         for (dws oh = oh0; oh < oh1; oh++) {
             T *orow = out + oh * Wo;
             const dws base = oh * sh - pt;
-            const dws r_lo = dw_first(base, dh, R);
-            dws r_hi = dw_end(base, dh, H, R);
-            if (r_hi < r_lo)
-                r_hi = r_lo;
-            dws ow = 0;
-            for (; ow + 4 * VL <= Wo; ow += 4 * VL)
-                DW_BAND_BLOCK(4, ow);
-            if (ow + 2 * VL <= Wo) {
-                DW_BAND_BLOCK(2, ow);
-                ow += 2 * VL;
-            }
-            if (ow + VL <= Wo) {
-                DW_BAND_BLOCK(1, ow);
-                ow += VL;
-            }
-            /* the rest: one vector ending at Wo (the same values again
-             * where it overlaps), or, on a row narrower than a vector,
-             * part of one */
-            if (ow < Wo)
-                DW_BAND_BLOCK(1, Wo >= VL ? Wo - VL : 0);
+            /* the kernel rows inside the input, and their buffered rows */
+            const dws r0 = dw_first(base, dh, R), r_hi = dw_end(base, dh, H, R);
+            const dws nr = r_hi > r0 ? r_hi - r0 : 0, r_step = 1;
+            const dws o0 = base + r0 * dh - i0, o_step = dh;
+            DW_BAND_ROW(Wo, bias);
         }
     }
     return 1;
@@ -706,46 +722,6 @@ DW_INLINE dws NM(igrad_band_row_len)(const dw_geom *g)
     return (g->W + g->pl + (g->S - 1) * g->dw + 2 * VL - 1) / VL * VL;
 }
 
-/* NB vectors of grad_x columns from column AT of row orow (see
- * igrad_band): the kernel rows found for the row, every plane and tap, two
- * accumulators per vector; a vector past W (W < VL) is stored in part */
-#define DW_IGRAD_BLOCK(NB, AT) do {                                            \
-    VT e_[NB], o_[NB];                                                         \
-    _Pragma("GCC unroll 4")                                                    \
-    for (int b_ = 0; b_ < (NB); b_++)                                          \
-        e_[b_] = o_[b_] = (VT){0};                                             \
-    for (dws k_ = 0; k_ < nr; k_++) {                                          \
-        for (dws j_ = 0; j_ < M; j_++) {                                       \
-            const T *row_ = buf + (j_ * nrows + rows_o[k_]) * LU + (AT);       \
-            const T *wr_ = w + j_ * w_plane + wr0 + rows_r[k_] * wdr;          \
-            dws s_ = 0;                                                        \
-            for (; s_ + 1 < S; s_ += 2) {                                      \
-                const T w0_ = wr_[s_ * wds], w1_ = wr_[(s_ + 1) * wds];        \
-                const T *p0_ = row_ + off[s_], *p1_ = row_ + off[s_ + 1];      \
-                _Pragma("GCC unroll 4")                                        \
-                for (int b_ = 0; b_ < (NB); b_++) {                            \
-                    e_[b_] += w0_ * DW_LOAD(VT, p0_ + b_ * VL);                \
-                    o_[b_] += w1_ * DW_LOAD(VT, p1_ + b_ * VL);                \
-                }                                                              \
-            }                                                                  \
-            if (s_ < S) {                                                      \
-                const T w0_ = wr_[s_ * wds];                                   \
-                _Pragma("GCC unroll 4")                                        \
-                for (int b_ = 0; b_ < (NB); b_++)                              \
-                    e_[b_] += w0_ * DW_LOAD(VT, row_ + off[s_] + b_ * VL);     \
-            }                                                                  \
-        }                                                                      \
-    }                                                                          \
-    _Pragma("GCC unroll 4")                                                    \
-    for (int b_ = 0; b_ < (NB); b_++) {                                        \
-        const VT sum_ = e_[b_] + o_[b_];                                       \
-        if ((AT) + (b_ + 1) * VL <= W)                                         \
-            DW_STORE(orow + (AT) + b_ * VL, sum_);                             \
-        else                                                                   \
-            memcpy(orow + (AT) + b_ * VL, &sum_, (size_t)(W - (AT) - b_ * VL) * sizeof(T)); \
-    }                                                                          \
-} while (0)
-
 static __attribute__((noinline)) int NM(igrad_band)(const dw_geom *g, const T *grad, dws g_plane,
                                                     dws M, const T *w, dws w_plane, T *gx)
 {
@@ -753,8 +729,8 @@ static __attribute__((noinline)) int NM(igrad_band)(const dw_geom *g, const T *g
     const dws sh = g->sh, sw = g->sw, pt = g->pt, pl = g->pl, dh = g->dh, dw = g->dw;
     const dws wds = g->flip ? -1 : 1, wdr = g->flip ? -S : S;
     const dws wr0 = g->flip ? R * S - 1 : 0;
-    const dws LU = NM(igrad_band_row_len)(g), X0 = (S - 1) * dw;
-    const dws fit = DW_BAND_BYTES / (dws)sizeof(T) / (M * LU);
+    const dws rowstep = NM(igrad_band_row_len)(g), X0 = (S - 1) * dw;
+    const dws fit = DW_BAND_BYTES / (dws)sizeof(T) / (M * rowstep);
     /* grad_x rows [ih0, ih1) need grad rows [ceil((ih0+pt-(R-1)dh)/sh),
      * floor((ih1-1+pt)/sh)]: at most (ih1-ih0-1+(R-1)dh)/sh + 1 */
     const dws reach = (R - 1) * dh / sh + 1;
@@ -769,17 +745,16 @@ static __attribute__((noinline)) int NM(igrad_band)(const dw_geom *g, const T *g
         off[s] = pl + X0 - s * dw;
     for (dws ih0 = 0; ih0 < H; ih0 += band) {
         const dws ih1 = ih0 + band < H ? ih0 + band : H;
-        /* grad rows [o0, o1) */
-        const dws o0 = dw_first((R - 1) * dh - ih0 - pt, sh, Ho);
+        /* the grad rows [g0, o1) */
+        const dws g0 = dw_first((R - 1) * dh - ih0 - pt, sh, Ho);
         dws o1 = (ih1 - 1 + pt) / sh + 1;
         o1 = o1 < Ho ? o1 : Ho;
-        const dws nrows = o1 > o0 ? o1 - o0 : 0;
+        const dws nrows = o1 > g0 ? o1 - g0 : 0;
         for (dws j = 0; j < M; j++) {
             for (dws i = 0; i < nrows; i++) {
-                T *d = buf + (j * nrows + i) * LU;
-                const T *src = grad + j * g_plane + (o0 + i) * Wo;
-                for (dws q = 0; q < LU; q += VL)
-                    DW_STORE(d + q, (VT){0});
+                T *d = buf + (j * nrows + i) * rowstep;
+                const T *src = grad + j * g_plane + (g0 + i) * Wo;
+                NM(band_clear)(d, rowstep);
                 if (sw == 1)
                     memcpy(d + X0, src, (size_t)Wo * sizeof(T));
                 else
@@ -789,34 +764,25 @@ static __attribute__((noinline)) int NM(igrad_band)(const dw_geom *g, const T *g
         }
         for (dws ih = ih0; ih < ih1; ih++) {
             T *orow = gx + ih * W;
-            /* kernel rows r with ih + pt - r*dh = oh*sh, oh in [o0, o1):
-             * found once per row (a division each), not per vector */
-            dws rows_r[DW_BAND_MAX_S], rows_o[DW_BAND_MAX_S], nr = 0;
+            /* kernel rows r with ih + pt - r*dh = oh*sh, oh in [g0, o1):
+             * found once per row (a division each), not per vector; they
+             * step by the same amount (and oh with them), so the first and
+             * the second give the steps */
+            dws r0 = 0, r_step = 1, o0 = 0, o_step = 0, nr = 0;
             for (dws r = 0; r < R; r++) {
                 const dws u = ih + pt - r * dh;
-                if (u < 0 || u % sh)
+                if (u < 0 || u % sh || u / sh < g0 || u / sh >= o1)
                     continue;
-                if (u / sh >= o0 && u / sh < o1) {
-                    rows_r[nr] = r;
-                    rows_o[nr++] = u / sh - o0;
+                if (nr == 0) {
+                    r0 = r;
+                    o0 = u / sh - g0;
+                } else if (nr == 1) {
+                    r_step = r - r0;
+                    o_step = u / sh - g0 - o0;
                 }
+                nr++;
             }
-            /* vectors of 4, 2, 1 grad_x columns; the last one ending at W
-             * (the same values again where it overlaps) or, on a row
-             * narrower than a vector, stored in part */
-            dws iw = 0;
-            for (; iw + 4 * VL <= W; iw += 4 * VL)
-                DW_IGRAD_BLOCK(4, iw);
-            if (iw + 2 * VL <= W) {
-                DW_IGRAD_BLOCK(2, iw);
-                iw += 2 * VL;
-            }
-            if (iw + VL <= W) {
-                DW_IGRAD_BLOCK(1, iw);
-                iw += VL;
-            }
-            if (iw < W)
-                DW_IGRAD_BLOCK(1, W >= VL ? W - VL : 0);
+            DW_BAND_ROW(W, (T)0);
         }
     }
     return 1;
@@ -831,8 +797,6 @@ static __attribute__((noinline)) void NM(igrad_scatter)(const dw_geom *g, const 
     const dws wr0 = g->flip ? R * S - 1 : 0;
     dws lo[DW_MAX_S], hi[DW_MAX_S];
     const int cached = S <= DW_MAX_S;
-    if (NM(igrad_band)(g, grad, g_plane, M, w, w_plane, gx))
-        return;
     if (cached) {
         for (dws s = 0; s < S; s++) {
             lo[s] = dw_first(s * dw - pl, sw, Wo);
@@ -868,6 +832,16 @@ static __attribute__((noinline)) void NM(igrad_scatter)(const dw_geom *g, const 
             }
         }
     }
+}
+
+/* The input gradient of a strided layer (the entry depthwise.pyx calls):
+ * by padded bands where a band fits, else by scattering. */
+static __attribute__((noinline)) void NM(igrad_strided)(const dw_geom *g, const T *grad,
+                                                        dws g_plane, dws M, const T *w,
+                                                        dws w_plane, T *gx)
+{
+    if (!NM(igrad_band)(g, grad, g_plane, M, w, w_plane, gx))
+        NM(igrad_scatter)(g, grad, g_plane, M, w, w_plane, gx);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1016,6 +990,6 @@ static __attribute__((noinline)) void NM(wgrad)(const dw_geom *g, const T *x, dw
 #undef DW_FWD_BLOCK
 #undef DW_FWD_COLUMN
 #undef DW_BAND_BLOCK
-#undef DW_IGRAD_BLOCK
+#undef DW_BAND_ROW
 #undef DW_MASKED
 #undef DW_MIN_LANES

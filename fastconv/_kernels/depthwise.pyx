@@ -48,9 +48,9 @@ cdef extern from "_depthwise.h" nogil:
                         dws w_step, const float *bias, float *out, dws o_step)
     void dw_fwd_multi_d(int isa, const dw_geom *g, const double *inp, dws MB, const double *w,
                         dws w_step, const double *bias, double *out, dws o_step)
-    void dw_igrad_scatter_f(int isa, const dw_geom *g, const float *grad, dws g_plane,
+    void dw_igrad_strided_f(int isa, const dw_geom *g, const float *grad, dws g_plane,
                             dws M, const float *w, dws w_plane, float *gx)
-    void dw_igrad_scatter_d(int isa, const dw_geom *g, const double *grad, dws g_plane,
+    void dw_igrad_strided_d(int isa, const dw_geom *g, const double *grad, dws g_plane,
                             dws M, const double *w, dws w_plane, double *gx)
     void dw_wgrad_f(int isa, const dw_geom *g, const float *x, dws xs_n, const float *grad,
                     dws g_n, dws N, float *gw)
@@ -352,14 +352,14 @@ def conv2d_depthwise_input_grad(const floating[:, :, ::1] grad,
                     dw_fwd_f(isa, &g, g0 + (n * K + c * mult) * cols, cols, mult,
                              w0 + c * mult * taps, taps, 0, gx0 + item * plane)
                 else:
-                    dw_igrad_scatter_f(isa, &g, g0 + (n * K + c * mult) * cols, cols, mult,
+                    dw_igrad_strided_f(isa, &g, g0 + (n * K + c * mult) * cols, cols, mult,
                                        w0 + c * mult * taps, taps, gx0 + item * plane)
             else:
                 if gather:
                     dw_fwd_d(isa, &g, g0 + (n * K + c * mult) * cols, cols, mult,
                              w0 + c * mult * taps, taps, 0, gx0 + item * plane)
                 else:
-                    dw_igrad_scatter_d(isa, &g, g0 + (n * K + c * mult) * cols, cols, mult,
+                    dw_igrad_strided_d(isa, &g, g0 + (n * K + c * mult) * cols, cols, mult,
                                        w0 + c * mult * taps, taps, gx0 + item * plane)
 
 
