@@ -19,7 +19,8 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("FASTCONV_DEBUG", "0") not in ("", "0")
 KERNELS = ["openmp_info", "gemm1x1", "stretch", "mapped", "batched", "col2im",
-           "input_grad", "weight_grad", "depthwise", "fused", "direct", "winograd"]
+           "input_grad", "weight_grad", "depthwise", "fused", "direct", "winograd",
+           "phased"]
 # C headers a kernel includes: a change to one rebuilds the kernel
 HEADERS = {"depthwise": ["_depthwise.h", "_depthwise_impl.h", "_depthwise_fixed.h"],
            "fused": ["_blocks.pxd", "_fused_kernels.h", "_fused_generic.h", "_fused_avx2.h", "_fused_avx512.h"],

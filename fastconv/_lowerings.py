@@ -20,6 +20,7 @@ tests; test and benchmark case lists read ``methods()``.
 """
 import dataclasses
 import functools
+import math
 
 import numpy as np
 
@@ -230,8 +231,13 @@ class _Gemm(Lowering):
                 * _thin_gemm_factor(m, k, tuning))
 
     def traffic(self, plan, tuning):
-        """Time factor of the memory traffic the lowering adds to its GEMMs."""
-        return 1.0
+        """Time factor of the memory traffic the lowering adds to its GEMMs:
+        the input gradient's col2im, which adds each element of the product
+        (rows x columns) back into the input, against its GEMM's 2 x filters
+        flops per element (see Tuning.col2im_flops)."""
+        if self.kind != "input_grad" or not self.uses_table:
+            return 1.0
+        return 1.0 + tuning.col2im_flops / (2 * max(1, plan.geometry.K // plan.geometry.groups))
 
     def gemm_shape(self, plan):
         """(M, N, K) of each GEMM. Forward: filters x stretched columns x rows
@@ -1241,10 +1247,246 @@ class Winograd(Lowering):
 
 
 # --------------------------------------------------------------------------
+# the input gradient of any convolution as stride-1 forward passes, one per
+# phase of the input
+
+@dataclasses.dataclass(frozen=True)
+class PhaseAxis:
+    """One axis of one phase of a strided layer's input gradient: the input
+    positions phase, phase + stride, ... (``length`` of them) receive the
+    kernel taps first_tap, first_tap + tap_step, ... (``taps`` of them),
+    which read the output gradient as a stride-1 convolution with dilation
+    ``dilation``, zero-padded by ``padding`` after ``crop`` positions are cut
+    from each end of it (where that convolution's padding would be
+    negative)."""
+    first_tap: int
+    tap_step: int
+    taps: int
+    dilation: int
+    length: int
+    crop: tuple
+    padding: tuple
+
+
+def phase_axis(length, out_len, taps, stride, pad_lo, dilation, phase):
+    """The PhaseAxis of input positions phase::stride of a convolution along
+    one axis (input `length`, output `out_len`, forward pass y[o] = sum over
+    r of w[r] x[o*stride + r*dilation - pad_lo]), or None where nothing
+    reaches them (their gradient is zero).
+
+    The input position i = phase + stride*j gets tap r from output o where
+    o*stride = i + pad_lo - r*dilation: the taps r = first_tap + k*tap_step
+    (tap_step = stride / gcd(stride, dilation)), from o = j + c0 - k*d',
+    d' = dilation / gcd, c0 = (phase + pad_lo - first_tap*dilation) /
+    stride. Reversed (t = taps-1-k) that is a stride-1 forward pass over the
+    output gradient with dilation d' and leading padding (taps-1)*d' - c0."""
+    common = math.gcd(stride, dilation)
+    step, reach = stride // common, dilation // common
+    phase_len = len(range(phase, length, stride))
+    first = next((r for r in range(min(step, taps))
+                  if (phase + pad_lo - r * dilation) % stride == 0), None)
+    if first is None or phase_len == 0:
+        return None
+    n = len(range(first, taps, step))
+    c0 = (phase + pad_lo - first * dilation) // stride
+    lo, hi = (n - 1) * reach - c0, phase_len - out_len + c0
+    crop = (max(0, -lo), max(0, -hi))
+    if out_len - sum(crop) <= 0:
+        return None   # every tap reads the padding
+    return PhaseAxis(first, step, n, reach, phase_len, crop, (max(0, lo), max(0, hi)))
+
+
+@functools.lru_cache(maxsize=64)
+def input_phases(g):
+    """((phase_y, phase_x), PhaseAxis rows, PhaseAxis columns, geometry of
+    the stride-1 forward pass) of each phase of g's input some tap reaches;
+    the forward pass reads the output gradient (N, K, Ho, Wo), cropped, with
+    each group's weights transposed and the kernel's taps of the phase
+    reversed (C x K/groups x taps), and writes the phase (N, C, rows, cols)."""
+    from fastconv._params import conv_geometry
+    (top, _), (left, _) = g.padding
+    phases = []
+    for py in range(min(g.stride[0], g.H)):
+        rows = phase_axis(g.H, g.Ho, g.R, g.stride[0], top, g.dilation[0], py)
+        for px in range(min(g.stride[1], g.W)):
+            cols = phase_axis(g.W, g.Wo, g.S, g.stride[1], left, g.dilation[1], px)
+            if rows is None or cols is None:
+                continue
+            forward = conv_geometry(
+                (g.N, g.K, g.Ho - sum(rows.crop), g.Wo - sum(cols.crop)),
+                (g.C, g.K // g.groups, rows.taps, cols.taps), stride=1,
+                padding=(rows.padding, cols.padding), dilation=(rows.dilation, cols.dilation),
+                groups=g.groups)
+            assert (forward.Ho, forward.Wo) == (rows.length, cols.length), (g, py, px)
+            phases.append(((py, px), rows, cols, forward))
+    return tuple(phases)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One phase of the phased input gradient and the plan of its forward pass."""
+    offset: tuple
+    rows: PhaseAxis
+    cols: PhaseAxis
+    plan: object
+
+
+@dataclasses.dataclass(frozen=True)
+class PhasedBlocking:
+    """The phases some tap reaches (the others are zeros), each with its plan."""
+    phases: tuple
+
+
+_ALIGN = 64
+
+
+def _carve(raw, specs):
+    """Arrays for {name: (shape, dtype)} laid one after another (64-byte
+    steps) in the flat uint8 buffer raw; its size if raw is None."""
+    arrays, offset = {}, 0
+    for name, (shape, dtype) in specs.items():
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if raw is not None:
+            arrays[name] = raw[offset:offset + size].view(dtype).reshape(shape)
+        offset += -(-size // _ALIGN) * _ALIGN
+    return offset if raw is None else arrays
+
+
+class Phased(Lowering):
+    """The input gradient of any zero-padded convolution as stride-1 forward
+    passes over the output gradient, one per phase of the input (the
+    positions phase::stride along each axis): each phase gets only the
+    kernel taps that land on it (a 3x3 kernel at stride 2: 2x2, 2x1, 1x2
+    and 1x1), so each pass is a plain convolution, planned and run by
+    fastconv's own forward kernels (fused, direct, Winograd, depthwise) with
+    nothing scattered and no tap of the padding multiplied. Each pass
+    writes its phase contiguously; the phase is then spread into the
+    gradient (fastconv/_kernels/phased.pyx). The same split as PyTorch's
+    oneDNN backward-data kernels; where the stride is 1 it also takes the
+    padding wider than the kernel and the output_padding that the adjoint
+    entries refuse."""
+    name = "phased"
+    kernel = "phased"
+    uses_blas = False
+
+    def unsuitable(self, g):
+        if self.kind != "input_grad":
+            return "computes the input gradient only"
+        return _zero_padding_only(g)
+
+    def _own_bytes(self, g, dtype):
+        """(weights of the largest phase, its output): the buffers the phases share."""
+        phases = input_phases(g)
+        weights = max((f.K * f.rows for *_, f in phases), default=0)
+        outputs = max((g.N * g.C * f.cols for *_, f in phases), default=0)
+        return weights, outputs
+
+    def propose(self, planner, forced):
+        g = planner.g
+        weights, outputs = self._own_bytes(g, planner.dtype)
+        own = (weights + outputs) * planner.dtype.itemsize
+        if own >= planner.limit:
+            return None
+        phases = []
+        for offset, rows, cols, forward in input_phases(g):
+            sub = planner.derived(forward, "forward", planner.limit - own)
+            plans = [(e.cost(p, sub.tuning), p) for e in TABLE["forward"]
+                     if not e.uses_blas and e.unsuitable(forward) is None
+                     for p in [e.propose(sub, False)] if p is not None]
+            if not plans:
+                return None
+            phases.append(Phase(offset, rows, cols, min(plans, key=lambda t: t[0])[1]))
+        threads = max([p.plan.kernel_threads for p in phases], default=1)
+        taps = " + ".join(f"{p.rows.taps}x{p.cols.taps} {p.plan.method}" for p in phases)
+        plan = planner.plan(self, PhasedBlocking(tuple(phases)), threads, 1,
+                            f"stride {g.stride}: one stride-1 forward pass per phase of the "
+                            f"input ({taps or 'no tap reaches the input'})")
+        return plan if plan.workspace_bytes <= planner.limit else None
+
+    def cost(self, plan, tuning):
+        # the passes' own costs (a thin adjoint, such as 3 input channels
+        # as filters, is as slow here as at stride 1), a 1x1 pass at the
+        # fused rate of a deep layer rather than its rate against gemm1x1's
+        # model, times phased_factor; and the spreading of the phases
+        g = plan.geometry
+        passes = sum(p.plan.lowering.cost(p.plan, tuning)
+                     * (tuning.fused_pointwise_rate / tuning.fused_rate
+                        if p.plan.method == "fused" and p.plan.geometry.is_pointwise else 1.0)
+                     for p in plan.blocking.phases) * tuning.phased_factor
+        spread = (tuning.phased_spread * g.N * g.C * g.H * g.W
+                  / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads))
+        return passes + spread
+
+    def buffers(self, g, dtype, blocking, threads):
+        weights, outputs = self._own_bytes(g, dtype)
+        passes = max((_carve(None, p.plan.lowering.buffers(
+            p.plan.geometry, dtype, p.plan.blocking, min(threads, p.plan.kernel_threads)))
+            for p in blocking.phases), default=0)
+        return {"phase_weight": ((weights,), dtype), "phase_output": ((outputs,), dtype),
+                "phase_workspace": ((passes,), np.uint8)}
+
+    def needed_bytes(self, planner):
+        g = planner.g
+        own = sum(self._own_bytes(g, planner.dtype)) * planner.dtype.itemsize
+        return own + max((min(e.needed_bytes(planner.derived(f, "forward", planner.limit))
+                              for e in TABLE["forward"]
+                              if not e.uses_blas and e.unsuitable(f) is None)
+                          for *_, f in input_phases(g)), default=0)
+
+    def too_small(self, planner):
+        needed = self.needed_bytes(planner)
+        return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "
+                f"small: the phased input gradient (the largest phase's weights and "
+                f"output, and its forward pass's smallest workspace) needs {needed} bytes "
+                f"({format_bytes(needed)})")
+
+    def describe(self, plan):
+        passes = "; ".join(f"phase {p.offset}: {p.rows.taps}x{p.cols.taps} taps, "
+                           f"{p.plan.method} ({p.plan.lowering.describe(p.plan)})"
+                           for p in plan.blocking.phases)
+        return (f"{len(plan.blocking.phases)} stride-1 forward pass(es), one per phase of "
+                f"the input: {passes or 'none (no tap reaches the input)'}")
+
+    def run(self, plan, ops, bufs, threads):
+        from types import SimpleNamespace
+        from fastconv._kernels import phased
+        g, dtype = plan.geometry, plan.dtype
+        grad = ops.grad.reshape(g.N, g.K, g.Ho, g.Wo)
+        out = ops.out
+        cg, kg = g.C // g.groups, g.K // g.groups
+        weight = ops.filters.reshape(g.groups, kg, cg, g.R, g.S)
+        if plan.flip:
+            weight = weight[..., ::-1, ::-1]
+        done = {p.offset for p in plan.blocking.phases}
+        for py in range(g.stride[0]):
+            for px in range(g.stride[1]):
+                if (py, px) not in done:
+                    phased.clear_phase(out, py, g.stride[0], px, g.stride[1], threads)
+        no_bias = np.zeros(0, dtype)
+        for p in plan.blocking.phases:
+            sub, f = p.plan, p.plan.geometry
+            (ry, rx), (cy, cx) = (p.rows, p.cols), (p.rows.crop, p.cols.crop)
+            filters = bufs["phase_weight"][:f.K * f.rows].reshape(f.K, f.rows)
+            taps = weight[:, :, :, ry.first_tap::ry.tap_step, rx.first_tap::rx.tap_step]
+            np.copyto(filters.reshape(g.groups, cg, kg, ry.taps, rx.taps),
+                      taps[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4))
+            x = grad[:, :, cy[0]:g.Ho - cy[1], cx[0]:g.Wo - cx[1]]
+            result = bufs["phase_output"][:g.N * g.C * f.cols].reshape(g.N, g.C, f.cols)
+            sub_threads = min(threads, sub.kernel_threads)
+            sub_bufs = _carve(bufs["phase_workspace"], sub.lowering.buffers(
+                f, dtype, sub.blocking, sub_threads))
+            sub_ops = SimpleNamespace(x=sub.lowering.prepare_input(f, x), filters=filters,
+                                      bias=no_bias, out=result, grad=None)
+            sub.lowering.run(sub, sub_ops, sub_bufs, sub_threads)
+            phased.scatter_phase(result, out, p.offset[0], g.stride[0], p.offset[1],
+                                 g.stride[1], threads)
+
+
+# --------------------------------------------------------------------------
 # the table: per kind, the entries in order of preference when costs tie
 
 TABLE = {kind: (Gemm1x1(kind), Stretch(kind), Mapped(kind), Fused(kind), Depthwise(kind),
-               DirectConv(kind), Winograd(kind))
+               DirectConv(kind), Winograd(kind), Phased(kind))
          for kind in KINDS}
 
 

@@ -169,6 +169,11 @@ class _Planner:
         self.g, self.dtype, self.flip, self.limit = g, dtype, flip, limit
         self.threads, self.kind, self.tuning = threads, kind, tuning
 
+    def derived(self, g, kind, limit):
+        """A planner for another convolution under the same threads and
+        tuning (a lowering made of others' plans: Phased)."""
+        return _Planner(g, self.dtype, False, limit, self.threads, kind, self.tuning)
+
     def threads_for(self, work_items):
         """(kernel threads, BLAS threads). OpenMP over work items when there
         are at least as many items as threads, BLAS single-threaded inside;

@@ -205,6 +205,23 @@ class Tuning:
     # chosen; the same run had the stem's 7x7/2 at fused 0.86x mapped, which
     # the model now chooses (0.94).
     fused_weight_grad_pointwise: float = 1.9
+    # The BLAS input gradient's col2im (the product's rows x columns added
+    # back into the input), in flops of its GEMM per element: fitted to
+    # mapped's time over its GEMM model on strided layers (fp32, 2 threads,
+    # one process): 0.55-0.64 with 512 filters (wav2vec 2.0 conv1, ResNet-50
+    # 3a projection), 0.65 with 128 (3a 3x3/2), 0.74-0.9 with 64 (AlexNet
+    # conv1, ArcFace 3x3/2, ResNet-50 stem), 0.82 with 32 (DeepSpeech2 conv2).
+    col2im_flops: float = 26.0
+    # The phased input gradient (stride-1 forward passes, one per phase of
+    # the input): its passes' modelled cost times phased_factor, fitted to
+    # phased / mapped measured side by side (fp32, 2 threads, one process):
+    # ResNet-50 3a 3x3/2 1.02, ArcFace 3x3/2 1.08, DeepSpeech2 conv2 (21x11/2,
+    # 32 filters) 0.84, wav2vec 2.0 conv1 (1x3/2) 0.90-0.96, 3a projection
+    # (1x1/2) 1.13; and the spreading of each phase into the gradient
+    # (phased.scatter_phase), in flop-equivalents per element of the
+    # gradient (3a 3x3/2: 0.9 ms for 3.2 M elements, 2 threads).
+    phased_factor: float = 1.3
+    phased_spread: float = 56.0
 
 
 _lock = threading.Lock()

@@ -242,11 +242,13 @@ def test_small_batches_split_channels_between_threads(N, threads):
     rng = np.random.default_rng(6)
     x_shape, w = (N, 5, 9, 9), rng.standard_normal((4, 5, 3, 3))
     g = rng.standard_normal((N, 4, 9, 9))
+    # (the mapped lowering's split; auto takes the adjoint's fused pass here)
     plan = fastconv.plan_conv2d(x_shape, w.shape, "float64", padding=1, num_threads=threads,
-                                kind="input_grad")
+                                kind="input_grad", method="mapped")
     if plan.kernel_threads > 1:
         assert plan.blocking.blocks >= -(-threads // N)
-    assert_close(fastconv.conv2d_input_grad(x_shape, w, g, padding=1, num_threads=threads),
+    assert_close(fastconv.conv2d_input_grad(x_shape, w, g, padding=1, num_threads=threads,
+                                            method="mapped"),
                  conv2d_input_grad_reference(x_shape, w, g, padding=((1, 1), (1, 1))), np.float64)
 
 
