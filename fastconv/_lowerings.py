@@ -1322,6 +1322,12 @@ def input_phases(g):
     return tuple(phases)
 
 
+def _own_forward_kernels(g):
+    """The forward entries that compute g on fastconv's own kernels (no
+    BLAS): what a phase's pass is planned among."""
+    return [e for e in TABLE["forward"] if not e.uses_blas and e.unsuitable(g) is None]
+
+
 @dataclasses.dataclass(frozen=True)
 class Phase:
     """One phase of the phased input gradient and the plan of its forward pass."""
@@ -1372,7 +1378,13 @@ class Phased(Lowering):
     def unsuitable(self, g):
         if self.kind != "input_grad":
             return "computes the input gradient only"
-        return _zero_padding_only(g)
+        why = _zero_padding_only(g)
+        if why is None:
+            for offset, rows, cols, forward in input_phases(g):
+                if not _own_forward_kernels(forward):
+                    return (f"has no forward kernel of its own for phase {offset} "
+                            f"({rows.taps}x{cols.taps} taps)")
+        return why
 
     def _own_bytes(self, g, dtype):
         """(weights of the largest phase, its output): the buffers the phases share."""
@@ -1390,8 +1402,7 @@ class Phased(Lowering):
         phases = []
         for offset, rows, cols, forward in input_phases(g):
             sub = planner.derived(forward, "forward", planner.limit - own)
-            plans = [(e.cost(p, sub.tuning), p) for e in TABLE["forward"]
-                     if not e.uses_blas and e.unsuitable(forward) is None
+            plans = [(e.cost(p, sub.tuning), p) for e in _own_forward_kernels(forward)
                      for p in [e.propose(sub, False)] if p is not None]
             if not plans:
                 return None
@@ -1429,8 +1440,7 @@ class Phased(Lowering):
         g = planner.g
         own = sum(self._own_bytes(g, planner.dtype)) * planner.dtype.itemsize
         return own + max((min(e.needed_bytes(planner.derived(f, "forward", planner.limit))
-                              for e in TABLE["forward"]
-                              if not e.uses_blas and e.unsuitable(f) is None)
+                              for e in _own_forward_kernels(f))
                           for *_, f in input_phases(g)), default=0)
 
     def too_small(self, planner):

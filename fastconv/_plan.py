@@ -305,7 +305,7 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
         ``float32`` or ``float64`` (integer types plan as float64).
     stride, padding, dilation, groups, flip, padding_mode
         As in :func:`fastconv.conv2d`.
-    method : {"auto", "stretch", "mapped", "gemm1x1", "fused", "depthwise", "direct", "winograd"}
+    method : {"auto", "stretch", "mapped", "gemm1x1", "fused", "depthwise", "direct", "winograd", "phased"}
     memory_limit : int or str, optional
         Workspace bound; default from :func:`fastconv.get_config`.
     num_threads : int, optional
@@ -328,7 +328,11 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
         At stride 1 the input gradient can also run fused (or direct, or
         Winograd), as the forward convolution it is (the weights transposed
         per group and reversed);
-        its workspace then holds that transposed copy of the weights.
+        its workspace then holds that transposed copy of the weights. At
+        any stride it can run "phased": one stride-1 forward pass per phase
+        of the input (the positions phase::stride), each on the taps that
+        land there, on fastconv's own forward kernels; its workspace holds
+        the largest phase's weights and output, and its pass's buffers.
 
     Returns
     -------

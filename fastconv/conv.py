@@ -192,7 +192,9 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         gathered through the index map; "depthwise" a sliding window (groups
         == C); "direct" skips the padding's taps; "winograd" F(4x4, 3x3)
         (3x3 stride-1 layers); "auto" picks the cheapest under the memory
-        limit (``ConvPlan.reason`` says why).
+        limit (``ConvPlan.reason`` says why). The input gradient (and the
+        transposed convolution) also takes "phased": one stride-1 forward
+        pass per phase of the input, on fastconv's own kernels.
     memory_limit : int or str, optional
         Bound on the workspace (bytes, or "512MB", "1.5GiB"...).
     num_threads : int, optional

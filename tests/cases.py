@@ -15,6 +15,8 @@ METHODS = list(general_methods())
 GRADIENT_METHODS = [m for m in general_methods("input_grad") if m in general_methods("weight_grad")]
 # every lowering of the weight gradient alone (fused computes no input gradient)
 WEIGHT_GRAD_METHODS = list(general_methods("weight_grad"))
+# every lowering of the input gradient of any convolution (phased: no weight gradient)
+INPUT_GRAD_METHODS = list(general_methods("input_grad"))
 DTYPES = [np.float32, np.float64]
 
 

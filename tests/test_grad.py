@@ -9,8 +9,9 @@ from hypothesis import given, settings, HealthCheck, strategies as st
 import fastconv
 from fastconv import _tuning
 from fastconv._kernels.fused import supported_isas
-from cases import (DTYPES, GRADIENT_METHODS as METHODS, WEIGHT_GRAD_METHODS, blas_rules,
-                   conv_cases, random_arrays, small_tiles)
+from fastconv import _lowerings, _plan
+from cases import (DTYPES, GRADIENT_METHODS as METHODS, INPUT_GRAD_METHODS, WEIGHT_GRAD_METHODS,
+                   blas_rules, conv_cases, random_arrays, small_tiles)
 from reference import (assert_close, conv2d_input_grad_reference, conv2d_reference,
                        conv2d_weight_grad_reference, conv_transpose2d_reference)
 
@@ -107,6 +108,100 @@ def test_adjoint_input_grad_matches_reference(case, limit, isa, method):
     assert grad_x is out
     assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)),
                  case["dtype"])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases([m for m in INPUT_GRAD_METHODS if m not in METHODS]),
+       st.sampled_from([None, 8192, 60_000]), st.sampled_from(supported_isas()))
+def test_input_grad_only_lowerings_match_reference(case, limit, isa):
+    """Lowerings of the input gradient alone (phased: a stride-1 forward pass
+    per phase of the input) on any geometry: strides 1-3 (phases no tap
+    reaches, when the stride exceeds the kernel's reach), dilation, uneven
+    padding (wider than the kernel: cropped passes), groups, flip, both
+    dtypes, threads, every ISA, tight limits; it writes every element."""
+    x, w, _ = random_arrays(case)
+    grad = _grad_output(case, np.random.default_rng(case["seed"] + 1))
+    kw = dict(_conv(case), method=case["method"], num_threads=case["threads"],
+              memory_limit=limit)
+    with _tuning.tuned(isa=isa):
+        try:
+            plan = fastconv.plan_conv2d(x.shape, w.shape, case["dtype"], kind="input_grad",
+                                        **{k: v for k, v in kw.items() if k != "flip"})
+        except fastconv.WorkspaceLimitError as exc:
+            assert limit is not None and "needs" in str(exc)
+            return
+        assert limit is None or plan.workspace_bytes <= limit
+        out = np.full(x.shape, np.nan, case["dtype"])
+        grad_x = fastconv.conv2d_input_grad(x.shape, w, grad, out=out, **kw)
+    assert grad_x is out
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)),
+                 case["dtype"])
+
+
+# (x shape, weight shape, conv arguments): phases of 3x3, 2x2, 1x1 and 0 taps
+def _layer(stride, padding, dilation=(1, 1), groups=1):
+    return dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+PHASED_LAYERS = [
+    ((2, 6, 13, 11), (8, 6, 5, 5), _layer((2, 2), ((2, 2), (2, 2)))),
+    ((1, 4, 9, 10), (4, 1, 3, 3), _layer((2, 2), ((1, 1), (1, 1)), groups=4)),
+    ((2, 4, 12, 9), (6, 2, 3, 2), _layer((3, 2), ((0, 2), (3, 1)), (2, 1), groups=2)),
+    ((1, 3, 10, 10), (5, 3, 1, 1), _layer((3, 3), ((0, 0), (0, 0)))),
+    ((2, 5, 7, 8), (3, 5, 3, 3), _layer((1, 1), ((4, 1), (0, 5)))),
+]
+
+
+@pytest.mark.parametrize("sub_method", ["fused", "direct", "winograd", "depthwise"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_phased_passes_on_each_forward_kernel(sub_method, dtype, monkeypatch):
+    """Each phase's forward pass on each of fastconv's own forward kernels
+    (the others taken out of the table, so the pass must use this one where
+    it applies, or the BLAS lowerings where none does: then phased refuses)."""
+    keep = tuple(e for e in _lowerings.TABLE["forward"] if e.uses_blas or e.name == sub_method)
+    monkeypatch.setitem(_lowerings.TABLE, "forward", keep)
+    _plan._choose.cache_clear()
+    used, refused = set(), 0
+    rng = np.random.default_rng(21)
+    try:
+        for x_shape, w_shape, conv in PHASED_LAYERS:
+            w = rng.standard_normal(w_shape).astype(dtype)
+            try:
+                plan = fastconv.plan_conv2d(x_shape, w_shape, dtype, kind="input_grad",
+                                            method="phased", **conv)
+            except ValueError as exc:
+                assert "has no forward kernel of its own for phase" in str(exc)
+                refused += 1
+                continue
+            used |= {p.plan.method for p in plan.blocking.phases}
+            grad = rng.standard_normal(fastconv.plan_conv2d(x_shape, w_shape, **conv)
+                                       .output_shape).astype(dtype)
+            out = np.full(x_shape, np.nan, dtype)
+            fastconv.conv2d_input_grad(x_shape, w, grad, method="phased", out=out, **conv)
+            assert_close(out, conv2d_input_grad_reference(x_shape, w, grad, **conv), dtype)
+    finally:
+        _plan._choose.cache_clear()
+    assert used == {sub_method}
+    # fused and direct compute any phase; Winograd only 3x3 taps, depthwise one filter per group
+    assert refused == {"fused": 0, "direct": 0, "winograd": 4, "depthwise": 4}[sub_method]
+
+
+def test_phases_partition_the_kernel_taps():
+    """Along one axis, each tap of the kernel feeds exactly the input
+    positions of the phase it is assigned to: the phases' taps partition the
+    taps reaching the input, for every stride, dilation and padding."""
+    for length, taps, stride, pad, dil in [(13, 5, 2, 2, 1), (12, 3, 3, 0, 2), (10, 1, 3, 0, 1),
+                                           (9, 4, 2, 5, 3), (7, 3, 1, 4, 1)]:
+        out_len = (length + 2 * pad - dil * (taps - 1) - 1) // stride + 1
+        seen = []
+        for phase in range(stride):
+            axis = _lowerings.phase_axis(length, out_len, taps, stride, pad, dil, phase)
+            reaching = sorted({r for o in range(out_len) for r in range(taps)
+                               if o * stride + r * dil - pad in range(phase, length, stride)})
+            got = [] if axis is None else list(range(axis.first_tap, taps, axis.tap_step))
+            assert set(reaching) <= set(got), (length, taps, stride, pad, dil, phase)
+            seen += reaching
+        assert len(seen) == len(set(seen))
 
 
 def test_fused_input_grad_of_conv1d_and_what_it_refuses():
@@ -435,7 +530,7 @@ def transpose_cases(draw):
                 c_out_group=draw(st.integers(1, 3)), kernel=kernel, groups=groups, stride=stride,
                 dilation=dilation, padding=tuple(pads), output_padding=output_padding,
                 bias=draw(st.booleans()), dtype=draw(st.sampled_from(DTYPES)),
-                method=draw(st.sampled_from(METHODS + ["auto"])),
+                method=draw(st.sampled_from(INPUT_GRAD_METHODS + ["auto"])),
                 threads=draw(st.sampled_from([1, 2, 3])), seed=draw(st.integers(0, 2**31)))
 
 
