@@ -1463,10 +1463,7 @@ class Phased(Lowering):
         g, dtype = plan.geometry, plan.dtype
         grad = ops.grad.reshape(g.N, g.K, g.Ho, g.Wo)
         out = ops.out
-        cg, kg = g.C // g.groups, g.K // g.groups
-        weight = ops.filters.reshape(g.groups, kg, cg, g.R, g.S)
-        if plan.flip:
-            weight = weight[..., ::-1, ::-1]
+        weight = ops.filters.reshape(g.K, g.C // g.groups, g.R, g.S)
         done = {p.offset for p in plan.blocking.phases}
         for py in range(g.stride[0]):
             for px in range(g.stride[1]):
@@ -1477,9 +1474,8 @@ class Phased(Lowering):
             sub, f = p.plan, p.plan.geometry
             (ry, rx), (cy, cx) = (p.rows, p.cols), (p.rows.crop, p.cols.crop)
             filters = bufs["phase_weight"][:f.K * f.rows].reshape(f.K, f.rows)
-            taps = weight[:, :, :, ry.first_tap::ry.tap_step, rx.first_tap::rx.tap_step]
-            np.copyto(filters.reshape(g.groups, cg, kg, ry.taps, rx.taps),
-                      taps[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4))
+            phased.phase_filters(weight, filters, g.groups, ry.first_tap, ry.tap_step, ry.taps,
+                                 rx.first_tap, rx.tap_step, rx.taps, plan.flip, threads)
             x = grad[:, :, cy[0]:g.Ho - cy[1], cx[0]:g.Wo - cx[1]]
             result = bufs["phase_output"][:g.N * g.C * f.cols].reshape(g.N, g.C, f.cols)
             sub_threads = min(threads, sub.kernel_threads)

@@ -49,3 +49,48 @@ def clear_phase(floating[:, :, :, ::1] out, Py_ssize_t y0, Py_ssize_t sy, Py_ssi
                 dst[j] = 0
                 j = j + sx
             i = i + sy
+
+
+cdef enum:
+    PHASE_ROW_BLOCK = 16   # rows of out per item (see phase_filters)
+
+
+def phase_filters(const floating[:, :, :, ::1] weight, floating[:, ::1] out,
+                  Py_ssize_t groups, Py_ssize_t first_row, Py_ssize_t row_step,
+                  Py_ssize_t rows, Py_ssize_t first_col, Py_ssize_t col_step,
+                  Py_ssize_t cols, bint flip, int num_threads):
+    """The filters of one phase's forward pass: out[g*Cg + c, (k*rows + i)
+    * cols + j] = w[g*Kg + k, c, r, s] with the taps r = first_row + (rows-1-i)
+    * row_step, s = first_col + (cols-1-j) * col_step (of the kernel reversed
+    first if flip): each group's weights transposed, the phase's taps
+    reversed. weight (K, C/groups, R, S); out (C, K/groups*rows*cols).
+
+    Threads over blocks of PHASE_ROW_BLOCK of out's rows, each filter's
+    weights of a block's channels read as one run (a filter's channels are
+    adjacent). numpy.copyto of the same strided view took 2-3 ms per phase
+    on a 512 x 256 x 4 x 4 kernel (DCGAN); one row at a time (each read 16
+    KiB from the last) 0.9 ms, in blocks 0.8 ms."""
+    cdef Py_ssize_t K = weight.shape[0], Cg = weight.shape[1]
+    cdef Py_ssize_t R = weight.shape[2], S = weight.shape[3]
+    cdef Py_ssize_t Kg = K // groups, total = groups * Cg
+    cdef Py_ssize_t block, row, k, i, j, r, s, g, c
+    cdef floating *dst
+    if out.shape[0] != total or out.shape[1] != Kg * rows * cols:
+        raise ValueError(f"out has shape {tuple(out.shape)[:2]}, expected "
+                         f"{(total, Kg * rows * cols)}")
+    for block in prange(0, total, PHASE_ROW_BLOCK, schedule="static",
+                        num_threads=num_threads, nogil=True):
+        for k in range(Kg):
+            for row in range(block, min(block + PHASE_ROW_BLOCK, total)):
+                g = row // Cg
+                c = row % Cg
+                dst = &out[row, 0]
+                for i in range(rows):
+                    r = first_row + (rows - 1 - i) * row_step
+                    if flip:
+                        r = R - 1 - r
+                    for j in range(cols):
+                        s = first_col + (cols - 1 - j) * col_step
+                        if flip:
+                            s = S - 1 - s
+                        dst[(k * rows + i) * cols + j] = weight[g * Kg + k, c, r, s]
