@@ -1364,13 +1364,14 @@ class Phased(Lowering):
     positions phase::stride along each axis): each phase gets only the
     kernel taps that land on it (a 3x3 kernel at stride 2: 2x2, 2x1, 1x2
     and 1x1), so each pass is a plain convolution, planned and run by
-    fastconv's own forward kernels (fused, direct, Winograd, depthwise) with
-    nothing scattered and no tap of the padding multiplied. Each pass
-    writes its phase contiguously; the phase is then spread into the
-    gradient (fastconv/_kernels/phased.pyx). The same split as PyTorch's
-    oneDNN backward-data kernels; where the stride is 1 it also takes the
-    padding wider than the kernel and the output_padding that the adjoint
-    entries refuse."""
+    fastconv's own forward kernels (fused, direct, Winograd, depthwise):
+    nothing is scatter-added, and the zeros a transposed convolution would
+    insert between the stride's positions are never multiplied (the
+    padding's taps are, by the kernels that multiply them: fused, Winograd).
+    Each pass writes its phase contiguously; the phase is then spread into
+    the gradient (fastconv/_kernels/phased.pyx). Where the stride is 1 it
+    also takes the padding wider than the kernel and the output_padding
+    that the adjoint entries refuse."""
     name = "phased"
     kernel = "phased"
     uses_blas = False
@@ -1402,11 +1403,10 @@ class Phased(Lowering):
         phases = []
         for offset, rows, cols, forward in input_phases(g):
             sub = planner.derived(forward, "forward", planner.limit - own)
-            plans = [(e.cost(p, sub.tuning), p) for e in _own_forward_kernels(forward)
-                     for p in [e.propose(sub, False)] if p is not None]
-            if not plans:
+            best = sub.cheapest(_own_forward_kernels(forward))
+            if best is None:
                 return None
-            phases.append(Phase(offset, rows, cols, min(plans, key=lambda t: t[0])[1]))
+            phases.append(Phase(offset, rows, cols, best))
         threads = max([p.plan.kernel_threads for p in phases], default=1)
         taps = " + ".join(f"{p.rows.taps}x{p.cols.taps} {p.plan.method}" for p in phases)
         plan = planner.plan(self, PhasedBlocking(tuple(phases)), threads, 1,

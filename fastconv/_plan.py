@@ -174,6 +174,14 @@ class _Planner:
         tuning (a lowering made of others' plans: Phased)."""
         return _Planner(g, self.dtype, False, limit, self.threads, kind, self.tuning)
 
+    def cheapest(self, lowerings, forced=False):
+        """The cheapest plan the lowerings propose by their cost model (ties
+        go to the earlier one), or None if none fits the limit."""
+        plans = [(lowering.cost(plan, self.tuning), i, plan)
+                 for i, lowering in enumerate(lowerings)
+                 for plan in [lowering.propose(self, forced)] if plan is not None]
+        return min(plans, key=lambda t: t[:2])[2] if plans else None
+
     def threads_for(self, work_items):
         """(kernel threads, BLAS threads). OpenMP over work items when there
         are at least as many items as threads, BLAS single-threaded inside;
@@ -213,15 +221,12 @@ def _choose(g, dtype, flip, method, limit, threads, kind, tuning):
     cost model wins (ties go to the earlier entry of the table)."""
     planner = _Planner(g, dtype, flip, limit, threads, kind, tuning)
     lowerings = _applicable(g, kind, method)
-    forced = method != "auto"
-    proposals = [(lowering, lowering.propose(planner, forced)) for lowering in lowerings]
-    plans = [(lowering.cost(plan, tuning), i, plan)
-             for i, (lowering, plan) in enumerate(proposals) if plan is not None]
-    if not plans:
+    plan = planner.cheapest(lowerings, forced=method != "auto")
+    if plan is None:
         # the message of the lowering that would need the least
         smallest = min(lowerings, key=lambda lowering: lowering.needed_bytes(planner))
         raise WorkspaceLimitError(smallest.too_small(planner))
-    return min(plans, key=lambda t: t[:2])[2]
+    return plan
 
 
 def plan_conv(geometry, dtype, *, flip=False, method="auto", memory_limit=None,
