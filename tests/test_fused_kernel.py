@@ -547,6 +547,43 @@ def test_fused_weight_grad_wide_output_rows(isa, dtype, W):
         assert_close(out, conv2d_weight_grad_reference(x, (11, C, R, S), grad, **conv), dtype)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dbl", [False, True])
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 3000), Kg=st.integers(1, 600), groups=st.integers(1, 4),
+       nc=st.integers(1, 1500), mc=st.integers(1, 600), threads=st.integers(1, 5))
+def test_weight_grad_split_covers_rows_evenly_within_the_workspace(isa, dbl, rows, Kg, groups,
+                                                                  nc, mc, threads):
+    blk = fused.blocking(np.float64 if dbl else np.float32, isa)
+    mr, nr = blk["MR"], blk["NR"]
+    granule = fused._narrow_lanes(fused.isa_code(isa), dbl) or nr
+    width, n_rb, height, n_mb = fused.weight_grad_split(rows, Kg, groups, nc, mc, isa, dbl,
+                                                        threads)
+    # blocks only shrink from the nominal ones the workspace was sized for
+    assert width <= -(-min(nc, rows) // nr) * nr and width % granule == 0
+    assert height <= -(-min(mc, Kg) // mr) * mr and height % mr == 0
+    # every row and filter in exactly one block, none empty
+    assert (n_rb - 1) * width < rows <= n_rb * width
+    assert (n_mb - 1) * height < Kg <= n_mb * height
+    # shared out evenly: the last block short by less than a vector per block
+    assert rows - (n_rb - 1) * width > width - n_rb * granule
+    # a thread per item at least, where there are rows and filters for it
+    if groups * n_rb * n_mb < threads:
+        assert width == granule or n_rb == -(-rows // granule)
+        assert height == mr
+
+
+@pytest.mark.parametrize("rows, blocks", [(1536, [768, 768]), (1200, [600, 600]),
+                                          (7392, [928] * 7 + [896])])
+def test_weight_grad_split_gives_two_threads_equal_items(rows, blocks):
+    # TDNN / wav2vec 2.0 conv1, Inception-v3 5x5 and DeepSpeech2 conv2: NC
+    # 1152 split them 1152 + 384, 1152 + 48, 6 x 1152 + 480 (one of two
+    # threads idle for a third to half of the time); in whole 8-row panels
+    # of the generic kernel, which every CPU runs
+    width, n_rb, _, n_mb = fused.weight_grad_split(rows, 64, 1, 1152, 512, "generic", False, 2)
+    assert [min(width, rows - b * width) for b in range(n_rb)] == blocks and n_mb == 1
+
+
 def test_fused_weight_grad_rejects_small_workspace():
     x = np.ones((1, 2, 5, 5))
     grad = np.ones((1, 3, 9))
