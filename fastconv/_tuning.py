@@ -182,18 +182,24 @@ class Tuning:
     fused_x_in_place_panel_bytes: int = 64 * 2**10
     # The fused weight gradient's time over the BLAS lowerings' model:
     # fused_weight_grad_rate + fused_weight_grad_gather * (elements it packs
-    # per multiply-add, either dtype), times its padding. Fitted
-    # to fused / auto (mapped or stretch) times measured side by side (fp32, 2
-    # threads, in one process; packed elements per MAC in brackets): ResNet-50
-    # 5b_3x3 0.66 (0.003), 4b_3x3 0.85 (0.005), VGG-16 conv3_2 0.86 (0.005),
-    # 3a 3x3/2 0.95, 3b_3x3 1.02, dilated 0.99 (0.009), 2a_3x3 1.06 (0.017),
-    # stem 1.31 (0.022, rows padded 147 -> 192), 1x1 layers 1.0-1.7.
-    # Refitted after the vectorised transposing pack (gather 45 -> 22), which
-    # took the fused weight gradient to 0.84-0.97x of its former time (most
-    # where the most is packed per MAC): fresh processes, fp32, 2 threads,
-    # fused / mapped VGG-16 1_2 0.87, ResNet-50 2a 0.96, stem 1.21.
-    fused_weight_grad_rate: float = 0.55
-    fused_weight_grad_gather: float = 22.0
+    # per multiply-add, either dtype), times its padding. Refitted after its
+    # work items were balanced between threads (fused.weight_grad_split):
+    # every lowering of the weight gradient measured on 41 layers (the
+    # shared ones and bench/more_layers.json; fp32, 2 threads, one process
+    # per layer, best over 0.8 s), and the pair chosen that minimises the
+    # summed log of (time of the lowering the model picks / the fastest):
+    # rate 0.575-0.6 with gather 0-10 all give the same choices; 0.6 and 5
+    # are the middle of that range. The former 0.55 and 22 took the BLAS
+    # lowerings on DeepSpeech2 conv1 and conv2 and MTCNN's O-Net conv1,
+    # where fused measured 0.82, 0.68 and 0.59 of them (1.22-1.68x the
+    # fastest): packing B^T is no longer the cost its per-element weight
+    # said (1.8-3 % packed per MAC there; fitting the times alone gives a
+    # weight of ~0). Measured fused / fastest BLAS lowering: ResNet-50 3x3
+    # layers 0.78-0.88, VGG-16 0.83-0.89, the stem 0.83, TDNN 0.96, YOLO
+    # 0.95, paper_mnist 1.80 (9 rows padded to 16), ResNeXt's groups of 4
+    # filters 2.05 (padded to MR 8).
+    fused_weight_grad_rate: float = 0.6
+    fused_weight_grad_gather: float = 5.0
     # 1x1 kernels (any stride), where the BLAS lowerings' B is a plain
     # (strided) copy: the formula above said 0.79-1.5, measured 1.09-1.76 (2a,
     # 2b, 4b, 3a proj 1x1/2). Checked in fresh processes (bench/steady_state.py
