@@ -210,6 +210,46 @@ def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
 # fwd_rows. The input gradients of stride-1 layers run the same forward
 # kernel over the gradient with the kernel's full padding (border-heavy),
 # with M = multiplier planes at once.
+# The weight gradient where a tap reads x at a stride (a column stride, or
+# rows not contiguous): each input row split into its phases (wgrad_phased),
+# a vector dot product per tap; an odd row with stride 2 (the last element
+# in the first phase), stride 3 (the general split), reversed or every
+# other column at stride 1, dilated columns; and what it does not take, run
+# by the scalar loop: more than 64 taps (5 x 13), a row longer than its
+# buffer (9000 columns at stride 2).
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, conv, layout", [
+    ((2, 3, 31, 31, 3, 3), dict(stride=(2, 2), padding=((1, 1), (1, 1)), dilation=(1, 1)),
+     "contiguous"),
+    ((2, 2, 23, 41, 5, 5), dict(stride=(2, 3), padding=((2, 2), (2, 1)), dilation=(1, 2)),
+     "contiguous"),
+    ((1, 2, 12, 50, 3, 3), dict(stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1)),
+     "reversed_w"),
+    ((1, 2, 12, 50, 3, 5), dict(stride=(2, 2), padding=((0, 0), (4, 0)), dilation=(1, 1)),
+     "every_other_w"),
+    ((1, 2, 9, 40, 5, 13), dict(stride=(2, 2), padding=((2, 2), (6, 6)), dilation=(1, 1)),
+     "contiguous"),
+    ((1, 1, 3, 9000, 3, 3), dict(stride=(2, 2), padding=((1, 1), (1, 1)), dilation=(1, 1)),
+     "contiguous"),
+])
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_strided_weight_gradient(name, dtype, shape, conv, layout, multiplier):
+    N, C, H, W, R, S = shape
+    case = dict(conv, flip=multiplier == 2, C=C, dtype=dtype)
+    rng = np.random.default_rng(11)
+    x = make_input(rng, (N, C, H, W), dtype, layout)
+    w = rng.standard_normal((multiplier * C, 1, R, S)).astype(dtype)
+    grad = rng.standard_normal(conv2d_reference(x, w, None, **_conv(case)).shape).astype(dtype)
+    geometry, args = _kernel_args(x.shape, w.shape, case)
+    grad_w = np.full((w.shape[0], R * S), np.nan, dtype)
+    with isa(name):
+        dw.conv2d_depthwise_weight_grad(x, np.ascontiguousarray(grad.reshape(N, w.shape[0], -1)),
+                                        grad_w, *args, case["flip"], 2)
+    assert_close(grad_w.reshape(w.shape),
+                 conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
+
+
 @pytest.mark.parametrize("name", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, conv", [
