@@ -131,7 +131,16 @@ class Tuning:
     winograd_grad_input: float = 600.0
     winograd_weight_grad_factor: float = 1.2
     winograd_factor: float = 1.6
-    fused_min_depth: int = 64
+    # Rows of the stretched matrix (the micro-kernel's depth) below which
+    # fused runs at fused_shallow_rate. Was 64; a sweep of every forward
+    # lowering on 41 layers (2026-11-23, fp32, 2 threads, one process per
+    # layer) measured fused / the best BLAS lowering at 27 rows (3 channels,
+    # 3x3) 0.65 (MTCNN O-Net conv1) and 0.74 (ArcFace's stem), both left to
+    # stretch at 1.35-1.55x the fastest; at 9 rows 1.35 (paper_mnist) and
+    # 1.06 (U-Net's first layer), at 10 0.85 (wav2vec 2.0 conv0, where the
+    # depthwise kernel is faster still). 16 moves those two and no other
+    # layer's plan in any kind.
+    fused_min_depth: int = 16
     # Columns of the whole batch (fused runs every image's columns as one
     # axis) below which the micro-tiles are mostly empty. ResNet-50 5b (7x7
     # maps, 8 images: 392 columns) took 0.82x stretch's time fused (fresh
