@@ -955,7 +955,8 @@ class DirectConv(Lowering):
     def propose(self, planner, forced):
         from fastconv._kernels import direct
         isa = fused_isa(planner.tuning.isa)
-        sizes = direct.blocking(planner.dtype, isa)
+        g = _kernel_geometry(self.kind, planner.g)
+        sizes = direct.blocking(planner.dtype, isa, g.K // g.groups)   # narrow tiles for few
         threads = planner.threads if _machine.openmp_enabled() else 1
         reason = (f"direct convolution ({isa} kernel, {sizes['MR']} pixels x {sizes['NR']} "
                   "filters), padding taps skipped")

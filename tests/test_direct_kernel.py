@@ -140,6 +140,35 @@ def test_tile_stores(isa, K, N, W):
         assert_close(out, conv2d_reference(x, w, b, padding=padding), np.float32)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_narrow_tiles_for_few_filters(dtype):
+    # AVX-512 runs groups of at most 32 float32 (16 float64) filters in
+    # tiles of 12 pixels x 2 vectors, more in 6 x 4 vectors; the other ISAs
+    # have one tile. At and past the boundary, with 12-pixel tiles that end
+    # mid-class and float32 stores of 8 + 4 consecutive pixels, both agree
+    # with the reference and with the generic kernel
+    lanes = 16 if dtype == np.float32 else 8
+    for isa in ISAS:
+        assert direct.narrow_tiles(2 * lanes, dtype, isa) == (isa == "avx512")
+        assert not direct.narrow_tiles(2 * lanes + 1, dtype, isa)
+        assert not direct.narrow_tiles(None, dtype, isa)
+    if "avx512" not in ISAS:
+        pytest.skip("this CPU has no AVX-512")
+    assert direct.blocking(dtype, "avx512", 2 * lanes) == {"MR": 12, "NR": 2 * lanes}
+    assert direct.blocking(dtype, "avx512", 2 * lanes + 1) == {"MR": 6, "NR": 4 * lanes}
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 5, 9, 23)).astype(dtype)
+    for K in (1, 2 * lanes - 3, 2 * lanes, 2 * lanes + 1):
+        w = rng.standard_normal((K, 5, 3, 3)).astype(dtype)
+        b = rng.standard_normal(K).astype(dtype)
+        for conv in (dict(padding=((1, 1), (1, 1))), dict(stride=(2, 2), padding=((2, 0), (1, 3)))):
+            out = run_direct(x, w, b, isa="avx512", threads=2, **conv)
+            assert_close(out, conv2d_reference(x, w, b, **conv), dtype)
+            np.testing.assert_allclose(out, run_direct(x, w, b, isa="generic", **conv),
+                                       rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                       atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_every_isa_agrees_with_generic(isa):
     rng = np.random.default_rng(6)

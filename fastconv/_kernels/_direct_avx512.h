@@ -9,6 +9,14 @@
  * / 2a 3x3, the weights' packing included): 6 x 4 vectors 11.1 / 8.3 / 8.7
  * / 9.7; 8 x 3 vectors 9.7 / 8.8 / 9.2 / 13.1 (48 filters split 64 badly);
  * 7 x 4 (oneDNN's 28 accumulators) 11.4 / 8.4 / 8.7 / 9.9.
+ *
+ * Narrow tiles, for groups of at most 32 float32 (16 float64) filters: 12
+ * pixels x 2 zmm, 24 accumulators again; per (channel, tap) 2 vector loads
+ * and 12 broadcasts for 24 FMAs. With 32 filters the wide tile computes 32
+ * zero-padded ones beside them: DeepSpeech2's 21x11/2 layer (32 -> 32
+ * channels) took 54.7-57.1 ms wide and 26.2-26.6 narrow (fused 39-41),
+ * its 41x11/2 first layer 14.2-14.8 and 8.5-9.2 (fp32, 2 threads, the two
+ * builds alternated in one session).
  */
 #ifndef FASTCONV_DIRECT_AVX512_H
 #define FASTCONV_DIRECT_AVX512_H
@@ -24,6 +32,10 @@
 #endif
 #define FC_DIRECT_AVX512_NR_F32 (16 * FC_DIRECT_AVX512_NV)
 #define FC_DIRECT_AVX512_NR_F64 (8 * FC_DIRECT_AVX512_NV)
+#define FC_DIRECT_AVX512N_MR 12
+#define FC_DIRECT_AVX512N_NV 2
+#define FC_DIRECT_AVX512N_NR_F32 (16 * FC_DIRECT_AVX512N_NV)
+#define FC_DIRECT_AVX512N_NR_F64 (8 * FC_DIRECT_AVX512N_NV)
 
 typedef float fc_direct_v16sf __attribute__((vector_size(64)));
 typedef double fc_direct_v8df __attribute__((vector_size(64)));
@@ -32,6 +44,10 @@ FC_DIRECT_VECTOR_DEFINE(fc_direct_avx512_f32, float, fc_direct_v16sf, FC_DIRECT_
                         FC_DIRECT_AVX512_MR, FC_DIRECT_AVX512_NV)
 FC_DIRECT_VECTOR_DEFINE(fc_direct_avx512_f64, double, fc_direct_v8df, FC_DIRECT_AVX512_TARGET,
                         FC_DIRECT_AVX512_MR, FC_DIRECT_AVX512_NV)
+FC_DIRECT_VECTOR_DEFINE(fc_direct_avx512n_f32, float, fc_direct_v16sf, FC_DIRECT_AVX512_TARGET,
+                        FC_DIRECT_AVX512N_MR, FC_DIRECT_AVX512N_NV)
+FC_DIRECT_VECTOR_DEFINE(fc_direct_avx512n_f64, double, fc_direct_v8df, FC_DIRECT_AVX512_TARGET,
+                        FC_DIRECT_AVX512N_MR, FC_DIRECT_AVX512N_NV)
 
 /* Packing a panel (direct.pyx's _pack_panel has the contract and the
  * portable loop): nf <= NR filter rows of `depth` = channels x taps
@@ -101,6 +117,10 @@ FC_DIRECT_AVX512_PACK(fc_direct_pack_avx512_f32, float, __m512, 16, FC_DIRECT_AV
                       __mmask16, _mm512_maskz_loadu_ps, _mm512_store_ps, fc_transpose16_f32)
 FC_DIRECT_AVX512_PACK(fc_direct_pack_avx512_f64, double, __m512d, 8, FC_DIRECT_AVX512_NR_F64,
                       __mmask8, _mm512_maskz_loadu_pd, _mm512_store_pd, fc_transpose8_f64)
+FC_DIRECT_AVX512_PACK(fc_direct_pack_avx512n_f32, float, __m512, 16, FC_DIRECT_AVX512N_NR_F32,
+                      __mmask16, _mm512_maskz_loadu_ps, _mm512_store_ps, fc_transpose16_f32)
+FC_DIRECT_AVX512_PACK(fc_direct_pack_avx512n_f64, double, __m512d, 8, FC_DIRECT_AVX512N_NR_F64,
+                      __mmask8, _mm512_maskz_loadu_pd, _mm512_store_pd, fc_transpose8_f64)
 
 /* (an index vector of lane * taps: taps is only known at the call) */
 FC_DIRECT_AVX512_PACK_ADJOINT(fc_direct_pack_adjoint_avx512_f32, float, __m512, 16,
@@ -110,6 +130,15 @@ FC_DIRECT_AVX512_PACK_ADJOINT(fc_direct_pack_adjoint_avx512_f32, float, __m512, 
     FC_DIRECT_GATHER_F32, _mm512_store_ps, _mm512_setzero_ps())
 FC_DIRECT_AVX512_PACK_ADJOINT(fc_direct_pack_adjoint_avx512_f64, double, __m512d, 8,
     FC_DIRECT_AVX512_NR_F64, __mmask8, __m256i,
+    _mm256_mullo_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0), _mm256_set1_epi32((int)taps)),
+    FC_DIRECT_GATHER_F64, _mm512_store_pd, _mm512_setzero_pd())
+FC_DIRECT_AVX512_PACK_ADJOINT(fc_direct_pack_adjoint_avx512n_f32, float, __m512, 16,
+    FC_DIRECT_AVX512N_NR_F32, __mmask16, __m512i,
+    _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                       _mm512_set1_epi32((int)taps)),
+    FC_DIRECT_GATHER_F32, _mm512_store_ps, _mm512_setzero_ps())
+FC_DIRECT_AVX512_PACK_ADJOINT(fc_direct_pack_adjoint_avx512n_f64, double, __m512d, 8,
+    FC_DIRECT_AVX512N_NR_F64, __mmask8, __m256i,
     _mm256_mullo_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0), _mm256_set1_epi32((int)taps)),
     FC_DIRECT_GATHER_F64, _mm512_store_pd, _mm512_setzero_pd())
 

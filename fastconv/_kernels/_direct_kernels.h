@@ -18,43 +18,58 @@ typedef void (*fc_direct_f64_t)(ptrdiff_t, const double *, const ptrdiff_t *, pt
                                 ptrdiff_t, const ptrdiff_t *, const ptrdiff_t *, ptrdiff_t,
                                 const double *, ptrdiff_t, double *, int);
 
-/* pixels per tile */
-static inline int fc_direct_mr(int isa)
+/* Every function below takes `narrow`: the ISA's tile for few filters
+ * (AVX-512's 12 pixels x 2 vectors) where it has one, else its only tile. */
+
+/* whether the ISA has a narrow tile */
+static inline int fc_direct_has_narrow(int isa)
 {
     (void)isa;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return FC_DIRECT_AVX512_MR;
+    if (isa == FC_ISA_AVX512) return 1;
+#endif
+    return 0;
+}
+
+/* pixels per tile */
+static inline int fc_direct_mr(int isa, int narrow)
+{
+    (void)isa; (void)narrow;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return narrow ? FC_DIRECT_AVX512N_MR : FC_DIRECT_AVX512_MR;
     if (isa == FC_ISA_AVX2) return FC_DIRECT_AVX2_MR;
 #endif
     return FC_DIRECT_GENERIC_MR;
 }
 
 /* filters per tile */
-static inline int fc_direct_nr(int isa, int is_double)
+static inline int fc_direct_nr(int isa, int is_double, int narrow)
 {
-    (void)isa;
+    (void)isa; (void)narrow;
 #if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512 && narrow)
+        return is_double ? FC_DIRECT_AVX512N_NR_F64 : FC_DIRECT_AVX512N_NR_F32;
     if (isa == FC_ISA_AVX512) return is_double ? FC_DIRECT_AVX512_NR_F64 : FC_DIRECT_AVX512_NR_F32;
     if (isa == FC_ISA_AVX2) return is_double ? FC_DIRECT_AVX2_NR_F64 : FC_DIRECT_AVX2_NR_F32;
 #endif
     return is_double ? FC_DIRECT_GENERIC_NR_F64 : FC_DIRECT_GENERIC_NR_F32;
 }
 
-static inline fc_direct_f32_t fc_direct_f32(int isa)
+static inline fc_direct_f32_t fc_direct_f32(int isa, int narrow)
 {
-    (void)isa;
+    (void)isa; (void)narrow;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return fc_direct_avx512_f32;
+    if (isa == FC_ISA_AVX512) return narrow ? fc_direct_avx512n_f32 : fc_direct_avx512_f32;
     if (isa == FC_ISA_AVX2) return fc_direct_avx2_f32;
 #endif
     return fc_direct_generic_f32;
 }
 
-static inline fc_direct_f64_t fc_direct_f64(int isa)
+static inline fc_direct_f64_t fc_direct_f64(int isa, int narrow)
 {
-    (void)isa;
+    (void)isa; (void)narrow;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return fc_direct_avx512_f64;
+    if (isa == FC_ISA_AVX512) return narrow ? fc_direct_avx512n_f64 : fc_direct_avx512_f64;
     if (isa == FC_ISA_AVX2) return fc_direct_avx2_f64;
 #endif
     return fc_direct_generic_f64;
@@ -67,20 +82,20 @@ typedef void (*fc_direct_pack_f32_t)(const float *, ptrdiff_t, ptrdiff_t, ptrdif
 typedef void (*fc_direct_pack_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                                      int, ptrdiff_t, double *);
 
-static inline fc_direct_pack_f32_t fc_direct_pack_f32(int isa)
+static inline fc_direct_pack_f32_t fc_direct_pack_f32(int isa, int narrow)
 {
-    (void)isa;
+    (void)isa; (void)narrow;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return fc_direct_pack_avx512_f32;
+    if (isa == FC_ISA_AVX512) return narrow ? fc_direct_pack_avx512n_f32 : fc_direct_pack_avx512_f32;
 #endif
     return NULL;
 }
 
-static inline fc_direct_pack_f64_t fc_direct_pack_f64(int isa)
+static inline fc_direct_pack_f64_t fc_direct_pack_f64(int isa, int narrow)
 {
-    (void)isa;
+    (void)isa; (void)narrow;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return fc_direct_pack_avx512_f64;
+    if (isa == FC_ISA_AVX512) return narrow ? fc_direct_pack_avx512n_f64 : fc_direct_pack_avx512_f64;
 #endif
     return NULL;
 }
@@ -109,20 +124,22 @@ typedef void (*fc_direct_pack_adjoint_f32_t)(const float *, ptrdiff_t, ptrdiff_t
 typedef void (*fc_direct_pack_adjoint_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                                              ptrdiff_t, int, ptrdiff_t, double *);
 
-static inline fc_direct_pack_adjoint_f32_t fc_direct_pack_adjoint_f32(int isa)
+static inline fc_direct_pack_adjoint_f32_t fc_direct_pack_adjoint_f32(int isa, int narrow)
 {
-    (void)isa;
+    (void)isa; (void)narrow;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return fc_direct_pack_adjoint_avx512_f32;
+    if (isa == FC_ISA_AVX512)
+        return narrow ? fc_direct_pack_adjoint_avx512n_f32 : fc_direct_pack_adjoint_avx512_f32;
 #endif
     return NULL;
 }
 
-static inline fc_direct_pack_adjoint_f64_t fc_direct_pack_adjoint_f64(int isa)
+static inline fc_direct_pack_adjoint_f64_t fc_direct_pack_adjoint_f64(int isa, int narrow)
 {
-    (void)isa;
+    (void)isa; (void)narrow;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return fc_direct_pack_adjoint_avx512_f64;
+    if (isa == FC_ISA_AVX512)
+        return narrow ? fc_direct_pack_adjoint_avx512n_f64 : fc_direct_pack_adjoint_avx512_f64;
 #endif
     return NULL;
 }

@@ -54,24 +54,25 @@ cdef extern from "_direct_kernels.h" nogil:
                                      Py_ssize_t, const Py_ssize_t *, const Py_ssize_t *,
                                      Py_ssize_t, const double *, Py_ssize_t, double *,
                                      int) noexcept nogil
-    int fc_direct_mr(int isa)
-    int fc_direct_nr(int isa, int is_double)
-    fc_direct_f32_t fc_direct_f32(int isa)
-    fc_direct_f64_t fc_direct_f64(int isa)
+    int fc_direct_has_narrow(int isa)
+    int fc_direct_mr(int isa, int narrow)
+    int fc_direct_nr(int isa, int is_double, int narrow)
+    fc_direct_f32_t fc_direct_f32(int isa, int narrow)
+    fc_direct_f64_t fc_direct_f64(int isa, int narrow)
     ctypedef void (*fc_direct_pack_f32_t)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                           Py_ssize_t, int, Py_ssize_t, float *) noexcept nogil
     ctypedef void (*fc_direct_pack_f64_t)(const double *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                           Py_ssize_t, int, Py_ssize_t, double *) noexcept nogil
-    fc_direct_pack_f32_t fc_direct_pack_f32(int isa)
-    fc_direct_pack_f64_t fc_direct_pack_f64(int isa)
+    fc_direct_pack_f32_t fc_direct_pack_f32(int isa, int narrow)
+    fc_direct_pack_f64_t fc_direct_pack_f64(int isa, int narrow)
     ctypedef void (*fc_direct_pack_adjoint_f32_t)(const float *, Py_ssize_t, Py_ssize_t,
                                                   Py_ssize_t, Py_ssize_t, int, Py_ssize_t,
                                                   float *) noexcept nogil
     ctypedef void (*fc_direct_pack_adjoint_f64_t)(const double *, Py_ssize_t, Py_ssize_t,
                                                   Py_ssize_t, Py_ssize_t, int, Py_ssize_t,
                                                   double *) noexcept nogil
-    fc_direct_pack_adjoint_f32_t fc_direct_pack_adjoint_f32(int isa)
-    fc_direct_pack_adjoint_f64_t fc_direct_pack_adjoint_f64(int isa)
+    fc_direct_pack_adjoint_f32_t fc_direct_pack_adjoint_f32(int isa, int narrow)
+    fc_direct_pack_adjoint_f64_t fc_direct_pack_adjoint_f64(int isa, int narrow)
     ctypedef void (*fc_direct_store_f32_t)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                            float *, Py_ssize_t, const float *) noexcept nogil
     fc_direct_store_f32_t fc_direct_store_f32(int isa)
@@ -104,10 +105,28 @@ ITEMS_PER_THREAD = 16
 SHARED_PANEL_MAX_BYTES = 256 * 1024
 
 
-def blocking(dtype, isa=None):
-    """{"MR": pixels, "NR": filters} of a tile of the ISA's kernel."""
+def narrow_tiles(filters, dtype, isa=None):
+    """Whether groups of `filters` filters (None: unknown) run the ISA's
+    narrow tile (AVX-512: 12 pixels x 32 float32 or 16 float64 filters)
+    rather than its wide one (6 x 64 or 32), which would compute the
+    filters past them as zeros: where they fit in one narrow tile.
+
+    >>> narrow_tiles(32, "float32", "generic")   # it has one tile only
+    False
+    """
     code = isa_code(isa)
-    return {"MR": fc_direct_mr(code), "NR": fc_direct_nr(code, _dtype_is_double(dtype))}
+    dbl = _dtype_is_double(dtype)
+    return bool(filters is not None and fc_direct_has_narrow(code)
+                and 0 < int(filters) <= fc_direct_nr(code, dbl, 1))
+
+
+def blocking(dtype, isa=None, filters=None):
+    """{"MR": pixels, "NR": filters} of a tile of the ISA's kernel for
+    groups of `filters` filters (see narrow_tiles; None: the wide tile)."""
+    code = isa_code(isa)
+    narrow = narrow_tiles(filters, dtype, code)
+    return {"MR": fc_direct_mr(code, narrow),
+            "NR": fc_direct_nr(code, _dtype_is_double(dtype), narrow)}
 
 
 cdef Py_ssize_t _axis_classes(Py_ssize_t out_len, Py_ssize_t in_len, Py_ssize_t taps,
@@ -147,12 +166,12 @@ def pixel_classes(Py_ssize_t out_len, Py_ssize_t in_len, Py_ssize_t taps, Py_ssi
     return ids, ranges[:n]
 
 
-def table_size(N, Ho, Wo, R, S, isa=None):
-    """intp elements of the tables of a geometry: every pixel's input and
-    output offsets, the tiles, and each class's taps (offsets and panel
-    rows) and count. An upper bound, from the shapes only: row classes are
-    at most 2R+1 (the valid tap range's ends only fall as the row grows)."""
-    mr = fc_direct_mr(isa_code(isa))
+def table_size(N, Ho, Wo, R, S, mr):
+    """intp elements of the tables of a geometry, in tiles of mr pixels:
+    every pixel's input and output offsets, the tiles, and each class's taps
+    (offsets and panel rows) and count. An upper bound, from the shapes
+    only: row classes are at most 2R+1 (the valid tap range's ends only
+    fall as the row grows)."""
     pixels = N * Ho * Wo
     classes = min(Ho, 2 * R + 1) * min(Wo, 2 * S + 1)
     tiles = pixels // mr + classes + 1   # sum of ceil(class pixels / MR)
@@ -183,8 +202,8 @@ def work_split(Py_ssize_t tiles, Py_ssize_t blocks, Py_ssize_t mr, Py_ssize_t nr
 def packs_in_items(K, C, R, S, groups, dtype, isa=None):
     """Whether each item packs its own panel (the packed weights are larger
     than SHARED_PANEL_MAX_BYTES) rather than all items sharing one."""
-    nr = blocking(dtype, isa)["NR"]
     Kg = K // groups
+    nr = blocking(dtype, isa, Kg)["NR"]
     return (groups * _ceil_div(Kg, nr) * nr * (C // groups) * R * S * np.dtype(dtype).itemsize
             > SHARED_PANEL_MAX_BYTES)
 
@@ -193,14 +212,14 @@ def buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, stride_h, stride_w, pad_to
                  dil_h, dil_w, dtype, isa=None, channel_block_size=0, pack_in_items=None):
     """(packed weight elements, tables' intp elements, workspace elements per
     thread) of a call (channel_block_size, pack_in_items: as conv2d_direct's)."""
-    sizes = blocking(dtype, isa)
+    Kg, Cg = K // groups, C // groups
+    sizes = blocking(dtype, isa, Kg)
     mr, nr = sizes["MR"], sizes["NR"]
     itemsize = np.dtype(dtype).itemsize
-    Kg, Cg = K // groups, C // groups
     fblocks = _ceil_div(Kg, nr) if Kg else 0
     if pack_in_items is None:
         pack_in_items = packs_in_items(K, C, R, S, groups, dtype, isa)
-    tables = table_size(N, Ho, Wo, R, S, isa)
+    tables = table_size(N, Ho, Wo, R, S, mr)
     align = ALIGN_BYTES // itemsize
     # an item's accumulators (see work_split), and with pack_in_items, the
     # panel of its channel block
@@ -314,18 +333,21 @@ cdef void _store_tile(const floating *tile, Py_ssize_t m, Py_ssize_t nr, Py_ssiz
     after another. Pixel by pixel, every store went to another row, and
     rows 16 KiB apart (64 x 64 maps) share one L1 set: dilated_3x3_d2
     spent 16 % of its run in this loop (perf). store32 (the ISA's, or
-    NULL): float32 tiles of at most 8 pixels consecutive in the output,
+    NULL): float32 tiles of pixels consecutive in the output, 8 at a time,
     transposed in registers (_direct_avx2.h)."""
     cdef Py_ssize_t j, f
     cdef floating *o
     cdef floating b
     if floating is float:
-        if store32 != NULL and m <= 8:
+        if store32 != NULL:
             j = 1
             while j < m and pix_out[j] == pix_out[0] + j:
                 j += 1
             if j == m:
-                store32(tile, m, nr, nf, out + pix_out[0], out_filter, bias)
+                # in runs of 8 (the narrow tile's 12 pixels as 8 + 4)
+                for j in range(0, m, 8):
+                    store32(tile + j * nr, m - j if m - j < 8 else 8, nr, nf, out + pix_out[j],
+                            out_filter, bias)
                 return
     for f in range(nf):
         o = out + f * out_filter
@@ -372,7 +394,6 @@ def conv2d_direct(const floating[:, :, :, :] x,
     cdef Py_ssize_t cols = out.shape[2]
     cdef int code = isa_code(isa)
     cdef int dbl = floating is double
-    cdef Py_ssize_t mr = fc_direct_mr(code), nr = fc_direct_nr(code, dbl)
     cdef Py_ssize_t itemsize = sizeof(floating)
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
@@ -394,6 +415,8 @@ def conv2d_direct(const floating[:, :, :, :] x,
     cdef Py_ssize_t Ho = cols // Wo
     cdef Py_ssize_t Kg = K // groups, Cg = C // groups
     dtype = np.float64 if dbl else np.float32
+    cdef bint narrow = narrow_tiles(Kg, dtype, code)
+    cdef Py_ssize_t mr = fc_direct_mr(code, narrow), nr = fc_direct_nr(code, dbl, narrow)
     if pack_in_items is None:
         pack_in_items = packs_in_items(K, C, R, S, groups, dtype, code)
     cdef bint in_items = pack_in_items
@@ -490,14 +513,14 @@ def conv2d_direct(const floating[:, :, :, :] x,
     cdef const Py_ssize_t *klass_taps
     cdef floating *acc
     cdef const floating *panel
-    cdef fc_direct_f32_t kernel32 = fc_direct_f32(code)
-    cdef fc_direct_f64_t kernel64 = fc_direct_f64(code)
+    cdef fc_direct_f32_t kernel32 = fc_direct_f32(code, narrow)
+    cdef fc_direct_f64_t kernel64 = fc_direct_f64(code, narrow)
     cdef Packers packers
     cdef fc_direct_store_f32_t store32 = fc_direct_store_f32(code)
-    packers.rows32 = fc_direct_pack_f32(code)
-    packers.rows64 = fc_direct_pack_f64(code)
-    packers.adjoint32 = fc_direct_pack_adjoint_f32(code)
-    packers.adjoint64 = fc_direct_pack_adjoint_f64(code)
+    packers.rows32 = fc_direct_pack_f32(code, narrow)
+    packers.rows64 = fc_direct_pack_f64(code, narrow)
+    packers.adjoint32 = fc_direct_pack_adjoint_f32(code, narrow)
+    packers.adjoint64 = fc_direct_pack_adjoint_f64(code, narrow)
     with nogil:
         if not in_items:
             # weights first: every item of a filter block reads its whole panel
