@@ -970,7 +970,7 @@ class DirectConv(Lowering):
         g, b = _kernel_geometry(self.kind, plan.geometry), plan.blocking
         kg = max(1, g.K // g.groups)
         filters = -(-kg // b.nr) * b.nr / kg
-        shallow = max(1.0, tuning.direct_conv_min_channels / max(1, g.C // g.groups))
+        shallow = max(1.0, tuning.direct_conv_min_depth / max(1, g.rows))
         if g.R * g.S == 1:
             layout = tuning.direct_conv_pointwise_factor
         else:

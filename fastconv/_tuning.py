@@ -71,10 +71,20 @@ class Tuning:
     # (fused_rate / 1.07), so it is worth it where the padding is a large
     # share of the taps.
     direct_conv_rate: float = 1.08
-    # ... at fewer input channels per group than this, its inner loop (over
-    # the channels of one tap) is short: the rate falls in proportion
-    # (ResNet-50's stem, 3 channels: 1.44x fused's time).
-    direct_conv_min_channels: int = 16
+    # ... at a shallower depth (rows of the stretched matrix: channels per
+    # group x taps) than this, a tile's accumulators, set up and stored once
+    # per tile, weigh on its few multiply-adds: the rate falls in
+    # proportion. Was a count of input channels (16), from the stem alone
+    # (3 channels, 147 rows: 1.14x fused's time), which priced AlexNet's
+    # first layer (3 channels, 363 rows) at 5x and took fused there, where
+    # direct runs at 0.70x fused's time. A sweep of every forward lowering
+    # on 41 layers (fp32, 2 threads, one process per layer), direct / fused
+    # by depth: 9 rows 1.78-2.5 (paper_mnist, U-Net's first layer), 27
+    # 1.33-1.8 (MTCNN, ArcFace's stem), 81 1.66 (SRCNN's 9x9), 147 1.14,
+    # 363 0.70, 451 1.07 (DeepSpeech2 conv1); 160 gives the choices closest
+    # to the fastest over the 41 (summed log of chosen / fastest; 32-128
+    # take direct on the stem, 400 misses AlexNet).
+    direct_conv_min_depth: int = 160
     # ... and its time factor where the columns are strided (stride > 1),
     # which fused gathers on a slower path (two masked loads and a permute
     # per vector) while direct only broadcasts other pixels. In one process,
