@@ -1326,6 +1326,11 @@ def weight_grad_split(rows, Kg, groups, nc, mc, isa, dbl, threads):
     while (groups * n_mb * n_rb) % threads and n_rb < most:
         n_rb += 1
     width = _round_up(_ceil_div(rows, n_rb), granule)
+    # rounding up to whole vectors can merge blocks again (65 rows in 4:
+    # 17 -> 32, 3 blocks): narrower, a vector at a time, until each thread
+    # has one or the blocks are one vector wide
+    while groups * n_mb * _ceil_div(rows, width) < threads and width > granule:
+        width -= granule
     n_rb = _ceil_div(rows, width)
     while groups * n_rb * n_mb < threads and height > mr:
         height = _round_up(_ceil_div(height, 2), mr)
