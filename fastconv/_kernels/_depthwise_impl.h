@@ -578,6 +578,11 @@ DW_INLINE void NM(panel_row)(const dw_geom *g, const T *in, dws ih, dws col0, dw
                 DW_STORE(d + i, DW_LOAD(VT, src + i));
             if (i < m)
                 DW_STORE(d + m - VL, DW_LOAD(VT, src + m - VL));
+        } else if (step == 2) {
+            /* a column stride of 2: a constant step, which the compiler
+             * turns into vector loads and a permute of their even lanes */
+            for (dws i = 0; i < m; i++)
+                d[i] = src[2 * i];
         } else {
             for (dws i = 0; i < m; i++)
                 d[i] = src[i * step];
