@@ -874,7 +874,10 @@ static __attribute__((noinline)) void NM(igrad_strided)(const dw_geom *g, const 
  * filter). A tap's products with x at a stride made wgrad a scalar loop
  * (four partial sums): 5.4 ms for the 3x3/2 layer on 8 x 96 x 112 x 112
  * (float32, 2 threads), 1.3x the mapped lowering's time. 0 where the
- * row's copy or the taps' sums would not fit (wgrad then runs that loop). */
+ * row's copy or the taps' sums would not fit (wgrad then runs that loop).
+ * Its own split, not band_fill's padded phases: on band_fill (zeros
+ * around, every tap over all Wo columns) the 3x3/2 layer took 1.15-1.5x
+ * the time, even with band_fill's stride 2 in one pass (tried, not kept). */
 #define DW_WG_MAX_TAPS 64
 
 static __attribute__((noinline)) int NM(wgrad_phased)(const dw_geom *g, const T *x, dws xs_n,
@@ -905,31 +908,28 @@ static __attribute__((noinline)) int NM(wgrad_phased)(const dw_geom *g, const T 
     }
     for (dws img = 0; img < N; img++) {
         for (dws ih = 0; ih < H; ih++) {
+            int copied = 0;
             /* the kernel rows r that meet input row ih: oh*sh = ih + pt - r*dh */
-            dws rows_met = 0;
-            for (dws r = 0; r < R; r++) {
-                const dws t = ih + pt - r * dh;
-                rows_met += t >= 0 && t % sh == 0 && t / sh < Ho;
-            }
-            if (!rows_met)
-                continue;
-            const T *xr = x + img * xs_n + ih * xs_h;
-            if (sw == 2 && xs_w == 1) {
-                for (dws k = 0; k < W / 2; k++) {
-                    buf[k] = xr[2 * k];
-                    buf[plen + k] = xr[2 * k + 1];
-                }
-                if (W % 2)
-                    buf[W / 2] = xr[W - 1];
-            } else {
-                for (dws p = 0; p < sw; p++)
-                    for (dws k = 0; p + k * sw < W; k++)
-                        buf[p * plen + k] = xr[(p + k * sw) * xs_w];
-            }
             for (dws r = 0; r < R; r++) {
                 const dws t = ih + pt - r * dh;
                 if (t < 0 || t % sh || t / sh >= Ho)
                     continue;
+                if (!copied) {   /* the row split into its phases, once */
+                    const T *xr = x + img * xs_n + ih * xs_h;
+                    if (sw == 2 && xs_w == 1) {
+                        for (dws k = 0; k < W / 2; k++) {
+                            buf[k] = xr[2 * k];
+                            buf[plen + k] = xr[2 * k + 1];
+                        }
+                        if (W % 2)
+                            buf[W / 2] = xr[W - 1];
+                    } else {
+                        for (dws p = 0; p < sw; p++)
+                            for (dws k = 0; p + k * sw < W; k++)
+                                buf[p * plen + k] = xr[(p + k * sw) * xs_w];
+                    }
+                    copied = 1;
+                }
                 const T *grow = grad + img * g_n + (t / sh) * Wo;
                 for (dws s = 0; s < S; s++) {
                     const dws n = n_s[s];
