@@ -285,6 +285,42 @@ def test_padded_bands(name, dtype, shape, conv, layout, multiplier):
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
 
 
+# Narrow planes. A kernel covering the whole (contiguous) plane, one output
+# (global depthwise: 1-D over 33 taps, 5 x 20 = 100 elements: full vectors,
+# pairs of them and a masked tail, a single element) is one dot product a
+# plane; output rows narrower than the narrowest vector take vector columns
+# (a masked product per kernel row, 37 taps: full vectors then the tail),
+# border columns of a padded narrow plane too. Reversed or cropped rows,
+# flipped kernels and the input gradient's several planes take the scalar
+# columns.
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, conv", [
+    ((2, 3, 1, 33, 1, 33), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1))),
+    ((1, 2, 5, 20, 5, 20), dict(stride=(2, 3), padding=((0, 0), (0, 0)), dilation=(1, 1))),
+    ((1, 2, 1, 1, 1, 1), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1))),
+    ((2, 3, 7, 9, 7, 7), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1))),
+    ((1, 2, 6, 39, 3, 37), dict(stride=(1, 1), padding=((1, 0), (0, 0)), dilation=(1, 1))),
+    ((1, 2, 4, 4, 3, 3), dict(stride=(1, 1), padding=((2, 2), (2, 2)), dilation=(1, 1))),
+])
+@pytest.mark.parametrize("layout", ["contiguous", "reversed_w", "cropped_w"])
+@pytest.mark.parametrize("multiplier, flip", [(1, False), (2, False), (1, True)])
+def test_narrow_planes(name, dtype, shape, conv, layout, multiplier, flip):
+    N, C, H, W, R, S = shape
+    case = dict(conv, flip=flip, C=C, dtype=dtype)
+    rng = np.random.default_rng(13)
+    x = make_input(rng, (N, C, H, W), dtype, layout)
+    w = rng.standard_normal((multiplier * C, 1, R, S)).astype(dtype)
+    b = rng.standard_normal(multiplier * C).astype(dtype)
+    expected = conv2d_reference(x, w, b, **_conv(case))
+    grad = rng.standard_normal(expected.shape).astype(dtype)
+    with isa(name):
+        out, grad_x, grad_w = run_all(x, w, b, grad, case, 2)
+    assert_close(out, expected, dtype)
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
+    assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
+
+
 # A channel multiplier of at least PANEL_MIN_MULT (of 2 where the fixed-size
 # kernels do not run) runs over gathered taps in chunks of positions
 # (fwd_panels): a copy of the rows per kernel column where the row stride is
@@ -429,6 +465,46 @@ _GUARDED_CHILD = textwrap.dedent("""
                         assert err < (1e-5 if dtype == np.float32 else 1e-12), (isa, layout, sh, err)
     print("ok")
 """)
+
+
+# The masked loads of a global plane's dot product and of narrow planes'
+# columns start before the run they read (the last vector ends at its end):
+# planes placed right after an inaccessible page crash the child if a
+# masked-off lane is read.
+_GUARDED_BEFORE_CHILD = textwrap.dedent("""
+    import ctypes, mmap
+    import numpy as np
+    from fastconv._kernels import depthwise as dw
+    libc = ctypes.CDLL(None)
+    page = mmap.PAGESIZE
+    for isa in dw.available_isas():
+        dw.set_isa(isa)
+        for dtype in (np.float32, np.float64):
+            for H, W, R, S in ((7, 7, 7, 7), (1, 5, 1, 5), (3, 3, 3, 1)):
+                region = mmap.mmap(-1, 2 * page)
+                start = ctypes.addressof(ctypes.c_char.from_buffer(region))
+                assert libc.mprotect(ctypes.c_void_p(start), page, 0) == 0
+                x = np.frombuffer(region, dtype, H * W, page).reshape(1, 1, H, W)
+                w = np.random.default_rng(2).standard_normal((1, R * S)).astype(dtype)
+                x[...] = np.random.default_rng(3).standard_normal(x.shape)
+                Ho, Wo = H - R + 1, W - S + 1
+                out = np.empty((1, 1, Ho * Wo), dtype)
+                dw.conv2d_depthwise(x, w, np.zeros(0, dtype), out, R, S, Wo, 1, 1,
+                                    0, 0, 1, 1, False, 1)
+                xx, ww = np.asarray(x[0, 0], np.float64), w.reshape(R, S).astype(np.float64)
+                ref = np.array([[(xx[i:i + R, j:j + S] * ww).sum() for j in range(Wo)]
+                                for i in range(Ho)])
+                err = np.abs(out.reshape(Ho, Wo) - ref).max() / np.abs(ref).max()
+                assert err < (1e-5 if dtype == np.float32 else 1e-12), (isa, H, W, err)
+    print("ok")
+""")
+
+
+def test_no_read_before_the_input(tmp_path):
+    result = subprocess.run([sys.executable, "-c", _GUARDED_BEFORE_CHILD], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (
+        f"exit {result.returncode}: {result.stderr[-2000:]}")
 
 
 def test_no_read_past_the_input(tmp_path):
