@@ -169,6 +169,35 @@ def test_narrow_tiles_for_few_filters(dtype):
                                        atol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+# A full tile whose pixels are evenly spaced in x, 1, 2 or 4 elements apart
+# (one output row at stride 1, 2, 4, or an every-other-column view), runs a
+# loop that reads them from one pointer at fixed offsets; other tiles
+# (crossing a row's end, partial, other spacings) read each pixel through
+# its own. Rows of 40 outputs hold three full tiles of either width and a
+# partial one; the filter counts take the narrow and the wide AVX-512 tiles.
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride, view", [(1, "contiguous"), (2, "contiguous"),
+                                          (4, "contiguous"), (1, "every_other_w"),
+                                          (2, "every_other_w"), (3, "contiguous"),
+                                          (1, "strided")])
+@pytest.mark.parametrize("K", [20, 70])
+def test_evenly_spaced_tiles(isa, dtype, stride, view, K):
+    rng = np.random.default_rng(21)
+    base = rng.standard_normal((2, 3, 2 * stride + 3, 40 * stride + 1)).astype(dtype)
+    if view == "every_other_w":
+        x = np.zeros(base.shape[:3] + (2 * base.shape[3],), dtype)[..., ::2]
+        x[...] = base
+    else:
+        x = make_view(base, view)
+    w = rng.standard_normal((K, 3, 3, 3)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    conv = dict(stride=(stride, stride), padding=((1, 0), (0, 1)))
+    out = run_direct(x, w, b, isa=isa, threads=2, **conv)
+    assert out.shape[3] == 40
+    assert_close(out, conv2d_reference(x, w, b, **conv), dtype)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_every_isa_agrees_with_generic(isa):
     rng = np.random.default_rng(6)
