@@ -120,61 +120,51 @@ static __attribute__((noinline)) T NM(hsum)(VT v)
 #undef DW_Q_LANES
 }
 
-/* the dot product of n contiguous elements of a and b: vectors in two
- * chains, the last vector masked (portable build: one ending at n with its
- * counted lanes masked off the product; n < VL there: scalar) */
-static T NM(dot)(const T *a, const T *b, dws n)
+/* acc plus the lane-wise products of n >= 1 contiguous elements of a and
+ * b: whole vectors, then the last 1..VL elements as one vector ending at n,
+ * masked (no branch: its mask depends on n alone, so a caller's loop over
+ * kernel rows loads it once; a branch and a mask per row made narrow
+ * columns 13 % slower). Masked-off lanes read nothing: they may lie before
+ * a plane. The portable build, without masked loads, masks the counted
+ * lanes off the product, or (n < VL) adds a scalar sum into lane 0. */
+DW_INLINE VT NM(dot_acc)(VT acc, const T *a, const T *b, dws n)
 {
-    VT acc0 = (VT){0}, acc1 = (VT){0};
     dws k = 0;
-    for (; n - k >= 2 * VL; k += 2 * VL) {
-        acc0 += DW_LOAD(VT, a + k) * DW_LOAD(VT, b + k);
-        acc1 += DW_LOAD(VT, a + k + VL) * DW_LOAD(VT, b + k + VL);
-    }
-    if (n - k >= VL) {
-        acc0 += DW_LOAD(VT, a + k) * DW_LOAD(VT, b + k);
-        k += VL;
-    }
-    T tail = 0;
-    if (k < n) {
+    for (; n - k > VL; k += VL)
+        acc += DW_LOAD(VT, a + k) * DW_LOAD(VT, b + k);
 #ifdef DW_MLOAD
-        const IVT keep = DW_LOAD(IVT, MASKS_MID - VL + (n - k));
-        acc1 += DW_MLOAD(a + n - VL, keep) * DW_MLOAD(b + n - VL, keep);
+    const IVT keep = DW_LOAD(IVT, MASKS_MID - VL + (n - k));
+    acc += DW_MLOAD(a + n - VL, keep) * DW_MLOAD(b + n - VL, keep);
 #else
-        if (n >= VL)
-            acc1 += DW_MASKED(VT, IVT, VL, DW_LOAD(VT, a + n - VL) * DW_LOAD(VT, b + n - VL),
-                              n - k);
-        else
-            for (; k < n; k++)
-                tail += a[k] * b[k];
-#endif
+    if (n >= VL) {
+        acc += DW_MASKED(VT, IVT, VL, DW_LOAD(VT, a + n - VL) * DW_LOAD(VT, b + n - VL),
+                         n - k);
+    } else {
+        T tail = 0;
+        for (; k < n; k++)
+            tail += a[k] * b[k];
+        acc[0] += tail;
     }
-    return NM(hsum)(acc0 + acc1) + tail;
+#endif
+    return acc;
 }
 
-#ifdef DW_MLOAD
 /* DW_FWD_COLUMN where the kernel row's valid taps and their inputs are both
  * contiguous (column dilation and input step 1, no flip): per kernel row,
- * vector products of up to VL taps, the last vector masked (masked-off lanes
- * read nothing: they may lie before the plane), summed across lanes once.
- * Why: the scalar column is a chain of dependent adds per kernel row; a
- * 7x7 global depthwise layer (MobileFaceNet's GDC, 8 x 512 x 7x7 -> 1x1,
- * float32, one thread, AVX-512) spent 76 % of its 230 us there. */
+ * vector products (dot_acc), summed across lanes once. Why: the scalar
+ * column is a chain of dependent adds per kernel row; a 7x7 global
+ * depthwise layer (MobileFaceNet's GDC, 8 x 512 x 7x7 -> 1x1, float32, one
+ * thread, AVX-512) spent 76 % of its 230 us there. */
 #define DW_FWD_COLUMN_VEC(OW) do {                                             \
     const dws cb_ = (OW) * sw - pl;                                            \
     const dws s_lo_ = dw_first(cb_, 1, S);                                     \
     const dws e_ = dw_end(cb_, 1, W, S), n_ = e_ > s_lo_ ? e_ - s_lo_ : 0;    \
     VT acc_ = (VT){0};                                                         \
-    const IVT keep_ = DW_LOAD(IVT, MASKS_MID - VL + (n_ % VL ? n_ % VL : VL)); \
     for (dws j_ = 0; n_ > 0 && j_ < M; j_++) {                                 \
         const T *p_ = in + j_ * in_plane + (base + r_lo * dh) * xs_h + cb_ + s_lo_; \
         const T *wr_ = w + j_ * w_plane + r_lo * S + s_lo_;                    \
-        for (dws r_ = r_lo; r_ < r_hi; r_++, p_ += dh * xs_h, wr_ += S) {      \
-            dws k_ = 0;                                                        \
-            for (; n_ - k_ > VL; k_ += VL)                                     \
-                acc_ += DW_LOAD(VT, wr_ + k_) * DW_LOAD(VT, p_ + k_);          \
-            acc_ += DW_MLOAD(wr_ + n_ - VL, keep_) * DW_MLOAD(p_ + n_ - VL, keep_); \
-        }                                                                      \
+        for (dws r_ = r_lo; r_ < r_hi; r_++, p_ += dh * xs_h, wr_ += S)        \
+            acc_ = NM(dot_acc)(acc_, wr_, p_, n_);                             \
     }                                                                          \
     orow[OW] = bias + NM(hsum)(acc_);                                          \
 } while (0)
@@ -185,9 +175,6 @@ static T NM(dot)(const T *a, const T *b, dws n)
     else                                                                       \
         DW_FWD_COLUMN(OW);                                                     \
 } while (0)
-#else
-#define DW_FAST_COLUMN(OW) DW_FWD_COLUMN(OW)
-#endif
 
 /* The rows of one output plane from M input planes, except what a
  * fixed-size kernel made already: the interior columns [A, B) of rows
@@ -204,9 +191,7 @@ static void NM(fwd_rows)(const dw_geom *g, const T *in, dws in_plane, dws M,
     const dws wds = g->flip ? -1 : 1, wdr = g->flip ? -S : S;
     const dws wr0 = g->flip ? R * S - 1 : 0;
     const int fast = (sw == 1 && xs_w == 1);
-#ifdef DW_MLOAD
     const int vec_columns = dw == 1 && !g->flip;
-#endif
     dws A, B;
     dws lo[DW_MAX_S], hi[DW_MAX_S];
     const int cached = S <= DW_MAX_S;
@@ -527,10 +512,10 @@ static __attribute__((noinline)) void NM(fwd)(const dw_geom *g, const T *in, dws
     dws A, B, fx_lo = 0, fx_hi = 0;
     int fx_full = 0;
     if (NM(global)(g)) {
-        T sum = bias;
+        VT acc = (VT){0};
         for (dws j = 0; j < M; j++)
-            sum += NM(dot)(in + j * in_plane, w + j * w_plane, g->R * g->S);
-        out[0] = sum;
+            acc = NM(dot_acc)(acc, in + j * in_plane, w + j * w_plane, g->R * g->S);
+        out[0] = bias + NM(hsum)(acc);
         return;
     }
     dw_interior_columns(g, &A, &B);
