@@ -8,7 +8,7 @@
  * compiler folds it into the FMA's memory operand or a vbroadcastss).
  *
  * A full tile whose pixels are evenly spaced in x (1, 2 or 4 elements: one
- * output row at stride 1, 2 or 4) takes NAME##_even, which reads them from
+ * output row at stride 1, 2 or 4) takes NAME##_tile with that STEP, reading them from
  * one pointer at fixed offsets. Why: through MR pointers (12 in AVX-512's
  * narrow tile) the loop ran out of general registers, reloading pointers
  * and spilling accumulators around every tap (perf); DeepSpeech2's first
@@ -27,10 +27,13 @@
 #define FC_INLINE static inline __attribute__((always_inline))
 #endif
 
-/* NAME(m, ...): the kernel; NAME##_body(M, ...) its loop for M pixels */
+/* NAME(m, ...): the kernel; NAME##_body(M, ...) its loop for M pixels, read
+ * through their own pointers; NAME##_tile(M, STEP, ...) the same loop, and
+ * with STEP > 0 the pixels STEP elements apart from pix[0] */
 #define FC_DIRECT_VECTOR_DEFINE(NAME, T, VT, TARGET, MR, NV)                              \
-FC_INLINE TARGET void NAME##_body(                                                        \
-    const int M, const T *x, const ptrdiff_t *pix, ptrdiff_t x_channel, ptrdiff_t channels, \
+FC_INLINE TARGET void NAME##_tile(                                                        \
+    const int M, const ptrdiff_t STEP, const T *x, const ptrdiff_t *pix,                  \
+    ptrdiff_t x_channel, ptrdiff_t channels,                                               \
     const ptrdiff_t *tap_off, const ptrdiff_t *tap_panel, ptrdiff_t ntaps,                 \
     const T *panel, ptrdiff_t panel_channel, T *tile, int first)                           \
 {                                                                                          \
@@ -39,7 +42,7 @@ FC_INLINE TARGET void NAME##_body(                                              
     int j, v;                                                                              \
     ptrdiff_t c, t;                                                                        \
     for (j = 0; j < M; j++) {                                                              \
-        p[j] = x + pix[j];                                                                 \
+        p[j] = STEP ? x + pix[0] : x + pix[j];                                             \
         for (v = 0; v < NV; v++)                                                           \
             acc[j][v] = first ? (VT){0} : ((const VT *)tile)[j * NV + v];                  \
     }                                                                                      \
@@ -50,7 +53,7 @@ FC_INLINE TARGET void NAME##_body(                                              
             VT wv[NV];                                                                     \
             for (v = 0; v < NV; v++) wv[v] = ((const VT *)w)[v];                           \
             for (j = 0; j < M; j++) {                                                      \
-                const T xv = p[j][off];                                                    \
+                const T xv = STEP ? p[0][off + j * STEP] : p[j][off];                      \
                 for (v = 0; v < NV; v++) acc[j][v] += xv * wv[v];                          \
             }                                                                              \
             w += panel_channel;                                                            \
@@ -60,34 +63,13 @@ FC_INLINE TARGET void NAME##_body(                                              
     for (j = 0; j < M; j++)                                                                \
         for (v = 0; v < NV; v++) ((VT *)tile)[j * NV + v] = acc[j][v];                     \
 }                                                                                          \
-FC_INLINE TARGET void NAME##_even(                                                        \
-    const ptrdiff_t STEP, const T *x, ptrdiff_t pix0, ptrdiff_t x_channel, ptrdiff_t channels, \
+FC_INLINE TARGET void NAME##_body(                                                        \
+    const int M, const T *x, const ptrdiff_t *pix, ptrdiff_t x_channel, ptrdiff_t channels, \
     const ptrdiff_t *tap_off, const ptrdiff_t *tap_panel, ptrdiff_t ntaps,                 \
     const T *panel, ptrdiff_t panel_channel, T *tile, int first)                           \
 {                                                                                          \
-    VT acc[MR][NV];                                                                        \
-    const T *p = x + pix0;                                                                 \
-    int j, v;                                                                              \
-    ptrdiff_t c, t;                                                                        \
-    for (j = 0; j < MR; j++)                                                               \
-        for (v = 0; v < NV; v++)                                                           \
-            acc[j][v] = first ? (VT){0} : ((const VT *)tile)[j * NV + v];                  \
-    for (t = 0; t < ntaps; t++) {                                                          \
-        const T *w = panel + tap_panel[t];                                                 \
-        const T *q = p + tap_off[t];                                                       \
-        for (c = 0; c < channels; c++) {                                                   \
-            VT wv[NV];                                                                     \
-            for (v = 0; v < NV; v++) wv[v] = ((const VT *)w)[v];                           \
-            for (j = 0; j < MR; j++) {                                                     \
-                const T xv = q[j * STEP];                                                  \
-                for (v = 0; v < NV; v++) acc[j][v] += xv * wv[v];                          \
-            }                                                                              \
-            w += panel_channel;                                                            \
-            q += x_channel;                                                                \
-        }                                                                                  \
-    }                                                                                      \
-    for (j = 0; j < MR; j++)                                                               \
-        for (v = 0; v < NV; v++) ((VT *)tile)[j * NV + v] = acc[j][v];                     \
+    NAME##_tile(M, 0, x, pix, x_channel, channels, tap_off, tap_panel, ntaps, panel,       \
+                panel_channel, tile, first);                                               \
 }                                                                                          \
 static TARGET void NAME(                                                                   \
     ptrdiff_t m, const T *x, const ptrdiff_t *pix, ptrdiff_t x_channel, ptrdiff_t channels, \
@@ -101,13 +83,13 @@ static TARGET void NAME(                                                        
             even = pix[j] - pix[j - 1] == step;                                            \
         if (even) {                                                                        \
             if (step == 1)                                                                 \
-                NAME##_even(1, x, pix[0], x_channel, channels, tap_off, tap_panel, ntaps,  \
+                NAME##_tile(MR, 1, x, pix, x_channel, channels, tap_off, tap_panel, ntaps, \
                             panel, panel_channel, tile, first);                            \
             else if (step == 2)                                                            \
-                NAME##_even(2, x, pix[0], x_channel, channels, tap_off, tap_panel, ntaps,  \
+                NAME##_tile(MR, 2, x, pix, x_channel, channels, tap_off, tap_panel, ntaps, \
                             panel, panel_channel, tile, first);                            \
             else                                                                           \
-                NAME##_even(4, x, pix[0], x_channel, channels, tap_off, tap_panel, ntaps,  \
+                NAME##_tile(MR, 4, x, pix, x_channel, channels, tap_off, tap_panel, ntaps, \
                             panel, panel_channel, tile, first);                            \
             return;                                                                        \
         }                                                                                  \
