@@ -942,14 +942,19 @@ class DirectConv(Lowering):
 
     The input gradient of a stride-1 convolution runs as its adjoint's
     forward pass (see Fused), the kernel packing each group's weights
-    transposed straight from the forward ones: no transposed copy."""
+    transposed straight from the forward ones: no transposed copy.
+
+    The weight gradient runs the same tile with the roles renamed: up to MR
+    taps of one kernel row x NR filters, summed over the batch's output
+    pixels, the output gradient transposed per chunk of output rows and
+    each tap's input broadcast from a zero-padded copy of the chunk's input
+    rows: nothing gathered per (tap, pixel), as fused's B^T is."""
     name = "direct"
     kernel = "direct"
     uses_blas = False
+    writes_whole_weight_grad = True   # every tile is stored whole (weight gradient)
 
     def unsuitable(self, g):
-        if self.kind == "weight_grad":
-            return "computes the forward pass and the input gradient only"
         return _forward_kernel_unsuitable(self.kind, g)
 
     def propose(self, planner, forced):
@@ -958,8 +963,12 @@ class DirectConv(Lowering):
         g = _kernel_geometry(self.kind, planner.g)
         sizes = direct.blocking(planner.dtype, isa, g.K // g.groups)   # narrow tiles for few
         threads = planner.threads if _machine.openmp_enabled() else 1
-        reason = (f"direct convolution ({isa} kernel, {sizes['MR']} pixels x {sizes['NR']} "
-                  "filters), padding taps skipped")
+        if self.kind == "weight_grad":
+            reason = (f"direct weight gradient ({isa} kernel, {sizes['MR']} taps x "
+                      f"{sizes['NR']} filters), input rows broadcast in place of a gathered B^T")
+        else:
+            reason = (f"direct convolution ({isa} kernel, {sizes['MR']} pixels x "
+                      f"{sizes['NR']} filters), padding taps skipped")
         plan = planner.plan(self, DirectConvBlocking(sizes["MR"], sizes["NR"], isa), threads, 1,
                             reason)
         return plan if plan.workspace_bytes <= planner.limit else None
@@ -970,6 +979,8 @@ class DirectConv(Lowering):
         g, b = _kernel_geometry(self.kind, plan.geometry), plan.blocking
         kg = max(1, g.K // g.groups)
         filters = -(-kg // b.nr) * b.nr / kg
+        if self.kind == "weight_grad":
+            return self._weight_grad_cost(plan, tuning, filters)
         shallow = max(1.0, tuning.direct_conv_min_depth / max(1, g.rows))
         if g.R * g.S == 1:
             layout = tuning.direct_conv_pointwise_factor
@@ -979,9 +990,38 @@ class DirectConv(Lowering):
                 / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads * tuning.direct_conv_rate)
                 * _thin_gemm_factor(kg, g.rows, tuning))
 
+    def _weight_grad_cost(self, plan, tuning, filters):
+        """The weight gradient: the multiply-adds of the output rows whose
+        input row is inside the image (the others are skipped; padded
+        columns are multiplied), filters padded to NR, at
+        Tuning.direct_weight_grad_rate, slower where a tile has few taps
+        (each pixel's NV vector loads of the output gradient then serve
+        fewer multiply-adds) and where a filter block has few taps in all
+        (its chunk of the output gradient, transposed once, serves them)."""
+        from fastconv._kernels import direct
+        g, b = plan.geometry, plan.blocking
+        (pad_top, _), _ = g.padding
+        rows_inside = (direct.pixel_classes(g.Ho, g.H, g.R, g.stride[0], pad_top, g.dilation[0])
+                       if g.Ho and g.R else None)
+        inside = 1.0
+        if rows_inside is not None:
+            ids, ranges = rows_inside
+            inside = float((ranges[ids, 1] - ranges[ids, 0]).mean()) / g.R
+        taps = g.S / -(-g.S // b.mr)   # taps per tile
+        depth = max(1, g.rows)          # taps per filter block (C/groups x R x S)
+        return (plan.flops * inside * filters
+                * (1 + tuning.direct_weight_grad_tile_taps / taps)
+                * (1 + tuning.direct_weight_grad_depth / depth)
+                / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads * tuning.direct_weight_grad_rate))
+
     def buffers(self, g, dtype, blocking, threads):
         from fastconv._kernels import direct
         g = _kernel_geometry(self.kind, g)
+        if self.kind == "weight_grad":
+            per_thread = direct.weight_grad_buffer_sizes(
+                g.N, g.K, g.C, g.H, g.W, g.Ho, g.Wo, g.R, g.S, g.groups, *g.stride,
+                *g.dilation, dtype, blocking.isa)
+            return {"workspace": ((threads, per_thread), dtype)}
         (pad_top, _), (pad_left, _) = g.padding
         packed, tables, per_thread = direct.buffer_sizes(
             g.N, g.K, g.C, g.H, g.W, g.Ho, g.Wo, g.R, g.S, g.groups, *g.stride, pad_top,
@@ -993,12 +1033,17 @@ class DirectConv(Lowering):
         sizes = self.buffers(planner.g, planner.dtype,
                              DirectConvBlocking(1, 1, fused_isa(planner.tuning.isa)), 1)
         needed = buffer_bytes(sizes)
+        held = ("accumulators, a chunk of the output gradient and of the input rows, one thread"
+                if self.kind == "weight_grad" else "packed weights, pixel tables, one thread")
         return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "
-                f"small: the direct convolution (packed weights, pixel tables, one thread) "
-                f"needs {needed} bytes ({format_bytes(needed)})")
+                f"small: the direct convolution ({held}) needs {needed} bytes "
+                f"({format_bytes(needed)})")
 
     def describe(self, plan):
         b = plan.blocking
+        if self.kind == "weight_grad":
+            return (f"direct {b.isa} kernel, tiles of {b.mr} taps x {b.nr} filters summed "
+                    "over the batch")
         return (f"direct {b.isa} kernel, tiles of {b.mr} pixels x {b.nr} filters, "
                 f"{valid_tap_fraction(_kernel_geometry(self.kind, plan.geometry)):.0%} of the taps inside "
                 "the image")
@@ -1006,6 +1051,11 @@ class DirectConv(Lowering):
     def run(self, plan, ops, bufs, threads):
         from fastconv._kernels import direct
         g = plan.geometry
+        if self.kind == "weight_grad":
+            direct.conv2d_direct_weight_grad(ops.x, ops.grad, ops.out, bufs["workspace"],
+                                             *g.kernel_args, g.groups, plan.flip,
+                                             plan.blocking.isa, threads)
+            return
         x, bias, out = ops.x, ops.bias, ops.out
         if self.kind == "input_grad":
             # grad_x = the adjoint's forward pass over the output gradient,

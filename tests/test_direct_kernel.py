@@ -3,14 +3,16 @@ directly, against the independent NumPy reference (tests/reference.py), on
 every instruction set this machine runs: pixel counts that leave partial
 tiles, filter counts around and past NR, every padding form (including
 outputs that read only padding), stride, dilation, groups, flip, odd input
-strides and views, 1 to 3 threads, channel blocks of any size."""
+strides and views, 1 to 3 threads, channel blocks of any size. Its weight
+gradient likewise: kernel rows of 1 to 14 taps (tiles full, partial, split
+evenly), chunks and passes of any size."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fastconv
 from fastconv import _tuning
-from reference import assert_close, conv2d_reference
+from reference import assert_close, conv2d_reference, conv2d_weight_grad_reference
 from test_fused_kernel import VIEWS, make_view, out_size
 
 direct = pytest.importorskip("fastconv._kernels.direct")
@@ -271,4 +273,155 @@ def test_front_end_runs_it_on_every_isa(isa):
         plan = fastconv.plan_conv2d(x.shape, w.shape, np.float32, padding=1, method="direct")
     assert plan.method == "direct" and plan.blocking.isa == isa and isa in repr(plan)
     assert_close(plan.execute(x, w), conv2d_reference(x, w, padding=((1, 1), (1, 1))),
+                 np.float32)
+
+
+def run_direct_weight_grad(x, weight_shape, grad, *, stride=(1, 1), padding=((0, 0), (0, 0)),
+                           dilation=(1, 1), groups=1, flip=False, isa="generic", threads=1,
+                           **blocks):
+    """conv2d_direct_weight_grad with a NaN-filled workspace sized by
+    weight_grad_buffer_sizes and a NaN-filled grad_w (every element must be
+    written); returns grad_w as weight_shape."""
+    dtype = x.dtype
+    N, C, H, W = x.shape
+    K, Cg, R, S = weight_shape
+    Ho, Wo = grad.shape[2:]
+    per_thread = direct.weight_grad_buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, *stride,
+                                                 *dilation, dtype, isa, **blocks)
+    workspace = np.full((threads, per_thread), np.nan, dtype)
+    grad_w = np.full((K, Cg * R * S), np.nan, dtype)
+    direct.conv2d_direct_weight_grad(x, np.ascontiguousarray(grad.reshape(N, K, Ho * Wo)), grad_w,
+                                     workspace, R, S, Wo, *stride, padding[0][0], padding[1][0],
+                                     *dilation, groups, flip, isa, threads, **blocks)
+    return grad_w.reshape(weight_shape)
+
+
+@st.composite
+def weight_grad_cases(draw):
+    case = draw(direct_cases())
+    # kernel rows of up to 14 taps: one tile, a partial one, several split evenly
+    S = draw(st.integers(1, 14))
+    dw = draw(st.integers(1, 2))
+    W = draw(st.integers(max(1, dw * (S - 1) + 1 - sum(case["padding"][1])), 30))
+    case.update(S=S, W=W, dilation=(case["dilation"][0], dw),
+                blocks=draw(st.sampled_from([{}, dict(chunk_rows=1, chunk_cols=1),
+                                             dict(chunk_rows=2, chunk_cols=5, pass_tiles=1),
+                                             dict(chunk_rows=3, pass_tiles=3)])))
+    return case
+
+
+def weight_grad_inputs(case):
+    rng = np.random.default_rng(case["seed"])
+    dtype = case["dtype"]
+    base = rng.standard_normal((case["N"], case["C"], case["H"], case["W"])).astype(dtype)
+    x = make_view(base, case["view"])
+    weight_shape = (case["K"], case["C"] // case["groups"], case["R"], case["S"])
+    Ho = out_size(case["H"], case["padding"][0], case["dilation"][0], case["R"], case["stride"][0])
+    Wo = out_size(case["W"], case["padding"][1], case["dilation"][1], case["S"], case["stride"][1])
+    grad = rng.standard_normal((case["N"], case["K"], Ho, Wo)).astype(dtype)
+    conv = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                groups=case["groups"], flip=case["flip"])
+    return x, weight_shape, grad, conv
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=weight_grad_cases())
+def test_weight_grad_matches_reference(isa, case):
+    x, weight_shape, grad, conv = weight_grad_inputs(case)
+    out = run_direct_weight_grad(x, weight_shape, grad, isa=isa, threads=case["threads"],
+                                 **case["blocks"], **conv)
+    assert_close(out, conv2d_weight_grad_reference(x, weight_shape, grad, **conv), case["dtype"])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("S, stride, K", [(11, 2, 32), (7, 2, 64), (11, 4, 64), (5, 1, 70)])
+def test_weight_grad_layer_sized(isa, dtype, S, stride, K):
+    # DeepSpeech2's, the stem's, AlexNet's and Inception's kernel rows,
+    # scaled down: rows whose input is padding at both ends, filters past
+    # one NR block, several chunks of rows and passes
+    rng = np.random.default_rng(S * K)
+    x = rng.standard_normal((2, 3, 23, 5 * S)).astype(dtype)
+    conv = dict(stride=(stride, stride), padding=((S // 2, S // 2), (S // 2, S // 2)))
+    Ho = out_size(23, conv["padding"][0], 1, S, stride)
+    Wo = out_size(5 * S, conv["padding"][1], 1, S, stride)
+    grad = rng.standard_normal((2, K, Ho, Wo)).astype(dtype)
+    for blocks in ({}, dict(chunk_rows=2, pass_tiles=2)):
+        out = run_direct_weight_grad(x, (K, 3, S, S), grad, isa=isa, threads=2, **blocks, **conv)
+        assert_close(out, conv2d_weight_grad_reference(x, (K, 3, S, S), grad, **conv), dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_grad_same_bits_for_any_threads_and_passes(isa, dtype):
+    # each grad_w element is one tile's sum over the batch, in one order,
+    # whichever thread owns the tile and however many passes it takes
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 4, 11, 19)).astype(dtype)
+    grad = rng.standard_normal((3, 40, 11, 19)).astype(dtype)
+    conv = dict(padding=((2, 2), (3, 3)), flip=True)
+    runs = [run_direct_weight_grad(x, (40, 4, 5, 7), grad, isa=isa, threads=t, chunk_rows=4,
+                                   pass_tiles=p, **conv)
+            for t in (1, 2, 3) for p in (0, 1, 5)]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other, runs[0])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_weight_grad_every_isa_agrees_with_generic(isa):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 5, 14, 30))
+    grad = rng.standard_normal((2, 70, 14, 15))
+    conv = dict(stride=(1, 2), padding=((3, 3), (5, 5)))
+    ours = run_direct_weight_grad(x, (70, 5, 7, 11), grad, isa=isa, threads=2, **conv)
+    generic = run_direct_weight_grad(x, (70, 5, 7, 11), grad, isa="generic", threads=2, **conv)
+    np.testing.assert_allclose(ours, generic, rtol=1e-12, atol=1e-12)
+
+
+def test_weight_grad_rejects_small_workspace_and_bad_arguments():
+    x = np.ones((1, 2, 5, 5), np.float32)
+    grad = np.ones((1, 3, 25), np.float32)
+    grad_w = np.empty((3, 2 * 9), np.float32)
+    need = direct.weight_grad_buffer_sizes(1, 3, 2, 5, 5, 5, 5, 3, 3, 1, 1, 1, 1, 1, np.float32,
+                                           "generic")
+    args = (3, 3, 5, 1, 1, 1, 1, 1, 1, 1, False, "generic")
+    direct.conv2d_direct_weight_grad(x, grad, grad_w, np.empty((1, need), np.float32), *args, 1)
+    np.testing.assert_allclose(
+        grad_w.reshape(3, 2, 3, 3),
+        conv2d_weight_grad_reference(x, (3, 2, 3, 3), grad.reshape(1, 3, 5, 5),
+                                     padding=((1, 1), (1, 1))), rtol=1e-6)
+    with pytest.raises(ValueError, match="workspace"):
+        direct.conv2d_direct_weight_grad(x, grad, grad_w, np.empty((1, need - 1), np.float32),
+                                         *args, 1)
+    with pytest.raises(ValueError, match="workspace"):
+        direct.conv2d_direct_weight_grad(x, grad, grad_w, np.empty((1, need), np.float32),
+                                         *args, 2)
+    with pytest.raises(ValueError, match="num_threads"):
+        direct.conv2d_direct_weight_grad(x, grad, grad_w, np.empty((1, need), np.float32),
+                                         *args, 0)
+    with pytest.raises(ValueError, match="grad_w has"):
+        direct.conv2d_direct_weight_grad(x, grad, np.empty((3, 17), np.float32),
+                                         np.empty((1, need), np.float32), *args, 1)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        direct.conv2d_direct_weight_grad(x, grad, grad_w, np.empty((1, need), np.float32),
+                                         *args, 1, chunk_rows=-1)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_front_end_runs_the_weight_gradient_on_every_isa(isa):
+    # method="direct" for the weight gradient through the planner and
+    # executor (which does not clear grad_w first: the kernel writes it all)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 3, 20, 20)).astype(np.float32)
+    grad = rng.standard_normal((2, 40, 8, 8)).astype(np.float32)
+    conv = dict(stride=2, padding=1)
+    with _tuning.tuned(isa=isa):
+        plan = fastconv.plan_conv2d(x.shape, (40, 3, 7, 7), np.float32, kind="weight_grad",
+                                    method="direct", **conv)
+    assert plan.method == "direct" and plan.blocking.isa == isa and "taps x" in repr(plan)
+    out = np.full((40, 3, 7, 7), np.nan, np.float32)
+    plan.execute(x, grad, out=out)
+    assert_close(out, conv2d_weight_grad_reference(x, (40, 3, 7, 7), grad,
+                                                   stride=(2, 2), padding=((1, 1), (1, 1))),
                  np.float32)

@@ -15,7 +15,10 @@
  * layer (1 channel, 41x11/2, 32 filters; fp32, AVX-512) took 15.2 ms on one
  * thread, 12.0 ms evenly spaced, and on two threads 8.1-8.8 against
  * 6.6-8.1 (the two builds alternated). AlexNet's 11x11/4 6.55 -> 6.19 ms,
- * ResNet-50 3a 3x3/2 9.82 -> 9.25, Inception 5x5 7.16 -> 6.82.
+ * ResNet-50 3a 3x3/2 9.82 -> 9.25, Inception 5x5 7.16 -> 6.82. A partial
+ * tile (m < MR) of consecutive elements takes the STEP 1 loop too: the
+ * weight gradient's tiles (direct.pyx) are a kernel row's taps, 11 of the
+ * narrow tile's 12 on DeepSpeech2, 5 and 6 of the wide tile's 6 on AlexNet.
  */
 #ifndef FASTCONV_DIRECT_VECTOR_H
 #define FASTCONV_DIRECT_VECTOR_H
@@ -71,6 +74,14 @@ FC_INLINE TARGET void NAME##_body(                                              
     NAME##_tile(M, 0, x, pix, x_channel, channels, tap_off, tap_panel, ntaps, panel,       \
                 panel_channel, tile, first);                                               \
 }                                                                                          \
+FC_INLINE TARGET void NAME##_s1_body(                                                     \
+    const int M, const T *x, const ptrdiff_t *pix, ptrdiff_t x_channel, ptrdiff_t channels, \
+    const ptrdiff_t *tap_off, const ptrdiff_t *tap_panel, ptrdiff_t ntaps,                 \
+    const T *panel, ptrdiff_t panel_channel, T *tile, int first)                           \
+{                                                                                          \
+    NAME##_tile(M, 1, x, pix, x_channel, channels, tap_off, tap_panel, ntaps, panel,       \
+                panel_channel, tile, first);                                               \
+}                                                                                          \
 static TARGET void NAME(                                                                   \
     ptrdiff_t m, const T *x, const ptrdiff_t *pix, ptrdiff_t x_channel, ptrdiff_t channels, \
     const ptrdiff_t *tap_off, const ptrdiff_t *tap_panel, ptrdiff_t ntaps,                 \
@@ -91,6 +102,19 @@ static TARGET void NAME(                                                        
             else                                                                           \
                 NAME##_tile(MR, 4, x, pix, x_channel, channels, tap_off, tap_panel, ntaps, \
                             panel, panel_channel, tile, first);                            \
+            return;                                                                        \
+        }                                                                                  \
+    }                                                                                      \
+    else if (m >= 2) {                                                                     \
+        /* a partial tile of consecutive elements: one pointer too (the */                \
+        /* weight gradient's taps of one kernel row, a row's last pixels) */              \
+        int consecutive = 1, j;                                                            \
+        for (j = 1; j < m && consecutive; j++)                                             \
+            consecutive = pix[j] - pix[j - 1] == 1;                                        \
+        if (consecutive) {                                                                 \
+            switch (m) {                                                                   \
+            FC_DIRECT_CASES(MR, NAME##_s1)                                                 \
+            }                                                                              \
             return;                                                                        \
         }                                                                                  \
     }                                                                                      \

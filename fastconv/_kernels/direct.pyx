@@ -38,6 +38,7 @@
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -571,3 +572,340 @@ def conv2d_direct(const floating[:, :, :, :] x,
                         _store_tile(acc + slot, tile[TILE_PIXELS], nr, nf, pix_out, out_block, cols,
                                     bias0 + g * Kg + f0 if bias0 != NULL else NULL, store32)
                 c0 = c0 + cb   # (not +=: Cython would make it a reduction)
+
+
+# --------------------------------------------------------------------------
+# The weight gradient on the same tile kernel
+#
+# grad_w[f, c, r, s] = sum over (n, p, q) of grad[n, f, p, q] *
+# x[n, c, p*sh - pad_top + r*dh, q*sw - pad_left + s*dw]: a GEMM of
+# filters x taps whose depth is the batch's output pixels. The forward
+# tile computes it with the roles renamed: its "pixels" are up to MR taps
+# (s) of one kernel row of one channel, its NR "filters" the filters, its
+# depth loop (taps outer, channels inner) the output rows of a chunk
+# (outer) and their pixels (inner). Per pixel: NV vector loads of the
+# output gradient, transposed per chunk into rows of NR filters, and one
+# broadcast per tap from a zero-padded copy of the chunk's input rows, the
+# taps of a tile at fixed offsets (consecutive where dw = 1). So nothing
+# is gathered per (tap, pixel) as fused's transposing pack of im2col(x)^T
+# does (28 % of its run on DeepSpeech2's first layer, perf).
+#
+#   units: (group, filter block, channel, kernel row, tile of taps), each
+#       one MR x NR tile of accumulators summed over the whole batch, so
+#       every grad_w element is summed in one order whatever the threads.
+#   threads: contiguous runs of units, split by their work (rows inside
+#       the image x taps); each thread walks the batch's chunks (output rows
+#       x columns of one image) once per pass over at most pass_tiles of its
+#       units (their accumulators stay in L2), transposing a chunk's output
+#       gradient once per filter block and copying a channel's input rows
+#       once per channel.
+#   rows of the chunk whose input row (for the unit's kernel row) is padding
+#       are skipped; columns in the padding are multiplied as zeros.
+
+# The chunk's transposed output gradient (one filter block), which every
+# tile of a pass streams over from L2; the tiles' accumulators are loaded and
+# stored once per chunk. fp32, 2 threads, ms at 1 / 2 / 4 / 8 / 16 / 32 rows
+# per chunk: DeepSpeech2 conv1 (19 KB a row) 6.33 / 6.14 / 5.94 / 5.83 /
+# 5.85 / 5.81, AlexNet conv1 (14 KB) 6.30 / 5.91 / 5.69 / 5.51 / 5.35 /
+# 5.40, the stem (28 KB) 12.1 / 11.9 / 12.0 / 11.4 / 11.5 / 11.6: flat
+# from ~128 KB on.
+WG_CHUNK_BYTES = 256 * 1024
+# A thread's accumulators per pass (each touched once per chunk).
+WG_PASS_TILE_BYTES = 256 * 1024
+# Output columns per chunk at most (long 1-D signals).
+WG_MAX_CHUNK_COLS = 1024
+
+cdef enum:
+    WG_MAX_CHUNK_ROWS = 64
+    WG_MAX_TAPS = 16      # taps per tile, above every ISA's MR
+
+
+cdef struct WGShape:
+    # the geometry and the blocking a thread's loop reads
+    Py_ssize_t N, H, W, Ho, Wo, K, Kg, Cg, R, S, sh, sw, pad_top, pad_left, dh, dw
+    Py_ssize_t xs_n, xs_c, xs_h, xs_w, rows, cols
+    Py_ssize_t mr, nr, fblocks, stiles, chunk_rows, chunk_cols, pass_tiles
+    bint flip
+
+
+def weight_grad_blocking(dtype, isa, filters, Wo, chunk_rows=0, chunk_cols=0, pass_tiles=0):
+    """{"MR", "NR", "rows", "cols", "pass"}: the tile (MR taps x NR filters,
+    the forward's for groups of `filters` filters), a chunk's output rows and
+    columns, and the tiles of one pass (0: the defaults above)."""
+    sizes = blocking(dtype, isa, filters)
+    itemsize = np.dtype(dtype).itemsize
+    cols = int(chunk_cols) or max(1, min(int(Wo), WG_MAX_CHUNK_COLS))
+    rows = int(chunk_rows) or WG_CHUNK_BYTES // (cols * sizes["NR"] * itemsize)
+    tiles = int(pass_tiles) or WG_PASS_TILE_BYTES // (sizes["MR"] * sizes["NR"] * itemsize)
+    return dict(sizes, rows=max(1, min(rows, WG_MAX_CHUNK_ROWS)), cols=cols, **{"pass": max(1, tiles)})
+
+
+def weight_grad_units(K, C, R, S, groups, dtype, isa=None):
+    """The weight gradient's units (tiles summed over the batch) and tap tiles per kernel row."""
+    Kg = K // groups
+    sizes = blocking(dtype, isa, Kg)
+    stiles = _ceil_div(S, sizes["MR"])
+    return groups * _ceil_div(Kg, sizes["NR"]) * (C // groups) * R * stiles, stiles
+
+
+def weight_grad_buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, stride_h, stride_w, dil_h,
+                             dil_w, dtype, isa=None, chunk_rows=0, chunk_cols=0, pass_tiles=0):
+    """Workspace elements per thread of conv2d_direct_weight_grad: a pass's
+    accumulators, a chunk's transposed output gradient (one filter block)
+    and a channel's zero-padded input rows of a chunk, each aligned."""
+    b = weight_grad_blocking(dtype, isa, K // groups, Wo, chunk_rows, chunk_cols, pass_tiles)
+    units, _ = weight_grad_units(K, C, R, S, groups, dtype, isa)
+    align = ALIGN_BYTES // np.dtype(dtype).itemsize
+    in_rows = min(H, (b["rows"] - 1) * stride_h + (R - 1) * dil_h + 1)
+    in_cols = (b["cols"] - 1) * stride_w + (S - 1) * dil_w + 1
+    return (min(units, b["pass"]) * b["MR"] * b["NR"] + b["rows"] * b["cols"] * b["NR"]
+            + in_rows * in_cols + 3 * align)
+
+
+cdef inline void _tap_tile(Py_ssize_t S, Py_ssize_t stiles, Py_ssize_t st, Py_ssize_t *first,
+                           Py_ssize_t *count) noexcept nogil:
+    """Tap tile st of a kernel row's S taps cut into stiles tiles as even as
+    can be (7 taps in tiles of at most 6: 4 + 3, not 6 + 1)."""
+    cdef Py_ssize_t base = S // stiles, extra = S % stiles
+    first[0] = st * base + (st if st < extra else extra)
+    count[0] = base + (1 if st < extra else 0)
+
+
+cdef void _copy_rows(const floating *x_plane, Py_ssize_t xs_h, Py_ssize_t xs_w, Py_ssize_t W,
+                     Py_ssize_t ih_lo, Py_ssize_t ih_hi, Py_ssize_t col_lo, Py_ssize_t width,
+                     floating *dst) noexcept nogil:
+    """dst row i, column b = x row ih_lo + i, column col_lo + b; zero where
+    that column is outside [0, W)."""
+    cdef Py_ssize_t ih, b, lo, hi
+    cdef const floating *src
+    cdef floating *d
+    lo = -col_lo if col_lo < 0 else 0
+    if lo > width:
+        lo = width
+    hi = W - col_lo if W - col_lo < width else width
+    if hi < lo:
+        hi = lo
+    for ih in range(ih_lo, ih_hi):
+        d = dst + (ih - ih_lo) * width
+        src = x_plane + ih * xs_h + col_lo * xs_w
+        for b in range(lo):
+            d[b] = 0
+        if xs_w == 1:
+            memcpy(d + lo, src + lo, (hi - lo) * sizeof(floating))
+        else:
+            for b in range(lo, hi):
+                d[b] = src[b * xs_w]
+        for b in range(hi, width):
+            d[b] = 0
+
+
+cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const floating *grad0,
+                              floating *grad_w0, Py_ssize_t u0, Py_ssize_t u1, floating *ws,
+                              fc_direct_f32_t kernel32, fc_direct_f64_t kernel64,
+                              const Packers *packers) noexcept nogil:
+    """Units [u0, u1) of conv2d_direct_weight_grad, written into grad_w."""
+    cdef Py_ssize_t tap_off[WG_MAX_CHUNK_ROWS]
+    cdef Py_ssize_t tap_panel[WG_MAX_CHUNK_ROWS]
+    cdef Py_ssize_t pix[WG_MAX_TAPS]
+    cdef Py_ssize_t mr = sh.mr, nr = sh.nr, tile_size = sh.mr * sh.nr
+    cdef floating *tiles = _aligned(ws)
+    cdef Py_ssize_t pass_units = sh.pass_tiles if sh.pass_tiles < u1 - u0 else u1 - u0
+    cdef floating *panel = _aligned(tiles + pass_units * tile_size)
+    cdef floating *rowbuf = _aligned(panel + sh.chunk_rows * sh.chunk_cols * nr)
+    cdef Py_ssize_t p0, p1, q0, u, v, n, pr, qc, i, j, f, t, ntaps, width, col_lo
+    cdef Py_ssize_t ih_lo, ih_hi, ih, g, fb, c, r, st, s0, m, nf, gfb, gc, rr, ss, i0, j0
+    cdef floating *tile
+    cdef floating *o
+    p0 = u0
+    while p0 < u1:
+        p1 = p0 + sh.pass_tiles if p0 + sh.pass_tiles < u1 else u1
+        memset(tiles, 0, (p1 - p0) * tile_size * sizeof(floating))
+        for n in range(sh.N):
+            for i0 in range(_ceil_div(sh.Ho, sh.chunk_rows)):
+                i = i0 * sh.chunk_rows
+                pr = sh.Ho - i if sh.Ho - i < sh.chunk_rows else sh.chunk_rows
+                # the input rows the chunk reads (inside the image)
+                ih_lo = i * sh.sh - sh.pad_top
+                if ih_lo < 0:
+                    ih_lo = 0
+                ih_hi = (i + pr - 1) * sh.sh - sh.pad_top + (sh.R - 1) * sh.dh + 1
+                if ih_hi > sh.H:
+                    ih_hi = sh.H
+                if ih_hi <= ih_lo:
+                    continue
+                for j0 in range(_ceil_div(sh.Wo, sh.chunk_cols)):
+                    q0 = j0 * sh.chunk_cols
+                    qc = sh.Wo - q0 if sh.Wo - q0 < sh.chunk_cols else sh.chunk_cols
+                    width = (qc - 1) * sh.sw + (sh.S - 1) * sh.dw + 1
+                    col_lo = q0 * sh.sw - sh.pad_left
+                    gfb = -1
+                    gc = -1
+                    for u in range(p0, p1):
+                        st = u % sh.stiles
+                        v = u // sh.stiles
+                        r = v % sh.R
+                        v = v // sh.R
+                        c = v % sh.Cg
+                        v = v // sh.Cg
+                        fb = v % sh.fblocks
+                        g = v // sh.fblocks
+                        nf = sh.Kg - fb * nr if sh.Kg - fb * nr < nr else nr
+                        if g * sh.fblocks + fb != gfb:
+                            # the chunk's output gradient, rows of nr filters
+                            gfb = g * sh.fblocks + fb
+                            for j in range(pr):
+                                _pack(grad0 + (n * sh.K + g * sh.Kg + fb * nr) * sh.cols
+                                      + (i + j) * sh.Wo + q0, sh.cols, 1, nf, qc, 1, False, qc,
+                                      nr, packers, panel + j * qc * nr)
+                        if g * sh.Cg + c != gc:
+                            gc = g * sh.Cg + c
+                            _copy_rows(x0 + n * sh.xs_n + gc * sh.xs_c, sh.xs_h, sh.xs_w, sh.W,
+                                       ih_lo, ih_hi, col_lo, width, rowbuf)
+                        # the chunk's rows whose input row is inside the image
+                        ntaps = 0
+                        for j in range(pr):
+                            ih = (i + j) * sh.sh - sh.pad_top + r * sh.dh
+                            if 0 <= ih < sh.H:
+                                tap_off[ntaps] = (ih - ih_lo) * width
+                                tap_panel[ntaps] = j * qc * nr
+                                ntaps += 1
+                        if ntaps == 0:
+                            continue
+                        _tap_tile(sh.S, sh.stiles, st, &s0, &m)
+                        for t in range(m):
+                            pix[t] = (s0 + t) * sh.dw
+                        tile = tiles + (u - p0) * tile_size
+                        if floating is float:
+                            kernel32(m, rowbuf, pix, sh.sw, qc, tap_off, tap_panel, ntaps, panel,
+                                     nr, tile, 0)
+                        else:
+                            kernel64(m, rowbuf, pix, sh.sw, qc, tap_off, tap_panel, ntaps, panel,
+                                     nr, tile, 0)
+        # the pass's tiles into grad_w
+        for u in range(p0, p1):
+            st = u % sh.stiles
+            v = u // sh.stiles
+            r = v % sh.R
+            v = v // sh.R
+            c = v % sh.Cg
+            v = v // sh.Cg
+            fb = v % sh.fblocks
+            g = v // sh.fblocks
+            nf = sh.Kg - fb * nr if sh.Kg - fb * nr < nr else nr
+            _tap_tile(sh.S, sh.stiles, st, &s0, &m)
+            rr = sh.R - 1 - r if sh.flip else r
+            tile = tiles + (u - p0) * tile_size
+            for f in range(nf):
+                o = grad_w0 + (g * sh.Kg + fb * nr + f) * sh.rows + (c * sh.R + rr) * sh.S
+                for t in range(m):
+                    ss = sh.S - 1 - (s0 + t) if sh.flip else s0 + t
+                    o[ss] = tile[t * nr + f]
+        p0 = p1
+
+
+def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
+                              const floating[:, :, ::1] grad,
+                              floating[:, ::1] grad_w,
+                              floating[:, ::1] workspace,
+                              Py_ssize_t R, Py_ssize_t S, Py_ssize_t Wo,
+                              Py_ssize_t stride_h, Py_ssize_t stride_w,
+                              Py_ssize_t pad_top, Py_ssize_t pad_left,
+                              Py_ssize_t dil_h, Py_ssize_t dil_w,
+                              Py_ssize_t groups, bint flip, isa, int num_threads,
+                              Py_ssize_t chunk_rows=0, Py_ssize_t chunk_cols=0,
+                              Py_ssize_t pass_tiles=0):
+    """grad_w (K, C/groups*R*S), C-contiguous = the weight gradient for input
+    x (N, C, H, W; any strides) and output gradient grad (N, K, Ho*Wo),
+    C-contiguous, on the direct tile kernel (every element written).
+
+    workspace: (>= num_threads, >= weight_grad_buffer_sizes(...)), with the
+    same chunk_rows, chunk_cols, pass_tiles (0: weight_grad_blocking's; any
+    value >= 1 is correct). Same conventions as conv2d_direct; each element
+    is summed in one order whatever num_threads.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = grad_w.shape[0], rows = grad_w.shape[1]
+    cdef Py_ssize_t cols = grad.shape[2]
+    cdef int code = isa_code(isa)
+    cdef int dbl = floating is double
+    cdef Py_ssize_t itemsize = sizeof(floating)
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if chunk_rows < 0 or chunk_cols < 0 or pass_tiles < 0:
+        raise ValueError(f"chunk_rows, chunk_cols, pass_tiles must be >= 0, got {chunk_rows}, "
+                         f"{chunk_cols}, {pass_tiles}")
+    if groups < 1 or C % groups or K % groups:
+        raise ValueError(f"groups={groups} must divide C={C} and K={K}")
+    if Wo < 1 or cols % Wo or R < 1 or S < 1:
+        raise ValueError(f"bad geometry: Wo={Wo}, R={R}, S={S}, grad columns {cols}")
+    if rows != C // groups * R * S:
+        raise ValueError(f"grad_w has {rows} columns, expected C/groups*R*S = {C // groups * R * S}")
+    if grad.shape[0] != N or grad.shape[1] != K:
+        raise ValueError(f"grad has shape {tuple(grad.shape)}, expected ({N}, {K}, {cols})")
+    if K == 0 or rows == 0:
+        return
+    if N == 0 or cols == 0:
+        np.asarray(grad_w)[...] = 0
+        return
+    dtype = np.float64 if dbl else np.float32
+    cdef Py_ssize_t Ho = cols // Wo, Kg = K // groups, Cg = C // groups
+    need = weight_grad_buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, stride_h, stride_w,
+                                    dil_h, dil_w, dtype, code, chunk_rows, chunk_cols, pass_tiles)
+    if workspace.shape[0] < num_threads or workspace.shape[1] < need:
+        raise ValueError(f"workspace has shape {tuple(workspace.shape)}, needs "
+                         f"({num_threads}, {need})")
+    b = weight_grad_blocking(dtype, code, Kg, Wo, chunk_rows, chunk_cols, pass_tiles)
+    cdef bint narrow = narrow_tiles(Kg, dtype, code)
+    cdef WGShape shape
+    shape.N, shape.H, shape.W, shape.Ho, shape.Wo = N, H, W, Ho, Wo
+    shape.K, shape.Kg, shape.Cg, shape.R, shape.S = K, Kg, Cg, R, S
+    shape.sh, shape.sw, shape.pad_top, shape.pad_left = stride_h, stride_w, pad_top, pad_left
+    shape.dh, shape.dw, shape.rows, shape.cols, shape.flip = dil_h, dil_w, rows, cols, flip
+    shape.xs_n, shape.xs_c = x.strides[0] // itemsize, x.strides[1] // itemsize
+    shape.xs_h, shape.xs_w = x.strides[2] // itemsize, x.strides[3] // itemsize
+    shape.mr, shape.nr = b["MR"], b["NR"]
+    shape.fblocks = _ceil_div(Kg, shape.nr)
+    units, shape.stiles = weight_grad_units(K, C, R, S, groups, dtype, code)
+    shape.chunk_rows, shape.chunk_cols, shape.pass_tiles = b["rows"], b["cols"], b["pass"]
+    if shape.mr > WG_MAX_TAPS:
+        raise ValueError(f"tiles of {shape.mr} taps exceed WG_MAX_TAPS={WG_MAX_TAPS}")
+
+    # threads: runs of units of even work (rows inside the image x taps)
+    cdef Py_ssize_t[::1] bounds = np.zeros(num_threads + 1, np.intp)
+    cdef Py_ssize_t[::1] row_work = np.zeros(R, np.intp)
+    cdef Py_ssize_t u, r, p, st, s0, m, total = 0, done = 0, t = 1
+    for r in range(R):
+        for p in range(Ho):
+            if 0 <= p * stride_h - pad_top + r * dil_h < H:
+                row_work[r] += 1
+    for u in range(units):
+        r = (u // shape.stiles) % R
+        _tap_tile(S, shape.stiles, u % shape.stiles, &s0, &m)
+        total += row_work[r] * m + 1
+    for u in range(units):
+        r = (u // shape.stiles) % R
+        _tap_tile(S, shape.stiles, u % shape.stiles, &s0, &m)
+        done += row_work[r] * m + 1
+        while t < num_threads and done * num_threads >= total * t:
+            bounds[t] = u + 1
+            t += 1
+    while t <= num_threads:
+        bounds[t] = units
+        t += 1
+
+    cdef Packers packers
+    packers.rows32 = fc_direct_pack_f32(code, narrow)
+    packers.rows64 = fc_direct_pack_f64(code, narrow)
+    packers.adjoint32 = NULL
+    packers.adjoint64 = NULL
+    cdef fc_direct_f32_t kernel32 = fc_direct_f32(code, narrow)
+    cdef fc_direct_f64_t kernel64 = fc_direct_f64(code, narrow)
+    cdef const floating *x0 = &x[0, 0, 0, 0]
+    cdef const floating *grad0 = &grad[0, 0, 0]
+    cdef floating *grad_w0 = &grad_w[0, 0]
+    cdef Py_ssize_t item
+    with nogil:
+        for item in prange(num_threads, schedule="static", chunksize=1, num_threads=num_threads):
+            if bounds[item] < bounds[item + 1]:
+                _weight_grad_thread(&shape, x0, grad0, grad_w0, bounds[item], bounds[item + 1],
+                                    &workspace[threadid(), 0], kernel32, kernel64, &packers)
