@@ -1007,7 +1007,9 @@ class DirectConv(Lowering):
         if rows_inside is not None:
             ids, ranges = rows_inside
             inside = float((ranges[ids, 1] - ranges[ids, 0]).mean()) / g.R
-        taps = g.S / -(-g.S // b.mr)   # taps per tile
+        _, tiles, flat = direct.weight_grad_units(g.K, g.C, g.R, g.S, g.groups, plan.dtype,
+                                                  b.isa)
+        taps = (g.R * g.S if flat else g.S) / tiles   # taps per tile
         depth = max(1, g.rows)          # taps per filter block (C/groups x R x S)
         return (plan.flops * inside * filters
                 * (1 + tuning.direct_weight_grad_tile_taps / taps)

@@ -98,22 +98,23 @@ class Tuning:
     # (1x1, stride 2): direct 1.14x PyTorch's time, fused 0.79x, stretch 0.77x.
     direct_conv_pointwise_factor: float = 1.5
     # The direct weight gradient's rate against the BLAS lowerings' model,
-    # on the multiply-adds of the output rows inside the image, its time
-    # times (1 + tile_taps / taps per tile) (each pixel's vector loads of
-    # the output gradient serve taps x NV multiply-adds) and (1 + depth /
-    # taps per filter block) (a chunk's output gradient is transposed once
-    # for them). Fitted like fused_weight_grad_*: every weight-gradient
-    # lowering measured on the 41 layers (fp32, 2 threads, one process per
-    # layer, best of 2 rounds), the constants on a grid, keeping those that
+    # on the multiply-adds of the output rows it computes, its time times
+    # (1 + tile_taps / taps per tile) (each pixel's vector loads of the
+    # output gradient serve taps x NV multiply-adds) and (1 + depth / taps
+    # per filter block) (a chunk's output gradient is transposed once for
+    # them). Fitted like fused_weight_grad_*: every weight-gradient lowering
+    # measured on the 41 layers (fp32, 2 threads, one process per layer,
+    # best of 2 rounds), the constants on a grid, keeping those that
     # minimise the summed log of (time of the lowering chosen / the
-    # fastest). 2.4, 2, 10 choose direct on the six layers where it is
-    # fastest (DeepSpeech2 conv1 0.74x fused's time, conv2 0.71x, AlexNet
-    # conv1 0.81x, SRCNN 9x9 0.88x mapped's, Inception 5x5 0.89x, the stem
-    # 0.96x) and nowhere else; 2.6 takes it on ArcFace's 3x3/2 (1.21x
-    # fused's), tile_taps 1.5 on ResNet-50 3a 3x3/2 (1.27x); on 3x3
-    # kernels (3 taps per tile) direct measured 1.2-2.4x the fastest.
-    direct_weight_grad_rate: float = 2.4
-    direct_weight_grad_tile_taps: float = 2.0
+    # fastest): rate 2.5-2.8 with tile_taps 2.5-3.5 all give the same
+    # choices, 2.6 and 3 their middle. They take direct where it measured
+    # fastest: DeepSpeech2 conv1 0.69-0.74x the best other lowering's time,
+    # AlexNet conv1 0.77-0.81x, Inception 5x5 0.81-0.89x, SRCNN 9x9 0.85x,
+    # the stem 0.88x (tiles across kernel rows, direct.weight_grad_flat),
+    # ArcFace's 3x3/2 0.82x, ResNet-50 3a 3x3/2 0.97x; not YOLO's 3x3
+    # (1.44x Winograd's), which rate 2.4 with tile_taps 2 took.
+    direct_weight_grad_rate: float = 2.6
+    direct_weight_grad_tile_taps: float = 3.0
     direct_weight_grad_depth: float = 10.0
     # The fused lowering's instruction set: None for FASTCONV_ISA if set,
     # else the best this CPU runs ("avx512", "avx2", "generic").

@@ -303,10 +303,12 @@ def weight_grad_cases(draw):
     S = draw(st.integers(1, 14))
     dw = draw(st.integers(1, 2))
     W = draw(st.integers(max(1, dw * (S - 1) + 1 - sum(case["padding"][1])), 30))
-    case.update(S=S, W=W, dilation=(case["dilation"][0], dw),
-                blocks=draw(st.sampled_from([{}, dict(chunk_rows=1, chunk_cols=1),
-                                             dict(chunk_rows=2, chunk_cols=5, pass_tiles=1),
-                                             dict(chunk_rows=3, pass_tiles=3)])))
+    blocks = draw(st.sampled_from([{}, dict(chunk_rows=1, chunk_cols=1),
+                                   dict(chunk_rows=2, chunk_cols=5, pass_tiles=1),
+                                   dict(chunk_rows=3, pass_tiles=3)]))
+    # tiles of a kernel row's taps, or of a channel's across kernel rows
+    blocks = dict(blocks, flat=draw(st.sampled_from([None, False, True])))
+    case.update(S=S, W=W, dilation=(case["dilation"][0], dw), blocks=blocks)
     return case
 
 
@@ -347,7 +349,7 @@ def test_weight_grad_layer_sized(isa, dtype, S, stride, K):
     Ho = out_size(23, conv["padding"][0], 1, S, stride)
     Wo = out_size(5 * S, conv["padding"][1], 1, S, stride)
     grad = rng.standard_normal((2, K, Ho, Wo)).astype(dtype)
-    for blocks in ({}, dict(chunk_rows=2, pass_tiles=2)):
+    for blocks in ({}, dict(chunk_rows=2, pass_tiles=2), dict(flat=True), dict(flat=False)):
         out = run_direct_weight_grad(x, (K, 3, S, S), grad, isa=isa, threads=2, **blocks, **conv)
         assert_close(out, conv2d_weight_grad_reference(x, (K, 3, S, S), grad, **conv), dtype)
 
@@ -361,11 +363,25 @@ def test_weight_grad_same_bits_for_any_threads_and_passes(isa, dtype):
     x = rng.standard_normal((3, 4, 11, 19)).astype(dtype)
     grad = rng.standard_normal((3, 40, 11, 19)).astype(dtype)
     conv = dict(padding=((2, 2), (3, 3)), flip=True)
-    runs = [run_direct_weight_grad(x, (40, 4, 5, 7), grad, isa=isa, threads=t, chunk_rows=4,
-                                   pass_tiles=p, **conv)
-            for t in (1, 2, 3) for p in (0, 1, 5)]
-    for other in runs[1:]:
-        np.testing.assert_array_equal(other, runs[0])
+    for flat in (False, True):
+        runs = [run_direct_weight_grad(x, (40, 4, 5, 7), grad, isa=isa, threads=t, chunk_rows=4,
+                                       pass_tiles=p, flat=flat, **conv)
+                for t in (1, 2, 3) for p in (0, 1, 5)]
+        for other in runs[1:]:
+            np.testing.assert_array_equal(other, runs[0])
+
+
+def test_weight_grad_tiles_span_kernel_rows_where_that_fills_them():
+    # the stem's 7x7 in the wide tile (MR 6): 49 taps in 9 tiles of 5-6,
+    # not each row's 7 as 4 + 3; DeepSpeech2's 41x11 fills its rows (11 of
+    # 12) and the narrow tile's 12 pointers would not fit in registers; a
+    # 1-row kernel has nothing to span
+    assert direct.weight_grad_flat(7, 7, 6) and direct.weight_grad_flat(3, 3, 6)
+    assert not direct.weight_grad_flat(41, 11, 12) and not direct.weight_grad_flat(3, 3, 12)
+    assert not direct.weight_grad_flat(11, 11, 6) and not direct.weight_grad_flat(1, 33, 6)
+    if "avx512" in ISAS:
+        units, tiles, flat = direct.weight_grad_units(64, 3, 7, 7, 1, np.float32, "avx512")
+        assert flat and tiles == 9 and units == 3 * 9
 
 
 @pytest.mark.parametrize("isa", ISAS)

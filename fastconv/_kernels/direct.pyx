@@ -625,7 +625,10 @@ cdef struct WGShape:
     Py_ssize_t N, H, W, Ho, Wo, K, Kg, Cg, R, S, sh, sw, pad_top, pad_left, dh, dw
     Py_ssize_t xs_n, xs_c, xs_h, xs_w, rows, cols
     Py_ssize_t mr, nr, fblocks, stiles, chunk_rows, chunk_cols, pass_tiles
-    bint flip
+    # a unit's taps: tiles of a kernel row's S (rows = R), or with `flat` of
+    # a channel's R*S taps in (r, s) order (rows = 1, taps = R*S)
+    Py_ssize_t unit_rows, unit_taps
+    bint flip, flat
 
 
 def weight_grad_blocking(dtype, isa, filters, Wo, chunk_rows=0, chunk_cols=0, pass_tiles=0):
@@ -640,23 +643,44 @@ def weight_grad_blocking(dtype, isa, filters, Wo, chunk_rows=0, chunk_cols=0, pa
     return dict(sizes, rows=max(1, min(rows, WG_MAX_CHUNK_ROWS)), cols=cols, **{"pass": max(1, tiles)})
 
 
-def weight_grad_units(K, C, R, S, groups, dtype, isa=None):
-    """The weight gradient's units (tiles summed over the batch) and tap tiles per kernel row."""
+def weight_grad_flat(R, S, mr):
+    """Whether the weight gradient's tiles take a channel's taps in (r, s)
+    order across kernel rows ("flat") rather than a kernel row's alone:
+    where that fills the tiles better (the stem's 7x7 in tiles of 6: 5.4
+    taps a tile, not 4 + 3), and the tile has few taps (MR <= 8), whose
+    pointers (one per tap across rows) fit in registers."""
+    R, S, mr = int(R), int(S), int(mr)
+    if R < 2 or mr > 8:
+        return False
+    return R * S / _ceil_div(R * S, mr) > 1.25 * S / _ceil_div(S, mr)
+
+
+def weight_grad_units(K, C, R, S, groups, dtype, isa=None, flat=None):
+    """(units, tap tiles per unit row, flat): the weight gradient's units
+    (tiles summed over the batch), with flat (None: weight_grad_flat's) a
+    channel's R*S taps as one row."""
     Kg = K // groups
     sizes = blocking(dtype, isa, Kg)
-    stiles = _ceil_div(S, sizes["MR"])
-    return groups * _ceil_div(Kg, sizes["NR"]) * (C // groups) * R * stiles, stiles
+    if flat is None:
+        flat = weight_grad_flat(R, S, sizes["MR"])
+    rows, taps = (1, R * S) if flat else (R, S)
+    stiles = _ceil_div(taps, sizes["MR"])
+    return groups * _ceil_div(Kg, sizes["NR"]) * (C // groups) * rows * stiles, stiles, bool(flat)
 
 
 def weight_grad_buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, stride_h, stride_w, dil_h,
-                             dil_w, dtype, isa=None, chunk_rows=0, chunk_cols=0, pass_tiles=0):
+                             dil_w, dtype, isa=None, chunk_rows=0, chunk_cols=0, pass_tiles=0,
+                             flat=None):
     """Workspace elements per thread of conv2d_direct_weight_grad: a pass's
     accumulators, a chunk's transposed output gradient (one filter block)
     and a channel's zero-padded input rows of a chunk, each aligned."""
     b = weight_grad_blocking(dtype, isa, K // groups, Wo, chunk_rows, chunk_cols, pass_tiles)
-    units, _ = weight_grad_units(K, C, R, S, groups, dtype, isa)
+    units, _, flat = weight_grad_units(K, C, R, S, groups, dtype, isa, flat)
     align = ALIGN_BYTES // np.dtype(dtype).itemsize
-    in_rows = min(H, (b["rows"] - 1) * stride_h + (R - 1) * dil_h + 1)
+    # (flat tiles read the padding's rows too, as zeros)
+    in_rows = (b["rows"] - 1) * stride_h + (R - 1) * dil_h + 1
+    if not flat:
+        in_rows = min(H, in_rows)
     in_cols = (b["cols"] - 1) * stride_w + (S - 1) * dil_w + 1
     return (min(units, b["pass"]) * b["MR"] * b["NR"] + b["rows"] * b["cols"] * b["NR"]
             + in_rows * in_cols + 3 * align)
@@ -671,11 +695,11 @@ cdef inline void _tap_tile(Py_ssize_t S, Py_ssize_t stiles, Py_ssize_t st, Py_ss
     count[0] = base + (1 if st < extra else 0)
 
 
-cdef void _copy_rows(const floating *x_plane, Py_ssize_t xs_h, Py_ssize_t xs_w, Py_ssize_t W,
-                     Py_ssize_t ih_lo, Py_ssize_t ih_hi, Py_ssize_t col_lo, Py_ssize_t width,
-                     floating *dst) noexcept nogil:
+cdef void _copy_rows(const floating *x_plane, Py_ssize_t xs_h, Py_ssize_t xs_w, Py_ssize_t H,
+                     Py_ssize_t W, Py_ssize_t ih_lo, Py_ssize_t ih_hi, Py_ssize_t col_lo,
+                     Py_ssize_t width, floating *dst) noexcept nogil:
     """dst row i, column b = x row ih_lo + i, column col_lo + b; zero where
-    that column is outside [0, W)."""
+    that row or column is outside the image."""
     cdef Py_ssize_t ih, b, lo, hi
     cdef const floating *src
     cdef floating *d
@@ -687,6 +711,9 @@ cdef void _copy_rows(const floating *x_plane, Py_ssize_t xs_h, Py_ssize_t xs_w, 
         hi = lo
     for ih in range(ih_lo, ih_hi):
         d = dst + (ih - ih_lo) * width
+        if ih < 0 or ih >= H:
+            memset(d, 0, width * sizeof(floating))
+            continue
         src = x_plane + ih * xs_h + col_lo * xs_w
         for b in range(lo):
             d[b] = 0
@@ -724,15 +751,17 @@ cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const float
             for i0 in range(_ceil_div(sh.Ho, sh.chunk_rows)):
                 i = i0 * sh.chunk_rows
                 pr = sh.Ho - i if sh.Ho - i < sh.chunk_rows else sh.chunk_rows
-                # the input rows the chunk reads (inside the image)
+                # the input rows the chunk reads (inside the image; flat
+                # tiles, whose taps span kernel rows, read the padding's too)
                 ih_lo = i * sh.sh - sh.pad_top
-                if ih_lo < 0:
-                    ih_lo = 0
                 ih_hi = (i + pr - 1) * sh.sh - sh.pad_top + (sh.R - 1) * sh.dh + 1
-                if ih_hi > sh.H:
-                    ih_hi = sh.H
-                if ih_hi <= ih_lo:
-                    continue
+                if not sh.flat:
+                    if ih_lo < 0:
+                        ih_lo = 0
+                    if ih_hi > sh.H:
+                        ih_hi = sh.H
+                    if ih_hi <= ih_lo:
+                        continue
                 for j0 in range(_ceil_div(sh.Wo, sh.chunk_cols)):
                     q0 = j0 * sh.chunk_cols
                     qc = sh.Wo - q0 if sh.Wo - q0 < sh.chunk_cols else sh.chunk_cols
@@ -743,8 +772,8 @@ cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const float
                     for u in range(p0, p1):
                         st = u % sh.stiles
                         v = u // sh.stiles
-                        r = v % sh.R
-                        v = v // sh.R
+                        r = v % sh.unit_rows
+                        v = v // sh.unit_rows
                         c = v % sh.Cg
                         v = v // sh.Cg
                         fb = v % sh.fblocks
@@ -759,21 +788,25 @@ cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const float
                                       nr, packers, panel + j * qc * nr)
                         if g * sh.Cg + c != gc:
                             gc = g * sh.Cg + c
-                            _copy_rows(x0 + n * sh.xs_n + gc * sh.xs_c, sh.xs_h, sh.xs_w, sh.W,
-                                       ih_lo, ih_hi, col_lo, width, rowbuf)
+                            _copy_rows(x0 + n * sh.xs_n + gc * sh.xs_c, sh.xs_h, sh.xs_w, sh.H,
+                                       sh.W, ih_lo, ih_hi, col_lo, width, rowbuf)
                         # the chunk's rows whose input row is inside the image
+                        # (flat: every row, the kernel row is in the tap)
                         ntaps = 0
                         for j in range(pr):
                             ih = (i + j) * sh.sh - sh.pad_top + r * sh.dh
-                            if 0 <= ih < sh.H:
+                            if sh.flat or 0 <= ih < sh.H:
                                 tap_off[ntaps] = (ih - ih_lo) * width
                                 tap_panel[ntaps] = j * qc * nr
                                 ntaps += 1
                         if ntaps == 0:
                             continue
-                        _tap_tile(sh.S, sh.stiles, st, &s0, &m)
+                        _tap_tile(sh.unit_taps, sh.stiles, st, &s0, &m)
                         for t in range(m):
-                            pix[t] = (s0 + t) * sh.dw
+                            if sh.flat:
+                                pix[t] = ((s0 + t) // sh.S) * sh.dh * width + ((s0 + t) % sh.S) * sh.dw
+                            else:
+                                pix[t] = (s0 + t) * sh.dw
                         tile = tiles + (u - p0) * tile_size
                         if floating is float:
                             kernel32(m, rowbuf, pix, sh.sw, qc, tap_off, tap_panel, ntaps, panel,
@@ -785,21 +818,21 @@ cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const float
         for u in range(p0, p1):
             st = u % sh.stiles
             v = u // sh.stiles
-            r = v % sh.R
-            v = v // sh.R
+            r = v % sh.unit_rows
+            v = v // sh.unit_rows
             c = v % sh.Cg
             v = v // sh.Cg
             fb = v % sh.fblocks
             g = v // sh.fblocks
             nf = sh.Kg - fb * nr if sh.Kg - fb * nr < nr else nr
-            _tap_tile(sh.S, sh.stiles, st, &s0, &m)
-            rr = sh.R - 1 - r if sh.flip else r
+            _tap_tile(sh.unit_taps, sh.stiles, st, &s0, &m)
             tile = tiles + (u - p0) * tile_size
             for f in range(nf):
-                o = grad_w0 + (g * sh.Kg + fb * nr + f) * sh.rows + (c * sh.R + rr) * sh.S
+                # the tile's taps are (r, s0 + t), or flat (c's tap s0 + t)
+                o = grad_w0 + (g * sh.Kg + fb * nr + f) * sh.rows + c * sh.R * sh.S
                 for t in range(m):
-                    ss = sh.S - 1 - (s0 + t) if sh.flip else s0 + t
-                    o[ss] = tile[t * nr + f]
+                    ss = r * sh.S + s0 + t
+                    o[sh.R * sh.S - 1 - ss if sh.flip else ss] = tile[t * nr + f]
         p0 = p1
 
 
@@ -813,15 +846,16 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
                               Py_ssize_t dil_h, Py_ssize_t dil_w,
                               Py_ssize_t groups, bint flip, isa, int num_threads,
                               Py_ssize_t chunk_rows=0, Py_ssize_t chunk_cols=0,
-                              Py_ssize_t pass_tiles=0):
+                              Py_ssize_t pass_tiles=0, flat=None):
     """grad_w (K, C/groups*R*S), C-contiguous = the weight gradient for input
     x (N, C, H, W; any strides) and output gradient grad (N, K, Ho*Wo),
     C-contiguous, on the direct tile kernel (every element written).
 
     workspace: (>= num_threads, >= weight_grad_buffer_sizes(...)), with the
     same chunk_rows, chunk_cols, pass_tiles (0: weight_grad_blocking's; any
-    value >= 1 is correct). Same conventions as conv2d_direct; each element
-    is summed in one order whatever num_threads.
+    value >= 1 is correct) and flat (tiles across kernel rows; None:
+    weight_grad_flat's). Same conventions as conv2d_direct; each element is
+    summed in one order whatever num_threads.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = grad_w.shape[0], rows = grad_w.shape[1]
@@ -850,7 +884,8 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
     dtype = np.float64 if dbl else np.float32
     cdef Py_ssize_t Ho = cols // Wo, Kg = K // groups, Cg = C // groups
     need = weight_grad_buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, stride_h, stride_w,
-                                    dil_h, dil_w, dtype, code, chunk_rows, chunk_cols, pass_tiles)
+                                    dil_h, dil_w, dtype, code, chunk_rows, chunk_cols, pass_tiles,
+                                    flat)
     if workspace.shape[0] < num_threads or workspace.shape[1] < need:
         raise ValueError(f"workspace has shape {tuple(workspace.shape)}, needs "
                          f"({num_threads}, {need})")
@@ -865,26 +900,28 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
     shape.xs_h, shape.xs_w = x.strides[2] // itemsize, x.strides[3] // itemsize
     shape.mr, shape.nr = b["MR"], b["NR"]
     shape.fblocks = _ceil_div(Kg, shape.nr)
-    units, shape.stiles = weight_grad_units(K, C, R, S, groups, dtype, code)
+    units, shape.stiles, shape.flat = weight_grad_units(K, C, R, S, groups, dtype, code, flat)
+    shape.unit_rows = 1 if shape.flat else R
+    shape.unit_taps = R * S if shape.flat else S
     shape.chunk_rows, shape.chunk_cols, shape.pass_tiles = b["rows"], b["cols"], b["pass"]
     if shape.mr > WG_MAX_TAPS:
         raise ValueError(f"tiles of {shape.mr} taps exceed WG_MAX_TAPS={WG_MAX_TAPS}")
 
-    # threads: runs of units of even work (rows inside the image x taps)
+    # threads: runs of units of even work (rows computed x taps)
     cdef Py_ssize_t[::1] bounds = np.zeros(num_threads + 1, np.intp)
     cdef Py_ssize_t[::1] row_work = np.zeros(R, np.intp)
     cdef Py_ssize_t u, r, p, st, s0, m, total = 0, done = 0, t = 1
-    for r in range(R):
+    for r in range(shape.unit_rows):
         for p in range(Ho):
-            if 0 <= p * stride_h - pad_top + r * dil_h < H:
+            if shape.flat or 0 <= p * stride_h - pad_top + r * dil_h < H:
                 row_work[r] += 1
     for u in range(units):
-        r = (u // shape.stiles) % R
-        _tap_tile(S, shape.stiles, u % shape.stiles, &s0, &m)
+        r = (u // shape.stiles) % shape.unit_rows
+        _tap_tile(shape.unit_taps, shape.stiles, u % shape.stiles, &s0, &m)
         total += row_work[r] * m + 1
     for u in range(units):
-        r = (u // shape.stiles) % R
-        _tap_tile(S, shape.stiles, u % shape.stiles, &s0, &m)
+        r = (u // shape.stiles) % shape.unit_rows
+        _tap_tile(shape.unit_taps, shape.stiles, u % shape.stiles, &s0, &m)
         done += row_work[r] * m + 1
         while t < num_threads and done * num_threads >= total * t:
             bounds[t] = u + 1
