@@ -908,10 +908,14 @@ class Depthwise(Lowering):
 
 @dataclasses.dataclass(frozen=True)
 class DirectConvBlocking:
-    """The direct convolution's tile (MR pixels x NR filters) and ISA."""
+    """The direct convolution's tile (MR pixels x NR filters) and ISA; for
+    the weight gradient, a chunk's output rows and a pass's tiles (0: the
+    kernel's defaults; fewer under a tight memory limit)."""
     mr: int
     nr: int
     isa: str
+    chunk_rows: int = 0
+    pass_tiles: int = 0
 
 
 def valid_tap_fraction(g):
@@ -969,9 +973,20 @@ class DirectConv(Lowering):
         else:
             reason = (f"direct convolution ({isa} kernel, {sizes['MR']} pixels x "
                       f"{sizes['NR']} filters), padding taps skipped")
-        plan = planner.plan(self, DirectConvBlocking(sizes["MR"], sizes["NR"], isa), threads, 1,
-                            reason)
-        return plan if plan.workspace_bytes <= planner.limit else None
+        blocking = DirectConvBlocking(sizes["MR"], sizes["NR"], isa)
+        while True:
+            plan = planner.plan(self, blocking, threads, 1, reason)
+            if plan.workspace_bytes <= planner.limit:
+                return plan
+            # the weight gradient under a tighter limit: one output row per
+            # chunk and one tile per pass, then one thread
+            if self.kind == "weight_grad" and blocking.chunk_rows != 1:
+                blocking = dataclasses.replace(blocking, chunk_rows=1, pass_tiles=1)
+                reason += "; chunks of one row, one tile a pass to fit the limit"
+            elif self.kind == "weight_grad" and threads > 1:
+                threads = 1
+            else:
+                return None
 
     def cost(self, plan, tuning):
         # the multiply-adds inside the image, filters padded to NR, at the
@@ -1022,7 +1037,8 @@ class DirectConv(Lowering):
         if self.kind == "weight_grad":
             per_thread = direct.weight_grad_buffer_sizes(
                 g.N, g.K, g.C, g.H, g.W, g.Ho, g.Wo, g.R, g.S, g.groups, *g.stride,
-                *g.dilation, dtype, blocking.isa)
+                *g.dilation, dtype, blocking.isa, chunk_rows=blocking.chunk_rows,
+                pass_tiles=blocking.pass_tiles)
             return {"workspace": ((threads, per_thread), dtype)}
         (pad_top, _), (pad_left, _) = g.padding
         packed, tables, per_thread = direct.buffer_sizes(
@@ -1033,7 +1049,7 @@ class DirectConv(Lowering):
 
     def too_small(self, planner):
         sizes = self.buffers(planner.g, planner.dtype,
-                             DirectConvBlocking(1, 1, fused_isa(planner.tuning.isa)), 1)
+                             DirectConvBlocking(1, 1, fused_isa(planner.tuning.isa), 1, 1), 1)
         needed = buffer_bytes(sizes)
         held = ("accumulators, a chunk of the output gradient and of the input rows, one thread"
                 if self.kind == "weight_grad" else "packed weights, pixel tables, one thread")
@@ -1054,9 +1070,11 @@ class DirectConv(Lowering):
         from fastconv._kernels import direct
         g = plan.geometry
         if self.kind == "weight_grad":
+            b = plan.blocking
             direct.conv2d_direct_weight_grad(ops.x, ops.grad, ops.out, bufs["workspace"],
-                                             *g.kernel_args, g.groups, plan.flip,
-                                             plan.blocking.isa, threads)
+                                             *g.kernel_args, g.groups, plan.flip, b.isa,
+                                             threads, chunk_rows=b.chunk_rows,
+                                             pass_tiles=b.pass_tiles)
             return
         x, bias, out = ops.x, ops.bias, ops.out
         if self.kind == "input_grad":

@@ -281,18 +281,23 @@ def run_direct_weight_grad(x, weight_shape, grad, *, stride=(1, 1), padding=((0,
                            **blocks):
     """conv2d_direct_weight_grad with a NaN-filled workspace sized by
     weight_grad_buffer_sizes and a NaN-filled grad_w (every element must be
-    written); returns grad_w as weight_shape."""
+    written); returns grad_w as weight_shape. The workspace rows are 16
+    elements longer than asked for and followed by one more row, all those
+    holding a guard value the kernel must not touch."""
     dtype = x.dtype
     N, C, H, W = x.shape
     K, Cg, R, S = weight_shape
     Ho, Wo = grad.shape[2:]
     per_thread = direct.weight_grad_buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, *stride,
                                                  *dilation, dtype, isa, **blocks)
-    workspace = np.full((threads, per_thread), np.nan, dtype)
+    guarded = np.full((threads + 1, per_thread + 16), 12345.0, dtype)
+    guarded[:threads, :per_thread] = np.nan
     grad_w = np.full((K, Cg * R * S), np.nan, dtype)
     direct.conv2d_direct_weight_grad(x, np.ascontiguousarray(grad.reshape(N, K, Ho * Wo)), grad_w,
-                                     workspace, R, S, Wo, *stride, padding[0][0], padding[1][0],
-                                     *dilation, groups, flip, isa, threads, **blocks)
+                                     guarded[:threads], R, S, Wo, *stride,
+                                     padding[0][0], padding[1][0], *dilation, groups, flip, isa,
+                                     threads, **blocks)
+    assert (guarded[:, per_thread:] == 12345.0).all() and (guarded[threads] == 12345.0).all()
     return grad_w.reshape(weight_shape)
 
 
@@ -371,6 +376,52 @@ def test_weight_grad_same_bits_for_any_threads_and_passes(isa, dtype):
             np.testing.assert_array_equal(other, runs[0])
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_weight_grad_more_threads_than_tiles(isa):
+    # one channel, one filter block, a 1x5 kernel: one unit (or two), four
+    # threads, the others idle; and a batch of one 1x1 output
+    rng = np.random.default_rng(12)
+    for shape, wshape, conv in [((2, 1, 6, 9), (3, 1, 1, 5), dict(padding=((0, 0), (2, 2)))),
+                                ((1, 2, 3, 3), (5, 2, 3, 3), {})]:
+        x = rng.standard_normal(shape)
+        Ho = out_size(shape[2], conv.get("padding", ((0, 0),) * 2)[0], 1, wshape[2], 1)
+        Wo = out_size(shape[3], conv.get("padding", ((0, 0),) * 2)[1], 1, wshape[3], 1)
+        grad = rng.standard_normal((shape[0], wshape[0], Ho, Wo))
+        out = run_direct_weight_grad(x, wshape, grad, isa=isa, threads=4, **conv)
+        assert_close(out, conv2d_weight_grad_reference(x, wshape, grad, **conv), np.float64)
+
+
+def test_weight_grad_chunks_fit_the_image():
+    # a chunk never has more output rows than the image (the workspace of
+    # a small layer is not sized for 64 of them)
+    small = direct.weight_grad_buffer_sizes(1, 4, 1, 5, 5, 5, 5, 3, 3, 1, 1, 1, 1, 1,
+                                            np.float32, "generic")
+    one_row = direct.weight_grad_buffer_sizes(1, 4, 1, 5, 5, 5, 5, 3, 3, 1, 1, 1, 1, 1,
+                                              np.float32, "generic", chunk_rows=1)
+    assert direct.weight_grad_blocking(np.float32, "generic", 4, 5, 5)["rows"] == 5
+    # 4 more output rows of the panel (5 columns x NR 16), and the input
+    # rows under them: 5 (the image's), not 3, of 7 columns (5 + 2 padding)
+    assert small - one_row == 4 * 5 * 16 + 2 * 7
+
+
+def test_weight_grad_plan_fits_a_tight_limit():
+    # under a limit its default chunks exceed, the plan takes chunks of one
+    # row and one tile a pass (then one thread), and is still right
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 3, 30, 30)).astype(np.float32)
+    grad = rng.standard_normal((2, 64, 15, 15)).astype(np.float32)
+    conv = dict(stride=2, padding=3)
+    roomy = fastconv.plan_conv2d(x.shape, (64, 3, 7, 7), np.float32, kind="weight_grad",
+                                 method="direct", num_threads=2, **conv)
+    limit = roomy.workspace_bytes // 3
+    tight = fastconv.plan_conv2d(x.shape, (64, 3, 7, 7), np.float32, kind="weight_grad",
+                                 method="direct", num_threads=2, memory_limit=limit, **conv)
+    assert tight.blocking.chunk_rows == 1 and tight.workspace_bytes <= limit, (roomy, tight)
+    assert_close(tight.execute(x, grad),
+                 conv2d_weight_grad_reference(x, (64, 3, 7, 7), grad, stride=(2, 2),
+                                              padding=((3, 3), (3, 3))), np.float32)
+
+
 def test_weight_grad_tiles_span_kernel_rows_where_that_fills_them():
     # the stem's 7x7 in the wide tile (MR 6): 49 taps in 9 tiles of 5-6,
     # not each row's 7 as 4 + 3; DeepSpeech2's 41x11 fills its rows (11 of
@@ -422,6 +473,9 @@ def test_weight_grad_rejects_small_workspace_and_bad_arguments():
     with pytest.raises(ValueError, match="chunk_rows"):
         direct.conv2d_direct_weight_grad(x, grad, grad_w, np.empty((1, need), np.float32),
                                          *args, 1, chunk_rows=-1)
+    with pytest.raises(ValueError, match="strides"):
+        direct.conv2d_direct_weight_grad(x, grad, grad_w, np.empty((1, need), np.float32),
+                                         3, 3, 5, 0, 1, 1, 1, 1, 1, 1, False, "generic", 1)
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -631,16 +631,18 @@ cdef struct WGShape:
     bint flip, flat
 
 
-def weight_grad_blocking(dtype, isa, filters, Wo, chunk_rows=0, chunk_cols=0, pass_tiles=0):
+def weight_grad_blocking(dtype, isa, filters, Ho, Wo, chunk_rows=0, chunk_cols=0, pass_tiles=0):
     """{"MR", "NR", "rows", "cols", "pass"}: the tile (MR taps x NR filters,
-    the forward's for groups of `filters` filters), a chunk's output rows and
-    columns, and the tiles of one pass (0: the defaults above)."""
+    the forward's for groups of `filters` filters), a chunk's output rows
+    (at most Ho) and columns, and the tiles of one pass (0: the defaults
+    above)."""
     sizes = blocking(dtype, isa, filters)
     itemsize = np.dtype(dtype).itemsize
     cols = int(chunk_cols) or max(1, min(int(Wo), WG_MAX_CHUNK_COLS))
     rows = int(chunk_rows) or WG_CHUNK_BYTES // (cols * sizes["NR"] * itemsize)
     tiles = int(pass_tiles) or WG_PASS_TILE_BYTES // (sizes["MR"] * sizes["NR"] * itemsize)
-    return dict(sizes, rows=max(1, min(rows, WG_MAX_CHUNK_ROWS)), cols=cols, **{"pass": max(1, tiles)})
+    rows = max(1, min(rows, WG_MAX_CHUNK_ROWS, int(Ho)))
+    return dict(sizes, rows=rows, cols=cols, **{"pass": max(1, tiles)})
 
 
 def weight_grad_flat(R, S, mr):
@@ -674,7 +676,7 @@ def weight_grad_buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, stride_h, stri
     """Workspace elements per thread of conv2d_direct_weight_grad: a pass's
     accumulators, a chunk's transposed output gradient (one filter block)
     and a channel's zero-padded input rows of a chunk, each aligned."""
-    b = weight_grad_blocking(dtype, isa, K // groups, Wo, chunk_rows, chunk_cols, pass_tiles)
+    b = weight_grad_blocking(dtype, isa, K // groups, Ho, Wo, chunk_rows, chunk_cols, pass_tiles)
     units, _, flat = weight_grad_units(K, C, R, S, groups, dtype, isa, flat)
     align = ALIGN_BYTES // np.dtype(dtype).itemsize
     # (flat tiles read the padding's rows too, as zeros)
@@ -868,6 +870,9 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
     if chunk_rows < 0 or chunk_cols < 0 or pass_tiles < 0:
         raise ValueError(f"chunk_rows, chunk_cols, pass_tiles must be >= 0, got {chunk_rows}, "
                          f"{chunk_cols}, {pass_tiles}")
+    if min(stride_h, stride_w, dil_h, dil_w) < 1 or min(pad_top, pad_left) < 0:
+        raise ValueError(f"bad geometry: strides ({stride_h}, {stride_w}) and dilations "
+                         f"({dil_h}, {dil_w}) must be >= 1, padding ({pad_top}, {pad_left}) >= 0")
     if groups < 1 or C % groups or K % groups:
         raise ValueError(f"groups={groups} must divide C={C} and K={K}")
     if Wo < 1 or cols % Wo or R < 1 or S < 1:
@@ -889,7 +894,7 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
     if workspace.shape[0] < num_threads or workspace.shape[1] < need:
         raise ValueError(f"workspace has shape {tuple(workspace.shape)}, needs "
                          f"({num_threads}, {need})")
-    b = weight_grad_blocking(dtype, code, Kg, Wo, chunk_rows, chunk_cols, pass_tiles)
+    b = weight_grad_blocking(dtype, code, Kg, Ho, Wo, chunk_rows, chunk_cols, pass_tiles)
     cdef bint narrow = narrow_tiles(Kg, dtype, code)
     cdef WGShape shape
     shape.N, shape.H, shape.W, shape.Ho, shape.Wo = N, H, W, Ho, Wo
