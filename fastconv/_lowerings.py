@@ -918,21 +918,23 @@ class DirectConvBlocking:
     pass_tiles: int = 0
 
 
+def _inside_share(out_len, in_len, taps, stride, pad, dil):
+    """Along one axis, the share of (output position, tap) pairs inside the
+    input: each position's valid taps (the direct kernel's own pixel
+    classes) over all taps."""
+    from fastconv._kernels.direct import pixel_classes
+    if out_len == 0 or taps == 0:
+        return 1.0
+    ids, ranges = pixel_classes(out_len, in_len, taps, stride, pad, dil)
+    return float((ranges[ids, 1] - ranges[ids, 0]).mean()) / taps
+
+
 def valid_tap_fraction(g):
     """The share of the stretched matrix's elements that are inside the image
-    (the rest are padding): per axis, each output position's valid taps
-    (the direct kernel's own pixel classes), over all taps; the two axes
-    multiply."""
-    from fastconv._kernels.direct import pixel_classes
-
-    def axis(out_len, in_len, taps, stride, pad, dil):
-        if out_len == 0 or taps == 0:
-            return 1.0
-        ids, ranges = pixel_classes(out_len, in_len, taps, stride, pad, dil)
-        return float((ranges[ids, 1] - ranges[ids, 0]).mean()) / taps
+    (the rest are padding): the two axes' _inside_share multiplied."""
     (pad_top, _), (pad_left, _) = g.padding
-    return (axis(g.Ho, g.H, g.R, g.stride[0], pad_top, g.dilation[0])
-            * axis(g.Wo, g.W, g.S, g.stride[1], pad_left, g.dilation[1]))
+    return (_inside_share(g.Ho, g.H, g.R, g.stride[0], pad_top, g.dilation[0])
+            * _inside_share(g.Wo, g.W, g.S, g.stride[1], pad_left, g.dilation[1]))
 
 
 class DirectConv(Lowering):
@@ -1007,23 +1009,20 @@ class DirectConv(Lowering):
 
     def _weight_grad_cost(self, plan, tuning, filters):
         """The weight gradient: the multiply-adds of the output rows whose
-        input row is inside the image (the others are skipped; padded
-        columns are multiplied), filters padded to NR, at
+        input row is inside the image (the others are skipped by row tiles;
+        padded columns are multiplied), filters padded to NR, at
         Tuning.direct_weight_grad_rate, slower where a tile has few taps
         (each pixel's NV vector loads of the output gradient then serve
         fewer multiply-adds) and where a filter block has few taps in all
         (its chunk of the output gradient, transposed once, serves them)."""
         from fastconv._kernels import direct
         g, b = plan.geometry, plan.blocking
-        (pad_top, _), _ = g.padding
-        rows_inside = (direct.pixel_classes(g.Ho, g.H, g.R, g.stride[0], pad_top, g.dilation[0])
-                       if g.Ho and g.R else None)
-        inside = 1.0
-        if rows_inside is not None:
-            ids, ranges = rows_inside
-            inside = float((ranges[ids, 1] - ranges[ids, 0]).mean()) / g.R
         _, tiles, flat = direct.weight_grad_units(g.K, g.C, g.R, g.S, g.groups, plan.dtype,
                                                   b.isa)
+        (pad_top, _), _ = g.padding
+        # (as fitted: the rows inside, also for tiles across kernel rows,
+        # which compute the padding's rows too)
+        inside = _inside_share(g.Ho, g.H, g.R, g.stride[0], pad_top, g.dilation[0])
         taps = (g.R * g.S if flat else g.S) / tiles   # taps per tile
         depth = max(1, g.rows)          # taps per filter block (C/groups x R x S)
         return (plan.flops * inside * filters

@@ -87,34 +87,26 @@ static TARGET void NAME(                                                        
     const ptrdiff_t *tap_off, const ptrdiff_t *tap_panel, ptrdiff_t ntaps,                 \
     const T *panel, ptrdiff_t panel_channel, T *tile, int first)                           \
 {                                                                                          \
-    if (m >= MR) {                                                                         \
+    if (m >= 2) {                                                                          \
+        /* pixels evenly spaced: consecutive (any count; the weight */                     \
+        /* gradient's taps of one kernel row, a row's last pixels), or 2 or */             \
+        /* 4 apart (a full tile) */                                                        \
         const ptrdiff_t step = pix[1] - pix[0];                                            \
-        int even = step == 1 || step == 2 || step == 4, j;                                 \
-        for (j = 2; j < MR && even; j++)                                                   \
+        const int M = m < MR ? (int)m : MR;                                                \
+        int even = step == 1 || (M == MR && (step == 2 || step == 4)), j;                  \
+        for (j = 2; j < M && even; j++)                                                    \
             even = pix[j] - pix[j - 1] == step;                                            \
         if (even) {                                                                        \
             if (step == 1)                                                                 \
-                NAME##_tile(MR, 1, x, pix, x_channel, channels, tap_off, tap_panel, ntaps, \
-                            panel, panel_channel, tile, first);                            \
+                switch (M) {                                                               \
+                FC_DIRECT_CASES(MR, NAME##_s1)                                             \
+                }                                                                          \
             else if (step == 2)                                                            \
                 NAME##_tile(MR, 2, x, pix, x_channel, channels, tap_off, tap_panel, ntaps, \
                             panel, panel_channel, tile, first);                            \
             else                                                                           \
                 NAME##_tile(MR, 4, x, pix, x_channel, channels, tap_off, tap_panel, ntaps, \
                             panel, panel_channel, tile, first);                            \
-            return;                                                                        \
-        }                                                                                  \
-    }                                                                                      \
-    else if (m >= 2) {                                                                     \
-        /* a partial tile of consecutive elements: one pointer too (the */                \
-        /* weight gradient's taps of one kernel row, a row's last pixels) */              \
-        int consecutive = 1, j;                                                            \
-        for (j = 1; j < m && consecutive; j++)                                             \
-            consecutive = pix[j] - pix[j - 1] == 1;                                        \
-        if (consecutive) {                                                                 \
-            switch (m) {                                                                   \
-            FC_DIRECT_CASES(MR, NAME##_s1)                                                 \
-            }                                                                              \
             return;                                                                        \
         }                                                                                  \
     }                                                                                      \

@@ -43,6 +43,7 @@ from libc.string cimport memcpy, memset
 import numpy as np
 
 from fastconv._kernels._blocks cimport ALIGN_BYTES, _aligned, _ceil_div
+from fastconv._kernels._index_map cimport _end_valid, _first_valid
 from fastconv._kernels.fused import _dtype_is_double, isa_code
 
 
@@ -702,13 +703,11 @@ cdef void _copy_rows(const floating *x_plane, Py_ssize_t xs_h, Py_ssize_t xs_w, 
                      Py_ssize_t width, floating *dst) noexcept nogil:
     """dst row i, column b = x row ih_lo + i, column col_lo + b; zero where
     that row or column is outside the image."""
-    cdef Py_ssize_t ih, b, lo, hi
+    cdef Py_ssize_t ih, b
+    cdef Py_ssize_t lo = _first_valid(col_lo, 1, width)
+    cdef Py_ssize_t hi = _end_valid(col_lo, 1, W, width)
     cdef const floating *src
     cdef floating *d
-    lo = -col_lo if col_lo < 0 else 0
-    if lo > width:
-        lo = width
-    hi = W - col_lo if W - col_lo < width else width
     if hi < lo:
         hi = lo
     for ih in range(ih_lo, ih_hi):
@@ -728,6 +727,21 @@ cdef void _copy_rows(const floating *x_plane, Py_ssize_t xs_h, Py_ssize_t xs_w, 
             d[b] = 0
 
 
+cdef inline Py_ssize_t _unit(const WGShape *sh, Py_ssize_t u, Py_ssize_t *g, Py_ssize_t *fb,
+                             Py_ssize_t *c, Py_ssize_t *r, Py_ssize_t *st) noexcept nogil:
+    """Unit u's (group, filter block, channel, unit row, tap tile), in that
+    order of significance; returns the block's filters."""
+    st[0] = u % sh.stiles
+    u = u // sh.stiles
+    r[0] = u % sh.unit_rows
+    u = u // sh.unit_rows
+    c[0] = u % sh.Cg
+    u = u // sh.Cg
+    fb[0] = u % sh.fblocks
+    g[0] = u // sh.fblocks
+    return sh.Kg - fb[0] * sh.nr if sh.Kg - fb[0] * sh.nr < sh.nr else sh.nr
+
+
 cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const floating *grad0,
                               floating *grad_w0, Py_ssize_t u0, Py_ssize_t u1, floating *ws,
                               fc_direct_f32_t kernel32, fc_direct_f64_t kernel64,
@@ -741,8 +755,8 @@ cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const float
     cdef Py_ssize_t pass_units = sh.pass_tiles if sh.pass_tiles < u1 - u0 else u1 - u0
     cdef floating *panel = _aligned(tiles + pass_units * tile_size)
     cdef floating *rowbuf = _aligned(panel + sh.chunk_rows * sh.chunk_cols * nr)
-    cdef Py_ssize_t p0, p1, q0, u, v, n, pr, qc, i, j, f, t, ntaps, width, col_lo
-    cdef Py_ssize_t ih_lo, ih_hi, ih, g, fb, c, r, st, s0, m, nf, gfb, gc, rr, ss, i0, j0
+    cdef Py_ssize_t p0, p1, q0, u, n, pr, qc, i, j, f, t, ntaps, width, col_lo
+    cdef Py_ssize_t ih_lo, ih_hi, ih, g, fb, c, r, st, s0, m, nf, gfb, gc, ss, i0, j0
     cdef floating *tile
     cdef floating *o
     p0 = u0
@@ -772,15 +786,7 @@ cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const float
                     gfb = -1
                     gc = -1
                     for u in range(p0, p1):
-                        st = u % sh.stiles
-                        v = u // sh.stiles
-                        r = v % sh.unit_rows
-                        v = v // sh.unit_rows
-                        c = v % sh.Cg
-                        v = v // sh.Cg
-                        fb = v % sh.fblocks
-                        g = v // sh.fblocks
-                        nf = sh.Kg - fb * nr if sh.Kg - fb * nr < nr else nr
+                        nf = _unit(sh, u, &g, &fb, &c, &r, &st)
                         if g * sh.fblocks + fb != gfb:
                             # the chunk's output gradient, rows of nr filters
                             gfb = g * sh.fblocks + fb
@@ -818,15 +824,7 @@ cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const float
                                      nr, tile, 0)
         # the pass's tiles into grad_w
         for u in range(p0, p1):
-            st = u % sh.stiles
-            v = u // sh.stiles
-            r = v % sh.unit_rows
-            v = v // sh.unit_rows
-            c = v % sh.Cg
-            v = v // sh.Cg
-            fb = v % sh.fblocks
-            g = v // sh.fblocks
-            nf = sh.Kg - fb * nr if sh.Kg - fb * nr < nr else nr
+            nf = _unit(sh, u, &g, &fb, &c, &r, &st)
             _tap_tile(sh.unit_taps, sh.stiles, st, &s0, &m)
             tile = tiles + (u - p0) * tile_size
             for f in range(nf):
@@ -915,19 +913,18 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
     # threads: runs of units of even work (rows computed x taps)
     cdef Py_ssize_t[::1] bounds = np.zeros(num_threads + 1, np.intp)
     cdef Py_ssize_t[::1] row_work = np.zeros(R, np.intp)
+    cdef Py_ssize_t[::1] work = np.empty(units, np.intp)
     cdef Py_ssize_t u, r, p, st, s0, m, total = 0, done = 0, t = 1
     for r in range(shape.unit_rows):
         for p in range(Ho):
             if shape.flat or 0 <= p * stride_h - pad_top + r * dil_h < H:
                 row_work[r] += 1
     for u in range(units):
-        r = (u // shape.stiles) % shape.unit_rows
         _tap_tile(shape.unit_taps, shape.stiles, u % shape.stiles, &s0, &m)
-        total += row_work[r] * m + 1
+        work[u] = row_work[(u // shape.stiles) % shape.unit_rows] * m + 1
+        total += work[u]
     for u in range(units):
-        r = (u // shape.stiles) % shape.unit_rows
-        _tap_tile(shape.unit_taps, shape.stiles, u % shape.stiles, &s0, &m)
-        done += row_work[r] * m + 1
+        done += work[u]
         while t < num_threads and done * num_threads >= total * t:
             bounds[t] = u + 1
             t += 1
