@@ -1013,8 +1013,10 @@ class DirectConv(Lowering):
         padded columns are multiplied), filters padded to NR, at
         Tuning.direct_weight_grad_rate, slower where a tile has few taps
         (each pixel's NV vector loads of the output gradient then serve
-        fewer multiply-adds) and where a filter block has few taps in all
-        (its chunk of the output gradient, transposed once, serves them)."""
+        fewer multiply-adds), where a filter block has few taps in all
+        (its chunk of the output gradient, transposed once, serves them)
+        and where a chunk has few pixels (each call of the tile on a chunk
+        loads and stores its accumulators)."""
         from fastconv._kernels import direct
         g, b = plan.geometry, plan.blocking
         _, tiles, flat = direct.weight_grad_units(g.K, g.C, g.R, g.S, g.groups, plan.dtype,
@@ -1025,7 +1027,11 @@ class DirectConv(Lowering):
         inside = _inside_share(g.Ho, g.H, g.R, g.stride[0], pad_top, g.dilation[0])
         taps = (g.R * g.S if flat else g.S) / tiles   # taps per tile
         depth = max(1, g.rows)          # taps per filter block (C/groups x R x S)
+        chunk = direct.weight_grad_blocking(plan.dtype, b.isa, g.K // g.groups, g.Ho, g.Wo,
+                                            b.chunk_rows, 0, b.pass_tiles)
+        pixels = chunk["rows"] * chunk["cols"]   # summed by one call of the tile
         return (plan.flops * inside * filters
+                * (1 + tuning.direct_weight_grad_call / pixels)
                 * (1 + tuning.direct_weight_grad_tile_taps / taps)
                 * (1 + tuning.direct_weight_grad_depth / depth)
                 / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads * tuning.direct_weight_grad_rate))

@@ -113,9 +113,23 @@ class Tuning:
     # the stem 0.88x (tiles across kernel rows, direct.weight_grad_flat),
     # ArcFace's 3x3/2 0.82x, ResNet-50 3a 3x3/2 0.97x; not YOLO's 3x3
     # (1.44x Winograd's), which rate 2.4 with tile_taps 2 took.
+    # ... and times (1 + call / pixels of a chunk): each call of the tile
+    # (one tile, one chunk of output rows) loads and stores its
+    # accumulators and sets up its taps, so few pixels a chunk cost more
+    # (ResNet-50 5b: 49, one 7x7 image; the thread's loop around the tile
+    # 14 % of a one-thread run by perf, then 12 % with the unit decoded
+    # without divisions). Refitted 2026-11-23 on both dtypes (every
+    # weight-gradient lowering on the 41 layers, float32 and float64, 2
+    # threads, one process per layer): call 5-60 with the constants above
+    # all give the same choices, 10 near its low end; without it float64
+    # 5b took direct at 1.21x Winograd's time. It sends ResNet-50 3a
+    # 3x3/2 to fused, a tie (float32 10.42 against direct's 10.42 ms,
+    # float64 21.7 against 21.1). Rate 2.7 took direct on MTCNN's first
+    # layer in float64 (1.21x fused's).
     direct_weight_grad_rate: float = 2.6
     direct_weight_grad_tile_taps: float = 3.0
     direct_weight_grad_depth: float = 10.0
+    direct_weight_grad_call: float = 10.0
     # The fused lowering's instruction set: None for FASTCONV_ISA if set,
     # else the best this CPU runs ("avx512", "avx2", "generic").
     isa: object = None
