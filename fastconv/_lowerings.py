@@ -1208,13 +1208,16 @@ class Winograd(Lowering):
                     else tuning.winograd_weight_reads)
             return rate * elements
 
+        # the GEMMs' depth is a group's channels: few (ResNeXt's 4) run at
+        # fused's shallow rate, as fused's own
+        rate = tuning.fused_rate if cg >= tuning.fused_min_depth else tuning.fused_shallow_rate
         gemm = transforms = 0.0
         for n, ho, wo in winograd_phases(g):   # one undilated convolution each
             tiles_h, tiles_w = winograd.tiles(ho, wo)
             tiles = max(1, n * tiles_h * tiles_w)
             padded = fused.padded_columns(tiles, plan.dtype, b.isa)
             panels = -(-tiles // nr)
-            gemm += 2 * winograd.POINTS * g.groups * kpanels * mr * cg * padded / tuning.fused_rate
+            gemm += 2 * winograd.POINTS * g.groups * kpanels * mr * cg * padded / rate
             transforms += tuning.winograd_output * g.K * tiles
             kept_input = winograd.POINTS * g.C * padded
             kept_weights = winograd.POINTS * g.K * cg
