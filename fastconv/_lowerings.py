@@ -137,6 +137,13 @@ def _thin_gemm_factor(m, k, tuning):
     return max(1.0, tuning.gemm_full_rate_dim / max(1, min(m, k)))
 
 
+def _micro_kernel_rate(depth, tuning):
+    """The fused micro-kernel's rate on products `depth` deep: fused_rate,
+    or below fused_min_depth fused_shallow_rate (a tile's accumulators
+    loaded and stored for few multiply-adds)."""
+    return tuning.fused_rate if depth >= tuning.fused_min_depth else tuning.fused_shallow_rate
+
+
 def _block_rows(g, channel_blocks):
     """Rows of the stretched matrix in the largest block of input channels."""
     return -(-(g.C // g.groups) // channel_blocks) * g.R * g.S
@@ -703,9 +710,8 @@ class Fused(Lowering):
             return base * self.weight_grad_factor(plan, tuning)
         if g.is_pointwise and g.N * g.cols >= tuning.fused_pointwise_min_cols:
             rate = tuning.fused_pointwise_rate  # against gemm1x1's half-traffic model
-        elif (g.R * g.S > 1 and g.rows >= tuning.fused_min_depth
-              and g.N * g.cols >= tuning.fused_min_cols):
-            rate = tuning.fused_rate   # deep, with a spatial kernel
+        elif g.R * g.S > 1 and g.N * g.cols >= tuning.fused_min_cols:
+            rate = _micro_kernel_rate(g.rows, tuning)   # with a spatial kernel
         else:
             rate = tuning.fused_shallow_rate
         # the batch's columns run in NR-wide micro-tiles (the last one
@@ -1209,8 +1215,8 @@ class Winograd(Lowering):
             return rate * elements
 
         # the GEMMs' depth is a group's channels: few (ResNeXt's 4) run at
-        # fused's shallow rate, as fused's own
-        rate = tuning.fused_rate if cg >= tuning.fused_min_depth else tuning.fused_shallow_rate
+        # the shallow rate, as fused's own
+        rate = _micro_kernel_rate(cg, tuning)
         gemm = transforms = 0.0
         for n, ho, wo in winograd_phases(g):   # one undilated convolution each
             tiles_h, tiles_w = winograd.tiles(ho, wo)
