@@ -126,19 +126,28 @@ def test_fused_matches_reference(isa, case):
 
 @st.composite
 def linear_cases(draw):
-    """Stride 1 with the output as wide as the input ("same" padding, split
-    unevenly between the sides): the columns the linear packer takes, where
-    the layout allows; tiny maps put up to NR images in one micro-panel and
-    kernels up to 6x6 have more taps than its masks hold (both fall back)."""
+    """Stride 1, the columns the linear packer takes: with the output as wide
+    as the input ("same" padding, split unevenly between the sides) a
+    segment is an image's columns, otherwise (any other padding, "valid"
+    included) one output row's; tiny maps put more images or rows in one
+    micro-panel and kernels up to 6x6 have more taps than its masks hold
+    (both fall back to the segment packer)."""
     R, S = draw(st.integers(1, 6)), draw(st.integers(1, 6))
     dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
     top, left = draw(st.integers(0, dh * (R - 1))), draw(st.integers(0, dw * (S - 1)))
+    bottom, right = dh * (R - 1) - top, dw * (S - 1) - left
+    H, W = draw(st.integers(1, 13)), draw(st.integers(1, 21))
+    if draw(st.booleans()):  # other padding: rows of x more than Wo apart
+        bottom = draw(st.integers(0, dh * (R - 1)))
+        right = draw(st.integers(0, dw * (S - 1)))
+        H = max(H, dh * (R - 1) + 1 - top - bottom)
+        W = max(W, dw * (S - 1) + 1 - left - right)
     groups = draw(st.integers(1, 2))
     return dict(
         N=draw(st.integers(1, 6)), C=groups * draw(st.integers(1, 4)),
         K=groups * draw(st.sampled_from([1, 3, 8, 9, 17])),
-        H=draw(st.integers(1, 13)), W=draw(st.integers(1, 21)), R=R, S=S, groups=groups,
-        padding=((top, dh * (R - 1) - top), (left, dw * (S - 1) - left)), dilation=(dh, dw),
+        H=H, W=W, R=R, S=S, groups=groups,
+        padding=((top, bottom), (left, right)), dilation=(dh, dw),
         bias=draw(st.booleans()), flip=draw(st.booleans()),
         dtype=draw(st.sampled_from(DTYPES)),
         view=draw(st.sampled_from(["contiguous", "contiguous", "strided", "broadcast_n"])),
