@@ -285,6 +285,35 @@ def test_padded_bands(name, dtype, shape, conv, layout, multiplier):
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
 
 
+# Kernel rows longer than a vector (S > VL, unit column stride and
+# dilation): blocks of four vectors slide a window of loaded vectors over
+# the taps, forward (in place, or through the padded band) and in the input
+# gradient's band (taps reversed). Rows of 200 columns hold several such
+# blocks and the narrower ones after them on every ISA and dtype; 9 and 17
+# taps sit just above a vector of AVX2 and AVX-512 float32.
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H, R, S", [(1, 1, 33), (1, 1, 17), (1, 1, 9), (3, 2, 21)])
+@pytest.mark.parametrize("pad", ["valid", "half", "full"])
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_long_kernel_rows(name, dtype, H, R, S, pad, flip, multiplier):
+    pw = {"valid": 0, "half": S // 2, "full": S - 1}[pad]
+    case = dict(stride=(1, 1), padding=((0, 0), (pw, pw)), dilation=(1, 1), flip=flip, C=3,
+                dtype=dtype)
+    rng = np.random.default_rng(S)
+    x = make_input(rng, (2, 3, H, 200), dtype, "contiguous")
+    w = rng.standard_normal((3 * multiplier, 1, R, S)).astype(dtype)
+    b = rng.standard_normal(3 * multiplier).astype(dtype)
+    expected = conv2d_reference(x, w, b, **_conv(case))
+    grad = rng.standard_normal(expected.shape).astype(dtype)
+    with isa(name):
+        out, grad_x, grad_w = run_all(x, w, b, grad, case, 2)
+    assert_close(out, expected, dtype)
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
+    assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
+
+
 # Narrow planes. A kernel covering the whole (contiguous) plane, one output
 # (global depthwise: 1-D over 33 taps, 5 x 20 = 100 elements: full vectors,
 # pairs of them and a masked tail, a single element) is one dot product a
