@@ -314,6 +314,37 @@ def test_long_kernel_rows(name, dtype, H, R, S, pad, flip, multiplier):
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
 
 
+# 1x1 input planes: each output is the bias plus the input times the one tap
+# that reaches it. Forward passes on 1x1 inputs with padding (strides and
+# dilations find the tap by division), and the input gradient of global
+# layers (MobileFaceNet's 7x7 GDC), a forward pass on the 1x1 gradient.
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, conv", [
+    ((2, 3, 7, 7, 7, 7), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1))),
+    ((2, 3, 5, 3, 5, 3), dict(stride=(2, 1), padding=((0, 0), (0, 0)), dilation=(1, 1))),
+    ((2, 3, 1, 1, 3, 3), dict(stride=(1, 1), padding=((2, 1), (2, 0)), dilation=(1, 1))),
+    ((2, 3, 1, 1, 3, 3), dict(stride=(2, 3), padding=((2, 2), (2, 3)), dilation=(1, 1))),
+    ((2, 3, 1, 1, 3, 2), dict(stride=(1, 2), padding=((4, 3), (2, 2)), dilation=(2, 2))),
+])
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("multiplier", [1, 3])
+def test_point_planes(name, dtype, shape, conv, flip, multiplier):
+    N, C, H, W, R, S = shape
+    case = dict(conv, flip=flip, C=C, dtype=dtype)
+    rng = np.random.default_rng(11)
+    x = make_input(rng, (N, C, H, W), dtype, "contiguous")
+    w = rng.standard_normal((multiplier * C, 1, R, S)).astype(dtype)
+    b = rng.standard_normal(multiplier * C).astype(dtype)
+    expected = conv2d_reference(x, w, b, **_conv(case))
+    grad = rng.standard_normal(expected.shape).astype(dtype)
+    with isa(name):
+        out, grad_x, grad_w = run_all(x, w, b, grad, case, 2)
+    assert_close(out, expected, dtype)
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
+    assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
+
+
 # Narrow planes. A kernel covering the whole (contiguous) plane, one output
 # (global depthwise: 1-D over 33 taps, 5 x 20 = 100 elements: full vectors,
 # pairs of them and a masked tail, a single element) is one dot product a
