@@ -973,7 +973,10 @@ class DirectConv(Lowering):
         from fastconv._kernels import direct
         isa = fused_isa(planner.tuning.isa)
         g = _kernel_geometry(self.kind, planner.g)
-        sizes = direct.blocking(planner.dtype, isa, g.K // g.groups)   # narrow tiles for few
+        # narrow tiles for few filters, medium ones for 33-48, 65-96, ...
+        # (the weight gradient keeps wide and narrow)
+        sizes = direct.blocking(planner.dtype, isa, g.K // g.groups,
+                                medium=self.kind != "weight_grad")
         threads = planner.threads if _machine.openmp_enabled() else 1
         if self.kind == "weight_grad":
             reason = (f"direct weight gradient ({isa} kernel, {sizes['MR']} taps x "

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fastconv
 from fastconv import _tuning
-from reference import assert_close, conv2d_reference, conv2d_weight_grad_reference
+from reference import (assert_close, conv2d_input_grad_reference, conv2d_reference,
+                       conv2d_weight_grad_reference)
 from test_fused_kernel import VIEWS, make_view, out_size
 
 direct = pytest.importorskip("fastconv._kernels.direct")
@@ -143,32 +144,51 @@ def test_tile_stores(isa, K, N, W):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_narrow_tiles_for_few_filters(dtype):
+def test_tiles_by_filter_count(dtype):
     # AVX-512 runs groups of at most 32 float32 (16 float64) filters in
-    # tiles of 12 pixels x 2 vectors, more in 6 x 4 vectors; the other ISAs
-    # have one tile. At and past the boundary, with 12-pixel tiles that end
-    # mid-class and float32 stores of 8 + 4 consecutive pixels, both agree
-    # with the reference and with the generic kernel
+    # tiles of 12 pixels x 2 vectors, counts that 3-vector blocks pad less
+    # (33-48, 65-96) in 8 x 3 vectors, the rest in 6 x 4 vectors; the weight
+    # gradient keeps the wide tile there; the other ISAs have one tile. At
+    # and past each boundary, with tiles that end mid-class and float32
+    # stores of 8 + 4 consecutive pixels, the forward pass and the input
+    # gradient (its panel packed from the forward weights) agree with the
+    # reference and with the generic kernel
     lanes = 16 if dtype == np.float32 else 8
     for isa in ISAS:
         assert direct.narrow_tiles(2 * lanes, dtype, isa) == (isa == "avx512")
         assert not direct.narrow_tiles(2 * lanes + 1, dtype, isa)
         assert not direct.narrow_tiles(None, dtype, isa)
+        kinds = [direct.tile_kind(f, dtype, isa) for f in (2 * lanes + 1, 3 * lanes,
+                                                           4 * lanes, 6 * lanes, 8 * lanes)]
+        assert kinds == ([2, 2, 0, 2, 0] if isa == "avx512" else [0] * 5)
+        assert direct.tile_kind(3 * lanes, dtype, isa, medium=False) == 0
     if "avx512" not in ISAS:
         pytest.skip("this CPU has no AVX-512")
     assert direct.blocking(dtype, "avx512", 2 * lanes) == {"MR": 12, "NR": 2 * lanes}
-    assert direct.blocking(dtype, "avx512", 2 * lanes + 1) == {"MR": 6, "NR": 4 * lanes}
+    assert direct.blocking(dtype, "avx512", 2 * lanes + 1) == {"MR": 8, "NR": 3 * lanes}
+    assert direct.blocking(dtype, "avx512", 4 * lanes) == {"MR": 6, "NR": 4 * lanes}
+    assert direct.blocking(dtype, "avx512", 3 * lanes, medium=False) == {"MR": 6, "NR": 4 * lanes}
     rng = np.random.default_rng(12)
     x = rng.standard_normal((2, 5, 9, 23)).astype(dtype)
-    for K in (1, 2 * lanes - 3, 2 * lanes, 2 * lanes + 1):
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for K in (1, 2 * lanes - 3, 2 * lanes, 2 * lanes + 1, 3 * lanes, 3 * lanes + 1, 4 * lanes,
+              5 * lanes + 3, 6 * lanes):
         w = rng.standard_normal((K, 5, 3, 3)).astype(dtype)
         b = rng.standard_normal(K).astype(dtype)
         for conv in (dict(padding=((1, 1), (1, 1))), dict(stride=(2, 2), padding=((2, 0), (1, 3)))):
             out = run_direct(x, w, b, isa="avx512", threads=2, **conv)
             assert_close(out, conv2d_reference(x, w, b, **conv), dtype)
-            np.testing.assert_allclose(out, run_direct(x, w, b, isa="generic", **conv),
-                                       rtol=1e-5 if dtype == np.float32 else 1e-12,
-                                       atol=1e-5 if dtype == np.float32 else 1e-12)
+            np.testing.assert_allclose(out, run_direct(x, w, b, isa="generic", **conv), **tol)
+        # the input gradient of K channels: a forward pass of K filters
+        wt = rng.standard_normal((7, K, 3, 3)).astype(dtype)
+        g = rng.standard_normal((2, 7, 9, 23)).astype(dtype)
+        with _tuning.tuned(isa="avx512"):
+            plan = fastconv.plan_conv2d((2, K, 9, 23), wt.shape, dtype, padding=1,
+                                        kind="input_grad", method="direct", num_threads=2)
+        assert plan.method == "direct"
+        assert_close(plan.execute(wt, g),
+                     conv2d_input_grad_reference((2, K, 9, 23), wt, g, padding=((1, 1), (1, 1))),
+                     dtype)
 
 
 # A full tile whose pixels are evenly spaced in x, 1, 2 or 4 elements apart

@@ -17,6 +17,12 @@
  * channels) took 54.7-57.1 ms wide and 26.2-26.6 narrow (fused 39-41),
  * its 41x11/2 first layer 14.2-14.8 and 8.5-9.2 (fp32, 2 threads, the two
  * builds alternated in one session).
+ *
+ * Medium tiles, for groups of 33-48 filters (65-96, ...: wherever 48-filter
+ * blocks pad fewer zeros than 64-filter ones): 8 pixels x 3 zmm, 24
+ * accumulators again; per (channel, tap) 3 vector loads and 8 broadcasts
+ * for 24 FMAs. Inception's 5x5 input gradient (48 filters over 64
+ * channels) computed 16 zero filters in every wide tile.
  */
 #ifndef FASTCONV_DIRECT_AVX512_H
 #define FASTCONV_DIRECT_AVX512_H
@@ -36,6 +42,10 @@
 #define FC_DIRECT_AVX512N_NV 2
 #define FC_DIRECT_AVX512N_NR_F32 (16 * FC_DIRECT_AVX512N_NV)
 #define FC_DIRECT_AVX512N_NR_F64 (8 * FC_DIRECT_AVX512N_NV)
+#define FC_DIRECT_AVX512M_MR 8
+#define FC_DIRECT_AVX512M_NV 3
+#define FC_DIRECT_AVX512M_NR_F32 (16 * FC_DIRECT_AVX512M_NV)
+#define FC_DIRECT_AVX512M_NR_F64 (8 * FC_DIRECT_AVX512M_NV)
 
 typedef float fc_direct_v16sf __attribute__((vector_size(64)));
 typedef double fc_direct_v8df __attribute__((vector_size(64)));
@@ -48,6 +58,10 @@ FC_DIRECT_VECTOR_DEFINE(fc_direct_avx512n_f32, float, fc_direct_v16sf, FC_DIRECT
                         FC_DIRECT_AVX512N_MR, FC_DIRECT_AVX512N_NV)
 FC_DIRECT_VECTOR_DEFINE(fc_direct_avx512n_f64, double, fc_direct_v8df, FC_DIRECT_AVX512_TARGET,
                         FC_DIRECT_AVX512N_MR, FC_DIRECT_AVX512N_NV)
+FC_DIRECT_VECTOR_DEFINE(fc_direct_avx512m_f32, float, fc_direct_v16sf, FC_DIRECT_AVX512_TARGET,
+                        FC_DIRECT_AVX512M_MR, FC_DIRECT_AVX512M_NV)
+FC_DIRECT_VECTOR_DEFINE(fc_direct_avx512m_f64, double, fc_direct_v8df, FC_DIRECT_AVX512_TARGET,
+                        FC_DIRECT_AVX512M_MR, FC_DIRECT_AVX512M_NV)
 
 /* Packing a panel (direct.pyx's _pack_panel has the contract and the
  * portable loop): nf <= NR filter rows of `depth` = channels x taps
@@ -121,6 +135,10 @@ FC_DIRECT_AVX512_PACK(fc_direct_pack_avx512n_f32, float, __m512, 16, FC_DIRECT_A
                       __mmask16, _mm512_maskz_loadu_ps, _mm512_store_ps, fc_transpose16_f32)
 FC_DIRECT_AVX512_PACK(fc_direct_pack_avx512n_f64, double, __m512d, 8, FC_DIRECT_AVX512N_NR_F64,
                       __mmask8, _mm512_maskz_loadu_pd, _mm512_store_pd, fc_transpose8_f64)
+FC_DIRECT_AVX512_PACK(fc_direct_pack_avx512m_f32, float, __m512, 16, FC_DIRECT_AVX512M_NR_F32,
+                      __mmask16, _mm512_maskz_loadu_ps, _mm512_store_ps, fc_transpose16_f32)
+FC_DIRECT_AVX512_PACK(fc_direct_pack_avx512m_f64, double, __m512d, 8, FC_DIRECT_AVX512M_NR_F64,
+                      __mmask8, _mm512_maskz_loadu_pd, _mm512_store_pd, fc_transpose8_f64)
 
 /* (an index vector of lane * taps: taps is only known at the call) */
 FC_DIRECT_AVX512_PACK_ADJOINT(fc_direct_pack_adjoint_avx512_f32, float, __m512, 16,
@@ -139,6 +157,15 @@ FC_DIRECT_AVX512_PACK_ADJOINT(fc_direct_pack_adjoint_avx512n_f32, float, __m512,
     FC_DIRECT_GATHER_F32, _mm512_store_ps, _mm512_setzero_ps())
 FC_DIRECT_AVX512_PACK_ADJOINT(fc_direct_pack_adjoint_avx512n_f64, double, __m512d, 8,
     FC_DIRECT_AVX512N_NR_F64, __mmask8, __m256i,
+    _mm256_mullo_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0), _mm256_set1_epi32((int)taps)),
+    FC_DIRECT_GATHER_F64, _mm512_store_pd, _mm512_setzero_pd())
+FC_DIRECT_AVX512_PACK_ADJOINT(fc_direct_pack_adjoint_avx512m_f32, float, __m512, 16,
+    FC_DIRECT_AVX512M_NR_F32, __mmask16, __m512i,
+    _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                       _mm512_set1_epi32((int)taps)),
+    FC_DIRECT_GATHER_F32, _mm512_store_ps, _mm512_setzero_ps())
+FC_DIRECT_AVX512_PACK_ADJOINT(fc_direct_pack_adjoint_avx512m_f64, double, __m512d, 8,
+    FC_DIRECT_AVX512M_NR_F64, __mmask8, __m256i,
     _mm256_mullo_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0), _mm256_set1_epi32((int)taps)),
     FC_DIRECT_GATHER_F64, _mm512_store_pd, _mm512_setzero_pd())
 

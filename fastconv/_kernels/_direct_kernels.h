@@ -18,10 +18,13 @@ typedef void (*fc_direct_f64_t)(ptrdiff_t, const double *, const ptrdiff_t *, pt
                                 ptrdiff_t, const ptrdiff_t *, const ptrdiff_t *, ptrdiff_t,
                                 const double *, ptrdiff_t, double *, int);
 
-/* Every function below takes `narrow`: the ISA's tile for few filters
- * (AVX-512's 12 pixels x 2 vectors) where it has one, else its only tile. */
+/* Every function below takes `tile`: FC_DIRECT_WIDE, or where the ISA has
+ * them (AVX-512) FC_DIRECT_NARROW (12 pixels x 2 vectors, for few filters)
+ * or FC_DIRECT_MEDIUM (8 pixels x 3 vectors, for filter counts that 48
+ * divides better than 64); an ISA with one tile takes its only tile. */
+enum { FC_DIRECT_WIDE = 0, FC_DIRECT_NARROW = 1, FC_DIRECT_MEDIUM = 2 };
 
-/* whether the ISA has a narrow tile */
+/* whether the ISA has narrow and medium tiles */
 static inline int fc_direct_has_narrow(int isa)
 {
     (void)isa;
@@ -32,44 +35,48 @@ static inline int fc_direct_has_narrow(int isa)
 }
 
 /* pixels per tile */
-static inline int fc_direct_mr(int isa, int narrow)
+static inline int fc_direct_mr(int isa, int tile)
 {
-    (void)isa; (void)narrow;
+    (void)isa; (void)tile;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return narrow ? FC_DIRECT_AVX512N_MR : FC_DIRECT_AVX512_MR;
+    if (isa == FC_ISA_AVX512)
+        return tile == FC_DIRECT_NARROW ? FC_DIRECT_AVX512N_MR
+               : tile == FC_DIRECT_MEDIUM ? FC_DIRECT_AVX512M_MR : FC_DIRECT_AVX512_MR;
     if (isa == FC_ISA_AVX2) return FC_DIRECT_AVX2_MR;
 #endif
     return FC_DIRECT_GENERIC_MR;
 }
 
 /* filters per tile */
-static inline int fc_direct_nr(int isa, int is_double, int narrow)
+static inline int fc_direct_nr(int isa, int is_double, int tile)
 {
-    (void)isa; (void)narrow;
+    (void)isa; (void)tile;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512 && narrow)
+    if (isa == FC_ISA_AVX512 && tile == FC_DIRECT_NARROW)
         return is_double ? FC_DIRECT_AVX512N_NR_F64 : FC_DIRECT_AVX512N_NR_F32;
+    if (isa == FC_ISA_AVX512 && tile == FC_DIRECT_MEDIUM)
+        return is_double ? FC_DIRECT_AVX512M_NR_F64 : FC_DIRECT_AVX512M_NR_F32;
     if (isa == FC_ISA_AVX512) return is_double ? FC_DIRECT_AVX512_NR_F64 : FC_DIRECT_AVX512_NR_F32;
     if (isa == FC_ISA_AVX2) return is_double ? FC_DIRECT_AVX2_NR_F64 : FC_DIRECT_AVX2_NR_F32;
 #endif
     return is_double ? FC_DIRECT_GENERIC_NR_F64 : FC_DIRECT_GENERIC_NR_F32;
 }
 
-static inline fc_direct_f32_t fc_direct_f32(int isa, int narrow)
+static inline fc_direct_f32_t fc_direct_f32(int isa, int tile)
 {
-    (void)isa; (void)narrow;
+    (void)isa; (void)tile;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return narrow ? fc_direct_avx512n_f32 : fc_direct_avx512_f32;
+    if (isa == FC_ISA_AVX512) return tile == FC_DIRECT_NARROW ? fc_direct_avx512n_f32 : tile == FC_DIRECT_MEDIUM ? fc_direct_avx512m_f32 : fc_direct_avx512_f32;
     if (isa == FC_ISA_AVX2) return fc_direct_avx2_f32;
 #endif
     return fc_direct_generic_f32;
 }
 
-static inline fc_direct_f64_t fc_direct_f64(int isa, int narrow)
+static inline fc_direct_f64_t fc_direct_f64(int isa, int tile)
 {
-    (void)isa; (void)narrow;
+    (void)isa; (void)tile;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return narrow ? fc_direct_avx512n_f64 : fc_direct_avx512_f64;
+    if (isa == FC_ISA_AVX512) return tile == FC_DIRECT_NARROW ? fc_direct_avx512n_f64 : tile == FC_DIRECT_MEDIUM ? fc_direct_avx512m_f64 : fc_direct_avx512_f64;
     if (isa == FC_ISA_AVX2) return fc_direct_avx2_f64;
 #endif
     return fc_direct_generic_f64;
@@ -82,20 +89,20 @@ typedef void (*fc_direct_pack_f32_t)(const float *, ptrdiff_t, ptrdiff_t, ptrdif
 typedef void (*fc_direct_pack_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                                      int, ptrdiff_t, double *);
 
-static inline fc_direct_pack_f32_t fc_direct_pack_f32(int isa, int narrow)
+static inline fc_direct_pack_f32_t fc_direct_pack_f32(int isa, int tile)
 {
-    (void)isa; (void)narrow;
+    (void)isa; (void)tile;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return narrow ? fc_direct_pack_avx512n_f32 : fc_direct_pack_avx512_f32;
+    if (isa == FC_ISA_AVX512) return tile == FC_DIRECT_NARROW ? fc_direct_pack_avx512n_f32 : tile == FC_DIRECT_MEDIUM ? fc_direct_pack_avx512m_f32 : fc_direct_pack_avx512_f32;
 #endif
     return NULL;
 }
 
-static inline fc_direct_pack_f64_t fc_direct_pack_f64(int isa, int narrow)
+static inline fc_direct_pack_f64_t fc_direct_pack_f64(int isa, int tile)
 {
-    (void)isa; (void)narrow;
+    (void)isa; (void)tile;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return narrow ? fc_direct_pack_avx512n_f64 : fc_direct_pack_avx512_f64;
+    if (isa == FC_ISA_AVX512) return tile == FC_DIRECT_NARROW ? fc_direct_pack_avx512n_f64 : tile == FC_DIRECT_MEDIUM ? fc_direct_pack_avx512m_f64 : fc_direct_pack_avx512_f64;
 #endif
     return NULL;
 }
@@ -124,22 +131,22 @@ typedef void (*fc_direct_pack_adjoint_f32_t)(const float *, ptrdiff_t, ptrdiff_t
 typedef void (*fc_direct_pack_adjoint_f64_t)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                                              ptrdiff_t, int, ptrdiff_t, double *);
 
-static inline fc_direct_pack_adjoint_f32_t fc_direct_pack_adjoint_f32(int isa, int narrow)
+static inline fc_direct_pack_adjoint_f32_t fc_direct_pack_adjoint_f32(int isa, int tile)
 {
-    (void)isa; (void)narrow;
+    (void)isa; (void)tile;
 #if FC_HAVE_X86_KERNELS
     if (isa == FC_ISA_AVX512)
-        return narrow ? fc_direct_pack_adjoint_avx512n_f32 : fc_direct_pack_adjoint_avx512_f32;
+        return tile == FC_DIRECT_NARROW ? fc_direct_pack_adjoint_avx512n_f32 : tile == FC_DIRECT_MEDIUM ? fc_direct_pack_adjoint_avx512m_f32 : fc_direct_pack_adjoint_avx512_f32;
 #endif
     return NULL;
 }
 
-static inline fc_direct_pack_adjoint_f64_t fc_direct_pack_adjoint_f64(int isa, int narrow)
+static inline fc_direct_pack_adjoint_f64_t fc_direct_pack_adjoint_f64(int isa, int tile)
 {
-    (void)isa; (void)narrow;
+    (void)isa; (void)tile;
 #if FC_HAVE_X86_KERNELS
     if (isa == FC_ISA_AVX512)
-        return narrow ? fc_direct_pack_adjoint_avx512n_f64 : fc_direct_pack_adjoint_avx512_f64;
+        return tile == FC_DIRECT_NARROW ? fc_direct_pack_adjoint_avx512n_f64 : tile == FC_DIRECT_MEDIUM ? fc_direct_pack_adjoint_avx512m_f64 : fc_direct_pack_adjoint_avx512_f64;
 #endif
     return NULL;
 }

@@ -57,24 +57,24 @@ cdef extern from "_direct_kernels.h" nogil:
                                      Py_ssize_t, const double *, Py_ssize_t, double *,
                                      int) noexcept nogil
     int fc_direct_has_narrow(int isa)
-    int fc_direct_mr(int isa, int narrow)
-    int fc_direct_nr(int isa, int is_double, int narrow)
-    fc_direct_f32_t fc_direct_f32(int isa, int narrow)
-    fc_direct_f64_t fc_direct_f64(int isa, int narrow)
+    int fc_direct_mr(int isa, int tile)
+    int fc_direct_nr(int isa, int is_double, int tile)
+    fc_direct_f32_t fc_direct_f32(int isa, int tile)
+    fc_direct_f64_t fc_direct_f64(int isa, int tile)
     ctypedef void (*fc_direct_pack_f32_t)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                           Py_ssize_t, int, Py_ssize_t, float *) noexcept nogil
     ctypedef void (*fc_direct_pack_f64_t)(const double *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                           Py_ssize_t, int, Py_ssize_t, double *) noexcept nogil
-    fc_direct_pack_f32_t fc_direct_pack_f32(int isa, int narrow)
-    fc_direct_pack_f64_t fc_direct_pack_f64(int isa, int narrow)
+    fc_direct_pack_f32_t fc_direct_pack_f32(int isa, int tile)
+    fc_direct_pack_f64_t fc_direct_pack_f64(int isa, int tile)
     ctypedef void (*fc_direct_pack_adjoint_f32_t)(const float *, Py_ssize_t, Py_ssize_t,
                                                   Py_ssize_t, Py_ssize_t, int, Py_ssize_t,
                                                   float *) noexcept nogil
     ctypedef void (*fc_direct_pack_adjoint_f64_t)(const double *, Py_ssize_t, Py_ssize_t,
                                                   Py_ssize_t, Py_ssize_t, int, Py_ssize_t,
                                                   double *) noexcept nogil
-    fc_direct_pack_adjoint_f32_t fc_direct_pack_adjoint_f32(int isa, int narrow)
-    fc_direct_pack_adjoint_f64_t fc_direct_pack_adjoint_f64(int isa, int narrow)
+    fc_direct_pack_adjoint_f32_t fc_direct_pack_adjoint_f32(int isa, int tile)
+    fc_direct_pack_adjoint_f64_t fc_direct_pack_adjoint_f64(int isa, int tile)
     ctypedef void (*fc_direct_store_f32_t)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                            float *, Py_ssize_t, const float *) noexcept nogil
     fc_direct_store_f32_t fc_direct_store_f32(int isa)
@@ -107,28 +107,54 @@ ITEMS_PER_THREAD = 16
 SHARED_PANEL_MAX_BYTES = 256 * 1024
 
 
+# the tile kinds of _direct_kernels.h (FC_DIRECT_WIDE, _NARROW, _MEDIUM)
+TILE_WIDE, TILE_NARROW, TILE_MEDIUM = 0, 1, 2
+
+
+def tile_kind(filters, dtype, isa=None, medium=True):
+    """The tile that runs groups of `filters` filters (None: unknown): where
+    the ISA has more than one (AVX-512), the narrow tile (12 pixels x 32
+    float32 or 16 float64 filters) where they fit one; with `medium` (the
+    forward pass and the input gradient), the medium tile (8 x 48 or 24)
+    where 48-filter blocks pad fewer zero filters than 64-filter ones (33-48,
+    65-96, ...); else the wide tile (6 x 64 or 32), which computes the
+    filters past them as zeros. The weight gradient keeps wide and narrow
+    (its cost model was fitted on them).
+
+    >>> tile_kind(32, "float32", "generic")   # it has one tile only
+    0
+    >>> [tile_kind(f, "float32", "avx512") for f in (32, 48, 64, 96, 128)]
+    [1, 2, 0, 2, 0]
+    """
+    code = isa_code(isa)
+    dbl = _dtype_is_double(dtype)
+    if filters is None or int(filters) <= 0 or not fc_direct_has_narrow(code):
+        return TILE_WIDE
+    f = int(filters)
+    if f <= fc_direct_nr(code, dbl, TILE_NARROW):
+        return TILE_NARROW
+    wide, mid = fc_direct_nr(code, dbl, TILE_WIDE), fc_direct_nr(code, dbl, TILE_MEDIUM)
+    if medium and _ceil_div(f, mid) * mid < _ceil_div(f, wide) * wide:
+        return TILE_MEDIUM
+    return TILE_WIDE
+
+
 def narrow_tiles(filters, dtype, isa=None):
-    """Whether groups of `filters` filters (None: unknown) run the ISA's
-    narrow tile (AVX-512: 12 pixels x 32 float32 or 16 float64 filters)
-    rather than its wide one (6 x 64 or 32), which would compute the
-    filters past them as zeros: where they fit in one narrow tile.
+    """Whether groups of `filters` filters run the narrow tile (tile_kind).
 
     >>> narrow_tiles(32, "float32", "generic")   # it has one tile only
     False
     """
-    code = isa_code(isa)
-    dbl = _dtype_is_double(dtype)
-    return bool(filters is not None and fc_direct_has_narrow(code)
-                and 0 < int(filters) <= fc_direct_nr(code, dbl, 1))
+    return tile_kind(filters, dtype, isa) == TILE_NARROW
 
 
-def blocking(dtype, isa=None, filters=None):
+def blocking(dtype, isa=None, filters=None, medium=True):
     """{"MR": pixels, "NR": filters} of a tile of the ISA's kernel for
-    groups of `filters` filters (see narrow_tiles; None: the wide tile)."""
+    groups of `filters` filters (see tile_kind; None: the wide tile)."""
     code = isa_code(isa)
-    narrow = narrow_tiles(filters, dtype, code)
-    return {"MR": fc_direct_mr(code, narrow),
-            "NR": fc_direct_nr(code, _dtype_is_double(dtype), narrow)}
+    tile = tile_kind(filters, dtype, code, medium)
+    return {"MR": fc_direct_mr(code, tile),
+            "NR": fc_direct_nr(code, _dtype_is_double(dtype), tile)}
 
 
 cdef Py_ssize_t _axis_classes(Py_ssize_t out_len, Py_ssize_t in_len, Py_ssize_t taps,
@@ -417,8 +443,8 @@ def conv2d_direct(const floating[:, :, :, :] x,
     cdef Py_ssize_t Ho = cols // Wo
     cdef Py_ssize_t Kg = K // groups, Cg = C // groups
     dtype = np.float64 if dbl else np.float32
-    cdef bint narrow = narrow_tiles(Kg, dtype, code)
-    cdef Py_ssize_t mr = fc_direct_mr(code, narrow), nr = fc_direct_nr(code, dbl, narrow)
+    cdef int tile_type = tile_kind(Kg, dtype, code)
+    cdef Py_ssize_t mr = fc_direct_mr(code, tile_type), nr = fc_direct_nr(code, dbl, tile_type)
     if pack_in_items is None:
         pack_in_items = packs_in_items(K, C, R, S, groups, dtype, code)
     cdef bint in_items = pack_in_items
@@ -515,14 +541,14 @@ def conv2d_direct(const floating[:, :, :, :] x,
     cdef const Py_ssize_t *klass_taps
     cdef floating *acc
     cdef const floating *panel
-    cdef fc_direct_f32_t kernel32 = fc_direct_f32(code, narrow)
-    cdef fc_direct_f64_t kernel64 = fc_direct_f64(code, narrow)
+    cdef fc_direct_f32_t kernel32 = fc_direct_f32(code, tile_type)
+    cdef fc_direct_f64_t kernel64 = fc_direct_f64(code, tile_type)
     cdef Packers packers
     cdef fc_direct_store_f32_t store32 = fc_direct_store_f32(code)
-    packers.rows32 = fc_direct_pack_f32(code, narrow)
-    packers.rows64 = fc_direct_pack_f64(code, narrow)
-    packers.adjoint32 = fc_direct_pack_adjoint_f32(code, narrow)
-    packers.adjoint64 = fc_direct_pack_adjoint_f64(code, narrow)
+    packers.rows32 = fc_direct_pack_f32(code, tile_type)
+    packers.rows64 = fc_direct_pack_f64(code, tile_type)
+    packers.adjoint32 = fc_direct_pack_adjoint_f32(code, tile_type)
+    packers.adjoint64 = fc_direct_pack_adjoint_f64(code, tile_type)
     with nogil:
         if not in_items:
             # weights first: every item of a filter block reads its whole panel
@@ -637,7 +663,7 @@ def weight_grad_blocking(dtype, isa, filters, Ho, Wo, chunk_rows=0, chunk_cols=0
     the forward's for groups of `filters` filters), a chunk's output rows
     (at most Ho) and columns, and the tiles of one pass (0: the defaults
     above)."""
-    sizes = blocking(dtype, isa, filters)
+    sizes = blocking(dtype, isa, filters, medium=False)
     itemsize = np.dtype(dtype).itemsize
     cols = int(chunk_cols) or max(1, min(int(Wo), WG_MAX_CHUNK_COLS))
     rows = int(chunk_rows) or WG_CHUNK_BYTES // (cols * sizes["NR"] * itemsize)
@@ -663,7 +689,7 @@ def weight_grad_units(K, C, R, S, groups, dtype, isa=None, flat=None):
     (tiles summed over the batch), with flat (None: weight_grad_flat's) a
     channel's R*S taps as one row."""
     Kg = K // groups
-    sizes = blocking(dtype, isa, Kg)
+    sizes = blocking(dtype, isa, Kg, medium=False)
     if flat is None:
         flat = weight_grad_flat(R, S, sizes["MR"])
     rows, taps = (1, R * S) if flat else (R, S)
@@ -931,7 +957,7 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
         raise ValueError(f"workspace has shape {tuple(workspace.shape)}, needs "
                          f"({num_threads}, {need})")
     b = weight_grad_blocking(dtype, code, Kg, Ho, Wo, chunk_rows, chunk_cols, pass_tiles)
-    cdef bint narrow = narrow_tiles(Kg, dtype, code)
+    cdef int narrow = tile_kind(Kg, dtype, code, medium=False)
     cdef WGShape shape
     shape.N, shape.H, shape.W, shape.Ho, shape.Wo = N, H, W, Ho, Wo
     shape.K, shape.Kg, shape.Cg, shape.R, shape.S = K, Kg, Cg, R, S
