@@ -66,7 +66,8 @@ static inline fc_direct_f32_t fc_direct_f32(int isa, int tile)
 {
     (void)isa; (void)tile;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return tile == FC_DIRECT_NARROW ? fc_direct_avx512n_f32 : tile == FC_DIRECT_MEDIUM ? fc_direct_avx512m_f32 : fc_direct_avx512_f32;
+    if (isa == FC_ISA_AVX512) return tile == FC_DIRECT_NARROW ? fc_direct_avx512n_f32
+           : tile == FC_DIRECT_MEDIUM ? fc_direct_avx512m_f32 : fc_direct_avx512_f32;
     if (isa == FC_ISA_AVX2) return fc_direct_avx2_f32;
 #endif
     return fc_direct_generic_f32;
@@ -76,7 +77,8 @@ static inline fc_direct_f64_t fc_direct_f64(int isa, int tile)
 {
     (void)isa; (void)tile;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return tile == FC_DIRECT_NARROW ? fc_direct_avx512n_f64 : tile == FC_DIRECT_MEDIUM ? fc_direct_avx512m_f64 : fc_direct_avx512_f64;
+    if (isa == FC_ISA_AVX512) return tile == FC_DIRECT_NARROW ? fc_direct_avx512n_f64
+           : tile == FC_DIRECT_MEDIUM ? fc_direct_avx512m_f64 : fc_direct_avx512_f64;
     if (isa == FC_ISA_AVX2) return fc_direct_avx2_f64;
 #endif
     return fc_direct_generic_f64;
@@ -93,7 +95,8 @@ static inline fc_direct_pack_f32_t fc_direct_pack_f32(int isa, int tile)
 {
     (void)isa; (void)tile;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return tile == FC_DIRECT_NARROW ? fc_direct_pack_avx512n_f32 : tile == FC_DIRECT_MEDIUM ? fc_direct_pack_avx512m_f32 : fc_direct_pack_avx512_f32;
+    if (isa == FC_ISA_AVX512) return tile == FC_DIRECT_NARROW ? fc_direct_pack_avx512n_f32
+           : tile == FC_DIRECT_MEDIUM ? fc_direct_pack_avx512m_f32 : fc_direct_pack_avx512_f32;
 #endif
     return NULL;
 }
@@ -102,7 +105,8 @@ static inline fc_direct_pack_f64_t fc_direct_pack_f64(int isa, int tile)
 {
     (void)isa; (void)tile;
 #if FC_HAVE_X86_KERNELS
-    if (isa == FC_ISA_AVX512) return tile == FC_DIRECT_NARROW ? fc_direct_pack_avx512n_f64 : tile == FC_DIRECT_MEDIUM ? fc_direct_pack_avx512m_f64 : fc_direct_pack_avx512_f64;
+    if (isa == FC_ISA_AVX512) return tile == FC_DIRECT_NARROW ? fc_direct_pack_avx512n_f64
+           : tile == FC_DIRECT_MEDIUM ? fc_direct_pack_avx512m_f64 : fc_direct_pack_avx512_f64;
 #endif
     return NULL;
 }
@@ -136,7 +140,9 @@ static inline fc_direct_pack_adjoint_f32_t fc_direct_pack_adjoint_f32(int isa, i
     (void)isa; (void)tile;
 #if FC_HAVE_X86_KERNELS
     if (isa == FC_ISA_AVX512)
-        return tile == FC_DIRECT_NARROW ? fc_direct_pack_adjoint_avx512n_f32 : tile == FC_DIRECT_MEDIUM ? fc_direct_pack_adjoint_avx512m_f32 : fc_direct_pack_adjoint_avx512_f32;
+        return tile == FC_DIRECT_NARROW ? fc_direct_pack_adjoint_avx512n_f32
+               : tile == FC_DIRECT_MEDIUM ? fc_direct_pack_adjoint_avx512m_f32
+               : fc_direct_pack_adjoint_avx512_f32;
 #endif
     return NULL;
 }
@@ -146,7 +152,9 @@ static inline fc_direct_pack_adjoint_f64_t fc_direct_pack_adjoint_f64(int isa, i
     (void)isa; (void)tile;
 #if FC_HAVE_X86_KERNELS
     if (isa == FC_ISA_AVX512)
-        return tile == FC_DIRECT_NARROW ? fc_direct_pack_adjoint_avx512n_f64 : tile == FC_DIRECT_MEDIUM ? fc_direct_pack_adjoint_avx512m_f64 : fc_direct_pack_adjoint_avx512_f64;
+        return tile == FC_DIRECT_NARROW ? fc_direct_pack_adjoint_avx512n_f64
+               : tile == FC_DIRECT_MEDIUM ? fc_direct_pack_adjoint_avx512m_f64
+               : fc_direct_pack_adjoint_avx512_f64;
 #endif
     return NULL;
 }
