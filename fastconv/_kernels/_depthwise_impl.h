@@ -36,99 +36,90 @@
 #define DW_MIN_LANES VL
 #endif
 
-/* One block of output columns [ow0, ow0 + L*(1+TWO)) of row oh, every tap
- * accumulated in registers and stored once: R*S*(1+TWO) loads and FMAs per
- * store. Only for columns where every kernel column is inside the input
- * (the interior [A, B)), contiguous input rows and stride 1. */
-#define DW_FWD_BLOCK(TYPE, L, TWO, OW) do {                                    \
+/* One block of output columns [ow0, ow0 + NB*L) of row oh (NB = 1, 2 or
+ * 4), every tap accumulated in registers and stored once: R*S*NB loads and
+ * FMAs per store. Only for columns where every kernel column is inside the
+ * input (the interior [A, B)), contiguous input rows and stride 1. Four
+ * vectors are four independent chains of FMAs. Why: a chain adds one FMA
+ * per tap, and an FMA's result is ready after 4 cycles on Zen 4 (4-5 on
+ * Intel cores) while the core starts one 512-bit FMA per cycle, so two
+ * chains left half of each cycle's FMAs unused: QuartzNet's 1-D depthwise
+ * layer (33 taps, 368 output columns) ran at ~50 GFLOP/s a core. Each
+ * output column's sum has the same order whatever NB. */
+#define DW_FWD_BLOCK(TYPE, L, NB, OW) do {                                     \
     const dws ow0_ = (OW);                                                     \
-    TYPE a0_ = (TYPE){0} + bias, a1_ = a0_;                                     \
+    TYPE a_[4];                                                                \
+    _Pragma("GCC unroll 4")                                                    \
+    for (int b_ = 0; b_ < (NB); b_++)                                          \
+        a_[b_] = (TYPE){0} + bias;                                             \
     for (dws j_ = 0; j_ < M; j_++) {                                           \
         for (dws r_ = r_lo; r_ < r_hi; r_++) {                                 \
             const T *p_ = in + j_ * in_plane + ((base + r_ * dh) * xs_h + ow0_ - pl); \
             const T *wr_ = w + j_ * w_plane + wr0 + r_ * wdr;                  \
             for (dws s_ = 0; s_ < S; s_++) {                                   \
                 const T wv_ = wr_[s_ * wds];                                   \
-                a0_ += wv_ * DW_LOAD(TYPE, p_ + s_ * dw);                      \
-                if (TWO)                                                       \
-                    a1_ += wv_ * DW_LOAD(TYPE, p_ + s_ * dw + (L));            \
+                _Pragma("GCC unroll 4")                                        \
+                for (int b_ = 0; b_ < (NB); b_++)                              \
+                    a_[b_] += wv_ * DW_LOAD(TYPE, p_ + s_ * dw + b_ * (L));    \
             }                                                                  \
         }                                                                      \
     }                                                                          \
-    DW_STORE(orow + ow0_, a0_);                                                \
-    if (TWO)                                                                   \
-        DW_STORE(orow + ow0_ + (L), a1_);                                      \
+    _Pragma("GCC unroll 4")                                                    \
+    for (int b_ = 0; b_ < (NB); b_++)                                          \
+        DW_STORE(orow + ow0_ + b_ * (L), a_[b_]);                              \
 } while (0)
 
-/* DW_FWD_BLOCK over four vectors, [ow0, ow0 + 4L): four independent chains
- * of FMAs. Why: a chain adds one FMA per tap, and an FMA's result is ready
- * after 4 cycles on Zen 4 (4-5 on Intel cores) while the core starts one
- * 512-bit FMA per cycle, so two chains left half of each cycle's FMAs
- * unused: QuartzNet's 1-D depthwise layer (33 taps, 368 output columns)
- * ran at ~50 GFLOP/s a core. Each output column's sum keeps its order, so
- * the bits are those of the narrower blocks. */
-#define DW_FWD_BLOCK4(TYPE, L, OW) do {                                        \
-    const dws ow0_ = (OW);                                                     \
-    TYPE a0_ = (TYPE){0} + bias, a1_ = a0_, a2_ = a0_, a3_ = a0_;               \
-    for (dws j_ = 0; j_ < M; j_++) {                                           \
-        for (dws r_ = r_lo; r_ < r_hi; r_++) {                                 \
-            const T *p_ = in + j_ * in_plane + ((base + r_ * dh) * xs_h + ow0_ - pl); \
-            const T *wr_ = w + j_ * w_plane + wr0 + r_ * wdr;                  \
-            for (dws s_ = 0; s_ < S; s_++) {                                   \
-                const T wv_ = wr_[s_ * wds];                                   \
-                const T *q_ = p_ + s_ * dw;                                    \
-                a0_ += wv_ * DW_LOAD(TYPE, q_);                                \
-                a1_ += wv_ * DW_LOAD(TYPE, q_ + (L));                          \
-                a2_ += wv_ * DW_LOAD(TYPE, q_ + 2 * (L));                      \
-                a3_ += wv_ * DW_LOAD(TYPE, q_ + 3 * (L));                      \
+/* The taps of one kernel row (weights WR, tap s at WR[s * wds]) into the
+ * four accumulators A0..A3 of a block of 4 vectors of VL lanes, where the
+ * block's tap s reads P + DIR*s (DIR = 1, or -1: taps reversed) and the
+ * row is longer than a vector (S > VL). Tap s + VL of a block reads the
+ * vector that tap s read for the next block, so the taps go in VL groups
+ * (s0, s0 + VL, ...), each sliding a window of four loaded vectors, one new
+ * load per tap: 4 + T - 1 loads for 4T FMAs, where one load per FMA (almost
+ * all of them across two cache lines) bound DW_FWD_BLOCK. QuartzNet's 33
+ * taps: 81 loads for 132 FMAs, not 132. The sums run in another order than
+ * DW_FWD_BLOCK's (each column's stays fixed). */
+#define DW_SLIDE4(P, WR, DIR, A0, A1, A2, A3) do {                             \
+    for (dws s0_ = 0; s0_ < VL; s0_++) {                                       \
+        const T *q_ = (P) + (DIR) * s0_;                                       \
+        VT x0_ = DW_LOAD(VT, q_), x1_ = DW_LOAD(VT, q_ + VL);                  \
+        VT x2_ = DW_LOAD(VT, q_ + 2 * VL), x3_ = DW_LOAD(VT, q_ + 3 * VL);     \
+        for (dws s_ = s0_;; s_ += VL) {                                        \
+            const T wv_ = (WR)[s_ * wds];                                      \
+            A0 += wv_ * x0_;                                                   \
+            A1 += wv_ * x1_;                                                   \
+            A2 += wv_ * x2_;                                                   \
+            A3 += wv_ * x3_;                                                   \
+            if (s_ + VL >= S)                                                  \
+                break;                                                         \
+            q_ += (DIR) * VL;                                                  \
+            if ((DIR) > 0) {                                                   \
+                x0_ = x1_;                                                     \
+                x1_ = x2_;                                                     \
+                x2_ = x3_;                                                     \
+                x3_ = DW_LOAD(VT, q_ + 3 * VL);                                \
+            } else {                                                           \
+                x3_ = x2_;                                                     \
+                x2_ = x1_;                                                     \
+                x1_ = x0_;                                                     \
+                x0_ = DW_LOAD(VT, q_);                                         \
             }                                                                  \
         }                                                                      \
     }                                                                          \
-    DW_STORE(orow + ow0_, a0_);                                                \
-    DW_STORE(orow + ow0_ + (L), a1_);                                          \
-    DW_STORE(orow + ow0_ + 2 * (L), a2_);                                      \
-    DW_STORE(orow + ow0_ + 3 * (L), a3_);                                      \
 } while (0)
 
-/* DW_FWD_BLOCK4 for kernel rows longer than a vector (S > L, column
- * dilation 1): tap s + L of a column block reads the vector that tap s
- * read for the next block, so the taps go in L groups (s0, s0 + L,
- * s0 + 2L, ...) and each group slides a window of four loaded vectors, one
- * new load per tap: 4 + T - 1 loads for 4T FMAs, where one load per FMA
- * (almost all of them across two cache lines) bound the block above.
- * QuartzNet's 33 taps: 81 loads for 132 FMAs, not 132. The sums run in
- * another order than the narrower blocks' (each column's stays fixed). */
-#define DW_FWD_BLOCK4_LONG(TYPE, L, OW) do {                                   \
+/* DW_FWD_BLOCK(VT, VL, 4, OW) by DW_SLIDE4 (S > VL, column dilation 1) */
+#define DW_FWD_BLOCK4_LONG(OW) do {                                            \
     const dws ow0_ = (OW);                                                     \
-    TYPE a0_ = (TYPE){0} + bias, a1_ = a0_, a2_ = a0_, a3_ = a0_;               \
-    for (dws j_ = 0; j_ < M; j_++) {                                           \
-        for (dws r_ = r_lo; r_ < r_hi; r_++) {                                 \
-            const T *p_ = in + j_ * in_plane + ((base + r_ * dh) * xs_h + ow0_ - pl); \
-            const T *wr_ = w + j_ * w_plane + wr0 + r_ * wdr;                  \
-            for (dws s0_ = 0; s0_ < (L); s0_++) {                              \
-                const T *q_ = p_ + s0_;                                        \
-                TYPE x0_ = DW_LOAD(TYPE, q_), x1_ = DW_LOAD(TYPE, q_ + (L));   \
-                TYPE x2_ = DW_LOAD(TYPE, q_ + 2 * (L)), x3_ = DW_LOAD(TYPE, q_ + 3 * (L)); \
-                for (dws s_ = s0_;; s_ += (L), q_ += (L)) {                    \
-                    const T wv_ = wr_[s_ * wds];                               \
-                    a0_ += wv_ * x0_;                                          \
-                    a1_ += wv_ * x1_;                                          \
-                    a2_ += wv_ * x2_;                                          \
-                    a3_ += wv_ * x3_;                                          \
-                    if (s_ + (L) >= S)                                         \
-                        break;                                                 \
-                    x0_ = x1_;                                                 \
-                    x1_ = x2_;                                                 \
-                    x2_ = x3_;                                                 \
-                    x3_ = DW_LOAD(TYPE, q_ + 4 * (L));                         \
-                }                                                              \
-            }                                                                  \
-        }                                                                      \
-    }                                                                          \
+    VT a0_ = (VT){0} + bias, a1_ = a0_, a2_ = a0_, a3_ = a0_;                   \
+    for (dws j_ = 0; j_ < M; j_++)                                             \
+        for (dws r_ = r_lo; r_ < r_hi; r_++)                                   \
+            DW_SLIDE4(in + j_ * in_plane + ((base + r_ * dh) * xs_h + ow0_ - pl), \
+                      w + j_ * w_plane + wr0 + r_ * wdr, 1, a0_, a1_, a2_, a3_); \
     DW_STORE(orow + ow0_, a0_);                                                \
-    DW_STORE(orow + ow0_ + (L), a1_);                                          \
-    DW_STORE(orow + ow0_ + 2 * (L), a2_);                                      \
-    DW_STORE(orow + ow0_ + 3 * (L), a3_);                                      \
+    DW_STORE(orow + ow0_ + VL, a1_);                                           \
+    DW_STORE(orow + ow0_ + 2 * VL, a2_);                                       \
+    DW_STORE(orow + ow0_ + 3 * VL, a3_);                                       \
 } while (0)
 
 /* One output column, any strides: the valid kernel columns of this column
@@ -294,33 +285,33 @@ static void NM(fwd_rows)(const dw_geom *g, const T *in, dws in_plane, dws M,
                 dws ow = A;
                 if (S > VL && dw == 1)
                     for (; B - ow >= 4 * VL; ow += 4 * VL)
-                        DW_FWD_BLOCK4_LONG(VT, VL, ow);
+                        DW_FWD_BLOCK4_LONG(ow);
                 for (; B - ow >= 4 * VL; ow += 4 * VL)
-                    DW_FWD_BLOCK4(VT, VL, ow);
+                    DW_FWD_BLOCK(VT, VL, 4, ow);
                 if (B - ow >= 2 * VL) {
-                    DW_FWD_BLOCK(VT, VL, 1, ow);
+                    DW_FWD_BLOCK(VT, VL, 2, ow);
                     ow += 2 * VL;
                 }
                 if (B - ow >= VL) {
-                    DW_FWD_BLOCK(VT, VL, 0, ow);
+                    DW_FWD_BLOCK(VT, VL, 1, ow);
                     ow += VL;
                 }
                 /* the rest: one block ending at B, overlapping columns
                  * already written with the same values (same sums in the
                  * same order), cheaper than a scalar tail */
                 if (ow < B)
-                    DW_FWD_BLOCK(VT, VL, 0, B - VL);
+                    DW_FWD_BLOCK(VT, VL, 1, B - VL);
 #ifdef HT
             } else if (n >= HL) {      /* narrow images (14x14, 7x7) */
-                DW_FWD_BLOCK(HT, HL, 0, A);
+                DW_FWD_BLOCK(HT, HL, 1, A);
                 if (A + HL < B)
-                    DW_FWD_BLOCK(HT, HL, 0, B - HL);
+                    DW_FWD_BLOCK(HT, HL, 1, B - HL);
 #endif
 #ifdef QT
             } else if (n >= QL) {
-                DW_FWD_BLOCK(QT, QL, 0, A);
+                DW_FWD_BLOCK(QT, QL, 1, A);
                 if (A + QL < B)
-                    DW_FWD_BLOCK(QT, QL, 0, B - QL);
+                    DW_FWD_BLOCK(QT, QL, 1, B - QL);
 #endif
             } else {
                 for (dws ow = A; ow < B; ow++)
@@ -519,46 +510,17 @@ static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
  * 5x5/2 depthwise (28 output columns) forward, fp32, AVX-512, one thread:
  * as 1 + 1 vectors (the second ending at WIDTH) 3.30 ms, as one block of
  * 2 3.07 ms. */
-/* DW_BAND_BLOCK(4, ...) where tap s reads column off[0] + DIR*s (DIR = 1:
- * the forward pass at unit column stride and dilation; -1: the input
- * gradient's band, its taps reversed) and kernel rows are longer than a
- * vector: the taps in VL groups, each sliding a window of four loaded
- * vectors, as DW_FWD_BLOCK4_LONG (one load per tap and four FMAs, not four
- * loads). */
+/* DW_BAND_BLOCK(4, ...) by DW_SLIDE4 where tap s reads column off[0] +
+ * DIR*s (DIR = 1: the forward pass at unit column stride and dilation; -1:
+ * the input gradient's band, its taps reversed) and kernel rows are longer
+ * than a vector. */
 #define DW_BAND_BLOCK4_LONG(AT, BIAS, DIR) do {                                \
     VT a0_ = (VT){0} + (BIAS), a1_ = a0_, a2_ = a0_, a3_ = a0_;                 \
-    for (dws k_ = 0; k_ < nr; k_++) {                                          \
-        for (dws j_ = 0; j_ < M; j_++) {                                       \
-            const T *row_ = buf + (j_ * nrows + o0 + k_ * o_step) * rowstep + (AT); \
-            const T *wr_ = w + j_ * w_plane + wr0 + (r0 + k_ * r_step) * wdr;  \
-            for (dws s0_ = 0; s0_ < VL; s0_++) {                               \
-                const T *q_ = row_ + off[s0_];                                 \
-                VT x0_ = DW_LOAD(VT, q_), x1_ = DW_LOAD(VT, q_ + VL);          \
-                VT x2_ = DW_LOAD(VT, q_ + 2 * VL), x3_ = DW_LOAD(VT, q_ + 3 * VL); \
-                for (dws s_ = s0_;; s_ += VL) {                                \
-                    const T wv_ = wr_[s_ * wds];                               \
-                    a0_ += wv_ * x0_;                                          \
-                    a1_ += wv_ * x1_;                                          \
-                    a2_ += wv_ * x2_;                                          \
-                    a3_ += wv_ * x3_;                                          \
-                    if (s_ + VL >= S)                                          \
-                        break;                                                 \
-                    q_ += (DIR) * VL;                                          \
-                    if ((DIR) > 0) {                                           \
-                        x0_ = x1_;                                             \
-                        x1_ = x2_;                                             \
-                        x2_ = x3_;                                             \
-                        x3_ = DW_LOAD(VT, q_ + 3 * VL);                        \
-                    } else {                                                   \
-                        x3_ = x2_;                                             \
-                        x2_ = x1_;                                             \
-                        x1_ = x0_;                                             \
-                        x0_ = DW_LOAD(VT, q_);                                 \
-                    }                                                          \
-                }                                                              \
-            }                                                                  \
-        }                                                                      \
-    }                                                                          \
+    for (dws k_ = 0; k_ < nr; k_++)                                            \
+        for (dws j_ = 0; j_ < M; j_++)                                         \
+            DW_SLIDE4(buf + (j_ * nrows + o0 + k_ * o_step) * rowstep + (AT) + off[0], \
+                      w + j_ * w_plane + wr0 + (r0 + k_ * r_step) * wdr, DIR,  \
+                      a0_, a1_, a2_, a3_);                                     \
     DW_STORE(orow + (AT), a0_);                                                \
     DW_STORE(orow + (AT) + VL, a1_);                                           \
     DW_STORE(orow + (AT) + 2 * VL, a2_);                                       \
@@ -1431,8 +1393,8 @@ static __attribute__((noinline)) void NM(wgrad)(const dw_geom *g, const T *x, dw
 }
 
 #undef DW_FWD_BLOCK
-#undef DW_FWD_BLOCK4
 #undef DW_FWD_BLOCK4_LONG
+#undef DW_SLIDE4
 #undef DW_FWD_COLUMN
 #undef DW_FWD_COLUMN_VEC
 #undef DW_FAST_COLUMN

@@ -128,9 +128,10 @@ cdef enum:
     LINEAR_MAX_TAPS = 32
     # Column segments _pack_bt finds at a time (on the stack).
     BT_SEGS = 64
-    # Work items per thread from which conv2d_fused schedules them guided
-    # (the count at which _work_split stops searching: equal items)
-    GUIDED_ITEMS = 64
+    # Column blocks per thread from which _work_split stops searching and
+    # makes every item nc columns x all filters (equal items), which
+    # conv2d_fused then schedules guided
+    EQUAL_ITEMS = 64
 
 
 # ---------------------------------------------------------------- ISA, blocking
@@ -331,7 +332,7 @@ def _work_split(Py_ssize_t total_cols, Py_ssize_t Kg, Py_ssize_t groups, Py_ssiz
     cdef Py_ssize_t nb_min = _ceil_div(total_cols, width_max)
     cdef Py_ssize_t k_pad = _round_up(Kg, mr)
     cdef Py_ssize_t granule = lanes if lanes else nr
-    if threads <= 1 or groups * nb_min >= 64 * threads:
+    if threads <= 1 or groups * nb_min >= EQUAL_ITEMS * threads:
         return width_max, nb_min, k_pad, 1
     cdef double[::1] load = np.zeros(threads)
     cdef double cost, best_cost = -1, makespan
@@ -916,7 +917,7 @@ def conv2d_fused(const floating[:, :, :, :] x,
         work.n_m_blocks = n_m_blocks
         work.sub_width = sub_width
         n_items = groups * n_col_blocks * n_m_blocks
-        if n_items >= GUIDED_ITEMS * num_threads:
+        if n_items >= EQUAL_ITEMS * num_threads:
             # many equal items (nc columns each): a dynamic schedule hands
             # neighbouring blocks to the threads at the same time, and the
             # output lines their edges share (rows of cols values, rarely a
