@@ -318,6 +318,27 @@ def test_same_bits_for_any_threads_and_blocks(isa, dtype):
         np.testing.assert_array_equal(other, runs[0])
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_many_equal_items_run_guided(isa, dtype):
+    # at least 64 column blocks a thread: equal items (nc columns x every
+    # filter), scheduled guided rather than dynamic; the same bits as one
+    # thread, and the reference's values, with uneven last blocks and groups
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((9, 4, 33, 30)).astype(dtype)
+    w = rng.standard_normal((10, 2, 3, 3)).astype(dtype)
+    b = rng.standard_normal(10).astype(dtype)
+    nr = fused.blocking(dtype, isa)["NR"]
+    conv = dict(padding=((1, 0), (0, 2)), groups=2)
+    threads = 3
+    split = fused._work_split(9 * 31 * 29, 5, 2, 18, fused.blocking(dtype, isa)["MR"], nr, 1,
+                              fused.blocking(dtype, isa)["MC"], threads)
+    assert split[1] * 2 >= 64 * threads and split[3] == 1   # the guided case
+    out = run_fused(x, w, b, isa=isa, threads=threads, nc=1, **conv)
+    assert_close(out, conv2d_reference(x, w, b, **conv), dtype)
+    np.testing.assert_array_equal(out, run_fused(x, w, b, isa=isa, threads=1, nc=1, **conv))
+
+
 def test_work_split_is_searched_once_per_geometry():
     # the search runs at Python speed (0.44 ms a call for float64 ResNet-50
     # 2a_1x1): a loop calling the same layer must not pay it again
