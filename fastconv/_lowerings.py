@@ -26,6 +26,7 @@ import numpy as np
 
 from fastconv import _machine
 from fastconv._config import format_bytes
+from fastconv._workspace import Buffers
 
 __all__ = ["GemmBlocking", "KINDS", "TABLE", "entry", "general_methods", "methods"]
 
@@ -1095,9 +1096,18 @@ class DirectConv(Lowering):
             # grad_x = the adjoint's forward pass over the output gradient,
             # the kernel packing the weights transposed and reversed
             x, out, bias, g = _adjoint_operands(plan, ops)
+        # the pixel tables depend on the shapes, x's strides and the tile,
+        # not on the data: a kept buffer that holds this call's is reused
+        tables_key = ("direct", x.shape, x.strides, ops.filters.shape, out.shape, g.kernel_args,
+                      g.groups, plan.dtype, plan.blocking.isa, self.kind)
+        ready = bufs.holds("tables", tables_key)
+        if not ready:
+            bufs.forget("tables")
         direct.conv2d_direct(x, ops.filters, bias, out, bufs["packed_weight"], bufs["tables"],
                              bufs["workspace"], *g.kernel_args, g.groups, plan.flip,
-                             plan.blocking.isa, threads, adjoint=self.kind == "input_grad")
+                             plan.blocking.isa, threads, adjoint=self.kind == "input_grad",
+                             tables_ready=ready)
+        bufs.remember("tables", tables_key)
 
 
 # --------------------------------------------------------------------------
@@ -1443,7 +1453,7 @@ def _carve(raw, specs):
         if raw is not None:
             arrays[name] = raw[offset:offset + size].view(dtype).reshape(shape)
         offset += -(-size // _ALIGN) * _ALIGN
-    return offset if raw is None else arrays
+    return offset if raw is None else Buffers(arrays)   # (holding nothing: phases share raw)
 
 
 class Phased(Lowering):

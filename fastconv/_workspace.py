@@ -28,10 +28,36 @@ def _nbytes(shape, dtype):
     return math.prod(shape) * np.dtype(dtype).itemsize
 
 
+class Buffers(dict):
+    """A call's buffers, {name: array}, and what the kept ones still hold.
+
+    A buffer whose contents depend only on the call's shapes (the direct
+    lowering's pixel tables) need not be rebuilt when the same buffer, kept
+    since a call with the same `key`, comes back: ``holds(name, key)`` says
+    so. A lowering calls ``forget(name)`` before it writes such a buffer and
+    ``remember(name, key)`` once it is whole. Fresh buffers hold nothing."""
+    __slots__ = ("_contents",)
+
+    def __init__(self, arrays, contents=None):
+        super().__init__(arrays)
+        self._contents = contents   # the pool's {name: key}, or None (fresh)
+
+    def holds(self, name, key):
+        return self._contents is not None and self._contents.get(name) == key
+
+    def forget(self, name):
+        if self._contents is not None:
+            self._contents.pop(name, None)
+
+    def remember(self, name, key):
+        if self._contents is not None:
+            self._contents[name] = key
+
+
 def allocate(specs):
     """Fresh arrays for {name: (shape, dtype)} (accumulators zeroed)."""
-    return {name: (np.zeros if name == "accumulators" else np.empty)(shape, dtype)
-            for name, (shape, dtype) in specs.items()}
+    return Buffers({name: (np.zeros if name == "accumulators" else np.empty)(shape, dtype)
+                    for name, (shape, dtype) in specs.items()})
 
 
 class _Pool:
@@ -39,6 +65,7 @@ class _Pool:
 
     def __init__(self):
         self.raw = {}
+        self.contents = {}   # {name: key} of raw buffers a call left whole (Buffers)
         self.lock = threading.Lock()
         # the views lent last, for a loop that calls the same layer again:
         # building them costs more than a small layer's arithmetic
@@ -52,29 +79,32 @@ class _Pool:
         if key == self.last_specs:
             if "accumulators" in self.last_views:
                 self.last_views["accumulators"].fill(0)
-            return dict(self.last_views)
+            return Buffers(self.last_views, self.contents)
         self.last_specs, self.last_views = None, None
         needed = {name: _nbytes(shape, dtype) for name, (shape, dtype) in specs.items()}
         for name in list(self.raw):
             if name not in needed:
                 del self.raw[name]
+                self.contents.pop(name, None)
         if sum(max(self.raw[n].nbytes if n in self.raw else 0, size)
                for n, size in needed.items()) > limit:
-            self.raw.clear()  # what is kept must fit the limit: exact sizes
+            self.clear()  # what is kept must fit the limit: exact sizes
         arrays = {}
         for name, (shape, dtype) in specs.items():
             raw = self.raw.get(name)
             if raw is None or raw.nbytes < needed[name]:
                 raw = self.raw[name] = np.empty(needed[name], np.uint8)
+                self.contents.pop(name, None)
             view = raw[:needed[name]].view(dtype).reshape(shape)
             if name == "accumulators":
                 view.fill(0)
             arrays[name] = view
         self.last_specs, self.last_views = key, dict(arrays)
-        return arrays
+        return Buffers(arrays, self.contents)
 
     def clear(self):
         self.raw.clear()
+        self.contents.clear()
         self.last_specs, self.last_views = None, None
 
 

@@ -91,6 +91,39 @@ def test_direct_matches_reference(isa, case):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_tables_ready_reads_the_tables_without_writing_them(isa, adjoint):
+    # a second call with tables_ready=True on new data (same shapes and
+    # strides) reads the first call's tables and leaves them as they were;
+    # the padding's classes (edges, corners) and partial tiles included
+    rng = np.random.default_rng(11)
+    N, C, H, W, K, R, S = 3, 5, 9, 11, 17, 3, 4
+    pad, Wo = 2, 11 + 4 - 4 + 1
+    Ho = H + 2 * pad - R + 1
+    x = make_view(rng.standard_normal((N, C, H, W)).astype(np.float32), "strided")
+    sizes = direct.buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, 1, 1, 1, pad, pad, 1, 1,
+                                np.float32, isa)
+    tables = np.full(sizes[1], -(2**40), np.intp)
+    for call in range(2):
+        w = rng.standard_normal((C, K * R * S) if adjoint else (K, C * R * S)).astype(np.float32)
+        out = np.full((N, K, Ho * Wo), np.nan, np.float32)
+        before = tables.copy()
+        direct.conv2d_direct(x, w, np.zeros(0, np.float32), out, np.full(sizes[0], np.nan, np.float32),
+                             tables, np.full((2, sizes[2]), np.nan, np.float32), R, S, Wo, 1, 1,
+                             pad, pad, 1, 1, 1, False, isa, 2, adjoint=adjoint,
+                             tables_ready=call == 1)
+        if call == 1:
+            np.testing.assert_array_equal(tables, before)
+        # the adjoint's weights are (C, K*R*S): as a forward pass, its filters
+        # are their transposes, the kernel reversed
+        w4 = (w.reshape(C, K, R, S).transpose(1, 0, 2, 3)[:, :, ::-1, ::-1] if adjoint
+              else w.reshape(K, C, R, S))
+        assert_close(out.reshape(N, K, Ho, Wo),
+                     conv2d_reference(x, w4, padding=((pad, pad), (pad, pad))), np.float32)
+        x = make_view(rng.standard_normal((N, C, H, W)).astype(np.float32), "strided")
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("channel_block_size", [0, 1, 7, 50])

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv import _tuning
 from fastconv._workspace import kept_bytes
-from reference import assert_close, conv2d_weight_grad_reference
+from reference import (assert_close, conv2d_input_grad_reference, conv2d_reference,
+                       conv2d_weight_grad_reference)
 
 RNG = np.random.default_rng(7)
 X = RNG.standard_normal((3, 4, 9, 8))
@@ -157,6 +159,71 @@ def test_repeated_call_reuses_its_views_with_accumulators_cleared():
     fastconv.release_workspace()
     assert kept_bytes() == 0
     assert_close(plan.execute(x, g), expected, np.float64)   # after a release: fresh buffers
+
+
+def test_kept_tables_are_reused_only_for_the_call_they_were_built_for():
+    # the direct lowering keeps its pixel tables (offsets into x) with the
+    # workspace; a call of another layout of x, another shape, the input
+    # gradient or a stride-2 input gradient (whose phases carve their
+    # tables out of one buffer) must not read tables built for another
+    fastconv.release_workspace()
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((9, 4, 3, 3))
+    base = rng.standard_normal((2, 4, 11, 10))
+    layouts = [base, base[..., ::-1].copy()[..., ::-1], np.asfortranarray(base),
+               base.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2), base[:1], base]
+
+    def make_layout(a, like):
+        # a laid out in memory as `like` is (its axes' order and directions)
+        order = np.argsort([-abs(s) for s in like.strides])
+        out = np.ascontiguousarray(a.transpose(order)).transpose(np.argsort(order))
+        flips = tuple(slice(None, None, -1 if s < 0 else 1) for s in like.strides)
+        return np.ascontiguousarray(out[flips])[flips] if any(s < 0 for s in like.strides) else out
+    for pad, stride, grad_method in ((1, 1, "direct"), (2, 2, "phased")):
+        conv = dict(padding=pad, stride=stride, num_threads=2)
+        ref = dict(padding=((pad, pad), (pad, pad)), stride=(stride, stride))
+        # one kind after another: each call follows one whose tables it could reuse
+        for x in layouts * 2:
+            assert_close(fastconv.conv2d(x, w, method="direct", **conv),
+                         conv2d_reference(x, w, **ref), np.float64)
+        # (the phases' kernels made direct: their tables share one buffer)
+        with _tuning.tuned(direct_conv_rate=100.0):
+            plan = fastconv.plan_conv2d(base.shape, w.shape, np.float64, kind="input_grad",
+                                        method=grad_method, **conv)
+        assert "direct" in repr(plan)
+        for x in layouts * 2:
+            if x.shape == base.shape:
+                y = conv2d_reference(x, w, **ref)
+                g = make_layout(rng.standard_normal(y.shape), x)
+                assert_close(plan.execute(w, g),
+                             conv2d_input_grad_reference(x.shape, w, g, **ref), np.float64)
+
+
+def test_buffers_say_what_kept_buffers_hold():
+    from fastconv._workspace import lend_buffers
+    fastconv.release_workspace()
+    specs = {"tables": ((100,), np.intp), "workspace": ((2, 50), np.float64)}
+    with lend_buffers(specs, 2**20, keep=True) as bufs:
+        assert not bufs.holds("tables", "key")
+        bufs.remember("tables", "key")
+    with lend_buffers(specs, 2**20, keep=True) as bufs:
+        assert bufs.holds("tables", "key") and not bufs.holds("tables", "other")
+    # a bigger buffer is a new one: it holds nothing
+    with lend_buffers({**specs, "tables": ((1000,), np.intp)}, 2**20, keep=True) as bufs:
+        assert not bufs.holds("tables", "key")
+        bufs.remember("tables", "key")
+    fastconv.release_workspace()
+    with lend_buffers(specs, 2**20, keep=True) as bufs:
+        assert not bufs.holds("tables", "key")
+        bufs.remember("tables", "key")
+    # a limit that drops what is kept drops what it held
+    with lend_buffers(specs, 900, keep=True) as bufs:
+        assert not bufs.holds("tables", "key")
+    # fresh buffers (keep_workspace=False) never hold anything
+    with lend_buffers(specs, 2**20, keep=False) as bufs:
+        bufs.remember("tables", "key")
+        assert not bufs.holds("tables", "key")
+    fastconv.release_workspace()
 
 
 def test_many_python_threads_at_once_keep_their_own_workspace():
