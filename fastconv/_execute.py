@@ -139,7 +139,7 @@ def execute(plan, given, out=None, out_checked=False):
         with _runtime.budget.lend(plan.kernel_threads, plan.blas_threads,
                                   lowering.uses_blas) as (threads, _):
             # buffers for the threads granted now (never more than planned)
-            specs = lowering.buffers(g, dtype, plan.blocking, threads)
+            specs = plan.buffer_specs(threads)
             with _workspace.lend_buffers(specs, plan.memory_limit,
                                          _config.setting("keep_workspace")) as buffers:
                 _runtime.run_kernel(lambda: lowering.run(plan, ops, buffers, threads), threads)

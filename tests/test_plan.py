@@ -230,3 +230,17 @@ def test_fused_reads_a_pointwise_x_in_place_where_planned():
     # panels past the byte budget
     with _tuning.tuned(fused_x_in_place_panel_bytes=0):
         assert not x_in_place((8, 64, 56, 56), (64, 64, 1, 1))
+
+
+def test_buffer_specs_are_the_lowerings_for_each_thread_count():
+    # worked out once per plan and thread count; a plan made from another
+    # (dataclasses.replace, another blocking) works out its own
+    plan = fastconv.plan_conv2d((2, 8, 20, 20), (16, 8, 3, 3), "float32", padding=1,
+                                method="mapped", num_threads=2)
+    for threads in (1, 2, 1):
+        assert plan.buffer_specs(threads) == plan.lowering.buffers(
+            plan.geometry, plan.dtype, plan.blocking, threads)
+    other = dataclasses.replace(plan, blocking=dataclasses.replace(plan.blocking, tile_cols=64))
+    assert other.buffer_specs(2) == other.lowering.buffers(other.geometry, other.dtype,
+                                                           other.blocking, 2)
+    assert other.buffer_specs(2) != plan.buffer_specs(2)
