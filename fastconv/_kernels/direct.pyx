@@ -503,12 +503,13 @@ def conv2d_direct(const floating[:, :, :, :] x,
         fill[k + 1] = fill[k] + N * class_rows[k // n_col_classes] * class_cols[k % n_col_classes]
     for k in range(n_classes):
         count = fill[k + 1] - fill[k]
+        if tables_ready:
+            n_tiles += _ceil_div(count, mr)   # (their entries are written)
+            continue
         for pos in range(0, count, mr):
-            if not tables_ready:
-                tab_w[tiles_at + n_tiles * TILE_FIELDS + TILE_START] = fill[k] + pos
-                tab_w[tiles_at + n_tiles * TILE_FIELDS + TILE_PIXELS] = (count - pos if count - pos < mr
-                                                                          else mr)
-                tab_w[tiles_at + n_tiles * TILE_FIELDS + TILE_CLASS] = k
+            tab_w[tiles_at + n_tiles * TILE_FIELDS + TILE_START] = fill[k] + pos
+            tab_w[tiles_at + n_tiles * TILE_FIELDS + TILE_PIXELS] = count - pos if count - pos < mr else mr
+            tab_w[tiles_at + n_tiles * TILE_FIELDS + TILE_CLASS] = k
             n_tiles += 1
     # the pixels, and per class its valid taps: rebuilt only where the
     # tables are new (on DeepSpeech2's first layer, 44k pixels of 1 channel,
