@@ -835,52 +835,80 @@ class DirectBlocking:
 
 
 class Depthwise(Lowering):
-    """groups == C (any channel multiplier): each output channel reads one
-    input channel, so the GEMM would be M = 1 per channel, memory-bound. A
-    vectorised sliding window per plane instead (forward and both
-    gradients), no workspace."""
+    """groups == C (any channel multiplier), or grouped with few channels per
+    group: each output channel reads one input channel (or its group's few),
+    so the GEMM would be M = 1 per channel (or a few), memory-bound or run
+    partly empty. A vectorised sliding window per plane instead (forward
+    and both gradients), no workspace."""
     name = "depthwise"
     kernel = "depthwise"
     uses_blas = False
 
     def unsuitable(self, g):
-        if g.groups != g.C:
-            return (f"needs groups == C (a depthwise convolution); got groups {g.groups} "
-                    f"with C = {g.C}")
+        from fastconv._kernels import depthwise
+
+        if g.groups != g.C and g.C // g.groups > depthwise.GROUP_MAX_CHANNELS:
+            return (f"needs groups == C (a depthwise convolution) or at most "
+                    f"{depthwise.GROUP_MAX_CHANNELS} channels per group; got groups "
+                    f"{g.groups} with C = {g.C}")
         return _zero_padding_only(g)
 
     def work_items(self, g, dtype):
         # forward: see depthwise.forward_items (chunks of positions where a
         # channel multiplier runs over gathered taps); input gradient:
-        # (image, input channel); weight gradient: one filter over the batch
+        # (image, input channel), or blocks of a group's channels; weight
+        # gradient: one filter's plane of one channel over the batch
         from fastconv._kernels import depthwise
 
         if self.kind == "forward":
             chunks = depthwise.forward_panel_chunks(g.H, g.W, g.Ho, *g.kernel_args,
                                                     g.K // g.C if g.C else 1,
                                                     np.dtype(dtype).itemsize) if g.C else 0
-            return depthwise.forward_items(g.N, g.C, g.K, chunks)
-        return {"input_grad": g.N * g.C, "weight_grad": g.K}[self.kind]
+            return depthwise.forward_items(g.N, g.C, g.K, chunks if g.groups == g.C else 0,
+                                           g.groups)
+        if self.kind == "input_grad":
+            return depthwise.input_grad_items(g.N, g.C, g.groups, *g.stride)
+        return g.K * (g.C // g.groups)
 
     def propose(self, planner, forced):
         items = self.work_items(planner.g, planner.dtype)
         threads = max(1, min(planner.threads, items)) if _machine.openmp_enabled() else 1
+        g = planner.g
+        what = ("groups == C" if g.groups == g.C
+                else f"{g.C // g.groups} channels per group")
         plan = planner.plan(self, DirectBlocking(items), threads, 1,
-                            "groups == C: direct sliding-window kernel, no GEMM, no workspace")
+                            f"{what}: direct sliding-window kernel, no GEMM, no workspace")
         return plan if plan.workspace_bytes <= planner.limit else None
 
     def cost(self, plan, tuning):
         # against thin GEMMs (see Tuning.gemm_full_rate_dim): measured 0.13-0.78x
         # mapped's time at 1 filter per group, stride 2 the worst
         return plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads
-                             * self.rate(plan.geometry, tuning))
+                             * self.rate(plan.geometry, plan.dtype, tuning))
 
-    def rate(self, g, tuning):
+    def rate(self, g, dtype, tuning):
         """The kernel's rate against a full-rate GEMM: direct_rate one filter
         at a time, up to direct_block_rate where the forward pass computes
-        blocks of a channel multiplier's filters together."""
+        blocks of a channel multiplier's filters together; grouped,
+        direct_group_rate where the fixed-size kernels take blocks of planes
+        (depthwise.grouped_blocks, at most GROUP_MAX_CHANNELS input planes
+        each), else direct_rate over the input planes per output plane (the
+        generic kernels, plane by plane)."""
         from fastconv._kernels import depthwise
 
+        if g.groups != g.C:
+            if self.kind == "weight_grad":
+                return tuning.direct_rate
+            # planes: input planes summed into each output plane; together:
+            # output planes made from each input vector (forward: the
+            # group's filters; input gradient: its channels)
+            cg, kg = g.C // g.groups, g.K // g.groups
+            planes, together = (cg, kg) if self.kind == "forward" else (kg, cg)
+            fast = (together >= 2 and planes <= depthwise.GROUP_MAX_CHANNELS
+                    and depthwise.grouped_blocks(g.H, g.W, g.Ho, *g.kernel_args,
+                                                 self.kind == "input_grad",
+                                                 np.dtype(dtype).itemsize))
+            return tuning.direct_group_rate if fast else tuning.direct_rate / max(1, planes)
         block = (depthwise.forward_block_filters(g.K // g.C, g.R, g.S, g.stride[1])
                  if self.kind == "forward" else 1)
         return tuning.direct_rate + ((tuning.direct_block_rate - tuning.direct_rate)

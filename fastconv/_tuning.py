@@ -61,6 +61,10 @@ class Tuning:
     # at multiplier 4 0.59 and 2 0.41-0.55 of the GEMMs, which run there at
     # a half and a quarter of their rate.
     direct_block_rate: float = 1.2
+    # ... and grouped with few channels per group (2 to 16), where the
+    # fixed-size kernels make blocks of 4 planes (forward: filters; input
+    # gradient: input channels) from each input vector loaded.
+    direct_group_rate: float = 1.4
     # The direct convolution's rate against the BLAS GEMM lowerings', on the
     # multiply-adds inside the image (it skips the padding's). Measured in
     # one process, fp32, 2 threads, direct / fused (share of the taps inside

@@ -71,9 +71,11 @@ def test_set_config_is_process_wide_and_config_context_thread_local():
         fastconv.set_config(memory_limit="1KiB")
         with ThreadPoolExecutor(2) as pool:
             assert pool.submit(lambda: fastconv.get_config()["memory_limit"]).result() == 1024
+            # (20 channels: more than the depthwise kernel, which needs no
+            # workspace, takes in a group)
             with pytest.raises(fastconv.WorkspaceLimitError):
-                pool.submit(fastconv.conv2d, np.ones((1, 8, 30, 30)),
-                            np.ones((8, 8, 3, 3))).result()
+                pool.submit(fastconv.conv2d, np.ones((1, 20, 30, 30)),
+                            np.ones((8, 20, 3, 3))).result()
     finally:
         fastconv.set_config(memory_limit=before["memory_limit"])
     seen = {}

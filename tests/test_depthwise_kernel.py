@@ -1,7 +1,8 @@
 """The direct depthwise kernels (fastconv._kernels.depthwise), called directly,
 against the independent NumPy reference: forward, input gradient and weight
-gradient over random geometries, input layouts, thread counts and every
-instruction set this CPU runs."""
+gradient over random geometries (depthwise, and grouped with a few channels
+per group), input layouts, thread counts and every instruction set this CPU
+runs."""
 import contextlib
 import subprocess
 import sys
@@ -77,11 +78,13 @@ def depthwise_cases(draw):
     # wide enough rows to reach the 2-vector blocks of float32 (32 columns)
     W = draw(st.integers(max(1, span_w - sum(pads[1])), 45))
     return dict(
-        # multipliers: one plane at a time (1), the fixed-size kernels' blocks
-        # of 4 and 2 planes with one left over (5 = 4 + 1), and the gathered
-        # taps' blocks of 8, 2 and 1 (11)
+        # C: groups. multipliers (filters per group): one plane at a time
+        # (1), the fixed-size kernels' blocks of 4 and 2 planes with one left
+        # over (5 = 4 + 1), and the gathered taps' blocks of 8, 2 and 1 (11).
+        # cg: channels per group, 1 (depthwise) most often
         N=draw(st.integers(1, 3)), C=draw(st.integers(1, 4)),
         mult=draw(st.sampled_from([1, 1, 2, 3, 4, 5, 8, 11])),
+        cg=draw(st.sampled_from([1, 1, 1, 2, 3, 5])),
         H=H, W=W, R=R, S=S, stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
         padding=pads, dilation=(dh, dw_), flip=draw(st.booleans()), bias=draw(st.booleans()),
         dtype=draw(st.sampled_from(DTYPES)), layout=draw(st.sampled_from(LAYOUTS)),
@@ -90,22 +93,25 @@ def depthwise_cases(draw):
 
 
 def _arrays(case):
+    """x (N, C*cg, H, W), weights (C*mult, cg, R, S), bias: case["C"] groups"""
     rng = np.random.default_rng(case["seed"])
-    dtype, C, K = case["dtype"], case["C"], case["C"] * case["mult"]
-    x = make_input(rng, (case["N"], C, case["H"], case["W"]), dtype, case["layout"])
-    w = rng.standard_normal((K, 1, case["R"], case["S"])).astype(dtype)
+    dtype, cg, K = case["dtype"], case["cg"], case["C"] * case["mult"]
+    x = make_input(rng, (case["N"], case["C"] * cg, case["H"], case["W"]), dtype,
+                   case["layout"])
+    w = rng.standard_normal((K, cg, case["R"], case["S"])).astype(dtype)
     b = rng.standard_normal(K).astype(dtype) if case["bias"] else None
     return x, w, b
 
 
 def _conv(case):
+    """case["C"]: the number of groups (the channels where cg == 1)"""
     return dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
                 groups=case["C"], flip=case["flip"])
 
 
 def _kernel_args(x_shape, w_shape, case):
     geometry = conv_geometry(x_shape, w_shape, stride=case["stride"], padding=case["padding"],
-                             dilation=case["dilation"], groups=x_shape[1])
+                             dilation=case["dilation"], groups=x_shape[1] // w_shape[1])
     return geometry, geometry.kernel_args
 
 
@@ -201,6 +207,72 @@ def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
     assert_close(out, expected, dtype)
     assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
+
+
+# Grouped convolutions with a few channels per group (cg): the fixed-size
+# kernels' blocks of 4 and 2 planes summed over the group's cg input planes
+# (forward: filters; input gradient at stride 1: input channels, from the
+# group's gradient planes), with masked border columns (rows of at least a
+# vector), columns [A, B) only (the portable build), compact rows (no
+# column padding) and narrow rows (plane by plane); 17 channels per group,
+# past DW_GROUP_MAX_PLANES, go plane by plane through the generic kernels.
+# Filters per group: 1 (plane by plane), 4, 5 (4 + 1), 6 (4 + 2), 9 (a block
+# of 8 and one).
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, conv", [
+    # ResNeXt's 3x3 (4 channels per group), scaled down
+    ((2, 3, 20, 37, 3, 3), dict(stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1))),
+    # no column padding (compact rows), dilated rows
+    ((1, 2, 14, 40, 3, 3), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(2, 1))),
+    # 5x5 and 7x7, rows narrower than a vector of float32
+    ((1, 2, 12, 12, 5, 5), dict(stride=(1, 1), padding=((2, 2), (2, 2)), dilation=(1, 1))),
+    ((1, 2, 21, 19, 7, 7), dict(stride=(1, 1), padding=((3, 2), (3, 3)), dilation=(1, 1))),
+    # strides (the input gradient scatters), a kernel without fixed size
+    ((2, 2, 17, 33, 3, 3), dict(stride=(2, 2), padding=((1, 1), (1, 1)), dilation=(1, 1))),
+    ((1, 2, 9, 30, 2, 3), dict(stride=(1, 1), padding=((1, 0), (1, 1)), dilation=(1, 1))),
+])
+@pytest.mark.parametrize("layout", ["contiguous", "reversed_w", "cropped_w", "every_other_c"])
+@pytest.mark.parametrize("cg, filters", [(2, 4), (3, 5), (4, 6), (5, 9), (16, 4), (17, 2),
+                                         (4, 1)])
+def test_grouped_shapes(name, dtype, shape, conv, layout, cg, filters):
+    N, groups, H, W, R, S = shape
+    case = dict(conv, flip=filters == 6, C=groups, dtype=dtype)
+    rng = np.random.default_rng(7)
+    x = make_input(rng, (N, groups * cg, H, W), dtype, layout)
+    w = rng.standard_normal((filters * groups, cg, R, S)).astype(dtype)
+    b = rng.standard_normal(filters * groups).astype(dtype)
+    expected = conv2d_reference(x, w, b, **_conv(case))
+    grad = rng.standard_normal(expected.shape).astype(dtype)
+    with isa(name):
+        out, grad_x, grad_w = run_all(x, w, b, grad, case, 2)
+    assert_close(out, expected, dtype)
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
+    assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
+
+
+def test_grouped_blocks_says_where_the_fixed_size_kernels_run():
+    """The planner's view (grouped_blocks) against the kernels' rules: 3x3,
+    5x5, 7x7 at column stride 1 with interior rows and rows of a vector (or
+    an interior of one, where masked loads do not exist); the input
+    gradient at stride 1 only."""
+    for name in ISAS:
+        with isa(name):
+            lanes = {"generic": 4, "avx2": 8, "avx512": 16}[name]
+            # H, W, Ho, R, S, Wo, sh, sw, pt, pl, dh, dw
+            wide = (20, lanes + 2, 20, 3, 3, lanes + 2, 1, 1, 1, 1, 1, 1)
+            assert dw.grouped_blocks(*wide, False, 4)
+            assert dw.grouped_blocks(*wide, True, 4)
+            assert not dw.grouped_blocks(20, 2 * lanes, 20, 3, 4, 2 * lanes - 1,
+                                         1, 1, 1, 1, 1, 1, False, 4)
+            assert not dw.grouped_blocks(40, 4 * lanes, 20, 3, 3, 2 * lanes,
+                                         2, 2, 1, 1, 1, 1, True, 4)
+            assert not dw.grouped_blocks(40, 4 * lanes, 40, 3, 3, 2 * lanes,
+                                         1, 2, 1, 1, 1, 1, False, 4)
+            # rows narrower than a vector: only the 16-byte portable vectors
+            # (4 floats) still make blocks of 6 columns
+            narrow = (8, 6, 8, 3, 3, 6, 1, 1, 1, 1, 1, 1)
+            assert dw.grouped_blocks(*narrow, False, 4) == (name == "generic")
 
 
 # Padded bands (fwd_band): a column stride, a column step (reversed_w,
@@ -604,8 +676,10 @@ def test_rejects_inconsistent_arrays():
     args = (3, 3, 5, 1, 1, 1, 1, 1, 1, False, 1)
     with pytest.raises(ValueError, match="R\\*S"):
         dw.conv2d_depthwise(x, np.zeros((4, 8), np.float32), none, out, *args)
-    with pytest.raises(ValueError, match="multiple of C"):
+    with pytest.raises(ValueError, match="multiple of groups = 2"):
         dw.conv2d_depthwise(x, np.zeros((3, 9), np.float32), none, out[:, :3], *args)
+    with pytest.raises(ValueError, match="C = 2 channels is not a multiple of C/groups = 3"):
+        dw.conv2d_depthwise(x, np.zeros((4, 27), np.float32), none, out, *args)
     with pytest.raises(ValueError, match="out must be"):
         dw.conv2d_depthwise(x, w, none, np.zeros((1, 2, 25), np.float32), *args)
     with pytest.raises(ValueError, match="bias"):
@@ -653,7 +727,10 @@ def test_depthwise_lowering_through_the_api(dtype, multiplier):
                  conv2d_weight_grad_reference(x, w.shape, g, **ref), dtype)
 
 
-def test_depthwise_lowering_refuses_other_groups():
+def test_depthwise_lowering_refuses_many_channels_per_group():
     import fastconv
-    with pytest.raises(ValueError, match="method='depthwise' needs groups == C"):
-        fastconv.conv2d(np.ones((1, 4, 5, 5)), np.ones((4, 2, 3, 3)), groups=2, method="depthwise")
+    many = dw.GROUP_MAX_CHANNELS + 1
+    with pytest.raises(ValueError, match=f"method='depthwise' needs groups == C .* or at most "
+                                         f"{dw.GROUP_MAX_CHANNELS} channels per group"):
+        fastconv.conv2d(np.ones((1, 2 * many, 5, 5)), np.ones((4, many, 3, 3)), groups=2,
+                        method="depthwise")

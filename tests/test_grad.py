@@ -149,6 +149,9 @@ PHASED_LAYERS = [
     ((2, 4, 12, 9), (6, 2, 3, 2), _layer((3, 2), ((0, 2), (3, 1)), (2, 1), groups=2)),
     ((1, 3, 10, 10), (5, 3, 1, 1), _layer((3, 3), ((0, 0), (0, 0)))),
     ((2, 5, 7, 8), (3, 5, 3, 3), _layer((1, 1), ((4, 1), (0, 5)))),
+    # 17 filters: the phases' passes have 17 channels per group, more than
+    # the depthwise kernel takes
+    ((1, 3, 9, 9), (17, 3, 3, 3), _layer((2, 2), ((1, 1), (1, 1)))),
 ]
 
 
@@ -182,8 +185,9 @@ def test_phased_passes_on_each_forward_kernel(sub_method, dtype, monkeypatch):
     finally:
         _plan._choose.cache_clear()
     assert used == {sub_method}
-    # fused and direct compute any phase; Winograd only 3x3 taps, depthwise one filter per group
-    assert refused == {"fused": 0, "direct": 0, "winograd": 4, "depthwise": 4}[sub_method]
+    # fused and direct compute any phase; Winograd only 3x3 taps, depthwise
+    # at most GROUP_MAX_CHANNELS channels per group
+    assert refused == {"fused": 0, "direct": 0, "winograd": 5, "depthwise": 1}[sub_method]
 
 
 def test_phases_partition_the_kernel_taps():

@@ -132,6 +132,14 @@ DW_INLINE void dw_step_position(dws *row, dws *col, dws step, dws Wo)
  * blocks of 4 and 2); depthwise.pyx and the planner read it from here. */
 #define DW_FWD_BLOCK_MAX 8
 
+/* Input planes per output plane (a grouped convolution's channels per
+ * group) up to which the fixed-size multi-plane kernels run: their weights
+ * (4 filters x planes x taps) are copied to the thread's stack, 25 KB for
+ * 7x7 in float64. More planes go plane by plane through the generic
+ * kernels (correct, slower); the planner does not offer the lowering
+ * there (depthwise.pyx, GROUP_MAX_CHANNELS). */
+#define DW_GROUP_MAX_PLANES 16
+
 /* A channel multiplier of at least DW_PANEL_MIN_MULT filters (of 2 where
  * the fixed-size kernels do not run, of 4 where they meet column padding:
  * _depthwise_impl.h, panel_chunks) runs over gathered taps (fwd_panels):
@@ -185,9 +193,10 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
 #define DW_ARGS_fwd(T) const dw_geom *g, const T *in, dws in_plane, dws M, \
                        const T *w, dws w_plane, T bias, T *out
 #define DW_PASS_fwd g, in, in_plane, M, w, w_plane, bias, out
-#define DW_ARGS_fwd_multi(T) const dw_geom *g, const T *in, dws MB, const T *w, dws w_step, \
-                             const T *bias, T *out, dws o_step
-#define DW_PASS_fwd_multi g, in, MB, w, w_step, bias, out, o_step
+#define DW_ARGS_fwd_multi(T) const dw_geom *g, const T *in, dws in_plane, dws M, dws MB, \
+                             const T *w, dws w_step, dws w_plane, const T *bias, T *out, \
+                             dws o_step
+#define DW_PASS_fwd_multi g, in, in_plane, M, MB, w, w_step, w_plane, bias, out, o_step
 #define DW_ARGS_fwd_panels(T) const dw_geom *g, const T *in, dws MB, const T *w, dws w_step, \
                               const T *bias, T *out, dws o_step, dws chunk
 #define DW_PASS_fwd_panels g, in, MB, w, w_step, bias, out, o_step, chunk
@@ -380,6 +389,13 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
              : isa >= DW_ISA_AVX2 ? dw_panel_chunks_avx2_##sfx(g, mult)        \
              : dw_panel_chunks_portable_##sfx(g, mult);                        \
     }
+#define DW_DISPATCH_BLOCKS(sfx)                                                \
+    static int dw_multi_blocks_##sfx(int isa, const dw_geom *g)                \
+    {                                                                          \
+        return isa >= DW_ISA_AVX512 ? dw_multi_blocks_avx512_##sfx(g)          \
+             : isa >= DW_ISA_AVX2 ? dw_multi_blocks_avx2_##sfx(g)              \
+             : dw_multi_blocks_portable_##sfx(g);                              \
+    }
 #else
 #define DW_DISPATCH(name, sfx, T)                                              \
     static void dw_##name##_##sfx(int isa, DW_ARGS_##name(T))                  \
@@ -387,6 +403,9 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
 #define DW_DISPATCH_LEN(sfx, T)                                                \
     static dws dw_panel_chunks_##sfx(int isa, const dw_geom *g, dws mult)      \
     { (void)isa; return dw_panel_chunks_portable_##sfx(g, mult); }
+#define DW_DISPATCH_BLOCKS(sfx)                                                \
+    static int dw_multi_blocks_##sfx(int isa, const dw_geom *g)                \
+    { (void)isa; return dw_multi_blocks_portable_##sfx(g); }
 #endif
 
 DW_DISPATCH(fwd, f, float)
@@ -397,6 +416,8 @@ DW_DISPATCH(fwd_panels, f, float)
 DW_DISPATCH(fwd_panels, d, double)
 DW_DISPATCH_LEN(f, float)
 DW_DISPATCH_LEN(d, double)
+DW_DISPATCH_BLOCKS(f)
+DW_DISPATCH_BLOCKS(d)
 DW_DISPATCH(igrad_strided, f, float)
 DW_DISPATCH(igrad_strided, d, double)
 DW_DISPATCH(wgrad, f, float)

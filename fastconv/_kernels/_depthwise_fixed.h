@@ -173,20 +173,24 @@ static __attribute__((noinline)) int DW_FIX(fwd)(const dw_geom *g, const T *in,
         for (int m_ = 0; m_ < MB; m_++)                                        \
             acc_[i_][m_] = (VT){0} + bs[m_];                                   \
     }                                                                          \
-    _Pragma("GCC unroll 7")                                                    \
-    for (int r_ = 0; r_ < RR; r_++) {                                          \
-        const T *q_ = p + (r_ * dh * xs_h + o_);                               \
+    for (dws j_ = 0; j_ < M; j_++) {                                           \
+        const T *pj_ = p + j_ * in_plane;                                      \
+        const T *wj_ = wt + j_ * (RR * SS * MB);                               \
         _Pragma("GCC unroll 7")                                                \
-        for (int s_ = 0; s_ < SS; s_++) {                                      \
-            VT xv_[2];                                                         \
-            _Pragma("GCC unroll 2")                                            \
-            for (int i_ = 0; i_ < (ROWS); i_++)                                \
-                xv_[i_] = LOADX(q_ + i_ * row_step + s_ * dw, s_);             \
-            _Pragma("GCC unroll 8")                                            \
-            for (int m_ = 0; m_ < MB; m_++) {                                  \
+        for (int r_ = 0; r_ < RR; r_++) {                                      \
+            const T *q_ = pj_ + (r_ * dh * xs_h + o_);                         \
+            _Pragma("GCC unroll 7")                                            \
+            for (int s_ = 0; s_ < SS; s_++) {                                  \
+                VT xv_[2];                                                     \
                 _Pragma("GCC unroll 2")                                        \
                 for (int i_ = 0; i_ < (ROWS); i_++)                            \
-                    acc_[i_][m_] += xv_[i_] * wt[m_][r_ * SS + s_];            \
+                    xv_[i_] = LOADX(q_ + i_ * row_step + s_ * dw, s_);         \
+                _Pragma("GCC unroll 8")                                        \
+                for (int m_ = 0; m_ < MB; m_++) {                              \
+                    _Pragma("GCC unroll 2")                                    \
+                    for (int i_ = 0; i_ < (ROWS); i_++)                        \
+                        acc_[i_][m_] += xv_[i_] * wj_[(r_ * SS + s_) * MB + m_]; \
+                }                                                              \
             }                                                                  \
         }                                                                      \
     }                                                                          \
@@ -210,9 +214,9 @@ static __attribute__((noinline)) int DW_FIX(fwd)(const dw_geom *g, const T *in,
  * own: inlined, its masks took the registers of the plain blocks' loop,
  * whose accumulators then spilled (paper_mnist, 8 planes a block, 0.28 ->
  * 0.21 ms a call). */
-DW_INLINE void DW_FIX(fwd_multi_edge_body)(const dw_geom *g, const T *p, T *orow,
-                                           dws o_step, dws ow, int rows,
-                                           const T wt[][RR * SS], const T *bs, const int MB)
+DW_INLINE void DW_FIX(fwd_multi_edge_body)(const dw_geom *g, const T *p, dws in_plane,
+                                           dws M, T *orow, dws o_step, dws ow, int rows,
+                                           const T *wt, const T *bs, const int MB)
 {
     const dws xs_h = g->xs_h, Wo = g->Wo, pl = g->pl, dh = g->dh, dw = g->dw;
     const dws row_step = g->sh * xs_h;
@@ -227,10 +231,11 @@ DW_INLINE void DW_FIX(fwd_multi_edge_body)(const dw_geom *g, const T *p, T *orow
 }
 #define DW_DEFINE_FWD_MULTI_EDGE(MBV)                                            \
 static __attribute__((noinline)) void DW_FIXM(fwd_multi_edge, MBV)(              \
-    const dw_geom *g, const T *p, T *orow, dws o_step, dws ow, int rows,        \
-    const T wt[][RR * SS], const T *bs)                                         \
+    const dw_geom *g, const T *p, dws in_plane, dws M, T *orow, dws o_step,     \
+    dws ow, int rows, const T *wt, const T *bs)                                 \
 {                                                                                \
-    DW_FIX(fwd_multi_edge_body)(g, p, orow, o_step, ow, rows, wt, bs, MBV);     \
+    DW_FIX(fwd_multi_edge_body)(g, p, in_plane, M, orow, o_step, ow, rows, wt,  \
+                                bs, MBV);                                       \
 }
 DW_DEFINE_FWD_MULTI_EDGE(4)
 DW_DEFINE_FWD_MULTI_EDGE(2)
@@ -284,21 +289,24 @@ DW_INLINE int DW_FIX(compact_pays)(const dw_geom *g, dws A, dws B, dws oh_lo, dw
         for (int m_ = 0; m_ < MB; m_++)                                        \
             acc_[u_][m_] = (VT){0} + bs[m_];                                   \
     }                                                                          \
-    _Pragma("GCC unroll 7")                                                    \
-    for (int r_ = 0; r_ < RR; r_++) {                                          \
-        const dws roff_ = r_ * dh * xs_h;                                      \
+    for (dws j_ = 0; j_ < M; j_++) {                                           \
+        const T *wj_ = wt + j_ * (RR * SS * MB);                               \
         _Pragma("GCC unroll 7")                                                \
-        for (int s_ = 0; s_ < SS; s_++) {                                      \
-            VT xv_[2];                                                         \
-            _Pragma("GCC unroll 2")                                            \
-            for (int u_ = 0; u_ < (NV); u_++)                                  \
-                xv_[u_] = DW_MERGE_LOAD(DW_LOAD(VT, src_[u_] + roff_ + s_ * dw), \
-                                        next_[u_] + roff_ + s_ * dw, cond_[u_]); \
-            _Pragma("GCC unroll 8")                                            \
-            for (int m_ = 0; m_ < MB; m_++) {                                  \
+        for (int r_ = 0; r_ < RR; r_++) {                                      \
+            const dws roff_ = j_ * in_plane + r_ * dh * xs_h;                  \
+            _Pragma("GCC unroll 7")                                            \
+            for (int s_ = 0; s_ < SS; s_++) {                                  \
+                VT xv_[2];                                                     \
                 _Pragma("GCC unroll 2")                                        \
                 for (int u_ = 0; u_ < (NV); u_++)                              \
-                    acc_[u_][m_] += xv_[u_] * wt[m_][r_ * SS + s_];            \
+                    xv_[u_] = DW_MERGE_LOAD(DW_LOAD(VT, src_[u_] + roff_ + s_ * dw), \
+                                            next_[u_] + roff_ + s_ * dw, cond_[u_]); \
+                _Pragma("GCC unroll 8")                                        \
+                for (int m_ = 0; m_ < MB; m_++) {                              \
+                    _Pragma("GCC unroll 2")                                    \
+                    for (int u_ = 0; u_ < (NV); u_++)                          \
+                        acc_[u_][m_] += xv_[u_] * wj_[(r_ * SS + s_) * MB + m_]; \
+                }                                                              \
             }                                                                  \
         }                                                                      \
     }                                                                          \
@@ -313,8 +321,8 @@ DW_INLINE int DW_FIX(compact_pays)(const dw_geom *g, dws A, dws B, dws oh_lo, dw
 /* rows [oh_lo, oh_hi) of the MB planes as compact rows (compact_pays said
  * so); the last vector ends at the last output, overlapping the one before
  * (same values) */
-DW_INLINE void DW_FIX(fwd_multi_compact_body)(const dw_geom *g, const T *in,
-                                              const T wt[][RR * SS], const T *bs, T *planes,
+DW_INLINE void DW_FIX(fwd_multi_compact_body)(const dw_geom *g, const T *in, dws in_plane,
+                                              dws M, const T *wt, const T *bs, T *planes,
                                               dws o_step, dws oh_lo, dws oh_hi, const int MB)
 {
     const dws xs_h = g->xs_h, Wo = g->Wo, dh = g->dh, dw = g->dw;
@@ -349,44 +357,52 @@ DW_INLINE void DW_FIX(fwd_multi_compact_body)(const dw_geom *g, const T *in,
 }
 #define DW_DEFINE_FWD_MULTI_COMPACT(MBV)                                         \
 static __attribute__((noinline)) void DW_FIXM(fwd_multi_compact, MBV)(           \
-    const dw_geom *g, const T *in, const T wt[][RR * SS], const T *bs, T *out,  \
-    dws o_step, dws oh_lo, dws oh_hi)                                           \
+    const dw_geom *g, const T *in, dws in_plane, dws M, const T *wt,            \
+    const T *bs, T *out, dws o_step, dws oh_lo, dws oh_hi)                      \
 {                                                                                \
-    DW_FIX(fwd_multi_compact_body)(g, in, wt, bs, out, o_step, oh_lo, oh_hi, MBV); \
+    DW_FIX(fwd_multi_compact_body)(g, in, in_plane, M, wt, bs, out, o_step,     \
+                                   oh_lo, oh_hi, MBV);                          \
 }
 DW_DEFINE_FWD_MULTI_COMPACT(4)
 DW_DEFINE_FWD_MULTI_COMPACT(2)
 #endif
 
 /* Output rows [oh_lo, oh_hi) (every kernel row inside the input) of the MB
- * planes out + m*o_step, filters w + m*w_step, biases bias[m] (NULL: none).
+ * planes out + m*o_step, each the sum over M input planes in + j*in_plane
+ * (M > 1: a grouped convolution's channels per group, at most
+ * DW_GROUP_MAX_PLANES) of the plane correlated with filter
+ * w + m*w_step + j*w_plane, plus bias[m] (NULL: none).
  * Returns 2 if it did whole rows (compact rows, or masked loads and
  * Wo >= VL), 1 if columns
  * [A, B) only (B - A >= VL), 0 if nothing (narrower rows: the caller goes
  * plane by plane). Column blocks are single vectors, the last one of a run
  * overlapping the one before (same values); rows go in pairs. */
-DW_INLINE int DW_FIX(fwd_multi_body)(const dw_geom *g, const T *in, const T *w,
-                                     dws w_step, const T *bias, T *out, dws o_step,
-                                     dws A, dws B, dws oh_lo, dws oh_hi, const int MB)
+DW_INLINE int DW_FIX(fwd_multi_body)(const dw_geom *g, const T *in, dws in_plane, dws M,
+                                     const T *w, dws w_step, dws w_plane, const T *bias,
+                                     T *out, dws o_step, dws A, dws B, dws oh_lo, dws oh_hi,
+                                     const int MB)
 {
     const dws xs_h = g->xs_h, Wo = g->Wo, sh = g->sh, pt = g->pt, pl = g->pl;
     const dws dh = g->dh, dw = g->dw, row_step = sh * xs_h;
-    T wt[DW_FWD_BLOCK_MAX][RR * SS];
+    /* tap (r, s) of plane j for filter m at wt[(j*RR*SS + r*SS + s)*MB + m]:
+     * a tap's MB broadcasts from one base register */
+    T wt[DW_GROUP_MAX_PLANES * RR * SS * 4];
     T bs[DW_FWD_BLOCK_MAX];
     dws oh;
     for (int m = 0; m < MB; m++) {
-        for (int r = 0; r < RR; r++)
-            for (int s = 0; s < SS; s++)
-                wt[m][r * SS + s] = g->flip ? w[m * w_step + (RR - 1 - r) * SS + (SS - 1 - s)]
-                                            : w[m * w_step + r * SS + s];
+        for (dws j = 0; j < M; j++)
+            for (int r = 0; r < RR; r++)
+                for (int s = 0; s < SS; s++)
+                    wt[(j * RR * SS + r * SS + s) * MB + m] = w[m * w_step + j * w_plane
+                        + (g->flip ? (RR - 1 - r) * SS + (SS - 1 - s) : r * SS + s)];
         bs[m] = bias ? bias[m] : 0;
     }
 #ifdef DW_MERGE_LOAD
     if (DW_FIX(compact_pays)(g, A, B, oh_lo, oh_hi)) {
         if (MB == 4)
-            DW_FIXM(fwd_multi_compact, 4)(g, in, wt, bs, out, o_step, oh_lo, oh_hi);
+            DW_FIXM(fwd_multi_compact, 4)(g, in, in_plane, M, wt, bs, out, o_step, oh_lo, oh_hi);
         else
-            DW_FIXM(fwd_multi_compact, 2)(g, in, wt, bs, out, o_step, oh_lo, oh_hi);
+            DW_FIXM(fwd_multi_compact, 2)(g, in, in_plane, M, wt, bs, out, o_step, oh_lo, oh_hi);
         return 2;
     }
 #endif
@@ -401,9 +417,9 @@ DW_INLINE int DW_FIX(fwd_multi_body)(const dw_geom *g, const T *in, const T *w,
                 const int rows = oh + 1 < oh_hi ? 2 : 1;
                 if (ow < A || ow + VL > B) {
                     if (MB == 4)
-                        DW_FIXM(fwd_multi_edge, 4)(g, p, orow, o_step, ow, rows, wt, bs);
+                        DW_FIXM(fwd_multi_edge, 4)(g, p, in_plane, M, orow, o_step, ow, rows, wt, bs);
                     else
-                        DW_FIXM(fwd_multi_edge, 2)(g, p, orow, o_step, ow, rows, wt, bs);
+                        DW_FIXM(fwd_multi_edge, 2)(g, p, in_plane, M, orow, o_step, ow, rows, wt, bs);
                 } else if (rows == 2) {
                     DW_MULTI_BLOCK(ow, 2, DW_MULTI_PLAIN);
                 } else {
@@ -433,11 +449,12 @@ DW_INLINE int DW_FIX(fwd_multi_body)(const dw_geom *g, const T *in, const T *w,
 
 #define DW_DEFINE_FWD_MULTI(MBV)                                                 \
 static __attribute__((noinline)) int DW_FIXM(fwd_multi, MBV)(                    \
-    const dw_geom *g, const T *in, const T *w, dws w_step, const T *bias,       \
-    T *out, dws o_step, dws A, dws B, dws oh_lo, dws oh_hi)                     \
+    const dw_geom *g, const T *in, dws in_plane, dws M, const T *w, dws w_step, \
+    dws w_plane, const T *bias, T *out, dws o_step, dws A, dws B, dws oh_lo,    \
+    dws oh_hi)                                                                  \
 {                                                                                \
-    return DW_FIX(fwd_multi_body)(g, in, w, w_step, bias, out, o_step, A, B,    \
-                                  oh_lo, oh_hi, MBV);                           \
+    return DW_FIX(fwd_multi_body)(g, in, in_plane, M, w, w_step, w_plane, bias, \
+                                  out, o_step, A, B, oh_lo, oh_hi, MBV);        \
 }
 DW_DEFINE_FWD_MULTI(4)
 DW_DEFINE_FWD_MULTI(2)

@@ -722,19 +722,42 @@ static __attribute__((noinline)) void NM(fwd)(const dw_geom *g, const T *in, dws
         NM(fwd_rows)(g, in, in_plane, M, w, w_plane, bias, out, fx_lo, fx_hi, fx_full);
 }
 
-/* MB planes of one input plane (a channel multiplier's filters): out +
- * m*o_step = the correlation of `in` with filter w + m*w_step, plus bias[m]
- * (bias NULL: none), m < MB. The interior rows go through the fixed-size
- * multi-plane kernels in blocks of 4 and 2 planes (each input vector
- * loaded once for the block); the rest, and any plane left over, plane by
- * plane. */
-static __attribute__((noinline)) void NM(fwd_multi)(const dw_geom *g, const T *in, dws MB,
-                                                    const T *w, dws w_step, const T *bias,
-                                                    T *out, dws o_step)
+/* Whether fwd_multi's fixed-size kernels make blocks of planes for this
+ * geometry (its interior rows at least; for the planner's cost model):
+ * plane by plane, the generic kernels loaded every input vector once per
+ * filter and ran a grouped layer at a quarter of the blocks' rate
+ * (8 x 512 x 14x14, 16 channels per group, float32, AVX-512). */
+static int NM(multi_blocks)(const dw_geom *g)
+{
+    dws A, B, lo, hi;
+    if (!NM(fixed_size)(g))
+        return 0;
+    dw_interior_rows(g, &lo, &hi);
+    dw_interior_columns(g, &A, &B);
+#ifdef DW_MLOAD
+    if (hi > lo && g->Wo >= VL)
+        return 1;
+#endif
+    return hi > lo && B - A >= VL;
+}
+
+/* MB output planes out + m*o_step (m < MB), each the sum over M input
+ * planes in + j*in_plane of the plane correlated with filter
+ * w + m*w_step + j*w_plane, plus bias[m] (bias NULL: none). M = 1: a
+ * channel multiplier's filters of one input plane; M > 1: filters of a
+ * grouped convolution with M channels per group (or, for its input
+ * gradient, M filters per group meeting in MB input channels). The interior
+ * rows go through the fixed-size multi-plane kernels in blocks of 4 and 2
+ * planes (each input vector loaded once for the block) where M is at most
+ * DW_GROUP_MAX_PLANES; the rest, and any plane left over, plane by plane. */
+static __attribute__((noinline)) void NM(fwd_multi)(const dw_geom *g, const T *in, dws in_plane,
+                                                    dws M, dws MB, const T *w, dws w_step,
+                                                    dws w_plane, const T *bias, T *out,
+                                                    dws o_step)
 {
     dws A, B, fx_lo = 0, fx_hi = 0, m = 0;
     dw_interior_columns(g, &A, &B);
-    if (NM(fixed_size)(g))
+    if (NM(fixed_size)(g) && M <= DW_GROUP_MAX_PLANES)
         dw_interior_rows(g, &fx_lo, &fx_hi);
     while (m < MB) {
         const dws left = MB - m;
@@ -745,9 +768,21 @@ static __attribute__((noinline)) void NM(fwd_multi)(const dw_geom *g, const T *i
          * where the fixed-size kernels do nothing */
         dws block = left >= 4 ? 4 : left >= 2 ? 2 : 1;
         int done = 0;
+        const int back = block == 1 && m > 0 && fx_hi > fx_lo;
+        if (back) {
+            /* one plane left after blocks: a block of 2 with the plane before
+             * it, which is written again with the same values (the same sums
+             * in the same order), not the generic kernels plane by plane */
+            m--;
+            wm -= w_step;
+            bm = bias ? bias + m : NULL;
+            om -= o_step;
+            block = 2;
+        }
         if (block > 1 && fx_hi > fx_lo) {
-#define DW_MULTI_CALL(RS, MBV) NM(fwd_multi_##RS##_##MBV)(g, in, wm, w_step, bm, om, o_step, \
-                                                          A, B, fx_lo, fx_hi)
+#define DW_MULTI_CALL(RS, MBV) NM(fwd_multi_##RS##_##MBV)(g, in, in_plane, M, wm, w_step, \
+                                                          w_plane, bm, om, o_step, A, B, \
+                                                          fx_lo, fx_hi)
 #define DW_MULTI_SIZE(RS) (block == 4 ? DW_MULTI_CALL(RS, 4) : DW_MULTI_CALL(RS, 2))
             if (g->R == 3)
                 done = DW_MULTI_SIZE(3x3);
@@ -759,14 +794,14 @@ static __attribute__((noinline)) void NM(fwd_multi)(const dw_geom *g, const T *i
 #undef DW_MULTI_CALL
         }
         if (!done)
-            block = left;   /* the rows are too narrow for it: plane by plane */
+            block = left + back;   /* rows too narrow for it: plane by plane */
         for (dws j = 0; j < block; j++) {
             const T b = bm ? bm[j] : 0;
             if (done)
-                NM(fwd_rows)(g, in, 0, 1, wm + j * w_step, 0, b, om + j * o_step,
+                NM(fwd_rows)(g, in, in_plane, M, wm + j * w_step, w_plane, b, om + j * o_step,
                              fx_lo, fx_hi, done == 2);
             else
-                NM(fwd)(g, in, 0, 1, wm + j * w_step, 0, b, om + j * o_step);
+                NM(fwd)(g, in, in_plane, M, wm + j * w_step, w_plane, b, om + j * o_step);
         }
         m += block;
     }

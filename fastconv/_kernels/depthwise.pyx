@@ -44,10 +44,12 @@ cdef extern from "_depthwise.h" nogil:
                   const float *w, dws w_plane, float bias, float *out)
     void dw_fwd_d(int isa, const dw_geom *g, const double *inp, dws in_plane, dws M,
                   const double *w, dws w_plane, double bias, double *out)
-    void dw_fwd_multi_f(int isa, const dw_geom *g, const float *inp, dws MB, const float *w,
-                        dws w_step, const float *bias, float *out, dws o_step)
-    void dw_fwd_multi_d(int isa, const dw_geom *g, const double *inp, dws MB, const double *w,
-                        dws w_step, const double *bias, double *out, dws o_step)
+    void dw_fwd_multi_f(int isa, const dw_geom *g, const float *inp, dws in_plane, dws M,
+                        dws MB, const float *w, dws w_step, dws w_plane, const float *bias,
+                        float *out, dws o_step)
+    void dw_fwd_multi_d(int isa, const dw_geom *g, const double *inp, dws in_plane, dws M,
+                        dws MB, const double *w, dws w_step, dws w_plane, const double *bias,
+                        double *out, dws o_step)
     void dw_igrad_strided_f(int isa, const dw_geom *g, const float *grad, dws g_plane,
                             dws M, const float *w, dws w_plane, float *gx)
     void dw_igrad_strided_d(int isa, const dw_geom *g, const double *grad, dws g_plane,
@@ -63,6 +65,8 @@ cdef extern from "_depthwise.h" nogil:
                          dws o_step, dws chunk)
     dws dw_panel_chunks_f(int isa, const dw_geom *g, dws mult)
     dws dw_panel_chunks_d(int isa, const dw_geom *g, dws mult)
+    int dw_multi_blocks_f(int isa, const dw_geom *g)
+    int dw_multi_blocks_d(int isa, const dw_geom *g)
     # filters of one input channel per forward item (a channel multiplier):
     # the C kernel blocks them by 8, 4, 2 (fwd_panels) or 4, 2 (fwd_multi)
     enum: DW_FWD_BLOCK_MAX
@@ -70,24 +74,54 @@ cdef extern from "_depthwise.h" nogil:
     # for kernels of at most DW_PANEL_MAX_TAPS taps
     enum: DW_PANEL_MIN_MULT
     enum: DW_PANEL_MAX_TAPS
+    # channels per group up to which the fixed-size kernels take a grouped
+    # convolution's planes together
+    enum: DW_GROUP_MAX_PLANES
 
 FORWARD_BLOCK_MAX = DW_FWD_BLOCK_MAX
 PANEL_MIN_MULT = DW_PANEL_MIN_MULT
 PANEL_MAX_TAPS = DW_PANEL_MAX_TAPS
+# the most channels (and filters) per group the planner offers this kernel
+# for: beyond it a GEMM runs at its full rate (see _tuning.py)
+GROUP_MAX_CHANNELS = DW_GROUP_MAX_PLANES
 
 
-def forward_items(Py_ssize_t N, Py_ssize_t C, Py_ssize_t K, Py_ssize_t chunks=0):
-    """The forward pass's work items: (image, output channel), or with a
-    channel multiplier m = K/C > 1 (image, input channel, chunk of positions)
-    where it runs over gathered taps in `chunks` chunks a plane
-    (forward_panel_chunks), else (image, input channel, block of up to
-    FORWARD_BLOCK_MAX of its m filters)."""
-    cdef Py_ssize_t mult = K // C if C else 1
+cdef inline Py_ssize_t _blocks(Py_ssize_t n) noexcept nogil:
+    """Blocks of up to DW_FWD_BLOCK_MAX planes that n planes take."""
+    return (n + DW_FWD_BLOCK_MAX - 1) // DW_FWD_BLOCK_MAX
+
+
+def forward_items(Py_ssize_t N, Py_ssize_t C, Py_ssize_t K, Py_ssize_t chunks=0,
+                  Py_ssize_t groups=0):
+    """The forward pass's work items (groups: C unless given). Depthwise
+    (groups == C): (image, output channel), or with a channel multiplier
+    m = K/C > 1 (image, input channel, chunk of positions) where it runs
+    over gathered taps in `chunks` chunks a plane (forward_panel_chunks),
+    else (image, input channel, block of up to FORWARD_BLOCK_MAX of its m
+    filters). Grouped (C/groups > 1 channels per group): (image, group,
+    block of up to FORWARD_BLOCK_MAX of the group's filters)."""
+    if groups == 0:
+        groups = C
+    if groups == 0:
+        return 0
+    cdef Py_ssize_t mult = K // groups
+    if C > groups:
+        return N * groups * _blocks(mult)
     if mult < 2:
         return N * K
     if chunks > 0:
         return N * C * chunks
-    return N * C * ((mult + DW_FWD_BLOCK_MAX - 1) // DW_FWD_BLOCK_MAX)
+    return N * C * _blocks(mult)
+
+
+def input_grad_items(Py_ssize_t N, Py_ssize_t C, Py_ssize_t groups, Py_ssize_t stride_h,
+                     Py_ssize_t stride_w):
+    """The input gradient's work items: (image, input channel), or for a
+    grouped convolution at stride 1 (image, group, block of up to
+    FORWARD_BLOCK_MAX of the group's input channels, made together)."""
+    if groups > 0 and C > groups and stride_h == 1 and stride_w == 1:
+        return N * groups * _blocks(C // groups)
+    return N * C
 
 
 def forward_block_filters(Py_ssize_t multiplier, Py_ssize_t R, Py_ssize_t S,
@@ -121,6 +155,31 @@ def forward_panel_chunks(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho,
                                dil_h, dil_w, False)
     return (dw_panel_chunks_f(_isa, &g, multiplier) if itemsize == 4
             else dw_panel_chunks_d(_isa, &g, multiplier))
+
+
+def grouped_blocks(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho,
+                   Py_ssize_t R, Py_ssize_t S, Py_ssize_t Wo,
+                   Py_ssize_t stride_h, Py_ssize_t stride_w,
+                   Py_ssize_t pad_top, Py_ssize_t pad_left,
+                   Py_ssize_t dil_h, Py_ssize_t dil_w,
+                   bint input_grad, Py_ssize_t itemsize):
+    """Whether the fixed-size kernels make a grouped convolution's planes in
+    blocks (several filters, or for the input gradient at stride 1 several
+    input channels, from each input vector loaded) on contiguous input rows,
+    with the current instruction set and 4- or 8-byte elements (geometry
+    as conv2d_depthwise takes it); False where they go plane by plane
+    through the generic kernels (other kernel sizes, column strides, rows
+    narrower than a vector). For the planner's cost model."""
+    cdef dw_geom g
+    if input_grad:
+        if stride_h != 1 or stride_w != 1:
+            return False
+        g = _geometry(Ho, Wo, Wo, 1, H, W, R, S, 1, 1, dil_h * (R - 1) - pad_top,
+                      dil_w * (S - 1) - pad_left, dil_h, dil_w, True)
+    else:
+        g = _geometry(H, W, W, 1, Ho, Wo, R, S, stride_h, stride_w, pad_top, pad_left,
+                      dil_h, dil_w, False)
+    return bool(dw_multi_blocks_f(_isa, &g) if itemsize == 4 else dw_multi_blocks_d(_isa, &g))
 
 
 _ISA_NAMES = {"generic": DW_ISA_PORTABLE, "avx2": DW_ISA_AVX2, "avx512": DW_ISA_AVX512}
@@ -188,10 +247,15 @@ def _check(Py_ssize_t N, Py_ssize_t C, Py_ssize_t K, Py_ssize_t H, Py_ssize_t W,
     if min(R, S, Wo, sh, sw, dh, dw) < 1:
         raise ValueError(f"R, S, Wo, strides and dilations must be >= 1, got R={R}, S={S}, "
                          f"Wo={Wo}, stride=({sh}, {sw}), dilation=({dh}, {dw})")
-    if taps != R * S:
-        raise ValueError(f"weight must be (K, R*S) = (K, {R * S}), got {taps} columns")
-    if C == 0 and K != 0 or C > 0 and K % C:
-        raise ValueError(f"K = {K} filters is not a multiple of C = {C} channels")
+    if taps == 0 or taps % (R * S):
+        raise ValueError(f"weight must be (K, C/groups*R*S), a multiple of R*S = {R * S} "
+                         f"columns, got {taps}")
+    cdef Py_ssize_t cg = taps // (R * S)
+    if C % cg:
+        raise ValueError(f"C = {C} channels is not a multiple of C/groups = {cg} "
+                         f"(weight's {taps} columns over R*S = {R * S})")
+    if C == 0 and K != 0 or C > 0 and K % (C // cg):
+        raise ValueError(f"K = {K} filters is not a multiple of groups = {C // cg}")
     if cols % Wo:
         raise ValueError(f"output has {cols} columns per plane, not a multiple of Wo = {Wo}")
 
@@ -207,18 +271,20 @@ def conv2d_depthwise(const floating[:, :, :, :] x,
                      bint flip, int num_threads):
     """out[n, k] = bias[k] + (x[n, k // m] correlated with weight[k]), the
     depthwise convolution (groups == C, K = C*m for a channel multiplier
-    m >= 1), without GEMM.
+    m >= 1), without GEMM; or a grouped convolution with Cg > 1 channels
+    per group: out[n, k] = bias[k] + sum over the Cg channels c of k's
+    group of x[n, c] correlated with weight[k]'s plane of c.
 
     x: (N, C, H, W), any element strides (negative, zero, non-contiguous:
-    read in place, never copied). weight: (K, R*S) C-contiguous (the
-    (K, 1, R, S) filters reshaped). bias: (K,), or length 0 for none.
+    read in place, never copied). weight: (K, Cg*R*S) C-contiguous (the
+    (K, Cg, R, S) filters reshaped; Cg = 1: depthwise). bias: (K,), or length 0 for none.
     out: (N, K, Ho*Wo) C-contiguous, fully written (need not be initialised);
     Ho = out.shape[2] // Wo. Padding is pad_top/pad_left (bottom/right
     follow from Ho, Wo). flip: mathematical convolution (kernel reversed).
-    Work items (image, output channel) on num_threads OpenMP threads; the
-    result does not depend on the thread count. Rows of x that are
-    contiguous with stride_w == 1 take the vectorised path; anything else a
-    strided one (correct, slower).
+    Work items (forward_items) on num_threads OpenMP threads; the result
+    does not depend on the thread count. Rows of x that are contiguous with
+    stride_w == 1 take the vectorised path; anything else a strided one
+    (correct, slower).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = weight.shape[0], taps = weight.shape[1]
@@ -231,6 +297,7 @@ def conv2d_depthwise(const floating[:, :, :, :] x,
     if N == 0 or K == 0 or cols == 0:
         return
     cdef Py_ssize_t Ho = cols // Wo, mult = K // C
+    cdef Py_ssize_t rs = R * S, cg = taps // rs, groups = C // cg, kg = K // groups
     cdef Py_ssize_t itemsize = sizeof(floating)
     cdef Py_ssize_t xs_n = x.strides[0] // itemsize, xs_c = x.strides[1] // itemsize
     cdef dw_geom g = _geometry(H, W, x.strides[2] // itemsize, x.strides[3] // itemsize,
@@ -241,8 +308,31 @@ def conv2d_depthwise(const floating[:, :, :, :] x,
     cdef const floating *b0 = &bias[0] if bias.shape[0] > 0 else NULL
     cdef floating *out0 = &out[0, 0, 0]
     cdef int isa = _isa
-    cdef Py_ssize_t item, n, k, c, blocks, first, count, chunks = 0
+    cdef Py_ssize_t item, n, k, c, grp, blocks, first, count, chunks = 0
     cdef floating b
+
+    if cg > 1:
+        # grouped: an item is up to DW_FWD_BLOCK_MAX filters of one group,
+        # each input vector of the group's cg planes loaded once for them
+        blocks = _blocks(kg)
+        with nogil:
+            for item in prange(N * groups * blocks, schedule="static",
+                               num_threads=num_threads):
+                n = item // (groups * blocks)
+                grp = (item // blocks) % groups
+                first = grp * kg + (item % blocks) * DW_FWD_BLOCK_MAX
+                count = min(DW_FWD_BLOCK_MAX, (grp + 1) * kg - first)
+                if floating is float:
+                    dw_fwd_multi_f(isa, &g, x0 + n * xs_n + grp * cg * xs_c, xs_c, cg, count,
+                                   w0 + first * taps, taps, rs,
+                                   b0 + first if b0 != NULL else NULL,
+                                   out0 + (n * K + first) * cols, cols)
+                else:
+                    dw_fwd_multi_d(isa, &g, x0 + n * xs_n + grp * cg * xs_c, xs_c, cg, count,
+                                   w0 + first * taps, taps, rs,
+                                   b0 + first if b0 != NULL else NULL,
+                                   out0 + (n * K + first) * cols, cols)
+        return
 
     if mult > 1:
         chunks = (dw_panel_chunks_f(isa, &g, mult) if floating is float
@@ -268,7 +358,7 @@ def conv2d_depthwise(const floating[:, :, :, :] x,
         # a channel multiplier: an item is up to DW_FWD_BLOCK_MAX filters of one
         # input channel, which the kernel computes together, each input
         # vector loaded once for all of them
-        blocks = forward_items(1, 1, mult)
+        blocks = _blocks(mult)
         with nogil:
             for item in prange(N * C * blocks, schedule="static", num_threads=num_threads):
                 n = item // (C * blocks)
@@ -276,12 +366,14 @@ def conv2d_depthwise(const floating[:, :, :, :] x,
                 first = c * mult + (item % blocks) * DW_FWD_BLOCK_MAX
                 count = min(DW_FWD_BLOCK_MAX, (c + 1) * mult - first)
                 if floating is float:
-                    dw_fwd_multi_f(isa, &g, x0 + n * xs_n + c * xs_c, count, w0 + first * taps,
-                                   taps, b0 + first if b0 != NULL else NULL,
+                    dw_fwd_multi_f(isa, &g, x0 + n * xs_n + c * xs_c, 0, 1, count,
+                                   w0 + first * taps, taps, 0,
+                                   b0 + first if b0 != NULL else NULL,
                                    out0 + (n * K + first) * cols, cols)
                 else:
-                    dw_fwd_multi_d(isa, &g, x0 + n * xs_n + c * xs_c, count, w0 + first * taps,
-                                   taps, b0 + first if b0 != NULL else NULL,
+                    dw_fwd_multi_d(isa, &g, x0 + n * xs_n + c * xs_c, 0, 1, count,
+                                   w0 + first * taps, taps, 0,
+                                   b0 + first if b0 != NULL else NULL,
                                    out0 + (n * K + first) * cols, cols)
         return
 
@@ -308,13 +400,15 @@ def conv2d_depthwise_input_grad(const floating[:, :, ::1] grad,
                                 Py_ssize_t dil_h, Py_ssize_t dil_w,
                                 bint flip, int num_threads):
     """grad_x (N, C, H, W) = the input gradient of the depthwise convolution
-    (as conv2d_depthwise, same geometry arguments) for output gradient grad
-    (N, K, Ho*Wo) C-contiguous, weight (K, R*S) C-contiguous.
+    (as conv2d_depthwise, same geometry arguments; grouped too) for output
+    gradient grad (N, K, Ho*Wo) C-contiguous, weight (K, Cg*R*S)
+    C-contiguous.
 
     grad_x: C-contiguous, fully written by the kernel (need not be
-    initialised). Work items (image, input channel): each sums its
-    K/C filters' contributions into its own plane, so no two threads touch
-    one plane and the result is the same for any thread count.
+    initialised). Work items (input_grad_items): each sums the
+    contributions of its channels' group's filters into its own planes, so
+    no two threads touch one plane and the result is the same for any
+    thread count.
     """
     cdef Py_ssize_t N = grad_x.shape[0], C = grad_x.shape[1]
     cdef Py_ssize_t H = grad_x.shape[2], W = grad_x.shape[3]
@@ -325,7 +419,8 @@ def conv2d_depthwise_input_grad(const floating[:, :, ::1] grad,
         raise ValueError(f"grad must be (N, K, Ho*Wo) = ({N}, {K}, ...), got {tuple(grad.shape)[:3]}")
     if N == 0 or C == 0 or H * W == 0:
         return
-    cdef Py_ssize_t Ho = cols // Wo, mult = K // C, plane = H * W
+    cdef Py_ssize_t Ho = cols // Wo, plane = H * W
+    cdef Py_ssize_t rs = R * S, cg = taps // rs, groups = C // cg, kg = K // groups
     cdef bint gather = stride_h == 1 and stride_w == 1
     cdef dw_geom g
     if gather:
@@ -341,26 +436,56 @@ def conv2d_depthwise_input_grad(const floating[:, :, ::1] grad,
     cdef const floating *w0 = &weight[0, 0]
     cdef floating *gx0 = &grad_x[0, 0, 0, 0]
     cdef int isa = _isa
-    cdef Py_ssize_t item, n, c
+    cdef Py_ssize_t item, n, c, grp, blocks, first, count
+
+    if cg > 1 and gather:
+        # grouped, stride 1: an item is up to DW_FWD_BLOCK_MAX input channels
+        # of one group, made together from the group's kg gradient planes
+        # (the forward kernel with the roles of filters and planes swapped:
+        # input channel j's "filter" for gradient plane k is weight[k]'s
+        # plane j)
+        blocks = _blocks(cg)
+        with nogil:
+            for item in prange(N * groups * blocks, schedule="static",
+                               num_threads=num_threads):
+                n = item // (groups * blocks)
+                grp = (item // blocks) % groups
+                first = (item % blocks) * DW_FWD_BLOCK_MAX
+                count = min(DW_FWD_BLOCK_MAX, cg - first)
+                if floating is float:
+                    dw_fwd_multi_f(isa, &g, g0 + (n * K + grp * kg) * cols, cols, kg, count,
+                                   w0 + grp * kg * taps + first * rs, rs, taps, NULL,
+                                   gx0 + (n * C + grp * cg + first) * plane, plane)
+                else:
+                    dw_fwd_multi_d(isa, &g, g0 + (n * K + grp * kg) * cols, cols, kg, count,
+                                   w0 + grp * kg * taps + first * rs, rs, taps, NULL,
+                                   gx0 + (n * C + grp * cg + first) * plane, plane)
+        return
 
     with nogil:
         for item in prange(N * C, schedule="static", num_threads=num_threads):
             n = item // C
             c = item - n * C
+            grp = c // cg
+            # the kg filters of c's group, each at c's plane
             if floating is float:
                 if gather:
-                    dw_fwd_f(isa, &g, g0 + (n * K + c * mult) * cols, cols, mult,
-                             w0 + c * mult * taps, taps, 0, gx0 + item * plane)
+                    dw_fwd_f(isa, &g, g0 + (n * K + grp * kg) * cols, cols, kg,
+                             w0 + grp * kg * taps + (c - grp * cg) * rs, taps, 0,
+                             gx0 + item * plane)
                 else:
-                    dw_igrad_strided_f(isa, &g, g0 + (n * K + c * mult) * cols, cols, mult,
-                                       w0 + c * mult * taps, taps, gx0 + item * plane)
+                    dw_igrad_strided_f(isa, &g, g0 + (n * K + grp * kg) * cols, cols, kg,
+                                       w0 + grp * kg * taps + (c - grp * cg) * rs, taps,
+                                       gx0 + item * plane)
             else:
                 if gather:
-                    dw_fwd_d(isa, &g, g0 + (n * K + c * mult) * cols, cols, mult,
-                             w0 + c * mult * taps, taps, 0, gx0 + item * plane)
+                    dw_fwd_d(isa, &g, g0 + (n * K + grp * kg) * cols, cols, kg,
+                             w0 + grp * kg * taps + (c - grp * cg) * rs, taps, 0,
+                             gx0 + item * plane)
                 else:
-                    dw_igrad_strided_d(isa, &g, g0 + (n * K + c * mult) * cols, cols, mult,
-                                       w0 + c * mult * taps, taps, gx0 + item * plane)
+                    dw_igrad_strided_d(isa, &g, g0 + (n * K + grp * kg) * cols, cols, kg,
+                                       w0 + grp * kg * taps + (c - grp * cg) * rs, taps,
+                                       gx0 + item * plane)
 
 
 def conv2d_depthwise_weight_grad(const floating[:, :, :, :] x,
@@ -371,14 +496,16 @@ def conv2d_depthwise_weight_grad(const floating[:, :, :, :] x,
                                  Py_ssize_t pad_top, Py_ssize_t pad_left,
                                  Py_ssize_t dil_h, Py_ssize_t dil_w,
                                  bint flip, int num_threads):
-    """grad_w (K, R*S) = the weight gradient of the depthwise convolution (as
-    conv2d_depthwise, same geometry arguments) for input x (N, C, H, W; any
-    strides) and output gradient grad (N, K, Ho*Wo) C-contiguous.
+    """grad_w (K, Cg*R*S) = the weight gradient of the depthwise convolution
+    (as conv2d_depthwise, same geometry arguments; grouped too) for input x
+    (N, C, H, W; any strides) and output gradient grad (N, K, Ho*Wo)
+    C-contiguous.
 
     grad_w: C-contiguous, fully written by the kernel (need not be zeroed).
-    Work items are filters: each sums over all images itself, so there is no
-    reduction between threads and the bits are the same for any thread count
-    (a layer with fewer filters than threads leaves threads idle).
+    Work items are (filter, channel of its group) planes of grad_w: each sums
+    over all images itself, so there is no reduction between threads and
+    the bits are the same for any thread count (a layer with fewer such
+    planes than threads leaves threads idle).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = grad_w.shape[0], taps = grad_w.shape[1]
@@ -391,7 +518,8 @@ def conv2d_depthwise_weight_grad(const floating[:, :, :, :] x,
     if N == 0 or cols == 0:
         grad_w[:, :] = 0
         return
-    cdef Py_ssize_t Ho = cols // Wo, mult = K // C
+    cdef Py_ssize_t Ho = cols // Wo
+    cdef Py_ssize_t rs = R * S, cg = taps // rs, kg = K // (C // cg)
     cdef Py_ssize_t itemsize = sizeof(floating)
     cdef Py_ssize_t xs_n = x.strides[0] // itemsize, xs_c = x.strides[1] // itemsize
     cdef dw_geom g = _geometry(H, W, x.strides[2] // itemsize, x.strides[3] // itemsize,
@@ -401,13 +529,17 @@ def conv2d_depthwise_weight_grad(const floating[:, :, :, :] x,
     cdef const floating *g0 = &grad[0, 0, 0]
     cdef floating *gw0 = &grad_w[0, 0]
     cdef int isa = _isa
-    cdef Py_ssize_t k
+    cdef Py_ssize_t item, k, c
 
     with nogil:
-        for k in prange(K, schedule="static", num_threads=num_threads):
+        # item = k*cg + j: filter k's plane j, which meets input channel
+        # (k // kg)*cg + j
+        for item in prange(K * cg, schedule="static", num_threads=num_threads):
+            k = item // cg
+            c = (k // kg) * cg + (item - k * cg)
             if floating is float:
-                dw_wgrad_f(isa, &g, x0 + (k // mult) * xs_c, xs_n, g0 + k * cols, K * cols,
-                           N, gw0 + k * taps)
+                dw_wgrad_f(isa, &g, x0 + c * xs_c, xs_n, g0 + k * cols, K * cols,
+                           N, gw0 + item * rs)
             else:
-                dw_wgrad_d(isa, &g, x0 + (k // mult) * xs_c, xs_n, g0 + k * cols, K * cols,
-                           N, gw0 + k * taps)
+                dw_wgrad_d(isa, &g, x0 + c * xs_c, xs_n, g0 + k * cols, K * cols,
+                           N, gw0 + item * rs)
