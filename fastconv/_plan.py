@@ -307,7 +307,7 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
     with one buffer per thread or, if the limit allows only one, a single
     buffer and threaded BLAS. fastconv's own GEMM ("fused") outbids them on
     deep layers and on 1x1 layers with large maps, the direct kernels
-    ("depthwise", "direct") on groups == C and where the padding is a large
+    ("depthwise", "direct") on groups == C (or few channels per group) and where the padding is a large
     share of the taps, Winograd's F(4x4, 3x3) ("winograd", 4x fewer
     multiply-adds) on 3x3 stride-1 layers with enough channels and tiles. Plans are cached: planning the same call
     again costs a dictionary look-up.

@@ -190,7 +190,7 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         tiles of it through an index map; "gemm1x1" multiplies a 1x1 layer's
         input in place; "fused" runs fastconv's own micro-kernels on panels
         gathered through the index map; "depthwise" a sliding window (groups
-        == C); "direct" skips the padding's taps; "winograd" F(4x4, 3x3)
+        == C, or at most 16 channels per group); "direct" skips the padding's taps; "winograd" F(4x4, 3x3)
         (3x3 stride-1 layers); "auto" picks the cheapest under the memory
         limit (``ConvPlan.reason`` says why). The input gradient (and the
         transposed convolution) also takes "phased": one stride-1 forward

@@ -727,6 +727,31 @@ def test_depthwise_lowering_through_the_api(dtype, multiplier):
                  conv2d_weight_grad_reference(x, w.shape, g, **ref), dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grouped_layer_through_the_api(dtype):
+    # auto runs a ResNeXt-like grouped layer (4 channels per group) on the
+    # depthwise kernel; forward and both gradients against the reference
+    import fastconv
+    from reference import (conv2d_input_grad_reference, conv2d_reference,
+                           conv2d_weight_grad_reference)
+    rng = np.random.default_rng(7)
+    groups, cg, kg = 6, 4, 3
+    x = rng.standard_normal((2, groups * cg, 40, 37)).astype(dtype)[:, :, 1:, ::-1]
+    w = rng.standard_normal((groups * kg, cg, 3, 3)).astype(dtype)
+    b = rng.standard_normal(groups * kg).astype(dtype)
+    conv = dict(padding=((1, 1), (1, 1)), groups=groups)
+    for kind in ("forward", "input_grad"):
+        assert fastconv.plan_conv2d(x.shape, w.shape, dtype, kind=kind,
+                                    **conv).method == "depthwise"
+    y = fastconv.conv2d(x, w, b, **conv)
+    assert_close(y, conv2d_reference(x, w, b, **conv), dtype)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    assert_close(fastconv.conv2d_input_grad(x.shape, w, g, **conv),
+                 conv2d_input_grad_reference(x.shape, w, g, **conv), dtype)
+    assert_close(fastconv.conv2d_weight_grad(x, w.shape, g, method="depthwise", **conv),
+                 conv2d_weight_grad_reference(x, w.shape, g, **conv), dtype)
+
+
 def test_depthwise_lowering_refuses_many_channels_per_group():
     import fastconv
     many = dw.GROUP_MAX_CHANNELS + 1

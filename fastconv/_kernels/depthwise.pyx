@@ -1,7 +1,10 @@
 # Depthwise convolution (groups == C, K = C * multiplier) computed directly,
 # without a GEMM: output channel k reads only input channel c = k // multiplier,
 # so the im2col lowering degenerates into one M = 1 GEMM per channel, which is
-# memory-bound. Here each output row is made in vector registers: for a block
+# memory-bound. Grouped convolutions with few channels per group (ResNeXt's
+# 32 groups of 4; at most GROUP_MAX_CHANNELS) run here too: an output plane
+# is the sum of its group's Cg input planes, each through the same sliding
+# window, where the GEMM lowerings would make one skinny product per group. Here each output row is made in vector registers: for a block
 # of 32 output columns (float32; 16 in float64) every kernel tap adds
 # w[r, s] * (a contiguous run of the input row) and the block is stored once.
 # Zero padding is never copied: the columns where every kernel column is
@@ -17,16 +20,20 @@
 # * forward: (image, output channel); each writes its own output plane. With
 #   a channel multiplier m > 1, (image, block of up to DW_FWD_BLOCK_MAX of one
 #   input channel's m filters): the block's planes are made together, each
-#   input vector loaded once for all of them.
+#   input vector loaded once for all of them. Grouped: (image, group, block of
+#   the group's filters), each block's planes summed over the group's input
+#   planes by the multi-plane kernels.
 # * input gradient: (image, input channel); the item sums its `multiplier`
 #   filters' contributions into its own plane of grad_x (cleared first), so
 #   no two threads touch one plane. Stride 1: the gradient is the correlation
 #   of the gradient planes with the reversed kernel, padded by
 #   dil*(R-1) - pad, and runs through the forward kernel (gather, vectorised);
-#   larger strides scatter-add tap by tap.
-# * weight gradient: one output channel per item, summed over all images by
-#   the item itself: no reduction between threads, the same bits for any
-#   thread count.
+#   larger strides scatter-add tap by tap. Grouped at stride 1: (image, group,
+#   block of the group's input channels), each made from the group's Kg
+#   gradient planes by the forward's multi-plane kernels.
+# * weight gradient: one (filter, channel of its group) plane of grad_w per
+#   item, summed over all images by the item itself: no reduction between
+#   threads, the same bits for any thread count.
 
 from cython cimport floating
 from cython.parallel cimport prange
