@@ -864,8 +864,11 @@ class Depthwise(Lowering):
             chunks = depthwise.forward_panel_chunks(g.H, g.W, g.Ho, *g.kernel_args,
                                                     g.K // g.C if g.C else 1,
                                                     np.dtype(dtype).itemsize) if g.C else 0
+            bands = g.groups != g.C and depthwise.grouped_path(
+                g.H, g.W, g.Ho, *g.kernel_args, False, g.C // g.groups,
+                np.dtype(dtype).itemsize) == "bands"
             return depthwise.forward_items(g.N, g.C, g.K, chunks if g.groups == g.C else 0,
-                                           g.groups)
+                                           g.groups, bands)
         if self.kind == "input_grad":
             return depthwise.input_grad_items(g.N, g.C, g.groups, *g.stride)
         return g.K * (g.C // g.groups)
@@ -891,9 +894,10 @@ class Depthwise(Lowering):
         at a time, up to direct_block_rate where the forward pass computes
         blocks of a channel multiplier's filters together; grouped,
         direct_group_rate where the fixed-size kernels take blocks of planes
-        (depthwise.grouped_blocks, at most GROUP_MAX_CHANNELS input planes
-        each), else direct_rate over the input planes per output plane (the
-        generic kernels, plane by plane)."""
+        (depthwise.grouped_path "blocks", at most GROUP_MAX_CHANNELS input
+        planes each), direct_group_band_rate where blocks of filters run
+        over padded bands ("bands"), else direct_rate over the input planes
+        per output plane (the generic kernels, plane by plane)."""
         from fastconv._kernels import depthwise
 
         if g.groups != g.C:
@@ -904,11 +908,18 @@ class Depthwise(Lowering):
             # group's filters; input gradient: its channels)
             cg, kg = g.C // g.groups, g.K // g.groups
             planes, together = (cg, kg) if self.kind == "forward" else (kg, cg)
-            fast = (together >= 2 and planes <= depthwise.GROUP_MAX_CHANNELS
-                    and depthwise.grouped_blocks(g.H, g.W, g.Ho, *g.kernel_args,
-                                                 self.kind == "input_grad",
-                                                 np.dtype(dtype).itemsize))
-            return tuning.direct_group_rate if fast else tuning.direct_rate / max(1, planes)
+            path = depthwise.grouped_path(g.H, g.W, g.Ho, *g.kernel_args,
+                                          self.kind == "input_grad", planes,
+                                          np.dtype(dtype).itemsize)
+            if together >= 2 and path == "blocks":
+                return tuning.direct_group_rate
+            # (bands of more planes, or blocks of fewer filters, load each
+            # vector for too few multiply-adds: MTCNN's first layer's input
+            # gradient, 32 planes into 3, took 1.39x stretch's time)
+            if (together >= 4 and planes <= depthwise.GROUP_MAX_CHANNELS
+                    and path == "bands"):
+                return tuning.direct_group_band_rate
+            return tuning.direct_rate / max(1, planes)
         block = (depthwise.forward_block_filters(g.K // g.C, g.R, g.S, g.stride[1])
                  if self.kind == "forward" else 1)
         return tuning.direct_rate + ((tuning.direct_block_rate - tuning.direct_rate)

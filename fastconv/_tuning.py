@@ -65,6 +65,14 @@ class Tuning:
     # fixed-size kernels make blocks of 4 planes (forward: filters; input
     # gradient: input channels) from each input vector loaded.
     direct_group_rate: float = 1.4
+    # ... and where blocks of filters run over padded bands instead
+    # (depthwise.grouped_path "bands": column strides, rows narrower than a
+    # vector), whose fill of the band buffer and per-tap overhead weigh more.
+    # fp32, 2 threads, fresh processes, bands / fused time: 3x3/2 on 56x56
+    # with 4 channels per group 0.60, with 8 0.96, 16 on 28x28 0.88-1.18,
+    # 16 at stride 1 on 14x14 1.49 (forward; input gradient 1.47). At 1.0
+    # the model takes the first and leaves the others to fused.
+    direct_group_band_rate: float = 1.0
     # The direct convolution's rate against the BLAS GEMM lowerings', on the
     # multiply-adds inside the image (it skips the padding's). Measured in
     # one process, fp32, 2 threads, direct / fused (share of the taps inside

@@ -214,8 +214,9 @@ def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
 # (forward: filters; input gradient at stride 1: input channels, from the
 # group's gradient planes), with masked border columns (rows of at least a
 # vector), columns [A, B) only (the portable build), compact rows (no
-# column padding) and narrow rows (plane by plane); 17 channels per group,
-# past DW_GROUP_MAX_PLANES, go plane by plane through the generic kernels.
+# column padding); strides, kernels without a fixed size, narrow rows and 17
+# channels per group (past DW_GROUP_MAX_PLANES) take blocks of 8, 4, 2 and 1
+# filters over padded bands (fwd_band_multi).
 # Filters per group: 1 (plane by plane), 4, 5 (4 + 1), 6 (4 + 2), 9 (a block
 # of 8 and one).
 @pytest.mark.parametrize("name", ISAS)
@@ -251,28 +252,37 @@ def test_grouped_shapes(name, dtype, shape, conv, layout, cg, filters):
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
 
 
-def test_grouped_blocks_says_where_the_fixed_size_kernels_run():
-    """The planner's view (grouped_blocks) against the kernels' rules: 3x3,
-    5x5, 7x7 at column stride 1 with interior rows and rows of a vector (or
-    an interior of one, where masked loads do not exist); the input
-    gradient at stride 1 only."""
+def test_grouped_path_says_where_each_kernel_runs():
+    """The planner's view (grouped_path) against the kernels' rules: blocks
+    of planes by the fixed-size kernels for 3x3, 5x5, 7x7 at column stride
+    1 with interior rows and rows of a vector (or an interior of one, where
+    masked loads do not exist); blocks of filters over padded bands for the
+    other grouped forward passes whose rows fit the band buffer, and the
+    stride-1 input gradient; plane by plane for the strided input gradient,
+    one input plane per output plane (M = 1) or rows too wide for a band."""
     for name in ISAS:
         with isa(name):
             lanes = {"generic": 4, "avx2": 8, "avx512": 16}[name]
             # H, W, Ho, R, S, Wo, sh, sw, pt, pl, dh, dw
             wide = (20, lanes + 2, 20, 3, 3, lanes + 2, 1, 1, 1, 1, 1, 1)
-            assert dw.grouped_blocks(*wide, False, 4)
-            assert dw.grouped_blocks(*wide, True, 4)
-            assert not dw.grouped_blocks(20, 2 * lanes, 20, 3, 4, 2 * lanes - 1,
-                                         1, 1, 1, 1, 1, 1, False, 4)
-            assert not dw.grouped_blocks(40, 4 * lanes, 20, 3, 3, 2 * lanes,
-                                         2, 2, 1, 1, 1, 1, True, 4)
-            assert not dw.grouped_blocks(40, 4 * lanes, 40, 3, 3, 2 * lanes,
-                                         1, 2, 1, 1, 1, 1, False, 4)
+            assert dw.grouped_path(*wide, False, 4, 4) == "blocks"
+            assert dw.grouped_path(*wide, True, 4, 4) == "blocks"
+            assert dw.grouped_path(*wide, False, dw.GROUP_MAX_CHANNELS + 1, 4) == "bands"
+            assert dw.grouped_path(20, 2 * lanes, 20, 3, 4, 2 * lanes - 1,
+                                   1, 1, 1, 1, 1, 1, False, 4, 4) == "bands"
+            assert dw.grouped_path(40, 4 * lanes, 20, 3, 3, 2 * lanes,
+                                   2, 2, 1, 1, 1, 1, True, 4, 4) == "planes"
+            strided = (40, 4 * lanes, 40, 3, 3, 2 * lanes, 1, 2, 1, 1, 1, 1)
+            assert dw.grouped_path(*strided, False, 4, 8) == "bands"
+            assert dw.grouped_path(*strided, False, 1, 8) == "planes"
+            # a row of 6000 columns in 16 planes does not fit the 32 KiB buffer
+            assert dw.grouped_path(3, 6000, 3, 3, 3, 6000, 1, 2, 1, 1, 1, 1,
+                                   False, 16, 4) == "planes"
             # rows narrower than a vector: only the 16-byte portable vectors
             # (4 floats) still make blocks of 6 columns
             narrow = (8, 6, 8, 3, 3, 6, 1, 1, 1, 1, 1, 1)
-            assert dw.grouped_blocks(*narrow, False, 4) == (name == "generic")
+            assert dw.grouped_path(*narrow, False, 4, 4) == ("blocks" if name == "generic"
+                                                            else "bands")
 
 
 # Padded bands (fwd_band): a column stride, a column step (reversed_w,

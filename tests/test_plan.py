@@ -111,14 +111,21 @@ def test_choice_rules():
     # where they make blocks (ResNeXt's 32 groups of 4 on 56x56: forward 0.43x
     # and input gradient 0.40x PyTorch's time, where fused/stretch took
     # 1.22x); 16 channels per group on 14x14 rows (narrower than a vector)
-    # and strided grouped layers keep the GEMM lowerings (5x slower there)
+    # keep the GEMM lowerings
     resnext = (8, 128, 56, 56), (128, 4, 3, 3)
     for kind in ("forward", "input_grad"):
         assert fastconv.plan_conv2d(*resnext, groups=32, padding=1,
                                     kind=kind).method == "depthwise"
     assert fastconv.plan_conv2d((8, 512, 14, 14), (512, 16, 3, 3), groups=32,
                                 padding=1).method != "depthwise"
-    assert fastconv.plan_conv2d(*resnext, groups=32, padding=1, stride=2).method != "depthwise"
+    # strided, 4 channels per group: blocks of filters over padded bands
+    # (0.60x fused's time); 16 channels per group on 14x14 stay with fused
+    assert fastconv.plan_conv2d(*resnext, groups=32, padding=1, stride=2).method == "depthwise"
+    assert fastconv.plan_conv2d((8, 512, 14, 14), (512, 16, 3, 3), groups=32, padding=1,
+                                kind="input_grad").method != "depthwise"
+    # a first layer's input gradient (32 filter planes into 3 channels) too
+    assert fastconv.plan_conv2d((32, 3, 48, 48), (32, 3, 3, 3),
+                                kind="input_grad").method != "depthwise"
     # a memory limit below its panels leaves the 1x1 layer to gemm1x1 (no workspace)
     assert fastconv.plan_conv2d((8, 64, 56, 56), (64, 64, 1, 1),
                                 memory_limit="4KiB").method == "gemm1x1"

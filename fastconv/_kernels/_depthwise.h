@@ -140,6 +140,9 @@ DW_INLINE void dw_step_position(dws *row, dws *col, dws step, dws Wo)
  * there (depthwise.pyx, GROUP_MAX_CHANNELS). */
 #define DW_GROUP_MAX_PLANES 16
 
+/* how fwd_multi makes blocks of planes (_depthwise_impl.h, multi_path) */
+enum { DW_MULTI_PLANES = 0, DW_MULTI_BLOCKS = 1, DW_MULTI_BANDS = 2 };
+
 /* A channel multiplier of at least DW_PANEL_MIN_MULT filters (of 2 where
  * the fixed-size kernels do not run, of 4 where they meet column padding:
  * _depthwise_impl.h, panel_chunks) runs over gathered taps (fwd_panels):
@@ -390,11 +393,11 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
              : dw_panel_chunks_portable_##sfx(g, mult);                        \
     }
 #define DW_DISPATCH_BLOCKS(sfx)                                                \
-    static int dw_multi_blocks_##sfx(int isa, const dw_geom *g)                \
+    static int dw_multi_path_##sfx(int isa, const dw_geom *g, dws M)           \
     {                                                                          \
-        return isa >= DW_ISA_AVX512 ? dw_multi_blocks_avx512_##sfx(g)          \
-             : isa >= DW_ISA_AVX2 ? dw_multi_blocks_avx2_##sfx(g)              \
-             : dw_multi_blocks_portable_##sfx(g);                              \
+        return isa >= DW_ISA_AVX512 ? dw_multi_path_avx512_##sfx(g, M)         \
+             : isa >= DW_ISA_AVX2 ? dw_multi_path_avx2_##sfx(g, M)             \
+             : dw_multi_path_portable_##sfx(g, M);                             \
     }
 #else
 #define DW_DISPATCH(name, sfx, T)                                              \
@@ -404,8 +407,8 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
     static dws dw_panel_chunks_##sfx(int isa, const dw_geom *g, dws mult)      \
     { (void)isa; return dw_panel_chunks_portable_##sfx(g, mult); }
 #define DW_DISPATCH_BLOCKS(sfx)                                                \
-    static int dw_multi_blocks_##sfx(int isa, const dw_geom *g)                \
-    { (void)isa; return dw_multi_blocks_portable_##sfx(g); }
+    static int dw_multi_path_##sfx(int isa, const dw_geom *g, dws M)           \
+    { (void)isa; return dw_multi_path_portable_##sfx(g, M); }
 #endif
 
 DW_DISPATCH(fwd, f, float)

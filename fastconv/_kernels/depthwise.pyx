@@ -72,8 +72,9 @@ cdef extern from "_depthwise.h" nogil:
                          dws o_step, dws chunk)
     dws dw_panel_chunks_f(int isa, const dw_geom *g, dws mult)
     dws dw_panel_chunks_d(int isa, const dw_geom *g, dws mult)
-    int dw_multi_blocks_f(int isa, const dw_geom *g)
-    int dw_multi_blocks_d(int isa, const dw_geom *g)
+    int DW_MULTI_PLANES, DW_MULTI_BLOCKS, DW_MULTI_BANDS
+    int dw_multi_path_f(int isa, const dw_geom *g, dws M)
+    int dw_multi_path_d(int isa, const dw_geom *g, dws M)
     # filters of one input channel per forward item (a channel multiplier):
     # the C kernel blocks them by 8, 4, 2 (fwd_panels) or 4, 2 (fwd_multi)
     enum: DW_FWD_BLOCK_MAX
@@ -98,22 +99,44 @@ cdef inline Py_ssize_t _blocks(Py_ssize_t n) noexcept nogil:
     return (n + DW_FWD_BLOCK_MAX - 1) // DW_FWD_BLOCK_MAX
 
 
+# Grouped layers over padded bands (fwd_band_multi) take all of a group's
+# filters in one work item where there are at least this many (image,
+# group) items to share out: the band buffer is then filled once per group,
+# not once per block of DW_FWD_BLOCK_MAX filters (16 channels and filters
+# per group on 14x14 maps refilled it twice).
+cdef enum:
+    _BAND_WHOLE_GROUP_ITEMS = 64
+BAND_WHOLE_GROUP_ITEMS = _BAND_WHOLE_GROUP_ITEMS
+
+
+cdef inline Py_ssize_t _group_item_filters(Py_ssize_t N, Py_ssize_t groups, Py_ssize_t kg,
+                                           bint bands) noexcept nogil:
+    """Filters of one group per forward work item (grouped layers)."""
+    if bands and N * groups >= _BAND_WHOLE_GROUP_ITEMS:
+        return max(kg, 1)
+    return DW_FWD_BLOCK_MAX
+
+
 def forward_items(Py_ssize_t N, Py_ssize_t C, Py_ssize_t K, Py_ssize_t chunks=0,
-                  Py_ssize_t groups=0):
+                  Py_ssize_t groups=0, bint bands=False):
     """The forward pass's work items (groups: C unless given). Depthwise
     (groups == C): (image, output channel), or with a channel multiplier
     m = K/C > 1 (image, input channel, chunk of positions) where it runs
     over gathered taps in `chunks` chunks a plane (forward_panel_chunks),
     else (image, input channel, block of up to FORWARD_BLOCK_MAX of its m
     filters). Grouped (C/groups > 1 channels per group): (image, group,
-    block of up to FORWARD_BLOCK_MAX of the group's filters)."""
+    block of up to FORWARD_BLOCK_MAX of the group's filters), or over padded
+    bands (`bands`: grouped_path "bands") with at least
+    BAND_WHOLE_GROUP_ITEMS (image, group) pairs, (image, group)."""
     if groups == 0:
         groups = C
     if groups == 0:
         return 0
     cdef Py_ssize_t mult = K // groups
+    cdef Py_ssize_t per
     if C > groups:
-        return N * groups * _blocks(mult)
+        per = _group_item_filters(N, groups, mult, bands)
+        return N * groups * ((mult + per - 1) // per)
     if mult < 2:
         return N * K
     if chunks > 0:
@@ -164,29 +187,35 @@ def forward_panel_chunks(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho,
             else dw_panel_chunks_d(_isa, &g, multiplier))
 
 
-def grouped_blocks(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho,
-                   Py_ssize_t R, Py_ssize_t S, Py_ssize_t Wo,
-                   Py_ssize_t stride_h, Py_ssize_t stride_w,
-                   Py_ssize_t pad_top, Py_ssize_t pad_left,
-                   Py_ssize_t dil_h, Py_ssize_t dil_w,
-                   bint input_grad, Py_ssize_t itemsize):
-    """Whether the fixed-size kernels make a grouped convolution's planes in
-    blocks (several filters, or for the input gradient at stride 1 several
-    input channels, from each input vector loaded) on contiguous input rows,
-    with the current instruction set and 4- or 8-byte elements (geometry
-    as conv2d_depthwise takes it); False where they go plane by plane
-    through the generic kernels (other kernel sizes, column strides, rows
-    narrower than a vector). For the planner's cost model."""
+def grouped_path(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho,
+                 Py_ssize_t R, Py_ssize_t S, Py_ssize_t Wo,
+                 Py_ssize_t stride_h, Py_ssize_t stride_w,
+                 Py_ssize_t pad_top, Py_ssize_t pad_left,
+                 Py_ssize_t dil_h, Py_ssize_t dil_w,
+                 bint input_grad, Py_ssize_t planes, Py_ssize_t itemsize):
+    """How the kernels make a grouped convolution's planes from `planes`
+    input planes each (the forward pass: channels per group; the input
+    gradient at stride 1: filters per group), on contiguous input rows, with
+    the current instruction set and 4- or 8-byte elements (geometry as
+    conv2d_depthwise takes it): "blocks", the fixed-size kernels' blocks of
+    planes (3x3, 5x5, 7x7, column stride 1, rows at least a vector wide);
+    "bands", blocks of filters over padded bands (fwd_band_multi: the other
+    kernels up to DW_BAND_MAX_S wide whose rows fit the band buffer); or
+    "planes", plane by plane (the generic kernels; the strided input
+    gradient). For the planner's cost model."""
     cdef dw_geom g
+    cdef int path
     if input_grad:
         if stride_h != 1 or stride_w != 1:
-            return False
+            return "planes"
         g = _geometry(Ho, Wo, Wo, 1, H, W, R, S, 1, 1, dil_h * (R - 1) - pad_top,
                       dil_w * (S - 1) - pad_left, dil_h, dil_w, True)
     else:
         g = _geometry(H, W, W, 1, Ho, Wo, R, S, stride_h, stride_w, pad_top, pad_left,
                       dil_h, dil_w, False)
-    return bool(dw_multi_blocks_f(_isa, &g) if itemsize == 4 else dw_multi_blocks_d(_isa, &g))
+    path = (dw_multi_path_f(_isa, &g, planes) if itemsize == 4
+            else dw_multi_path_d(_isa, &g, planes))
+    return "blocks" if path == DW_MULTI_BLOCKS else "bands" if path == DW_MULTI_BANDS else "planes"
 
 
 _ISA_NAMES = {"generic": DW_ISA_PORTABLE, "avx2": DW_ISA_AVX2, "avx512": DW_ISA_AVX512}
@@ -315,20 +344,27 @@ def conv2d_depthwise(const floating[:, :, :, :] x,
     cdef const floating *b0 = &bias[0] if bias.shape[0] > 0 else NULL
     cdef floating *out0 = &out[0, 0, 0]
     cdef int isa = _isa
-    cdef Py_ssize_t item, n, k, c, grp, blocks, first, count, chunks = 0
+    cdef Py_ssize_t item, n, k, c, grp, blocks, first, count, per, chunks = 0
+    cdef int path
     cdef floating b
 
     if cg > 1:
-        # grouped: an item is up to DW_FWD_BLOCK_MAX filters of one group,
-        # each input vector of the group's cg planes loaded once for them
-        blocks = _blocks(kg)
+        # grouped: an item is up to DW_FWD_BLOCK_MAX filters of one group
+        # (or all of them over padded bands: _group_item_filters), each
+        # input vector of the group's cg planes loaded once for them
+        if floating is float:
+            path = dw_multi_path_f(isa, &g, cg)
+        else:
+            path = dw_multi_path_d(isa, &g, cg)
+        per = _group_item_filters(N, groups, kg, path == DW_MULTI_BANDS)
+        blocks = (kg + per - 1) // per
         with nogil:
             for item in prange(N * groups * blocks, schedule="static",
                                num_threads=num_threads):
                 n = item // (groups * blocks)
                 grp = (item // blocks) % groups
-                first = grp * kg + (item % blocks) * DW_FWD_BLOCK_MAX
-                count = min(DW_FWD_BLOCK_MAX, (grp + 1) * kg - first)
+                first = grp * kg + (item % blocks) * per
+                count = min(per, (grp + 1) * kg - first)
                 if floating is float:
                     dw_fwd_multi_f(isa, &g, x0 + n * xs_n + grp * cg * xs_c, xs_c, cg, count,
                                    w0 + first * taps, taps, rs,
