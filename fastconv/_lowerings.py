@@ -844,12 +844,16 @@ class Depthwise(Lowering):
     kernel = "depthwise"
     uses_blas = False
 
-    def unsuitable(self, g):
-        from fastconv._kernels import depthwise
+    # channels per group it takes: the kernel's DW_GROUP_MAX_PLANES
+    # (depthwise.GROUP_MAX_CHANNELS; a test checks they agree), here so that
+    # the table is read without importing the compiled kernels (as
+    # general_methods does on importing fastconv.report)
+    group_max_channels = 16
 
-        if g.groups != g.C and g.C // g.groups > depthwise.GROUP_MAX_CHANNELS:
+    def unsuitable(self, g):
+        if g.groups != g.C and g.C // g.groups > self.group_max_channels:
             return (f"needs groups == C (a depthwise convolution) or at most "
-                    f"{depthwise.GROUP_MAX_CHANNELS} channels per group; got groups "
+                    f"{self.group_max_channels} channels per group; got groups "
                     f"{g.groups} with C = {g.C}")
         return _zero_padding_only(g)
 
@@ -916,7 +920,7 @@ class Depthwise(Lowering):
             # (bands of more planes, or blocks of fewer filters, load each
             # vector for too few multiply-adds: MTCNN's first layer's input
             # gradient, 32 planes into 3, took 1.39x stretch's time)
-            if (together >= 4 and planes <= depthwise.GROUP_MAX_CHANNELS
+            if (together >= 4 and planes <= self.group_max_channels
                     and path == "bands"):
                 return tuning.direct_group_band_rate
             return tuning.direct_rate / max(1, planes)

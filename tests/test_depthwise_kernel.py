@@ -764,6 +764,8 @@ def test_grouped_layer_through_the_api(dtype):
 
 def test_depthwise_lowering_refuses_many_channels_per_group():
     import fastconv
+    from fastconv._lowerings import Depthwise
+    assert Depthwise.group_max_channels == dw.GROUP_MAX_CHANNELS
     many = dw.GROUP_MAX_CHANNELS + 1
     with pytest.raises(ValueError, match=f"method='depthwise' needs groups == C .* or at most "
                                          f"{dw.GROUP_MAX_CHANNELS} channels per group"):
