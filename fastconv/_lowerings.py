@@ -919,10 +919,13 @@ class Depthwise(Lowering):
                 return tuning.direct_group_rate
             # (bands of more planes, or blocks of fewer filters, load each
             # vector for too few multiply-adds: MTCNN's first layer's input
-            # gradient, 32 planes into 3, took 1.39x stretch's time)
+            # gradient, 32 planes into 3, took 1.39x stretch's time; and a
+            # first layer's wide kernel over bands, groups = 1, ran below
+            # fused: ResNet-50's stem 17.6 ms against 12.0)
             if (together >= 4 and planes <= self.group_max_channels
-                    and path == "bands"):
-                return tuning.direct_group_band_rate
+                    and g.groups > 1 and path == "bands"):
+                return (tuning.direct_group_band_rate if self.kind == "forward"
+                        else tuning.direct_group_band_grad_rate)
             return tuning.direct_rate / max(1, planes)
         block = (depthwise.forward_block_filters(g.K // g.C, g.R, g.S, g.stride[1])
                  if self.kind == "forward" else 1)

@@ -67,12 +67,14 @@ class Tuning:
     direct_group_rate: float = 1.4
     # ... and where blocks of filters run over padded bands instead
     # (depthwise.grouped_path "bands": column strides, rows narrower than a
-    # vector), whose fill of the band buffer and per-tap overhead weigh more.
-    # fp32, 2 threads, fresh processes, bands / fused time: 3x3/2 on 56x56
-    # with 4 channels per group 0.60, with 8 0.96, 16 on 28x28 0.88-1.18,
-    # 16 at stride 1 on 14x14 1.49 (forward; input gradient 1.47). At 1.0
-    # the model takes the first and leaves the others to fused.
-    direct_group_band_rate: float = 1.0
+    # vector), forward and input gradient. With out= (the steady state),
+    # fp32, 2 threads, fresh processes alternated, best of 4, bands / fused
+    # time, 32 groups: 3x3/2 on 56x56 with 4 channels per group 0.50, with 8
+    # 0.73-0.79, 16 on 28x28 0.82, 16 at stride 1 on 14x14 0.98; the input
+    # gradient of the last 1.38 (its padded rows: Winograd and fused 1.85 ms,
+    # bands 2.55).
+    direct_group_band_rate: float = 1.4
+    direct_group_band_grad_rate: float = 1.0
     # The direct convolution's rate against the BLAS GEMM lowerings', on the
     # multiply-adds inside the image (it skips the padding's). Measured in
     # one process, fp32, 2 threads, direct / fused (share of the taps inside

@@ -110,19 +110,24 @@ def test_choice_rules():
     # grouped layers with few channels per group run its multi-plane kernels
     # where they make blocks (ResNeXt's 32 groups of 4 on 56x56: forward 0.43x
     # and input gradient 0.40x PyTorch's time, where fused/stretch took
-    # 1.22x); 16 channels per group on 14x14 rows (narrower than a vector)
-    # keep the GEMM lowerings
+    # 1.22x)
     resnext = (8, 128, 56, 56), (128, 4, 3, 3)
     for kind in ("forward", "input_grad"):
         assert fastconv.plan_conv2d(*resnext, groups=32, padding=1,
                                     kind=kind).method == "depthwise"
-    assert fastconv.plan_conv2d((8, 512, 14, 14), (512, 16, 3, 3), groups=32,
-                                padding=1).method != "depthwise"
-    # strided, 4 channels per group: blocks of filters over padded bands
-    # (0.60x fused's time); 16 channels per group on 14x14 stay with fused
+    # strided grouped layers and rows narrower than a vector: blocks of
+    # filters over padded bands, forward (0.50-0.98x fused's time with 4 to
+    # 16 channels per group), not the input gradient on 14x14 (1.38x)
     assert fastconv.plan_conv2d(*resnext, groups=32, padding=1, stride=2).method == "depthwise"
-    assert fastconv.plan_conv2d((8, 512, 14, 14), (512, 16, 3, 3), groups=32, padding=1,
+    assert fastconv.plan_conv2d((8, 256, 56, 56), (256, 8, 3, 3), groups=32, padding=1,
+                                stride=2).method == "depthwise"
+    resnext_conv4 = (8, 512, 14, 14), (512, 16, 3, 3)
+    assert fastconv.plan_conv2d(*resnext_conv4, groups=32, padding=1).method == "depthwise"
+    assert fastconv.plan_conv2d(*resnext_conv4, groups=32, padding=1,
                                 kind="input_grad").method != "depthwise"
+    # nor a first layer (groups = 1) over bands: the stem ran 1.47x fused's time
+    assert fastconv.plan_conv2d((8, 3, 224, 224), (64, 3, 7, 7), stride=2,
+                                padding=3).method != "depthwise"
     # a first layer's input gradient (32 filter planes into 3 channels) too
     assert fastconv.plan_conv2d((32, 3, 48, 48), (32, 3, 3, 3),
                                 kind="input_grad").method != "depthwise"
