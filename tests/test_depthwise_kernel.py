@@ -252,6 +252,34 @@ def test_grouped_shapes(name, dtype, shape, conv, layout, cg, filters):
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
 
 
+# With at least BAND_WHOLE_GROUP_ITEMS (image, group) items over padded
+# bands, an item takes all of a group's filters (here 11: blocks of 8, 2
+# and 1 in one call), not blocks of FORWARD_BLOCK_MAX.
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel, conv", [
+    ((3, 3), dict(stride=(2, 2), padding=((1, 1), (1, 1)), dilation=(1, 1))),  # column stride
+    ((3, 2), dict(stride=(1, 1), padding=((1, 1), (1, 0)), dilation=(1, 1))),  # no fixed size
+])
+def test_grouped_bands_take_whole_groups(name, dtype, kernel, conv):
+    groups, cg, filters = 32, 2, 11
+    N = -(-dw.BAND_WHOLE_GROUP_ITEMS // groups)
+    case = dict(conv, flip=False, C=groups, dtype=dtype)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((N, groups * cg, 9, 7)).astype(dtype)
+    w = rng.standard_normal((filters * groups, cg) + kernel).astype(dtype)
+    b = rng.standard_normal(filters * groups).astype(dtype)
+    expected = conv2d_reference(x, w, b, **_conv(case))
+    with isa(name):
+        Ho, Wo = expected.shape[2:]
+        assert dw.grouped_path(9, 7, Ho, *kernel, Wo, *conv["stride"], conv["padding"][0][0],
+                               conv["padding"][1][0], 1, 1, False, cg,
+                               np.dtype(dtype).itemsize) == "bands"
+        assert dw.forward_items(N, groups * cg, filters * groups, 0, groups, True) == N * groups
+        out = run_all(x, w, b, rng.standard_normal(expected.shape).astype(dtype), case, 2)[0]
+    assert_close(out, expected, dtype)
+
+
 def test_grouped_path_says_where_each_kernel_runs():
     """The planner's view (grouped_path) against the kernels' rules: blocks
     of planes by the fixed-size kernels for 3x3, 5x5, 7x7 at column stride

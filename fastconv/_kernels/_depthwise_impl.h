@@ -558,6 +558,38 @@ DW_INLINE int NM(band_pays)(const dw_geom *g, dws A, dws B)
     return g->sw != 1 || g->xs_w != 1 || (g->Wo - (B - A)) * VL > B - A;
 }
 
+/* off[s]: where tap s of a buffered row reads (phase (s*dw) % sw, column
+ * (s*dw) / sw), stepped, not divided (a division per tap was a tenth of a
+ * 33-tap layer's time) */
+DW_INLINE void NM(band_offsets)(const dw_geom *g, dws LP, dws *off)
+{
+    for (dws s = 0, phase = 0, col = 0; s < g->S; s++) {
+        off[s] = phase * LP + col;
+        phase += g->dw;
+        for (; phase >= g->sw; phase -= g->sw)
+            col++;
+    }
+}
+
+/* the input rows [i0, i1) under output rows [oh0, oh1) (clipped to the
+ * input), and of each of the M planes buffered: plane j's row i0 + i at
+ * buf + (j*nrows + i) * sw*LP; returns nrows */
+DW_INLINE dws NM(band_load)(const dw_geom *g, const T *in, dws in_plane, dws M, dws LP,
+                            dws oh0, dws oh1, dws *i0_out, dws *i1_out, T *buf)
+{
+    dws i0 = oh0 * g->sh - g->pt, i1 = (oh1 - 1) * g->sh - g->pt + (g->R - 1) * g->dh + 1;
+    i0 = i0 > 0 ? i0 : 0;
+    i1 = i1 < g->H ? i1 : g->H;
+    const dws nrows = i1 > i0 ? i1 - i0 : 0;
+    for (dws j = 0; j < M; j++)
+        for (dws i = 0; i < nrows; i++)
+            NM(band_fill)(g, in + j * in_plane + (i0 + i) * g->xs_h, LP,
+                          buf + (j * nrows + i) * g->sw * LP);
+    *i0_out = i0;
+    *i1_out = i1;
+    return nrows;
+}
+
 /* One output plane from M input planes (see fwd_rows) by padded bands; 0
  * (nothing written) when a band does not fit (see band_rows). */
 static __attribute__((noinline)) int NM(fwd_band)(const dw_geom *g, const T *in, dws in_plane,
@@ -569,29 +601,15 @@ static __attribute__((noinline)) int NM(fwd_band)(const dw_geom *g, const T *in,
     T buf[DW_BAND_BYTES / sizeof(T)] __attribute__((aligned(64)));
     dws off[DW_BAND_MAX_S];
     const dws H = g->H, Ho = g->Ho, Wo = g->Wo, R = g->R, S = g->S;
-    const dws sh = g->sh, sw = g->sw, pt = g->pt, dh = g->dh, dw = g->dw;
+    const dws sh = g->sh, sw = g->sw, pt = g->pt, dh = g->dh;
     const dws wds = g->flip ? -1 : 1, wdr = g->flip ? -S : S;
     const dws wr0 = g->flip ? R * S - 1 : 0;
     const dws LP = NM(band_row_len)(g), rowstep = sw * LP;
-    /* tap s reads phase (s*dw) % sw from column (s*dw) / sw: stepped, not
-     * divided (a division per tap was a tenth of a 33-tap layer's time) */
-    for (dws s = 0, phase = 0, col = 0; s < S; s++) {
-        off[s] = phase * LP + col;
-        phase += dw;
-        for (; phase >= sw; phase -= sw)
-            col++;
-    }
+    NM(band_offsets)(g, LP, off);
     for (dws oh0 = 0; oh0 < Ho; oh0 += band) {
         const dws oh1 = oh0 + band < Ho ? oh0 + band : Ho;
-        /* the input rows [i0, i1) under output rows [oh0, oh1) */
-        dws i0 = oh0 * sh - pt, i1 = (oh1 - 1) * sh - pt + (R - 1) * dh + 1;
-        i0 = i0 > 0 ? i0 : 0;
-        i1 = i1 < H ? i1 : H;
-        const dws nrows = i1 > i0 ? i1 - i0 : 0;
-        for (dws j = 0; j < M; j++)
-            for (dws i = 0; i < nrows; i++)
-                NM(band_fill)(g, in + j * in_plane + (i0 + i) * g->xs_h, LP,
-                              buf + (j * nrows + i) * rowstep);
+        dws i0, i1;
+        const dws nrows = NM(band_load)(g, in, in_plane, M, LP, oh0, oh1, &i0, &i1, buf);
         for (dws oh = oh0; oh < oh1; oh++) {
             T *orow = out + oh * Wo;
             const dws base = oh * sh - pt;
@@ -701,7 +719,9 @@ static __attribute__((noinline)) int NM(fwd_band)(const dw_geom *g, const T *in,
  * waited on each plane's rows, a new stream every few rows. 8 x 256 x
  * 56x56, 32 groups, 3x3/2, float32, one thread: the fill was 46 % of the
  * run (perf), its loads missing, against 1.2 ms to read the whole input
- * (np.sum). */
+ * (np.sum). With against without (2 threads, out=, builds alternated, best
+ * of 5, two runs): that layer 0.83-0.84x the time, 16 channels per group
+ * on 28x28 0.75x and 1.25x (noise: the machine drifted 30 % that day). */
 DW_INLINE void NM(band_prefetch)(const dw_geom *g, const T *in, dws in_plane, dws M,
                                  dws i0, dws i1, dws part, dws parts)
 {
@@ -733,26 +753,15 @@ static __attribute__((noinline)) int NM(fwd_band_multi)(const dw_geom *g, const 
     T buf[DW_BAND_BYTES / sizeof(T)] __attribute__((aligned(64)));
     dws off[DW_BAND_MAX_S];
     const dws H = g->H, Ho = g->Ho, Wo = g->Wo, R = g->R, S = g->S;
-    const dws sh = g->sh, sw = g->sw, pt = g->pt, dh = g->dh, dw = g->dw;
+    const dws sh = g->sh, sw = g->sw, pt = g->pt, dh = g->dh;
     const dws wds = g->flip ? -1 : 1, wdr = g->flip ? -S : S;
     const dws wr0 = g->flip ? R * S - 1 : 0;
     const dws LP = NM(band_row_len)(g), rowstep = sw * LP;
-    for (dws s = 0, phase = 0, col = 0; s < S; s++) {
-        off[s] = phase * LP + col;
-        phase += dw;
-        for (; phase >= sw; phase -= sw)
-            col++;
-    }
+    NM(band_offsets)(g, LP, off);
     for (dws oh0 = 0; oh0 < Ho; oh0 += band) {
         const dws oh1 = oh0 + band < Ho ? oh0 + band : Ho;
-        dws i0 = oh0 * sh - pt, i1 = (oh1 - 1) * sh - pt + (R - 1) * dh + 1;
-        i0 = i0 > 0 ? i0 : 0;
-        i1 = i1 < H ? i1 : H;
-        const dws nrows = i1 > i0 ? i1 - i0 : 0;
-        for (dws j = 0; j < M; j++)
-            for (dws i = 0; i < nrows; i++)
-                NM(band_fill)(g, in + j * in_plane + (i0 + i) * g->xs_h, LP,
-                              buf + (j * nrows + i) * rowstep);
+        dws i0, i1;
+        const dws nrows = NM(band_load)(g, in, in_plane, M, LP, oh0, oh1, &i0, &i1, buf);
         /* the next band's new rows, [i1, next) */
         dws next = i1;
         if (oh1 < Ho) {
@@ -770,8 +779,8 @@ static __attribute__((noinline)) int NM(fwd_band_multi)(const dw_geom *g, const 
                 const T *wm = w + m * w_step, *bm = bias ? bias + m : NULL;
                 T *om = out + m * o_step;
                 const dws left = MB - m;
-                /* 8 filters where a row is one vector (with 32 registers):
-                 * 4 accumulators would wait on the FMA latency */
+                /* 8 filters where a row is one or two vectors (with 32
+                 * registers): 4 or 8 accumulators would leave FMA slots idle */
                 if (DW_BM_ACCS >= 16 && left >= 8 && Wo <= 2 * VL) {
                     DW_BAND_MULTI_ROW(8);
                     m += 8;
