@@ -12,7 +12,8 @@ def build_info():
     import fastconv
     from fastconv._config import get_config
     from fastconv._kernels import fused
-    from fastconv._lowerings import fused_isa
+    from fastconv._lowerings import blas_rate, fused_isa
+    from fastconv._tuning import current
     from fastconv._workspace import kept_bytes
     from fastconv._kernels.openmp_info import openmp_enabled
     import fastconv._kernels.stretch  # noqa: F401  (loads SciPy's BLAS)
@@ -31,6 +32,10 @@ def build_info():
         # the fused and direct kernels' ISA (FASTCONV_ISA, else the best) and
         # every one this CPU and build run
         "isa": fused_isa(),
+        # the planner's rate of the BLAS lowerings' GEMMs against the own
+        # kernels' (Tuning.blas_rate: below 1 where the BLAS's kernels run
+        # narrower vectors)
+        "blas_rate": blas_rate(current()),
         "isas": list(fused.supported_isas()),
         "threadpools": [
             {k: info.get(k) for k in ("user_api", "internal_api", "version", "num_threads",
@@ -60,6 +65,9 @@ def show_config(file=None):
     ]
     lines.append(f"own kernels (fused, direct, winograd): {info['isa']} (this CPU and build run "
                  f"{', '.join(info['isas'])}; FASTCONV_ISA forces one)")
+    if info["blas_rate"] != 1:
+        lines.append(f"BLAS lowerings planned at {info['blas_rate']:g}x their GEMM rate: the "
+                     f"BLAS runs narrower vector kernels than the own {info['isa']} ones")
     lines.append(f"workspace kept between calls: "
                  f"{'yes' if info['keep_workspace'] else 'no'}, "
                  f"{format_bytes(info['kept_workspace_bytes'])} held now")

@@ -132,6 +132,24 @@ class Lowering:
 _GEMM_FLOPS_PER_THREAD = 50e9   # fp32 GEMM on these layers, one core (bench/)
 
 
+# vector width of fastconv's own kernels by instruction set (the portable
+# one's is the compiler's: not known, so not compared)
+_ISA_VECTOR_BITS = {"avx512": 512, "avx2": 256}
+
+
+def blas_rate(tuning):
+    """The BLAS GEMM's rate against the one the other rates were measured
+    beside: Tuning.blas_rate, or where that is None, the width of the BLAS
+    kernels' vectors over that of fastconv's own (at most 1; 1 where either
+    is unknown). See Tuning.blas_rate."""
+    if tuning.blas_rate is not None:
+        return tuning.blas_rate
+    own = _ISA_VECTOR_BITS.get(fused_isa(tuning.isa))
+    from fastconv._runtime import blas_vector_bits
+    theirs = blas_vector_bits()
+    return 1.0 if own is None or theirs is None else min(1.0, theirs / own)
+
+
 def _thin_gemm_factor(m, k, tuning):
     """Time factor of a GEMM whose smaller inner dimension (m filters or k
     depth) leaves the micro-kernel partly empty (see Tuning.gemm_full_rate_dim)."""
@@ -235,17 +253,20 @@ class _Gemm(Lowering):
         else:
             worth = 1
         m, _, k = self.gemm_shape(plan)
-        return (plan.flops / (_GEMM_FLOPS_PER_THREAD * worth) * self.traffic(plan, tuning)
-                * _thin_gemm_factor(m, k, tuning))
+        return (plan.flops / (_GEMM_FLOPS_PER_THREAD * worth) * _thin_gemm_factor(m, k, tuning)
+                * (self.gemm_share / blas_rate(tuning) + self.added_traffic(plan, tuning)))
 
-    def traffic(self, plan, tuning):
-        """Time factor of the memory traffic the lowering adds to its GEMMs:
-        the input gradient's col2im, which adds each element of the product
-        (rows x columns) back into the input, against its GEMM's 2 x filters
-        flops per element (see Tuning.col2im_flops)."""
+    # the lowering's time over its GEMMs' model, BLAS's part (Gemm1x1: half)
+    gemm_share = 1.0
+
+    def added_traffic(self, plan, tuning):
+        """The memory traffic the lowering adds to its GEMMs, as a share of
+        their time: the input gradient's col2im, which adds each element of
+        the product (rows x columns) back into the input, against its GEMM's
+        2 x filters flops per element (see Tuning.col2im_flops)."""
         if self.kind != "input_grad" or not self.uses_table:
-            return 1.0
-        return 1.0 + tuning.col2im_flops / (2 * max(1, plan.geometry.K // plan.geometry.groups))
+            return 0.0
+        return tuning.col2im_flops / (2 * max(1, plan.geometry.K // plan.geometry.groups))
 
     def gemm_shape(self, plan):
         """(M, N, K) of each GEMM. Forward: filters x stretched columns x rows
@@ -316,10 +337,9 @@ class Gemm1x1(_Gemm):
             planner, GemmBlocking(g.cols),
             "1x1 stride 1 unpadded: the input is its own im2col matrix"))
 
-    def traffic(self, plan, tuning):
-        # no gather and no buffer: half a gathering lowering's time, so it is
-        # preferred whatever the threads (blas_threads_penalty < 2)
-        return 0.5
+    # no gather and no buffer: half a gathering lowering's time, so it is
+    # preferred whatever the threads (blas_threads_penalty < 2)
+    gemm_share = 0.5
 
     def too_small(self, planner):
         return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "
@@ -901,12 +921,16 @@ class Depthwise(Lowering):
         (depthwise.grouped_path "blocks", at most GROUP_MAX_CHANNELS input
         planes each), direct_group_band_rate where blocks of filters run
         over padded bands ("bands"), else direct_rate over the input planes
-        per output plane (the generic kernels, plane by plane)."""
+        per output plane (the generic kernels, plane by plane). One plane at a
+        time, each loaded vector meets few multiply-adds, so wider FMAs gain
+        it no more than BLAS: direct_rate counts at the BLAS's rate
+        (Tuning.blas_rate); the blocks run at their own."""
         from fastconv._kernels import depthwise
 
+        one_plane = tuning.direct_rate * blas_rate(tuning)
         if g.groups != g.C:
             if self.kind == "weight_grad":
-                return tuning.direct_rate
+                return one_plane
             # planes: input planes summed into each output plane; together:
             # output planes made from each input vector (forward: the
             # group's filters; input gradient: its channels)
@@ -926,11 +950,11 @@ class Depthwise(Lowering):
                     and g.groups > 1 and path == "bands"):
                 return (tuning.direct_group_band_rate if self.kind == "forward"
                         else tuning.direct_group_band_grad_rate)
-            return tuning.direct_rate / max(1, planes)
+            return one_plane / max(1, planes)
         block = (depthwise.forward_block_filters(g.K // g.C, g.R, g.S, g.stride[1])
                  if self.kind == "forward" else 1)
-        return tuning.direct_rate + ((tuning.direct_block_rate - tuning.direct_rate)
-                                     * (block - 1) / (depthwise.FORWARD_BLOCK_MAX - 1))
+        return one_plane + ((tuning.direct_block_rate - one_plane)
+                            * (block - 1) / (depthwise.FORWARD_BLOCK_MAX - 1))
 
     def buffers(self, g, dtype, blocking, threads):
         return {}

@@ -27,7 +27,7 @@ import threading
 
 from fastconv import _machine
 
-__all__ = ["budget", "call_threads", "run_kernel"]
+__all__ = ["blas_vector_bits", "budget", "call_threads", "run_kernel"]
 
 _controller_lock = threading.Lock()
 _controller = None
@@ -60,6 +60,31 @@ def _kernels_blas(controller):
     if mine and len(mine) < len(controller.lib_controllers):
         controller = controller.select(filepath=[lib.filepath for lib in mine])
     return controller
+
+
+# OpenBLAS's kernel families (its "core" names: threadpoolctl's
+# `architecture`) by the width of the vector registers their GEMM uses.
+# OpenBLAS picks the family from the CPU at load time, and a CPU newer than
+# its table gets an older family: SciPy's OpenBLAS 0.3.30 runs its Haswell
+# (AVX2) kernels on AMD Zen 5 (family 26), at half the rate of AVX-512 code
+# there (see Tuning.blas_rate).
+_OPENBLAS_VECTOR_BITS = {
+    "sapphirerapids": 512, "cooperlake": 512, "skylakex": 512,
+    "zen": 256, "haswell": 256, "sandybridge": 256, "excavator": 256,
+    "steamroller": 256, "piledriver": 256, "bulldozer": 256,
+    "nehalem": 128, "core2": 128, "penryn": 128, "dunnington": 128,
+    "atom": 128, "prescott": 128, "barcelona": 128, "opteron": 128,
+}
+
+
+def blas_vector_bits():
+    """Width in bits of the vectors the kernels' BLAS computes its GEMM with
+    on this CPU (OpenBLAS's kernel family, as threadpoolctl reads it), the
+    narrowest if several are loaded; None where it cannot be told (another
+    BLAS, a family not in the table)."""
+    bits = [_OPENBLAS_VECTOR_BITS.get(str(getattr(lib, "architecture", None)).lower())
+            for lib in _blas_controller().lib_controllers]
+    return min(bits) if bits and None not in bits else None
 
 
 def _fewest(counts):

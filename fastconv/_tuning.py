@@ -144,6 +144,26 @@ class Tuning:
     direct_weight_grad_tile_taps: float = 3.0
     direct_weight_grad_depth: float = 10.0
     direct_weight_grad_call: float = 10.0
+    # The BLAS GEMM's rate against the one every other rate here was
+    # measured beside (SciPy's OpenBLAS on its AVX-512 kernels, AMD Zen 4),
+    # dividing the BLAS lowerings' GEMM time. None: from the BLAS's kernels,
+    # their vector width over that of fastconv's own (_lowerings.blas_rate):
+    # 1 where they are as wide, 0.5 where OpenBLAS runs its AVX2 kernels
+    # beside fastconv's AVX-512 ones, as on AMD Zen 5, whose 512-bit FMAs run
+    # at twice the 256-bit rate: there a 2048^3 sgemm ran at 225 GFLOP/s and
+    # fused's micro-kernel at 434 on the same product as a 1x1 layer (2
+    # threads), and with a rate of 1 the planner took stretch on ResNet-50's
+    # 3a projection at 1.36-1.45x PyTorch's time, fused measuring 0.97x.
+    # The depthwise kernel's one-plane-at-a-time paths take it too
+    # (Depthwise.rate): their vectors meet few multiply-adds each, so wider
+    # FMAs gain them no more than BLAS. On Zen 5 they kept their time over
+    # mapped's as the Zen 4 rates model it (input gradients, depthwise /
+    # mapped: paper_mnist 1.34 measured, 1.43 modelled; U-Net's first layer
+    # 1.65, 1.66; SRCNN 9x9 1.75, 1.66), where halving BLAS alone took them
+    # at 1.3-6.9x mapped's time. Its blocks of filters keep their rate
+    # against fused (forward, depthwise / fused: paper_mnist 0.70, U-Net's
+    # first layer 0.57, ArcFace's stem 0.93, MTCNN 0.84).
+    blas_rate: object = None
     # The fused lowering's instruction set: None for FASTCONV_ISA if set,
     # else the best this CPU runs ("avx512", "avx2", "generic").
     isa: object = None

@@ -13,3 +13,19 @@ if not any(_kernels.glob("stretch*.so")) and not any(_kernels.glob("stretch*.pyd
     sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _root]
     if importlib.util.find_spec("fastconv") is None:
         raise ImportError("fastconv is not installed: run  python3 -m pip install '.[test]'")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _blas_at_full_rate():
+    """The planner's choices that tests check were measured beside a BLAS on
+    kernels as wide as fastconv's own; on a machine whose BLAS runs narrower
+    ones (Tuning.blas_rate: OpenBLAS's AVX2 kernels on AMD Zen 5) the
+    planner rightly chooses otherwise. Every test plans at the full rate,
+    so that they check the same rules on any machine; the tests of the rate
+    itself set it."""
+    from fastconv._tuning import tuned
+    with tuned(blas_rate=1.0):
+        yield

@@ -145,7 +145,8 @@ def test_show_config_says_which_isa_the_own_kernels_run(tmp_path):
     import subprocess
     import sys
     from fastconv._kernels.fused import supported_isas
-    code = "import fastconv; fastconv.show_config()"
+    code = ("import fastconv; fastconv.show_config(); from fastconv._lowerings import "
+            "blas_rate; from fastconv._tuning import current; print('rate', blas_rate(current()))")
     for isa in [None, *supported_isas()]:
         env = {k: v for k, v in __import__("os").environ.items() if k != "FASTCONV_ISA"}
         if isa:
@@ -156,3 +157,11 @@ def test_show_config_says_which_isa_the_own_kernels_run(tmp_path):
         assert line, out.stdout + out.stderr
         assert line[0].startswith(f"own kernels (fused, direct, winograd): "
                                   f"{isa or supported_isas()[0]} ")
+        # and the rate the planner gives the BLAS lowerings against them,
+        # where it is not 1 (the portable kernels' width is not compared)
+        rate = float(out.stdout.split("rate ")[-1])
+        said = [l for l in out.stdout.splitlines() if l.startswith("BLAS lowerings planned at")]
+        assert said == ([] if rate == 1 else [
+            f"BLAS lowerings planned at {rate:g}x their GEMM rate: the BLAS runs narrower "
+            f"vector kernels than the own {isa or supported_isas()[0]} ones"]), out.stdout
+        assert isa != "generic" or rate == 1

@@ -268,3 +268,48 @@ def test_buffer_specs_are_the_lowerings_for_each_thread_count():
     assert other.buffer_specs(2) == other.lowering.buffers(other.geometry, other.dtype,
                                                            other.blocking, 2)
     assert other.buffer_specs(2) != plan.buffer_specs(2)
+
+
+@requires_openmp
+def test_blas_rate_from_the_kernels_vector_width(monkeypatch):
+    """Tuning.blas_rate None reads the BLAS's kernel family against the own
+    kernels' ISA: half where OpenBLAS runs AVX2 kernels beside AVX-512 ones,
+    1 where they match or either is unknown; and the planner's choice
+    follows it (ResNet-50's 3a projection, 1x1/2: stretch at the full rate,
+    fused at half, as measured on Zen 5)."""
+    from fastconv import _runtime
+
+    class Lib:
+        def __init__(self, architecture):
+            self.architecture = architecture
+
+    class Controller:
+        def __init__(self, *names):
+            self.lib_controllers = [Lib(n) for n in names]
+
+    def rate(isa, *names):
+        monkeypatch.setattr(_runtime, "_controller", Controller(*names))
+        return _lowerings.blas_rate(dataclasses.replace(_tuning.current(), blas_rate=None,
+                                                        isa=isa))
+
+    from fastconv._kernels import fused
+    isas = fused.supported_isas()
+    if "avx512" in isas:
+        assert rate("avx512", "Haswell") == 0.5
+        assert rate("avx512", "SkylakeX") == 1.0
+        assert rate("avx512", "SkylakeX", "Zen") == 0.5   # the narrowest loaded
+        assert rate("avx512", "Neoverse", "Haswell") == 1.0   # unknown: not compared
+        assert rate("avx512", None) == 1.0
+    if "avx2" in isas:
+        assert rate("avx2", "Haswell") == 1.0
+        assert rate("avx2", "SkylakeX") == 1.0   # never above 1
+        assert rate("avx2", "Nehalem") == 0.5
+    assert rate("generic", "Haswell") == 1.0
+    monkeypatch.undo()   # the real controller again
+    # a set rate is taken as it is
+    assert _lowerings.blas_rate(dataclasses.replace(_tuning.current(), blas_rate=0.7)) == 0.7
+    proj = ((8, 256, 56, 56), (512, 256, 1, 1))
+    with _tuning.tuned(blas_rate=1.0):
+        assert fastconv.plan_conv2d(*proj, stride=2, num_threads=2).method == "stretch"
+    with _tuning.tuned(blas_rate=0.5):
+        assert fastconv.plan_conv2d(*proj, stride=2, num_threads=2).method == "fused"
