@@ -337,9 +337,17 @@ class Gemm1x1(_Gemm):
             planner, GemmBlocking(g.cols),
             "1x1 stride 1 unpadded: the input is its own im2col matrix"))
 
-    # no gather and no buffer: half a gathering lowering's time, so it is
-    # preferred whatever the threads (blas_threads_penalty < 2)
-    gemm_share = 0.5
+    @property
+    def gemm_share(self):
+        # no gather and no buffer: half a gathering lowering's time, so it is
+        # preferred whatever the threads (blas_threads_penalty < 2); but the
+        # weight gradient's gather of a 1x1 layer is a copy beside a product
+        # as deep as the batch's columns: gemm1x1 / stretch measured 0.91
+        # (ResNet-50 2a_1x1), 0.90 (2b), 0.94 (4b_1x1) (fp32, 2 threads,
+        # bench/steady_state.py), and at 0.5 the planner kept it against
+        # fused where that took 0.52-0.78x its time (Tuning.blas_rate 0.5;
+        # fused_weight_grad_pointwise was fitted against stretch and mapped)
+        return 0.9 if self.kind == "weight_grad" else 0.5
 
     def too_small(self, planner):
         return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "
