@@ -414,19 +414,39 @@ def test_weight_grad_layer_sized(isa, dtype, S, stride, K):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_weight_grad_same_bits_for_any_threads_and_passes(isa, dtype):
-    # each grad_w element is one tile's sum over the batch, in one order,
-    # whichever thread owns the tile and however many passes it takes
+def test_weight_grad_bits_by_units_and_by_images(isa, dtype):
+    # split by units (more units than a pass holds): each grad_w element is
+    # one tile's sum over the batch, in one order, whichever thread owns the
+    # tile and however many passes it takes, so any thread count gives the
+    # same bits; split by images (every unit in one pass, an image per
+    # thread): each thread's tiles over its images, added in thread order,
+    # so a given thread count gives the same bits
     rng = np.random.default_rng(9)
     x = rng.standard_normal((3, 4, 11, 19)).astype(dtype)
     grad = rng.standard_normal((3, 40, 11, 19)).astype(dtype)
     conv = dict(padding=((2, 2), (3, 3)), flip=True)
+    expected = conv2d_weight_grad_reference(x, (40, 4, 5, 7), grad, **conv)
     for flat in (False, True):
-        runs = [run_direct_weight_grad(x, (40, 4, 5, 7), grad, isa=isa, threads=t, chunk_rows=4,
-                                       pass_tiles=p, flat=flat, **conv)
-                for t in (1, 2, 3) for p in (0, 1, 5)]
-        for other in runs[1:]:
-            np.testing.assert_array_equal(other, runs[0])
+        units = direct.weight_grad_units(40, 4, 5, 7, 1, dtype, isa, flat)[0]
+        passes = direct.weight_grad_blocking(dtype, isa, 40, 11, 19, chunk_rows=4)["pass"]
+        assert passes >= units > 5
+
+        def run(threads, pass_tiles):
+            return run_direct_weight_grad(x, (40, 4, 5, 7), grad, isa=isa, threads=threads,
+                                          chunk_rows=4, pass_tiles=pass_tiles, flat=flat, **conv)
+
+        by_units = [run(t, p) for t in (1, 2, 3) for p in (0, 1, 5)
+                    if t == 1 or not direct.weight_grad_by_images(3, units, p or passes, t)]
+        assert len(by_units) == 7
+        for other in by_units[1:]:
+            np.testing.assert_array_equal(other, by_units[0])
+        assert_close(by_units[0], expected, dtype)
+        for t in (2, 3):   # 3 images: 2 + 1, or one each
+            assert direct.weight_grad_by_images(3, units, passes, t)
+            first = run(t, 0)
+            np.testing.assert_array_equal(run(t, 0), first)
+            assert_close(first, expected, dtype)
+        assert not direct.weight_grad_by_images(3, units, passes, 4)   # fewer images than threads
 
 
 @pytest.mark.parametrize("isa", ISAS)
