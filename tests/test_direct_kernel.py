@@ -497,15 +497,19 @@ def test_weight_grad_plan_fits_a_tight_limit():
 
 def test_weight_grad_tiles_span_kernel_rows_where_that_fills_them():
     # the stem's 7x7 in the wide tile (MR 6): 49 taps in 9 tiles of 5-6,
-    # not each row's 7 as 4 + 3; DeepSpeech2's 41x11 fills its rows (11 of
-    # 12) and the narrow tile's 12 pointers would not fit in registers; a
-    # 1-row kernel has nothing to span
+    # not each row's 7 as 4 + 3; a 3x3 in the narrow tile (MR 12): 9 taps
+    # in one tile, not 3 of 12 per row; DeepSpeech2's 41x11 fills its rows
+    # (11 of 12); tiles of more than 12 taps stay in rows; a 1-row kernel
+    # has nothing to span
     assert direct.weight_grad_flat(7, 7, 6) and direct.weight_grad_flat(3, 3, 6)
-    assert not direct.weight_grad_flat(41, 11, 12) and not direct.weight_grad_flat(3, 3, 12)
+    assert direct.weight_grad_flat(3, 3, 12) and not direct.weight_grad_flat(3, 3, 16)
+    assert not direct.weight_grad_flat(41, 11, 12)
     assert not direct.weight_grad_flat(11, 11, 6) and not direct.weight_grad_flat(1, 33, 6)
     if "avx512" in ISAS:
         units, tiles, flat = direct.weight_grad_units(64, 3, 7, 7, 1, np.float32, "avx512")
         assert flat and tiles == 9 and units == 3 * 9
+        # paper_mnist's 32 filters: the narrow tile, one flat tile of 9 taps
+        assert direct.weight_grad_units(32, 1, 3, 3, 1, np.float32, "avx512") == (1, 1, True)
 
 
 @pytest.mark.parametrize("isa", ISAS)
