@@ -128,10 +128,15 @@ def test_tables_ready_reads_the_tables_without_writing_them(isa, adjoint):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("channel_block_size", [0, 1, 7, 50])
 @pytest.mark.parametrize("pack_in_items", [True, False])
-def test_layer_sized(isa, dtype, threads, channel_block_size, pack_in_items):
+@pytest.mark.parametrize("blocks_inner", [False, True])
+def test_layer_sized(isa, dtype, threads, channel_block_size, pack_in_items, blocks_inner,
+                     monkeypatch):
     # ResNet-50 5b's shape, scaled down: 7x7 maps (9 pixel classes, tiles
     # that end mid-class), filters past one NR block and not a multiple of
-    # it, channels in several blocks, groups
+    # it, channels in several blocks, groups; and the items in the order
+    # of an input too large to sweep once per filter block
+    if blocks_inner:
+        monkeypatch.setattr(direct, "INPUT_SWEEP_MAX_BYTES", 0)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 150, 7, 7)).astype(dtype)
     w = rng.standard_normal((140, 75, 3, 3)).astype(dtype)
@@ -144,15 +149,18 @@ def test_layer_sized(isa, dtype, threads, channel_block_size, pack_in_items):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_same_bits_for_any_threads(isa, dtype):
+def test_same_bits_for_any_threads(isa, dtype, monkeypatch):
     # each output element is summed by one tile in one order, whatever the
-    # threads or how the tiles are dealt out
+    # threads or how the tiles are dealt out (filter blocks outer or inner)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 10, 9, 13)).astype(dtype)
-    w = rng.standard_normal((21, 10, 3, 3)).astype(dtype)
-    runs = [run_direct(x, w, None, padding=((1, 1), (1, 1)), isa=isa, threads=t, flip=True,
-                       pack_in_items=shared)
-            for t in (1, 2, 3) for shared in (True, False)]
+    w = rng.standard_normal((141, 10, 3, 3)).astype(dtype)
+    runs = []
+    for sweep in (direct.INPUT_SWEEP_MAX_BYTES, 0):
+        monkeypatch.setattr(direct, "INPUT_SWEEP_MAX_BYTES", sweep)
+        runs += [run_direct(x, w, None, padding=((1, 1), (1, 1)), isa=isa, threads=t, flip=True,
+                            pack_in_items=shared)
+                 for t in (1, 2, 3) for shared in (True, False)]
     for other in runs[1:]:
         np.testing.assert_array_equal(other, runs[0])
 

@@ -21,7 +21,9 @@
 #       work item packs its channel blocks' parts into its thread's
 #       workspace as it reaches them; a panel under SHARED_PANEL_MAX_BYTES
 #       is packed once, before the parallel loop, and shared.
-#   work items: (group, filter block, run of tiles), dynamic schedule. Per
+#   work items: (group, filter block, run of tiles), dynamic schedule, or
+#       (group, run of tiles, filter block) where the group's input is too
+#       large to sweep once per filter block (INPUT_SWEEP_MAX_BYTES). Per
 #       item, per block of input channels (its panel part in L2), per tile:
 #       one kernel call (_direct_*.h): MR x NR accumulators in registers
 #       over the channel block's taps (outer) and channels (inner), parked
@@ -105,6 +107,15 @@ ITEMS_PER_THREAD = 16
 # 0.97 on ResNet-50 4b (2.4 MB of weights) and 1.06 to 1.04 on 3b (0.6 MB);
 # on 2a (0.15 MB) it made no difference (1.07 either way).
 SHARED_PANEL_MAX_BYTES = 256 * 1024
+# A group's input (all images) larger than this is swept once, each run of
+# tiles taking every filter block in turn while its input lines are in
+# cache, rather than once per filter block (from memory: it and the output
+# outgrow the L3, 32 MiB here). Fresh processes alternated, fp32, 2
+# threads, blocks inner / outer: wav2vec 2.0 conv1 (26 MB, 8 blocks of 64
+# filters) 0.63-0.72, the same at stride 1 0.79, with 128 filters 0.81-0.87;
+# but ResNet-50 4a-like 3x3/2 (6.4 MB, 8 blocks) 1.03-1.04, TDNN (4.9 MB)
+# 1.05, 3a 3x3/2 (12.8 MB, 2 blocks) 0.95-1.04.
+INPUT_SWEEP_MAX_BYTES = 16 * 2**20
 
 
 # the tile kinds of _direct_kernels.h (FC_DIRECT_WIDE, _NARROW, _MEDIUM)
@@ -550,6 +561,7 @@ def conv2d_direct(const floating[:, :, :, :] x,
     cdef floating *out0 = &out[0, 0, 0]
     cdef const Py_ssize_t *tab = &tables[0]
     cdef Py_ssize_t item, g, fb, run, t0, t1, t, c0, nc, nf, f0, ntaps, slot
+    cdef bint blocks_inner = N * Cg * H * W * itemsize > INPUT_SWEEP_MAX_BYTES
     cdef const Py_ssize_t *tile
     cdef const Py_ssize_t *pix_out
     cdef floating *out_block
@@ -574,8 +586,12 @@ def conv2d_direct(const floating[:, :, :, :] x,
                       Cg, RS, reverse, Cg, nr, &packers, packed + item * panel_size)
         for item in prange(groups * fblocks * runs, schedule="dynamic", num_threads=num_threads):
             g = item // (fblocks * runs)
-            fb = (item // runs) % fblocks
-            run = item % runs
+            if blocks_inner:
+                run = (item // fblocks) % runs
+                fb = item % fblocks
+            else:
+                fb = (item // runs) % fblocks
+                run = item % runs
             f0 = fb * nr
             nf = Kg - f0 if Kg - f0 < nr else nr
             t0 = run * per_item
