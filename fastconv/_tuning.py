@@ -136,11 +136,15 @@ class Tuning:
     # weight-gradient lowering on the 41 layers, float32 and float64, 2
     # threads, one process per layer): call 5-60 with the constants above
     # all give the same choices, 10 near its low end; without it float64
-    # 5b took direct at 1.21x Winograd's time. It sends ResNet-50 3a
-    # 3x3/2 to fused, a tie (float32 10.42 against direct's 10.42 ms,
-    # float64 21.7 against 21.1). Rate 2.7 took direct on MTCNN's first
-    # layer in float64 (1.21x fused's).
-    direct_weight_grad_rate: float = 2.6
+    # 5b took direct at 1.21x Winograd's time. Rate 2.6 sent ResNet-50 3a
+    # 3x3/2 to fused, a tie on Zen 4 (float32 10.42 against direct's 10.42
+    # ms, float64 21.7 against 21.1); on Zen 5 fused took 1.20x PyTorch's
+    # time there and direct 1.02x (float64 14.1 against 12.0 ms), so 2.7
+    # takes direct. It takes direct on MTCNN's first layer in float64 too,
+    # which was 1.21x fused's time before the narrow tile ran flat across
+    # kernel rows, and is 1.03x since (Zen 5). 2.8 would take 4b 3x3, YOLO
+    # and VGG-16 conv5 in float64, and a 3x3/2 of 512 filters.
+    direct_weight_grad_rate: float = 2.7
     direct_weight_grad_tile_taps: float = 3.0
     direct_weight_grad_depth: float = 10.0
     direct_weight_grad_call: float = 10.0
