@@ -31,11 +31,12 @@ def build_info():
         "kept_workspace_bytes": kept_bytes(),
         # the fused and direct kernels' ISA (FASTCONV_ISA, else the best) and
         # every one this CPU and build run
-        "isa": fused_isa(),
+        "isa": fused_isa(current().isa),
         # the planner's rate of the BLAS lowerings' GEMMs against the own
         # kernels' (Tuning.blas_rate: below 1 where the BLAS's kernels run
-        # narrower vectors)
+        # narrower vectors), and whether it was set by hand
         "blas_rate": blas_rate(current()),
+        "blas_rate_set": current().blas_rate is not None,
         "isas": list(fused.supported_isas()),
         "threadpools": [
             {k: info.get(k) for k in ("user_api", "internal_api", "version", "num_threads",
@@ -66,8 +67,9 @@ def show_config(file=None):
     lines.append(f"own kernels (fused, direct, winograd): {info['isa']} (this CPU and build run "
                  f"{', '.join(info['isas'])}; FASTCONV_ISA forces one)")
     if info["blas_rate"] != 1:
-        lines.append(f"BLAS lowerings planned at {info['blas_rate']:g}x their GEMM rate: the "
-                     f"BLAS runs narrower vector kernels than the own {info['isa']} ones")
+        why = ("as Tuning.blas_rate is set" if info["blas_rate_set"] else
+               f"the BLAS runs narrower vector kernels than the own {info['isa']} ones")
+        lines.append(f"BLAS lowerings planned at {info['blas_rate']:g}x their GEMM rate: {why}")
     lines.append(f"workspace kept between calls: "
                  f"{'yes' if info['keep_workspace'] else 'no'}, "
                  f"{format_bytes(info['kept_workspace_bytes'])} held now")

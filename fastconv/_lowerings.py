@@ -254,10 +254,12 @@ class _Gemm(Lowering):
             worth = 1
         m, _, k = self.gemm_shape(plan)
         return (plan.flops / (_GEMM_FLOPS_PER_THREAD * worth) * _thin_gemm_factor(m, k, tuning)
-                * (self.gemm_share / blas_rate(tuning) + self.added_traffic(plan, tuning)))
+                * (self.gemm_share(plan) / blas_rate(tuning) + self.added_traffic(plan, tuning)))
 
-    # the lowering's time over its GEMMs' model, BLAS's part (Gemm1x1: half)
-    gemm_share = 1.0
+    def gemm_share(self, plan):
+        """The lowering's time over its GEMMs' model, BLAS's part (1; Gemm1x1
+        0.5, its weight gradient on OpenMP threads 0.9)."""
+        return 1.0
 
     def added_traffic(self, plan, tuning):
         """The memory traffic the lowering adds to its GEMMs, as a share of
@@ -337,8 +339,7 @@ class Gemm1x1(_Gemm):
             planner, GemmBlocking(g.cols),
             "1x1 stride 1 unpadded: the input is its own im2col matrix"))
 
-    @property
-    def gemm_share(self):
+    def gemm_share(self, plan):
         # no gather and no buffer: half a gathering lowering's time, so it is
         # preferred whatever the threads (blas_threads_penalty < 2); but the
         # weight gradient's gather of a 1x1 layer is a copy beside a product
@@ -346,8 +347,12 @@ class Gemm1x1(_Gemm):
         # (ResNet-50 2a_1x1), 0.90 (2b), 0.94 (4b_1x1) (fp32, 2 threads,
         # bench/steady_state.py), and at 0.5 the planner kept it against
         # fused where that took 0.52-0.78x its time (Tuning.blas_rate 0.5;
-        # fused_weight_grad_pointwise was fitted against stretch and mapped)
-        return 0.9 if self.kind == "weight_grad" else 0.5
+        # fused_weight_grad_pointwise was fitted against stretch and mapped).
+        # Those ran OpenMP over images; on threaded BLAS (fewer images than
+        # threads), not measured, it keeps 0.5 and so its preference.
+        if self.kind == "weight_grad" and plan.blas_threads == 1:
+            return 0.9
+        return 0.5
 
     def too_small(self, planner):
         return (f"memory_limit {planner.limit} bytes ({format_bytes(planner.limit)}) is too "

@@ -166,7 +166,10 @@ class Tuning:
     # 1.65, 1.66; SRCNN 9x9 1.75, 1.66), where halving BLAS alone took them
     # at 1.3-6.9x mapped's time. Its blocks of filters keep their rate
     # against fused (forward, depthwise / fused: paper_mnist 0.70, U-Net's
-    # first layer 0.57, ArcFace's stem 0.93, MTCNN 0.84).
+    # first layer 0.57, ArcFace's stem 0.93, MTCNN 0.84). (The one-plane
+    # paths were measured against mapped only, not against fused or direct
+    # on grouped layers; the rate stands in for how the own FMA-bound
+    # kernels, not these, gained from Zen 4 to Zen 5.)
     blas_rate: object = None
     # The fused lowering's instruction set: None for FASTCONV_ISA if set,
     # else the best this CPU runs ("avx512", "avx2", "generic").

@@ -449,11 +449,21 @@ def test_weight_grad_bits_by_units_and_by_images(isa, dtype):
         for other in by_units[1:]:
             np.testing.assert_array_equal(other, by_units[0])
         assert_close(by_units[0], expected, dtype)
-        for t in (2, 3):   # 3 images: 2 + 1, or one each
+        for t in (2, 3):   # 3 images: 1 + 2, or one each
             assert direct.weight_grad_by_images(3, units, passes, t)
             first = run(t, 0)
             np.testing.assert_array_equal(run(t, 0), first)
             assert_close(first, expected, dtype)
+            # each item's tiles are a one-thread run over its images, added
+            # in item order
+            parts = [run_direct_weight_grad(x[i * 3 // t:(i + 1) * 3 // t], (40, 4, 5, 7),
+                                            grad[i * 3 // t:(i + 1) * 3 // t], isa=isa,
+                                            threads=1, chunk_rows=4, flat=flat, **conv)
+                     for i in range(t)]
+            total = parts[0]
+            for part in parts[1:]:
+                total = total + part
+            np.testing.assert_array_equal(first, total)
         assert not direct.weight_grad_by_images(3, units, passes, 4)   # fewer images than threads
 
 

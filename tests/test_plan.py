@@ -270,13 +270,10 @@ def test_buffer_specs_are_the_lowerings_for_each_thread_count():
     assert other.buffer_specs(2) != plan.buffer_specs(2)
 
 
-@requires_openmp
 def test_blas_rate_from_the_kernels_vector_width(monkeypatch):
     """Tuning.blas_rate None reads the BLAS's kernel family against the own
     kernels' ISA: half where OpenBLAS runs AVX2 kernels beside AVX-512 ones,
-    1 where they match or either is unknown; and the planner's choice
-    follows it (ResNet-50's 3a projection, 1x1/2: stretch at the full rate,
-    fused at half, as measured on Zen 5)."""
+    1 where they match or either is unknown."""
     from fastconv import _runtime
 
     class Lib:
@@ -308,8 +305,27 @@ def test_blas_rate_from_the_kernels_vector_width(monkeypatch):
     monkeypatch.undo()   # the real controller again
     # a set rate is taken as it is
     assert _lowerings.blas_rate(dataclasses.replace(_tuning.current(), blas_rate=0.7)) == 0.7
+
+
+@requires_openmp
+def test_choices_follow_the_blas_rate():
+    """ResNet-50's 3a projection (1x1/2): stretch at the full rate, fused at
+    half, as measured on Zen 5; the 1x1 weight gradients likewise (gemm1x1
+    rated 0.9 of a gathering lowering there), but on threaded BLAS (fewer
+    images than threads, not measured) gemm1x1 keeps its preference."""
     proj = ((8, 256, 56, 56), (512, 256, 1, 1))
     with _tuning.tuned(blas_rate=1.0):
         assert fastconv.plan_conv2d(*proj, stride=2, num_threads=2).method == "stretch"
     with _tuning.tuned(blas_rate=0.5):
         assert fastconv.plan_conv2d(*proj, stride=2, num_threads=2).method == "fused"
+    pointwise = ((8, 64, 56, 56), (64, 64, 1, 1))
+    with _tuning.tuned(blas_rate=1.0):
+        assert fastconv.plan_conv2d(*pointwise, kind="weight_grad", num_threads=2).method \
+            == "gemm1x1"
+        for threads in (2, 3):
+            one = fastconv.plan_conv2d((1, 64, 56, 56), (256, 64, 1, 1), kind="weight_grad",
+                                       num_threads=threads)
+            assert (one.method, one.blas_threads) == ("gemm1x1", threads), one
+    with _tuning.tuned(blas_rate=0.5):
+        assert fastconv.plan_conv2d(*pointwise, kind="weight_grad", num_threads=2).method \
+            == "fused"

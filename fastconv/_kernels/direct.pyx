@@ -649,8 +649,9 @@ def conv2d_direct(const floating[:, :, :, :] x,
 # does (28 % of its run on DeepSpeech2's first layer, perf).
 #
 #   units: (group, filter block, channel, kernel row, tile of taps), each
-#       one MR x NR tile of accumulators summed over the whole batch, so
-#       every grad_w element is summed in one order whatever the threads.
+#       one MR x NR tile of accumulators summed over the batch (split by
+#       units below: over the whole batch by one thread, so every grad_w
+#       element is summed in one order whatever the threads).
 #   threads, where all units' tiles fit one pass and there are at least as
 #       many images as threads (first layers: few channels, one filter
 #       block): contiguous runs of images, each thread summing every unit
@@ -981,7 +982,8 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
     same chunk_rows, chunk_cols, pass_tiles (0: weight_grad_blocking's; any
     value >= 1 is correct) and flat (tiles across kernel rows; None:
     weight_grad_flat's). Same conventions as conv2d_direct; each element is
-    summed in one order whatever num_threads.
+    summed in one order for a given num_threads, and whatever num_threads
+    where the threads split the units (not weight_grad_by_images).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = grad_w.shape[0], rows = grad_w.shape[1]
