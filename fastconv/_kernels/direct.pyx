@@ -1038,28 +1038,6 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
     if shape.mr > WG_MAX_TAPS:
         raise ValueError(f"tiles of {shape.mr} taps exceed WG_MAX_TAPS={WG_MAX_TAPS}")
 
-    # threads: runs of units of even work (rows computed x taps)
-    cdef Py_ssize_t[::1] bounds = np.zeros(num_threads + 1, np.intp)
-    cdef Py_ssize_t[::1] row_work = np.zeros(R, np.intp)
-    cdef Py_ssize_t[::1] work = np.empty(units, np.intp)
-    cdef Py_ssize_t u, r, p, st, s0, m, total = 0, done = 0, t = 1
-    for r in range(shape.unit_rows):
-        for p in range(Ho):
-            if shape.flat or 0 <= p * stride_h - pad_top + r * dil_h < H:
-                row_work[r] += 1
-    for u in range(units):
-        _tap_tile(shape.unit_taps, shape.stiles, u % shape.stiles, &s0, &m)
-        work[u] = row_work[(u // shape.stiles) % shape.unit_rows] * m + 1
-        total += work[u]
-    for u in range(units):
-        done += work[u]
-        while t < num_threads and done * num_threads >= total * t:
-            bounds[t] = u + 1
-            t += 1
-    while t <= num_threads:
-        bounds[t] = units
-        t += 1
-
     cdef Packers packers
     packers.rows32 = fc_direct_pack_f32(code, narrow)
     packers.rows64 = fc_direct_pack_f64(code, narrow)
@@ -1089,6 +1067,28 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
                     summed[e] += part[e]
             _store_tiles(&shape, summed, 0, n_units, grad_w0)
         return
+
+    # threads: runs of units of even work (rows computed x taps)
+    cdef Py_ssize_t[::1] bounds = np.zeros(num_threads + 1, np.intp)
+    cdef Py_ssize_t[::1] row_work = np.zeros(R, np.intp)
+    cdef Py_ssize_t[::1] work = np.empty(units, np.intp)
+    cdef Py_ssize_t u, r, p, st, s0, m, total = 0, done = 0, t = 1
+    for r in range(shape.unit_rows):
+        for p in range(Ho):
+            if shape.flat or 0 <= p * stride_h - pad_top + r * dil_h < H:
+                row_work[r] += 1
+    for u in range(units):
+        _tap_tile(shape.unit_taps, shape.stiles, u % shape.stiles, &s0, &m)
+        work[u] = row_work[(u // shape.stiles) % shape.unit_rows] * m + 1
+        total += work[u]
+    for u in range(units):
+        done += work[u]
+        while t < num_threads and done * num_threads >= total * t:
+            bounds[t] = u + 1
+            t += 1
+    while t <= num_threads:
+        bounds[t] = units
+        t += 1
     with nogil:
         for item in prange(num_threads, schedule="static", chunksize=1, num_threads=num_threads):
             if bounds[item] < bounds[item + 1]:
