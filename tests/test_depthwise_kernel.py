@@ -670,6 +670,58 @@ _GUARDED_BEFORE_CHILD = textwrap.dedent("""
 """)
 
 
+# Column stride 2 through the padded band: each input row is split into its
+# two phases by vectors of pairs (then half and quarter vectors, then single
+# pairs), and each output row ends in a part of a vector, stored through a
+# mask. Widths whose pairs leave every such tail; the input ends at an
+# inaccessible page (a vector of pairs reading past its row would crash the
+# child) and so does the output (a part stored as a whole vector would).
+_GUARDED_PAIRS_CHILD = textwrap.dedent("""
+    import ctypes, mmap
+    import numpy as np
+    from fastconv._kernels import depthwise as dw
+    libc = ctypes.CDLL(None)
+    page = mmap.PAGESIZE
+
+    def at_page_end(count, dtype):
+        region = mmap.mmap(-1, 2 * page)
+        start = ctypes.addressof(ctypes.c_char.from_buffer(region))
+        assert libc.mprotect(ctypes.c_void_p(start + page), page, 0) == 0
+        itemsize = np.dtype(dtype).itemsize
+        return region, np.frombuffer(region, np.uint8, page)[page - count * itemsize:].view(dtype)
+
+    for isa in dw.available_isas():
+        dw.set_isa(isa)
+        for dtype in (np.float32, np.float64):
+            for W in (9, 28, 31, 56, 57, 61, 75):
+                for pad in (1, 2):
+                    H, R = 6, 5
+                    keep_x, flat = at_page_end(H * W, dtype)
+                    flat[:] = np.random.default_rng(W).standard_normal(H * W)
+                    x = flat.reshape(1, 1, H, W)
+                    Ho, Wo = (H + 2 * pad - R) // 2 + 1, (W + 2 * pad - R) // 2 + 1
+                    keep_out, out = at_page_end(Ho * Wo, dtype)
+                    out = out.reshape(1, 1, Ho * Wo)
+                    w = np.random.default_rng(1).standard_normal((1, R * R)).astype(dtype)
+                    dw.conv2d_depthwise(x, w, np.zeros(0, dtype), out, R, R, Wo, 2, 2,
+                                        pad, pad, 1, 1, False, 1)
+                    xp = np.pad(np.asarray(x[0, 0], np.float64), pad)
+                    ww = w.reshape(R, R).astype(np.float64)
+                    ref = np.array([[(xp[2 * i:2 * i + R, 2 * j:2 * j + R] * ww).sum()
+                                     for j in range(Wo)] for i in range(Ho)])
+                    err = np.abs(out.reshape(Ho, Wo) - ref).max() / np.abs(ref).max()
+                    assert err < (1e-5 if dtype == np.float32 else 1e-12), (isa, W, pad, err)
+    print("ok")
+""")
+
+
+def test_stride_two_rows_stay_inside(tmp_path):
+    result = subprocess.run([sys.executable, "-c", _GUARDED_PAIRS_CHILD], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (
+        f"exit {result.returncode}: {result.stderr[-2000:]}")
+
+
 def test_no_read_before_the_input(tmp_path):
     result = subprocess.run([sys.executable, "-c", _GUARDED_BEFORE_CHILD], capture_output=True,
                             text=True, timeout=120, cwd=tmp_path)

@@ -227,6 +227,7 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
 #undef IT
 #undef DW_MLOAD
 #undef DW_MERGE_LOAD
+#undef DW_STORE_FIRST
 
 #define T double
 #define VT dw_d16
@@ -244,6 +245,7 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
 #undef IT
 #undef DW_MLOAD
 #undef DW_MERGE_LOAD
+#undef DW_STORE_FIRST
 
 #if DW_X86
 /* ---- AVX2 + FMA: 32-byte vectors, 16-byte halves ---- */
@@ -273,6 +275,7 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
 #undef IT
 #undef DW_MLOAD
 #undef DW_MERGE_LOAD
+#undef DW_STORE_FIRST
 
 #define T double
 #define IT int64_t
@@ -298,6 +301,7 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
 #undef IT
 #undef DW_MLOAD
 #undef DW_MERGE_LOAD
+#undef DW_STORE_FIRST
 #pragma GCC pop_options
 
 /* ---- AVX-512: 64-byte vectors, 32- and 16-byte for narrow rows ---- */
@@ -315,6 +319,8 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
  * paper_mnist 1.016x the whole rows' time) */
 #define DW_MERGE_LOAD(v, p, cond) ((VT)_mm512_mask_loadu_ps((__m512)(v), \
     _mm512_test_epi32_mask((__m512i)(cond), (__m512i)(cond)), (p)))
+#define DW_STORE_FIRST(p, v, n) _mm512_mask_storeu_ps((p), \
+    (__mmask16)((1u << (n)) - 1), (__m512)(v))
 #define HT dw_f32
 #define IHT dw_fi32
 #define HL 8
@@ -339,6 +345,7 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
 #undef IT
 #undef DW_MLOAD
 #undef DW_MERGE_LOAD
+#undef DW_STORE_FIRST
 
 #define T double
 #define IT int64_t
@@ -349,6 +356,8 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
     _mm512_test_epi64_mask((__m512i)(cond), (__m512i)(cond)), (p)))
 #define DW_MERGE_LOAD(v, p, cond) ((VT)_mm512_mask_loadu_pd((__m512d)(v), \
     _mm512_test_epi64_mask((__m512i)(cond), (__m512i)(cond)), (p)))
+#define DW_STORE_FIRST(p, v, n) _mm512_mask_storeu_pd((p), \
+    (__mmask8)((1u << (n)) - 1), (__m512d)(v))
 #define HT dw_d32
 #define IHT dw_di32
 #define HL 4
@@ -373,6 +382,7 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
 #undef IT
 #undef DW_MLOAD
 #undef DW_MERGE_LOAD
+#undef DW_STORE_FIRST
 #pragma GCC pop_options
 
 #define DW_DISPATCH(name, sfx, T)                                              \
