@@ -363,8 +363,12 @@ def test_strided_weight_gradient(name, dtype, shape, conv, layout, multiplier):
 @pytest.mark.parametrize("name", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, conv", [
-    # EfficientNet's 5x5/2 depthwise, scaled down in channels
+    # EfficientNet's 5x5/2 depthwise, scaled down in channels; 3x3/2 and
+    # 7x7/2 (column stride 2: taps as shifts of a phase's vectors) on odd
+    # rows of 2, 3 and 5 vectors of output columns
     ((2, 3, 30, 30, 5, 5), dict(stride=(2, 2), padding=((2, 2), (2, 2)), dilation=(1, 1))),
+    ((1, 2, 9, 67, 3, 3), dict(stride=(2, 2), padding=((1, 1), (1, 1)), dilation=(1, 1))),
+    ((1, 2, 15, 163, 7, 7), dict(stride=(2, 2), padding=((3, 3), (3, 2)), dilation=(1, 1))),
     # 1-D layers of speech models: 33 taps with half padding, 31 without
     ((2, 2, 1, 90, 1, 33), dict(stride=(1, 1), padding=((0, 0), (16, 16)), dilation=(1, 1))),
     ((2, 2, 1, 70, 1, 31), dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1))),
@@ -381,7 +385,7 @@ def test_strided_weight_gradient(name, dtype, shape, conv, layout, multiplier):
 @pytest.mark.parametrize("multiplier", [1, 3])
 def test_padded_bands(name, dtype, shape, conv, layout, multiplier):
     N, C, H, W, R, S = shape
-    case = dict(conv, flip=False, C=C, dtype=dtype)
+    case = dict(conv, flip=multiplier == 3, C=C, dtype=dtype)
     rng = np.random.default_rng(5)
     x = make_input(rng, (N, C, H, W), dtype, layout)
     w = rng.standard_normal((multiplier * C, 1, R, S)).astype(dtype)
