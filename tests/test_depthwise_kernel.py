@@ -231,6 +231,8 @@ def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
     ((1, 2, 21, 19, 7, 7), dict(stride=(1, 1), padding=((3, 2), (3, 3)), dilation=(1, 1))),
     # strides (the input gradient scatters), a kernel without fixed size
     ((2, 2, 17, 33, 3, 3), dict(stride=(2, 2), padding=((1, 1), (1, 1)), dilation=(1, 1))),
+    ((1, 2, 15, 41, 5, 5), dict(stride=(2, 2), padding=((2, 2), (2, 2)), dilation=(1, 1))),
+    ((1, 2, 16, 71, 7, 7), dict(stride=(2, 2), padding=((3, 3), (3, 3)), dilation=(1, 1))),
     ((1, 2, 9, 30, 2, 3), dict(stride=(1, 1), padding=((1, 0), (1, 1)), dilation=(1, 1))),
 ])
 @pytest.mark.parametrize("layout", ["contiguous", "reversed_w", "cropped_w", "every_other_c"])
@@ -365,7 +367,8 @@ def test_strided_weight_gradient(name, dtype, shape, conv, layout, multiplier):
 @pytest.mark.parametrize("shape, conv", [
     # EfficientNet's 5x5/2 depthwise, scaled down in channels; 3x3/2 and
     # 7x7/2 (column stride 2: taps as shifts of a phase's vectors) on odd
-    # rows of 2, 3 and 5 vectors of output columns
+    # rows of several vectors of output columns (2, 3 and 5 of float32 with
+    # AVX-512)
     ((2, 3, 30, 30, 5, 5), dict(stride=(2, 2), padding=((2, 2), (2, 2)), dilation=(1, 1))),
     ((1, 2, 9, 67, 3, 3), dict(stride=(2, 2), padding=((1, 1), (1, 1)), dilation=(1, 1))),
     ((1, 2, 15, 163, 7, 7), dict(stride=(2, 2), padding=((3, 3), (3, 2)), dilation=(1, 1))),
@@ -383,9 +386,10 @@ def test_strided_weight_gradient(name, dtype, shape, conv, layout, multiplier):
 ])
 @pytest.mark.parametrize("layout", ["contiguous", "reversed_w", "cropped_w"])
 @pytest.mark.parametrize("multiplier", [1, 3])
-def test_padded_bands(name, dtype, shape, conv, layout, multiplier):
+@pytest.mark.parametrize("flip", [False, True])
+def test_padded_bands(name, dtype, shape, conv, layout, multiplier, flip):
     N, C, H, W, R, S = shape
-    case = dict(conv, flip=multiplier == 3, C=C, dtype=dtype)
+    case = dict(conv, flip=flip, C=C, dtype=dtype)
     rng = np.random.default_rng(5)
     x = make_input(rng, (N, C, H, W), dtype, layout)
     w = rng.standard_normal((multiplier * C, 1, R, S)).astype(dtype)
@@ -677,7 +681,8 @@ _GUARDED_BEFORE_CHILD = textwrap.dedent("""
 # Column stride 2 through the padded band: each input row is split into its
 # two phases by vectors of pairs (then half and quarter vectors, then single
 # pairs), and each output row ends in a part of a vector, stored through a
-# mask. Widths whose pairs leave every such tail; the input ends at an
+# mask (3, 5 and 7 taps: as shifts of a phase's vectors; 4: the general
+# block). Widths whose pairs leave every such tail; the input ends at an
 # inaccessible page (a vector of pairs reading past its row would crash the
 # child) and so does the output (a part stored as a whole vector would).
 _GUARDED_PAIRS_CHILD = textwrap.dedent("""
@@ -697,9 +702,10 @@ _GUARDED_PAIRS_CHILD = textwrap.dedent("""
     for isa in dw.available_isas():
         dw.set_isa(isa)
         for dtype in (np.float32, np.float64):
-            for W in (9, 28, 31, 56, 57, 61, 75):
+            for W, R, flip in ((9, 5, False), (28, 5, True), (31, 3, False), (56, 5, False),
+                               (57, 7, True), (61, 4, False), (75, 3, True), (40, 4, True)):
                 for pad in (1, 2):
-                    H, R = 6, 5
+                    H = 6
                     keep_x, flat = at_page_end(H * W, dtype)
                     flat[:] = np.random.default_rng(W).standard_normal(H * W)
                     x = flat.reshape(1, 1, H, W)
@@ -708,13 +714,14 @@ _GUARDED_PAIRS_CHILD = textwrap.dedent("""
                     out = out.reshape(1, 1, Ho * Wo)
                     w = np.random.default_rng(1).standard_normal((1, R * R)).astype(dtype)
                     dw.conv2d_depthwise(x, w, np.zeros(0, dtype), out, R, R, Wo, 2, 2,
-                                        pad, pad, 1, 1, False, 1)
+                                        pad, pad, 1, 1, flip, 1)
                     xp = np.pad(np.asarray(x[0, 0], np.float64), pad)
                     ww = w.reshape(R, R).astype(np.float64)
+                    ww = ww[::-1, ::-1] if flip else ww
                     ref = np.array([[(xp[2 * i:2 * i + R, 2 * j:2 * j + R] * ww).sum()
                                      for j in range(Wo)] for i in range(Ho)])
                     err = np.abs(out.reshape(Ho, Wo) - ref).max() / np.abs(ref).max()
-                    assert err < (1e-5 if dtype == np.float32 else 1e-12), (isa, W, pad, err)
+                    assert err < (1e-5 if dtype == np.float32 else 1e-12), (isa, W, R, pad, err)
     print("ok")
 """)
 

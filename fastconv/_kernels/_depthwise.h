@@ -164,6 +164,40 @@ enum { DW_MULTI_PLANES = 0, DW_MULTI_BLOCKS = 1, DW_MULTI_BANDS = 2 };
 #define DW_LOAD(TYPE, p) ({ TYPE v_; memcpy(&v_, (p), sizeof v_); v_; })
 #define DW_STORE(p, v) do { __typeof__(v) v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
 
+/* Lane i_ of the result: element IDX (an expression of i_, known at compile
+ * time) of the concatenation (a, b) of two L-lane vectors. GCC: one
+ * two-source permute (__builtin_shuffle; vpermt2ps / valignd with
+ * AVX-512); other compilers (Clang spells it __builtin_shufflevector, with
+ * the indices as separate constants), or with DW_PORTABLE_SHUFFLE defined
+ * (how the tests build it once): lane by lane. */
+#if defined(__GNUC__) && !defined(__clang__) && !defined(DW_PORTABLE_SHUFFLE)
+#define DW_SHUFFLE2(TYPE, ITYPE, L, a, b, IDX) ({                              \
+    ITYPE ix_;                                                                 \
+    for (int i_ = 0; i_ < (L); i_++)                                           \
+        ix_[i_] = (IDX);                                                       \
+    __builtin_shuffle((a), (b), ix_); })
+#else
+#define DW_SHUFFLE2(TYPE, ITYPE, L, a, b, IDX) ({                              \
+    const TYPE sa_ = (a), sb_ = (b);                                           \
+    TYPE r_;                                                                   \
+    for (int i_ = 0; i_ < (L); i_++) {                                         \
+        const int e_ = (IDX);                                                  \
+        r_[i_] = e_ < (L) ? sa_[e_] : sb_[e_ - (L)];                           \
+    }                                                                          \
+    r_; })
+#endif
+
+/* L pairs of elements from p (2L elements), the first of each pair to d0
+ * and the second to d1: two vector loads and two two-source permutes
+ * (vpermt2ps with AVX-512). The loop of pairs the compiler vectorised did
+ * one vector of pairs and the rest (12 of EfficientNet's 28) one at a time:
+ * the fill was half of that 5x5/2 layer's time (perf). */
+#define DW_SPLIT_PAIRS(TYPE, ITYPE, L, p, d0, d1) do {                         \
+    const TYPE lo_ = DW_LOAD(TYPE, (p)), hi_ = DW_LOAD(TYPE, (p) + (L));        \
+    DW_STORE((d0), DW_SHUFFLE2(TYPE, ITYPE, L, lo_, hi_, 2 * i_));             \
+    DW_STORE((d1), DW_SHUFFLE2(TYPE, ITYPE, L, lo_, hi_, 2 * i_ + 1));         \
+} while (0)
+
 /* Kernel columns whose valid output-column interval is cached per call; wider
  * kernels compute it where needed (a division per use). */
 #define DW_MAX_S 32

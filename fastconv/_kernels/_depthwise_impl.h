@@ -408,30 +408,14 @@ DW_INLINE void NM(band_clear)(T *dst, dws n)
  * 28-column rows end in 12 lanes of a vector). */
 #ifndef DW_STORE_FIRST
 #define DW_STORE_FIRST(p, v, n) do {                                           \
-    const VT v_ = (v);                                                         \
-    T *p_ = (p);                                                               \
-    for (dws i_ = 0; i_ < (n); i_++)                                           \
-        p_[i_] = v_[i_];                                                       \
+    const VT first_v_ = (v);                                                   \
+    T *first_p_ = (p);                                                         \
+    const dws first_n_ = (n);                                                  \
+    for (dws first_i_ = 0; first_i_ < first_n_; first_i_++)                    \
+        first_p_[first_i_] = first_v_[first_i_];                               \
 } while (0)
 #endif
 
-/* L pairs of elements from p (2L elements), the first of each pair to d0
- * and the second to d1: two vector loads and two two-source permutes
- * (vpermt2ps with AVX-512). The loop of pairs the compiler vectorised did
- * one vector of pairs and the rest (12 of EfficientNet's 28) one at a time:
- * the fill was half of that 5x5/2 layer's time (perf). */
-#ifndef DW_SPLIT_PAIRS
-#define DW_SPLIT_PAIRS(TYPE, ITYPE, L, p, d0, d1) do {                         \
-    const TYPE lo_ = DW_LOAD(TYPE, (p)), hi_ = DW_LOAD(TYPE, (p) + (L));        \
-    ITYPE even_, odd_;                                                         \
-    for (int i_ = 0; i_ < (L); i_++) {                                         \
-        even_[i_] = 2 * i_;                                                    \
-        odd_[i_] = 2 * i_ + 1;                                                 \
-    }                                                                          \
-    DW_STORE((d0), __builtin_shuffle(lo_, hi_, even_));                        \
-    DW_STORE((d1), __builtin_shuffle(lo_, hi_, odd_));                         \
-} while (0)
-#endif
 
 /* input row `src` (W elements a step xs_w apart) into its sw phases of LP
  * elements at dst (aligned, LP a multiple of VL), padded with zeros: the
@@ -442,10 +426,10 @@ static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
     const dws sw = g->sw, pl = g->pl, W = g->W, xs_w = g->xs_w;
     NM(band_clear)(dst, sw * LP);
     if (sw == 2 && xs_w == 1 && W > 1) {
-        /* both phases in one pass over the row, a pair of elements at a
+        /* both phases in one pass over the row, a vector of pairs at a
          * time (input column iw goes to phase (iw + pl) % 2, column
-         * (iw + pl) / 2), which the compiler turns into vector loads and
-         * permutes; a phase at a time, each element alone, it was half of
+         * (iw + pl) / 2: DW_SPLIT_PAIRS); a phase at a time, each element
+         * alone, it was half of
          * EfficientNet's 5x5/2 depthwise forward (perf): one thread 3.07 ->
          * 2.62 ms; both changes, 2 threads, builds alternated: forward
          * 1.39-1.44 -> 1.04-1.16 ms, 3x3/2 on 96x112x112 3.07-3.17 ->
@@ -597,7 +581,7 @@ static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
  * each phase's vectors from the block's (aligned) start, NB and as many as
  * its last tap's column reaches, are loaded once per kernel row, and every
  * tap's vector is one of them or a shift of two
- * (__builtin_shuffle: valignd / vpermt2ps with AVX-512). DW_BAND_BLOCK
+ * (DW_SHUFFLE2: valignd / vpermt2ps with AVX-512). DW_BAND_BLOCK
  * loads each tap's vector from its column, a 64-byte load across two cache
  * lines for every tap past the first of a phase. One thread, float32,
  * AVX-512, builds alternated, best of 4: EfficientNet's 5x5/2 depthwise
@@ -610,12 +594,10 @@ static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
         _Pragma("GCC unroll 4")                                                \
         for (int b_ = 0; b_ < (NB); b_++) {                                    \
             /* column C: vector C / VL on, shifted by C % VL lanes */          \
-            VT x_ = v_[b_ + (C) / VL];                                         \
+            VT x_ = phase_[b_ + (C) / VL];                                     \
             if ((C) % VL > 0) {                                                \
-                IVT shift_;                                                    \
-                for (int i_ = 0; i_ < VL; i_++)                                \
-                    shift_[i_] = i_ + (C) % VL;                                \
-                x_ = __builtin_shuffle(x_, v_[b_ + (C) / VL + 1], shift_);     \
+                x_ = DW_SHUFFLE2(VT, IVT, VL, x_, phase_[b_ + (C) / VL + 1],   \
+                                 i_ + (C) % VL);                               \
             }                                                                  \
             ACC[b_] += wv_ * x_;                                               \
         }                                                                      \
@@ -625,10 +607,10 @@ static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
 #define DW_S2_PHASE(NB, SC, PH, ACC) do {                                      \
     /* the vectors its taps reach: NB and the last column's, (SC-1-PH)/2 */  \
     enum { NV_ = (NB) + (((SC) - 1 - (PH)) / 2 + VL - 1) / VL };               \
-    VT v_[NV_];                                                                \
+    VT phase_[NV_];                                                            \
     _Pragma("GCC unroll 8")                                                    \
     for (int b_ = 0; b_ < NV_; b_++)                                           \
-        v_[b_] = DW_LOAD(VT, row_ + (PH) * LP + b_ * VL);                      \
+        phase_[b_] = DW_LOAD(VT, row_ + (PH) * LP + b_ * VL);                  \
     DW_S2_TAP(NB, SC, PH, 0, ACC);                                             \
     DW_S2_TAP(NB, SC, PH, 1, ACC);                                             \
     DW_S2_TAP(NB, SC, PH, 2, ACC);                                             \
