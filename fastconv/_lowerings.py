@@ -923,8 +923,19 @@ class Depthwise(Lowering):
     def cost(self, plan, tuning):
         # against thin GEMMs (see Tuning.gemm_full_rate_dim): measured 0.13-0.78x
         # mapped's time at 1 filter per group, stride 2 the worst
+        g = plan.geometry
+        if self._grouped_unit_stride_weight_grad(g):
+            pairs = g.N * g.K * (g.C // g.groups)
+            return ((plan.flops / (_GEMM_FLOPS_PER_THREAD * tuning.direct_group_grad_rate)
+                     + pairs * tuning.direct_group_grad_pair_seconds) / plan.kernel_threads)
         return plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads
-                             * self.rate(plan.geometry, plan.dtype, tuning))
+                             * self.rate(g, plan.dtype, tuning))
+
+    def _grouped_unit_stride_weight_grad(self, g):
+        """the weight gradient of a grouped (not depthwise) layer at stride 1:
+        costed by Tuning.direct_group_grad_rate and its pairs of planes"""
+        return (self.kind == "weight_grad" and g.groups != g.C
+                and tuple(g.stride) == (1, 1))
 
     def rate(self, g, dtype, tuning):
         """The kernel's rate against a full-rate GEMM: direct_rate one filter

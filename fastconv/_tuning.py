@@ -75,6 +75,19 @@ class Tuning:
     # bands 2.55).
     direct_group_band_rate: float = 1.4
     direct_group_band_grad_rate: float = 1.0
+    # ... and the weight gradient of a grouped stride-1 layer (2 to 16
+    # channels per group): a correlation per (filter, input plane) pair over
+    # the batch, at this rate (its own loops, not the BLAS's: blas_rate does
+    # not scale it) plus direct_group_grad_pair_seconds a pair, on one
+    # thread. Fitted on Zen 5, fp32, 2 threads, 8 images of 32 groups, 3x3:
+    # 4 channels per group on 56x56 3.1 ms, 8 on 28x28 3.9, 16 on 14x14 7.7
+    # (the same multiply-adds); checked on 5x5 with 4 per group (4.0
+    # modelled, 3.65 measured) and 2 per group (0.78, 0.67). It was rated at
+    # direct_rate * blas_rate, a tie with stretch on ResNeXt's 4 channels
+    # per group, where stretch took 7.65 ms. Column strides run a slower
+    # split of the rows (3x3/2, 8 per group: 10.2 ms) and keep that rate.
+    direct_group_grad_rate: float = 0.8
+    direct_group_grad_pair_seconds: float = 150e-9
     # The direct convolution's rate against the BLAS GEMM lowerings', on the
     # multiply-adds inside the image (it skips the padding's). Measured in
     # one process, fp32, 2 threads, direct / fused (share of the taps inside
