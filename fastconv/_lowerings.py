@@ -924,18 +924,16 @@ class Depthwise(Lowering):
         # against thin GEMMs (see Tuning.gemm_full_rate_dim): measured 0.13-0.78x
         # mapped's time at 1 filter per group, stride 2 the worst
         g = plan.geometry
+        seconds = plan.flops / (_GEMM_FLOPS_PER_THREAD * self.rate(g, plan.dtype, tuning))
         if self._grouped_unit_stride_weight_grad(g):
-            pairs = g.N * g.K * (g.C // g.groups)
-            return ((plan.flops / (_GEMM_FLOPS_PER_THREAD * tuning.direct_group_grad_rate)
-                     + pairs * tuning.direct_group_grad_pair_seconds) / plan.kernel_threads)
-        return plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads
-                             * self.rate(g, plan.dtype, tuning))
+            # and a cost per pair of filter and input planes (their loops' set-up)
+            seconds += g.N * g.K * (g.C // g.groups) * tuning.direct_group_grad_pair_seconds
+        return seconds / plan.kernel_threads
 
     def _grouped_unit_stride_weight_grad(self, g):
-        """the weight gradient of a grouped (not depthwise) layer at stride 1:
-        costed by Tuning.direct_group_grad_rate and its pairs of planes"""
-        return (self.kind == "weight_grad" and g.groups != g.C
-                and tuple(g.stride) == (1, 1))
+        """the weight gradient of a grouped (not depthwise) layer at stride 1
+        (Tuning.direct_group_grad_rate)"""
+        return self.kind == "weight_grad" and g.groups != g.C and g.stride == (1, 1)
 
     def rate(self, g, dtype, tuning):
         """The kernel's rate against a full-rate GEMM: direct_rate one filter
@@ -945,7 +943,9 @@ class Depthwise(Lowering):
         (depthwise.grouped_path "blocks", at most GROUP_MAX_CHANNELS input
         planes each), direct_group_band_rate where blocks of filters run
         over padded bands ("bands"), else direct_rate over the input planes
-        per output plane (the generic kernels, plane by plane). One plane at a
+        per output plane (the generic kernels, plane by plane); a grouped
+        weight gradient at stride 1 direct_group_grad_rate (cost adds a
+        term per pair of planes). One plane at a
         time, each loaded vector meets few multiply-adds, so wider FMAs gain
         it no more than BLAS: direct_rate counts at the BLAS's rate
         (Tuning.blas_rate); the blocks run at their own."""
@@ -954,7 +954,8 @@ class Depthwise(Lowering):
         one_plane = tuning.direct_rate * blas_rate(tuning)
         if g.groups != g.C:
             if self.kind == "weight_grad":
-                return one_plane
+                return (tuning.direct_group_grad_rate
+                        if self._grouped_unit_stride_weight_grad(g) else one_plane)
             # planes: input planes summed into each output plane; together:
             # output planes made from each input vector (forward: the
             # group's filters; input gradient: its channels)

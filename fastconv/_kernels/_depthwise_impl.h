@@ -416,7 +416,6 @@ DW_INLINE void NM(band_clear)(T *dst, dws n)
 } while (0)
 #endif
 
-
 /* input row `src` (W elements a step xs_w apart) into its sw phases of LP
  * elements at dst (aligned, LP a multiple of VL), padded with zeros: the
  * phases cleared by vectors, then the row's elements copied in (a copy
@@ -429,8 +428,8 @@ static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
         /* both phases in one pass over the row, a vector of pairs at a
          * time (input column iw goes to phase (iw + pl) % 2, column
          * (iw + pl) / 2: DW_SPLIT_PAIRS); a phase at a time, each element
-         * alone, it was half of
-         * EfficientNet's 5x5/2 depthwise forward (perf): one thread 3.07 ->
+         * alone, it was half of EfficientNet's 5x5/2 depthwise forward
+         * (perf): one thread 3.07 ->
          * 2.62 ms; both changes, 2 threads, builds alternated: forward
          * 1.39-1.44 -> 1.04-1.16 ms, 3x3/2 on 96x112x112 3.07-3.17 ->
          * 2.45-2.60 */
@@ -484,14 +483,29 @@ static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
     }
 }
 
+/* the sums of accumulators E and O (NB vectors) to columns AT on of row
+ * orow, a vector past WIDTH stored in part */
+#define DW_BAND_STORE(NB, AT, WIDTH, E, O) do {                                \
+    _Pragma("GCC unroll 4")                                                    \
+    for (int b_ = 0; b_ < (NB); b_++) {                                        \
+        const VT sum_ = E[b_] + O[b_];                                         \
+        if ((AT) + (b_ + 1) * VL <= (WIDTH))                                   \
+            DW_STORE(orow + (AT) + b_ * VL, sum_);                             \
+        else                                                                   \
+            DW_STORE_FIRST(orow + (AT) + b_ * VL, sum_, (WIDTH) - (AT) - b_ * VL); \
+    }                                                                          \
+} while (0)
+
 /* NB vectors of output columns from column AT of row orow (WIDTH columns)
  * from the buffered rows of a band (fwd_band, igrad_band): for the nr
  * kernel rows of this output row, kernel row r0 + k*r_step reading
  * buffered row o0 + k*o_step of each plane (steps, not a list: a list read
  * per row made fwd_band 10 % slower), every plane and tap, two
  * accumulators per vector (even and odd kernel columns), the first
- * starting at BIAS; a vector past WIDTH (WIDTH < VL) is stored in part */
-#define DW_BAND_BLOCK(NB, AT, WIDTH, BIAS) do {                                \
+ * starting at BIAS; a vector past WIDTH (WIDTH < VL) is stored in part.
+ * (SC: the taps per kernel row as a constant, which DW_BAND_BLOCK_S2 takes;
+ * this block reads S.) */
+#define DW_BAND_BLOCK(NB, AT, WIDTH, BIAS, SC) do {                            \
     VT e_[NB], o_[NB];                                                         \
     _Pragma("GCC unroll 4")                                                    \
     for (int b_ = 0; b_ < (NB); b_++) {                                        \
@@ -521,14 +535,7 @@ static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
             }                                                                  \
         }                                                                      \
     }                                                                          \
-    _Pragma("GCC unroll 4")                                                    \
-    for (int b_ = 0; b_ < (NB); b_++) {                                        \
-        const VT sum_ = e_[b_] + o_[b_];                                       \
-        if ((AT) + (b_ + 1) * VL <= (WIDTH))                                   \
-            DW_STORE(orow + (AT) + b_ * VL, sum_);                             \
-        else                                                                   \
-            DW_STORE_FIRST(orow + (AT) + b_ * VL, sum_, (WIDTH) - (AT) - b_ * VL); \
-    }                                                                          \
+    DW_BAND_STORE(NB, AT, WIDTH, e_, o_);                                      \
 } while (0)
 
 /* The WIDTH columns of row orow by DW_BAND_BLOCK: 4 vectors at a time,
@@ -556,6 +563,21 @@ static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
     DW_STORE(orow + (AT) + 3 * VL, a3_);                                       \
 } while (0)
 
+/* columns [C, WIDTH) by BLOCK (DW_BAND_BLOCK or DW_BAND_BLOCK_S2): 4
+ * vectors at a time, then the rest in one block */
+#define DW_BAND_COLUMNS(BLOCK, C, WIDTH, BIAS, SC) do {                        \
+    for (; (C) + 4 * VL <= (WIDTH); (C) += 4 * VL)                             \
+        BLOCK(4, C, WIDTH, BIAS, SC);                                          \
+    if ((C) + 3 * VL < (WIDTH))                                                \
+        BLOCK(4, C, WIDTH, BIAS, SC);                                          \
+    else if ((C) + 2 * VL < (WIDTH))                                           \
+        BLOCK(3, C, WIDTH, BIAS, SC);                                          \
+    else if ((C) + VL < (WIDTH))                                               \
+        BLOCK(2, C, WIDTH, BIAS, SC);                                          \
+    else if ((C) < (WIDTH))                                                    \
+        BLOCK(1, C, WIDTH, BIAS, SC);                                          \
+} while (0)
+
 #define DW_BAND_ROW(WIDTH, BIAS) do {                                          \
     dws c_ = 0;                                                                \
     if (S > VL && off[1] - off[0] == 1)                                        \
@@ -564,16 +586,7 @@ static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
     else if (S > VL && off[1] - off[0] == -1)                                  \
         for (; c_ + 4 * VL <= (WIDTH); c_ += 4 * VL)                           \
             DW_BAND_BLOCK4_LONG(c_, BIAS, -1);                                 \
-    for (; c_ + 4 * VL <= (WIDTH); c_ += 4 * VL)                               \
-        DW_BAND_BLOCK(4, c_, WIDTH, BIAS);                                     \
-    if (c_ + 3 * VL < (WIDTH))                                                 \
-        DW_BAND_BLOCK(4, c_, WIDTH, BIAS);                                     \
-    else if (c_ + 2 * VL < (WIDTH))                                            \
-        DW_BAND_BLOCK(3, c_, WIDTH, BIAS);                                     \
-    else if (c_ + VL < (WIDTH))                                                \
-        DW_BAND_BLOCK(2, c_, WIDTH, BIAS);                                     \
-    else if (c_ < (WIDTH))                                                     \
-        DW_BAND_BLOCK(1, c_, WIDTH, BIAS);                                     \
+    DW_BAND_COLUMNS(DW_BAND_BLOCK, c_, WIDTH, BIAS, 0);                        \
 } while (0)
 
 /* Column stride 2 without column dilation, SC (a constant: 3, 5 or 7) taps
@@ -605,7 +618,7 @@ static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
 } while (0)
 
 #define DW_S2_PHASE(NB, SC, PH, ACC) do {                                      \
-    /* the vectors its taps reach: NB and the last column's, (SC-1-PH)/2 */  \
+    /* the vectors its taps reach: NB and the last column's, (SC-1-PH)/2 */    \
     enum { NV_ = (NB) + (((SC) - 1 - (PH)) / 2 + VL - 1) / VL };               \
     VT phase_[NV_];                                                            \
     _Pragma("GCC unroll 8")                                                    \
@@ -617,7 +630,7 @@ static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
     DW_S2_TAP(NB, SC, PH, 3, ACC);                                             \
 } while (0)
 
-#define DW_BAND_BLOCK_S2(NB, SC, AT, WIDTH, BIAS) do {                         \
+#define DW_BAND_BLOCK_S2(NB, AT, WIDTH, BIAS, SC) do {                         \
     VT e_[NB], o_[NB];                                                         \
     _Pragma("GCC unroll 4")                                                    \
     for (int b_ = 0; b_ < (NB); b_++) {                                        \
@@ -632,28 +645,12 @@ static void NM(band_fill)(const dw_geom *g, const T *src, dws LP, T *dst)
             DW_S2_PHASE(NB, SC, 1, o_);                                        \
         }                                                                      \
     }                                                                          \
-    _Pragma("GCC unroll 4")                                                    \
-    for (int b_ = 0; b_ < (NB); b_++) {                                        \
-        const VT sum_ = e_[b_] + o_[b_];                                       \
-        if ((AT) + (b_ + 1) * VL <= (WIDTH))                                   \
-            DW_STORE(orow + (AT) + b_ * VL, sum_);                             \
-        else                                                                   \
-            DW_STORE_FIRST(orow + (AT) + b_ * VL, sum_, (WIDTH) - (AT) - b_ * VL); \
-    }                                                                          \
+    DW_BAND_STORE(NB, AT, WIDTH, e_, o_);                                      \
 } while (0)
 
 #define DW_BAND_ROW_S2(SC, WIDTH, BIAS) do {                                   \
     dws c_ = 0;                                                                \
-    for (; c_ + 4 * VL <= (WIDTH); c_ += 4 * VL)                               \
-        DW_BAND_BLOCK_S2(4, SC, c_, WIDTH, BIAS);                              \
-    if (c_ + 3 * VL < (WIDTH))                                                 \
-        DW_BAND_BLOCK_S2(4, SC, c_, WIDTH, BIAS);                              \
-    else if (c_ + 2 * VL < (WIDTH))                                            \
-        DW_BAND_BLOCK_S2(3, SC, c_, WIDTH, BIAS);                              \
-    else if (c_ + VL < (WIDTH))                                                \
-        DW_BAND_BLOCK_S2(2, SC, c_, WIDTH, BIAS);                              \
-    else if (c_ < (WIDTH))                                                     \
-        DW_BAND_BLOCK_S2(1, SC, c_, WIDTH, BIAS);                              \
+    DW_BAND_COLUMNS(DW_BAND_BLOCK_S2, c_, WIDTH, BIAS, SC);                    \
 } while (0)
 
 /* whether fwd_band beats fwd_rows on a plane whose interior columns are
@@ -714,6 +711,8 @@ static __attribute__((noinline)) int NM(fwd_band)(const dw_geom *g, const T *in,
     const dws wds = g->flip ? -1 : 1, wdr = g->flip ? -S : S;
     const dws wr0 = g->flip ? R * S - 1 : 0;
     const dws LP = NM(band_row_len)(g), rowstep = sw * LP;
+    /* the taps per kernel row where DW_BAND_BLOCK_S2 takes them (3, 5, 7) */
+    const dws s2_taps = sw == 2 && g->dw == 1 ? S : 0;
     NM(band_offsets)(g, LP, off);
     for (dws oh0 = 0; oh0 < Ho; oh0 += band) {
         const dws oh1 = oh0 + band < Ho ? oh0 + band : Ho;
@@ -726,11 +725,11 @@ static __attribute__((noinline)) int NM(fwd_band)(const dw_geom *g, const T *in,
             const dws r0 = dw_first(base, dh, R), r_hi = dw_end(base, dh, H, R);
             const dws nr = r_hi > r0 ? r_hi - r0 : 0, r_step = 1;
             const dws o0 = base + r0 * dh - i0, o_step = dh;
-            if (sw == 2 && g->dw == 1 && S == 5)
+            if (s2_taps == 5)
                 DW_BAND_ROW_S2(5, Wo, bias);
-            else if (sw == 2 && g->dw == 1 && S == 3)
+            else if (s2_taps == 3)
                 DW_BAND_ROW_S2(3, Wo, bias);
-            else if (sw == 2 && g->dw == 1 && S == 7)
+            else if (s2_taps == 7)
                 DW_BAND_ROW_S2(7, Wo, bias);
             else
                 DW_BAND_ROW(Wo, bias);
@@ -1762,6 +1761,8 @@ static __attribute__((noinline)) void NM(wgrad)(const dw_geom *g, const T *x, dw
 #undef DW_FWD_COLUMN_VEC
 #undef DW_FAST_COLUMN
 #undef DW_BAND_BLOCK
+#undef DW_BAND_STORE
+#undef DW_BAND_COLUMNS
 #undef DW_S2_TAP
 #undef DW_S2_PHASE
 #undef DW_BAND_BLOCK_S2
