@@ -31,7 +31,20 @@
 #include "_direct_vector.h"
 #include "_fused_avx512.h"   /* fc_transpose16_f32, fc_transpose8_f64 */
 
+/* GCC 12's global common subexpression elimination left the narrow tile's
+ * 12-pixel unit-stride loop one register short: 24 accumulators, 2 weight
+ * vectors and a broadcast fit 32 zmm, but the copies it made around the tap
+ * loop spilled an accumulator, whose FMA then went through the stack every
+ * iteration (a load, the FMA, a store; 53 % of the kernel's samples on
+ * DeepSpeech2's input gradient, perf). Without the pass no loop of these
+ * kernels spills; the other tiles keep it
+ * (without it, ResNet-50 3a 3x3/2 took 2-3 % longer). Clang has no per-function optimize attribute. */
 #define FC_DIRECT_AVX512_TARGET __attribute__((target("avx512f,avx512vl,fma")))
+#if defined(__GNUC__) && !defined(__clang__)
+#define FC_DIRECT_AVX512N_TARGET __attribute__((target("avx512f,avx512vl,fma"), optimize("no-gcse")))
+#else
+#define FC_DIRECT_AVX512N_TARGET FC_DIRECT_AVX512_TARGET
+#endif
 #ifndef FC_DIRECT_AVX512_MR
 #define FC_DIRECT_AVX512_MR 6
 #define FC_DIRECT_AVX512_NV 4
@@ -54,9 +67,9 @@ FC_DIRECT_VECTOR_DEFINE(fc_direct_avx512_f32, float, fc_direct_v16sf, FC_DIRECT_
                         FC_DIRECT_AVX512_MR, FC_DIRECT_AVX512_NV)
 FC_DIRECT_VECTOR_DEFINE(fc_direct_avx512_f64, double, fc_direct_v8df, FC_DIRECT_AVX512_TARGET,
                         FC_DIRECT_AVX512_MR, FC_DIRECT_AVX512_NV)
-FC_DIRECT_VECTOR_DEFINE(fc_direct_avx512n_f32, float, fc_direct_v16sf, FC_DIRECT_AVX512_TARGET,
+FC_DIRECT_VECTOR_DEFINE(fc_direct_avx512n_f32, float, fc_direct_v16sf, FC_DIRECT_AVX512N_TARGET,
                         FC_DIRECT_AVX512N_MR, FC_DIRECT_AVX512N_NV)
-FC_DIRECT_VECTOR_DEFINE(fc_direct_avx512n_f64, double, fc_direct_v8df, FC_DIRECT_AVX512_TARGET,
+FC_DIRECT_VECTOR_DEFINE(fc_direct_avx512n_f64, double, fc_direct_v8df, FC_DIRECT_AVX512N_TARGET,
                         FC_DIRECT_AVX512N_MR, FC_DIRECT_AVX512N_NV)
 FC_DIRECT_VECTOR_DEFINE(fc_direct_avx512m_f32, float, fc_direct_v16sf, FC_DIRECT_AVX512_TARGET,
                         FC_DIRECT_AVX512M_MR, FC_DIRECT_AVX512M_NV)
