@@ -1515,6 +1515,24 @@ def input_phases(g):
     return tuple(phases)
 
 
+@functools.lru_cache(maxsize=64)
+def phase_filter_taps(g, flip):
+    """The taps (r*S + s) of each phase of input_phases(g), in the order its
+    pass reads them, as phased.phase_filters takes them: (first, taps),
+    phase p's being taps[first[p]:first[p + 1]]. Row i of a pass's kernel
+    is tap r = first_tap + (taps-1-i) * tap_step (reversed), and with flip
+    the kernel is reversed first."""
+    first, taps = [0], []
+    for _, rows, cols, _ in input_phases(g):
+        for i in range(rows.taps):
+            r = rows.first_tap + (rows.taps - 1 - i) * rows.tap_step
+            for j in range(cols.taps):
+                s = cols.first_tap + (cols.taps - 1 - j) * cols.tap_step
+                taps.append((g.R - 1 - r) * g.S + g.S - 1 - s if flip else r * g.S + s)
+        first.append(len(taps))
+    return np.array(first, np.intp), np.array(taps, np.intp)
+
+
 def _own_forward_kernels(g):
     """The forward entries that compute g on fastconv's own kernels (no
     BLAS): what a phase's pass is planned among."""
@@ -1580,10 +1598,22 @@ class Phased(Lowering):
                             f"({rows.taps}x{cols.taps} taps)")
         return why
 
+    @staticmethod
+    def _filters_at(g):
+        """Where each phase's filters start in the phase_weight buffer (64-byte
+        steps, in elements of 8 bytes at most), and its size."""
+        at, offsets = 0, []
+        for *_, f in input_phases(g):
+            offsets.append(at)
+            at += -(-f.K * f.rows // 16) * 16
+        return np.array(offsets, np.intp), at
+
     def _own_bytes(self, g, dtype):
-        """(weights of the largest phase, its output): the buffers the phases share."""
+        """(every phase's weights, the largest phase's output): the filters
+        are made for all phases at once (one pass over the weights), the
+        outputs one phase at a time."""
         phases = input_phases(g)
-        weights = max((f.K * f.rows for *_, f in phases), default=0)
+        weights = self._filters_at(g)[1]
         outputs = max((g.N * g.C * f.cols for *_, f in phases), default=0)
         return weights, outputs
 
@@ -1663,12 +1693,13 @@ class Phased(Lowering):
                 if (py, px) not in done:
                     phased.clear_phase(out, py, g.stride[0], px, g.stride[1], threads)
         no_bias = np.zeros(0, dtype)
-        for p in plan.blocking.phases:
+        filters_at = self._filters_at(g)[0]
+        phased.phase_filters(weight, bufs["phase_weight"], *phase_filter_taps(g, plan.flip),
+                             filters_at, g.groups, threads)
+        for at, p in zip(filters_at, plan.blocking.phases):
             sub, f = p.plan, p.plan.geometry
-            (ry, rx), (cy, cx) = (p.rows, p.cols), (p.rows.crop, p.cols.crop)
-            filters = bufs["phase_weight"][:f.K * f.rows].reshape(f.K, f.rows)
-            phased.phase_filters(weight, filters, g.groups, ry.first_tap, ry.tap_step, ry.taps,
-                                 rx.first_tap, rx.tap_step, rx.taps, plan.flip, threads)
+            cy, cx = p.rows.crop, p.cols.crop
+            filters = bufs["phase_weight"][at:at + f.K * f.rows].reshape(f.K, f.rows)
             x = grad[:, :, cy[0]:g.Ho - cy[1], cx[0]:g.Wo - cx[1]]
             result = bufs["phase_output"][:g.N * g.C * f.cols].reshape(g.N, g.C, f.cols)
             sub_threads = min(threads, sub.kernel_threads)

@@ -190,6 +190,55 @@ def test_phased_passes_on_each_forward_kernel(sub_method, dtype, monkeypatch):
     assert refused == {"fused": 0, "direct": 0, "winograd": 5, "depthwise": 1}[sub_method]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("layer", PHASED_LAYERS + [
+    ((2, 6, 30, 30), (40, 3, 5, 4), _layer((3, 2), ((2, 1), (1, 3)), (1, 2), groups=2))])
+def test_phase_filters_lay_out_every_phase(layer, flip, dtype):
+    """phased.phase_filters, in one pass, against each phase's filters built
+    by NumPy from the PhaseAxis description: phase p's (C, K/groups * taps)
+    matrix at its offset, element [g*Cg + c, (k*rows + i)*cols + j] =
+    w[g*Kg + k, c, r, s], r = first_tap + (rows-1-i) * tap_step (likewise
+    s), of the kernel reversed first if flip; the gaps between phases'
+    matrices untouched. Filter counts past PHASE_FILTER_BLOCK (16)."""
+    from fastconv._kernels import phased
+    from fastconv._params import conv_geometry
+    x_shape, w_shape, conv = layer
+    g = conv_geometry(x_shape, w_shape, **conv)
+    w = np.random.default_rng(4).standard_normal(w_shape).astype(dtype)
+    at, size = _lowerings.Phased._filters_at(g)
+    out = np.full(size + 3, np.nan, dtype)
+    phased.phase_filters(w, out, *_lowerings.phase_filter_taps(g, flip), at, g.groups, 2)
+    kernel = w[:, :, ::-1, ::-1] if flip else w
+    Kg, Cg = g.K // g.groups, g.C // g.groups
+    written = np.zeros(out.shape, bool)
+    for offset, (_, rows, cols, _) in zip(at, _lowerings.input_phases(g)):
+        r = rows.first_tap + (rows.taps - 1 - np.arange(rows.taps)) * rows.tap_step
+        s = cols.first_tap + (cols.taps - 1 - np.arange(cols.taps)) * cols.tap_step
+        taps = kernel[:, :, r][:, :, :, s]                    # (K, Cg, rows, cols)
+        expected = (taps.reshape(g.groups, Kg, Cg, -1).transpose(0, 2, 1, 3)
+                    .reshape(g.C, Kg * rows.taps * cols.taps))
+        n = expected.size
+        np.testing.assert_array_equal(out[offset:offset + n].reshape(expected.shape), expected)
+        written[offset:offset + n] = True
+    assert np.isnan(out[~written]).all()
+
+
+def test_phase_filters_rejects_bad_maps():
+    from fastconv._kernels import phased
+    w = np.zeros((4, 2, 3, 3), np.float32)
+    out = np.zeros(64, np.float32)
+    taps = np.array([0, 4, 8], np.intp)
+    with pytest.raises(ValueError, match="phase_first"):
+        phased.phase_filters(w, out, np.array([0, 2], np.intp), taps, np.zeros(1, np.intp), 1, 1)
+    with pytest.raises(ValueError, match="do not fit out"):
+        phased.phase_filters(w, out, np.array([0, 3], np.intp), taps, np.array([60], np.intp),
+                             1, 1)
+    with pytest.raises(ValueError, match="is not a tap of 3x3"):
+        phased.phase_filters(w, out, np.array([0, 3], np.intp), np.array([0, 9, 1], np.intp),
+                             np.zeros(1, np.intp), 1, 1)
+
+
 def test_phases_partition_the_kernel_taps():
     """Along one axis, each tap of the kernel feeds exactly the input
     positions of the phase it is assigned to: the phases' taps partition the

@@ -11,6 +11,8 @@
 from cython cimport floating
 from cython.parallel cimport prange
 
+import numpy as np
+
 
 def scatter_phase(const floating[:, :, ::1] phase, floating[:, :, :, ::1] out,
                   Py_ssize_t y0, Py_ssize_t sy, Py_ssize_t x0, Py_ssize_t sx,
@@ -52,45 +54,72 @@ def clear_phase(floating[:, :, :, ::1] out, Py_ssize_t y0, Py_ssize_t sy, Py_ssi
 
 
 cdef enum:
-    PHASE_ROW_BLOCK = 16   # rows of out per item (see phase_filters)
+    PHASE_FILTER_BLOCK = 16   # filters per item (see phase_filters)
 
 
-def phase_filters(const floating[:, :, :, ::1] weight, floating[:, ::1] out,
-                  Py_ssize_t groups, Py_ssize_t first_row, Py_ssize_t row_step,
-                  Py_ssize_t rows, Py_ssize_t first_col, Py_ssize_t col_step,
-                  Py_ssize_t cols, bint flip, int num_threads):
-    """The filters of one phase's forward pass: out[g*Cg + c, (k*rows + i)
-    * cols + j] = w[g*Kg + k, c, r, s] with the taps r = first_row + (rows-1-i)
-    * row_step, s = first_col + (cols-1-j) * col_step (of the kernel reversed
-    first if flip): each group's weights transposed, the phase's taps
-    reversed. weight (K, C/groups, R, S); out (C, K/groups*rows*cols).
+def phase_filters(const floating[:, :, :, ::1] weight, floating[::1] out,
+                  const Py_ssize_t[::1] phase_first, const Py_ssize_t[::1] phase_tap,
+                  const Py_ssize_t[::1] phase_at, Py_ssize_t groups, int num_threads):
+    """The filters of every phase's forward pass, in one pass over the
+    weights (K, C/groups, R, S). Phase p has the taps phase_tap[phase_first[p]
+    : phase_first[p + 1]] (each r*S + s, in the order its pass reads them:
+    Phased.run works them out, reversed there), n of them; its filters are
+    the matrix (C, K/groups * n) at out[phase_at[p]:], element [g*Cg + c,
+    k*n + i] = the weight of filter g*Kg + k, channel c, at the phase's tap
+    i: each group's weights transposed.
 
-    Threads over blocks of PHASE_ROW_BLOCK of out's rows, each filter's
-    weights of a block's channels read as one run (a filter's channels are
-    adjacent). numpy.copyto of the same strided view took 2-3 ms per phase
-    on a 512 x 256 x 4 x 4 kernel (DCGAN); one row at a time (each read 16
-    KiB from the last) 0.9 ms, in blocks 0.8 ms."""
+    Threads over blocks of PHASE_FILTER_BLOCK filters; per channel, per
+    phase, the block's filters gathered into one run of the phase's row
+    (the block's channel slices, read from memory by the first phase, stay
+    in L1 for the others). Why all phases at once: phase by phase, every
+    pass read the whole kernel again from the L3 (the phases' taps share
+    its lines), 70-130 us each on DeepSpeech2's 21x11/2 layer against 10
+    us from L2; by blocks of out's rows, each filter's run 9 KiB from the
+    last, ResNet-50 4a's 3x3/2 input gradient spent 3.2-3.4 ms of its 14
+    here (2 threads)."""
     cdef Py_ssize_t K = weight.shape[0], Cg = weight.shape[1]
     cdef Py_ssize_t R = weight.shape[2], S = weight.shape[3]
-    cdef Py_ssize_t Kg = K // groups, total = groups * Cg
-    cdef Py_ssize_t block, row, k, i, j, r, s, g, c
+    cdef Py_ssize_t Kg = K // groups, phases = phase_at.shape[0]
+    cdef Py_ssize_t kblocks = (Kg + PHASE_FILTER_BLOCK - 1) // PHASE_FILTER_BLOCK
+    cdef Py_ssize_t item, g, c, k, k0, k1, i, p, n, t
+    cdef Py_ssize_t ws_k = weight.strides[0] // sizeof(floating)
+    cdef Py_ssize_t ws_c = weight.strides[1] // sizeof(floating)
+    cdef Py_ssize_t ws_r = weight.strides[2] // sizeof(floating)
+    cdef const floating *w0
+    cdef const floating *src
+    cdef const Py_ssize_t *taps
     cdef floating *dst
-    if out.shape[0] != total or out.shape[1] != Kg * rows * cols:
-        raise ValueError(f"out has shape {tuple(out.shape)[:2]}, expected "
-                         f"{(total, Kg * rows * cols)}")
-    for block in prange(0, total, PHASE_ROW_BLOCK, schedule="static",
-                        num_threads=num_threads, nogil=True):
-        for k in range(Kg):
-            for row in range(block, min(block + PHASE_ROW_BLOCK, total)):
-                g = row // Cg
-                c = row % Cg
-                dst = &out[row, 0]
-                for i in range(rows):
-                    r = first_row + (rows - 1 - i) * row_step
-                    if flip:
-                        r = R - 1 - r
-                    for j in range(cols):
-                        s = first_col + (cols - 1 - j) * col_step
-                        if flip:
-                            s = S - 1 - s
-                        dst[(k * rows + i) * cols + j] = weight[g * Kg + k, c, r, s]
+    cdef Py_ssize_t[::1] tap_src
+    if phase_first.shape[0] != phases + 1 or phase_first[0] != 0 \
+            or phase_first[phases] != phase_tap.shape[0]:
+        raise ValueError(f"phase_first ({phase_first.shape[0]} entries) must run from 0 to "
+                         f"len(phase_tap) = {phase_tap.shape[0]} in {phases} steps")
+    for p in range(phases):
+        n = phase_first[p + 1] - phase_first[p]
+        if n < 0 or phase_at[p] < 0 or phase_at[p] + groups * Cg * Kg * n > out.shape[0]:
+            raise ValueError(f"phase {p}'s filters ({groups * Cg} x {Kg} * {n} at "
+                             f"{phase_at[p]}) do not fit out ({out.shape[0]})")
+    for i in range(phase_tap.shape[0]):
+        if not 0 <= phase_tap[i] < R * S:
+            raise ValueError(f"phase_tap[{i}] = {phase_tap[i]} is not a tap of {R}x{S}")
+    if K == 0 or Cg == 0 or phase_tap.shape[0] == 0:
+        return
+    # each tap's offset in a filter's channel
+    tap_src = np.empty(phase_tap.shape[0], np.intp)
+    for i in range(phase_tap.shape[0]):
+        tap_src[i] = phase_tap[i] // S * ws_r + phase_tap[i] % S
+    w0 = &weight[0, 0, 0, 0]
+    for item in prange(groups * kblocks, schedule="static", num_threads=num_threads,
+                       nogil=True):
+        g = item // kblocks
+        k0 = (item % kblocks) * PHASE_FILTER_BLOCK
+        k1 = min(k0 + PHASE_FILTER_BLOCK, Kg)
+        for c in range(Cg):
+            for p in range(phases):
+                n = phase_first[p + 1] - phase_first[p]
+                taps = &tap_src[phase_first[p]]
+                dst = &out[phase_at[p] + (g * Cg + c) * Kg * n]
+                for k in range(k0, k1):
+                    src = w0 + (g * Kg + k) * ws_k + c * ws_c
+                    for i in range(n):
+                        dst[k * n + i] = src[taps[i]]
