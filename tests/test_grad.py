@@ -206,7 +206,7 @@ def test_phase_filters_lay_out_every_phase(layer, flip, dtype):
     x_shape, w_shape, conv = layer
     g = conv_geometry(x_shape, w_shape, **conv)
     w = np.random.default_rng(4).standard_normal(w_shape).astype(dtype)
-    at, size = _lowerings.Phased._filters_at(g)
+    at, size = _lowerings.Phased._filters_at(g, True)
     out = np.full(size + 3, np.nan, dtype)
     phased.phase_filters(w, out, *_lowerings.phase_filter_taps(g, flip), at, g.groups, 2)
     kernel = w[:, :, ::-1, ::-1] if flip else w
@@ -224,6 +224,29 @@ def test_phase_filters_lay_out_every_phase(layer, flip, dtype):
     assert np.isnan(out[~written]).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_phased_filters_phase_by_phase_under_a_tight_limit(dtype):
+    """Where the limit leaves no room for every phase's filters at once, the
+    plan gathers them phase by phase into the largest phase's buffer (the
+    workspace then smaller), with the same result."""
+    x_shape, w_shape = (2, 64, 8, 8), (64, 64, 4, 4)
+    conv = dict(stride=(2, 2), padding=((1, 1), (1, 1)))
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    grad = rng.standard_normal((2, 64, 4, 4)).astype(dtype)
+    plans = {}
+    for limit in (None, 200_000 * np.dtype(dtype).itemsize // 4):
+        plan = fastconv.plan_conv2d(x_shape, w_shape, dtype, kind="input_grad",
+                                    method="phased", memory_limit=limit, **conv)
+        plans[plan.blocking.filters_at_once] = plan
+        out = fastconv.conv2d_input_grad(x_shape, w, grad, method="phased",
+                                         memory_limit=limit, **conv)
+        assert_close(out, conv2d_input_grad_reference(x_shape, w, grad, **conv), dtype)
+    assert set(plans) == {True, False}
+    assert plans[False].workspace_bytes < plans[True].workspace_bytes
+    assert "phase by phase" in repr(plans[False]) and "in one pass" in repr(plans[True])
+
+
 def test_phase_filters_rejects_bad_maps():
     from fastconv._kernels import phased
     w = np.zeros((4, 2, 3, 3), np.float32)
@@ -234,6 +257,13 @@ def test_phase_filters_rejects_bad_maps():
     with pytest.raises(ValueError, match="do not fit out"):
         phased.phase_filters(w, out, np.array([0, 3], np.intp), taps, np.array([60], np.intp),
                              1, 1)
+    with pytest.raises(ValueError, match="do not fit out"):   # (no overflow past the check)
+        phased.phase_filters(w, out, np.array([0, 3], np.intp), taps,
+                             np.array([2**63 - 20], np.intp), 1, 1)
+    for groups in (0, -1, 3):
+        with pytest.raises(ValueError, match="must be >= 1 and divide the 4 filters"):
+            phased.phase_filters(w, out, np.array([0, 3], np.intp), taps,
+                                 np.zeros(1, np.intp), groups, 1)
     with pytest.raises(ValueError, match="is not a tap of 3x3"):
         phased.phase_filters(w, out, np.array([0, 3], np.intp), np.array([0, 9, 1], np.intp),
                              np.zeros(1, np.intp), 1, 1)

@@ -90,13 +90,16 @@ def phase_filters(const floating[:, :, :, ::1] weight, floating[::1] out,
     cdef const Py_ssize_t *taps
     cdef floating *dst
     cdef Py_ssize_t[::1] tap_src
+    if groups < 1 or K % groups:
+        raise ValueError(f"groups={groups} must be >= 1 and divide the {K} filters")
     if phase_first.shape[0] != phases + 1 or phase_first[0] != 0 \
             or phase_first[phases] != phase_tap.shape[0]:
         raise ValueError(f"phase_first ({phase_first.shape[0]} entries) must run from 0 to "
                          f"len(phase_tap) = {phase_tap.shape[0]} in {phases} steps")
     for p in range(phases):
         n = phase_first[p + 1] - phase_first[p]
-        if n < 0 or phase_at[p] < 0 or phase_at[p] + groups * Cg * Kg * n > out.shape[0]:
+        if (n < 0 or phase_at[p] < 0 or phase_at[p] > out.shape[0]
+                or groups * Cg * Kg * n > out.shape[0] - phase_at[p]):
             raise ValueError(f"phase {p}'s filters ({groups * Cg} x {Kg} * {n} at "
                              f"{phase_at[p]}) do not fit out ({out.shape[0]})")
     for i in range(phase_tap.shape[0]):
