@@ -1712,15 +1712,18 @@ class Phased(Lowering):
         at_once = plan.blocking.filters_at_once
         filters_at = self._filters_at(g, at_once)[0]
         first, taps = phase_filter_taps(g, plan.flip)
+
+        def gather_filters(lo, hi):
+            # phases [lo, hi)'s filters, in one pass over the weights
+            phased.phase_filters(weight, bufs["phase_weight"], first[lo:hi + 1] - first[lo],
+                                 taps[first[lo]:first[hi]], filters_at[lo:hi], g.groups,
+                                 threads)
+
         if at_once:
-            phased.phase_filters(weight, bufs["phase_weight"], first, taps, filters_at,
-                                 g.groups, threads)
+            gather_filters(0, len(plan.blocking.phases))
         for i, (at, p) in enumerate(zip(filters_at, plan.blocking.phases)):
             if not at_once:
-                phased.phase_filters(weight, bufs["phase_weight"],
-                                     np.array([0, first[i + 1] - first[i]], np.intp),
-                                     taps[first[i]:first[i + 1]], filters_at[i:i + 1],
-                                     g.groups, threads)
+                gather_filters(i, i + 1)
             sub, f = p.plan, p.plan.geometry
             cy, cx = p.rows.crop, p.cols.crop
             filters = bufs["phase_weight"][at:at + f.K * f.rows].reshape(f.K, f.rows)

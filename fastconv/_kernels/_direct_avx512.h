@@ -36,9 +36,10 @@
  * vectors and a broadcast fit 32 zmm, but the copies it made around the tap
  * loop spilled an accumulator, whose FMA then went through the stack every
  * iteration (a load, the FMA, a store; 53 % of the kernel's samples on
- * DeepSpeech2's input gradient, perf). Without the pass no loop of these
- * kernels spills; the other tiles keep it
- * (without it, ResNet-50 3a 3x3/2 took 2-3 % longer). Clang has no per-function optimize attribute. */
+ * DeepSpeech2's input gradient, perf). The narrow tile is compiled without
+ * the pass; the others, which did not spill, keep it (all tiles without it:
+ * ResNet-50 3a 3x3/2 2-3 % slower in one A/B, within noise in another).
+ * Clang has no per-function optimize attribute. */
 #define FC_DIRECT_AVX512_TARGET __attribute__((target("avx512f,avx512vl,fma")))
 #if defined(__GNUC__) && !defined(__clang__)
 #define FC_DIRECT_AVX512N_TARGET __attribute__((target("avx512f,avx512vl,fma"), optimize("no-gcse")))

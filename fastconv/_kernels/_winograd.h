@@ -307,7 +307,7 @@ static inline TARGET void fw_input_##SUF(const fw_geometry *geo, const T *x_c,  
             }                                                                      \
         }                                                                          \
     }                                                                              \
-    for (i = 0; nt < pw && i < FW_POINTS; i++)                                     \
+    for (i = 0; i < FW_POINTS; i++)                                                \
         for (l = nt; l < pw; l++) d[i * pw + l] = 0;                               \
     for (j = 0; j < FW_A; j++) fw_bt_##SUF(d + j * pw, FW_A * pw, tmp + j * pw, FW_A * pw, pw); \
     for (i = 0; i < FW_A; i++)                                                     \
@@ -466,7 +466,8 @@ static TARGET void fw_wgrad_item_##SUF(const fw_geometry *geo, const T *x_group,
         /* the transforms over the panel's lanes in whole vectors, not all tb: \
          * the GEMMs read nt of them (ResNet-50 5b: 32 tiles in all, tb 64;   \
          * zeroing and transforming the other 32 took a quarter of its run) */ \
-        pw = (nt + VL - 1) / VL * VL < tb ? (nt + VL - 1) / VL * VL : tb;          \
+        pw = (nt + VL - 1) / VL * VL;                                              \
+        if (pw > tb) pw = tb;                                                      \
         for (c = 0; c < nc; c++)                                                   \
             fw_input_##SUF(geo, x_group + (c0 + c) * geo->xs_c, off, row, col, inside, \
                            nt, pw, d, tmp, v + c * tb, v_step);                    \
