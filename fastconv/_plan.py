@@ -349,7 +349,9 @@ def plan_conv2d(x_shape, weight_shape, dtype="float32", *, stride=1, padding=0,
         any stride it can run "phased": one stride-1 forward pass per phase
         of the input (the positions phase::stride), each on the taps that
         land there, on fastconv's own forward kernels; its workspace holds
-        the largest phase's weights and output, and its pass's buffers.
+        every phase's weights (gathered in one pass; under a tight limit,
+        only the largest phase's, gathered phase by phase), the largest
+        phase's output, and its pass's buffers.
 
     Returns
     -------
