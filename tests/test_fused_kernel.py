@@ -23,7 +23,7 @@ def out_size(size, pad, dil, k, stride):
 
 def run_fused(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1,
               flip=False, isa="generic", threads=1, kc=None, nc=None, mc=None, out_fill=np.nan,
-              linear_packing=True, weights_in_place=False, b_in_place=False, buffers=None):
+              panel_packers=True, weights_in_place=False, b_in_place=False, buffers=None):
     """conv2d_fused on NCHW x and (K, C/groups, R, S) w, with buffers sized by
     buffer_sizes; returns out as (N, K, Ho, Wo) (and puts the workspace in
     the dict `buffers`, if given)."""
@@ -46,7 +46,7 @@ def run_fused(x, w, b, *, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 
     fused.conv2d_fused(x, np.ascontiguousarray(w.reshape(K, rows)), bias, out, packed, workspace,
                        R, S, Wo, stride[0], stride[1], padding[0][0], padding[1][0],
                        dilation[0], dilation[1], groups, flip, kc, nc, mc, isa, threads,
-                       linear_packing=linear_packing, weights_in_place=weights_in_place,
+                       panel_packers=panel_packers, weights_in_place=weights_in_place,
                        b_in_place=b_in_place)
     if buffers is not None:
         buffers["workspace"] = workspace
@@ -170,9 +170,70 @@ def test_linear_packing_matches_segments_and_reference(isa, case):
     conv = dict(padding=case["padding"], dilation=case["dilation"], groups=case["groups"],
                 flip=case["flip"])
     runs = [run_fused(x, w, b, isa=isa, threads=case["threads"], kc=case["kc"], nc=case["nc"],
-                      linear_packing=linear, **conv) for linear in (True, False)]
+                      panel_packers=linear, **conv) for linear in (True, False)]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert_close(runs[0], conv2d_reference(x, w, b, **conv), dtype)
+
+
+@st.composite
+def step2_cases(draw):
+    """Column stride 2 on rows of unit step, which the stride-2 packer takes
+    (AVX-512): maps from 1 to ~70 output columns (one micro-panel holding
+    many output rows, or an output row spanning panels and vectors), kernels
+    up to 11 wide (masks per kernel column), padding on either side, depth
+    blocks that start inside a kernel row (kc 1, 5, 13)."""
+    R, S = draw(st.integers(1, 5)), draw(st.integers(1, 11))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pads = tuple(tuple(draw(st.integers(0, 4)) for _ in range(2)) for _ in range(2))
+    span_h, span_w = dh * (R - 1) + 1, dw * (S - 1) + 1
+    groups = draw(st.integers(1, 2))
+    return dict(
+        N=draw(st.integers(1, 4)), C=groups * draw(st.integers(1, 3)),
+        K=groups * draw(st.sampled_from([1, 3, 8, 9, 17])),
+        H=draw(st.integers(max(1, span_h - sum(pads[0])), 12)),
+        W=draw(st.integers(max(1, span_w - sum(pads[1])), 150)), R=R, S=S, groups=groups,
+        stride=(draw(st.integers(1, 3)), 2), padding=pads, dilation=(dh, dw),
+        bias=draw(st.booleans()), flip=draw(st.booleans()), dtype=draw(st.sampled_from(DTYPES)),
+        view=draw(st.sampled_from(["contiguous", "contiguous", "broadcast_n", "transposed_planes"])),
+        threads=draw(st.sampled_from([1, 2])), kc=draw(st.sampled_from([None, 1, 5, 13])),
+        nc=draw(st.sampled_from([None, 1, 50])), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def _packers_agree(isa, case):
+    rng = np.random.default_rng(case["seed"])
+    dtype = case["dtype"]
+    base = rng.standard_normal((case["N"], case["C"], case["H"], case["W"])).astype(dtype)
+    x = make_view(base, case["view"])
+    w = rng.standard_normal((case["K"], case["C"] // case["groups"], case["R"], case["S"]))
+    w = w.astype(dtype)
+    b = rng.standard_normal(case["K"]).astype(dtype) if case["bias"] else None
+    conv = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                groups=case["groups"], flip=case["flip"])
+    runs = [run_fused(x, w, b, isa=isa, threads=case["threads"], kc=case["kc"], nc=case["nc"],
+                      panel_packers=special, **conv) for special in (True, False)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert_close(runs[0], conv2d_reference(x, w, b, **conv), dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=step2_cases())
+def test_stride2_packing_matches_segments_and_reference(isa, case):
+    # the same panels whichever packer fills them: the same bits
+    _packers_agree(isa, case)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stride2_packing_past_its_mask_stack(isa, dtype):
+    # one output column per row and a 15-wide kernel: a micro-panel of 48
+    # float32 (24 float64) columns holds 48 (24) segments, 48 x 15 x 3 (24 x
+    # 15 x 3) masks, more than the packer's stack holds; it declines and the
+    # segment packer fills the panel
+    case = dict(N=3, C=2, K=9, H=40, W=16, R=2, S=15, groups=1, stride=(1, 2),
+                padding=((0, 1), (0, 0)), dilation=(1, 1), bias=True, flip=False, dtype=dtype,
+                view="contiguous", threads=2, kc=None, nc=None, seed=5)
+    _packers_agree(isa, case)
 
 
 def pointwise_view(base, view):

@@ -364,6 +364,104 @@ FC_DEFINE_AVX512_PACK_STRIDED(fc_pack_avx512_f64, double, __m512d, 8, __mmask8,
                               _mm512_setzero_pd, _mm512_storeu_pd, fc_avx512_even_f64,
                               fc_avx512_gather_f64)
 
+/* Packing stride-2 columns with the lane masks found once per micro-panel
+ * (same contract as the segment packer, plus S, the kernel's width, and
+ * ks0, the kernel column of the first row: table rows are (channel, kernel
+ * row, kernel column), so row r has kernel column (ks0 + r) % S). Which
+ * lanes of a segment a row reads depends only on its kernel column (the
+ * row's output column range) once its output row is inside the input, so
+ * the per-vector source masks are built for the S columns first, and a row
+ * is one output-row test per segment, then the same loads and permutes as
+ * the segment packer, which spent its time on the range arithmetic per
+ * (row, segment): about 34 cycles per row of the stem's 48-column panels
+ * (3 channels x 7 x 7 taps, 2 segments), a quarter of the layer's run
+ * (perf). 0: not packed (more masks than the stack holds), the caller
+ * packs it the usual way. */
+#define FC_STEP2_MAX_MASKS 1024
+#define FC_DEFINE_AVX512_PACK_STEP2(NAME, T, VT, LANES, ZERO, STORE, EVEN)                 \
+FC_INLINE FC_AVX512_TARGET void NAME##_body(const int NV, T *panel, ptrdiff_t nr,         \
+        ptrdiff_t kcb, const ptrdiff_t *table, const T *x_group, const ptrdiff_t *segs,     \
+        int ns, ptrdiff_t S, ptrdiff_t ks0, const unsigned int *masks)                      \
+{                                                                                           \
+    const __m512i even = fc_avx512_even_index(LANES);                                       \
+    const int lines = NV * LANES * (int)sizeof(T) * 2 / 64;                                 \
+    ptrdiff_t r, ks = ks0;                                                                  \
+    int s, v;                                                                               \
+    for (r = 0; r < kcb; r++) {                                                             \
+        const ptrdiff_t *row = table + r * FC_ROW_FIELDS;                                   \
+        VT acc[4];                                                                          \
+        if (r + FC_PACK_AHEAD < kcb) { /* as in the unit-step packer */                     \
+            const char *ahead = (const char *)(x_group + segs[FC_SEG_BASE]                  \
+                + segs[FC_SEG_OW] * 2 + row[FC_PACK_AHEAD * FC_ROW_FIELDS + FC_ROW_OFFSET]); \
+            for (v = 0; v <= lines; v++) _mm_prefetch(ahead + 64 * v, _MM_HINT_T0);         \
+        }                                                                                   \
+        for (v = 0; v < NV; v++) acc[v] = ZERO();                                           \
+        for (s = 0; s < ns; s++) {                                                          \
+            const ptrdiff_t *seg = segs + s * FC_SEG_FIELDS;                                \
+            const unsigned int *sv = masks + (s * S + ks) * NV;                             \
+            /* lane 0's input element: masked-off lanes neither load nor fault */           \
+            const T *p = x_group + (seg[FC_SEG_BASE] + row[FC_ROW_OFFSET]                   \
+                                    + 2 * (seg[FC_SEG_OW] - seg[FC_SEG_POS]));              \
+            if (seg[FC_SEG_OH] < row[FC_ROW_OH_LO] || seg[FC_SEG_OH] >= row[FC_ROW_OH_HI])   \
+                continue;                                                                   \
+            for (v = 0; v < NV; v++)                                                        \
+                if (sv[v]) acc[v] = EVEN(acc[v], sv[v], p + 2 * LANES * v, even);           \
+        }                                                                                   \
+        for (v = 0; v < NV; v++) STORE(panel + r * nr + v * LANES, acc[v]);                 \
+        if (++ks == S) ks = 0;                                                              \
+    }                                                                                       \
+}                                                                                           \
+static FC_AVX512_TARGET int NAME(T *panel, ptrdiff_t nr, ptrdiff_t kcb,                    \
+        const ptrdiff_t *table, const T *x_group, const ptrdiff_t *segs, int ns,            \
+        ptrdiff_t S, ptrdiff_t ks0)                                                         \
+{                                                                                           \
+    unsigned int masks[FC_STEP2_MAX_MASKS];                                                 \
+    const int NV = (int)(nr / LANES);                                                       \
+    ptrdiff_t r, a, b;                                                                      \
+    int s, v;                                                                               \
+    if (nr % LANES || NV < 1 || NV > 4 || (ptrdiff_t)ns * S * NV > FC_STEP2_MAX_MASKS)     \
+        return 0;                                                                           \
+    /* per (segment, kernel column): input elements [2lo, 2hi - 1) from lane */           \
+    /* 0's, the odd ones between inside the same run (one range of bits) */               \
+    for (r = 0; r < S && r < kcb; r++) {                                                    \
+        const ptrdiff_t *row = table + r * FC_ROW_FIELDS;                                   \
+        const ptrdiff_t ks = (ks0 + r) % S;                                                 \
+        for (s = 0; s < ns; s++) {                                                          \
+            const ptrdiff_t *seg = segs + s * FC_SEG_FIELDS;                                \
+            unsigned int *sv = masks + (s * S + ks) * NV;                                   \
+            unsigned long long src0 = 0, src1 = 0;                                          \
+            {   /* the column range alone (the output row is tested per row) */            \
+                const ptrdiff_t ow = seg[FC_SEG_OW], end = ow + seg[FC_SEG_LEN];            \
+                a = row[FC_ROW_OW_LO] > ow ? row[FC_ROW_OW_LO] : ow;                        \
+                b = row[FC_ROW_OW_HI] < end ? row[FC_ROW_OW_HI] : end;                      \
+            }                                                                               \
+            if (b > a) {                                                                    \
+                const ptrdiff_t lo = seg[FC_SEG_POS] + (a - seg[FC_SEG_OW]);                \
+                const ptrdiff_t hi = lo + (b - a);                                          \
+                src0 = fc_bit_range64(2 * lo, 2 * hi - 1);                                  \
+                src1 = fc_bit_range64(2 * lo - 64, 2 * hi - 65);                            \
+            }                                                                               \
+            for (v = 0; v < NV; v++) {                                                      \
+                const int o = 2 * LANES * v;                                                \
+                sv[v] = (unsigned int)(o < 64 ? src0 >> o : src1 >> (o - 64))               \
+                        & (unsigned int)((1ull << (2 * LANES)) - 1);                        \
+            }                                                                               \
+        }                                                                                   \
+    }                                                                                       \
+    switch (NV) {                                                                           \
+    case 1: NAME##_body(1, panel, nr, kcb, table, x_group, segs, ns, S, ks0, masks); break; \
+    case 2: NAME##_body(2, panel, nr, kcb, table, x_group, segs, ns, S, ks0, masks); break; \
+    case 3: NAME##_body(3, panel, nr, kcb, table, x_group, segs, ns, S, ks0, masks); break; \
+    default: NAME##_body(4, panel, nr, kcb, table, x_group, segs, ns, S, ks0, masks); break; \
+    }                                                                                       \
+    return 1;                                                                               \
+}
+
+FC_DEFINE_AVX512_PACK_STEP2(fc_pack_step2_avx512_f32, float, __m512, 16, _mm512_setzero_ps,
+                            _mm512_storeu_ps, fc_avx512_even_f32)
+FC_DEFINE_AVX512_PACK_STEP2(fc_pack_step2_avx512_f64, double, __m512d, 8, _mm512_setzero_pd,
+                            _mm512_storeu_pd, fc_avx512_even_f64)
+
 #define FC_DEFINE_AVX512_PACK(NAME, T, VT, LANES, MASKT, ZERO, MLOAD, STORE, GENERIC)   \
 FC_INLINE FC_AVX512_TARGET void NAME##_body(const int NV, T *panel, ptrdiff_t nr, ptrdiff_t kcb,               \
                                   const ptrdiff_t *table, const T *x_group,            \

@@ -211,6 +211,32 @@ static inline fc_pack_f64_t fc_pack_f64(int isa)
     return fc_pack_generic_f64;
 }
 
+/* The stride-2 packer with per-micro-panel lane masks (_fused_avx512.h:
+ * panel, nr, kcb, table, x_group, segs, ns, S, ks0; 1 if it packed), or
+ * NULL where the ISA has none: the segment packer then. */
+typedef int (*fc_pack_step2_f32_t)(float *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *,
+                                   const float *, const ptrdiff_t *, int, ptrdiff_t, ptrdiff_t);
+typedef int (*fc_pack_step2_f64_t)(double *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *,
+                                   const double *, const ptrdiff_t *, int, ptrdiff_t, ptrdiff_t);
+
+static inline fc_pack_step2_f32_t fc_pack_step2_f32(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_pack_step2_avx512_f32;
+#endif
+    (void)isa;
+    return NULL;
+}
+
+static inline fc_pack_step2_f64_t fc_pack_step2_f64(int isa)
+{
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_pack_step2_avx512_f64;
+#endif
+    (void)isa;
+    return NULL;
+}
+
 typedef void (*fc_pack_linear_f32_t)(float *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *,
                                      const float *, const ptrdiff_t *,
                                      const unsigned long long *, int, int, int);

@@ -87,6 +87,14 @@ cdef extern from "_fused_kernels.h" nogil:
     ctypedef void (*fc_pack_linear_f64_t)(double *, Py_ssize_t, Py_ssize_t, const Py_ssize_t *,
                                           const double *, const Py_ssize_t *,
                                           const unsigned long long *, int, int, int) noexcept nogil
+    ctypedef int (*fc_pack_step2_f32_t)(float *, Py_ssize_t, Py_ssize_t, const Py_ssize_t *,
+                                        const float *, const Py_ssize_t *, int, Py_ssize_t,
+                                        Py_ssize_t) noexcept nogil
+    ctypedef int (*fc_pack_step2_f64_t)(double *, Py_ssize_t, Py_ssize_t, const Py_ssize_t *,
+                                        const double *, const Py_ssize_t *, int, Py_ssize_t,
+                                        Py_ssize_t) noexcept nogil
+    fc_pack_step2_f32_t fc_pack_step2_f32(int isa)
+    fc_pack_step2_f64_t fc_pack_step2_f64(int isa)
     fc_pack_linear_f32_t fc_pack_linear_f32(int isa)
     fc_pack_linear_f64_t fc_pack_linear_f64(int isa)
     fc_pack_a_f32_t fc_pack_a_f32(int isa)
@@ -520,8 +528,8 @@ cdef bint _pack_linear(int isa, const floating *x_group, Py_ssize_t xs_n,
 cdef void _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ssize_t *table,
                   Py_ssize_t k0, Py_ssize_t kcb, Py_ssize_t j0, Py_ssize_t width,
                   Py_ssize_t cols, Py_ssize_t Wo, Py_ssize_t row_step, Py_ssize_t col_step,
-                  Py_ssize_t nr, Py_ssize_t lanes, Py_ssize_t taps, bint linear,
-                  bint in_place, floating *dst) noexcept nogil:
+                  Py_ssize_t nr, Py_ssize_t lanes, Py_ssize_t taps, Py_ssize_t S,
+                  bint linear, bint step2, bint in_place, floating *dst) noexcept nogil:
     """Gather rows [k0, k0+kcb) x global columns [j0, j0+width) of the
     stretched matrices (column j = image j // cols, position j % cols) into
     NR-wide micro-panels: micro-panel q (columns j0+q*NR...) at dst +
@@ -534,12 +542,17 @@ cdef void _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ss
     (_fused_*.h) makes each (row, segment) one bounds decision (the padding,
     from the row table) and one copy, as gather_columns does. linear
     columns (unit column step, output row step Wo: conv2d_fused decides)
-    go to _pack_linear instead, where it applies. in_place: the micro-panels
+    go to _pack_linear instead, where it applies, and step2 ones (column
+    step 2: conv2d_fused decides) to the ISA's stride-2 packer, which finds
+    the lane masks once per micro-panel and kernel column, not per (row,
+    segment), where the ISA has one. in_place: the micro-panels
     the kernel reads from x (_whole_panel) are left unwritten.
     """
     cdef Py_ssize_t segs[MAX_NR * FC_SEG_FIELDS]
     cdef Py_ssize_t *seg
     cdef Py_ssize_t q, nvalid, pw, ns, off, j, n, col, oh, ow, run
+    cdef fc_pack_step2_f32_t step2_32 = fc_pack_step2_f32(isa)
+    cdef fc_pack_step2_f64_t step2_64 = fc_pack_step2_f64(isa)
     q = 0
     while q < width:
         nvalid = width - q if width - q < nr else nr
@@ -572,9 +585,19 @@ cdef void _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ss
             off += run
             j += run
         if floating is float:
+            if step2 and step2_32 != NULL and step2_32(
+                    dst + q * kcb, pw, kcb, table + k0 * ROW_FIELDS, x_group, segs, <int> ns,
+                    S, k0 % S):
+                q += nr
+                continue
             fc_pack_f32(isa)(dst + q * kcb, pw, kcb, table + k0 * ROW_FIELDS, x_group,
                              segs, <int> ns, col_step)
         else:
+            if step2 and step2_64 != NULL and step2_64(
+                    dst + q * kcb, pw, kcb, table + k0 * ROW_FIELDS, x_group, segs, <int> ns,
+                    S, k0 % S):
+                q += nr
+                continue
             fc_pack_f64(isa)(dst + q * kcb, pw, kcb, table + k0 * ROW_FIELDS, x_group,
                              segs, <int> ns, col_step)
         q += nr
@@ -616,6 +639,8 @@ cdef struct Geometry:
     Py_ssize_t mr, nr, kc, mc
     Py_ssize_t lanes            # width step of the narrow kernels (0: none; _narrow_lanes)
     Py_ssize_t taps             # R*S: rows per channel of the row table
+    Py_ssize_t S                # the kernel's width: a row's kernel column is its index % S
+    bint step2                  # column step 2: the stride-2 packer where the ISA has one
     bint linear                 # unit column step: runs of x per image or row (_pack_linear)
     bint a_in_place             # weights read in place (packed_group: the edge rows)
     bint b_in_place             # whole micro-panels read from x in place (_b_in_place_layout)
@@ -651,8 +676,8 @@ cdef void _run_item(const Geometry *geo, const floating *x_group, const Py_ssize
         kcb = geo.rows - k0 if geo.rows - k0 < geo.kc else geo.kc
         first = k0 == 0
         _pack_b(geo.isa, x_group, geo.xs_n, table, k0, kcb, j0, width, cols, geo.Wo,
-                geo.row_step, geo.col_step, nr, geo.lanes, geo.taps, geo.linear,
-                geo.b_in_place, buf)
+                geo.row_step, geo.col_step, nr, geo.lanes, geo.taps, geo.S, geo.linear,
+                geo.step2, geo.b_in_place, buf)
         a_block = packed_group + k0 * geo.k_pad
         ic = m0
         while ic < m1:
@@ -767,7 +792,7 @@ def conv2d_fused(const floating[:, :, :, :] x,
                  Py_ssize_t dil_h, Py_ssize_t dil_w,
                  Py_ssize_t groups, bint flip,
                  Py_ssize_t kc, Py_ssize_t nc, Py_ssize_t mc,
-                 isa, int num_threads, bint linear_packing=True, row_table=None,
+                 isa, int num_threads, bint panel_packers=True, row_table=None,
                  bint weights_in_place=False, bint b_in_place=False):
     """out (N, K, Ho*Wo), C-contiguous = the convolution of x (N, C, H, W; any
     strides, negative and zero included) with weight (K, C/groups*R*S),
@@ -779,8 +804,8 @@ def conv2d_fused(const floating[:, :, :, :] x,
     kc and nc must be those given to buffer_sizes; any values >= 1 are correct);
     isa: "avx512", "avx2", "generic", their codes 2, 1, 0, or None / "auto"
     for the best of supported_isas(); num_threads: OpenMP threads (>= 1);
-    linear_packing False: every micro-panel through the segment packer, not
-    the linear one where it applies (for tests: the two must agree);
+    panel_packers False: every micro-panel through the segment packer, not
+    the linear or stride-2 one where it applies (for tests: they must agree);
     row_table: an intp array of >= (C/groups*R*S, ROW_FIELDS), C-contiguous,
     for the index map's row table (overwritten; None: allocated here);
     weights_in_place: the micro-kernel reads the weight rows in place (no
@@ -849,11 +874,13 @@ def conv2d_fused(const floating[:, :, :, :] x,
     geo.mc = max(mr, mc // mr * mr)
     geo.isa = code
     geo.taps = R * S
+    geo.S = S
+    geo.step2 = panel_packers and geo.col_step == 2
     geo.a_in_place = weights_in_place
     # every panel row of an image (row step Wo) or of an output row one run
     # of x, and a linear packer for the ISA whose masks hold the taps (per
     # panel, _pack_linear counts the segments)
-    geo.linear = (linear_packing and geo.col_step == 1
+    geo.linear = (panel_packers and geo.col_step == 1
                   and geo.taps <= LINEAR_MAX_TAPS
                   and (fc_pack_linear_f32(code) != NULL if floating is float
                        else fc_pack_linear_f64(code) != NULL))
