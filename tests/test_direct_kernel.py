@@ -205,7 +205,7 @@ def test_tiles_by_filter_count(dtype):
         assert direct.tile_kind(3 * lanes, dtype, isa, medium=False) == 0
     if "avx512" not in ISAS:
         pytest.skip("this CPU has no AVX-512")
-    assert direct.blocking(dtype, "avx512", 2 * lanes) == {"MR": 12, "NR": 2 * lanes}
+    assert direct.blocking(dtype, "avx512", 2 * lanes) == {"MR": 14, "NR": 2 * lanes}
     assert direct.blocking(dtype, "avx512", 2 * lanes + 1) == {"MR": 8, "NR": 3 * lanes}
     assert direct.blocking(dtype, "avx512", 4 * lanes) == {"MR": 6, "NR": 4 * lanes}
     assert direct.blocking(dtype, "avx512", 3 * lanes, medium=False) == {"MR": 6, "NR": 4 * lanes}
@@ -515,13 +515,13 @@ def test_weight_grad_plan_fits_a_tight_limit():
 
 def test_weight_grad_tiles_span_kernel_rows_where_that_fills_them():
     # the stem's 7x7 in the wide tile (MR 6): 49 taps in 9 tiles of 5-6,
-    # not each row's 7 as 4 + 3; a 3x3 in the narrow tile (MR 12): 9 taps
-    # in one tile, not 3 of 12 per row; DeepSpeech2's 41x11 fills its rows
-    # (11 of 12); tiles of more than 12 taps stay in rows; a 1-row kernel
-    # has nothing to span
+    # not each row's 7 as 4 + 3; a 3x3 in the narrow tile (MR 14): 9 taps
+    # in one tile, not 3 of 14 per row; DeepSpeech2's 41x11 fills its rows
+    # (11 of 12 or 14); tiles of more than 14 taps stay in rows; a 1-row
+    # kernel has nothing to span
     assert direct.weight_grad_flat(7, 7, 6) and direct.weight_grad_flat(3, 3, 6)
-    assert direct.weight_grad_flat(3, 3, 12) and not direct.weight_grad_flat(3, 3, 16)
-    assert not direct.weight_grad_flat(41, 11, 12)
+    assert direct.weight_grad_flat(3, 3, 14) and not direct.weight_grad_flat(3, 3, 16)
+    assert not direct.weight_grad_flat(41, 11, 12) and not direct.weight_grad_flat(41, 11, 14)
     assert not direct.weight_grad_flat(11, 11, 6) and not direct.weight_grad_flat(1, 33, 6)
     if "avx512" in ISAS:
         units, tiles, flat = direct.weight_grad_units(64, 3, 7, 7, 1, np.float32, "avx512")

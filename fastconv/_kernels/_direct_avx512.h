@@ -10,13 +10,17 @@
  * / 9.7; 8 x 3 vectors 9.7 / 8.8 / 9.2 / 13.1 (48 filters split 64 badly);
  * 7 x 4 (oneDNN's 28 accumulators) 11.4 / 8.4 / 8.7 / 9.9.
  *
- * Narrow tiles, for groups of at most 32 float32 (16 float64) filters: 12
- * pixels x 2 zmm, 24 accumulators again; per (channel, tap) 2 vector loads
- * and 12 broadcasts for 24 FMAs. With 32 filters the wide tile computes 32
+ * Narrow tiles, for groups of at most 32 float32 (16 float64) filters: 14
+ * pixels x 2 zmm, 28 accumulators (oneDNN's count), 2 weight vectors and a
+ * broadcast in 31 registers; per (channel, tap) 2 vector loads and 14
+ * broadcasts for 28 FMAs. With 32 filters the wide tile computes 32
  * zero-padded ones beside them: DeepSpeech2's 21x11/2 layer (32 -> 32
  * channels) took 54.7-57.1 ms wide and 26.2-26.6 narrow (fused 39-41),
  * its 41x11/2 first layer 14.2-14.8 and 8.5-9.2 (fp32, 2 threads, the two
- * builds alternated in one session).
+ * builds alternated in one session). 14 pixels rather than 12 (Zen 5,
+ * processes alternated, fp32, 2 threads): DeepSpeech2 conv2 forward
+ * 11.7-12.0 -> 11.0-11.8 ms, conv1 2.78-3.18 -> 2.77-3.07; their gradients,
+ * paper_mnist's and MTCNN's the same within noise; no FMA reads the stack.
  *
  * Medium tiles, for groups of 33-48 filters (65-96, ...: wherever 48-filter
  * blocks pad fewer zeros than 64-filter ones): 8 pixels x 3 zmm, 24
@@ -32,7 +36,7 @@
 #include "_fused_avx512.h"   /* fc_transpose16_f32, fc_transpose8_f64 */
 
 /* GCC 12's global common subexpression elimination left the narrow tile's
- * 12-pixel unit-stride loop one register short: 24 accumulators, 2 weight
+ * unit-stride loop (then 12 pixels) one register short: 24 accumulators, 2 weight
  * vectors and a broadcast fit 32 zmm, but the copies it made around the tap
  * loop spilled an accumulator, whose FMA then went through the stack every
  * iteration (a load, the FMA, a store; 53 % of the kernel's samples on
@@ -52,7 +56,7 @@
 #endif
 #define FC_DIRECT_AVX512_NR_F32 (16 * FC_DIRECT_AVX512_NV)
 #define FC_DIRECT_AVX512_NR_F64 (8 * FC_DIRECT_AVX512_NV)
-#define FC_DIRECT_AVX512N_MR 12
+#define FC_DIRECT_AVX512N_MR 14
 #define FC_DIRECT_AVX512N_NV 2
 #define FC_DIRECT_AVX512N_NR_F32 (16 * FC_DIRECT_AVX512N_NV)
 #define FC_DIRECT_AVX512N_NR_F64 (8 * FC_DIRECT_AVX512N_NV)

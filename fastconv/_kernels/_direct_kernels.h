@@ -19,7 +19,7 @@ typedef void (*fc_direct_f64_t)(ptrdiff_t, const double *, const ptrdiff_t *, pt
                                 const double *, ptrdiff_t, double *, int);
 
 /* Every function below takes `tile`: FC_DIRECT_WIDE, or where the ISA has
- * them (AVX-512) FC_DIRECT_NARROW (12 pixels x 2 vectors, for few filters)
+ * them (AVX-512) FC_DIRECT_NARROW (14 pixels x 2 vectors, for few filters)
  * or FC_DIRECT_MEDIUM (8 pixels x 3 vectors, for filter counts that 48
  * divides better than 64); an ISA with one tile takes its only tile. */
 enum { FC_DIRECT_WIDE = 0, FC_DIRECT_NARROW = 1, FC_DIRECT_MEDIUM = 2 };

@@ -18,7 +18,7 @@
  * ResNet-50 3a 3x3/2 9.82 -> 9.25, Inception 5x5 7.16 -> 6.82. A partial
  * tile (m < MR) of consecutive elements takes the STEP 1 loop too: the
  * weight gradient's tiles (direct.pyx) are a kernel row's taps, 11 of the
- * narrow tile's 12 on DeepSpeech2, 5 and 6 of the wide tile's 6 on AlexNet.
+ * narrow tile's 14 on DeepSpeech2, 5 and 6 of the wide tile's 6 on AlexNet.
  */
 #ifndef FASTCONV_DIRECT_VECTOR_H
 #define FASTCONV_DIRECT_VECTOR_H

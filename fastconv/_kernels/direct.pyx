@@ -124,7 +124,7 @@ TILE_WIDE, TILE_NARROW, TILE_MEDIUM = 0, 1, 2
 
 def tile_kind(filters, dtype, isa=None, medium=True):
     """The tile that runs groups of `filters` filters (None: unknown): where
-    the ISA has more than one (AVX-512), the narrow tile (12 pixels x 32
+    the ISA has more than one (AVX-512), the narrow tile (14 pixels x 32
     float32 or 16 float64 filters) where they fit one; with `medium` (the
     forward pass and the input gradient), the medium tile (8 x 48 or 24)
     where 48-filter blocks pad fewer zero filters than 64-filter ones (33-48,
@@ -383,7 +383,7 @@ cdef void _store_tile(const floating *tile, Py_ssize_t m, Py_ssize_t nr, Py_ssiz
             while j < m and pix_out[j] == pix_out[0] + j:
                 j += 1
             if j == m:
-                # in runs of 8 (the narrow tile's 12 pixels as 8 + 4)
+                # in runs of 8 (the narrow tile's 14 pixels as 8 + 6)
                 for j in range(0, m, 8):
                     store32(tile + j * nr, m - j if m - j < 8 else 8, nr, nf, out + pix_out[j],
                             out_filter, bias)
@@ -717,13 +717,13 @@ def weight_grad_flat(R, S, mr):
     """Whether the weight gradient's tiles take a channel's taps in (r, s)
     order across kernel rows ("flat") rather than a kernel row's alone:
     where that fills the tiles better (the stem's 7x7 in tiles of 6: 5.4
-    taps a tile, not 4 + 3). Up to the narrow AVX-512 tile's 12 taps: flat,
-    a 3x3 kernel of 32 filters takes 9 of its 12 taps for each vector pair
+    taps a tile, not 4 + 3). Up to the narrow AVX-512 tile's 14 taps: flat,
+    a 3x3 kernel of 32 filters takes 9 of its 14 taps for each vector pair
     of the output gradient loaded, not 3 (fresh processes alternated, 2
     threads: paper_mnist 0.25 -> 0.215 ms, MTCNN O-Net conv1 0.63 -> 0.46;
     was held to 8 for the taps' pointers, one each, to stay in registers)."""
     R, S, mr = int(R), int(S), int(mr)
-    if R < 2 or mr > 12:
+    if R < 2 or mr > 14:
         return False
     return R * S / _ceil_div(R * S, mr) > 1.25 * S / _ceil_div(S, mr)
 
