@@ -187,11 +187,11 @@ def test_tile_stores(isa, K, N, W):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_tiles_by_filter_count(dtype):
     # AVX-512 runs groups of at most 32 float32 (16 float64) filters in
-    # tiles of 12 pixels x 2 vectors, counts that 3-vector blocks pad less
+    # tiles of 14 pixels x 2 vectors, counts that 3-vector blocks pad less
     # (33-48, 65-96) in 8 x 3 vectors, the rest in 6 x 4 vectors; the weight
     # gradient keeps the wide tile there; the other ISAs have one tile. At
     # and past each boundary, with tiles that end mid-class and float32
-    # stores of 8 + 4 consecutive pixels, the forward pass and the input
+    # stores of 8 + 6 consecutive pixels, the forward pass and the input
     # gradient (its panel packed from the forward weights) agree with the
     # reference and with the generic kernel
     lanes = 16 if dtype == np.float32 else 8
@@ -236,8 +236,9 @@ def test_tiles_by_filter_count(dtype):
 # (one output row at stride 1, 2, 4, or an every-other-column view), runs a
 # loop that reads them from one pointer at fixed offsets; other tiles
 # (crossing a row's end, partial, other spacings) read each pixel through
-# its own. Rows of 40 outputs hold three full tiles of either width and a
-# partial one; the filter counts take the narrow and the wide AVX-512 tiles.
+# its own. Rows of 40 outputs hold full tiles of either width (2 of the
+# narrow tile's 14 pixels, 6 of the wide tile's 6) and a partial one; the
+# filter counts take the narrow and the wide AVX-512 tiles.
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stride, view", [(1, "contiguous"), (2, "contiguous"),

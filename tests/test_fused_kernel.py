@@ -5,7 +5,7 @@ of the register tile, the vector width or the blocks; every padding form;
 odd input strides and views; 1 and 2 threads; tiny blocks."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 import fastconv
 from fastconv import _tuning
 
@@ -234,6 +234,51 @@ def test_stride2_packing_past_its_mask_stack(isa, dtype):
                 padding=((0, 1), (0, 0)), dilation=(1, 1), bias=True, flip=False, dtype=dtype,
                 view="contiguous", threads=2, kc=None, nc=None, seed=5)
     _packers_agree(isa, case)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(R=st.integers(1, 7), S=st.integers(1, 9), pad=st.integers(0, 4), W=st.integers(1, 60),
+       k0=st.integers(0, 20), kcb=st.integers(1, 30), seed=st.integers(0, 2**32 - 1))
+def test_stride2_packer_fills_the_panels_it_takes(isa, dtype, R, S, pad, W, k0, kcb, seed):
+    # B's micro-panels packed directly: the stride-2 packer (AVX-512) takes
+    # every micro-panel whose masks fit its stack, and fills them as the
+    # segment packer does, NaN-filled buffer and all
+    N, C, H = 2, 2, 9
+    Ho, Wo = (H + 2 * pad - R) // 2 + 1, (W + 2 * pad - S) // 2 + 1
+    assume(Ho >= 1 and Wo >= 1 and k0 < C * R * S)
+    kcb = min(kcb, C * R * S - k0)
+    x = np.random.default_rng(seed).standard_normal((N, C, H, W)).astype(dtype)
+    width = N * Ho * Wo
+    runs = [fused.pack_b_panels(x, R, S, 2, 2, pad, pad, Ho, Wo, k0, kcb, 0, width, isa,
+                                panel_packers=special) for special in (True, False)]
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert runs[1][1] == 0
+    if isa != "avx512":
+        assert runs[0][1] == 0   # (the segment packer: no stride-2 one)
+        return
+    nr = fused.blocking(dtype, isa)["NR"]
+    vectors = nr // (64 // np.dtype(dtype).itemsize)
+    # segments of a micro-panel at most: one per output row it touches
+    if all(min(nr, width - q) // Wo + 2 <= 1024 // (S * vectors) for q in range(0, width, nr)):
+        assert runs[0][1] == -(-width // nr)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stride2_packer_declines_past_its_mask_stack(isa, dtype):
+    # one output column per row and a 15-wide kernel: a micro-panel of 48
+    # float32 (24 float64) columns is as many segments, 48 x 15 x 3 (24 x 15
+    # x 3) masks, more than the packer's stack holds: it takes none, and the
+    # segment packer fills them the same
+    x = np.random.default_rng(3).standard_normal((3, 2, 40, 16)).astype(dtype)
+    nr = fused.blocking(dtype, isa)["NR"]
+    runs = [fused.pack_b_panels(x, 2, 15, 1, 2, 0, 0, 39, 1, 0, 30, 0, 2 * nr, isa,
+                                panel_packers=special) for special in (True, False)]
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert not np.isnan(runs[0][0]).any()
+    assert runs[0][1] == 0 and runs[1][1] == 0
 
 
 def pointwise_view(base, view):

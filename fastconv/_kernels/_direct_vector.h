@@ -9,8 +9,8 @@
  *
  * A full tile whose pixels are evenly spaced in x (1, 2 or 4 elements: one
  * output row at stride 1, 2 or 4) takes NAME##_tile with that STEP, reading them from
- * one pointer at fixed offsets. Why: through MR pointers (12 in AVX-512's
- * narrow tile) the loop ran out of general registers, reloading pointers
+ * one pointer at fixed offsets. Why: through MR pointers (then 12 in
+ * AVX-512's narrow tile) the loop ran out of general registers, reloading pointers
  * and spilling accumulators around every tap (perf); DeepSpeech2's first
  * layer (1 channel, 41x11/2, 32 filters; fp32, AVX-512) took 15.2 ms on one
  * thread, 12.0 ms evenly spaced, and on two threads 8.1-8.8 against

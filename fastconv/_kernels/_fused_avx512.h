@@ -200,8 +200,9 @@ FC_DEFINE_AVX512(fc_ukr_avx512_f64_nv2, double, f64, FC_AVX512_MR_F64, 2)
  * masks make the padding zeros, so a row is ns*NV loads and NV full stores,
  * no scalar tails. ResNet-50 2a_3x3 (64 filters: the packing is amortised
  * least): packing took 22 % of the run as a scalar-copy Cython loop, 13 %
- * now, and the layer went from 89 to 97 GFLOP/s. Other column steps (stride
- * 2, strided views): the strided packer that follows. */
+ * now, and the layer went from 89 to 97 GFLOP/s. Column step 2: the
+ * stride-2 packer (FC_DEFINE_AVX512_PACK_STEP2, below), or where it declines
+ * the strided packer that follows, which takes the other steps too. */
 #ifndef FC_PACK_AHEAD
 /* Software prefetch distance of the packing, in table rows: consecutive
  * rows read different channel planes / taps, which the hardware prefetcher
@@ -375,8 +376,8 @@ FC_DEFINE_AVX512_PACK_STRIDED(fc_pack_avx512_f64, double, __m512d, 8, __mmask8,
  * the segment packer, which spent its time on the range arithmetic per
  * (row, segment): about 34 cycles per row of the stem's 48-column panels
  * (3 channels x 7 x 7 taps, 2 segments), a quarter of the layer's run
- * (perf). 0: not packed (more masks than the stack holds), the caller
- * packs it the usual way. */
+ * (perf). 0: not packed (more masks than the stack holds, or a width
+ * that is not 1-4 whole vectors), the caller packs it the usual way. */
 #define FC_STEP2_MAX_MASKS 1024
 #define FC_DEFINE_AVX512_PACK_STEP2(NAME, T, VT, LANES, ZERO, STORE, EVEN)                 \
 FC_INLINE FC_AVX512_TARGET void NAME##_body(const int NV, T *panel, ptrdiff_t nr,         \
@@ -399,11 +400,12 @@ FC_INLINE FC_AVX512_TARGET void NAME##_body(const int NV, T *panel, ptrdiff_t nr
         for (s = 0; s < ns; s++) {                                                          \
             const ptrdiff_t *seg = segs + s * FC_SEG_FIELDS;                                \
             const unsigned int *sv = masks + (s * S + ks) * NV;                             \
-            /* lane 0's input element: masked-off lanes neither load nor fault */           \
-            const T *p = x_group + (seg[FC_SEG_BASE] + row[FC_ROW_OFFSET]                   \
-                                    + 2 * (seg[FC_SEG_OW] - seg[FC_SEG_POS]));              \
+            const T *p;                                                                     \
             if (seg[FC_SEG_OH] < row[FC_ROW_OH_LO] || seg[FC_SEG_OH] >= row[FC_ROW_OH_HI])   \
                 continue;                                                                   \
+            /* lane 0's input element: masked-off lanes neither load nor fault */           \
+            p = x_group + (seg[FC_SEG_BASE] + row[FC_ROW_OFFSET]                            \
+                           + 2 * (seg[FC_SEG_OW] - seg[FC_SEG_POS]));                       \
             for (v = 0; v < NV; v++)                                                        \
                 if (sv[v]) acc[v] = EVEN(acc[v], sv[v], p + 2 * LANES * v, even);           \
         }                                                                                   \

@@ -525,7 +525,8 @@ cdef bint _pack_linear(int isa, const floating *x_group, Py_ssize_t xs_n,
     return True
 
 
-cdef void _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ssize_t *table,
+cdef Py_ssize_t _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n,
+                        const Py_ssize_t *table,
                   Py_ssize_t k0, Py_ssize_t kcb, Py_ssize_t j0, Py_ssize_t width,
                   Py_ssize_t cols, Py_ssize_t Wo, Py_ssize_t row_step, Py_ssize_t col_step,
                   Py_ssize_t nr, Py_ssize_t lanes, Py_ssize_t taps, Py_ssize_t S,
@@ -546,13 +547,15 @@ cdef void _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ss
     step 2: conv2d_fused decides) to the ISA's stride-2 packer, which finds
     the lane masks once per micro-panel and kernel column, not per (row,
     segment), where the ISA has one. in_place: the micro-panels
-    the kernel reads from x (_whole_panel) are left unwritten.
+    the kernel reads from x (_whole_panel) are left unwritten. Returns how
+    many micro-panels the stride-2 packer filled (pack_b_panels, for tests).
     """
     cdef Py_ssize_t segs[MAX_NR * FC_SEG_FIELDS]
     cdef Py_ssize_t *seg
     cdef Py_ssize_t q, nvalid, pw, ns, off, j, n, col, oh, ow, run
     cdef fc_pack_step2_f32_t step2_32 = fc_pack_step2_f32(isa)
     cdef fc_pack_step2_f64_t step2_64 = fc_pack_step2_f64(isa)
+    cdef Py_ssize_t by_step2 = 0
     q = 0
     while q < width:
         nvalid = width - q if width - q < nr else nr
@@ -588,6 +591,7 @@ cdef void _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ss
             if step2 and step2_32 != NULL and step2_32(
                     dst + q * kcb, pw, kcb, table + k0 * ROW_FIELDS, x_group, segs, <int> ns,
                     S, k0 % S):
+                by_step2 += 1
                 q += nr
                 continue
             fc_pack_f32(isa)(dst + q * kcb, pw, kcb, table + k0 * ROW_FIELDS, x_group,
@@ -596,11 +600,56 @@ cdef void _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n, const Py_ss
             if step2 and step2_64 != NULL and step2_64(
                     dst + q * kcb, pw, kcb, table + k0 * ROW_FIELDS, x_group, segs, <int> ns,
                     S, k0 % S):
+                by_step2 += 1
                 q += nr
                 continue
             fc_pack_f64(isa)(dst + q * kcb, pw, kcb, table + k0 * ROW_FIELDS, x_group,
                              segs, <int> ns, col_step)
         q += nr
+    return by_step2
+
+
+def pack_b_panels(const floating[:, :, :, :] x, Py_ssize_t R, Py_ssize_t S,
+                  Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_top,
+                  Py_ssize_t pad_left, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t k0,
+                  Py_ssize_t kcb, Py_ssize_t j0, Py_ssize_t width, isa,
+                  bint panel_packers=True):
+    """For tests: rows [k0, k0+kcb) x columns [j0, j0+width) of the stretched
+    matrix of x (one group, every channel; dilation 1, no flip; Ho x Wo
+    outputs, column j = image j // (Ho*Wo)) packed into micro-panels as the
+    forward pass packs B (_pack_b; the linear packer left out), into a
+    NaN-filled array (micro-panel q at q*NR*kcb). Returns (the array, how many
+    micro-panels the stride-2 packer filled): with panel_packers False, none.
+
+    >>> import numpy as np
+    >>> x = np.arange(2 * 9 * 9, dtype=np.float32).reshape(1, 2, 9, 9)
+    >>> panels, by_step2 = pack_b_panels(x, 3, 3, 2, 2, 1, 1, 5, 5, 0, 18, 0, 25, "generic")
+    >>> by_step2, panels.shape[0] >= 18 * 25
+    (0, True)
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int code = isa_code(isa)
+    cdef bint dbl = floating is double
+    cdef Py_ssize_t nr = fc_nr(code, dbl), lanes = _narrow_lanes(code, dbl)
+    cdef Py_ssize_t itemsize = sizeof(floating), rows = C * R * S, cols = Ho * Wo
+    if R < 1 or S < 1 or stride_h < 1 or stride_w < 1 or Ho < 1 or Wo < 1:
+        raise ValueError("pack_b_panels: bad geometry")
+    if k0 < 0 or kcb < 1 or k0 + kcb > rows or j0 < 0 or width < 1 or j0 + width > N * cols:
+        raise ValueError(f"pack_b_panels: rows [{k0}, {k0 + kcb}) of {rows}, columns "
+                         f"[{j0}, {j0 + width}) of {N * cols}")
+    cdef Py_ssize_t xs_n = x.strides[0] // itemsize, xs_c = x.strides[1] // itemsize
+    cdef Py_ssize_t xs_h = x.strides[2] // itemsize, xs_w = x.strides[3] // itemsize
+    table = np.empty((rows, ROW_FIELDS), dtype=np.intp)
+    cdef Py_ssize_t[:, ::1] t = table
+    dtype = np.float64 if dbl else np.float32
+    out = np.full(_round_up(width, nr) * kcb, np.nan, dtype)
+    cdef floating[::1] o = out
+    build_row_table(&t[0, 0], C, R, S, H, W, Ho, Wo, stride_h, stride_w, pad_top, pad_left,
+                    1, 1, xs_c, xs_h, xs_w, False)
+    by_step2 = _pack_b(code, &x[0, 0, 0, 0], xs_n, &t[0, 0], k0, kcb, j0, width, cols, Wo,
+                       stride_h * xs_h, stride_w * xs_w, nr, lanes, R * S, S, False,
+                       panel_packers and stride_w * xs_w == 2, False, &o[0])
+    return out, by_step2
 
 
 cdef inline void _store_tile(const floating *tile, Py_ssize_t ld, Py_ssize_t m,
