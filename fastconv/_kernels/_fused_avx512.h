@@ -232,6 +232,24 @@ static inline unsigned long long fc_bit_range64(ptrdiff_t a, ptrdiff_t b)
     return (b == 64 ? ~0ull : (1ull << b) - 1u) & ~((1ull << a) - 1u);
 }
 
+/* The source masks of panel lanes [lo, hi) at column step 2, one per vector
+ * v of nv (bit e: load element e of the 2*lanes under the vector, from lane
+ * 0's input element + 2*lanes*v): input elements [2lo, 2hi - 1), the odd
+ * ones between inside the same run, so one contiguous range of bits (no
+ * per-vector bit spreading: that cost more than the loads). */
+static inline void fc_step2_masks(ptrdiff_t lo, ptrdiff_t hi, int nv, int lanes,
+                                  unsigned int *sv)
+{
+    const unsigned long long src0 = fc_bit_range64(2 * lo, 2 * hi - 1);
+    const unsigned long long src1 = fc_bit_range64(2 * lo - 64, 2 * hi - 65);
+    int v;
+    for (v = 0; v < nv; v++) {
+        const int o = 2 * lanes * v;
+        sv[v] = (unsigned int)(o < 64 ? src0 >> o : src1 >> (o - 64))
+                & (unsigned int)((1ull << (2 * lanes)) - 1);
+    }
+}
+
 /* The permute index that keeps the even elements of two vectors (lanes:
  * 16 floats or 8 doubles per vector): lane i <- element 2i of (lo, hi). */
 FC_INLINE FC_AVX512_TARGET __m512i fc_avx512_even_index(int lanes)
@@ -308,18 +326,11 @@ FC_INLINE FC_AVX512_TARGET void NAME##_strided_body(const int NV, const int STEP
             hi = lo + (b - a);                                                              \
             p = x_group + (seg[FC_SEG_BASE] + row[FC_ROW_OFFSET] + (a - lo) * col_step);    \
             if (STEP2) {                                                                    \
-                /* input elements [2lo, 2hi - 1) from p: the odd ones between */            \
-                /* are inside the same run, so one contiguous range of bits */              \
-                /* (no per-vector bit spreading: that cost more than the loads) */          \
-                unsigned long long src0 = fc_bit_range64(2 * lo, 2 * hi - 1);               \
-                unsigned long long src1 = fc_bit_range64(2 * lo - 64, 2 * hi - 65);         \
-                for (v = 0; v < NV; v++) {                                                  \
-                    const int o = 2 * LANES * v;                                            \
-                    unsigned int sv = (unsigned int)(o < 64 ? src0 >> o : src1 >> (o - 64)) \
-                        & (unsigned int)((1ull << (2 * LANES)) - 1);                        \
-                    if (sv) /* a vector the segment misses: skip its 2 loads */             \
-                        acc[v] = EVEN(acc[v], sv, p + o, even);                             \
-                }                                                                           \
+                unsigned int sv[4];                                                         \
+                fc_step2_masks(lo, hi, NV, LANES, sv);                                      \
+                for (v = 0; v < NV; v++)                                                    \
+                    if (sv[v]) /* a vector the segment misses: skip its 2 loads */          \
+                        acc[v] = EVEN(acc[v], sv[v], p + 2 * LANES * v, even);              \
                 continue;                                                                   \
             }                                                                               \
             m = fc_bit_range64(lo, hi);                                                     \
@@ -420,34 +431,22 @@ static FC_AVX512_TARGET int NAME(T *panel, ptrdiff_t nr, ptrdiff_t kcb,         
     unsigned int masks[FC_STEP2_MAX_MASKS];                                                 \
     const int NV = (int)(nr / LANES);                                                       \
     ptrdiff_t r, a, b;                                                                      \
-    int s, v;                                                                               \
+    int s;                                                                                  \
     if (nr % LANES || NV < 1 || NV > 4 || (ptrdiff_t)ns * S * NV > FC_STEP2_MAX_MASKS)     \
         return 0;                                                                           \
-    /* per (segment, kernel column): input elements [2lo, 2hi - 1) from lane */           \
-    /* 0's, the odd ones between inside the same run (one range of bits) */               \
+    /* per (segment, kernel column): the column range alone (the output row */            \
+    /* is tested per row) */                                                                \
     for (r = 0; r < S && r < kcb; r++) {                                                    \
         const ptrdiff_t *row = table + r * FC_ROW_FIELDS;                                   \
         const ptrdiff_t ks = (ks0 + r) % S;                                                 \
         for (s = 0; s < ns; s++) {                                                          \
             const ptrdiff_t *seg = segs + s * FC_SEG_FIELDS;                                \
-            unsigned int *sv = masks + (s * S + ks) * NV;                                   \
-            unsigned long long src0 = 0, src1 = 0;                                          \
-            {   /* the column range alone (the output row is tested per row) */            \
-                const ptrdiff_t ow = seg[FC_SEG_OW], end = ow + seg[FC_SEG_LEN];            \
-                a = row[FC_ROW_OW_LO] > ow ? row[FC_ROW_OW_LO] : ow;                        \
-                b = row[FC_ROW_OW_HI] < end ? row[FC_ROW_OW_HI] : end;                      \
+            ptrdiff_t lo = 0, hi = 0;                                                       \
+            if (fc_column_range(row, seg, &a, &b)) {                                        \
+                lo = seg[FC_SEG_POS] + (a - seg[FC_SEG_OW]);                                \
+                hi = lo + (b - a);                                                          \
             }                                                                               \
-            if (b > a) {                                                                    \
-                const ptrdiff_t lo = seg[FC_SEG_POS] + (a - seg[FC_SEG_OW]);                \
-                const ptrdiff_t hi = lo + (b - a);                                          \
-                src0 = fc_bit_range64(2 * lo, 2 * hi - 1);                                  \
-                src1 = fc_bit_range64(2 * lo - 64, 2 * hi - 65);                            \
-            }                                                                               \
-            for (v = 0; v < NV; v++) {                                                      \
-                const int o = 2 * LANES * v;                                                \
-                sv[v] = (unsigned int)(o < 64 ? src0 >> o : src1 >> (o - 64))               \
-                        & (unsigned int)((1ull << (2 * LANES)) - 1);                        \
-            }                                                                               \
+            fc_step2_masks(lo, hi, NV, LANES, masks + (s * S + ks) * NV);                   \
         }                                                                                   \
     }                                                                                       \
     switch (NV) {                                                                           \

@@ -105,16 +105,25 @@ FC_DEFINE_GENERIC(fc_ukr_generic_f64, double, FC_GENERIC_MR_F64, FC_GENERIC_NR_F
 #define FC_SEG_LEN 3
 #define FC_SEG_POS 4
 
+/* the columns [*a, *b) of a segment whose kernel column (one table row's)
+ * is inside the input, whatever its output row; 0 if none */
+static inline int fc_column_range(const ptrdiff_t *row, const ptrdiff_t *seg,
+                                  ptrdiff_t *a, ptrdiff_t *b)
+{
+    ptrdiff_t ow = seg[FC_SEG_OW], end = ow + seg[FC_SEG_LEN];
+    *a = row[FC_ROW_OW_LO] > ow ? row[FC_ROW_OW_LO] : ow;
+    *b = row[FC_ROW_OW_HI] < end ? row[FC_ROW_OW_HI] : end;
+    return *b > *a;
+}
+
 /* the columns [*a, *b) of a segment inside the input for one table row;
  * 0 if none */
 static inline int fc_valid_range(const ptrdiff_t *row, const ptrdiff_t *seg,
                                  ptrdiff_t *a, ptrdiff_t *b)
 {
-    ptrdiff_t oh = seg[FC_SEG_OH], ow = seg[FC_SEG_OW], end = ow + seg[FC_SEG_LEN];
+    ptrdiff_t oh = seg[FC_SEG_OH];
     if (oh < row[FC_ROW_OH_LO] || oh >= row[FC_ROW_OH_HI]) return 0;
-    *a = row[FC_ROW_OW_LO] > ow ? row[FC_ROW_OW_LO] : ow;
-    *b = row[FC_ROW_OW_HI] < end ? row[FC_ROW_OW_HI] : end;
-    return *b > *a;
+    return fc_column_range(row, seg, a, b);
 }
 
 #define FC_DEFINE_GENERIC_PACK(NAME, T)                                            \

@@ -526,11 +526,11 @@ cdef bint _pack_linear(int isa, const floating *x_group, Py_ssize_t xs_n,
 
 
 cdef Py_ssize_t _pack_b(int isa, const floating *x_group, Py_ssize_t xs_n,
-                        const Py_ssize_t *table,
-                  Py_ssize_t k0, Py_ssize_t kcb, Py_ssize_t j0, Py_ssize_t width,
-                  Py_ssize_t cols, Py_ssize_t Wo, Py_ssize_t row_step, Py_ssize_t col_step,
-                  Py_ssize_t nr, Py_ssize_t lanes, Py_ssize_t taps, Py_ssize_t S,
-                  bint linear, bint step2, bint in_place, floating *dst) noexcept nogil:
+                        const Py_ssize_t *table, Py_ssize_t k0, Py_ssize_t kcb,
+                        Py_ssize_t j0, Py_ssize_t width, Py_ssize_t cols, Py_ssize_t Wo,
+                        Py_ssize_t row_step, Py_ssize_t col_step, Py_ssize_t nr,
+                        Py_ssize_t lanes, Py_ssize_t taps, Py_ssize_t S, bint linear,
+                        bint step2, bint in_place, floating *dst) noexcept nogil:
     """Gather rows [k0, k0+kcb) x global columns [j0, j0+width) of the
     stretched matrices (column j = image j // cols, position j % cols) into
     NR-wide micro-panels: micro-panel q (columns j0+q*NR...) at dst +
