@@ -209,6 +209,37 @@ def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
 
 
+# One filter per channel on the fixed-size kernels (3x3, 5x5, 7x7): blocks
+# of 4, 2 and 1 output rows sharing their input rows where the stride equals
+# the dilation (1 or 2), single rows where it does not, with masked edge
+# blocks at both ends of rows longer than a vector (37 columns: the last
+# block overlaps) and interior row counts that leave every remainder.
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("R", [3, 5, 7])
+@pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 2), (2, 1), (1, 2)])
+@pytest.mark.parametrize("interior_rows", [1, 2, 3, 5, 7, 10])
+@pytest.mark.parametrize("layout, flip", [("contiguous", False), ("cropped_w", True)])
+def test_fixed_size_row_blocks(name, dtype, R, stride, dilation, interior_rows, layout, flip):
+    span = dilation * (R - 1) + 1
+    pad = (span - 1) // 2
+    # one padded output row above and below the interior ones
+    H = (interior_rows + 1) * stride + span - 2 * pad + 1 if pad else interior_rows * stride + span
+    conv = dict(stride=(stride, 1), padding=((pad, pad), (pad, pad)), dilation=(dilation, dilation))
+    case = dict(conv, flip=flip, C=3, dtype=dtype)
+    rng = np.random.default_rng(interior_rows + 10 * R)
+    x = make_input(rng, (2, 3, H, 37), dtype, layout)
+    w = rng.standard_normal((3, 1, R, R)).astype(dtype)
+    b = rng.standard_normal(3).astype(dtype)
+    expected = conv2d_reference(x, w, b, **_conv(case))
+    grad = rng.standard_normal(expected.shape).astype(dtype)
+    with isa(name):
+        out, grad_x, grad_w = run_all(x, w, b, grad, case, 2)
+    assert_close(out, expected, dtype)
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
+    assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
+
+
 # Grouped convolutions with a few channels per group (cg): the fixed-size
 # kernels' blocks of 4 and 2 planes summed over the group's cg input planes
 # (forward: filters; input gradient at stride 1: input channels, from the
