@@ -213,22 +213,29 @@ def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
 # of 4, 2 and 1 output rows sharing their input rows where the stride equals
 # the dilation (1 or 2), single rows where it does not, with masked edge
 # blocks at both ends of rows longer than a vector (37 columns: the last
-# block overlaps) and interior row counts that leave every remainder.
+# block overlaps) and interior row counts that leave every remainder. With
+# masked loads the kernels take the whole plane: the padded rows above and
+# below (masked by rows), rows narrower than a vector (11 and 5 columns,
+# stored masked) and padding past the kernel (rows and columns that read
+# nothing at all).
 @pytest.mark.parametrize("name", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("R", [3, 5, 7])
 @pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 2), (2, 1), (1, 2)])
-@pytest.mark.parametrize("interior_rows", [1, 2, 3, 5, 7, 10])
-@pytest.mark.parametrize("layout, flip", [("contiguous", False), ("cropped_w", True)])
-def test_fixed_size_row_blocks(name, dtype, R, stride, dilation, interior_rows, layout, flip):
+@pytest.mark.parametrize("interior_rows", [1, 2, 3, 5, 10])
+@pytest.mark.parametrize("W, extra_pad, layout, flip", [
+    (37, 0, "contiguous", False), (37, 0, "cropped_w", True), (11, 0, "reversed_h", False),
+    (5, 4, "contiguous", True)])
+def test_fixed_size_row_blocks(name, dtype, R, stride, dilation, interior_rows, W, extra_pad,
+                               layout, flip):
     span = dilation * (R - 1) + 1
-    pad = (span - 1) // 2
-    # one padded output row above and below the interior ones
-    H = (interior_rows + 1) * stride + span - 2 * pad + 1 if pad else interior_rows * stride + span
+    pad = (span - 1) // 2 + extra_pad
+    # interior rows plus padded ones above and below
+    H = interior_rows * stride + span - 1
     conv = dict(stride=(stride, 1), padding=((pad, pad), (pad, pad)), dilation=(dilation, dilation))
     case = dict(conv, flip=flip, C=3, dtype=dtype)
     rng = np.random.default_rng(interior_rows + 10 * R)
-    x = make_input(rng, (2, 3, H, 37), dtype, layout)
+    x = make_input(rng, (2, 3, H, W), dtype, layout)
     w = rng.standard_normal((3, 1, R, R)).astype(dtype)
     b = rng.standard_normal(3).astype(dtype)
     expected = conv2d_reference(x, w, b, **_conv(case))

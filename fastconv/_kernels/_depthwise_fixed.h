@@ -67,7 +67,7 @@
  * 7x7 on 64 x 56 x 56 2.43 -> 1.56; AVX2 likewise (mobilenet 0.81 -> 0.63).
  * Each output's sum keeps the order of one row at a time (bias, then the
  * taps by kernel row and column). */
-#define DW_ROWS_BLOCK(NV, ROWS, OW, LOADX) do {                                \
+#define DW_ROWS_BLOCK(NV, ROWS, OW, LOADX, STOREX) do {                                \
     const dws o_ = (OW);                                                       \
     VT acc_[4][4];                                                             \
     _Pragma("GCC unroll 4")                                                    \
@@ -83,11 +83,11 @@
         for (int s_ = 0; s_ < SS; s_++) {                                      \
             _Pragma("GCC unroll 4")                                            \
             for (int k_ = 0; k_ < (NV); k_++) {                                \
-                const VT x_ = LOADX(q_ + s_ * dw + k_ * VL, s_);               \
+                const VT x_ = LOADX(q_ + s_ * dw + k_ * VL, t_, s_);           \
                 _Pragma("GCC unroll 4")                                        \
                 for (int i_ = 0; i_ < (ROWS); i_++)                            \
                     if (t_ - i_ >= 0 && t_ - i_ < RR)                          \
-                        acc_[i_][k_] += wv[t_ - i_][s_] * x_;                  \
+                        acc_[i_][k_] += DW_TAP(t_ - i_, s_) * x_;              \
             }                                                                  \
         }                                                                      \
     }                                                                          \
@@ -95,17 +95,92 @@
     for (int i_ = 0; i_ < (ROWS); i_++) {                                      \
         _Pragma("GCC unroll 4")                                                \
         for (int k_ = 0; k_ < (NV); k_++)                                      \
-            DW_STORE(orow + i_ * Wo + o_ + k_ * VL, acc_[i_][k_]);             \
+            STOREX(orow + i_ * Wo + o_ + k_ * VL, acc_[i_][k_]);               \
     }                                                                          \
 } while (0)
-#define DW_ROWS_PLAIN(q, s) DW_LOAD(VT, (q))
-#define DW_ROWS_MASKED(q, s) DW_MLOAD((q), cond_[s])
+#define DW_ROWS_PLAIN(q, t, s) DW_LOAD(VT, (q))
+/* columns in the padding masked off */
+#define DW_ROWS_MASKED(q, t, s) DW_MLOAD((q), cond_[s])
+/* rows narrower than a vector: their first Wo lanes */
+#define DW_ROWS_NARROW(p, v) DW_STORE_FIRST((p), (v), Wo)
+/* the block of NV vectors on this pass's rows (4, 2 or 1) */
+#define DW_ROWS_ANY(NV, OW, LOADX, STOREX) do {                                \
+    if (rows == 4)                                                             \
+        DW_ROWS_BLOCK(NV, 4, OW, LOADX, STOREX);                               \
+    else if (rows == 2)                                                        \
+        DW_ROWS_BLOCK(NV, 2, OW, LOADX, STOREX);                               \
+    else                                                                       \
+        DW_ROWS_BLOCK(NV, 1, OW, LOADX, STOREX);                               \
+} while (0)
 #endif
 
-/* Output rows [oh_lo, oh_hi) (every kernel row inside the input): with
- * masked loads (full) and rows of at least one vector, every column;
- * otherwise columns [A, B) only (B - A >= the narrowest vector). Returns
- * whether it did whole rows. */
+#ifdef DW_MLOAD
+/* Output row oh whose kernel rows [t_lo, t_hi) are the ones inside the
+ * input (a row at the top or bottom, in the padding): the rest are skipped,
+ * not loaded masked off. Columns in chunks of 4 vectors, four chains of
+ * FMAs, each vector's lanes masked by its columns (in the padding, or past
+ * Wo: computed from nothing and not stored). Why its own loop: as blocks of
+ * one vector over all RR kernel rows, 7x7 on 64 x 56 x 56 took 3.7 ms (one
+ * thread), against 3.1 with the generic kernels for these rows. */
+DW_INLINE void DW_FIX(fwd_border_row_body)(const dw_geom *g, const T *p, const T *wt,
+                                           T bias, T *orow, int t_lo, int t_hi, const int NV)
+{
+    const dws xs_h = g->xs_h, Wo = g->Wo, pl = g->pl, dh = g->dh, dw = g->dw;
+    IVT iota, zero = {0}, width = zero + (IT)g->W;
+    for (int l = 0; l < VL; l++)
+        iota[l] = l;
+    for (dws ow = 0; ow < Wo; ow += NV * VL) {
+        IVT cond_[4][SS];
+        VT acc_[4];
+        _Pragma("GCC unroll 4")
+        for (int k = 0; k < NV; k++) {
+            const IVT stored = iota < (IT)(Wo - ow - k * VL);
+            DW_COLUMN_MASKS(cond_[k], ow + k * VL);
+            _Pragma("GCC unroll 7")
+            for (int s = 0; s < SS; s++)
+                cond_[k][s] &= stored;
+            acc_[k] = (VT){0} + bias;
+        }
+        for (int t = t_lo; t < t_hi; t++) {
+            const T *q = p + (t * dh * xs_h + ow);
+            _Pragma("GCC unroll 7")
+            for (int s = 0; s < SS; s++) {
+                const VT wv = (VT){0} + wt[t * SS + s];
+                _Pragma("GCC unroll 4")
+                for (int k = 0; k < NV; k++)
+                    acc_[k] += wv * DW_MLOAD(q + s * dw + k * VL, cond_[k][s]);
+            }
+        }
+        _Pragma("GCC unroll 4")
+        for (int k = 0; k < NV; k++) {
+            const dws n = Wo - ow - k * VL;
+            if (n >= VL)
+                DW_STORE(orow + ow + k * VL, acc_[k]);
+            else if (n > 0)
+                DW_STORE_FIRST(orow + ow + k * VL, acc_[k], n);
+        }
+    }
+}
+/* chunks of as many vectors as the row needs, up to 4 */
+static __attribute__((noinline)) void DW_FIX(fwd_border_row)(const dw_geom *g, const T *p,
+                                                            const T *wt, T bias, T *orow,
+                                                            int t_lo, int t_hi)
+{
+    const dws vectors = (g->Wo + VL - 1) / VL;
+    if (vectors >= 3)
+        DW_FIX(fwd_border_row_body)(g, p, wt, bias, orow, t_lo, t_hi, 4);
+    else if (vectors == 2)
+        DW_FIX(fwd_border_row_body)(g, p, wt, bias, orow, t_lo, t_hi, 2);
+    else
+        DW_FIX(fwd_border_row_body)(g, p, wt, bias, orow, t_lo, t_hi, 1);
+}
+#endif
+
+/* Output rows [oh_lo, oh_hi). With masked loads, whole rows, those in the
+ * padding and those narrower than a vector too (their blocks masked by rows
+ * and columns): the caller passes every row. Without, columns [A, B) only
+ * (B - A >= the narrowest vector) of rows where every kernel row is inside
+ * the input. Returns whether it did whole rows. */
 static __attribute__((noinline)) int DW_FIX(fwd)(const dw_geom *g, const T *in,
                                                  const T *w, T bias, T *out, dws A,
                                                  dws B, dws oh_lo, dws oh_hi)
@@ -120,50 +195,69 @@ static __attribute__((noinline)) int DW_FIX(fwd)(const dw_geom *g, const T *in,
     IVT iota, zero = {0}, width = zero + (IT)g->W;
     for (int l = 0; l < VL; l++)
         iota[l] = l;
-    if (Wo >= VL) {
+    {
+        /* 3x3: the weights in 9 registers; larger kernels broadcast theirs
+         * from memory at each FMA (an operand of the FMA, where 25 or 49
+         * vectors copied to the stack took a full-width load each: 7x7 on
+         * 64 x 56 x 56, one thread, 2.35 -> 2.0 ms) */
+#if RR == 3
         VT wv[RR][SS];
         for (int r = 0; r < RR; r++)
             for (int s = 0; s < SS; s++)
-                wv[r][s] = (VT){0} + wt[r][s];
+                wv[r][s] = wt[r][s] - (VT){0};
+#define DW_TAP(r, s) wv[r][s]
+#else
+#define DW_TAP(r, s) (wt[r][s] - (VT){0})
+#endif
         const VT bv = (VT){0} + bias;
+        const dws H = g->H;
         /* rows oh and oh + 1 share RR - 1 input rows where the stride
          * equals the dilation */
         const int pairs = sh == dh;
         for (dws oh = oh_lo; oh < oh_hi;) {
-            const int rows = !pairs ? 1 : oh_hi - oh >= 4 ? 4 : oh_hi - oh >= 2 ? 2 : 1;
-            const T *p = in + ((oh * sh - pt) * xs_h - pl);
+            int rows = !pairs ? 1 : oh_hi - oh >= 4 ? 4 : oh_hi - oh >= 2 ? 2 : 1;
+            const dws top = oh * sh - pt;   /* the input row of the block's row 0 */
+            const int inside = top >= 0 && top + (RR + rows - 2) * dh < H;
+            /* rows that meet the padding go one at a time, and the blocks
+             * of 4 start after them. Why: blocks of 4 from row 0 (its
+             * padding row masked) took 2x the time on mobilenet_dw_3x3 (one
+             * thread, 1.0 -> 2.2 ms; the 1152 planes do not stay in L2)
+             * and 1.25x on 32 x 112 x 112, though the same on the smaller
+             * MobileFaceNet layer: not understood, measured. */
+            if (!inside)
+                rows = 1;
+            const T *p = in + (top * xs_h - pl);
             T *orow = out + oh * Wo;
             dws ow = 0;
-            while (ow < Wo) {
-                if (ow + VL > Wo)
-                    ow = Wo - VL;   /* the last block overlaps, same values */
-                if (ow >= A && ow + 2 * VL <= B) {
-                    if (rows == 4)
-                        DW_ROWS_BLOCK(2, 4, ow, DW_ROWS_PLAIN);
-                    else if (rows == 2)
-                        DW_ROWS_BLOCK(2, 2, ow, DW_ROWS_PLAIN);
-                    else
-                        DW_ROWS_BLOCK(2, 1, ow, DW_ROWS_PLAIN);
-                    ow += 2 * VL;
-                } else if (ow >= A && ow + VL <= B) {
-                    if (rows == 4)
-                        DW_ROWS_BLOCK(1, 4, ow, DW_ROWS_PLAIN);
-                    else if (rows == 2)
-                        DW_ROWS_BLOCK(1, 2, ow, DW_ROWS_PLAIN);
-                    else
-                        DW_ROWS_BLOCK(1, 1, ow, DW_ROWS_PLAIN);
-                    ow += VL;
-                } else {
-                    IVT cond_[SS];
-                    DW_COLUMN_MASKS(cond_, ow);
-                    if (rows == 4)
-                        DW_ROWS_BLOCK(1, 4, ow, DW_ROWS_MASKED);
-                    else if (rows == 2)
-                        DW_ROWS_BLOCK(1, 2, ow, DW_ROWS_MASKED);
-                    else
-                        DW_ROWS_BLOCK(1, 1, ow, DW_ROWS_MASKED);
-                    ow += VL;
+            if (Wo >= VL && inside) {
+                while (ow < Wo) {
+                    if (ow + VL > Wo)
+                        ow = Wo - VL;   /* the last block overlaps, same values */
+                    if (ow >= A && ow + 2 * VL <= B) {
+                        DW_ROWS_ANY(2, ow, DW_ROWS_PLAIN, DW_STORE);
+                        ow += 2 * VL;
+                    } else if (ow >= A && ow + VL <= B) {
+                        DW_ROWS_ANY(1, ow, DW_ROWS_PLAIN, DW_STORE);
+                        ow += VL;
+                    } else {
+                        IVT cond_[SS];
+                        DW_COLUMN_MASKS(cond_, ow);
+                        DW_ROWS_ANY(1, ow, DW_ROWS_MASKED, DW_STORE);
+                        ow += VL;
+                    }
                 }
+            } else if (inside) {
+                /* rows narrower than a vector: one block a row, stored masked */
+                IVT cond_[SS];
+                DW_COLUMN_MASKS(cond_, 0);
+                DW_ROWS_ANY(1, 0, DW_ROWS_MASKED, DW_ROWS_NARROW);
+            } else {
+                int t_lo = 0, t_hi = RR;
+                while (t_lo < RR && top + t_lo * dh < 0)
+                    t_lo++;
+                while (t_hi > t_lo && top + (t_hi - 1) * dh >= H)
+                    t_hi--;
+                DW_FIX(fwd_border_row)(g, p, &wt[0][0], bias, orow, t_lo, t_hi);
             }
             oh += rows;
         }
@@ -638,6 +732,9 @@ static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x,
 #undef DW_ROWS_BLOCK
 #undef DW_ROWS_PLAIN
 #undef DW_ROWS_MASKED
+#undef DW_ROWS_NARROW
+#undef DW_ROWS_ANY
+#undef DW_TAP
 #undef DW_WGRAD_EDGE
 #undef DW_COLUMN_MASKS
 #undef DW_MULTI_BLOCK
