@@ -632,8 +632,35 @@ DW_DEFINE_FWD_MULTI(2)
 } while (0)
 #endif
 
+#ifdef DW_MLOAD
+/* the weight gradient's block of columns [OW, OW + VL) of a row in the
+ * padding or narrower than a vector: kernel rows [r_lo, r_hi) only (the
+ * others are in the padding, skipped as the generic kernels skip them), the
+ * lanes past Wo masked off both factors (exact zeros) */
+#define DW_WGRAD_PAD(OW) do {                                                  \
+    const dws o_ = (OW);                                                       \
+    const IVT keep_ = iota < (IT)(Wo - o_);                                    \
+    const VT gv_ = DW_MLOAD(gp + o_, keep_);                                   \
+    IVT cond_[SS];                                                             \
+    DW_COLUMN_MASKS(cond_, o_);                                                \
+    _Pragma("GCC unroll 7")                                                    \
+    for (int s_ = 0; s_ < SS; s_++)                                            \
+        cond_[s_] &= keep_;                                                    \
+    _Pragma("GCC unroll 7")                                                    \
+    for (int r_ = 0; r_ < RR; r_++) {                                          \
+        if (r_ < r_lo || r_ >= r_hi)                                           \
+            continue;                                                          \
+        _Pragma("GCC unroll 7")                                                \
+        for (int s_ = 0; s_ < SS; s_++)                                        \
+            acc[r_][s_] += gv_ * DW_MLOAD(xr[r_] + s_ * dw + o_, cond_[s_]);   \
+    }                                                                          \
+} while (0)
+#endif
+
 /* part[r*SS + s] = the weight gradient's sum over output rows [oh_lo, oh_hi)
- * and columns [A, B) (B - A >= VL) of all N images, for geometric tap (r, s).
+ * and columns [A, B) (B - A >= VL) of all N images, for geometric tap (r, s);
+ * with masked loads, over every column of those rows, which may be any
+ * (returns 1: whole rows).
  * Each output row's gradient vector is loaded once and meets all RR*SS
  * shifted input vectors: RR*SS independent accumulators. */
 static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x, dws xs_n,
@@ -649,22 +676,36 @@ static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x,
         for (int s = 0; s < SS; s++)
             acc[r][s] = (VT){0};
 #ifdef DW_MLOAD
-    if (Wo >= VL) {
+    {
         /* whole rows: blocks of VL columns over [0, Wo), the last one ending
-         * at Wo (see DW_WGRAD_EDGE) */
+         * at Wo (see DW_WGRAD_EDGE); rows in the padding or narrower than a
+         * vector as DW_WGRAD_PAD blocks, so that the caller may pass every
+         * row */
         IVT iota, zero = {0}, width = zero + (IT)g->W;
         const IVT tail = DW_LOAD(IVT, MASKS_MID - VL + (Wo % VL));
+        const dws H = g->H;
         for (int l = 0; l < VL; l++)
             iota[l] = l;
         full = 1;
         for (dws img = 0; img < N; img++) {
             for (dws oh = oh_lo; oh < oh_hi; oh++) {
                 const T *gp = grad + (img * g_n + oh * Wo);
-                const T *xp = x + (img * xs_n + (oh * sh - pt) * xs_h - pl);
+                const dws top = oh * sh - pt;
+                const T *xp = x + (img * xs_n + top * xs_h - pl);
                 const T *xr[RR];
                 dws ow = 0;
                 for (int r = 0; r < RR; r++)
                     xr[r] = xp + r * dh * xs_h;
+                int r_lo = 0, r_hi = RR;
+                while (r_lo < RR && top + r_lo * dh < 0)
+                    r_lo++;
+                while (r_hi > r_lo && top + (r_hi - 1) * dh >= H)
+                    r_hi--;
+                if (r_lo > 0 || r_hi < RR || Wo < VL) {
+                    for (; ow < Wo; ow += VL)
+                        DW_WGRAD_PAD(ow);
+                    continue;
+                }
                 for (; ow + VL <= Wo && ow < A; ow += VL)
                     DW_WGRAD_EDGE(ow, zero - 1);
                 for (; ow + VL <= Wo && ow + VL <= B; ow += VL) {
@@ -736,6 +777,7 @@ static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x,
 #undef DW_ROWS_ANY
 #undef DW_TAP
 #undef DW_WGRAD_EDGE
+#undef DW_WGRAD_PAD
 #undef DW_COLUMN_MASKS
 #undef DW_MULTI_BLOCK
 #undef DW_MULTI_PLAIN
