@@ -217,7 +217,8 @@ def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
 # masked loads the kernels take the whole plane: the padded rows above and
 # below (masked by rows), rows narrower than a vector (11 and 5 columns,
 # stored masked) and padding past the kernel (rows and columns that read
-# nothing at all).
+# nothing at all); 5x5 and 7x7 rows of two vectors (23 columns in float32 on
+# AVX-512, 11 in float64 and on AVX2) as one block a row (fwd_chunk).
 @pytest.mark.parametrize("name", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("R", [3, 5, 7])
@@ -225,7 +226,7 @@ def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
 @pytest.mark.parametrize("interior_rows", [1, 2, 3, 5, 10])
 @pytest.mark.parametrize("W, extra_pad, layout, flip", [
     (37, 0, "contiguous", False), (37, 0, "cropped_w", True), (11, 0, "reversed_h", False),
-    (5, 4, "contiguous", True)])
+    (23, 0, "contiguous", True), (5, 4, "contiguous", True)])
 def test_fixed_size_row_blocks(name, dtype, R, stride, dilation, interior_rows, W, extra_pad,
                                layout, flip):
     span = dilation * (R - 1) + 1
