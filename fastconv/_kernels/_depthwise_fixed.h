@@ -57,8 +57,8 @@
 /* columns [OW, OW + NV*VL) of ROWS output rows from oh (ROWS = 4 or 2 only
  * where the stride equals the dilation, so that input row t of the block is
  * kernel row t of row oh, t - 1 of row oh + 1, ...): each input vector is
- * loaded once for every row it meets; LOADX(q, s) loads the vector of kernel
- * column s. Why rows: a block of one vector and one row is one chain of
+ * loaded once for every row it meets; LOADX(q, t, s) loads the vector of
+ * input row t and kernel column s, STOREX(p, v) stores a result. Why rows: a block of one vector and one row is one chain of
  * RR*SS dependent FMAs (4 cycles each), and MobileNet's 56-column rows are
  * an edge block at each end and a 2-vector block between. Measured against
  * single-row blocks (AVX-512, float32, 2 threads, fresh processes
@@ -66,7 +66,7 @@
  * ms with 4 (one thread 1.76 -> 1.10); 5x5 on 96 x 28 x 28 0.52 -> 0.29,
  * 7x7 on 64 x 56 x 56 2.43 -> 1.56; AVX2 likewise (mobilenet 0.81 -> 0.63).
  * Each output's sum keeps the order of one row at a time (bias, then the
- * taps by kernel row and column). */
+ * taps by kernel row and column), except in DW_SPLIT's blocks. */
 #define DW_ROWS_BLOCK(NV, ROWS, OW, LOADX, STOREX) do {                                \
     const dws o_ = (OW);                                                       \
     VT acc_[4][4], odd_[4][4];                                                 \
@@ -129,8 +129,8 @@
 #ifdef DW_MLOAD
 /* Output row oh whose kernel rows [t_lo, t_hi) are the ones inside the
  * input (a row at the top or bottom, in the padding): the rest are skipped,
- * not loaded masked off. Columns in chunks of 4 vectors, four chains of
- * FMAs, each vector's lanes masked by its columns (in the padding, or past
+ * not loaded masked off. Columns in chunks of up to 4 vectors (as many
+ * chains of FMAs), each vector's lanes masked by its columns (in the padding, or past
  * Wo: computed from nothing and not stored). Why its own loop: as blocks of
  * one vector over all RR kernel rows, 7x7 on 64 x 56 x 56 took 3.7 ms (one
  * thread), against 3.1 with the generic kernels for these rows. */
