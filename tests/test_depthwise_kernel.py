@@ -218,7 +218,9 @@ def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
 # below (masked by rows), rows narrower than a vector (11 and 5 columns,
 # stored masked) and padding past the kernel (rows and columns that read
 # nothing at all); 5x5 and 7x7 rows of two vectors (23 columns in float32 on
-# AVX-512, 11 in float64 and on AVX2) as one block a row (fwd_chunk).
+# AVX-512, 11 in float64 and on AVX2) as one block a row (fwd_chunk); a
+# kernel wider than the input with rows of 16 outputs (10 columns, padding
+# 3 past the kernel's half).
 @pytest.mark.parametrize("name", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("R", [3, 5, 7])
@@ -226,7 +228,7 @@ def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
 @pytest.mark.parametrize("interior_rows", [1, 2, 3, 5, 10])
 @pytest.mark.parametrize("W, extra_pad, layout, flip", [
     (37, 0, "contiguous", False), (37, 0, "cropped_w", True), (11, 0, "reversed_h", False),
-    (23, 0, "contiguous", True), (5, 4, "contiguous", True)])
+    (23, 0, "contiguous", True), (5, 4, "contiguous", True), (10, 3, "every_other_c", False)])
 def test_fixed_size_row_blocks(name, dtype, R, stride, dilation, interior_rows, W, extra_pad,
                                layout, flip):
     span = dilation * (R - 1) + 1

@@ -775,7 +775,10 @@ static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x,
                                                    dws B, dws oh_lo, dws oh_hi, T *part)
 {
     const dws xs_h = g->xs_h, Wo = g->Wo, sh = g->sh, pt = g->pt, pl = g->pl;
-    const dws dh = g->dh, dw = g->dw, n = B - A;
+    /* n clamped: with masked loads the caller passes any plane, whose
+     * kernel may be wider than the input (B < A), and the mask table must
+     * not be read before its start */
+    const dws dh = g->dh, dw = g->dw, n = B > A ? B - A : 0;
     const IVT mask = DW_LOAD(IVT, MASKS_MID - VL + (n % VL));
     int full = 0;
     VT acc[RR][SS];
