@@ -1,17 +1,18 @@
 /* Kernels for one fixed kernel size RR x SS (3x3, 5x5, 7x7), included by
- * _depthwise_impl.h with RR and SS defined. They cover the bulk of a plane,
- * the rectangle of output rows where every kernel row is inside the input
- * and columns [A, B) where every kernel column is (stride 1 along rows,
- * contiguous input rows); the generic kernels do the borders. With the
- * sizes known the tap loops unroll, the weights stay in registers and no
- * per-row bookkeeping is left. Where masked loads exist (AVX-512, AVX2) they
- * also do the border columns, as blocks whose lanes in the padding are masked
- * off the loads: the scalar border columns of the generic kernel (serial FMA
- * chains) cost as much as the whole vectorised interior. CPU time of the
- * mobilenet_dw_3x3 forward on one thread (float32, AVX-512, thread_time,
- * best of 15, on a shared machine): generic kernel 4.2 ms, fixed-size
- * interior 3.7 ms, fixed-size with masked borders 2.1 ms; weight gradient
- * 4.0 ms -> 2.7 ms. */
+ * _depthwise_impl.h with RR and SS defined (column stride 1, contiguous
+ * input rows). Without masked loads they cover the bulk of a plane, the
+ * rectangle of output rows where every kernel row is inside the input and
+ * columns [A, B) where every kernel column is; the generic kernels do the
+ * borders. With masked loads (AVX-512, AVX2) they take the whole plane:
+ * border columns as blocks whose lanes in the padding are masked off the
+ * loads, rows in the padding by fwd_border_row, rows narrower than a vector
+ * stored masked. With the sizes known the tap loops unroll, the weights
+ * stay in registers (3x3) and no per-row bookkeeping is left. The scalar
+ * border columns of the generic kernel (serial FMA chains) cost as much as
+ * the whole vectorised interior: CPU time of the mobilenet_dw_3x3 forward
+ * on one thread (float32, AVX-512, thread_time, best of 15, on a shared
+ * machine): generic kernel 4.2 ms, fixed-size interior 3.7 ms, fixed-size
+ * with masked borders 2.1 ms; weight gradient 4.0 ms -> 2.7 ms. */
 
 #define DW_FIX3(name, r, s) NM(name##_##r##x##s)
 #define DW_FIX2(name, r, s) DW_FIX3(name, r, s)
@@ -49,6 +50,14 @@
         const IVT c_ = iota + (IT)((OW) - pl + s_ * dw);                       \
         (COND)[s_] = (c_ >= zero) & (c_ < width);                              \
     }                                                                          \
+} while (0)
+/* the same, limited to the first N lanes (those stored: a row's last vector) */
+#define DW_COLUMN_MASKS_FIRST(COND, OW, N) do {                                \
+    const IVT first_ = iota < (IT)(N);                                         \
+    DW_COLUMN_MASKS(COND, OW);                                                 \
+    _Pragma("GCC unroll 7")                                                    \
+    for (int s_ = 0; s_ < SS; s_++)                                            \
+        (COND)[s_] &= first_;                                                  \
 } while (0)
 #endif
 
@@ -146,11 +155,7 @@ DW_INLINE void DW_FIX(fwd_border_row_body)(const dw_geom *g, const T *p, const T
         VT acc_[4];
         _Pragma("GCC unroll 4")
         for (int k = 0; k < NV; k++) {
-            const IVT stored = iota < (IT)(Wo - ow - k * VL);
-            DW_COLUMN_MASKS(cond_[k], ow + k * VL);
-            _Pragma("GCC unroll 7")
-            for (int s = 0; s < SS; s++)
-                cond_[k][s] &= stored;
+            DW_COLUMN_MASKS_FIRST(cond_[k], ow + k * VL, Wo - ow - k * VL);
             acc_[k] = (VT){0} + bias;
         }
         for (int t = t_lo; t < t_hi; t++) {
@@ -254,15 +259,12 @@ static __attribute__((noinline)) void DW_FIX(fwd_chunk)(const dw_geom *g, const 
                                                        int rows)
 {
     const dws xs_h = g->xs_h, Wo = g->Wo, pl = g->pl, dh = g->dh, dw = g->dw;
-    const dws nvc = 2, last_n = Wo - VL;
+    const dws last_n = Wo - VL;
     IVT iota, zero = {0}, width = zero + (IT)g->W, lmask_[SS], rmask_[SS];
     for (int l = 0; l < VL; l++)
         iota[l] = l;
     DW_COLUMN_MASKS(lmask_, 0);
-    DW_COLUMN_MASKS(rmask_, (nvc - 1) * VL);
-    const IVT keep = iota < (IT)last_n;
-    for (int s = 0; s < SS; s++)
-        rmask_[s] &= keep;
+    DW_COLUMN_MASKS_FIRST(rmask_, VL, last_n);
     const VT bv = (VT){0} + bias;
     const T *pr = p;
     if (rows == 4)
@@ -359,11 +361,7 @@ static __attribute__((noinline)) int DW_FIX(fwd)(const dw_geom *g, const T *in,
                 DW_COLUMN_MASKS(cond_, 0);
                 DW_ROWS_ANY(1, 0, DW_ROWS_MASKED, DW_ROWS_NARROW);
             } else {
-                int t_lo = 0, t_hi = RR;
-                while (t_lo < RR && top + t_lo * dh < 0)
-                    t_lo++;
-                while (t_hi > t_lo && top + (t_hi - 1) * dh >= H)
-                    t_hi--;
+                const int t_lo = dw_first(top, dh, RR), t_hi = dw_end(top, dh, H, RR);
                 DW_FIX(fwd_border_row)(g, p, &wt[0][0], bias, orow, t_lo, t_hi);
             }
             oh += rows;
@@ -746,13 +744,9 @@ DW_DEFINE_FWD_MULTI(2)
  * lanes past Wo masked off both factors (exact zeros) */
 #define DW_WGRAD_PAD(OW) do {                                                  \
     const dws o_ = (OW);                                                       \
-    const IVT keep_ = iota < (IT)(Wo - o_);                                    \
-    const VT gv_ = DW_MLOAD(gp + o_, keep_);                                   \
+    const VT gv_ = DW_MLOAD(gp + o_, iota < (IT)(Wo - o_));                    \
     IVT cond_[SS];                                                             \
-    DW_COLUMN_MASKS(cond_, o_);                                                \
-    _Pragma("GCC unroll 7")                                                    \
-    for (int s_ = 0; s_ < SS; s_++)                                            \
-        cond_[s_] &= keep_;                                                    \
+    DW_COLUMN_MASKS_FIRST(cond_, o_, Wo - o_);                                 \
     _Pragma("GCC unroll 7")                                                    \
     for (int r_ = 0; r_ < RR; r_++) {                                          \
         if (r_ < r_lo || r_ >= r_hi)                                           \
@@ -775,10 +769,7 @@ static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x,
                                                    dws B, dws oh_lo, dws oh_hi, T *part)
 {
     const dws xs_h = g->xs_h, Wo = g->Wo, sh = g->sh, pt = g->pt, pl = g->pl;
-    /* n clamped: with masked loads the caller passes any plane, whose
-     * kernel may be wider than the input (B < A), and the mask table must
-     * not be read before its start */
-    const dws dh = g->dh, dw = g->dw, n = B > A ? B - A : 0;
+    const dws dh = g->dh, dw = g->dw, n = B - A;
     const IVT mask = DW_LOAD(IVT, MASKS_MID - VL + (n % VL));
     int full = 0;
     VT acc[RR][SS];
@@ -806,11 +797,7 @@ static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x,
                 dws ow = 0;
                 for (int r = 0; r < RR; r++)
                     xr[r] = xp + r * dh * xs_h;
-                int r_lo = 0, r_hi = RR;
-                while (r_lo < RR && top + r_lo * dh < 0)
-                    r_lo++;
-                while (r_hi > r_lo && top + (r_hi - 1) * dh >= H)
-                    r_hi--;
+                const int r_lo = dw_first(top, dh, RR), r_hi = dw_end(top, dh, H, RR);
                 if (r_lo > 0 || r_hi < RR || Wo < VL) {
                     for (; ow < Wo; ow += VL)
                         DW_WGRAD_PAD(ow);
@@ -890,6 +877,7 @@ static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x,
 #undef DW_WGRAD_EDGE
 #undef DW_WGRAD_PAD
 #undef DW_COLUMN_MASKS
+#undef DW_COLUMN_MASKS_FIRST
 #undef DW_MULTI_BLOCK
 #undef DW_MULTI_PLAIN
 #undef DW_MULTI_MASKED

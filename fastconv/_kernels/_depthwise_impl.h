@@ -1648,7 +1648,8 @@ static __attribute__((noinline)) void NM(wgrad)(const dw_geom *g, const T *x, dw
     const dws step = sw * xs_w;
     /* interior columns [A, B) of rows [ex_lo, ex_hi): summed by a fixed-size
      * kernel into part (geometric tap order), skipped below */
-    const dws A = dw_first(-pl, sw, Wo), B = dw_end((S - 1) * dw - pl, sw, W, Wo);
+    dws A, B;
+    dw_interior_columns(g, &A, &B);   /* B >= A even where the kernel is wider than the input */
     dws ex_lo = 0, ex_hi = 0;
     int ex_full = 0;   /* the fixed-size kernel did whole rows */
     T part[49];
