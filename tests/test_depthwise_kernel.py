@@ -250,6 +250,57 @@ def test_fixed_size_row_blocks(name, dtype, R, stride, dilation, interior_rows, 
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
 
 
+# The fixed-size kernels' tiles (fwd_tiles: AVX-512, and AVX2's 5x5 and
+# 7x7): tiles of 14, 7 and 4 rows of one vector and of 7, 4 and 2 rows of
+# two (8/4/2 and 4/2/1 on AVX2), the last tile overlapping the one before
+# where Ho is not a multiple of its rows, or running past Ho (zero rows)
+# where Ho is smaller; rows narrower than a vector, of exactly one, and of
+# an odd count of vectors (the last pair overlaps); stride = dilation 1 and
+# 2; symmetric and one-sided padding (a whole side of zero rows); input rows
+# wider than the zero row (the row blocks instead: 2100 columns).
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("R", [3, 5, 7])
+@pytest.mark.parametrize("step", [1, 2])
+@pytest.mark.parametrize("H", [1, 4, 13, 15, 17, 30])
+@pytest.mark.parametrize("W, one_sided", [(5, False), (16, True), (37, False), (80, True)])
+def test_fixed_size_tiles(name, dtype, R, step, H, W, one_sided):
+    half = step * (R - 1) // 2
+    pad = ((0, 2 * half), (2 * half, 0)) if one_sided else ((half, half), (half, half))
+    conv = dict(stride=(step, 1), padding=pad, dilation=(step, step))
+    case = dict(conv, flip=one_sided, C=3, dtype=dtype)
+    rng = np.random.default_rng(H + 100 * W + R)
+    x = make_input(rng, (2, 3, H, W), dtype, "contiguous")
+    w = rng.standard_normal((3, 1, R, R)).astype(dtype)
+    b = rng.standard_normal(3).astype(dtype)
+    expected = conv2d_reference(x, w, b, **_conv(case))
+    grad = rng.standard_normal(expected.shape).astype(dtype)
+    with isa(name):
+        out, grad_x, grad_w = run_all(x, w, b, grad, case, 2)
+    assert_close(out, expected, dtype)
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
+    assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("R", [3, 7])
+def test_fixed_size_wider_than_zero_row(name, dtype, R):
+    conv = dict(stride=(1, 1), padding=((R // 2, R // 2), (R // 2, R // 2)), dilation=(1, 1))
+    case = dict(conv, flip=False, C=2, dtype=dtype)
+    rng = np.random.default_rng(R)
+    x = make_input(rng, (1, 2, 9, 2100), dtype, "contiguous")
+    w = rng.standard_normal((2, 1, R, R)).astype(dtype)
+    b = rng.standard_normal(2).astype(dtype)
+    expected = conv2d_reference(x, w, b, **_conv(case))
+    grad = rng.standard_normal(expected.shape).astype(dtype)
+    with isa(name):
+        out, grad_x, grad_w = run_all(x, w, b, grad, case, 2)
+    assert_close(out, expected, dtype)
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
+    assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
+
+
 # Grouped convolutions with a few channels per group (cg): the fixed-size
 # kernels' blocks of 4 and 2 planes summed over the group's cg input planes
 # (forward: filters; input gradient at stride 1: input channels, from the

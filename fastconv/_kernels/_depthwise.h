@@ -159,6 +159,12 @@ enum { DW_MULTI_PLANES = 0, DW_MULTI_BLOCKS = 1, DW_MULTI_BANDS = 2 };
 #define DW_BAND_BYTES 32768
 #define DW_BAND_MAX_S 128
 
+/* A row of zeros that the fixed-size kernels' tiles read for input rows in
+ * the padding (_depthwise_fixed.h, fwd_tiles): only lanes of input columns
+ * [0, W) are loaded, so planes up to this many bytes wide take them. */
+#define DW_ZERO_ROW_BYTES 8192
+static const double dw_zero_row[DW_ZERO_ROW_BYTES / sizeof(double)] __attribute__((aligned(64)));
+
 /* Unaligned vector load and store (GNU statement expressions; memcpy compiles
  * to one vmovups / movups). */
 #define DW_LOAD(TYPE, p) ({ TYPE v_; memcpy(&v_, (p), sizeof v_); v_; })

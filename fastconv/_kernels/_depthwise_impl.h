@@ -25,6 +25,24 @@
 } while (0)
 #endif
 
+/* rows of the fixed-size kernels' tiles (_depthwise_fixed.h, DW_TILE), of
+ * one vector (N) and of two (W): ROWS x NV accumulators, RR weights, NV
+ * masks and NV input vectors in the ISA's registers */
+#ifdef QT
+#define DW_TILE_N0 14
+#define DW_TILE_N1 7
+#define DW_TILE_N2 4
+#define DW_TILE_W0 7
+#define DW_TILE_W1 4
+#define DW_TILE_W2 2
+#else
+#define DW_TILE_N0 8
+#define DW_TILE_N1 4
+#define DW_TILE_N2 2
+#define DW_TILE_W0 4
+#define DW_TILE_W1 2
+#define DW_TILE_W2 1
+#endif
 #define RR 3
 #define SS 3
 #include "_depthwise_fixed.h"
@@ -40,6 +58,12 @@
 #include "_depthwise_fixed.h"
 #undef RR
 #undef SS
+#undef DW_TILE_N0
+#undef DW_TILE_N1
+#undef DW_TILE_N2
+#undef DW_TILE_W0
+#undef DW_TILE_W1
+#undef DW_TILE_W2
 
 /* the narrowest vector of this ISA: rows of fewer interior columns are scalar */
 #if defined(QT)
