@@ -282,6 +282,29 @@ def test_fixed_size_tiles(name, dtype, R, step, H, W, one_sided):
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
 
 
+# Column padding wider than a vector: blocks between the row's first and
+# last that meet the padding (masked, their masks made per block), in the
+# forward tiles and the weight gradient's row blocks of 4, 2 and 1.
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("R", [3, 5])
+@pytest.mark.parametrize("H", [6, 7])
+def test_fixed_size_wide_column_padding(name, dtype, R, H):
+    conv = dict(stride=(1, 1), padding=((1, R - 2), (21, 19)), dilation=(1, 1))
+    case = dict(conv, flip=False, C=2, dtype=dtype)
+    rng = np.random.default_rng(H * R)
+    x = make_input(rng, (2, 2, H, 37), dtype, "contiguous")
+    w = rng.standard_normal((2, 1, R, R)).astype(dtype)
+    b = rng.standard_normal(2).astype(dtype)
+    expected = conv2d_reference(x, w, b, **_conv(case))
+    grad = rng.standard_normal(expected.shape).astype(dtype)
+    with isa(name):
+        out, grad_x, grad_w = run_all(x, w, b, grad, case, 2)
+    assert_close(out, expected, dtype)
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
+    assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
+
+
 @pytest.mark.parametrize("name", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("R", [3, 7])

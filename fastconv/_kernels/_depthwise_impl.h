@@ -54,6 +54,13 @@ DW_INLINE void NM(band_prefetch)(const dw_geom *g, const T *in, dws in_plane, dw
     }
 }
 
+/* whether the input's rows are no wider than the zero row, which the
+ * fixed-size kernels read for rows in the padding */
+DW_INLINE int NM(zero_row_fits)(const dw_geom *g)
+{
+    return g->W * (dws)sizeof(T) <= DW_ZERO_ROW_BYTES;
+}
+
 /* rows of the fixed-size kernels' tiles (_depthwise_fixed.h, DW_TILE), of
  * one vector (N) and of two (W): ROWS x NV accumulators, RR weights, NV
  * masks and NV input vectors in the ISA's registers */
@@ -1682,7 +1689,7 @@ static __attribute__((noinline)) void NM(wgrad)(const dw_geom *g, const T *x, dw
 #ifdef DW_MLOAD
     /* masked loads: the fixed-size kernel takes every row and column (the
      * generic per-tap loops below were 5x its time on 576 x 14 x 14) */
-    if (fast && R == S && (R == 3 || R == 5 || R == 7)) {
+    if (fast && R == S && (R == 3 || R == 5 || R == 7) && NM(zero_row_fits)(g)) {
         if (R == 3)
             NM(wgrad_3x3)(g, x, xs_n, grad, g_n, N, A, B, 0, Ho, part);
         else if (R == 5)
