@@ -913,7 +913,7 @@ DW_DEFINE_FWD_MULTI(2)
  * the block before, off): those lanes are zero in both factors, so that
  * their products are exact zeros whatever the data (no 0 * inf). Each
  * accumulator takes the rows' products in row order. */
-#define DW_WGRAD_TILE(ROWS, OW, MASKED, KEEP, COND) do {                       \
+#define DW_WGRAD_TILE(ROWS, OW, MASKED, KEEP, COND, S0, S1) do {               \
     const dws o_ = (OW);                                                       \
     VT g_[ROWS];                                                               \
     _Pragma("GCC unroll 4")                                                    \
@@ -923,7 +923,7 @@ DW_DEFINE_FWD_MULTI(2)
     _Pragma("GCC unroll 10")                                                   \
     for (int t_ = 0; t_ < RR + (ROWS) - 1; t_++) {                             \
         _Pragma("GCC unroll 7")                                                \
-        for (int s_ = 0; s_ < SS; s_++) {                                      \
+        for (int s_ = (S0); s_ < (S1); s_++) {                                 \
             const T *q_ = xt_[t_] + s_ * dw + o_;                              \
             const VT xv_ = (MASKED) ? DW_MLOAD(q_, (COND)[s_]) : DW_LOAD(VT, q_); \
             _Pragma("GCC unroll 4")                                            \
@@ -936,9 +936,10 @@ DW_DEFINE_FWD_MULTI(2)
 
 /* ROWS output rows from oh of image img, every column: the input rows'
  * pointers (the zero row for rows in the padding), then blocks of VL
- * columns, the last one ending at Wo; a row narrower than a vector is one
- * block, first and last at once (first, last: their masks, made once) */
-#define DW_WGRAD_ROWS(ROWS) do {                                               \
+ * columns, the last one ending at Wo; a row narrower than a vector
+ * (NARROW: Wo <= VL) is one block, first and last at once (first, last:
+ * their masks, made once) */
+#define DW_WGRAD_ROWS(ROWS, NARROW, S0, S1) do {                               \
     const T *xt_[RR + (ROWS) - 1];                                             \
     const T *gp_ = grad + (img * g_n + oh * Wo);                               \
     _Pragma("GCC unroll 10")                                                   \
@@ -947,28 +948,130 @@ DW_DEFINE_FWD_MULTI(2)
         xt_[t_] = (ih_ >= 0 && ih_ < H ? x + (img * xs_n + ih_ * xs_h)         \
                    : (const T *)dw_zero_row) - pl;                             \
     }                                                                          \
-    if (Wo <= VL) {                                                            \
-        DW_WGRAD_TILE(ROWS, 0, 1, keep_first, first);                          \
+    if (NARROW) {                                                              \
+        DW_WGRAD_TILE(ROWS, 0, 1, keep_first, first, S0, S1);                  \
     } else {                                                                   \
-        DW_WGRAD_TILE(ROWS, 0, 1, zero - 1, first);                            \
+        DW_WGRAD_TILE(ROWS, 0, 1, zero - 1, first, S0, S1);                    \
         for (dws ow_ = VL; ow_ + VL < Wo; ow_ += VL) {                         \
             if (ow_ >= A && ow_ + VL <= B) {                                   \
-                DW_WGRAD_TILE(ROWS, ow_, 0, zero - 1, first);                  \
+                DW_WGRAD_TILE(ROWS, ow_, 0, zero - 1, first, S0, S1);          \
             } else {                                                           \
                 IVT cond_[SS];                                                 \
                 DW_COLUMN_MASKS(cond_, ow_);                                   \
-                DW_WGRAD_TILE(ROWS, ow_, 1, zero - 1, cond_);                  \
+                DW_WGRAD_TILE(ROWS, ow_, 1, zero - 1, cond_, S0, S1);          \
             }                                                                  \
         }                                                                      \
-        DW_WGRAD_TILE(ROWS, Wo - VL, 1, keep_last, last);                      \
+        DW_WGRAD_TILE(ROWS, Wo - VL, 1, keep_last, last, S0, S1);              \
+    }                                                                          \
+} while (0)
+
+/* every row of every image, in blocks of 4 and 2 rows where the stride
+ * equals the dilation (narrow rows apart: in one loop with the others, the
+ * accumulators went to the stack in places, MobileNetV2's 14 x 14 0.148 ->
+ * 0.163 ms) */
+#define DW_WGRAD_ALL_ROWS(NARROW, S0, S1) do {                                 \
+    for (dws img = 0; img < N; img++) {                                        \
+        dws oh = oh_lo;                                                        \
+        if (sh == dh) {                                                        \
+            for (; oh + 3 < oh_hi; oh += 4)                                    \
+                DW_WGRAD_ROWS(4, NARROW, S0, S1);                              \
+            for (; oh + 1 < oh_hi; oh += 2)                                    \
+                DW_WGRAD_ROWS(2, NARROW, S0, S1);                              \
+        }                                                                      \
+        for (; oh < oh_hi; oh++)                                               \
+            DW_WGRAD_ROWS(1, NARROW, S0, S1);                                  \
     }                                                                          \
 } while (0)
 #endif
 
+/* part[r*SS + s] = acc[r][s]'s lanes added in order. The taps unrolled and
+ * each vector stored before its lanes are added: a lane loop over
+ * acc[r][s] kept every accumulator on the stack, and the row loops stored
+ * them there after each FMA (perf). */
+#define DW_WGRAD_REDUCE(PART, S0, S1) do {                                     \
+    _Pragma("GCC unroll 7")                                                    \
+    for (int r_ = 0; r_ < RR; r_++) {                                          \
+        _Pragma("GCC unroll 7")                                                \
+        for (int s_ = (S0); s_ < (S1); s_++) {                                 \
+            T lanes_[VL], total_ = 0;                                          \
+            DW_STORE(lanes_, acc[r_][s_]);                                     \
+            for (int l_ = 0; l_ < VL; l_++)                                    \
+                total_ += lanes_[l_];                                          \
+            (PART)[r_ * SS + s_] = total_;                                     \
+        }                                                                      \
+    }                                                                          \
+} while (0)
+
+/* the taps of kernel columns [S0, S1), all rows: their accumulators from
+ * zero, then their part. 7x7 goes in three passes over the data (columns
+ * 0-2, 3-4, 5-6; 21 accumulators at most, with 4 gradient vectors and an
+ * input vector in 32 registers): in one pass its 49 accumulators went to
+ * the stack and back around the FMAs (ConvNeXt-T's 7x7, float32, 2
+ * threads: 1.35-1.84 ms depending on how the compiler placed them). */
+#define DW_WGRAD_PASS(NARROW, S0, S1) do {                                     \
+    VT acc[RR][SS];                                                            \
+    _Pragma("GCC unroll 7")                                                    \
+    for (int r_ = 0; r_ < RR; r_++) {                                          \
+        _Pragma("GCC unroll 7")                                                \
+        for (int s_ = (S0); s_ < (S1); s_++)                                   \
+            acc[r_][s_] = (VT){0};                                             \
+    }                                                                          \
+    DW_WGRAD_ALL_ROWS(NARROW, S0, S1);                                         \
+    DW_WGRAD_REDUCE(part, S0, S1);                                             \
+} while (0)
+#if RR < 7
+#define DW_WGRAD_PASSES(NARROW) DW_WGRAD_PASS(NARROW, 0, SS)
+#else
+#define DW_WGRAD_PASSES(NARROW) do {                                           \
+    DW_WGRAD_PASS(NARROW, 0, 3);                                               \
+    DW_WGRAD_PASS(NARROW, 3, 5);                                               \
+    DW_WGRAD_PASS(NARROW, 5, 7);                                               \
+} while (0)
+#endif
+
+#ifdef DW_MLOAD
+/* part (as DW_FIX(wgrad)) over whole rows, input rows in the padding read
+ * from the zero row, the first and last blocks' column masks made once; for
+ * rows narrower than a vector (NARROW) and wider ones apart: in one
+ * function the 7x7's accumulators went to the stack in other places
+ * (ConvNeXt-T's 7x7 1.32 -> 1.69 ms, float32, 2 threads), and with the
+ * narrow rows' test in each block MobileNetV2's 14 x 14 took 0.160 ms
+ * against 0.135. Why whole rows: rows narrower than a vector made their
+ * masks and the range of kernel rows inside the input anew each row:
+ * MobileNetV2's 3x3 on 576 x 14 x 14 took 0.29 ms, PyTorch 0.19. */
+#define DW_DEFINE_WGRAD_WHOLE(NAME, NARROW)                                    \
+static __attribute__((noinline)) void DW_FIX(NAME)(                            \
+    const dw_geom *g, const T *x, dws xs_n, const T *grad, dws g_n, dws N,     \
+    dws A, dws B, dws oh_lo, dws oh_hi, T *part)                               \
+{                                                                              \
+    const dws xs_h = g->xs_h, Wo = g->Wo, sh = g->sh, pt = g->pt, pl = g->pl;  \
+    const dws dh = g->dh, dw = g->dw, H = g->H;                                \
+    IVT iota, zero = {0}, width = zero + (IT)g->W, first[SS], last[SS];        \
+    for (int l = 0; l < VL; l++)                                               \
+        iota[l] = l;                                                           \
+    /* lanes of the first block (< Wo) and of the last, counted once */        \
+    const IVT keep_first = iota < (IT)Wo;                                      \
+    const IVT keep_last = Wo % VL ? DW_LOAD(IVT, MASKS_MID - VL + (Wo % VL))   \
+                                  : zero - 1;                                  \
+    DW_COLUMN_MASKS(first, 0);                                                 \
+    DW_COLUMN_MASKS(last, Wo - VL);                                            \
+    _Pragma("GCC unroll 7")                                                    \
+    for (int s = 0; s < SS; s++) {                                             \
+        first[s] &= keep_first;                                                \
+        last[s] &= keep_last;                                                  \
+    }                                                                          \
+    DW_WGRAD_PASSES(NARROW);                                                   \
+}
+DW_DEFINE_WGRAD_WHOLE(wgrad_narrow, 1)
+DW_DEFINE_WGRAD_WHOLE(wgrad_wide, 0)
+#undef DW_DEFINE_WGRAD_WHOLE
+#endif
+
 /* part[r*SS + s] = the weight gradient's sum over output rows [oh_lo, oh_hi)
  * and columns [A, B) (B - A >= VL) of all N images, for geometric tap (r, s);
- * with masked loads, over every column of those rows, which may be any
- * (returns 1: whole rows).
+ * with masked loads and inputs no wider than the zero row, over every
+ * column of those rows, which may be any (wgrad_narrow, wgrad_wide: returns
+ * 1, whole rows).
  * Each output row's gradient vector is loaded once and meets all RR*SS
  * shifted input vectors: RR*SS independent accumulators. */
 static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x, dws xs_n,
@@ -978,49 +1081,20 @@ static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x,
     const dws xs_h = g->xs_h, Wo = g->Wo, sh = g->sh, pt = g->pt, pl = g->pl;
     const dws dh = g->dh, dw = g->dw, n = B - A;
     const IVT mask = DW_LOAD(IVT, MASKS_MID - VL + (n % VL));
-    int full = 0;
     VT acc[RR][SS];
     for (int r = 0; r < RR; r++)
         for (int s = 0; s < SS; s++)
             acc[r][s] = (VT){0};
 #ifdef DW_MLOAD
     if (NM(zero_row_fits)(g)) {
-        /* whole rows: blocks of VL columns over [0, Wo), the last one ending
-         * at Wo (see DW_WGRAD_BLOCK), input rows in the padding read from
-         * the zero row; the first and last blocks' column masks made once
-         * (a row narrower than a vector is one block, both at once). Why:
-         * rows narrower than a vector made their masks and the range of
-         * kernel rows inside the input anew each row: MobileNetV2's 3x3 on
-         * 576 x 14 x 14, float32, 2 threads, 0.29 ms, PyTorch 0.19. */
-        IVT iota, zero = {0}, width = zero + (IT)g->W, first[SS], last[SS];
-        const dws H = g->H;
-        for (int l = 0; l < VL; l++)
-            iota[l] = l;
-        /* lanes of the first block (< Wo) and of the last, counted once */
-        const IVT keep_first = iota < (IT)Wo;
-        const IVT keep_last = Wo % VL ? DW_LOAD(IVT, MASKS_MID - VL + (Wo % VL)) : zero - 1;
-        DW_COLUMN_MASKS(first, 0);
-        DW_COLUMN_MASKS(last, Wo - VL);
-        _Pragma("GCC unroll 7")
-        for (int s = 0; s < SS; s++) {
-            first[s] &= keep_first;
-            last[s] &= keep_last;
-        }
-        full = 1;
-        for (dws img = 0; img < N; img++) {
-            dws oh = oh_lo;
-            if (sh == dh) {
-                for (; oh + 3 < oh_hi; oh += 4)
-                    DW_WGRAD_ROWS(4);
-                for (; oh + 1 < oh_hi; oh += 2)
-                    DW_WGRAD_ROWS(2);
-            }
-            for (; oh < oh_hi; oh++)
-                DW_WGRAD_ROWS(1);
-        }
+        if (Wo <= VL)
+            DW_FIX(wgrad_narrow)(g, x, xs_n, grad, g_n, N, A, B, oh_lo, oh_hi, part);
+        else
+            DW_FIX(wgrad_wide)(g, x, xs_n, grad, g_n, N, A, B, oh_lo, oh_hi, part);
+        return 1;
     }
 #endif
-    for (dws img = 0; img < N && !full; img++) {
+    for (dws img = 0; img < N; img++) {
         for (dws oh = oh_lo; oh < oh_hi; oh++) {
             const T *gp = grad + (img * g_n + oh * Wo + A);
             const T *xp = x + (img * xs_n + (oh * sh - pt) * xs_h + A - pl);
@@ -1050,21 +1124,8 @@ static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x,
             }
         }
     }
-    /* the taps unrolled and each vector stored before its lanes are added:
-     * a lane loop over acc[r][s] kept every accumulator on the stack, and
-     * the row loops stored them there after each FMA (perf) */
-    _Pragma("GCC unroll 7")
-    for (int r = 0; r < RR; r++) {
-        _Pragma("GCC unroll 7")
-        for (int s = 0; s < SS; s++) {
-            T lanes[VL], total = 0;
-            DW_STORE(lanes, acc[r][s]);
-            for (int l = 0; l < VL; l++)
-                total += lanes[l];
-            part[r * SS + s] = total;
-        }
-    }
-    return full;
+    DW_WGRAD_REDUCE(part, 0, SS);
+    return 0;
 }
 
 #undef DW_FIX
@@ -1080,6 +1141,10 @@ static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x,
 #undef DW_SPLIT
 #undef DW_WGRAD_TILE
 #undef DW_WGRAD_ROWS
+#undef DW_WGRAD_ALL_ROWS
+#undef DW_WGRAD_REDUCE
+#undef DW_WGRAD_PASS
+#undef DW_WGRAD_PASSES
 #undef DW_COLUMN_MASKS
 #undef DW_COLUMN_MASKS_FIRST
 #undef DW_MULTI_BLOCK
