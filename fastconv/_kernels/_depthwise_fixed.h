@@ -4,15 +4,21 @@
  * rectangle of output rows where every kernel row is inside the input and
  * columns [A, B) where every kernel column is; the generic kernels do the
  * borders. With masked loads (AVX-512, AVX2) they take the whole plane:
- * border columns as blocks whose lanes in the padding are masked off the
- * loads, rows in the padding by fwd_border_row, rows narrower than a vector
- * stored masked. With the sizes known the tap loops unroll, the weights
- * stay in registers (3x3) and no per-row bookkeeping is left. The scalar
- * border columns of the generic kernel (serial FMA chains) cost as much as
- * the whole vectorised interior: CPU time of the mobilenet_dw_3x3 forward
- * on one thread (float32, AVX-512, thread_time, best of 15, on a shared
- * machine): generic kernel 4.2 ms, fixed-size interior 3.7 ms, fixed-size
- * with masked borders 2.1 ms; weight gradient 4.0 ms -> 2.7 ms. */
+ *  - forward: tiles of output rows and vectors (fwd_tiles: a kernel
+ *    column's weights in registers, padded rows read from a zero row,
+ *    every column through masks) where rows share their input rows
+ *    (stride = dilation); otherwise, and for AVX2's 3x3, row blocks
+ *    (DW_ROWS_BLOCK) with masked border columns, rows in the padding by
+ *    fwd_border_row;
+ *  - weight gradient: whole rows in blocks of 4, 2 and 1 output rows
+ *    (wgrad_narrow, wgrad_wide), padded rows from the zero row.
+ * With the sizes known the tap loops unroll and no per-row bookkeeping is
+ * left. The scalar border columns of the generic kernel (serial FMA chains)
+ * cost as much as the whole vectorised interior: CPU time of the
+ * mobilenet_dw_3x3 forward on one thread (float32, AVX-512, thread_time,
+ * best of 15, on a shared machine): generic kernel 4.2 ms, fixed-size
+ * interior 3.7 ms, fixed-size with masked borders 2.1 ms; weight gradient
+ * 4.0 ms -> 2.7 ms. */
 
 /* the tiles (fwd_tiles) where loads can be masked: with AVX-512, every
  * size; with AVX2 5x5 and 7x7 only (its masked loads made every 3x3 tile
@@ -84,15 +90,15 @@
  * ms with 4 (one thread 1.76 -> 1.10); 5x5 on 96 x 28 x 28 0.52 -> 0.29,
  * 7x7 on 64 x 56 x 56 2.43 -> 1.56; AVX2 likewise (mobilenet 0.81 -> 0.63).
  * Each output's sum keeps the order of one row at a time (bias, then the
- * taps by kernel row and column), except in DW_SPLIT's blocks. */
+ * taps by kernel row and column). */
 #define DW_ROWS_BLOCK(NV, ROWS, OW, LOADX, STOREX) do {                                \
     const dws o_ = (OW);                                                       \
-    VT acc_[4][4], odd_[4][4];                                                 \
+    VT acc_[4][4];                                                             \
     _Pragma("GCC unroll 4")                                                    \
     for (int i_ = 0; i_ < (ROWS); i_++) {                                      \
         _Pragma("GCC unroll 4")                                                \
         for (int k_ = 0; k_ < (NV); k_++)                                      \
-            acc_[i_][k_] = bv, odd_[i_][k_] = (VT){0};                         \
+            acc_[i_][k_] = bv;                                                 \
     }                                                                          \
     _Pragma("GCC unroll 10")                                                   \
     for (int t_ = 0; t_ < RR + (ROWS) - 1; t_++) {                             \
@@ -105,12 +111,7 @@
                 _Pragma("GCC unroll 4")                                        \
                 for (int i_ = 0; i_ < (ROWS); i_++)                            \
                     if (t_ - i_ >= 0 && t_ - i_ < RR)                          \
-                    {                                                          \
-                        if (DW_SPLIT(NV) && (t_ & 1))                          \
-                            odd_[i_][k_] += DW_TAP(t_ - i_, s_) * x_;          \
-                        else                                                   \
-                            acc_[i_][k_] += DW_TAP(t_ - i_, s_) * x_;          \
-                    }                                                          \
+                        acc_[i_][k_] += DW_TAP(t_ - i_, s_) * x_;              \
             }                                                                  \
         }                                                                      \
     }                                                                          \
@@ -118,16 +119,9 @@
     for (int i_ = 0; i_ < (ROWS); i_++) {                                      \
         _Pragma("GCC unroll 4")                                                \
         for (int k_ = 0; k_ < (NV); k_++)                                      \
-            STOREX(orow + i_ * Wo + o_ + k_ * VL,                              \
-                   DW_SPLIT(NV) ? acc_[i_][k_] + odd_[i_][k_] : acc_[i_][k_]); \
+            STOREX(orow + i_ * Wo + o_ + k_ * VL, acc_[i_][k_]);               \
     }                                                                          \
 } while (0)
-/* single-vector blocks of the larger kernels: the odd input rows' taps in a
- * second set of accumulators, twice the chains (an edge block of 4 rows
- * had 4 chains of 49 dependent FMAs): ConvNeXt's 7x7 on 96 x 56 x 56, 2
- * threads, 1.42 -> 1.32 ms. The sums of those outputs run in another order
- * than the plain blocks' (even rows, odd rows, then both). */
-#define DW_SPLIT(NV) ((NV) == 1 && RR >= 5)
 #define DW_ROWS_PLAIN(q, t, s) DW_LOAD(VT, (q))
 /* columns in the padding masked off */
 #define DW_ROWS_MASKED(q, t, s) DW_MLOAD((q), cond_[s])
@@ -200,90 +194,6 @@ static __attribute__((noinline)) void DW_FIX(fwd_border_row)(const dw_geom *g, c
     else
         DW_FIX(fwd_border_row_body)(g, p, wt, bias, orow, t_lo, t_hi, 1);
 }
-#endif
-
-#if defined(DW_MLOAD) && RR >= 5
-/* ROWS output rows from p's row of a plane whose rows are NVC = 2 vectors
- * (VL < Wo <= 2 VL; every kernel row inside the input): the whole row in
- * one block, each vector's loads masked by its columns (the padding; past
- * Wo for the second); each weight broadcast once into a register for the
- * NVC vectors. Why: 28 columns were two overlapping edge blocks of one
- * vector (4 chains of 25 dependent FMAs, the FMA's latency bound):
- * EfficientNet-B0's 5x5 on 240 x 28 x 28, 2 threads, 0.49 -> 0.44 ms. Rows
- * of 4 vectors (56 columns, in pairs of rows) took 1.4x the time of the
- * plain and edge blocks on ConvNeXt's 7x7, so they stay with those. */
-#define DW_CHUNK_BLOCK(NVC, ROWS) do {                                         \
-    VT acc_[4][4];                                                             \
-    _Pragma("GCC unroll 4")                                                    \
-    for (int i_ = 0; i_ < (ROWS); i_++) {                                      \
-        _Pragma("GCC unroll 4")                                                \
-        for (int k_ = 0; k_ < (NVC); k_++)                                     \
-            acc_[i_][k_] = bv;                                                 \
-    }                                                                          \
-    _Pragma("GCC unroll 10")                                                   \
-    for (int t_ = 0; t_ < RR + (ROWS) - 1; t_++) {                             \
-        const T *q_ = pr + t_ * dh * xs_h;                                     \
-        _Pragma("GCC unroll 7")                                                \
-        for (int s_ = 0; s_ < SS; s_++) {                                      \
-            VT x_[4];                                                          \
-            _Pragma("GCC unroll 4")                                            \
-            for (int k_ = 0; k_ < (NVC); k_++)                                 \
-                x_[k_] = k_ == 0 ? DW_MLOAD(q_ + s_ * dw, lmask_[s_])          \
-                       : DW_MLOAD(q_ + s_ * dw + k_ * VL, rmask_[s_]);         \
-            _Pragma("GCC unroll 4")                                            \
-            for (int i_ = 0; i_ < (ROWS); i_++) {                              \
-                if (t_ - i_ >= 0 && t_ - i_ < RR) {                            \
-                    VT w_ = wt[(t_ - i_) * SS + s_] - (VT){0};                 \
-                    __asm__("" : "+v"(w_));                                    \
-                    _Pragma("GCC unroll 4")                                    \
-                    for (int k_ = 0; k_ < (NVC); k_++)                         \
-                        acc_[i_][k_] += w_ * x_[k_];                           \
-                }                                                              \
-            }                                                                  \
-        }                                                                      \
-    }                                                                          \
-    _Pragma("GCC unroll 4")                                                    \
-    for (int i_ = 0; i_ < (ROWS); i_++) {                                      \
-        T *o_ = orow + i_ * Wo;                                                \
-        _Pragma("GCC unroll 4")                                                \
-        for (int k_ = 0; k_ < (NVC) - 1; k_++)                                 \
-            DW_STORE(o_ + k_ * VL, acc_[i_][k_]);                              \
-        if (last_n == VL)                                                      \
-            DW_STORE(o_ + ((NVC) - 1) * VL, acc_[i_][(NVC) - 1]);              \
-        else                                                                   \
-            DW_STORE_FIRST(o_ + ((NVC) - 1) * VL, acc_[i_][(NVC) - 1], last_n); \
-    }                                                                          \
-} while (0)
-
-/* whether fwd_chunk takes this plane's inside rows: both vectors' loads are
- * masked by their columns, so any padding */
-DW_INLINE int DW_FIX(chunk_fits)(const dw_geom *g)
-{
-    return g->Wo > VL && g->Wo <= 2 * VL;
-}
-
-/* `rows` output rows (4, 2 or 1) from input row pointer p (column -pl) */
-static __attribute__((noinline)) void DW_FIX(fwd_chunk)(const dw_geom *g, const T *p,
-                                                       const T *wt, T bias, T *orow,
-                                                       int rows)
-{
-    const dws xs_h = g->xs_h, Wo = g->Wo, pl = g->pl, dh = g->dh, dw = g->dw;
-    const dws last_n = Wo - VL;
-    IVT iota, zero = {0}, width = zero + (IT)g->W, lmask_[SS], rmask_[SS];
-    for (int l = 0; l < VL; l++)
-        iota[l] = l;
-    DW_COLUMN_MASKS(lmask_, 0);
-    DW_COLUMN_MASKS_FIRST(rmask_, VL, last_n);
-    const VT bv = (VT){0} + bias;
-    const T *pr = p;
-    if (rows == 4)
-        DW_CHUNK_BLOCK(2, 4);
-    else if (rows == 2)
-        DW_CHUNK_BLOCK(2, 2);
-    else
-        DW_CHUNK_BLOCK(2, 1);
-}
-#undef DW_CHUNK_BLOCK
 #endif
 
 #ifdef DW_TILES
@@ -399,9 +309,11 @@ DW_INLINE int DW_FIX(tile_rows)(dws Ho, const int *sizes, int n)
  * row of tiles across the plane in pairs of vectors (one vector where Wo <=
  * VL). Why: the row blocks (DW_ROWS_BLOCK) broadcast a weight from memory
  * at every FMA, kept 4-8 chains, and left the padded rows to fwd_border_row
- * and rows of two vectors to fwd_chunk; the tiles hold a kernel column's
- * weights in registers, keep 14-16 chains, and take padded rows as zero
- * rows and every column through masks. Float32, 2 threads, AVX-512, builds
+ * and rows of two vectors to a kernel of their own (fwd_chunk, since
+ * removed with its second set of accumulators, DW_SPLIT); the tiles hold a
+ * kernel column's weights in registers, keep 14-16 chains, and take padded
+ * rows as zero rows and every column through masks. Float32, 2 threads,
+ * AVX-512, builds
  * alternated: ConvNeXt-T's 7x7 (8 x 96 x 56 x 56) 1.32 -> 0.69 ms,
  * EfficientNet-B0's 5x5 (240 x 28 x 28) 0.43 -> 0.30, MobileNetV2's 3x3 on
  * 576 x 14 x 14 0.19 -> 0.146, mobilenet_dw_3x3 0.41 -> 0.38; AVX2 7x7
@@ -415,7 +327,8 @@ static __attribute__((noinline)) void DW_FIX(fwd_tiles)(const dw_geom *g, const 
     const int two = Wo > VL;
     const int R = two ? DW_FIX(tile_rows)(Ho, wide, 3) : DW_FIX(tile_rows)(Ho, narrow, 3);
     const T *rowp[DW_TILE_N0 + RR - 1];
-    const dws parts = two ? (Wo + 2 * VL - 1) / (2 * VL) : (Wo + VL - 1) / VL;
+    /* the input columns a tile reads past its first */
+    const dws span = (two ? 2 : 1) * VL + (SS - 1) * g->dw;
     for (dws oh = 0; oh < Ho; oh += R) {
         if (oh + R > Ho && Ho >= R)
             oh = Ho - R;   /* the last tile overlaps the one before: same values */
@@ -425,22 +338,34 @@ static __attribute__((noinline)) void DW_FIX(fwd_tiles)(const dw_geom *g, const 
             rowp[t] = ih >= 0 && ih < H ? in + ih * xs_h : (const T *)dw_zero_row;
         }
         T *orow = out + oh * Wo;
-        /* the next row of tiles' new input rows, a part before each tile.
-         * Why: a row of tiles reads R + RR - 1 rows at once, more streams
-         * than the hardware followed: float64 mobilenet_dw_3x3 (input and
-         * output 26 MB each, past L3) 1.54 ms without, 1.07 with, 0.99 with
-         * the row blocks; float32 0.62 -> 0.455 (row blocks 0.456). Asking
-         * for the output rows too (for writing) made float64 0.99 and
-         * float32 0.50, EfficientNet's 5x5 0.29 -> 0.33: not kept. */
+        /* the next row of tiles' new input rows (stepping sh), the columns
+         * of each tile before it. Why: a row of tiles reads R + RR - 1 rows
+         * at once, more streams than the hardware followed: float64
+         * mobilenet_dw_3x3 (input and output 26 MB each, past L3) 1.54 ms
+         * without, 1.07 with, 0.99 with the row blocks; float32 0.62 ->
+         * 0.455 (row blocks 0.456). Asking for the output rows too (for
+         * writing) made float64 0.99 and float32 0.50, EfficientNet's 5x5
+         * 0.29 -> 0.33: not kept. (A first version split the rows into a
+         * part per tile with divisions: up to 15 % of a 28 x 28 plane's
+         * time.) */
         dws pf0 = (oh + R + RR - 1) * sh - pt, pf1 = (oh + 2 * R + RR - 2) * sh - pt + 1;
-        pf0 = pf0 > 0 ? pf0 : 0;
+        pf0 += dw_first(pf0, sh, H) * sh;
         pf1 = pf1 < H ? pf1 : H;
-        dws part = 0;
-        for (dws ow = 0; ow < Wo; part++) {
-            NM(band_prefetch)(g, in, 0, 1, pf0, pf1, part, parts);
+        for (dws ow = 0; ow < Wo;) {
+            if (Wo > VL && Wo - ow <= VL)
+                ow = Wo - 2 * VL;   /* one vector left: overlap, same values */
+            {
+                dws c0 = ow - g->pl, c1 = c0 + span;
+                c0 = c0 > 0 ? c0 : 0;
+                c1 = c1 < g->W ? c1 : g->W;
+                for (dws i = pf0; i < pf1 && c0 < c1; i += sh) {
+                    const T *q = in + i * xs_h;
+                    for (dws c = c0; c < c1; c += 64 / (dws)sizeof(T))
+                        __builtin_prefetch(q + c, 0, 3);
+                    __builtin_prefetch(q + c1 - 1, 0, 3);
+                }
+            }
             if (Wo > VL) {
-                if (Wo - ow <= VL)
-                    ow = Wo - 2 * VL;   /* one vector left: overlap, same values */
                 if (R == DW_TILE_W0)
                     DW_TILE_FN(DW_TILE_W0, 2)(g, rowp, wt, bias, orow, ow, rows_valid);
                 else if (R == DW_TILE_W1)
@@ -506,9 +431,6 @@ static __attribute__((noinline)) int DW_FIX(fwd)(const dw_geom *g, const T *in,
         /* rows oh and oh + 1 share RR - 1 input rows where the stride
          * equals the dilation */
         const int pairs = sh == dh;
-#if RR >= 5
-        const int chunk = DW_FIX(chunk_fits)(g);
-#endif
         for (dws oh = oh_lo; oh < oh_hi;) {
             int rows = !pairs ? 1 : oh_hi - oh >= 4 ? 4 : oh_hi - oh >= 2 ? 2 : 1;
             const dws top = oh * sh - pt;   /* the input row of the block's row 0 */
@@ -524,11 +446,6 @@ static __attribute__((noinline)) int DW_FIX(fwd)(const dw_geom *g, const T *in,
             const T *p = in + (top * xs_h - pl);
             T *orow = out + oh * Wo;
             dws ow = 0;
-#if RR >= 5
-            if (inside && chunk) {
-                DW_FIX(fwd_chunk)(g, p, &wt[0][0], bias, orow, rows);
-            } else
-#endif
             if (Wo >= VL && inside) {
                 while (ow < Wo) {
                     if (ow + VL > Wo)
@@ -1138,7 +1055,6 @@ static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x,
 #undef DW_ROWS_NARROW
 #undef DW_ROWS_ANY
 #undef DW_TAP
-#undef DW_SPLIT
 #undef DW_WGRAD_TILE
 #undef DW_WGRAD_ROWS
 #undef DW_WGRAD_ALL_ROWS

@@ -25,35 +25,6 @@
 } while (0)
 #endif
 
-/* Part `part` of `parts` of the input rows [i0, i1) of M planes (in
- * plane-row order) asked for into the cache while the band before them
- * computes, a part before each of its output rows (issued at once, the
- * prefetches waited on the miss buffers). Rows of contiguous or every-other
- * elements; others are left to the hardware. Why: fwd_band_multi's fill
- * waited on each plane's rows, a new stream every few rows. 8 x 256 x
- * 56x56, 32 groups, 3x3/2, float32, one thread: the fill was 46 % of the
- * run (perf), its loads missing, against 1.2 ms to read the whole input
- * (np.sum). With against without (2 threads, out=, builds alternated, best
- * of 5, two runs): that layer 0.83-0.84x the time, 16 channels per group
- * on 28x28 0.75x and 1.25x (noise: the machine drifted 30 % that day). */
-DW_INLINE void NM(band_prefetch)(const dw_geom *g, const T *in, dws in_plane, dws M,
-                                 dws i0, dws i1, dws part, dws parts)
-{
-    const dws step = g->xs_w < 0 ? -g->xs_w : g->xs_w;
-    if (step > 2 || i1 <= i0)
-        return;
-    const dws rows = i1 - i0, total = M * rows;
-    const dws line = 64 / (dws)sizeof(T), n = (g->W - 1) * step + 1;
-    for (dws t = total * part / parts; t < total * (part + 1) / parts; t++) {
-        const dws j = t / rows, i = i0 + t % rows;
-        const T *row = in + j * in_plane + i * g->xs_h;
-        const T *lo = g->xs_w < 0 ? row + (g->W - 1) * g->xs_w : row;
-        for (dws e = 0; e < n; e += line)
-            __builtin_prefetch(lo + e, 0, 3);
-        __builtin_prefetch(lo + n - 1, 0, 3);
-    }
-}
-
 /* whether the input's rows are no wider than the zero row, which the
  * fixed-size kernels read for rows in the padding */
 DW_INLINE int NM(zero_row_fits)(const dw_geom *g)
@@ -885,6 +856,35 @@ static __attribute__((noinline)) int NM(fwd_band)(const dw_geom *g, const T *in,
     else if (rem_ == 1)                                                        \
         DW_BAND_MULTI_BLOCK(FB, 1, c_, Wo);                                    \
 } while (0)
+
+/* Part `part` of `parts` of the input rows [i0, i1) of M planes (in
+ * plane-row order) asked for into the cache while the band before them
+ * computes, a part before each of its output rows (issued at once, the
+ * prefetches waited on the miss buffers). Rows of contiguous or every-other
+ * elements; others are left to the hardware. Why: fwd_band_multi's fill
+ * waited on each plane's rows, a new stream every few rows. 8 x 256 x
+ * 56x56, 32 groups, 3x3/2, float32, one thread: the fill was 46 % of the
+ * run (perf), its loads missing, against 1.2 ms to read the whole input
+ * (np.sum). With against without (2 threads, out=, builds alternated, best
+ * of 5, two runs): that layer 0.83-0.84x the time, 16 channels per group
+ * on 28x28 0.75x and 1.25x (noise: the machine drifted 30 % that day). */
+DW_INLINE void NM(band_prefetch)(const dw_geom *g, const T *in, dws in_plane, dws M,
+                                 dws i0, dws i1, dws part, dws parts)
+{
+    const dws step = g->xs_w < 0 ? -g->xs_w : g->xs_w;
+    if (step > 2 || i1 <= i0)
+        return;
+    const dws rows = i1 - i0, total = M * rows;
+    const dws line = 64 / (dws)sizeof(T), n = (g->W - 1) * step + 1;
+    for (dws t = total * part / parts; t < total * (part + 1) / parts; t++) {
+        const dws j = t / rows, i = i0 + t % rows;
+        const T *row = in + j * in_plane + i * g->xs_h;
+        const T *lo = g->xs_w < 0 ? row + (g->W - 1) * g->xs_w : row;
+        for (dws e = 0; e < n; e += line)
+            __builtin_prefetch(lo + e, 0, 3);
+        __builtin_prefetch(lo + n - 1, 0, 3);
+    }
+}
 
 /* MB output planes, each from M input planes (see fwd_multi), by padded
  * bands; 0 (nothing written) when a band does not fit (see band_rows) */
