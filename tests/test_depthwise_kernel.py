@@ -217,10 +217,11 @@ def test_fixed_shapes(name, dtype, shape, conv, layout, multiplier):
 # masked loads the kernels take the whole plane: the padded rows above and
 # below (masked by rows), rows narrower than a vector (11 and 5 columns,
 # stored masked) and padding past the kernel (rows and columns that read
-# nothing at all); 5x5 and 7x7 rows of two vectors (23 columns in float32 on
-# AVX-512, 11 in float64 and on AVX2) as one block a row (fwd_chunk); a
-# kernel wider than the input with rows of 16 outputs (10 columns, padding
-# 3 past the kernel's half).
+# nothing at all); rows of two vectors (23 columns in float32 on AVX-512,
+# 11 in float64 and on AVX2); a kernel wider than the input with rows of 16
+# outputs (10 columns, padding 3 past the kernel's half). Where the tiles
+# run (stride = dilation) they take these planes; unequal stride and
+# dilation keep the row blocks.
 @pytest.mark.parametrize("name", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("R", [3, 5, 7])
