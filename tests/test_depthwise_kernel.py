@@ -283,6 +283,38 @@ def test_fixed_size_tiles(name, dtype, R, step, H, W, one_sided):
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
 
 
+# Stride 2 in both directions, dilation 1 (fwd_tiles_s2 on AVX-512: tiles
+# of 8, 7, 4 and 2 rows, one vector of columns, its input vector the even
+# lanes of two masked loads): heights leaving every tile size and a last
+# tile that overlaps or runs past the plane; rows narrower than a vector, of
+# exactly one, of several with a partial last; symmetric, one-sided and no
+# padding; flip.
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("R", [3, 5, 7])
+@pytest.mark.parametrize("H", [1, 5, 14, 17, 30, 57])
+@pytest.mark.parametrize("W, pad", [(9, "same"), (32, "one_sided"), (57, "same"), (40, "none")])
+def test_fixed_size_stride2_tiles(name, dtype, R, H, W, pad):
+    half = (R - 1) // 2
+    padding = {"same": ((half, half), (half, half)), "one_sided": ((0, R - 1), (R - 1, 0)),
+               "none": ((0, 0), (0, 0))}[pad]
+    if pad == "none" and min(H, W) < R:
+        pytest.skip("no output without padding")
+    conv = dict(stride=(2, 2), padding=padding, dilation=(1, 1))
+    case = dict(conv, flip=pad == "one_sided", C=3, dtype=dtype)
+    rng = np.random.default_rng(H + 100 * W + R)
+    x = make_input(rng, (2, 3, H, W), dtype, "contiguous")
+    w = rng.standard_normal((3, 1, R, R)).astype(dtype)
+    b = rng.standard_normal(3).astype(dtype)
+    expected = conv2d_reference(x, w, b, **_conv(case))
+    grad = rng.standard_normal(expected.shape).astype(dtype)
+    with isa(name):
+        out, grad_x, grad_w = run_all(x, w, b, grad, case, 2)
+    assert_close(out, expected, dtype)
+    assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
+    assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
+
+
 # Column padding wider than a vector: blocks between the row's first and
 # last that meet the padding (masked, their masks made per block), in the
 # forward tiles and the weight gradient's row blocks of 4, 2 and 1.

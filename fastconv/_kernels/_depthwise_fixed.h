@@ -387,6 +387,128 @@ static __attribute__((noinline)) void DW_FIX(fwd_tiles)(const dw_geom *g, const 
 }
 #endif
 
+#if defined(DW_MLOAD) && defined(QT)
+/* Stride 2 in both directions, dilation 1 (EfficientNet's and MobileNet's
+ * downsampling depthwise layers): ROWS output rows from oh x one vector of
+ * columns from ow. Output row i reads input rows 2 i + r, so input row t
+ * of the tile meets kernel row t - 2 i of row i; its vector for kernel
+ * column s is the even lanes of two masked loads from column 2 ow - pl + s
+ * (one two-source permute). Kernel column s outer, its weights in
+ * registers, as DW_TILE; each output's sum runs bias, then the taps by
+ * kernel column and row. */
+#define DW_TILE_S2(ROWS) do {                                                  \
+    VT acc_[ROWS];                                                             \
+    _Pragma("GCC unroll 8")                                                    \
+    for (int i_ = 0; i_ < (ROWS); i_++)                                        \
+        acc_[i_] = bv;                                                         \
+    _Pragma("GCC unroll 7")                                                    \
+    for (int s_ = 0; s_ < SS; s_++) {                                          \
+        VT w_[RR];                                                             \
+        _Pragma("GCC unroll 7")                                                \
+        for (int r_ = 0; r_ < RR; r_++)                                        \
+            w_[r_] = wt[r_ * SS + s_] - (VT){0};                               \
+        const IVT c_ = iota + (IT)(c0 + s_);                                   \
+        const IVT lo_ = (c_ >= zero) & (c_ < width);                           \
+        const IVT hi_ = (c_ + (IT)VL >= zero) & (c_ + (IT)VL < width);         \
+        _Pragma("GCC unroll 20")                                               \
+        for (int t_ = 0; t_ < 2 * ((ROWS) - 1) + RR; t_++) {                   \
+            const T *q_ = rowp[t_] + (c0 + s_);                                \
+            const VT a_ = DW_MLOAD(q_, lo_), b_ = DW_MLOAD(q_ + VL, hi_);      \
+            const VT x_ = DW_SHUFFLE2(VT, IVT, VL, a_, b_, 2 * i_);            \
+            _Pragma("GCC unroll 8")                                            \
+            for (int i_ = 0; i_ < (ROWS); i_++)                                \
+                if (t_ - 2 * i_ >= 0 && t_ - 2 * i_ < RR)                      \
+                    acc_[i_] += w_[t_ - 2 * i_] * x_;                          \
+        }                                                                      \
+    }                                                                          \
+    const dws n_ = Wo - ow;                                                    \
+    for (int i_ = 0; i_ < rows_valid; i_++) {                                  \
+        if (n_ >= VL)                                                          \
+            DW_STORE(orow + i_ * Wo + ow, acc_[i_]);                           \
+        else                                                                   \
+            DW_STORE_FIRST(orow + i_ * Wo + ow, acc_[i_], n_);                 \
+    }                                                                          \
+} while (0)
+
+#define DW_DEFINE_TILE_S2(ROWS)                                                \
+static __attribute__((noinline)) void DW_TILE_FN(ROWS, s2)(                    \
+    const dw_geom *g, const T *const *rowp, const T *wt, T bias, T *orow,      \
+    dws ow, int rows_valid)                                                    \
+{                                                                              \
+    const dws Wo = g->Wo, c0 = 2 * ow - g->pl;                                 \
+    const VT bv = (VT){0} + bias;                                              \
+    IVT iota, zero = {0}, width = zero + (IT)g->W;                             \
+    for (int l = 0; l < VL; l++)                                               \
+        iota[l] = l;                                                           \
+    DW_TILE_S2(ROWS);                                                          \
+}
+DW_DEFINE_TILE_S2(8)
+DW_DEFINE_TILE_S2(7)
+DW_DEFINE_TILE_S2(4)
+DW_DEFINE_TILE_S2(2)
+#undef DW_DEFINE_TILE_S2
+#undef DW_TILE_S2
+
+/* The whole plane as stride-2 tiles (DW_TILE_S2): rows of tiles of 8, 7, 4
+ * or 2 rows (tile_rows), one vector of columns each. Why: the padded bands
+ * (fwd_band) split every input row into its two phases on the stack first,
+ * 40 % of the kernel's time. Float32, 2 threads, builds alternated, bands
+ * -> tiles: EfficientNet-B0's 5x5/2 (8 x 144 x 56 x 56) 0.545 -> 0.357 ms,
+ * a 3x3/2 on 8 x 96 x 112 x 112 1.68 -> 0.95, a 7x7/2 on 96 x 56 x 56
+ * 0.48 -> 0.37; float64 1.12 -> 1.00 and 3.46 -> 2.15. Tiles of 4 rows
+ * (4 chains) took 0.44 on the 5x5/2, 7 rows 0.36; without the prefetch
+ * the planes that do not stay in L3 were slower than the bands (3x3/2
+ * 1.68 -> 2.3 ms, float64 5x5/2 1.12 -> 1.8). */
+static __attribute__((noinline)) void DW_FIX(fwd_tiles_s2)(const dw_geom *g, const T *in,
+                                                          const T *w, T bias, T *out)
+{
+    static const int sizes[] = {8, 7, 4, 2};
+    const dws H = g->H, Ho = g->Ho, Wo = g->Wo, xs_h = g->xs_h, pt = g->pt;
+    const int R = DW_FIX(tile_rows)(Ho, sizes, 4);
+    T wt[RR * SS];
+    for (int r = 0; r < RR; r++)
+        for (int s = 0; s < SS; s++)
+            wt[r * SS + s] = g->flip ? w[(RR - 1 - r) * SS + (SS - 1 - s)] : w[r * SS + s];
+    const T *rowp[2 * 7 + RR];
+    for (dws oh = 0; oh < Ho; oh += R) {
+        if (oh + R > Ho && Ho >= R)
+            oh = Ho - R;   /* the last tile overlaps the one before: same values */
+        const int rows_valid = Ho - oh < R ? (int)(Ho - oh) : R;
+        for (int t = 0; t < 2 * (R - 1) + RR; t++) {
+            const dws ih = 2 * oh - pt + t;
+            rowp[t] = ih >= 0 && ih < H ? in + ih * xs_h : (const T *)dw_zero_row;
+        }
+        T *orow = out + oh * Wo;
+        /* the next row of tiles' new input rows, each tile's columns before
+         * it (as fwd_tiles) */
+        dws pf0 = 2 * (oh + R - 1) - pt + RR, pf1 = 2 * (oh + 2 * R - 1) - pt + RR;
+        pf0 = pf0 > 0 ? pf0 : 0;
+        pf1 = pf1 < H ? pf1 : H;
+        for (dws ow = 0; ow < Wo; ow += VL) {
+            {
+                dws c0 = 2 * ow - g->pl, c1 = c0 + 2 * VL + SS - 1;
+                c0 = c0 > 0 ? c0 : 0;
+                c1 = c1 < g->W ? c1 : g->W;
+                for (dws i = pf0; i < pf1 && c0 < c1; i++) {
+                    const T *q = in + i * xs_h;
+                    for (dws c = c0; c < c1; c += 64 / (dws)sizeof(T))
+                        __builtin_prefetch(q + c, 0, 3);
+                    __builtin_prefetch(q + c1 - 1, 0, 3);
+                }
+            }
+            if (R == 8)
+                DW_TILE_FN(8, s2)(g, rowp, wt, bias, orow, ow, rows_valid);
+            else if (R == 7)
+                DW_TILE_FN(7, s2)(g, rowp, wt, bias, orow, ow, rows_valid);
+            else if (R == 4)
+                DW_TILE_FN(4, s2)(g, rowp, wt, bias, orow, ow, rows_valid);
+            else
+                DW_TILE_FN(2, s2)(g, rowp, wt, bias, orow, ow, rows_valid);
+        }
+    }
+}
+#endif
+
 /* Output rows [oh_lo, oh_hi). With masked loads, whole rows, those in the
  * padding and those narrower than a vector too (their blocks masked by rows
  * and columns): the caller passes every row. Without, columns [A, B) only

@@ -946,6 +946,15 @@ static __attribute__((noinline)) int NM(fwd_band_multi)(const dw_geom *g, const 
     return 1;
 }
 
+#if defined(DW_MLOAD) && defined(QT)
+/* whether the stride-2 tiles (_depthwise_fixed.h, fwd_tiles_s2) take the plane */
+DW_INLINE int NM(tiles_s2_fit)(const dw_geom *g)
+{
+    return g->sh == 2 && g->sw == 2 && g->dh == 1 && g->dw == 1 && g->xs_w == 1
+           && g->R == g->S && (g->R == 3 || g->R == 5 || g->R == 7) && NM(zero_row_fits)(g);
+}
+#endif
+
 /* whether a fixed-size kernel (3x3, 5x5, 7x7) does the interior rows */
 DW_INLINE int NM(fixed_size)(const dw_geom *g)
 {
@@ -1047,6 +1056,17 @@ static __attribute__((noinline)) void NM(fwd)(const dw_geom *g, const T *in, dws
         return;
     }
     dw_interior_columns(g, &A, &B);
+#if defined(DW_MLOAD) && defined(QT)
+    if (M == 1 && NM(tiles_s2_fit)(g)) {
+        if (g->R == 3)
+            NM(fwd_tiles_s2_3x3)(g, in, w, bias, out);
+        else if (g->R == 5)
+            NM(fwd_tiles_s2_5x5)(g, in, w, bias, out);
+        else
+            NM(fwd_tiles_s2_7x7)(g, in, w, bias, out);
+        return;
+    }
+#endif
 #ifdef DW_MLOAD
     /* masked loads: the fixed-size kernels take the whole plane, its padded
      * rows and columns as masked blocks. Why: the generic kernels' border
