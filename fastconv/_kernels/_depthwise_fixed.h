@@ -9,7 +9,9 @@
  *    every column through masks) where rows share their input rows
  *    (stride = dilation); otherwise, and for AVX2's 3x3, row blocks
  *    (DW_ROWS_BLOCK) with masked border columns, rows in the padding by
- *    fwd_border_row;
+ *    fwd_border_row; stride 2 in both directions (dilation 1, AVX-512)
+ *    as tiles of its own (fwd_tiles_s2), reached from the generic entry
+ *    (fixed-size kernels otherwise need column stride 1);
  *  - weight gradient: whole rows in blocks of 4, 2 and 1 output rows
  *    (wgrad_narrow, wgrad_wide), padded rows from the zero row.
  * With the sizes known the tap loops unroll and no per-row bookkeeping is
