@@ -264,7 +264,8 @@ def test_fixed_size_row_blocks(name, dtype, R, stride, dilation, interior_rows, 
 @pytest.mark.parametrize("R", [3, 5, 7])
 @pytest.mark.parametrize("step", [1, 2])
 @pytest.mark.parametrize("H", [1, 4, 13, 15, 17, 30])
-@pytest.mark.parametrize("W, one_sided", [(5, False), (16, True), (37, False), (80, True)])
+@pytest.mark.parametrize("W, one_sided", [(4, False), (5, False), (16, True), (37, False),
+                                          (80, True)])
 def test_fixed_size_tiles(name, dtype, R, step, H, W, one_sided):
     half = step * (R - 1) // 2
     pad = ((0, 2 * half), (2 * half, 0)) if one_sided else ((half, half), (half, half))
@@ -338,14 +339,21 @@ def test_fixed_size_wide_column_padding(name, dtype, R, H):
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
 
 
+# Rows at the zero row's width (8192 bytes: the tiles and whole-row weight
+# gradients read it for padded rows) and one past it (the row blocks), and
+# far past it, stride 1 and 2.
 @pytest.mark.parametrize("name", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("R", [3, 7])
-def test_fixed_size_wider_than_zero_row(name, dtype, R):
-    conv = dict(stride=(1, 1), padding=((R // 2, R // 2), (R // 2, R // 2)), dilation=(1, 1))
+@pytest.mark.parametrize("past", [0, 1, 100])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_fixed_size_wider_than_zero_row(name, dtype, R, past, stride):
+    W = 8192 // np.dtype(dtype).itemsize + past
+    conv = dict(stride=(stride, stride), padding=((R // 2, R // 2), (R // 2, R // 2)),
+                dilation=(1, 1))
     case = dict(conv, flip=False, C=2, dtype=dtype)
-    rng = np.random.default_rng(R)
-    x = make_input(rng, (1, 2, 9, 2100), dtype, "contiguous")
+    rng = np.random.default_rng(R + past)
+    x = make_input(rng, (1, 2, 9, W), dtype, "contiguous")
     w = rng.standard_normal((2, 1, R, R)).astype(dtype)
     b = rng.standard_normal(2).astype(dtype)
     expected = conv2d_reference(x, w, b, **_conv(case))
