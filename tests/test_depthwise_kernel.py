@@ -34,6 +34,17 @@ def isa(name):
         dw.set_isa(previous)
 
 
+def expected_forward_path(name, R, stride, dilation):
+    """The kernel a depthwise plane's forward pass should run (see
+    fwd_path in _depthwise_impl.h) on ISA `name`, a kernel of R x R taps,
+    stride and dilation (rows, columns), contiguous rows of a plane no
+    wider than the zero row."""
+    if name == "avx512" and stride == (2, 2) and dilation == (1, 1):
+        return "tiles_s2"
+    tiles = name == "avx512" or (name == "avx2" and R >= 5)
+    return "tiles" if tiles and stride[1] == 1 and stride[0] == dilation[0] else "other"
+
+
 def make_input(rng, shape, dtype, layout):
     """An (N, C, H, W) array with the values of a fresh standard normal draw,
     laid out as `layout` says (a view; never a copy)."""
@@ -279,6 +290,9 @@ def test_fixed_size_tiles(name, dtype, R, step, H, W, one_sided):
     grad = rng.standard_normal(expected.shape).astype(dtype)
     with isa(name):
         out, grad_x, grad_w = run_all(x, w, b, grad, case, 2)
+        path = dw.forward_path(H, W, *expected.shape[2:], R, R, step, 1, pad[0][0],
+                               pad[1][0], step, step, np.dtype(dtype).itemsize)
+    assert path == expected_forward_path(name, R, (step, 1), (step, step))
     assert_close(out, expected, dtype)
     assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
@@ -311,6 +325,9 @@ def test_fixed_size_stride2_tiles(name, dtype, R, H, W, pad):
     grad = rng.standard_normal(expected.shape).astype(dtype)
     with isa(name):
         out, grad_x, grad_w = run_all(x, w, b, grad, case, 2)
+        path = dw.forward_path(H, W, *expected.shape[2:], R, R, 2, 2, padding[0][0],
+                               padding[1][0], 1, 1, np.dtype(dtype).itemsize)
+    assert path == expected_forward_path(name, R, (2, 2), (1, 1))
     assert_close(out, expected, dtype)
     assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)
@@ -360,6 +377,10 @@ def test_fixed_size_wider_than_zero_row(name, dtype, R, past, stride):
     grad = rng.standard_normal(expected.shape).astype(dtype)
     with isa(name):
         out, grad_x, grad_w = run_all(x, w, b, grad, case, 2)
+        path = dw.forward_path(9, W, *expected.shape[2:], R, R, stride, stride, R // 2,
+                               R // 2, 1, 1, np.dtype(dtype).itemsize)
+    assert path == (expected_forward_path(name, R, (stride, stride), (1, 1)) if past == 0
+                    else "other")
     assert_close(out, expected, dtype)
     assert_close(grad_x, conv2d_input_grad_reference(x.shape, w, grad, **_conv(case)), dtype)
     assert_close(grad_w, conv2d_weight_grad_reference(x, w.shape, grad, **_conv(case)), dtype)

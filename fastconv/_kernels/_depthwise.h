@@ -140,6 +140,9 @@ DW_INLINE void dw_step_position(dws *row, dws *col, dws step, dws Wo)
  * there (depthwise.pyx, GROUP_MAX_CHANNELS). */
 #define DW_GROUP_MAX_PLANES 16
 
+/* which kernel fwd runs on a plane (_depthwise_impl.h, fwd_path) */
+enum { DW_FWD_OTHER = 0, DW_FWD_TILES = 1, DW_FWD_TILES_S2 = 2 };
+
 /* how fwd_multi makes blocks of planes (_depthwise_impl.h, multi_path) */
 enum { DW_MULTI_PLANES = 0, DW_MULTI_BLOCKS = 1, DW_MULTI_BANDS = 2 };
 
@@ -449,7 +452,17 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
              : isa >= DW_ISA_AVX2 ? dw_multi_path_avx2_##sfx(g, M)             \
              : dw_multi_path_portable_##sfx(g, M);                             \
     }
+#define DW_DISPATCH_FWD_PATH(sfx)                                              \
+    static int dw_fwd_path_##sfx(int isa, const dw_geom *g)                    \
+    {                                                                          \
+        return isa >= DW_ISA_AVX512 ? dw_fwd_path_avx512_##sfx(g, 1)           \
+             : isa >= DW_ISA_AVX2 ? dw_fwd_path_avx2_##sfx(g, 1)               \
+             : dw_fwd_path_portable_##sfx(g, 1);                               \
+    }
 #else
+#define DW_DISPATCH_FWD_PATH(sfx)                                              \
+    static int dw_fwd_path_##sfx(int isa, const dw_geom *g)                    \
+    { (void)isa; return dw_fwd_path_portable_##sfx(g, 1); }
 #define DW_DISPATCH(name, sfx, T)                                              \
     static void dw_##name##_##sfx(int isa, DW_ARGS_##name(T))                  \
     { (void)isa; dw_##name##_portable_##sfx(DW_PASS_##name); }
@@ -471,6 +484,8 @@ DW_DISPATCH_LEN(f, float)
 DW_DISPATCH_LEN(d, double)
 DW_DISPATCH_BLOCKS(f)
 DW_DISPATCH_BLOCKS(d)
+DW_DISPATCH_FWD_PATH(f)
+DW_DISPATCH_FWD_PATH(d)
 DW_DISPATCH(igrad_strided, f, float)
 DW_DISPATCH(igrad_strided, d, double)
 DW_DISPATCH(wgrad, f, float)

@@ -282,13 +282,6 @@ DW_DEFINE_TILE2(DW_TILE_W2, 2)
 #undef DW_DEFINE_TILE
 #undef DW_DEFINE_TILE2
 
-/* whether fwd_tiles takes the plane: rows shared (stride = dilation) and the
- * input no wider than the zero row */
-DW_INLINE int DW_FIX(tiles_fit)(const dw_geom *g)
-{
-    return g->sh == g->dh && NM(zero_row_fits)(g);
-}
-
 /* rows of the tiles for a plane of Ho rows, among `sizes` (descending): the
  * tallest whose rows computed (ceil(Ho / R) R: the last tile overlaps or
  * runs past Ho) are within 1/8 of the fewest */
@@ -321,8 +314,12 @@ DW_INLINE int DW_FIX(tile_rows)(dws Ho, const int *sizes, int n)
  * 576 x 14 x 14 0.19 -> 0.146, mobilenet_dw_3x3 0.41 -> 0.38; AVX2 7x7
  * 1.95 -> 1.50, 5x5 0.72 -> 0.58. */
 static __attribute__((noinline)) void DW_FIX(fwd_tiles)(const dw_geom *g, const T *in,
-                                                       const T *wt, T bias, T *out)
+                                                       const T *w, T bias, T *out)
 {
+    T wt[RR * SS];
+    for (int r = 0; r < RR; r++)
+        for (int s = 0; s < SS; s++)
+            wt[r * SS + s] = g->flip ? w[(RR - 1 - r) * SS + (SS - 1 - s)] : w[r * SS + s];
     static const int narrow[] = {DW_TILE_N0, DW_TILE_N1, DW_TILE_N2};
     static const int wide[] = {DW_TILE_W0, DW_TILE_W1, DW_TILE_W2};
     const dws H = g->H, Ho = g->Ho, Wo = g->Wo, xs_h = g->xs_h, sh = g->sh, pt = g->pt;
@@ -543,12 +540,6 @@ static __attribute__((noinline)) int DW_FIX(fwd)(const dw_geom *g, const T *in,
 #define DW_TAP(r, s) wv[r][s]
 #else
 #define DW_TAP(r, s) (wt[r][s] - (VT){0})
-#endif
-#ifdef DW_TILES
-        if (DW_FIX(tiles_fit)(g)) {
-            DW_FIX(fwd_tiles)(g, in, &wt[0][0], bias, out);
-            return 1;
-        }
 #endif
         const VT bv = (VT){0} + bias;
         const dws H = g->H;

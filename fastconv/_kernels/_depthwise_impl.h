@@ -975,6 +975,32 @@ DW_INLINE int NM(global)(const dw_geom *g)
            && !g->flip;
 }
 
+/* Which kernel takes a plane of one input plane (M = 1) in fwd:
+ * DW_FWD_TILES_S2 (fwd_tiles_s2: stride 2, dilation 1, AVX-512),
+ * DW_FWD_TILES (fwd_tiles: the fixed sizes where rows share their input
+ * rows, with masked loads; AVX2 5x5 and 7x7 only), else DW_FWD_OTHER (the
+ * row blocks, bands and generic kernels). fwd dispatches on it, and the
+ * tests ask it (depthwise.pyx, forward_path) that the tiles run. */
+static int NM(fwd_path)(const dw_geom *g, dws M)
+{
+    if (M != 1 || (g->H == 1 && g->W == 1) || NM(global)(g) || !NM(zero_row_fits)(g))
+        return DW_FWD_OTHER;
+#if defined(DW_MLOAD) && defined(QT)
+    if (NM(tiles_s2_fit)(g))
+        return DW_FWD_TILES_S2;
+#endif
+#ifdef DW_MLOAD
+#ifdef QT
+    const int sizes = 1;
+#else
+    const int sizes = g->R >= 5;   /* AVX2: see DW_TILES */
+#endif
+    if (NM(fixed_size)(g) && g->sh == g->dh && sizes)
+        return DW_FWD_TILES;
+#endif
+    return DW_FWD_OTHER;
+}
+
 /* One output plane from 1x1 input planes (the input gradient of a global
  * depthwise layer: MobileFaceNet's 7x7 output gradient from one value a
  * plane): output (oh, ow) is the bias plus each input value times the one
@@ -1056,14 +1082,28 @@ static __attribute__((noinline)) void NM(fwd)(const dw_geom *g, const T *in, dws
         return;
     }
     dw_interior_columns(g, &A, &B);
-#if defined(DW_MLOAD) && defined(QT)
-    if (M == 1 && NM(tiles_s2_fit)(g)) {
+#ifdef DW_MLOAD
+    const int path = NM(fwd_path)(g, M);
+#ifdef QT
+    if (path == DW_FWD_TILES_S2) {
         if (g->R == 3)
             NM(fwd_tiles_s2_3x3)(g, in, w, bias, out);
         else if (g->R == 5)
             NM(fwd_tiles_s2_5x5)(g, in, w, bias, out);
         else
             NM(fwd_tiles_s2_7x7)(g, in, w, bias, out);
+        return;
+    }
+#endif
+    if (path == DW_FWD_TILES) {
+        if (g->R == 5)
+            NM(fwd_tiles_5x5)(g, in, w, bias, out);
+        else if (g->R == 7)
+            NM(fwd_tiles_7x7)(g, in, w, bias, out);
+#ifdef QT
+        else
+            NM(fwd_tiles_3x3)(g, in, w, bias, out);
+#endif
         return;
     }
 #endif

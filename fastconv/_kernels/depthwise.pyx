@@ -75,6 +75,9 @@ cdef extern from "_depthwise.h" nogil:
     int DW_MULTI_PLANES, DW_MULTI_BLOCKS, DW_MULTI_BANDS
     int dw_multi_path_f(int isa, const dw_geom *g, dws M)
     int dw_multi_path_d(int isa, const dw_geom *g, dws M)
+    int DW_FWD_OTHER, DW_FWD_TILES, DW_FWD_TILES_S2
+    int dw_fwd_path_f(int isa, const dw_geom *g)
+    int dw_fwd_path_d(int isa, const dw_geom *g)
     # filters of one input channel per forward item (a channel multiplier):
     # the C kernel blocks them by 8, 4, 2 (fwd_panels) or 4, 2 (fwd_multi)
     enum: DW_FWD_BLOCK_MAX
@@ -185,6 +188,21 @@ def forward_panel_chunks(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho,
                                dil_h, dil_w, False)
     return (dw_panel_chunks_f(_isa, &g, multiplier) if itemsize == 4
             else dw_panel_chunks_d(_isa, &g, multiplier))
+
+
+def forward_path(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
+                 Py_ssize_t R, Py_ssize_t S, Py_ssize_t stride_h, Py_ssize_t stride_w,
+                 Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t dil_h, Py_ssize_t dil_w,
+                 Py_ssize_t itemsize):
+    """Which kernel the forward pass runs on a plane of one filter per
+    channel with contiguous rows, with the current instruction set and 4- or
+    8-byte elements: "tiles" (the fixed sizes where rows share their input
+    rows), "tiles_s2" (stride 2, dilation 1) or "other". For the tests."""
+    cdef dw_geom g = _geometry(H, W, W, 1, Ho, Wo, R, S, stride_h, stride_w, pad_top,
+                               pad_left, dil_h, dil_w, False)
+    cdef int path = dw_fwd_path_f(_isa, &g) if itemsize == 4 else dw_fwd_path_d(_isa, &g)
+    return ("tiles" if path == DW_FWD_TILES else "tiles_s2" if path == DW_FWD_TILES_S2
+            else "other")
 
 
 def grouped_path(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho,
