@@ -35,6 +35,15 @@
 #define DW_FIX2(name, r, s) DW_FIX3(name, r, s)
 #define DW_FIX(name) DW_FIX2(name, RR, SS)
 
+/* wt[r*SS + s]: the tap of geometric kernel row r and column s (w reversed
+ * for flip) */
+DW_INLINE void DW_FIX(tap_weights)(const dw_geom *g, const T *w, T *wt)
+{
+    for (int r = 0; r < RR; r++)
+        for (int s = 0; s < SS; s++)
+            wt[r * SS + s] = g->flip ? w[(RR - 1 - r) * SS + (SS - 1 - s)] : w[r * SS + s];
+}
+
 /* columns [OW, OW + NV*L) of row oh: every tap in registers, one store */
 #define DW_FIXED_BLOCK(TYPE, L, NV, OW) do {                                   \
     const dws o_ = (OW);                                                       \
@@ -317,12 +326,10 @@ static __attribute__((noinline)) void DW_FIX(fwd_tiles)(const dw_geom *g, const 
                                                        const T *w, T bias, T *out)
 {
     T wt[RR * SS];
-    for (int r = 0; r < RR; r++)
-        for (int s = 0; s < SS; s++)
-            wt[r * SS + s] = g->flip ? w[(RR - 1 - r) * SS + (SS - 1 - s)] : w[r * SS + s];
+    DW_FIX(tap_weights)(g, w, wt);
     static const int narrow[] = {DW_TILE_N0, DW_TILE_N1, DW_TILE_N2};
     static const int wide[] = {DW_TILE_W0, DW_TILE_W1, DW_TILE_W2};
-    const dws H = g->H, Ho = g->Ho, Wo = g->Wo, xs_h = g->xs_h, sh = g->sh, pt = g->pt;
+    const dws H = g->H, Ho = g->Ho, Wo = g->Wo, sh = g->sh, pt = g->pt;
     const int two = Wo > VL;
     const int R = two ? DW_FIX(tile_rows)(Ho, wide, 3) : DW_FIX(tile_rows)(Ho, narrow, 3);
     const T *rowp[DW_TILE_N0 + RR - 1];
@@ -333,8 +340,7 @@ static __attribute__((noinline)) void DW_FIX(fwd_tiles)(const dw_geom *g, const 
             oh = Ho - R;   /* the last tile overlaps the one before: same values */
         const int rows_valid = Ho - oh < R ? (int)(Ho - oh) : R;
         for (int t = 0; t < R + RR - 1; t++) {
-            const dws ih = (oh + t) * sh - pt;
-            rowp[t] = ih >= 0 && ih < H ? in + ih * xs_h : (const T *)dw_zero_row;
+            rowp[t] = NM(row_or_zero)(g, in, (oh + t) * sh - pt);
         }
         T *orow = out + oh * Wo;
         /* the next row of tiles' new input rows (stepping sh), the columns
@@ -353,17 +359,7 @@ static __attribute__((noinline)) void DW_FIX(fwd_tiles)(const dw_geom *g, const 
         for (dws ow = 0; ow < Wo;) {
             if (Wo > VL && Wo - ow <= VL)
                 ow = Wo - 2 * VL;   /* one vector left: overlap, same values */
-            {
-                dws c0 = ow - g->pl, c1 = c0 + span;
-                c0 = c0 > 0 ? c0 : 0;
-                c1 = c1 < g->W ? c1 : g->W;
-                for (dws i = pf0; i < pf1 && c0 < c1; i += sh) {
-                    const T *q = in + i * xs_h;
-                    for (dws c = c0; c < c1; c += 64 / (dws)sizeof(T))
-                        __builtin_prefetch(q + c, 0, 3);
-                    __builtin_prefetch(q + c1 - 1, 0, 3);
-                }
-            }
+            NM(prefetch_columns)(g, in, pf0, pf1, sh, ow - g->pl, ow - g->pl + span);
             if (Wo > VL) {
                 if (R == DW_TILE_W0)
                     DW_TILE_FN(DW_TILE_W0, 2)(g, rowp, wt, bias, orow, ow, rows_valid);
@@ -462,20 +458,17 @@ static __attribute__((noinline)) void DW_FIX(fwd_tiles_s2)(const dw_geom *g, con
                                                           const T *w, T bias, T *out)
 {
     static const int sizes[] = {8, 7, 4, 2};
-    const dws H = g->H, Ho = g->Ho, Wo = g->Wo, xs_h = g->xs_h, pt = g->pt;
+    const dws H = g->H, Ho = g->Ho, Wo = g->Wo, pt = g->pt;
     const int R = DW_FIX(tile_rows)(Ho, sizes, 4);
     T wt[RR * SS];
-    for (int r = 0; r < RR; r++)
-        for (int s = 0; s < SS; s++)
-            wt[r * SS + s] = g->flip ? w[(RR - 1 - r) * SS + (SS - 1 - s)] : w[r * SS + s];
+    DW_FIX(tap_weights)(g, w, wt);
     const T *rowp[2 * 7 + RR];
     for (dws oh = 0; oh < Ho; oh += R) {
         if (oh + R > Ho && Ho >= R)
             oh = Ho - R;   /* the last tile overlaps the one before: same values */
         const int rows_valid = Ho - oh < R ? (int)(Ho - oh) : R;
         for (int t = 0; t < 2 * (R - 1) + RR; t++) {
-            const dws ih = 2 * oh - pt + t;
-            rowp[t] = ih >= 0 && ih < H ? in + ih * xs_h : (const T *)dw_zero_row;
+            rowp[t] = NM(row_or_zero)(g, in, 2 * oh - pt + t);
         }
         T *orow = out + oh * Wo;
         /* the next row of tiles' new input rows, each tile's columns before
@@ -484,17 +477,8 @@ static __attribute__((noinline)) void DW_FIX(fwd_tiles_s2)(const dw_geom *g, con
         pf0 = pf0 > 0 ? pf0 : 0;
         pf1 = pf1 < H ? pf1 : H;
         for (dws ow = 0; ow < Wo; ow += VL) {
-            {
-                dws c0 = 2 * ow - g->pl, c1 = c0 + 2 * VL + SS - 1;
-                c0 = c0 > 0 ? c0 : 0;
-                c1 = c1 < g->W ? c1 : g->W;
-                for (dws i = pf0; i < pf1 && c0 < c1; i++) {
-                    const T *q = in + i * xs_h;
-                    for (dws c = c0; c < c1; c += 64 / (dws)sizeof(T))
-                        __builtin_prefetch(q + c, 0, 3);
-                    __builtin_prefetch(q + c1 - 1, 0, 3);
-                }
-            }
+            NM(prefetch_columns)(g, in, pf0, pf1, 1, 2 * ow - g->pl,
+                                 2 * ow - g->pl + 2 * VL + SS - 1);
             if (R == 8)
                 DW_TILE_FN(8, s2)(g, rowp, wt, bias, orow, ow, rows_valid);
             else if (R == 7)
@@ -520,9 +504,7 @@ static __attribute__((noinline)) int DW_FIX(fwd)(const dw_geom *g, const T *in,
     const dws xs_h = g->xs_h, Wo = g->Wo, sh = g->sh, pt = g->pt, pl = g->pl;
     const dws dh = g->dh, dw = g->dw, n = B - A;
     T wt[RR][SS];
-    for (int r = 0; r < RR; r++)
-        for (int s = 0; s < SS; s++)
-            wt[r][s] = g->flip ? w[(RR - 1 - r) * SS + (SS - 1 - s)] : w[r * SS + s];
+    DW_FIX(tap_weights)(g, w, &wt[0][0]);
 #ifdef DW_MLOAD
     IVT iota, zero = {0}, width = zero + (IT)g->W;
     for (int l = 0; l < VL; l++)
@@ -976,9 +958,7 @@ DW_DEFINE_FWD_MULTI(2)
     const T *gp_ = grad + (img * g_n + oh * Wo);                               \
     _Pragma("GCC unroll 10")                                                   \
     for (int t_ = 0; t_ < RR + (ROWS) - 1; t_++) {                             \
-        const dws ih_ = oh * sh - pt + t_ * dh;                                \
-        xt_[t_] = (ih_ >= 0 && ih_ < H ? x + (img * xs_n + ih_ * xs_h)         \
-                   : (const T *)dw_zero_row) - pl;                             \
+        xt_[t_] = NM(row_or_zero)(g, x + img * xs_n, oh * sh - pt + t_ * dh) - pl; \
     }                                                                          \
     if (NARROW) {                                                              \
         DW_WGRAD_TILE(ROWS, 0, 1, keep_first, first, S0, S1);                  \
@@ -1076,8 +1056,8 @@ static __attribute__((noinline)) void DW_FIX(NAME)(                            \
     const dw_geom *g, const T *x, dws xs_n, const T *grad, dws g_n, dws N,     \
     dws A, dws B, dws oh_lo, dws oh_hi, T *part)                               \
 {                                                                              \
-    const dws xs_h = g->xs_h, Wo = g->Wo, sh = g->sh, pt = g->pt, pl = g->pl;  \
-    const dws dh = g->dh, dw = g->dw, H = g->H;                                \
+    const dws Wo = g->Wo, sh = g->sh, pt = g->pt, pl = g->pl;                  \
+    const dws dh = g->dh, dw = g->dw;                                          \
     IVT iota, zero = {0}, width = zero + (IT)g->W, first[SS], last[SS];        \
     for (int l = 0; l < VL; l++)                                               \
         iota[l] = l;                                                           \

@@ -32,6 +32,30 @@ DW_INLINE int NM(zero_row_fits)(const dw_geom *g)
     return g->W * (dws)sizeof(T) <= DW_ZERO_ROW_BYTES;
 }
 
+/* input row ih of the plane at in, or the zero row where ih is in the
+ * padding (the fixed-size kernels' tiles and whole-row weight gradients
+ * load only lanes of columns [0, W) from it) */
+DW_INLINE const T *NM(row_or_zero)(const dw_geom *g, const T *in, dws ih)
+{
+    return ih >= 0 && ih < g->H ? in + ih * g->xs_h : (const T *)dw_zero_row;
+}
+
+/* input rows i0, i0 + step, ... below i1, columns [c0, c1) clipped to the
+ * row, asked for into the cache (the tiles' next rows, a tile's columns at
+ * a time) */
+DW_INLINE void NM(prefetch_columns)(const dw_geom *g, const T *in, dws i0, dws i1, dws step,
+                                    dws c0, dws c1)
+{
+    c0 = c0 > 0 ? c0 : 0;
+    c1 = c1 < g->W ? c1 : g->W;
+    for (dws i = i0; i < i1 && c0 < c1; i += step) {
+        const T *q = in + i * g->xs_h;
+        for (dws c = c0; c < c1; c += 64 / (dws)sizeof(T))
+            __builtin_prefetch(q + c, 0, 3);
+        __builtin_prefetch(q + c1 - 1, 0, 3);
+    }
+}
+
 /* rows of the fixed-size kernels' tiles (_depthwise_fixed.h, DW_TILE), of
  * one vector (N) and of two (W): ROWS x NV accumulators, RR weights, NV
  * masks and NV input vectors in the ISA's registers */
