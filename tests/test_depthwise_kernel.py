@@ -903,6 +903,89 @@ _GUARDED_PAIRS_CHILD = textwrap.dedent("""
 """)
 
 
+# The tiles (forward, stride 1 and 2) and the weight gradient's row blocks
+# with padding: padded rows read the kernel's zero row, padded columns are
+# masked lanes. The input, then the output gradient, ends at an inaccessible
+# page, then starts right after one: a masked-off lane or a padded row read
+# from the array rather than the zero row crashes the child.
+_GUARDED_PADDED_CHILD = textwrap.dedent("""
+    import ctypes, mmap
+    import numpy as np
+    from fastconv._kernels import depthwise as dw
+    libc = ctypes.CDLL(None)
+    page = mmap.PAGESIZE
+    keep = []
+
+    def guarded(count, dtype, after):
+        region = mmap.mmap(-1, 2 * page)
+        keep.append(region)
+        start = ctypes.addressof(ctypes.c_char.from_buffer(region))
+        itemsize = np.dtype(dtype).itemsize
+        if after:
+            assert libc.mprotect(ctypes.c_void_p(start + page), page, 0) == 0
+            return np.frombuffer(region, np.uint8, page)[page - count * itemsize:].view(dtype)
+        assert libc.mprotect(ctypes.c_void_p(start), page, 0) == 0
+        return np.frombuffer(region, dtype, count, page)
+
+    def check(err, dtype, what):
+        assert err < (1e-5 if dtype == np.float32 else 1e-12), what
+
+    rng = np.random.default_rng(0)
+    for isa in dw.available_isas():
+        dw.set_isa(isa)
+        for dtype in (np.float32, np.float64):
+            for H, W in ((9, 16), (9, 37), (12, 5), (4, 20)):
+                for R in (3, 5, 7):
+                    for stride in (1, 2):
+                        for pad_top, pad_left in ((R // 2, R // 2), (R - 1, 0), (0, R - 1)):
+                            Ho = (H + 2 * pad_top - R) // stride + 1
+                            Wo = (W + 2 * pad_left - R) // stride + 1
+                            if Ho < 1 or Wo < 1:
+                                continue
+                            what = (isa, dtype.__name__, H, W, R, stride, pad_top, pad_left)
+                            w = rng.standard_normal((1, R * R)).astype(dtype)
+                            ww = w.reshape(R, R).astype(np.float64)
+                            for guard in ("x", "grad"):
+                                for after in (True, False):
+                                    x = (guarded(H * W, dtype, after) if guard == "x"
+                                         else np.empty(H * W, dtype)).reshape(1, 1, H, W)
+                                    x[...] = rng.standard_normal(x.shape)
+                                    grad = (guarded(Ho * Wo, dtype, after) if guard == "grad"
+                                            else np.empty(Ho * Wo, dtype)).reshape(1, 1, Ho * Wo)
+                                    grad[...] = rng.standard_normal(grad.shape)
+                                    # zero padding on every side, the far sides as far
+                                    # as the last output's taps reach
+                                    xp = np.zeros((max(H + 2 * pad_top, (Ho - 1) * stride + R),
+                                                   max(W + 2 * pad_left, (Wo - 1) * stride + R)))
+                                    xp[pad_top:pad_top + H, pad_left:pad_left + W] = x[0, 0]
+                                    windows = np.lib.stride_tricks.sliding_window_view(
+                                        xp, (R, R))[::stride, ::stride][:Ho, :Wo]
+                                    out = np.empty((1, 1, Ho * Wo), dtype)
+                                    dw.conv2d_depthwise(x, w, np.zeros(0, dtype), out, R, R, Wo,
+                                                        stride, stride, pad_top, pad_left, 1, 1,
+                                                        False, 1)
+                                    ref = np.einsum("ijrs,rs->ij", windows, ww)
+                                    check(np.abs(out.reshape(Ho, Wo) - ref).max()
+                                          / np.abs(ref).max(), dtype, ("forward",) + what)
+                                    gw = np.empty((1, R * R), dtype)
+                                    dw.conv2d_depthwise_weight_grad(x, grad, gw, R, R, Wo, stride,
+                                                                    stride, pad_top, pad_left,
+                                                                    1, 1, False, 1)
+                                    ref = np.einsum("ijrs,ij->rs", windows,
+                                                    grad.reshape(Ho, Wo).astype(np.float64))
+                                    check(np.abs(gw.reshape(R, R) - ref).max()
+                                          / np.abs(ref).max(), dtype, ("weight_grad",) + what)
+    print("ok")
+""")
+
+
+def test_padded_tiles_stay_inside(tmp_path):
+    result = subprocess.run([sys.executable, "-c", _GUARDED_PADDED_CHILD], capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (
+        f"exit {result.returncode}: {result.stderr[-2000:]}")
+
+
 def test_stride_two_rows_stay_inside(tmp_path):
     result = subprocess.run([sys.executable, "-c", _GUARDED_PAIRS_CHILD], capture_output=True,
                             text=True, timeout=120, cwd=tmp_path)
