@@ -105,8 +105,13 @@ ITEMS_PER_THREAD = 16
 # a time, into its thread's workspace (in L2), not once into one buffer for
 # all items: in one process, fp32, 2 threads, direct / fused went from 1.03 to
 # 0.97 on ResNet-50 4b (2.4 MB of weights) and 1.06 to 1.04 on 3b (0.6 MB);
-# on 2a (0.15 MB) it made no difference (1.07 either way).
-SHARED_PANEL_MAX_BYTES = 256 * 1024
+# on 2a (0.15 MB) it made no difference (1.07 either way). Inception-v3's
+# 5x5 (0.3 MB, 48 channels in 3 blocks; Zen 5, 1 MiB L2 a core, builds
+# alternated, fp32, 2 threads) shared: forward 3.00 -> 2.89 ms, input
+# gradient 3.06 -> 2.82 (each of its 20 items had packed all of it); ResNet-50
+# 3a 3x3/2 (0.58 MB), wav2vec 2.0 conv1 and the 3b input gradient the same
+# within noise with 512 KB per filter block as the test.
+SHARED_PANEL_MAX_BYTES = 512 * 1024
 # A group's input (all images) larger than this is swept once, each run of
 # tiles taking every filter block in turn while its input lines are in
 # cache, rather than once per filter block (from memory: it and the output
