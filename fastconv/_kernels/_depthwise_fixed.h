@@ -308,6 +308,32 @@ DW_INLINE int DW_FIX(tile_rows)(dws Ho, const int *sizes, int n)
     return sizes[n - 1];
 }
 
+/* A row of tiles of R output rows from oh (sh = dh: fwd_tiles; sh = 2, dh
+ * = 1: fwd_tiles_s2): its input rows, dh apart from row oh*sh - pt, the
+ * padded ones the zero row, into rowp ((R - 1) * sh / dh + RR of them), and
+ * the next row of tiles' new input rows [*pf0, *pf1) (dh apart, inside the
+ * input), which the caller asks for a tile's columns at a time. Why: a row
+ * of tiles reads R + RR - 1 rows at once (2R + RR - 2 at stride 2), more
+ * streams than the hardware followed: float64 mobilenet_dw_3x3 (input and
+ * output 26 MB each, past L3) 1.54 ms without, 1.07 with, 0.99 with the row
+ * blocks; float32 0.62 -> 0.455 (row blocks 0.456). Asking for the output
+ * rows too (for writing) made float64 0.99 and float32 0.50, EfficientNet's
+ * 5x5 0.29 -> 0.33: not kept. (A first version split the rows into a part
+ * per tile with divisions: up to 15 % of a 28 x 28 plane's time.) */
+DW_INLINE void DW_FIX(tile_row_inputs)(const dw_geom *g, const T *in, dws oh, int R,
+                                       const T **rowp, dws *pf0, dws *pf1)
+{
+    const dws dh = g->dh, top = oh * g->sh - g->pt;
+    const int n = (R - 1) * (int)(g->sh / dh) + RR;
+    for (int t = 0; t < n; t++)
+        rowp[t] = NM(row_or_zero)(g, in, top + t * dh);
+    dws first = top + n * dh, end = top + R * g->sh + n * dh;
+    if (first < 0)   /* (deep padding) the first row >= 0 of the sequence */
+        first += (-first + dh - 1) / dh * dh;
+    *pf0 = first;
+    *pf1 = end < g->H ? end : g->H;
+}
+
 /* The whole plane as tiles (see DW_TILE), where rows are shared (stride =
  * dilation): rows of tiles of R rows (chosen by tile_rows from Ho), each
  * row of tiles across the plane in pairs of vectors (one vector where Wo <=
@@ -329,7 +355,7 @@ static __attribute__((noinline)) void DW_FIX(fwd_tiles)(const dw_geom *g, const 
     DW_FIX(tap_weights)(g, w, wt);
     static const int narrow[] = {DW_TILE_N0, DW_TILE_N1, DW_TILE_N2};
     static const int wide[] = {DW_TILE_W0, DW_TILE_W1, DW_TILE_W2};
-    const dws H = g->H, Ho = g->Ho, Wo = g->Wo, sh = g->sh, pt = g->pt;
+    const dws Ho = g->Ho, Wo = g->Wo;
     const int two = Wo > VL;
     const int R = two ? DW_FIX(tile_rows)(Ho, wide, 3) : DW_FIX(tile_rows)(Ho, narrow, 3);
     const T *rowp[DW_TILE_N0 + RR - 1];
@@ -339,27 +365,13 @@ static __attribute__((noinline)) void DW_FIX(fwd_tiles)(const dw_geom *g, const 
         if (oh + R > Ho && Ho >= R)
             oh = Ho - R;   /* the last tile overlaps the one before: same values */
         const int rows_valid = Ho - oh < R ? (int)(Ho - oh) : R;
-        for (int t = 0; t < R + RR - 1; t++) {
-            rowp[t] = NM(row_or_zero)(g, in, (oh + t) * sh - pt);
-        }
+        dws pf0, pf1;
+        DW_FIX(tile_row_inputs)(g, in, oh, R, rowp, &pf0, &pf1);
         T *orow = out + oh * Wo;
-        /* the next row of tiles' new input rows (stepping sh), the columns
-         * of each tile before it. Why: a row of tiles reads R + RR - 1 rows
-         * at once, more streams than the hardware followed: float64
-         * mobilenet_dw_3x3 (input and output 26 MB each, past L3) 1.54 ms
-         * without, 1.07 with, 0.99 with the row blocks; float32 0.62 ->
-         * 0.455 (row blocks 0.456). Asking for the output rows too (for
-         * writing) made float64 0.99 and float32 0.50, EfficientNet's 5x5
-         * 0.29 -> 0.33: not kept. (A first version split the rows into a
-         * part per tile with divisions: up to 15 % of a 28 x 28 plane's
-         * time.) */
-        dws pf0 = (oh + R + RR - 1) * sh - pt, pf1 = (oh + 2 * R + RR - 2) * sh - pt + 1;
-        pf0 += dw_first(pf0, sh, H) * sh;
-        pf1 = pf1 < H ? pf1 : H;
         for (dws ow = 0; ow < Wo;) {
             if (Wo > VL && Wo - ow <= VL)
                 ow = Wo - 2 * VL;   /* one vector left: overlap, same values */
-            NM(prefetch_columns)(g, in, pf0, pf1, sh, ow - g->pl, ow - g->pl + span);
+            NM(prefetch_columns)(g, in, pf0, pf1, g->dh, ow - g->pl, ow - g->pl + span);
             if (Wo > VL) {
                 if (R == DW_TILE_W0)
                     DW_TILE_FN(DW_TILE_W0, 2)(g, rowp, wt, bias, orow, ow, rows_valid);
@@ -458,7 +470,7 @@ static __attribute__((noinline)) void DW_FIX(fwd_tiles_s2)(const dw_geom *g, con
                                                           const T *w, T bias, T *out)
 {
     static const int sizes[] = {8, 7, 4, 2};
-    const dws H = g->H, Ho = g->Ho, Wo = g->Wo, pt = g->pt;
+    const dws Ho = g->Ho, Wo = g->Wo;
     const int R = DW_FIX(tile_rows)(Ho, sizes, 4);
     T wt[RR * SS];
     DW_FIX(tap_weights)(g, w, wt);
@@ -467,15 +479,9 @@ static __attribute__((noinline)) void DW_FIX(fwd_tiles_s2)(const dw_geom *g, con
         if (oh + R > Ho && Ho >= R)
             oh = Ho - R;   /* the last tile overlaps the one before: same values */
         const int rows_valid = Ho - oh < R ? (int)(Ho - oh) : R;
-        for (int t = 0; t < 2 * (R - 1) + RR; t++) {
-            rowp[t] = NM(row_or_zero)(g, in, 2 * oh - pt + t);
-        }
+        dws pf0, pf1;
+        DW_FIX(tile_row_inputs)(g, in, oh, R, rowp, &pf0, &pf1);
         T *orow = out + oh * Wo;
-        /* the next row of tiles' new input rows, each tile's columns before
-         * it (as fwd_tiles) */
-        dws pf0 = 2 * (oh + R - 1) - pt + RR, pf1 = 2 * (oh + 2 * R - 1) - pt + RR;
-        pf0 = pf0 > 0 ? pf0 : 0;
-        pf1 = pf1 < H ? pf1 : H;
         for (dws ow = 0; ow < Wo; ow += VL) {
             NM(prefetch_columns)(g, in, pf0, pf1, 1, 2 * ow - g->pl,
                                  2 * ow - g->pl + 2 * VL + SS - 1);
