@@ -397,11 +397,17 @@ def measure_case(spec):
 
     spec: layer (dict), dtype, kind, case (a name of _benchcases.LOWERINGS or
     REPORT_PEERS, or "tradeoff" with limits: a list of memory limits),
-    threads, repeats, min_seconds, max_seconds, tolerance, scipy_seconds, and
-    optionally limit (memory limit of a lowering).
+    threads (None: fastconv's num_threads setting, as run_report), repeats,
+    min_seconds, max_seconds, tolerance, scipy_seconds, and optionally limit
+    (memory limit of a lowering).
     """
     spec = dict(dict(tolerance=TOLERANCE, max_seconds=QUICK_MAX_SECONDS,
                      scipy_seconds=QUICK_SCIPY_SECONDS), **spec)
+    if spec.get("threads") is None:
+        # (bench/memory_limit.py without --threads passed None to the child,
+        # which failed multiplying it)
+        import fastconv
+        spec["threads"] = fastconv.get_config()["num_threads"]
     root = str(pathlib.Path(__file__).resolve().parent.parent)
     with tempfile.TemporaryDirectory() as empty:
         try:

@@ -182,6 +182,15 @@ def test_a_case_runs_the_batch_it_is_given(tiny_layers):
     assert "x(3, " in result["plan"]
 
 
+def test_a_case_without_threads_takes_the_setting(tiny_layers):
+    """bench/memory_limit.py without --threads: threads None is fastconv's
+    num_threads setting, as the report's (the child failed on None)."""
+    import fastconv
+    result = report.measure_case(_tiny_spec(tiny_layers, "mapped", threads=None))
+    assert len(result["times"]) >= 2, result
+    assert f"{fastconv.get_config()['num_threads']} OpenMP thread" in result["plan"]
+
+
 def test_scipy_peer_on_a_tiny_layer(tiny_layers):
     result = report.measure_case(_tiny_spec(tiny_layers, "scipy"))
     assert len(result["times"]) >= 2 and result["output_bytes"] == 2 * 6 * 5 * 5 * 4
