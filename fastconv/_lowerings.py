@@ -1012,12 +1012,16 @@ class Depthwise(Lowering):
 class DirectConvBlocking:
     """The direct convolution's tile (MR pixels x NR filters) and ISA; for
     the weight gradient, a chunk's output rows and a pass's tiles (0: the
-    kernel's defaults; fewer under a tight memory limit)."""
+    kernel's defaults; fewer under a tight memory limit); for the others,
+    pack_in_items (None: the kernel's rule, direct.packs_in_items; True
+    under a limit the shared panel does not fit: each work item packs a
+    channel block at a time into its thread's workspace)."""
     mr: int
     nr: int
     isa: str
     chunk_rows: int = 0
     pass_tiles: int = 0
+    pack_in_items: bool = None
 
 
 def _inside_share(out_len, in_len, taps, stride, pad, dil):
@@ -1085,12 +1089,19 @@ class DirectConv(Lowering):
             plan = planner.plan(self, blocking, threads, 1, reason)
             if plan.workspace_bytes <= planner.limit:
                 return plan
-            # the weight gradient under a tighter limit: one output row per
-            # chunk and one tile per pass, then one thread
-            if self.kind == "weight_grad" and blocking.chunk_rows != 1:
+            # a tighter limit: the weights packed by each item (a shared
+            # panel is packed once but held whole: up to
+            # direct.SHARED_PANEL_MAX_BYTES), or for the weight gradient one
+            # output row per chunk and one tile per pass; then one thread
+            if (self.kind != "weight_grad" and blocking.pack_in_items is None
+                    and not direct.packs_in_items(g.K, g.C, g.R, g.S, g.groups,
+                                                  planner.dtype, isa)):
+                blocking = dataclasses.replace(blocking, pack_in_items=True)
+                reason += "; weights packed by each work item to fit the limit"
+            elif self.kind == "weight_grad" and blocking.chunk_rows != 1:
                 blocking = dataclasses.replace(blocking, chunk_rows=1, pass_tiles=1)
                 reason += "; chunks of one row, one tile a pass to fit the limit"
-            elif self.kind == "weight_grad" and threads > 1:
+            elif threads > 1:
                 threads = 1
             else:
                 return None
@@ -1153,13 +1164,14 @@ class DirectConv(Lowering):
         (pad_top, _), (pad_left, _) = g.padding
         packed, tables, per_thread = direct.buffer_sizes(
             g.N, g.K, g.C, g.H, g.W, g.Ho, g.Wo, g.R, g.S, g.groups, *g.stride, pad_top,
-            pad_left, *g.dilation, dtype, blocking.isa)
+            pad_left, *g.dilation, dtype, blocking.isa, pack_in_items=blocking.pack_in_items)
         return {"packed_weight": ((packed,), dtype), "tables": ((tables,), _INDEX),
                 "workspace": ((threads, per_thread), dtype)}
 
     def too_small(self, planner):
         sizes = self.buffers(planner.g, planner.dtype,
-                             DirectConvBlocking(1, 1, fused_isa(planner.tuning.isa), 1, 1), 1)
+                             DirectConvBlocking(1, 1, fused_isa(planner.tuning.isa), 1, 1,
+                                                pack_in_items=self.kind != "weight_grad"), 1)
         needed = buffer_bytes(sizes)
         held = ("accumulators, a chunk of the output gradient and of the input rows, one thread"
                 if self.kind == "weight_grad" else "packed weights, pixel tables, one thread")
@@ -1193,15 +1205,17 @@ class DirectConv(Lowering):
             x, out, bias, g = _adjoint_operands(plan, ops)
         # the pixel tables depend on the shapes, x's strides and the tile,
         # not on the data: a kept buffer that holds this call's is reused
+        # (and on where the weights are packed: a tap's panel rows)
         tables_key = ("direct", x.shape, x.strides, ops.filters.shape, out.shape, g.kernel_args,
-                      g.groups, plan.dtype, plan.blocking.isa, self.kind)
+                      g.groups, plan.dtype, plan.blocking.isa, plan.blocking.pack_in_items,
+                      self.kind)
         ready = bufs.holds("tables", tables_key)
         if not ready:
             bufs.forget("tables")
         direct.conv2d_direct(x, ops.filters, bias, out, bufs["packed_weight"], bufs["tables"],
                              bufs["workspace"], *g.kernel_args, g.groups, plan.flip,
                              plan.blocking.isa, threads, adjoint=self.kind == "input_grad",
-                             tables_ready=ready)
+                             pack_in_items=plan.blocking.pack_in_items, tables_ready=ready)
         bufs.remember("tables", tables_key)
 
 

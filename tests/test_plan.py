@@ -223,6 +223,32 @@ def test_tight_limit_uses_one_buffer_and_threaded_blas():
             fastconv.plan_conv2d(shape, wshape, padding=1, memory_limit=table + 1000)
 
 
+@pytest.mark.parametrize("kind", ["forward", "input_grad"])
+def test_direct_packs_weights_per_item_under_a_tight_limit(kind):
+    """A shared panel of packed weights (direct.SHARED_PANEL_MAX_BYTES) is
+    held whole; a limit below it makes each work item pack a channel block
+    at a time instead (then one thread), and the result is the same."""
+    shape, wshape, conv = (2, 48, 12, 12), (64, 48, 5, 5), dict(padding=2)
+    shared = fastconv.plan_conv2d(shape, wshape, method="direct", num_threads=2, kind=kind,
+                                  **conv)
+    assert shared.blocking.pack_in_items is None   # 0.3 MB: shared at the default limit
+    limit = shared.workspace_bytes - 1
+    plan = fastconv.plan_conv2d(shape, wshape, method="direct", num_threads=2, kind=kind,
+                                memory_limit=limit, **conv)
+    assert plan.blocking.pack_in_items and plan.workspace_bytes <= limit, plan
+    assert "packed by each work item" in plan.reason
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(wshape).astype(np.float32)
+    y = conv2d_reference(x, w, stride=(1, 1), padding=((2, 2), (2, 2)), dilation=(1, 1))
+    if kind == "forward":
+        assert_close(plan.execute(x, w), y, np.float32)
+    else:
+        g = rng.standard_normal(y.shape).astype(np.float32)
+        expected = fastconv.conv2d_input_grad(shape, w, g, method="stretch", **conv)
+        assert_close(plan.execute(w, g), expected, np.float32)
+
+
 def test_plans_are_cached_and_tuning_changes_are_seen():
     args = (3, 16, 30, 30), (8, 16, 3, 3)
     first = fastconv.plan_conv2d(*args, padding=1, num_threads=2)
