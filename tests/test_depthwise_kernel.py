@@ -903,9 +903,9 @@ _GUARDED_PAIRS_CHILD = textwrap.dedent("""
 """)
 
 
-# The tiles (forward, stride 1 and 2) and the weight gradient's row blocks
-# with padding: padded rows read the kernel's zero row, padded columns are
-# masked lanes. The input, then the output gradient, ends at an inaccessible
+# The tiles (forward, stride 1 and 2; the path each ISA takes asserted) and
+# the weight gradient's row blocks with padding: padded rows read the
+# kernel's zero row, padded columns are masked lanes. The input, then the output gradient, ends at an inaccessible
 # page, then starts right after one: a masked-off lane or a padded row read
 # from the array rather than the zero row crashes the child.
 _GUARDED_PADDED_CHILD = textwrap.dedent("""
@@ -930,6 +930,12 @@ _GUARDED_PADDED_CHILD = textwrap.dedent("""
     def check(err, dtype, what):
         assert err < (1e-5 if dtype == np.float32 else 1e-12), what
 
+    def expected_path(isa, R, stride):
+        # (as expected_forward_path in the test module)
+        if isa == "avx512":
+            return "tiles" if stride == 1 else "tiles_s2"
+        return "tiles" if isa == "avx2" and R >= 5 and stride == 1 else "other"
+
     rng = np.random.default_rng(0)
     for isa in dw.available_isas():
         dw.set_isa(isa)
@@ -937,12 +943,20 @@ _GUARDED_PADDED_CHILD = textwrap.dedent("""
             for H, W in ((9, 16), (9, 37), (12, 5), (4, 20)):
                 for R in (3, 5, 7):
                     for stride in (1, 2):
-                        for pad_top, pad_left in ((R // 2, R // 2), (R - 1, 0), (0, R - 1)):
-                            Ho = (H + 2 * pad_top - R) // stride + 1
-                            Wo = (W + 2 * pad_left - R) // stride + 1
+                        # (top, bottom, left, right): symmetric, one-sided both
+                        # ways, and rows past the kernel's reach (all padding)
+                        for pads in ((R // 2,) * 4, (R - 1, 0, 0, R - 1), (0, R - 1, R - 1, 0),
+                                     (R + 2, 0, 1, 0)):
+                            pad_top, pad_bottom, pad_left, pad_right = pads
+                            Ho = (H + pad_top + pad_bottom - R) // stride + 1
+                            Wo = (W + pad_left + pad_right - R) // stride + 1
                             if Ho < 1 or Wo < 1:
                                 continue
-                            what = (isa, dtype.__name__, H, W, R, stride, pad_top, pad_left)
+                            what = (isa, dtype.__name__, H, W, R, stride, pads)
+                            itemsize = np.dtype(dtype).itemsize
+                            path = dw.forward_path(H, W, Ho, Wo, R, R, stride, stride, pad_top,
+                                                   pad_left, 1, 1, itemsize)
+                            assert path == expected_path(isa, R, stride), (path,) + what
                             w = rng.standard_normal((1, R * R)).astype(dtype)
                             ww = w.reshape(R, R).astype(np.float64)
                             for guard in ("x", "grad"):
@@ -953,11 +967,8 @@ _GUARDED_PADDED_CHILD = textwrap.dedent("""
                                     grad = (guarded(Ho * Wo, dtype, after) if guard == "grad"
                                             else np.empty(Ho * Wo, dtype)).reshape(1, 1, Ho * Wo)
                                     grad[...] = rng.standard_normal(grad.shape)
-                                    # zero padding on every side, the far sides as far
-                                    # as the last output's taps reach
-                                    xp = np.zeros((max(H + 2 * pad_top, (Ho - 1) * stride + R),
-                                                   max(W + 2 * pad_left, (Wo - 1) * stride + R)))
-                                    xp[pad_top:pad_top + H, pad_left:pad_left + W] = x[0, 0]
+                                    xp = np.pad(np.asarray(x[0, 0], np.float64),
+                                                ((pad_top, pad_bottom), (pad_left, pad_right)))
                                     windows = np.lib.stride_tricks.sliding_window_view(
                                         xp, (R, R))[::stride, ::stride][:Ho, :Wo]
                                     out = np.empty((1, 1, Ho * Wo), dtype)
