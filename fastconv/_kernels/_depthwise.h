@@ -445,33 +445,23 @@ static const int64_t dw_d_masks[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -
              : isa >= DW_ISA_AVX2 ? dw_panel_chunks_avx2_##sfx(g, mult)        \
              : dw_panel_chunks_portable_##sfx(g, mult);                        \
     }
-#define DW_DISPATCH_BLOCKS(sfx)                                                \
-    static int dw_multi_path_##sfx(int isa, const dw_geom *g, dws M)           \
+#define DW_DISPATCH_PATH(name, sfx)                                            \
+    static int dw_##name##_##sfx(int isa, const dw_geom *g, dws M)             \
     {                                                                          \
-        return isa >= DW_ISA_AVX512 ? dw_multi_path_avx512_##sfx(g, M)         \
-             : isa >= DW_ISA_AVX2 ? dw_multi_path_avx2_##sfx(g, M)             \
-             : dw_multi_path_portable_##sfx(g, M);                             \
-    }
-#define DW_DISPATCH_FWD_PATH(sfx)                                              \
-    static int dw_fwd_path_##sfx(int isa, const dw_geom *g)                    \
-    {                                                                          \
-        return isa >= DW_ISA_AVX512 ? dw_fwd_path_avx512_##sfx(g, 1)           \
-             : isa >= DW_ISA_AVX2 ? dw_fwd_path_avx2_##sfx(g, 1)               \
-             : dw_fwd_path_portable_##sfx(g, 1);                               \
+        return isa >= DW_ISA_AVX512 ? dw_##name##_avx512_##sfx(g, M)           \
+             : isa >= DW_ISA_AVX2 ? dw_##name##_avx2_##sfx(g, M)               \
+             : dw_##name##_portable_##sfx(g, M);                               \
     }
 #else
-#define DW_DISPATCH_FWD_PATH(sfx)                                              \
-    static int dw_fwd_path_##sfx(int isa, const dw_geom *g)                    \
-    { (void)isa; return dw_fwd_path_portable_##sfx(g, 1); }
 #define DW_DISPATCH(name, sfx, T)                                              \
     static void dw_##name##_##sfx(int isa, DW_ARGS_##name(T))                  \
     { (void)isa; dw_##name##_portable_##sfx(DW_PASS_##name); }
 #define DW_DISPATCH_LEN(sfx, T)                                                \
     static dws dw_panel_chunks_##sfx(int isa, const dw_geom *g, dws mult)      \
     { (void)isa; return dw_panel_chunks_portable_##sfx(g, mult); }
-#define DW_DISPATCH_BLOCKS(sfx)                                                \
-    static int dw_multi_path_##sfx(int isa, const dw_geom *g, dws M)           \
-    { (void)isa; return dw_multi_path_portable_##sfx(g, M); }
+#define DW_DISPATCH_PATH(name, sfx)                                            \
+    static int dw_##name##_##sfx(int isa, const dw_geom *g, dws M)             \
+    { (void)isa; return dw_##name##_portable_##sfx(g, M); }
 #endif
 
 DW_DISPATCH(fwd, f, float)
@@ -482,10 +472,10 @@ DW_DISPATCH(fwd_panels, f, float)
 DW_DISPATCH(fwd_panels, d, double)
 DW_DISPATCH_LEN(f, float)
 DW_DISPATCH_LEN(d, double)
-DW_DISPATCH_BLOCKS(f)
-DW_DISPATCH_BLOCKS(d)
-DW_DISPATCH_FWD_PATH(f)
-DW_DISPATCH_FWD_PATH(d)
+DW_DISPATCH_PATH(multi_path, f)
+DW_DISPATCH_PATH(multi_path, d)
+DW_DISPATCH_PATH(fwd_path, f)
+DW_DISPATCH_PATH(fwd_path, d)
 DW_DISPATCH(igrad_strided, f, float)
 DW_DISPATCH(igrad_strided, d, double)
 DW_DISPATCH(wgrad, f, float)

@@ -68,8 +68,14 @@ DW_INLINE void DW_FIX(tap_weights)(const dw_geom *g, const T *w, T *wt)
 } while (0)
 
 #ifdef DW_MLOAD
+/* the column masks' terms as vectors: each lane's index (iota), zero, and
+ * the input's width */
+#define DW_COLUMN_LANES(g)                                                     \
+    IVT iota, zero = {0}, width = zero + (IT)(g)->W;                           \
+    for (int l_ = 0; l_ < VL; l_++)                                            \
+        iota[l_] = l_
 /* COND[s]: the lanes of columns [OW, OW + VL) whose input column under
- * kernel column s is inside the input (iota, zero, width in scope) */
+ * kernel column s is inside the input (DW_COLUMN_LANES in scope) */
 #define DW_COLUMN_MASKS(COND, OW) do {                                         \
     _Pragma("GCC unroll 7")                                                    \
     for (int s_ = 0; s_ < SS; s_++) {                                          \
@@ -161,9 +167,7 @@ DW_INLINE void DW_FIX(fwd_border_row_body)(const dw_geom *g, const T *p, const T
                                            T bias, T *orow, int t_lo, int t_hi, const int NV)
 {
     const dws xs_h = g->xs_h, Wo = g->Wo, pl = g->pl, dh = g->dh, dw = g->dw;
-    IVT iota, zero = {0}, width = zero + (IT)g->W;
-    for (int l = 0; l < VL; l++)
-        iota[l] = l;
+    DW_COLUMN_LANES(g);
     for (dws ow = 0; ow < Wo; ow += NV * VL) {
         IVT cond_[4][SS];
         VT acc_[4];
@@ -276,9 +280,7 @@ static __attribute__((noinline)) void DW_TILE_FN(ROWS, NV)(                    \
 {                                                                              \
     const dws Wo = g->Wo, dw = g->dw, c0 = ow - g->pl;                         \
     const VT bv = (VT){0} + bias;                                              \
-    IVT iota, zero = {0}, width = zero + (IT)g->W;                             \
-    for (int l = 0; l < VL; l++)                                               \
-        iota[l] = l;                                                           \
+    DW_COLUMN_LANES(g);                                                        \
     DW_TILE(ROWS, NV);                                                         \
 }
 #define DW_DEFINE_TILE2(ROWS, NV) DW_DEFINE_TILE(ROWS, NV)
@@ -444,9 +446,7 @@ static __attribute__((noinline)) void DW_TILE_FN(ROWS, s2)(                    \
 {                                                                              \
     const dws Wo = g->Wo, c0 = 2 * ow - g->pl;                                 \
     const VT bv = (VT){0} + bias;                                              \
-    IVT iota, zero = {0}, width = zero + (IT)g->W;                             \
-    for (int l = 0; l < VL; l++)                                               \
-        iota[l] = l;                                                           \
+    DW_COLUMN_LANES(g);                                                        \
     DW_TILE_S2(ROWS);                                                          \
 }
 DW_DEFINE_TILE_S2(8)
@@ -512,9 +512,7 @@ static __attribute__((noinline)) int DW_FIX(fwd)(const dw_geom *g, const T *in,
     T wt[RR][SS];
     DW_FIX(tap_weights)(g, w, &wt[0][0]);
 #ifdef DW_MLOAD
-    IVT iota, zero = {0}, width = zero + (IT)g->W;
-    for (int l = 0; l < VL; l++)
-        iota[l] = l;
+    DW_COLUMN_LANES(g);
     {
         /* 3x3: the weights in 9 registers; larger kernels broadcast theirs
          * from memory at each FMA (an operand of the FMA, where 25 or 49
@@ -684,9 +682,8 @@ DW_INLINE void DW_FIX(fwd_multi_edge_body)(const dw_geom *g, const T *p, dws in_
 {
     const dws xs_h = g->xs_h, Wo = g->Wo, pl = g->pl, dh = g->dh, dw = g->dw;
     const dws row_step = g->sh * xs_h;
-    IVT iota, zero = {0}, width = zero + (IT)g->W, cond_[SS];
-    for (int l = 0; l < VL; l++)
-        iota[l] = l;
+    DW_COLUMN_LANES(g);
+    IVT cond_[SS];
     DW_COLUMN_MASKS(cond_, ow);
     if (rows == 2)
         DW_MULTI_BLOCK(ow, 2, DW_MULTI_MASKED);
@@ -1064,9 +1061,8 @@ static __attribute__((noinline)) void DW_FIX(NAME)(                            \
 {                                                                              \
     const dws Wo = g->Wo, sh = g->sh, pt = g->pt, pl = g->pl;                  \
     const dws dh = g->dh, dw = g->dw;                                          \
-    IVT iota, zero = {0}, width = zero + (IT)g->W, first[SS], last[SS];        \
-    for (int l = 0; l < VL; l++)                                               \
-        iota[l] = l;                                                           \
+    DW_COLUMN_LANES(g);                                                        \
+    IVT first[SS], last[SS];                                                   \
     /* lanes of the first block (< Wo) and of the last, counted once */        \
     const IVT keep_first = iota < (IT)Wo;                                      \
     const IVT keep_last = Wo % VL ? DW_LOAD(IVT, MASKS_MID - VL + (Wo % VL))   \
@@ -1162,6 +1158,7 @@ static __attribute__((noinline)) int DW_FIX(wgrad)(const dw_geom *g, const T *x,
 #undef DW_WGRAD_REDUCE
 #undef DW_WGRAD_PASS
 #undef DW_WGRAD_PASSES
+#undef DW_COLUMN_LANES
 #undef DW_COLUMN_MASKS
 #undef DW_COLUMN_MASKS_FIRST
 #undef DW_MULTI_BLOCK

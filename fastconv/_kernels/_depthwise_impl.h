@@ -25,6 +25,13 @@
 } while (0)
 #endif
 
+/* whether the kernel is one the fixed-size kernels are built for (3x3,
+ * 5x5, 7x7) */
+DW_INLINE int NM(fixed_kernel)(const dw_geom *g)
+{
+    return g->R == g->S && (g->R == 3 || g->R == 5 || g->R == 7);
+}
+
 /* whether the input's rows are no wider than the zero row, which the
  * fixed-size kernels read for rows in the padding */
 DW_INLINE int NM(zero_row_fits)(const dw_geom *g)
@@ -975,15 +982,14 @@ static __attribute__((noinline)) int NM(fwd_band_multi)(const dw_geom *g, const 
 DW_INLINE int NM(tiles_s2_fit)(const dw_geom *g)
 {
     return g->sh == 2 && g->sw == 2 && g->dh == 1 && g->dw == 1 && g->xs_w == 1
-           && g->R == g->S && (g->R == 3 || g->R == 5 || g->R == 7) && NM(zero_row_fits)(g);
+           && NM(fixed_kernel)(g) && NM(zero_row_fits)(g);
 }
 #endif
 
 /* whether a fixed-size kernel (3x3, 5x5, 7x7) does the interior rows */
 DW_INLINE int NM(fixed_size)(const dw_geom *g)
 {
-    return g->sw == 1 && g->xs_w == 1 && g->R == g->S
-           && (g->R == 3 || g->R == 5 || g->R == 7);
+    return g->sw == 1 && g->xs_w == 1 && NM(fixed_kernel)(g);
 }
 
 /* whether the kernel covers the whole plane, which is contiguous, for one
@@ -1105,7 +1111,6 @@ static __attribute__((noinline)) void NM(fwd)(const dw_geom *g, const T *in, dws
         out[0] = bias + NM(hsum)(acc);
         return;
     }
-    dw_interior_columns(g, &A, &B);
 #ifdef DW_MLOAD
     const int path = NM(fwd_path)(g, M);
 #ifdef QT
@@ -1131,6 +1136,7 @@ static __attribute__((noinline)) void NM(fwd)(const dw_geom *g, const T *in, dws
         return;
     }
 #endif
+    dw_interior_columns(g, &A, &B);
 #ifdef DW_MLOAD
     /* masked loads: the fixed-size kernels take the whole plane, its padded
      * rows and columns as masked blocks. Why: the generic kernels' border
@@ -1773,7 +1779,7 @@ static __attribute__((noinline)) void NM(wgrad)(const dw_geom *g, const T *x, dw
 #ifdef DW_MLOAD
     /* masked loads: the fixed-size kernel takes every row and column (the
      * generic per-tap loops below were 5x its time on 576 x 14 x 14) */
-    if (fast && R == S && (R == 3 || R == 5 || R == 7) && NM(zero_row_fits)(g)) {
+    if (fast && NM(fixed_kernel)(g) && NM(zero_row_fits)(g)) {
         if (R == 3)
             NM(wgrad_3x3)(g, x, xs_n, grad, g_n, N, A, B, 0, Ho, part);
         else if (R == 5)
@@ -1786,7 +1792,7 @@ static __attribute__((noinline)) void NM(wgrad)(const dw_geom *g, const T *x, dw
         return;
     }
 #endif
-    if (fast && B - A >= VL && R == S && (R == 3 || R == 5 || R == 7)) {
+    if (fast && B - A >= VL && NM(fixed_kernel)(g)) {
         ex_lo = dw_first(-pt, sh, Ho);
         ex_hi = dw_end((R - 1) * dh - pt, sh, H, Ho);
         if (ex_hi <= ex_lo)

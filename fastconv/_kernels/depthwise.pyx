@@ -76,8 +76,8 @@ cdef extern from "_depthwise.h" nogil:
     int dw_multi_path_f(int isa, const dw_geom *g, dws M)
     int dw_multi_path_d(int isa, const dw_geom *g, dws M)
     int DW_FWD_OTHER, DW_FWD_TILES, DW_FWD_TILES_S2
-    int dw_fwd_path_f(int isa, const dw_geom *g)
-    int dw_fwd_path_d(int isa, const dw_geom *g)
+    int dw_fwd_path_f(int isa, const dw_geom *g, dws M)
+    int dw_fwd_path_d(int isa, const dw_geom *g, dws M)
     # filters of one input channel per forward item (a channel multiplier):
     # the C kernel blocks them by 8, 4, 2 (fwd_panels) or 4, 2 (fwd_multi)
     enum: DW_FWD_BLOCK_MAX
@@ -200,7 +200,8 @@ def forward_path(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
     rows), "tiles_s2" (stride 2, dilation 1) or "other". For the tests."""
     cdef dw_geom g = _geometry(H, W, W, 1, Ho, Wo, R, S, stride_h, stride_w, pad_top,
                                pad_left, dil_h, dil_w, False)
-    cdef int path = dw_fwd_path_f(_isa, &g) if itemsize == 4 else dw_fwd_path_d(_isa, &g)
+    cdef int path = (dw_fwd_path_f(_isa, &g, 1) if itemsize == 4
+                     else dw_fwd_path_d(_isa, &g, 1))
     return ("tiles" if path == DW_FWD_TILES else "tiles_s2" if path == DW_FWD_TILES_S2
             else "other")
 
