@@ -237,6 +237,10 @@ def test_direct_packs_weights_per_item_under_a_tight_limit(kind):
                                 memory_limit=limit, **conv)
     assert plan.blocking.pack_in_items and plan.workspace_bytes <= limit, plan
     assert "packed by each work item" in plan.reason
+    # below two threads' item workspaces: one thread
+    one = fastconv.plan_conv2d(shape, wshape, method="direct", num_threads=2, kind=kind,
+                               memory_limit=plan.workspace_bytes - 1, **conv)
+    assert one.kernel_threads == 1 and one.blocking.pack_in_items, one
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)
     w = rng.standard_normal(wshape).astype(np.float32)
@@ -244,7 +248,7 @@ def test_direct_packs_weights_per_item_under_a_tight_limit(kind):
     # shared, then per item, then shared again, through one kept workspace:
     # the pixel tables (a tap's panel rows differ) are not reused across them
     with fastconv.config_context(keep_workspace=True):
-        for p in (shared, plan, shared):
+        for p in (shared, plan, one, shared):
             if kind == "forward":
                 assert_close(p.execute(x, w), y, np.float32)
             else:
