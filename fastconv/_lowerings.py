@@ -1015,13 +1015,17 @@ class DirectConvBlocking:
     kernel's defaults; fewer under a tight memory limit); for the others,
     pack_in_items (None: the kernel's rule, direct.packs_in_items; True
     under a limit the shared panel does not fit: each work item packs a
-    channel block at a time into its thread's workspace)."""
+    channel block at a time into its thread's workspace); for the weight
+    gradient, lanes: the lanes kernel (pixels along the vector lanes, the
+    output gradient read in place; direct.weight_grad_lanes) rather than
+    the panel kernel."""
     mr: int
     nr: int
     isa: str
     chunk_rows: int = 0
     pass_tiles: int = 0
     pack_in_items: bool = None
+    lanes: bool = False
 
 
 def _inside_share(out_len, in_len, taps, stride, pad, dil):
@@ -1078,13 +1082,25 @@ class DirectConv(Lowering):
         sizes = direct.blocking(planner.dtype, isa, g.K // g.groups,
                                 medium=self.kind != "weight_grad")
         threads = planner.threads if _machine.openmp_enabled() else 1
+        lanes = False
         if self.kind == "weight_grad":
-            reason = (f"direct weight gradient ({isa} kernel, {sizes['MR']} taps x "
-                      f"{sizes['NR']} filters), input rows broadcast in place of a gathered B^T")
+            lanes = direct.weight_grad_lanes(g.K, g.C, g.R, g.S, g.groups, g.stride[1],
+                                             planner.dtype, isa)
+            if lanes:
+                sizes = direct.weight_grad_blocking(planner.dtype, isa, g.K // g.groups, g.Ho,
+                                                    g.Wo, lanes=True)
+                reason = (f"direct weight gradient ({isa} lanes kernel, {sizes['MR']} taps x "
+                          f"{sizes['NR']} filters, pixels along the lanes), the output "
+                          "gradient read in place: few taps per filter block to spread a "
+                          "transposed copy over")
+            else:
+                reason = (f"direct weight gradient ({isa} kernel, {sizes['MR']} taps x "
+                          f"{sizes['NR']} filters), input rows broadcast in place of a "
+                          "gathered B^T")
         else:
             reason = (f"direct convolution ({isa} kernel, {sizes['MR']} pixels x "
                       f"{sizes['NR']} filters), padding taps skipped")
-        blocking = DirectConvBlocking(sizes["MR"], sizes["NR"], isa)
+        blocking = DirectConvBlocking(sizes["MR"], sizes["NR"], isa, lanes=lanes)
         while True:
             plan = planner.plan(self, blocking, threads, 1, reason)
             if plan.workspace_bytes <= planner.limit:
@@ -1101,6 +1117,11 @@ class DirectConv(Lowering):
             elif self.kind == "weight_grad" and blocking.chunk_rows != 1:
                 blocking = dataclasses.replace(blocking, chunk_rows=1, pass_tiles=1)
                 reason += "; chunks of one row, one tile a pass to fit the limit"
+            elif blocking.lanes:
+                # (a lanes tile holds a vector of partial sums per tap and filter)
+                fallback = direct.blocking(planner.dtype, isa, g.K // g.groups, medium=False)
+                blocking = dataclasses.replace(blocking, mr=fallback["MR"], lanes=False)
+                reason += "; the panel kernel, whose tiles are smaller, to fit the limit"
             elif threads > 1:
                 threads = 1
             else:
@@ -1134,6 +1155,8 @@ class DirectConv(Lowering):
         and where a chunk has few pixels (each call of the tile on a chunk
         loads and stores its accumulators)."""
         from fastconv._kernels import direct
+        # (the lanes kernel is taken only where it measured faster than the
+        # panel kernel: the panel's cost, with the panel's tiles, bounds it)
         g, b = plan.geometry, plan.blocking
         _, tiles, flat = direct.weight_grad_units(g.K, g.C, g.R, g.S, g.groups, plan.dtype,
                                                   b.isa)
@@ -1159,7 +1182,7 @@ class DirectConv(Lowering):
             per_thread = direct.weight_grad_buffer_sizes(
                 g.N, g.K, g.C, g.H, g.W, g.Ho, g.Wo, g.R, g.S, g.groups, *g.stride,
                 *g.dilation, dtype, blocking.isa, chunk_rows=blocking.chunk_rows,
-                pass_tiles=blocking.pass_tiles)
+                pass_tiles=blocking.pass_tiles, lanes=blocking.lanes)
             return {"workspace": ((threads, per_thread), dtype)}
         (pad_top, _), (pad_left, _) = g.padding
         packed, tables, per_thread = direct.buffer_sizes(
@@ -1182,8 +1205,8 @@ class DirectConv(Lowering):
     def describe(self, plan):
         b = plan.blocking
         if self.kind == "weight_grad":
-            return (f"direct {b.isa} kernel, tiles of {b.mr} taps x {b.nr} filters summed "
-                    "over the batch")
+            return (f"direct {b.isa} {'lanes ' if b.lanes else ''}kernel, tiles of {b.mr} taps "
+                    f"x {b.nr} filters summed over the batch")
         return (f"direct {b.isa} kernel, tiles of {b.mr} pixels x {b.nr} filters, "
                 f"{valid_tap_fraction(_kernel_geometry(self.kind, plan.geometry)):.0%} of the taps inside "
                 "the image")
@@ -1196,7 +1219,7 @@ class DirectConv(Lowering):
             direct.conv2d_direct_weight_grad(ops.x, ops.grad, ops.out, bufs["workspace"],
                                              *g.kernel_args, g.groups, plan.flip, b.isa,
                                              threads, chunk_rows=b.chunk_rows,
-                                             pass_tiles=b.pass_tiles)
+                                             pass_tiles=b.pass_tiles, lanes=b.lanes)
             return
         x, bias, out = ops.x, ops.bias, ops.out
         if self.kind == "input_grad":

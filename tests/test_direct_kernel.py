@@ -373,8 +373,12 @@ def weight_grad_cases(draw):
     blocks = draw(st.sampled_from([{}, dict(chunk_rows=1, chunk_cols=1),
                                    dict(chunk_rows=2, chunk_cols=5, pass_tiles=1),
                                    dict(chunk_rows=3, pass_tiles=3)]))
-    # tiles of a kernel row's taps, or of a channel's across kernel rows
+    # tiles of a kernel row's taps, or of a channel's across kernel rows;
+    # at stride_w 1 the panel kernel or the lanes kernel (whose rows of
+    # pixels end in a masked partial vector at most widths)
     blocks = dict(blocks, flat=draw(st.sampled_from([None, False, True])))
+    if case["stride"][1] == 1:
+        blocks["lanes"] = draw(st.booleans())
     case.update(S=S, W=W, dilation=(case["dilation"][0], dw), blocks=blocks)
     return case
 
@@ -416,9 +420,37 @@ def test_weight_grad_layer_sized(isa, dtype, S, stride, K):
     Ho = out_size(23, conv["padding"][0], 1, S, stride)
     Wo = out_size(5 * S, conv["padding"][1], 1, S, stride)
     grad = rng.standard_normal((2, K, Ho, Wo)).astype(dtype)
-    for blocks in ({}, dict(chunk_rows=2, pass_tiles=2), dict(flat=True), dict(flat=False)):
+    lanes = [dict(lanes=True), dict(lanes=True, chunk_rows=2, pass_tiles=2)] if stride == 1 else []
+    for blocks in ({}, dict(chunk_rows=2, pass_tiles=2), dict(flat=True), dict(flat=False),
+                   *lanes):
         out = run_direct_weight_grad(x, (K, 3, S, S), grad, isa=isa, threads=2, **blocks, **conv)
         assert_close(out, conv2d_weight_grad_reference(x, (K, 3, S, S), grad, **conv), dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, C, H, W, K, R, S, pad", [(5, 1, 28, 28, 32, 3, 3, 0),
+                                                      (4, 1, 28, 28, 20, 5, 5, 0),
+                                                      (3, 3, 17, 33, 37, 3, 3, 1),
+                                                      (2, 8, 9, 47, 16, 3, 3, 1)])
+def test_weight_grad_lanes_kernel(isa, dtype, N, C, H, W, K, R, S, pad):
+    # the layers the lanes kernel is taken for (paper_mnist, LeNet, few
+    # channels, half a tile of filters), scaled: rows of 26, 24, 33 and 47
+    # pixels (whole vectors and a masked rest), filters past one block of
+    # NF and one of NR, split by units and by images, one thread and two;
+    # the same result as the reference, and as the panel kernel's
+    rng = np.random.default_rng(K * S + C)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    conv = dict(padding=((pad, pad), (pad, pad)))
+    grad = rng.standard_normal((N, K, H + 2 * pad - R + 1, W + 2 * pad - S + 1)).astype(dtype)
+    expected = conv2d_weight_grad_reference(x, (K, C, R, S), grad, **conv)
+    for threads, blocks in ((1, {}), (2, {}), (2, dict(pass_tiles=1)), (2, dict(chunk_rows=3))):
+        out = run_direct_weight_grad(x, (K, C, R, S), grad, isa=isa, threads=threads, lanes=True,
+                                     **blocks, **conv)
+        assert_close(out, expected, dtype)
+    with pytest.raises(ValueError, match="stride_w == 1"):
+        run_direct_weight_grad(x[..., ::2], (K, C, R, S), grad[..., ::2], isa=isa, lanes=True,
+                               stride=(1, 2), **conv)
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -27,6 +27,30 @@ FC_DIRECT_VECTOR_DEFINE(fc_direct_avx2_f32, float, fc_direct_v8sf, FC_DIRECT_AVX
 FC_DIRECT_VECTOR_DEFINE(fc_direct_avx2_f64, double, fc_direct_v4df, FC_DIRECT_AVX2_TARGET,
                         6, FC_DIRECT_AVX2_NV)
 
+/* The weight gradient's lanes kernel (_direct_vector.h): 3 taps x 3
+ * filters, 9 accumulators + 3 vectors of the output gradient + the
+ * input's and the tail's mask, within the 16 registers. */
+#define FC_DIRECT_AVX2_LANES_MR 3
+#define FC_DIRECT_AVX2_LANES_NF 3
+FC_INLINE FC_DIRECT_AVX2_TARGET fc_direct_v8sf fc_direct_lanes_loadz_avx2_f32(int n,
+                                                                          const float *p)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane));
+}
+FC_INLINE FC_DIRECT_AVX2_TARGET fc_direct_v4df fc_direct_lanes_loadz_avx2_f64(int n,
+                                                                          const double *p)
+{
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    return _mm256_maskload_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), lane));
+}
+FC_DIRECT_LANES_DEFINE(fc_direct_lanes_avx2_f32, float, fc_direct_v8sf, FC_DIRECT_AVX2_TARGET,
+                       8, FC_DIRECT_AVX2_LANES_MR, FC_DIRECT_AVX2_LANES_NF,
+                       fc_direct_lanes_loadz_avx2_f32)
+FC_DIRECT_LANES_DEFINE(fc_direct_lanes_avx2_f64, double, fc_direct_v4df, FC_DIRECT_AVX2_TARGET,
+                       4, FC_DIRECT_AVX2_LANES_MR, FC_DIRECT_AVX2_LANES_NF,
+                       fc_direct_lanes_loadz_avx2_f64)
+
 /* Storing a tile whose m <= 8 pixels are consecutive in the output
  * (direct.pyx's _store_tile has the contract: out[f * out_filter + j] =
  * tile[j * nr + f] + bias[f], f < nf, j < m; bias may be NULL): 8 filters at

@@ -111,4 +111,35 @@ static void fc_direct_generic_##SUF(                                            
 FC_DIRECT_GENERIC_DEFINE(f32, float, FC_DIRECT_GENERIC_NR_F32)
 FC_DIRECT_GENERIC_DEFINE(f64, double, FC_DIRECT_GENERIC_NR_F64)
 
+/* The weight gradient's lanes kernel (_direct_vector.h has the contract),
+ * portable: L = 4 lanes of partial sums per (tap, filter), a loop over the
+ * lanes the compiler vectorises; the row's last pixels one at a time. */
+#define FC_DIRECT_GENERIC_LANES 4
+#define FC_DIRECT_GENERIC_LANES_DEFINE(SUF, T)                                             \
+static void fc_direct_lanes_generic_##SUF(                                                \
+    ptrdiff_t m, ptrdiff_t nf, const T *x, const ptrdiff_t *pix, ptrdiff_t qc,             \
+    const ptrdiff_t *x_row, const ptrdiff_t *g_row, ptrdiff_t nrows, const T *g,           \
+    ptrdiff_t g_filter, T *tile, ptrdiff_t tile_taps)                                      \
+{                                                                                          \
+    enum { L = FC_DIRECT_GENERIC_LANES };                                                  \
+    ptrdiff_t f, t, k, j;                                                                  \
+    int l;                                                                                 \
+    for (f = 0; f < nf; f++)                                                               \
+        for (t = 0; t < m; t++) {                                                          \
+            T acc[L];                                                                      \
+            T *o = tile + (f * tile_taps + t) * L;                                         \
+            for (l = 0; l < L; l++) acc[l] = o[l];                                         \
+            for (k = 0; k < nrows; k++) {                                                  \
+                const T *xr = x + x_row[k] + pix[t], *gr = g + g_row[k] + f * g_filter;    \
+                for (j = 0; j + L <= qc; j += L)                                           \
+                    for (l = 0; l < L; l++) acc[l] += xr[j + l] * gr[j + l];               \
+                for (l = 0; j + l < qc; l++) acc[l] += xr[j + l] * gr[j + l];              \
+            }                                                                              \
+            for (l = 0; l < L; l++) o[l] = acc[l];                                         \
+        }                                                                                  \
+}
+
+FC_DIRECT_GENERIC_LANES_DEFINE(f32, float)
+FC_DIRECT_GENERIC_LANES_DEFINE(f64, double)
+
 #endif

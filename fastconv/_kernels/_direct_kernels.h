@@ -159,4 +159,54 @@ static inline fc_direct_pack_adjoint_f64_t fc_direct_pack_adjoint_f64(int isa, i
     return NULL;
 }
 
+/* The weight gradient's lanes kernel (_direct_vector.h has the contract):
+ * the function, its lanes (pixels summed apart per tap and filter) and
+ * its most taps at a time. */
+typedef void (*fc_direct_lanes_f32_t)(ptrdiff_t, ptrdiff_t, const float *, const ptrdiff_t *,
+                                      ptrdiff_t, const ptrdiff_t *, const ptrdiff_t *,
+                                      ptrdiff_t, const float *, ptrdiff_t, float *, ptrdiff_t);
+typedef void (*fc_direct_lanes_f64_t)(ptrdiff_t, ptrdiff_t, const double *, const ptrdiff_t *,
+                                      ptrdiff_t, const ptrdiff_t *, const ptrdiff_t *,
+                                      ptrdiff_t, const double *, ptrdiff_t, double *, ptrdiff_t);
+
+static inline fc_direct_lanes_f32_t fc_direct_lanes_f32(int isa)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_direct_lanes_avx512_f32;
+    if (isa == FC_ISA_AVX2) return fc_direct_lanes_avx2_f32;
+#endif
+    return fc_direct_lanes_generic_f32;
+}
+
+static inline fc_direct_lanes_f64_t fc_direct_lanes_f64(int isa)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return fc_direct_lanes_avx512_f64;
+    if (isa == FC_ISA_AVX2) return fc_direct_lanes_avx2_f64;
+#endif
+    return fc_direct_lanes_generic_f64;
+}
+
+static inline int fc_direct_lanes_width(int isa, int is_double)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return is_double ? 8 : 16;
+    if (isa == FC_ISA_AVX2) return is_double ? 4 : 8;
+#endif
+    return FC_DIRECT_GENERIC_LANES;
+}
+
+static inline int fc_direct_lanes_mr(int isa)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return FC_DIRECT_AVX512_LANES_MR;
+    if (isa == FC_ISA_AVX2) return FC_DIRECT_AVX2_LANES_MR;
+#endif
+    return FC_DIRECT_GENERIC_MR;
+}
+
 #endif

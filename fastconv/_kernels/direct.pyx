@@ -46,7 +46,7 @@ import numpy as np
 
 from fastconv._kernels._blocks cimport ALIGN_BYTES, _aligned, _ceil_div
 from fastconv._kernels._index_map cimport _end_valid, _first_valid
-from fastconv._kernels.fused import _dtype_is_double, isa_code
+from fastconv._kernels.fused import ISA_NAMES, _dtype_is_double, isa_code
 
 
 cdef extern from "_direct_kernels.h" nogil:
@@ -82,6 +82,18 @@ cdef extern from "_direct_kernels.h" nogil:
     fc_direct_store_f32_t fc_direct_store_f32(int isa)
     void fc_prefetch_rows(const void *p, Py_ssize_t stride, Py_ssize_t rows, Py_ssize_t nbytes,
                           int for_write)
+    ctypedef void (*fc_direct_lanes_f32_t)(Py_ssize_t, Py_ssize_t, const float *,
+                                           const Py_ssize_t *, Py_ssize_t, const Py_ssize_t *,
+                                           const Py_ssize_t *, Py_ssize_t, const float *,
+                                           Py_ssize_t, float *, Py_ssize_t) noexcept nogil
+    ctypedef void (*fc_direct_lanes_f64_t)(Py_ssize_t, Py_ssize_t, const double *,
+                                           const Py_ssize_t *, Py_ssize_t, const Py_ssize_t *,
+                                           const Py_ssize_t *, Py_ssize_t, const double *,
+                                           Py_ssize_t, double *, Py_ssize_t) noexcept nogil
+    fc_direct_lanes_f32_t fc_direct_lanes_f32(int isa)
+    fc_direct_lanes_f64_t fc_direct_lanes_f64(int isa)
+    int fc_direct_lanes_width(int isa, int is_double)
+    int fc_direct_lanes_mr(int isa)
 
 
 cdef enum:
@@ -698,22 +710,33 @@ cdef struct WGShape:
     Py_ssize_t N, H, W, Ho, Wo, K, Kg, Cg, R, S, sh, sw, pad_top, pad_left, dh, dw
     Py_ssize_t xs_n, xs_c, xs_h, xs_w, rows, cols
     Py_ssize_t mr, nr, fblocks, stiles, chunk_rows, chunk_cols, pass_tiles
+    # the lanes kernel's lanes (a tile holds mr x nr x lanes partial sums),
+    # 0 for the panel kernel
+    Py_ssize_t lanes
     # a unit's taps: tiles of a kernel row's S (rows = R), or with `flat` of
     # a channel's R*S taps in (r, s) order (rows = 1, taps = R*S)
     Py_ssize_t unit_rows, unit_taps
     bint flip, flat
 
 
-def weight_grad_blocking(dtype, isa, filters, Ho, Wo, chunk_rows=0, chunk_cols=0, pass_tiles=0):
-    """{"MR", "NR", "rows", "cols", "pass"}: the tile (MR taps x NR filters,
-    the forward's for groups of `filters` filters), a chunk's output rows
-    (at most Ho) and columns, and the tiles of one pass (0: the defaults
-    above)."""
-    sizes = blocking(dtype, isa, filters, medium=False)
+def weight_grad_blocking(dtype, isa, filters, Ho, Wo, chunk_rows=0, chunk_cols=0, pass_tiles=0,
+                         lanes=False):
+    """{"MR", "NR", "L", "rows", "cols", "pass"}: the tile (MR taps x NR
+    filters, the forward's for groups of `filters` filters; with lanes the
+    lanes kernel's MR, and L lanes of partial sums each, else L = 1), a
+    chunk's output rows (at most Ho) and columns, and the tiles of one pass
+    (0: the defaults above)."""
+    code = isa_code(isa)
+    sizes = blocking(dtype, code, filters, medium=False)
+    sizes["L"] = 1
+    if lanes:
+        sizes["MR"] = fc_direct_lanes_mr(code)
+        sizes["L"] = fc_direct_lanes_width(code, _dtype_is_double(dtype))
     itemsize = np.dtype(dtype).itemsize
     cols = int(chunk_cols) or max(1, min(int(Wo), WG_MAX_CHUNK_COLS))
     rows = int(chunk_rows) or WG_CHUNK_BYTES // (cols * sizes["NR"] * itemsize)
-    tiles = int(pass_tiles) or WG_PASS_TILE_BYTES // (sizes["MR"] * sizes["NR"] * itemsize)
+    tiles = int(pass_tiles) or WG_PASS_TILE_BYTES // (sizes["MR"] * sizes["NR"] * sizes["L"]
+                                                      * itemsize)
     rows = max(1, min(rows, WG_MAX_CHUNK_ROWS, int(Ho)))
     return dict(sizes, rows=rows, cols=cols, **{"pass": max(1, tiles)})
 
@@ -733,12 +756,40 @@ def weight_grad_flat(R, S, mr):
     return R * S / _ceil_div(R * S, mr) > 1.25 * S / _ceil_div(S, mr)
 
 
-def weight_grad_units(K, C, R, S, groups, dtype, isa=None, flat=None):
+def weight_grad_lanes(K, C, R, S, groups, stride_w, dtype, isa=None):
+    """Whether the weight gradient takes the lanes kernel (_direct_vector.h)
+    rather than the panel kernel: on AVX-512, at stride_w 1, where a filter
+    block has few taps (C/groups x R x S <= 32) to spread the transposing
+    pack of the output gradient over, or where the filters fill at most half
+    of the panel kernel's tile.
+
+    Measured (both kernels alternated in one process, 2 threads, Zen 5;
+    lanes / panel time, float32 then float64): 1 channel 3x3 of 32 filters
+    (paper_mnist) 0.80 / 0.65, LeNet's 1 -> 20 5x5 0.58 / 0.40, 3 -> 64 3x3
+    0.93 / 0.87, 3 -> 128 3x3 on 64x64 0.53 / 0.81; 8 -> 16 3x3 (half the
+    float32 tile, all of float64's) 0.65 / 1.13; and deeper: 3 -> 32 5x5
+    1.21 / 1.11, 16 -> 32 3x3 1.19 / 1.09, 32 -> 64 1.35 / 1.35, 64 -> 64
+    1.96 / 1.59. On AVX2 (its 3 x 3 register tile) only LeNet's gained
+    (0.83); the others 0.99-2.28, so AVX2 keeps the panel kernel."""
+    code = isa_code(isa)
+    if int(stride_w) != 1 or ISA_NAMES[code] != "avx512":
+        return False
+    Kg, depth = int(K) // int(groups), int(C) // int(groups) * int(R) * int(S)
+    if Kg < 1:
+        return False
+    nr = blocking(dtype, code, Kg, medium=False)["NR"]
+    fill = Kg / (_ceil_div(Kg, nr) * nr)
+    return depth <= 32 or fill <= 0.5
+
+
+def weight_grad_units(K, C, R, S, groups, dtype, isa=None, flat=None, lanes=False):
     """(units, tap tiles per unit row, flat): the weight gradient's units
     (tiles summed over the batch), with flat (None: weight_grad_flat's) a
-    channel's R*S taps as one row."""
+    channel's R*S taps as one row; lanes: of the lanes kernel's tiles."""
     Kg = K // groups
     sizes = blocking(dtype, isa, Kg, medium=False)
+    if lanes:
+        sizes["MR"] = fc_direct_lanes_mr(isa_code(isa))
     if flat is None:
         flat = weight_grad_flat(R, S, sizes["MR"])
     rows, taps = (1, R * S) if flat else (R, S)
@@ -756,20 +807,23 @@ def weight_grad_by_images(N, units, pass_tiles, threads):
 
 def weight_grad_buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, stride_h, stride_w, dil_h,
                              dil_w, dtype, isa=None, chunk_rows=0, chunk_cols=0, pass_tiles=0,
-                             flat=None):
+                             flat=None, lanes=False):
     """Workspace elements per thread of conv2d_direct_weight_grad: a pass's
-    accumulators, a chunk's transposed output gradient (one filter block)
-    and a channel's zero-padded input rows of a chunk, each aligned."""
-    b = weight_grad_blocking(dtype, isa, K // groups, Ho, Wo, chunk_rows, chunk_cols, pass_tiles)
-    units, _, flat = weight_grad_units(K, C, R, S, groups, dtype, isa, flat)
+    accumulators, a chunk's transposed output gradient (one filter block;
+    none for the lanes kernel, which reads it in place) and a channel's
+    zero-padded input rows of a chunk, each aligned."""
+    b = weight_grad_blocking(dtype, isa, K // groups, Ho, Wo, chunk_rows, chunk_cols, pass_tiles,
+                             lanes)
+    units, _, flat = weight_grad_units(K, C, R, S, groups, dtype, isa, flat, lanes)
     align = ALIGN_BYTES // np.dtype(dtype).itemsize
     # (flat tiles read the padding's rows too, as zeros)
     in_rows = (b["rows"] - 1) * stride_h + (R - 1) * dil_h + 1
     if not flat:
         in_rows = min(H, in_rows)
     in_cols = (b["cols"] - 1) * stride_w + (S - 1) * dil_w + 1
-    return (min(units, b["pass"]) * b["MR"] * b["NR"] + b["rows"] * b["cols"] * b["NR"]
-            + in_rows * in_cols + 3 * align)
+    panel = 0 if lanes else b["rows"] * b["cols"] * b["NR"]
+    return (min(units, b["pass"]) * b["MR"] * b["NR"] * b["L"] + panel + in_rows * in_cols
+            + 3 * align)
 
 
 cdef inline void _tap_tile(Py_ssize_t S, Py_ssize_t stiles, Py_ssize_t st, Py_ssize_t *first,
@@ -849,42 +903,60 @@ cdef inline Py_ssize_t _next_unit(const WGShape *sh, Py_ssize_t *g, Py_ssize_t *
 
 cdef void _store_tiles(const WGShape *sh, const floating *tiles, Py_ssize_t p0, Py_ssize_t p1,
                        floating *grad_w0) noexcept nogil:
-    """The tiles of units [p0, p1) (tile u - p0 holding unit u) into grad_w."""
-    cdef Py_ssize_t u, g, fb, c, r, st, s0, m, nf, f, t, ss
+    """The tiles of units [p0, p1) (tile u - p0 holding unit u) into grad_w;
+    the lanes kernel's partial sums added up in lane order."""
+    cdef Py_ssize_t u, g, fb, c, r, st, s0, m, nf, f, t, ss, lane
+    cdef Py_ssize_t lanes = sh.lanes if sh.lanes > 0 else 1
     cdef const floating *tile
+    cdef const floating *part
     cdef floating *o
+    cdef floating value
     for u in range(p0, p1):
         nf = _unit(sh, u, &g, &fb, &c, &r, &st)
         _tap_tile(sh.unit_taps, sh.stiles, st, &s0, &m)
-        tile = tiles + (u - p0) * sh.mr * sh.nr
+        tile = tiles + (u - p0) * sh.mr * sh.nr * lanes
         for f in range(nf):
             # the tile's taps are (r, s0 + t), or flat (c's tap s0 + t)
             o = grad_w0 + (g * sh.Kg + fb * sh.nr + f) * sh.rows + c * sh.R * sh.S
             for t in range(m):
                 ss = r * sh.S + s0 + t
-                o[sh.R * sh.S - 1 - ss if sh.flip else ss] = tile[t * sh.nr + f]
+                if sh.lanes:
+                    part = tile + (f * sh.mr + t) * lanes
+                    value = part[0]
+                    for lane in range(1, lanes):
+                        value = value + part[lane]
+                else:
+                    value = tile[t * sh.nr + f]
+                o[sh.R * sh.S - 1 - ss if sh.flip else ss] = value
 
 
 cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const floating *grad0,
                               floating *grad_w0, Py_ssize_t u0, Py_ssize_t u1, Py_ssize_t n0,
                               Py_ssize_t n1, bint keep, floating *ws,
                               fc_direct_f32_t kernel32, fc_direct_f64_t kernel64,
+                              fc_direct_lanes_f32_t lanes32, fc_direct_lanes_f64_t lanes64,
                               const Packers *packers) noexcept nogil:
     """Units [u0, u1) of conv2d_direct_weight_grad over images [n0, n1),
     written into grad_w; or with keep (one pass: u1 - u0 <= pass_tiles),
-    left in the workspace's tiles for the caller to add up."""
+    left in the workspace's tiles for the caller to add up. With sh.lanes,
+    the lanes kernel reads the output gradient's rows in place (tap_panel:
+    a chunk row's offset in them) where the panel kernel packs them."""
     cdef Py_ssize_t tap_off[WG_MAX_CHUNK_ROWS]
     cdef Py_ssize_t tap_panel[WG_MAX_CHUNK_ROWS]
     cdef Py_ssize_t pix[WG_MAX_TAPS]
-    cdef Py_ssize_t mr = sh.mr, nr = sh.nr, tile_size = sh.mr * sh.nr
+    cdef Py_ssize_t mr = sh.mr, nr = sh.nr
+    cdef Py_ssize_t tile_size = sh.mr * sh.nr * (sh.lanes if sh.lanes > 0 else 1)
     cdef floating *tiles = _aligned(ws)
     cdef Py_ssize_t pass_units = sh.pass_tiles if sh.pass_tiles < u1 - u0 else u1 - u0
     cdef floating *panel = _aligned(tiles + pass_units * tile_size)
-    cdef floating *rowbuf = _aligned(panel + sh.chunk_rows * sh.chunk_cols * nr)
+    # (the lanes kernel has no panel)
+    cdef floating *rowbuf = (panel if sh.lanes else
+                             _aligned(panel + sh.chunk_rows * sh.chunk_cols * nr))
     cdef Py_ssize_t p0, p1, q0, u, n, pr, qc, i, j, t, ntaps, width, col_lo
     cdef Py_ssize_t ih_lo, ih_hi, ih, g, fb, c, r, st, s0, m, nf, gfb, gc, i0, j0
     cdef Py_ssize_t row_r, kr, kc
     cdef floating *tile
+    cdef const floating *grad_rows = grad0
     p0 = u0
     while p0 < u1:
         p1 = p0 + sh.pass_tiles if p0 + sh.pass_tiles < u1 else u1
@@ -917,12 +989,15 @@ cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const float
                         if u > p0:
                             nf = _next_unit(sh, &g, &fb, &c, &r, &st)
                         if g * sh.fblocks + fb != gfb:
-                            # the chunk's output gradient, rows of nr filters
+                            # the chunk's output gradient (the panel
+                            # kernel's: packed into rows of nr filters)
                             gfb = g * sh.fblocks + fb
-                            for j in range(pr):
-                                _pack(grad0 + (n * sh.K + g * sh.Kg + fb * nr) * sh.cols
-                                      + (i + j) * sh.Wo + q0, sh.cols, 1, nf, qc, 1, False, qc,
-                                      nr, packers, panel + j * qc * nr)
+                            grad_rows = (grad0 + (n * sh.K + g * sh.Kg + fb * nr) * sh.cols
+                                         + i * sh.Wo + q0)
+                            if not sh.lanes:
+                                for j in range(pr):
+                                    _pack(grad_rows + j * sh.Wo, sh.cols, 1, nf, qc, 1, False,
+                                          qc, nr, packers, panel + j * qc * nr)
                         if g * sh.Cg + c != gc:
                             gc = g * sh.Cg + c
                             _copy_rows(x0 + n * sh.xs_n + gc * sh.xs_c, sh.xs_h, sh.xs_w, sh.H,
@@ -937,7 +1012,7 @@ cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const float
                                 ih = (i + j) * sh.sh - sh.pad_top + r * sh.dh
                                 if sh.flat or 0 <= ih < sh.H:
                                     tap_off[ntaps] = (ih - ih_lo) * width
-                                    tap_panel[ntaps] = j * qc * nr
+                                    tap_panel[ntaps] = j * sh.Wo if sh.lanes else j * qc * nr
                                     ntaps += 1
                         if ntaps == 0:
                             continue
@@ -957,7 +1032,14 @@ cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const float
                             for t in range(m):
                                 pix[t] = (s0 + t) * sh.dw
                         tile = tiles + (u - p0) * tile_size
-                        if floating is float:
+                        if sh.lanes:
+                            if floating is float:
+                                lanes32(m, nf, rowbuf, pix, qc, tap_off, tap_panel, ntaps,
+                                        grad_rows, sh.cols, tile, mr)
+                            else:
+                                lanes64(m, nf, rowbuf, pix, qc, tap_off, tap_panel, ntaps,
+                                        grad_rows, sh.cols, tile, mr)
+                        elif floating is float:
                             kernel32(m, rowbuf, pix, sh.sw, qc, tap_off, tap_panel, ntaps, panel,
                                      nr, tile, 0)
                         else:
@@ -978,17 +1060,19 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
                               Py_ssize_t dil_h, Py_ssize_t dil_w,
                               Py_ssize_t groups, bint flip, isa, int num_threads,
                               Py_ssize_t chunk_rows=0, Py_ssize_t chunk_cols=0,
-                              Py_ssize_t pass_tiles=0, flat=None):
+                              Py_ssize_t pass_tiles=0, flat=None, bint lanes=False):
     """grad_w (K, C/groups*R*S), C-contiguous = the weight gradient for input
     x (N, C, H, W; any strides) and output gradient grad (N, K, Ho*Wo),
-    C-contiguous, on the direct tile kernel (every element written).
+    C-contiguous, on the direct tile kernel (every element written), or
+    with lanes (stride_w 1 only) on the lanes kernel (_direct_vector.h).
 
     workspace: (>= num_threads, >= weight_grad_buffer_sizes(...)), with the
     same chunk_rows, chunk_cols, pass_tiles (0: weight_grad_blocking's; any
-    value >= 1 is correct) and flat (tiles across kernel rows; None:
-    weight_grad_flat's). Same conventions as conv2d_direct; each element is
-    summed in one order for a given num_threads, and whatever num_threads
-    where the threads split the units (not weight_grad_by_images).
+    value >= 1 is correct), flat (tiles across kernel rows; None:
+    weight_grad_flat's) and lanes. Same conventions as conv2d_direct; each
+    element is summed in one order for a given num_threads, and whatever
+    num_threads where the threads split the units (not
+    weight_grad_by_images).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = grad_w.shape[0], rows = grad_w.shape[1]
@@ -1008,6 +1092,8 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
         raise ValueError(f"groups={groups} must divide C={C} and K={K}")
     if Wo < 1 or cols % Wo or R < 1 or S < 1:
         raise ValueError(f"bad geometry: Wo={Wo}, R={R}, S={S}, grad columns {cols}")
+    if lanes and stride_w != 1:
+        raise ValueError(f"the lanes kernel needs stride_w == 1, got {stride_w}")
     if rows != C // groups * R * S:
         raise ValueError(f"grad_w has {rows} columns, expected C/groups*R*S = {C // groups * R * S}")
     if grad.shape[0] != N or grad.shape[1] != K:
@@ -1021,11 +1107,11 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
     cdef Py_ssize_t Ho = cols // Wo, Kg = K // groups, Cg = C // groups
     need = weight_grad_buffer_sizes(N, K, C, H, W, Ho, Wo, R, S, groups, stride_h, stride_w,
                                     dil_h, dil_w, dtype, code, chunk_rows, chunk_cols, pass_tiles,
-                                    flat)
+                                    flat, lanes)
     if workspace.shape[0] < num_threads or workspace.shape[1] < need:
         raise ValueError(f"workspace has shape {tuple(workspace.shape)}, needs "
                          f"({num_threads}, {need})")
-    b = weight_grad_blocking(dtype, code, Kg, Ho, Wo, chunk_rows, chunk_cols, pass_tiles)
+    b = weight_grad_blocking(dtype, code, Kg, Ho, Wo, chunk_rows, chunk_cols, pass_tiles, lanes)
     cdef int narrow = tile_kind(Kg, dtype, code, medium=False)
     cdef WGShape shape
     shape.N, shape.H, shape.W, shape.Ho, shape.Wo = N, H, W, Ho, Wo
@@ -1035,8 +1121,10 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
     shape.xs_n, shape.xs_c = x.strides[0] // itemsize, x.strides[1] // itemsize
     shape.xs_h, shape.xs_w = x.strides[2] // itemsize, x.strides[3] // itemsize
     shape.mr, shape.nr = b["MR"], b["NR"]
+    shape.lanes = b["L"] if lanes else 0
     shape.fblocks = _ceil_div(Kg, shape.nr)
-    units, shape.stiles, shape.flat = weight_grad_units(K, C, R, S, groups, dtype, code, flat)
+    units, shape.stiles, shape.flat = weight_grad_units(K, C, R, S, groups, dtype, code, flat,
+                                                        lanes)
     shape.unit_rows = 1 if shape.flat else R
     shape.unit_taps = R * S if shape.flat else S
     shape.chunk_rows, shape.chunk_cols, shape.pass_tiles = b["rows"], b["cols"], b["pass"]
@@ -1050,10 +1138,13 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
     packers.adjoint64 = NULL
     cdef fc_direct_f32_t kernel32 = fc_direct_f32(code, narrow)
     cdef fc_direct_f64_t kernel64 = fc_direct_f64(code, narrow)
+    cdef fc_direct_lanes_f32_t lanes32 = fc_direct_lanes_f32(code)
+    cdef fc_direct_lanes_f64_t lanes64 = fc_direct_lanes_f64(code)
     cdef const floating *x0 = &x[0, 0, 0, 0]
     cdef const floating *grad0 = &grad[0, 0, 0]
     cdef floating *grad_w0 = &grad_w[0, 0]
-    cdef Py_ssize_t item, e, n_units = units, size = n_units * shape.mr * shape.nr
+    cdef Py_ssize_t item, e, n_units = units
+    cdef Py_ssize_t size = n_units * shape.mr * shape.nr * (shape.lanes if lanes else 1)
     cdef floating *summed
     cdef const floating *part
     if weight_grad_by_images(N, units, shape.pass_tiles, num_threads):
@@ -1064,7 +1155,8 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
                                num_threads=num_threads):
                 _weight_grad_thread(&shape, x0, grad0, grad_w0, 0, n_units,
                                     item * N // num_threads, (item + 1) * N // num_threads,
-                                    True, &workspace[item, 0], kernel32, kernel64, &packers)
+                                    True, &workspace[item, 0], kernel32, kernel64, lanes32,
+                                    lanes64, &packers)
             summed = _aligned(&workspace[0, 0])
             for item in range(1, num_threads):
                 part = _aligned(&workspace[item, 0])
@@ -1099,4 +1191,4 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
             if bounds[item] < bounds[item + 1]:
                 _weight_grad_thread(&shape, x0, grad0, grad_w0, bounds[item], bounds[item + 1],
                                     0, N, False, &workspace[threadid(), 0], kernel32, kernel64,
-                                    &packers)
+                                    lanes32, lanes64, &packers)
