@@ -1091,8 +1091,8 @@ class DirectConv(Lowering):
                                                     g.Wo, lanes=True)
                 reason = (f"direct weight gradient ({isa} lanes kernel, {sizes['MR']} taps x "
                           f"{sizes['NR']} filters, pixels along the lanes), the output "
-                          "gradient read in place: few taps per filter block to spread a "
-                          "transposed copy over")
+                          "gradient read in place: few taps per filter block, or filters for "
+                          "half a tile, to spread a transposed copy over")
             else:
                 reason = (f"direct weight gradient ({isa} kernel, {sizes['MR']} taps x "
                           f"{sizes['NR']} filters), input rows broadcast in place of a "

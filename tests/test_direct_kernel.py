@@ -623,3 +623,43 @@ def test_front_end_runs_the_weight_gradient_on_every_isa(isa):
     assert_close(out, conv2d_weight_grad_reference(x, (40, 3, 7, 7), grad,
                                                    stride=(2, 2), padding=((1, 1), (1, 1))),
                  np.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_grad_plan_takes_the_lanes_kernel_where_it_measured_faster(isa, dtype):
+    """The planner's weight gradient: the lanes kernel on AVX-512 at
+    stride_w 1 for few taps per filter block (paper_mnist: 1 channel, 3x3)
+    or a half-empty tile (float32's 32 filters, 16 given), the panel kernel
+    otherwise and on the other ISAs; under a limit the lanes tiles do not
+    fit, the panel kernel. Every plan gives the reference's result."""
+    rng = np.random.default_rng(3)
+    cases = [((4, 1, 28, 28), (32, 1, 3, 3), dict(), True),
+             ((2, 8, 12, 21), (16, 8, 3, 3), dict(padding=1), dtype == np.float32),
+             ((2, 16, 12, 21), (32, 16, 3, 3), dict(padding=1), False),   # 144 taps
+             ((4, 1, 28, 28), (32, 1, 3, 3), dict(stride=(1, 2)), False)]
+    for x_shape, w_shape, conv, lanes in cases:
+        with _tuning.tuned(isa=isa):
+            plan = fastconv.plan_conv2d(x_shape, w_shape, dtype, method="direct",
+                                        kind="weight_grad", **conv)
+        assert plan.blocking.lanes == (lanes and isa == "avx512"), plan
+        assert ("lanes kernel" in repr(plan)) == plan.blocking.lanes
+        x = rng.standard_normal(x_shape).astype(dtype)
+        grad = rng.standard_normal(fastconv.plan_conv2d(x_shape, w_shape, dtype, **conv)
+                                   .output_shape).astype(dtype)
+        stride = conv.get("stride", (1, 1))
+        pad = conv.get("padding", 0)
+        expected = conv2d_weight_grad_reference(x, w_shape, grad, stride=stride,
+                                                padding=((pad, pad), (pad, pad)))
+        assert_close(plan.execute(x, grad), expected, dtype)
+        tight = plan
+        while tight.blocking.lanes:
+            # tighter limits: chunks of one row first, then the panel kernel
+            with _tuning.tuned(isa=isa):
+                tight = fastconv.plan_conv2d(x_shape, w_shape, dtype, method="direct",
+                                             kind="weight_grad",
+                                             memory_limit=tight.workspace_bytes - 1, **conv)
+            assert_close(tight.execute(x, grad), expected, dtype)
+        if plan.blocking.lanes:
+            assert tight.kernel_threads == plan.kernel_threads, tight
+            assert "the panel kernel, whose tiles are smaller" in tight.reason, tight
