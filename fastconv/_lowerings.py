@@ -1087,8 +1087,7 @@ class DirectConv(Lowering):
             lanes = direct.weight_grad_lanes(g.K, g.C, g.R, g.S, g.groups, g.stride[1],
                                              planner.dtype, isa)
             if lanes:
-                sizes = direct.weight_grad_blocking(planner.dtype, isa, g.K // g.groups, g.Ho,
-                                                    g.Wo, lanes=True)
+                sizes = direct.weight_grad_tile(planner.dtype, isa, g.K // g.groups, lanes=True)
                 reason = (f"direct weight gradient ({isa} lanes kernel, {sizes['MR']} taps x "
                           f"{sizes['NR']} filters, pixels along the lanes), the output "
                           "gradient read in place: few taps per filter block, or filters for "
@@ -1119,8 +1118,8 @@ class DirectConv(Lowering):
                 reason += "; chunks of one row, one tile a pass to fit the limit"
             elif blocking.lanes:
                 # (a lanes tile holds a vector of partial sums per tap and filter)
-                fallback = direct.blocking(planner.dtype, isa, g.K // g.groups, medium=False)
-                blocking = dataclasses.replace(blocking, mr=fallback["MR"], lanes=False)
+                panel = direct.weight_grad_tile(planner.dtype, isa, g.K // g.groups)
+                blocking = dataclasses.replace(blocking, mr=panel["MR"], lanes=False)
                 reason += "; the panel kernel, whose tiles are smaller, to fit the limit"
             elif threads > 1:
                 threads = 1

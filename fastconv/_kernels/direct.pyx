@@ -710,28 +710,35 @@ cdef struct WGShape:
     Py_ssize_t N, H, W, Ho, Wo, K, Kg, Cg, R, S, sh, sw, pad_top, pad_left, dh, dw
     Py_ssize_t xs_n, xs_c, xs_h, xs_w, rows, cols
     Py_ssize_t mr, nr, fblocks, stiles, chunk_rows, chunk_cols, pass_tiles
-    # the lanes kernel's lanes (a tile holds mr x nr x lanes partial sums),
-    # 0 for the panel kernel
+    # a tile holds mr x nr x lanes partial sums: (tap, filter) lanes of
+    # the lanes kernel, or (panel kernel, lanes 1) filters along a tap's row
     Py_ssize_t lanes
+    bint lanes_kernel
     # a unit's taps: tiles of a kernel row's S (rows = R), or with `flat` of
     # a channel's R*S taps in (r, s) order (rows = 1, taps = R*S)
     Py_ssize_t unit_rows, unit_taps
     bint flip, flat
 
 
+def weight_grad_tile(dtype, isa, filters, lanes=False):
+    """{"MR", "NR", "L"}: the weight gradient's tile, MR taps x NR filters
+    (the forward's for groups of `filters` filters) of L partial sums each:
+    the panel kernel's (L = 1), or with lanes the lanes kernel's MR and
+    lanes."""
+    code = isa_code(isa)
+    sizes = dict(blocking(dtype, code, filters, medium=False), L=1)
+    if lanes:
+        sizes.update(MR=fc_direct_lanes_mr(code),
+                     L=fc_direct_lanes_width(code, _dtype_is_double(dtype)))
+    return sizes
+
+
 def weight_grad_blocking(dtype, isa, filters, Ho, Wo, chunk_rows=0, chunk_cols=0, pass_tiles=0,
                          lanes=False):
-    """{"MR", "NR", "L", "rows", "cols", "pass"}: the tile (MR taps x NR
-    filters, the forward's for groups of `filters` filters; with lanes the
-    lanes kernel's MR, and L lanes of partial sums each, else L = 1), a
-    chunk's output rows (at most Ho) and columns, and the tiles of one pass
-    (0: the defaults above)."""
-    code = isa_code(isa)
-    sizes = blocking(dtype, code, filters, medium=False)
-    sizes["L"] = 1
-    if lanes:
-        sizes["MR"] = fc_direct_lanes_mr(code)
-        sizes["L"] = fc_direct_lanes_width(code, _dtype_is_double(dtype))
+    """{"MR", "NR", "L", "rows", "cols", "pass"}: the tile (weight_grad_tile),
+    a chunk's output rows (at most Ho) and columns, and the tiles of one
+    pass (0: the defaults above)."""
+    sizes = weight_grad_tile(dtype, isa, filters, lanes)
     itemsize = np.dtype(dtype).itemsize
     cols = int(chunk_cols) or max(1, min(int(Wo), WG_MAX_CHUNK_COLS))
     rows = int(chunk_rows) or WG_CHUNK_BYTES // (cols * sizes["NR"] * itemsize)
@@ -777,7 +784,7 @@ def weight_grad_lanes(K, C, R, S, groups, stride_w, dtype, isa=None):
     Kg, depth = int(K) // int(groups), int(C) // int(groups) * int(R) * int(S)
     if Kg < 1:
         return False
-    nr = blocking(dtype, code, Kg, medium=False)["NR"]
+    nr = weight_grad_tile(dtype, code, Kg)["NR"]
     fill = Kg / (_ceil_div(Kg, nr) * nr)
     return depth <= 32 or fill <= 0.5
 
@@ -787,9 +794,7 @@ def weight_grad_units(K, C, R, S, groups, dtype, isa=None, flat=None, lanes=Fals
     (tiles summed over the batch), with flat (None: weight_grad_flat's) a
     channel's R*S taps as one row; lanes: of the lanes kernel's tiles."""
     Kg = K // groups
-    sizes = blocking(dtype, isa, Kg, medium=False)
-    if lanes:
-        sizes["MR"] = fc_direct_lanes_mr(isa_code(isa))
+    sizes = weight_grad_tile(dtype, isa, Kg, lanes)
     if flat is None:
         flat = weight_grad_flat(R, S, sizes["MR"])
     rows, taps = (1, R * S) if flat else (R, S)
@@ -906,7 +911,7 @@ cdef void _store_tiles(const WGShape *sh, const floating *tiles, Py_ssize_t p0, 
     """The tiles of units [p0, p1) (tile u - p0 holding unit u) into grad_w;
     the lanes kernel's partial sums added up in lane order."""
     cdef Py_ssize_t u, g, fb, c, r, st, s0, m, nf, f, t, ss, lane
-    cdef Py_ssize_t lanes = sh.lanes if sh.lanes > 0 else 1
+    cdef Py_ssize_t lanes = sh.lanes
     cdef const floating *tile
     cdef const floating *part
     cdef floating *o
@@ -920,7 +925,7 @@ cdef void _store_tiles(const WGShape *sh, const floating *tiles, Py_ssize_t p0, 
             o = grad_w0 + (g * sh.Kg + fb * sh.nr + f) * sh.rows + c * sh.R * sh.S
             for t in range(m):
                 ss = r * sh.S + s0 + t
-                if sh.lanes:
+                if sh.lanes_kernel:
                     part = tile + (f * sh.mr + t) * lanes
                     value = part[0]
                     for lane in range(1, lanes):
@@ -938,19 +943,19 @@ cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const float
                               const Packers *packers) noexcept nogil:
     """Units [u0, u1) of conv2d_direct_weight_grad over images [n0, n1),
     written into grad_w; or with keep (one pass: u1 - u0 <= pass_tiles),
-    left in the workspace's tiles for the caller to add up. With sh.lanes,
+    left in the workspace's tiles for the caller to add up. With sh.lanes_kernel,
     the lanes kernel reads the output gradient's rows in place (tap_panel:
     a chunk row's offset in them) where the panel kernel packs them."""
     cdef Py_ssize_t tap_off[WG_MAX_CHUNK_ROWS]
     cdef Py_ssize_t tap_panel[WG_MAX_CHUNK_ROWS]
     cdef Py_ssize_t pix[WG_MAX_TAPS]
     cdef Py_ssize_t mr = sh.mr, nr = sh.nr
-    cdef Py_ssize_t tile_size = sh.mr * sh.nr * (sh.lanes if sh.lanes > 0 else 1)
+    cdef Py_ssize_t tile_size = sh.mr * sh.nr * sh.lanes
     cdef floating *tiles = _aligned(ws)
     cdef Py_ssize_t pass_units = sh.pass_tiles if sh.pass_tiles < u1 - u0 else u1 - u0
     cdef floating *panel = _aligned(tiles + pass_units * tile_size)
     # (the lanes kernel has no panel)
-    cdef floating *rowbuf = (panel if sh.lanes else
+    cdef floating *rowbuf = (panel if sh.lanes_kernel else
                              _aligned(panel + sh.chunk_rows * sh.chunk_cols * nr))
     cdef Py_ssize_t p0, p1, q0, u, n, pr, qc, i, j, t, ntaps, width, col_lo
     cdef Py_ssize_t ih_lo, ih_hi, ih, g, fb, c, r, st, s0, m, nf, gfb, gc, i0, j0
@@ -994,7 +999,7 @@ cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const float
                             gfb = g * sh.fblocks + fb
                             grad_rows = (grad0 + (n * sh.K + g * sh.Kg + fb * nr) * sh.cols
                                          + i * sh.Wo + q0)
-                            if not sh.lanes:
+                            if not sh.lanes_kernel:
                                 for j in range(pr):
                                     _pack(grad_rows + j * sh.Wo, sh.cols, 1, nf, qc, 1, False,
                                           qc, nr, packers, panel + j * qc * nr)
@@ -1012,7 +1017,8 @@ cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const float
                                 ih = (i + j) * sh.sh - sh.pad_top + r * sh.dh
                                 if sh.flat or 0 <= ih < sh.H:
                                     tap_off[ntaps] = (ih - ih_lo) * width
-                                    tap_panel[ntaps] = j * sh.Wo if sh.lanes else j * qc * nr
+                                    tap_panel[ntaps] = (j * sh.Wo if sh.lanes_kernel
+                                                        else j * qc * nr)
                                     ntaps += 1
                         if ntaps == 0:
                             continue
@@ -1032,7 +1038,7 @@ cdef void _weight_grad_thread(const WGShape *sh, const floating *x0, const float
                             for t in range(m):
                                 pix[t] = (s0 + t) * sh.dw
                         tile = tiles + (u - p0) * tile_size
-                        if sh.lanes:
+                        if sh.lanes_kernel:
                             if floating is float:
                                 lanes32(m, nf, rowbuf, pix, qc, tap_off, tap_panel, ntaps,
                                         grad_rows, sh.cols, tile, mr)
@@ -1121,7 +1127,7 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
     shape.xs_n, shape.xs_c = x.strides[0] // itemsize, x.strides[1] // itemsize
     shape.xs_h, shape.xs_w = x.strides[2] // itemsize, x.strides[3] // itemsize
     shape.mr, shape.nr = b["MR"], b["NR"]
-    shape.lanes = b["L"] if lanes else 0
+    shape.lanes, shape.lanes_kernel = b["L"], lanes
     shape.fblocks = _ceil_div(Kg, shape.nr)
     units, shape.stiles, shape.flat = weight_grad_units(K, C, R, S, groups, dtype, code, flat,
                                                         lanes)
@@ -1144,7 +1150,7 @@ def conv2d_direct_weight_grad(const floating[:, :, :, :] x,
     cdef const floating *grad0 = &grad[0, 0, 0]
     cdef floating *grad_w0 = &grad_w[0, 0]
     cdef Py_ssize_t item, e, n_units = units
-    cdef Py_ssize_t size = n_units * shape.mr * shape.nr * (shape.lanes if lanes else 1)
+    cdef Py_ssize_t size = n_units * shape.mr * shape.nr * shape.lanes
     cdef floating *summed
     cdef const floating *part
     if weight_grad_by_images(N, units, shape.pass_tiles, num_threads):
