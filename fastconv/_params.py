@@ -214,12 +214,17 @@ def _plain(value):
     (bool, NumPy scalars, floats and lists are left to the uncached path,
     which validates them)."""
     kind = type(value)
-    if kind is tuple:
-        for item in value:
-            if not _plain(item):
-                return False
+    if kind is int or kind is str:
         return True
-    return kind is int or kind is str
+    if kind is not tuple:
+        return False
+    # leaves checked here, not by a call each: a layer's arguments hold ~20
+    # of them, checked on every call (1.2 us recursing into each, 0.5 so)
+    for item in value:
+        kind = type(item)
+        if kind is not int and kind is not str and not (kind is tuple and _plain(item)):
+            return False
+    return True
 
 
 def conv_geometry(x_shape, weight_shape, *, stride, padding, dilation, groups,
@@ -355,9 +360,11 @@ def kernel_input(x, dtype):
     whole number of elements. Any layout that already satisfies this is passed
     through without a copy (the kernels take arbitrary strides, including
     negative and zero ones); anything else is copied once, C-contiguous."""
-    if (x.dtype == dtype and x.dtype.isnative and x.flags.aligned
-            and all(s % dtype.itemsize == 0 for s in x.strides)):
-        return x
+    if x.dtype == dtype and x.dtype.isnative and x.flags.aligned:
+        # (C-contiguous: every stride a whole number of elements, without
+        # the generator's 0.4 us a call)
+        if x.flags.c_contiguous or all(s % dtype.itemsize == 0 for s in x.strides):
+            return x
     return np.ascontiguousarray(x, dtype=dtype)
 
 

@@ -246,7 +246,7 @@ def plan_conv(geometry, dtype, *, flip=False, method="auto", memory_limit=None,
     """Plan a convolution (or a gradient) whose geometry is already validated (cached)."""
     if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not one of {KINDS}")
-    if not isinstance(method, str) or method not in methods(kind):
+    if not (isinstance(method, str) and (method == "auto" or method in methods(kind))):
         raise ValueError(f"method={method!r} is not one of {methods(kind)}")
     limit, threads = _config.resolve(memory_limit, num_threads)
     args = (geometry, np.dtype(dtype), bool(flip), method, limit, threads, kind,

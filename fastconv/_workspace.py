@@ -70,17 +70,24 @@ class _Pool:
         # the views lent last, for a loop that calls the same layer again:
         # building them costs more than a small layer's arithmetic
         self.last_specs, self.last_views = None, None
+        # ... and the specs object and limit they were lent for (a plan's
+        # repeated call hands the same object: no key to build and compare)
+        self.last_specs_object = self.last_limit = None
 
     def nbytes(self):
         return sum(a.nbytes for a in self.raw.values())
 
     def lend(self, specs, limit):
-        key = (tuple(specs.items()), limit)
-        if key == self.last_specs:
+        # a plan hands the same specs object on every call (ConvPlan.buffer_specs)
+        same = specs is self.last_specs_object and limit == self.last_limit
+        key = None if same else (tuple(specs.items()), limit)
+        if same or key == self.last_specs:
+            self.last_specs_object, self.last_limit = specs, limit
             if "accumulators" in self.last_views:
                 self.last_views["accumulators"].fill(0)
             return Buffers(self.last_views, self.contents)
         self.last_specs, self.last_views = None, None
+        self.last_specs_object = self.last_limit = None
         needed = {name: _nbytes(shape, dtype) for name, (shape, dtype) in specs.items()}
         for name in list(self.raw):
             if name not in needed:
@@ -100,12 +107,14 @@ class _Pool:
                 view.fill(0)
             arrays[name] = view
         self.last_specs, self.last_views = key, dict(arrays)
+        self.last_specs_object, self.last_limit = specs, limit
         return Buffers(arrays, self.contents)
 
     def clear(self):
         self.raw.clear()
         self.contents.clear()
         self.last_specs, self.last_views = None, None
+        self.last_specs_object = self.last_limit = None
 
 
 _local = threading.local()

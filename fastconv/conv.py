@@ -26,17 +26,20 @@ __all__ = ["conv1d", "conv2d", "conv1d_input_grad", "conv2d_input_grad", "conv1d
 
 
 def _run(plan, operands, result, out):
-    """Execute plan; the result in dtype `result`, or written into `out`
-    (checked against the result's shape and dtype before anything runs)."""
+    """Execute plan on operands the caller validated (arrays of the planned
+    shapes, computable dtypes; the bias is checked here); the result in
+    dtype `result`, or written into `out` (checked against the result's
+    shape and dtype before anything runs)."""
     if out is None:
-        y = plan.execute(*operands)
+        y = _execute.execute(plan, operands, operands_checked=True)
         return y if y.dtype == result else y.astype(result)
     check_out(out, plan.output_shape, result)
     if np.can_cast(plan.dtype, out.dtype, casting="safe"):
         # out passed check_out for the result's dtype, and takes the plan's
-        return _execute.execute(plan, operands, out, out_checked=True)
+        return _execute.execute(plan, operands, out, out_checked=True, operands_checked=True)
     # out holds the (narrower) result dtype, e.g. float16 computed in float32
-    np.copyto(out, plan.execute(*operands).astype(result), casting="safe")
+    y = _execute.execute(plan, operands, operands_checked=True)
+    np.copyto(out, y.astype(result), casting="safe")
     return out
 
 
@@ -106,10 +109,13 @@ def _forward_layout(x, weight, n, groups, fn):
 
 
 def _geometry(x_shape, w_shape, hint, **kwargs):
-    """conv_geometry, with a layout hint added to its ValueError."""
+    """conv_geometry, with a layout hint added to its ValueError (hint: a
+    string, or a function making it, called only on that error)."""
     try:
         return conv_geometry(x_shape, w_shape, **kwargs)
     except ValueError as exc:
+        if callable(hint):
+            hint = hint()
         if not hint:
             raise
         raise ValueError(f"{exc}{hint}") from None
@@ -135,11 +141,14 @@ def _conv(x, weight, bias, spatial_dims, stride, padding, dilation, groups, flip
     bias = None if bias is None else as_array(bias, "bias")
     compute, result = resolve_dtypes(x=x, weight=weight, bias=bias)
     unbatched = _forward_layout(x, weight, spatial_dims, groups, fn)
-    hint = ""
     if unbatched:
         x = x[None]
-    elif weight.ndim == spatial_dims + 2 and _int_or_none(groups):
-        hint = _channels_last_hint(x, weight.shape[1] * _int_or_none(groups), spatial_dims, True)
+
+    def hint():
+        if unbatched or weight.ndim != spatial_dims + 2 or not _int_or_none(groups):
+            return ""
+        return _channels_last_hint(x, weight.shape[1] * _int_or_none(groups), spatial_dims, True)
+
     geometry = _geometry(x.shape, weight.shape, hint, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, spatial_dims=spatial_dims, flip=flip,
                          padding_mode=padding_mode)
