@@ -1154,9 +1154,9 @@ class DirectConv(Lowering):
         and where a chunk has few pixels (each call of the tile on a chunk
         loads and stores its accumulators)."""
         from fastconv._kernels import direct
-        # (the lanes kernel is taken only where it measured faster than the
-        # panel kernel: the panel's cost, with the panel's tiles, bounds it)
         g, b = plan.geometry, plan.blocking
+        if b.lanes:
+            return self._weight_grad_lanes_cost(plan, tuning)
         _, tiles, flat = direct.weight_grad_units(g.K, g.C, g.R, g.S, g.groups, plan.dtype,
                                                   b.isa)
         (pad_top, _), _ = g.padding
@@ -1173,6 +1173,23 @@ class DirectConv(Lowering):
                 * (1 + tuning.direct_weight_grad_tile_taps / taps)
                 * (1 + tuning.direct_weight_grad_depth / depth)
                 / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads * tuning.direct_weight_grad_rate))
+
+    def _weight_grad_lanes_cost(self, plan, tuning):
+        """The lanes kernel's weight gradient: the multiply-adds of the output
+        rows whose input row is inside the image, each row's pixels in
+        whole vectors (the last one masked), at
+        Tuning.direct_weight_grad_lanes_rate. Nothing is packed, and the
+        filters run 4 at a time then one at a time, so neither the panel
+        kernel's depth term nor its filters padded to NR apply."""
+        from fastconv._kernels import direct
+        g, b = plan.geometry, plan.blocking
+        (pad_top, _), _ = g.padding
+        inside = _inside_share(g.Ho, g.H, g.R, g.stride[0], pad_top, g.dilation[0])
+        lanes = direct.weight_grad_tile(plan.dtype, b.isa, g.K // g.groups, lanes=True)["L"]
+        lane_fill = g.Wo / (-(-g.Wo // lanes) * lanes)
+        return (plan.flops * inside / lane_fill
+                / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads
+                   * tuning.direct_weight_grad_lanes_rate))
 
     def buffers(self, g, dtype, blocking, threads):
         from fastconv._kernels import direct

@@ -158,6 +158,18 @@ class Tuning:
     # kernel rows, and is 1.03x since (Zen 5). 2.8 would take 4b 3x3, YOLO
     # and VGG-16 conv5 in float64, and a 3x3/2 of 512 filters.
     direct_weight_grad_rate: float = 2.7
+    # ... and its lanes kernel (direct.weight_grad_lanes says where it runs):
+    # the multiply-adds inside the image over the lanes filled (a row's
+    # last vector is masked) at this rate. Its time over that model (rate
+    # 1) was 0.32-0.53 on eight first layers, fused's over its own 0.49-0.78
+    # (float32, 2 threads, one process; paper_mnist, LeNet 5x5, CIFAR 3 ->
+    # 64, 3 -> 128 on 64x64, 8 -> 16, MTCNN O-Net conv1, U-Net's and
+    # ArcFace's first layers): 1.5 puts the two on one scale. Before, the
+    # panel kernel's cost stood for it, and float64 paper_mnist and LeNet,
+    # float32 8 -> 16 and ArcFace's stem planned fused at 1.1-2.2x the
+    # lanes kernel's time. 1.3-2.5 make the same choices on the 46 layers
+    # and eight small ones (1.2 sends MTCNN and ArcFace back to fused).
+    direct_weight_grad_lanes_rate: float = 1.5
     direct_weight_grad_tile_taps: float = 3.0
     direct_weight_grad_depth: float = 10.0
     direct_weight_grad_call: float = 10.0

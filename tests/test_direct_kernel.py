@@ -631,13 +631,17 @@ def test_weight_grad_plan_takes_the_lanes_kernel_where_it_measured_faster(isa, d
     """The planner's weight gradient: the lanes kernel on AVX-512 at
     stride_w 1 for few taps per filter block (paper_mnist: 1 channel, 3x3)
     or a half-empty tile (float32's 32 filters, 16 given), the panel kernel
-    otherwise and on the other ISAs; under a limit the lanes tiles do not
-    fit, the panel kernel. Every plan gives the reference's result."""
+    otherwise, on the other ISAs and for groups of fewer filters than the
+    lanes tile's 4 (depthwise); under a limit the lanes tiles do not fit,
+    the panel kernel. Every plan gives the reference's result."""
     rng = np.random.default_rng(3)
     cases = [((4, 1, 28, 28), (32, 1, 3, 3), dict(), True),
              ((2, 8, 12, 21), (16, 8, 3, 3), dict(padding=1), dtype == np.float32),
              ((2, 16, 12, 21), (32, 16, 3, 3), dict(padding=1), False),   # 144 taps
-             ((4, 1, 28, 28), (32, 1, 3, 3), dict(stride=(1, 2)), False)]
+             ((4, 1, 28, 28), (32, 1, 3, 3), dict(stride=(1, 2)), False),
+             ((2, 8, 14, 18), (8, 1, 3, 3), dict(groups=8, padding=1), False),
+             ((2, 8, 14, 18), (24, 1, 3, 3), dict(groups=8, padding=1), False),  # 3 a group
+             ((2, 8, 14, 18), (32, 2, 3, 3), dict(groups=4, padding=1), True)]   # 8 a group
     for x_shape, w_shape, conv, lanes in cases:
         with _tuning.tuned(isa=isa):
             plan = fastconv.plan_conv2d(x_shape, w_shape, dtype, method="direct",
@@ -650,7 +654,8 @@ def test_weight_grad_plan_takes_the_lanes_kernel_where_it_measured_faster(isa, d
         stride = conv.get("stride", (1, 1))
         pad = conv.get("padding", 0)
         expected = conv2d_weight_grad_reference(x, w_shape, grad, stride=stride,
-                                                padding=((pad, pad), (pad, pad)))
+                                                padding=((pad, pad), (pad, pad)),
+                                                groups=conv.get("groups", 1))
         assert_close(plan.execute(x, grad), expected, dtype)
         tight = plan
         while tight.blocking.lanes:

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import fastconv
+from fastconv._kernels import direct
 from fastconv._kernels.openmp_info import openmp_enabled
 
 # thread-count and lowering rules below assume OpenMP threads over the batch
@@ -102,6 +103,15 @@ def test_choice_rules():
     assert fastconv.plan_conv2d(*mnist).method == "depthwise"
     for kind in ("input_grad", "weight_grad"):
         assert fastconv.plan_conv2d(*mnist, kind=kind).method != "depthwise"
+    # its weight gradient, and LeNet's 5x5, run the direct lanes kernel on
+    # AVX-512 in both dtypes, by its own cost (Tuning.direct_weight_grad_lanes_rate):
+    # float64 0.23 and 0.21 ms against fused's 0.41 and 0.46 (Zen 5), which
+    # the panel kernel's cost standing for it chose
+    if _lowerings.fused_isa(_tuning.current().isa) == "avx512":
+        for layer in (mnist, ((64, 1, 28, 28), (20, 1, 5, 5))):
+            for dtype in ("float32", "float64"):
+                plan = fastconv.plan_conv2d(*layer, dtype, kind="weight_grad")
+                assert (plan.method, plan.blocking.lanes) == ("direct", True), plan
     assert fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 3, 4)).method == "depthwise"
     assert fastconv.plan_conv2d((64, 1, 28, 28), (4, 1, 3, 4)).method == "depthwise"
     assert fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 12, 12)).method != "depthwise"
@@ -115,13 +125,20 @@ def test_choice_rules():
     for kind in ("forward", "input_grad"):
         assert fastconv.plan_conv2d(*resnext, groups=32, padding=1,
                                     kind=kind).method == "depthwise"
-    # ... and its weight gradient, a correlation per pair of planes (3.1 ms
-    # against stretch's 7.65 and fused's 5.45 on Zen 5); not where the
+    # ... but its weight gradient takes the direct lanes kernel on AVX-512
+    # (4 filters a group fill its register tile: 1.06-1.28 ms against the
+    # depthwise kernel's 1.38-1.51, fused's 6.6; float64 2.52 against 3.48,
+    # Zen 5), else the depthwise kernel, a correlation per pair of planes
+    # (3.1 ms against stretch's 7.65 and fused's 5.45); not where the
     # planes are small and many (8 channels per group on 28x28: 3.9 ms
     # against fused's 2.1), nor at a column stride (its rows split by
     # phase: 10.2 ms, fused 4.1)
-    assert fastconv.plan_conv2d(*resnext, groups=32, padding=1,
-                                kind="weight_grad").method == "depthwise"
+    wg = fastconv.plan_conv2d(*resnext, groups=32, padding=1, kind="weight_grad")
+    isa = _lowerings.fused_isa(_tuning.current().isa)
+    if direct.weight_grad_lanes(128, 128, 3, 3, 32, 1, np.float32, isa):
+        assert (wg.method, wg.blocking.lanes) == ("direct", True)
+    else:
+        assert wg.method == "depthwise"
     assert fastconv.plan_conv2d((8, 256, 28, 28), (256, 8, 3, 3), groups=32, padding=1,
                                 kind="weight_grad").method != "depthwise"
     assert fastconv.plan_conv2d((8, 256, 56, 56), (256, 8, 3, 3), groups=32, padding=1,

@@ -199,6 +199,18 @@ static inline int fc_direct_lanes_width(int isa, int is_double)
     return FC_DIRECT_GENERIC_LANES;
 }
 
+/* Filters of the lanes kernel's register tile (the ones past a multiple of
+ * it run one at a time); the portable loop's is 1. */
+static inline int fc_direct_lanes_nf(int isa)
+{
+    (void)isa;
+#if FC_HAVE_X86_KERNELS
+    if (isa == FC_ISA_AVX512) return FC_DIRECT_AVX512_LANES_NF;
+    if (isa == FC_ISA_AVX2) return FC_DIRECT_AVX2_LANES_NF;
+#endif
+    return 1;
+}
+
 static inline int fc_direct_lanes_mr(int isa)
 {
     (void)isa;

@@ -94,6 +94,7 @@ cdef extern from "_direct_kernels.h" nogil:
     fc_direct_lanes_f64_t fc_direct_lanes_f64(int isa)
     int fc_direct_lanes_width(int isa, int is_double)
     int fc_direct_lanes_mr(int isa)
+    int fc_direct_lanes_nf(int isa)
 
 
 cdef enum:
@@ -777,12 +778,20 @@ def weight_grad_lanes(K, C, R, S, groups, stride_w, dtype, isa=None):
     float32 tile, all of float64's) 0.65 / 1.13; and deeper: 3 -> 32 5x5
     1.21 / 1.11, 16 -> 32 3x3 1.19 / 1.09, 32 -> 64 1.35 / 1.35, 64 -> 64
     1.96 / 1.59. On AVX2 (its 3 x 3 register tile) only LeNet's gained
-    (0.83); the others 0.99-2.28, so AVX2 keeps the panel kernel."""
+    (0.83); the others 0.99-2.28, so AVX2 keeps the panel kernel.
+
+    Groups of fewer filters than the register tile's (fc_direct_lanes_nf: 4)
+    do not take it: one filter at a time, and each channel's input rows
+    copied for a single filter, it took 1.8-4.2x the depthwise kernel's
+    time on 2-D depthwise layers (MobileNet 56x56 1.8x, MobileNetV2 14x14
+    4.2x, EfficientNet 5x5 3.0x; float32). (On 1-D depthwise layers of 31
+    and 33 taps it took 0.73-0.79x, not used.) With 4 filters a group
+    (ResNeXt's 32 groups) 0.83x in float32, 0.66x in float64."""
     code = isa_code(isa)
     if int(stride_w) != 1 or ISA_NAMES[code] != "avx512":
         return False
     Kg, depth = int(K) // int(groups), int(C) // int(groups) * int(R) * int(S)
-    if Kg < 1:
+    if Kg < fc_direct_lanes_nf(code):
         return False
     nr = weight_grad_tile(dtype, code, Kg)["NR"]
     fill = Kg / (_ceil_div(Kg, nr) * nr)
