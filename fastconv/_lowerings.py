@@ -1085,7 +1085,7 @@ class DirectConv(Lowering):
         lanes = False
         if self.kind == "weight_grad":
             lanes = direct.weight_grad_lanes(g.K, g.C, g.R, g.S, g.groups, g.stride[1],
-                                             planner.dtype, isa)
+                                             planner.dtype, isa, H=g.H, Wo=g.Wo)
             if lanes:
                 sizes = direct.weight_grad_tile(planner.dtype, isa, g.K // g.groups, lanes=True)
                 reason = (f"direct weight gradient ({isa} lanes kernel, {sizes['MR']} taps x "
@@ -1100,6 +1100,7 @@ class DirectConv(Lowering):
             reason = (f"direct convolution ({isa} kernel, {sizes['MR']} pixels x "
                       f"{sizes['NR']} filters), padding taps skipped")
         blocking = DirectConvBlocking(sizes["MR"], sizes["NR"], isa, lanes=lanes)
+        smallest = blocking, reason   # the lanes kernel's smallest chunks, once tried
         while True:
             plan = planner.plan(self, blocking, threads, 1, reason)
             if plan.workspace_bytes <= planner.limit:
@@ -1116,6 +1117,7 @@ class DirectConv(Lowering):
             elif self.kind == "weight_grad" and blocking.chunk_rows != 1:
                 blocking = dataclasses.replace(blocking, chunk_rows=1, pass_tiles=1)
                 reason += "; chunks of one row, one tile a pass to fit the limit"
+                smallest = blocking, reason
             elif blocking.lanes:
                 # (a lanes tile holds a vector of partial sums per tap and filter)
                 panel = direct.weight_grad_tile(planner.dtype, isa, g.K // g.groups)
@@ -1123,6 +1125,10 @@ class DirectConv(Lowering):
                 reason += "; the panel kernel, whose tiles are smaller, to fit the limit"
             elif threads > 1:
                 threads = 1
+                if lanes:
+                    # one thread's lanes tiles may fit where the panel
+                    # kernel's chunks (of whole filter blocks) do not
+                    blocking, reason = smallest
             else:
                 return None
 

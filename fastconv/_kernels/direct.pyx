@@ -764,7 +764,7 @@ def weight_grad_flat(R, S, mr):
     return R * S / _ceil_div(R * S, mr) > 1.25 * S / _ceil_div(S, mr)
 
 
-def weight_grad_lanes(K, C, R, S, groups, stride_w, dtype, isa=None):
+def weight_grad_lanes(K, C, R, S, groups, stride_w, dtype, isa=None, H=None, Wo=None):
     """Whether the weight gradient takes the lanes kernel (_direct_vector.h)
     rather than the panel kernel: on AVX-512, at stride_w 1, where a filter
     block has few taps (C/groups x R x S <= 32) to spread the transposing
@@ -781,18 +781,26 @@ def weight_grad_lanes(K, C, R, S, groups, stride_w, dtype, isa=None):
     (0.83); the others 0.99-2.28, so AVX2 keeps the panel kernel.
 
     Groups of fewer filters than the register tile's (fc_direct_lanes_nf: 4)
-    do not take it: one filter at a time, and each channel's input rows
-    copied for a single filter, it took 1.8-4.2x the depthwise kernel's
-    time on 2-D depthwise layers (MobileNet 56x56 1.8x, MobileNetV2 14x14
-    4.2x, EfficientNet 5x5 3.0x; float32). (On 1-D depthwise layers of 31
-    and 33 taps it took 0.73-0.79x, not used.) With 4 filters a group
-    (ResNeXt's 32 groups) 0.83x in float32, 0.66x in float64."""
+    run one filter at a time. On 2-D depthwise layers that took 1.7-4.2x
+    the depthwise kernel's time (MobileNet 56x56 1.8-2.1x, MobileNetV2
+    14x14 4.2x, EfficientNet 5x5 3.0x), so there they do not take it; on
+    1-D ones (H = R = 1: the input's x 1 x W rows) it took 0.43-0.86x in
+    float64 and 0.52-0.92x in float32 (QuartzNet's 33 taps 0.70 / 0.46,
+    Conformer's 31 0.73 / 0.43, 5-15 taps over 200-1000 columns), except in
+    float32 with 3 taps (1.10x) or 100 output columns (1.20x): so 1-D,
+    and in float32 with >= 5 taps over >= 128 output columns (H and Wo
+    given; None: not known to be 1-D). With 4 filters a group (ResNeXt's
+    32 groups) 0.77-0.85x in float32, 0.67-0.73x in float64."""
     code = isa_code(isa)
     if int(stride_w) != 1 or ISA_NAMES[code] != "avx512":
         return False
     Kg, depth = int(K) // int(groups), int(C) // int(groups) * int(R) * int(S)
-    if Kg < fc_direct_lanes_nf(code):
+    if Kg < 1:
         return False
+    if Kg < fc_direct_lanes_nf(code):
+        one_row = H is not None and int(H) == 1 and int(R) == 1
+        return one_row and (_dtype_is_double(dtype) == 1
+                            or (int(S) >= 5 and Wo is not None and int(Wo) >= 128))
     nr = weight_grad_tile(dtype, code, Kg)["NR"]
     fill = Kg / (_ceil_div(Kg, nr) * nr)
     return depth <= 32 or fill <= 0.5
