@@ -742,7 +742,10 @@ class Fused(Lowering):
         base = plan.flops / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads) * thin
         if self.kind == "weight_grad":
             return base * self.weight_grad_factor(plan, tuning)
-        if g.is_pointwise and g.N * g.cols >= tuning.fused_pointwise_min_cols:
+        min_cols = tuning.fused_pointwise_min_cols
+        if self.kind == "forward" and blas_rate(tuning) < 1:
+            min_cols = tuning.fused_pointwise_min_cols_narrow_blas
+        if g.is_pointwise and g.N * g.cols >= min_cols:
             rate = tuning.fused_pointwise_rate  # against gemm1x1's half-traffic model
         elif g.R * g.S > 1 and g.N * g.cols >= tuning.fused_min_cols:
             rate = _micro_kernel_rate(g.rows, tuning)   # with a spatial kernel

@@ -281,8 +281,20 @@ class Tuning:
     # 8x2048x7x512 0.80, 2x1024x14x256 0.93, 8x64x56x64 1.05. From this many
     # columns of the batch fused is taken to run at fused_pointwise_rate
     # (before: 784 columns per image, which left 14x14 and 7x7 maps to
-    # gemm1x1, measured then at 1.01-1.09x).
+    # gemm1x1, measured then at 1.01-1.09x). Those were beside a BLAS on
+    # AVX-512 kernels (Zen 4). Beside a narrower one (blas_rate < 1: Zen 5,
+    # where OpenBLAS runs its Haswell kernels) the forward pass takes fused
+    # from fused_pointwise_min_cols_narrow_blas columns instead: old plan /
+    # new, alternated in one process, fp32 / fp64: 2x2048x7x512 (98
+    # columns) gemm1x1 -> fused 0.54 / 0.48, 2x512x7x2048 0.52 / 0.48,
+    # 4x2048x7x512 0.51 / 0.48; batch-1 14x14 maps direct -> fused 0.90-1.08
+    # (ResNet-50 4b 1x1 1.08 in one process, 1.05 in fresh ones; 1x1024x14x256
+    # 1.04, 1x256x14x1024 0.90, 1x512x14x512 0.96). Not the input gradient
+    # (the adjoint's forward pass on weights transposed into the
+    # workspace): there fused took 0.58-0.83 of gemm1x1's time on 8 of 11
+    # such layers but 1.06-1.61 on three (2x512x7x2048 float32 1.61).
     fused_pointwise_min_cols: int = 392
+    fused_pointwise_min_cols_narrow_blas: int = 96
     fused_pointwise_rate: float = 2.2
     # Bytes of a micro-panel of B (depth x NR x itemsize) up to which a
     # pointwise forward pass reads it from x's channel rows in place instead
