@@ -1417,7 +1417,10 @@ class Winograd(Lowering):
     def weight_grad_cost(self, plan, tuning):
         """The weight gradient's: the 36 GEMMs (channels padded to MR, filters
         to NR) over the batch's tiles, the input tiles transformed once per
-        block of NR filters and the gradient's once per block of channels."""
+        block of NR filters and the gradient's once per block of channels,
+        and per (filter, channel) pair its 36 sums kept, added up over the
+        threads and transformed back to the 3x3 taps, however few the tiles
+        (Tuning.winograd_grad_output)."""
         from fastconv._kernels import winograd
         g, b = plan.geometry, plan.blocking
         sizes = winograd.weight_grad_blocking(plan.dtype, b.isa)
@@ -1432,7 +1435,8 @@ class Winograd(Lowering):
                      / tuning.fused_rate)
             transforms += (tuning.winograd_input * g.C * tiles * kblocks
                            + tuning.winograd_grad_input * g.groups * kblocks * nr * tiles
-                           * cblocks)
+                           * cblocks
+                           + tuning.winograd_grad_output * g.groups * kg * cg)
         return ((gemm + transforms) * tuning.winograd_weight_grad_factor
                 / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads))
 

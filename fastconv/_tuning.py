@@ -238,6 +238,23 @@ class Tuning:
     # ResNet-50 4b 3x3 0.64 (0.98), 5b 0.70 (0.72); 2a 0.73, 3b 0.64, VGG-16
     # conv1_2 0.83, conv3_2 0.61, dilated 0.92.
     winograd_grad_input: float = 600.0
+    # ... and per (filter, channel) pair: its 36 sums kept, added over the
+    # threads and transformed back to 3x3, independent of the batch. Without
+    # it the model's time per Winograd weight gradient grew as the batch
+    # shrank (measured / modelled, against fused's steady 0.37-0.41: ResNet-50
+    # 5b 3x3 0.51 at 8 images, 1.37 at one; YOLO 13x13 0.41, 0.66; 4b 0.40,
+    # 0.60), and one 7x7 image of 5b took Winograd at 2.9x fused's time.
+    # The extra time over the model was near constant in the batch, about
+    # 800 flop-equivalents a pair (5b 700-900, 4b 800, YOLO 600-940); but
+    # at 800 the direct kernel's cost, as optimistic at small batches
+    # (measured / modelled 0.55 at one 14x14 image, 0.40 at 8), took 4b's
+    # weight gradient at 1.14-1.25x Winograd's time. 100-200 make the same
+    # choices, each measured faster than before (old plan / new, one
+    # process, fp32 / fp64): one 7x7 image of 5b Winograd -> fused 0.33 /
+    # 0.28, one YOLO 13x13 image 0.67 (fp32), one 14x14 image of 4b ->
+    # direct 0.92 (fp64), 8 images of 5b 0.91 and of VGG-16 conv5 0.98
+    # (fp64).
+    winograd_grad_output: float = 150.0
     winograd_weight_grad_factor: float = 1.2
     winograd_factor: float = 1.6
     # Rows of the stretched matrix (the micro-kernel's depth) below which

@@ -395,6 +395,11 @@ def test_planner_weighs_it():
                 assert plan.blocking.keep_input == keep_input, (shape, kind, plan)
                 assert ("input transformed once" in repr(plan)) == keep_input
     assert fastconv.plan_conv2d((64, 1, 28, 28), (32, 1, 3, 3)).method != "winograd"
+    # but not the weight gradient of one 7x7 image of 5b: its 512 x 512
+    # pairs' sums cost as much as for 8 images (Tuning.winograd_grad_output),
+    # for 4 tiles; fused took 0.28-0.33x Winograd's time (Zen 5)
+    one = fastconv.plan_conv2d((1, 512, 7, 7), (512, 512, 3, 3), padding=1, kind="weight_grad")
+    assert one.method == "fused", one
     # groups of 4 channels (ResNeXt): 36 GEMMs 4 deep, at fused's shallow
     # rate; the input gradient measured fused 5.1-5.3 ms against Winograd's
     # 6.3-7.2 (2 threads)
