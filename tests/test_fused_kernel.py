@@ -844,7 +844,7 @@ def test_padded_columns_narrows_only_the_last_panel(isa, dtype):
         fused.padded_columns(-1, dtype, isa)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(kg=st.integers(1, 40), cg=st.integers(1, 40), groups=st.integers(1, 3),
        taps=st.sampled_from([1, 2, 9, 25]), threads=st.integers(1, 3),
        dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**32 - 1))

@@ -1047,7 +1047,7 @@ def adjoint_filters(const floating[:, ::1] weight, floating[:, ::1] out, Py_ssiz
     if K == 0 or C == 0:
         return
     cdef Py_ssize_t c_tiles = _ceil_div(cg, ADJ_TILE)
-    cdef Py_ssize_t item, g, c0, c1, k0, k1, k, c, t
+    cdef Py_ssize_t item, g, c0, c1, k0, k1, kk, k2, k, c, t
     cdef const floating *src
     cdef floating *dst
     with nogil:
@@ -1058,6 +1058,26 @@ def adjoint_filters(const floating[:, ::1] weight, floating[:, ::1] out, Py_ssiz
             k0 = 0
             while k0 < kg:
                 k1 = k0 + ADJ_TILE if k0 + ADJ_TILE < kg else kg
+                if taps == 1:
+                    # 1x1 kernels: per channel, 8 filters' values written
+                    # side by side, read down 8 rows of the weights. The
+                    # 3x3 order wrote one element to each of 16 rows K
+                    # elements apart, which share a cache set when K is a
+                    # power of two; reading down 16 rows C apart thrashes
+                    # one the same way (16 lines in a 12-way set). On one
+                    # thread: 2048 x 512 2.0 -> 0.38 ns an element, 512 x
+                    # 2048 0.65 -> 0.33
+                    kk = k0
+                    while kk < k1:
+                        k2 = kk + 8 if kk + 8 < k1 else k1
+                        for c in range(c0, c1):
+                            dst = &out[g * cg + c, 0]
+                            src = &weight[g * kg, c]
+                            for k in range(kk, k2):
+                                dst[k] = src[k * cg]
+                        kk = k2
+                    k0 = k1
+                    continue
                 for k in range(k0, k1):
                     src = &weight[g * kg + k, 0]
                     for c in range(c0, c1):
