@@ -743,7 +743,7 @@ class Fused(Lowering):
         if self.kind == "weight_grad":
             return base * self.weight_grad_factor(plan, tuning)
         min_cols = tuning.fused_pointwise_min_cols
-        if self.kind == "forward" and blas_rate(tuning) < 1:
+        if blas_rate(tuning) < 1:
             min_cols = tuning.fused_pointwise_min_cols_narrow_blas
         if g.is_pointwise and g.N * g.cols >= min_cols:
             rate = tuning.fused_pointwise_rate  # against gemm1x1's half-traffic model

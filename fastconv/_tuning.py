@@ -306,10 +306,11 @@ class Tuning:
     # columns) gemm1x1 -> fused 0.54 / 0.48, 2x512x7x2048 0.52 / 0.48,
     # 4x2048x7x512 0.51 / 0.48; batch-1 14x14 maps direct -> fused 0.90-1.08
     # (ResNet-50 4b 1x1 1.08 in one process, 1.05 in fresh ones; 1x1024x14x256
-    # 1.04, 1x256x14x1024 0.90, 1x512x14x512 0.96). Not the input gradient
-    # (the adjoint's forward pass on weights transposed into the
-    # workspace): there fused took 0.58-0.83 of gemm1x1's time on 8 of 11
-    # such layers but 1.06-1.61 on three (2x512x7x2048 float32 1.61).
+    # 1.04, 1x256x14x1024 0.90, 1x512x14x512 0.96). The input gradient
+    # likewise (the adjoint's forward pass), since its transposed copy of
+    # the weights writes whole cache lines (fused.adjoint_filters): gemm1x1
+    # -> fused 0.49-0.66 on seven layers, both dtypes (before that copy's
+    # fix fused took 1.06-1.61 on three of them).
     fused_pointwise_min_cols: int = 392
     fused_pointwise_min_cols_narrow_blas: int = 96
     fused_pointwise_rate: float = 2.2

@@ -391,13 +391,12 @@ def test_choices_follow_the_blas_rate():
     with _tuning.tuned(blas_rate=0.5):
         assert fastconv.plan_conv2d(*pointwise, kind="weight_grad", num_threads=2).method \
             == "fused"
-    # a 1x1 forward pass of few columns (two 7x7 images, 98): gemm1x1 at the
-    # full rate, fused at half (0.48-0.54x gemm1x1's time on Zen 5,
-    # Tuning.fused_pointwise_min_cols_narrow_blas); its input gradient keeps
-    # gemm1x1 either way
+    # a 1x1 layer of few columns (two 7x7 images, 98): gemm1x1 at the full
+    # rate, fused at half (forward 0.48-0.54x gemm1x1's time on Zen 5, input
+    # gradient 0.56-0.66x; Tuning.fused_pointwise_min_cols_narrow_blas)
     last_stage = ((2, 2048, 7, 7), (512, 2048, 1, 1))
     for rate, method in ((1.0, "gemm1x1"), (0.5, "fused")):
         with _tuning.tuned(blas_rate=rate):
             assert fastconv.plan_conv2d(*last_stage, num_threads=2).method == method
             assert fastconv.plan_conv2d((2, 512, 7, 7), (2048, 512, 1, 1), kind="input_grad",
-                                        num_threads=2).method == "gemm1x1"
+                                        num_threads=2).method == method
