@@ -1177,11 +1177,13 @@ class DirectConv(Lowering):
         chunk = direct.weight_grad_blocking(plan.dtype, b.isa, g.K // g.groups, g.Ho, g.Wo,
                                             b.chunk_rows, 0, b.pass_tiles)
         pixels = chunk["rows"] * chunk["cols"]   # summed by one call of the tile
-        return (plan.flops * inside * filters
-                * (1 + tuning.direct_weight_grad_call / pixels)
-                * (1 + tuning.direct_weight_grad_tile_taps / taps)
-                * (1 + tuning.direct_weight_grad_depth / depth)
-                / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads * tuning.direct_weight_grad_rate))
+        return ((plan.flops * inside * filters
+                 * (1 + tuning.direct_weight_grad_call / pixels)
+                 * (1 + tuning.direct_weight_grad_tile_taps / taps)
+                 * (1 + tuning.direct_weight_grad_depth / depth)
+                 / tuning.direct_weight_grad_rate
+                 + tuning.direct_weight_grad_weights * g.K * g.rows)
+                / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads))
 
     def _weight_grad_lanes_cost(self, plan, tuning):
         """The lanes kernel's weight gradient: the multiply-adds of the output

@@ -158,6 +158,15 @@ class Tuning:
     # kernel rows, and is 1.03x since (Zen 5). 2.8 would take 4b 3x3, YOLO
     # and VGG-16 conv5 in float64, and a 3x3/2 of 512 filters.
     direct_weight_grad_rate: float = 2.7
+    # ... and per element of the weight gradient, whatever the batch (each
+    # thread's tiles of it parked, summed and stored): without it the
+    # model's time grew as the batch shrank (measured / modelled 0.55 at
+    # one image of ResNet-50 4b 3x3, 5b and YOLO 13x13, 0.40 at 8), and the
+    # extra over the model at one image was 88-95 flop-equivalents an
+    # element on all three. 45-150 make the same choices (with
+    # winograd_grad_output); without it one 14x14 image of 4b went from
+    # Winograd to direct (float32, 1.14x).
+    direct_weight_grad_weights: float = 90.0
     # ... and its lanes kernel (direct.weight_grad_lanes says where it runs):
     # the multiply-adds inside the image over the lanes filled (a row's
     # last vector is masked) at this rate. Its time over that model (rate
@@ -245,16 +254,15 @@ class Tuning:
     # 5b 3x3 0.51 at 8 images, 1.37 at one; YOLO 13x13 0.41, 0.66; 4b 0.40,
     # 0.60), and one 7x7 image of 5b took Winograd at 2.9x fused's time.
     # The extra time over the model was near constant in the batch, about
-    # 800 flop-equivalents a pair (5b 700-900, 4b 800, YOLO 600-940); but
-    # at 800 the direct kernel's cost, as optimistic at small batches
-    # (measured / modelled 0.55 at one 14x14 image, 0.40 at 8), took 4b's
-    # weight gradient at 1.14-1.25x Winograd's time. 100-200 make the same
-    # choices, each measured faster than before (old plan / new, one
-    # process, fp32 / fp64): one 7x7 image of 5b Winograd -> fused 0.33 /
-    # 0.28, one YOLO 13x13 image 0.67 (fp32), one 14x14 image of 4b ->
-    # direct 0.92 (fp64), 8 images of 5b 0.91 and of VGG-16 conv5 0.98
-    # (fp64).
-    winograd_grad_output: float = 150.0
+    # 800 flop-equivalents a pair (5b 700-900, 4b 800, YOLO 600-940). With
+    # the direct kernel's like term (direct_weight_grad_weights), 300-400
+    # make the same choices, each measured faster than before (old plan /
+    # new, one process, fp32 / fp64): one 7x7 image of 5b Winograd -> fused
+    # 0.33 / 0.28, one YOLO 13x13 image 0.67 (fp32), one 14x14 image of 4b
+    # -> fused 0.78 / 0.84 (from direct in fp64), 8 images of 5b 0.91 and of
+    # VGG-16 conv5 0.98 (fp64); from 500, 8 images of 4b in float64 went to
+    # fused at 1.5x Winograd's time.
+    winograd_grad_output: float = 400.0
     winograd_weight_grad_factor: float = 1.2
     winograd_factor: float = 1.6
     # Rows of the stretched matrix (the micro-kernel's depth) below which

@@ -400,6 +400,13 @@ def test_planner_weighs_it():
     # for 4 tiles; fused took 0.28-0.33x Winograd's time (Zen 5)
     one = fastconv.plan_conv2d((1, 512, 7, 7), (512, 512, 3, 3), padding=1, kind="weight_grad")
     assert one.method == "fused", one
+    # ... nor of one 14x14 image of 4b, where the direct kernel's per-weight
+    # cost (Tuning.direct_weight_grad_weights) keeps it from direct too:
+    # fused 0.78x Winograd's time, 0.84x direct's in float64
+    for dtype in ("float32", "float64"):
+        one = fastconv.plan_conv2d((1, 256, 14, 14), (256, 256, 3, 3), dtype, padding=1,
+                                   kind="weight_grad")
+        assert one.method == "fused", one
     # groups of 4 channels (ResNeXt): 36 GEMMs 4 deep, at fused's shallow
     # rate; the input gradient measured fused 5.1-5.3 ms against Winograd's
     # 6.3-7.2 (2 threads)
