@@ -1103,7 +1103,7 @@ class DirectConv(Lowering):
             reason = (f"direct convolution ({isa} kernel, {sizes['MR']} pixels x "
                       f"{sizes['NR']} filters), padding taps skipped")
         blocking = DirectConvBlocking(sizes["MR"], sizes["NR"], isa, lanes=lanes)
-        smallest = blocking, reason   # the lanes kernel's smallest chunks, once tried
+        smallest = blocking, reason   # the smallest chunks tried (for the lanes kernel on one thread)
         while True:
             plan = planner.plan(self, blocking, threads, 1, reason)
             if plan.workspace_bytes <= planner.limit:
@@ -1154,53 +1154,54 @@ class DirectConv(Lowering):
 
     def _weight_grad_cost(self, plan, tuning, filters):
         """The weight gradient: the multiply-adds of the output rows whose
-        input row is inside the image (the others are skipped by row tiles;
-        padded columns are multiplied), filters padded to NR, at
-        Tuning.direct_weight_grad_rate, slower where a tile has few taps
-        (each pixel's NV vector loads of the output gradient then serve
-        fewer multiply-adds), where a filter block has few taps in all
-        (its chunk of the output gradient, transposed once, serves them)
-        and where a chunk has few pixels (each call of the tile on a chunk
-        loads and stores its accumulators)."""
-        from fastconv._kernels import direct
+        input row is inside the image (the others are skipped by row tiles),
+        at the panel or the lanes kernel's rate (_panel_weight_grad_work,
+        _lanes_weight_grad_work), plus per element of the gradient each
+        thread's tiles of it parked, summed and stored, however small the
+        batch (Tuning.direct_weight_grad_weights)."""
         g, b = plan.geometry, plan.blocking
-        if b.lanes:
-            return self._weight_grad_lanes_cost(plan, tuning)
-        _, tiles, flat = direct.weight_grad_units(g.K, g.C, g.R, g.S, g.groups, plan.dtype,
-                                                  b.isa)
         (pad_top, _), _ = g.padding
         # (as fitted: the rows inside, also for tiles across kernel rows,
         # which compute the padding's rows too)
         inside = _inside_share(g.Ho, g.H, g.R, g.stride[0], pad_top, g.dilation[0])
+        work = (self._lanes_weight_grad_work if b.lanes
+                else self._panel_weight_grad_work)(plan, tuning, filters)
+        return ((plan.flops * inside * work + tuning.direct_weight_grad_weights * g.K * g.rows)
+                / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads))
+
+    def _panel_weight_grad_work(self, plan, tuning, filters):
+        """The panel kernel's time per multiply-add inside: filters padded to
+        NR, at Tuning.direct_weight_grad_rate, slower where a tile has few
+        taps (each pixel's NV vector loads of the output gradient then serve
+        fewer multiply-adds), where a filter block has few taps in all (its
+        chunk of the output gradient, transposed once, serves them) and
+        where a chunk has few pixels (each call of the tile on a chunk loads
+        and stores its accumulators)."""
+        from fastconv._kernels import direct
+        g, b = plan.geometry, plan.blocking
+        _, tiles, flat = direct.weight_grad_units(g.K, g.C, g.R, g.S, g.groups, plan.dtype,
+                                                  b.isa)
         taps = (g.R * g.S if flat else g.S) / tiles   # taps per tile
         depth = max(1, g.rows)          # taps per filter block (C/groups x R x S)
         chunk = direct.weight_grad_blocking(plan.dtype, b.isa, g.K // g.groups, g.Ho, g.Wo,
                                             b.chunk_rows, 0, b.pass_tiles)
         pixels = chunk["rows"] * chunk["cols"]   # summed by one call of the tile
-        return ((plan.flops * inside * filters
-                 * (1 + tuning.direct_weight_grad_call / pixels)
-                 * (1 + tuning.direct_weight_grad_tile_taps / taps)
-                 * (1 + tuning.direct_weight_grad_depth / depth)
-                 / tuning.direct_weight_grad_rate
-                 + tuning.direct_weight_grad_weights * g.K * g.rows)
-                / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads))
+        return (filters * (1 + tuning.direct_weight_grad_call / pixels)
+                * (1 + tuning.direct_weight_grad_tile_taps / taps)
+                * (1 + tuning.direct_weight_grad_depth / depth)
+                / tuning.direct_weight_grad_rate)
 
-    def _weight_grad_lanes_cost(self, plan, tuning):
-        """The lanes kernel's weight gradient: the multiply-adds of the output
-        rows whose input row is inside the image, each row's pixels in
-        whole vectors (the last one masked), at
-        Tuning.direct_weight_grad_lanes_rate. Nothing is packed, and the
-        filters run 4 at a time then one at a time, so neither the panel
-        kernel's depth term nor its filters padded to NR apply."""
+    def _lanes_weight_grad_work(self, plan, tuning, filters):
+        """The lanes kernel's: each row's pixels in whole vectors (the last
+        one masked), at Tuning.direct_weight_grad_lanes_rate. Nothing is
+        packed, and the filters run 4 at a time then one at a time, so
+        neither the panel kernel's depth term nor its filters padded to NR
+        apply."""
         from fastconv._kernels import direct
         g, b = plan.geometry, plan.blocking
-        (pad_top, _), _ = g.padding
-        inside = _inside_share(g.Ho, g.H, g.R, g.stride[0], pad_top, g.dilation[0])
         lanes = direct.weight_grad_tile(plan.dtype, b.isa, g.K // g.groups, lanes=True)["L"]
         lane_fill = g.Wo / (-(-g.Wo // lanes) * lanes)
-        return (plan.flops * inside / lane_fill
-                / (_GEMM_FLOPS_PER_THREAD * plan.kernel_threads
-                   * tuning.direct_weight_grad_lanes_rate))
+        return 1 / (lane_fill * tuning.direct_weight_grad_lanes_rate)
 
     def buffers(self, g, dtype, blocking, threads):
         from fastconv._kernels import direct

@@ -67,27 +67,28 @@ class _Pool:
         self.raw = {}
         self.contents = {}   # {name: key} of raw buffers a call left whole (Buffers)
         self.lock = threading.Lock()
-        # the views lent last, for a loop that calls the same layer again:
-        # building them costs more than a small layer's arithmetic
-        self.last_specs, self.last_views = None, None
-        # ... and the specs object and limit they were lent for (a plan's
-        # repeated call hands the same object: no key to build and compare)
-        self.last_specs_object = self.last_limit = None
+        # the views lent last, for a loop that calls the same layer again
+        # (building them costs more than a small layer's arithmetic): (specs
+        # object, limit, key, views), or None. A plan hands the same specs
+        # object on every call (ConvPlan.buffer_specs), so no key is built
+        # and compared then; another object with the same specs matches the key.
+        self.last = None
 
     def nbytes(self):
         return sum(a.nbytes for a in self.raw.values())
 
     def lend(self, specs, limit):
-        # a plan hands the same specs object on every call (ConvPlan.buffer_specs)
-        same = specs is self.last_specs_object and limit == self.last_limit
-        key = None if same else (tuple(specs.items()), limit)
-        if same or key == self.last_specs:
-            self.last_specs_object, self.last_limit = specs, limit
-            if "accumulators" in self.last_views:
-                self.last_views["accumulators"].fill(0)
-            return Buffers(self.last_views, self.contents)
-        self.last_specs, self.last_views = None, None
-        self.last_specs_object = self.last_limit = None
+        last = self.last
+        if last is not None:
+            same = specs is last[0] and limit == last[1]
+            if same or (tuple(specs.items()), limit) == last[2]:
+                views = last[3]
+                if not same:
+                    self.last = (specs, limit, last[2], views)
+                if "accumulators" in views:
+                    views["accumulators"].fill(0)
+                return Buffers(views, self.contents)
+        self.last = None
         needed = {name: _nbytes(shape, dtype) for name, (shape, dtype) in specs.items()}
         for name in list(self.raw):
             if name not in needed:
@@ -106,15 +107,13 @@ class _Pool:
             if name == "accumulators":
                 view.fill(0)
             arrays[name] = view
-        self.last_specs, self.last_views = key, dict(arrays)
-        self.last_specs_object, self.last_limit = specs, limit
+        self.last = (specs, limit, (tuple(specs.items()), limit), dict(arrays))
         return Buffers(arrays, self.contents)
 
     def clear(self):
         self.raw.clear()
         self.contents.clear()
-        self.last_specs, self.last_views = None, None
-        self.last_specs_object = self.last_limit = None
+        self.last = None
 
 
 _local = threading.local()
