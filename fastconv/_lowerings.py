@@ -1103,7 +1103,8 @@ class DirectConv(Lowering):
             reason = (f"direct convolution ({isa} kernel, {sizes['MR']} pixels x "
                       f"{sizes['NR']} filters), padding taps skipped")
         blocking = DirectConvBlocking(sizes["MR"], sizes["NR"], isa, lanes=lanes)
-        smallest = blocking, reason   # the smallest chunks tried (for the lanes kernel on one thread)
+        # the smallest chunks tried (for the lanes kernel on one thread)
+        smallest = blocking, reason
         while True:
             plan = planner.plan(self, blocking, threads, 1, reason)
             if plan.workspace_bytes <= planner.limit:
