@@ -1437,7 +1437,7 @@ class Winograd(Lowering):
             tiles = n * int(np.prod(winograd.tiles(ho, wo)))
             gemm += (2 * winograd.POINTS * g.groups * kblocks * nr * (-(-cg // mr) * mr) * tiles
                      / tuning.fused_rate)
-            transforms += (tuning.winograd_input * g.C * tiles * kblocks
+            transforms += (tuning.winograd_weight_grad_tiles * g.C * tiles * kblocks
                            + tuning.winograd_grad_input * g.groups * kblocks * nr * tiles
                            * cblocks
                            + tuning.winograd_grad_output * g.groups * kg * cg)

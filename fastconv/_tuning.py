@@ -222,13 +222,26 @@ class Tuning:
     # channel, and per element of the transformed weights read again for
     # each panel of tiles (from memory: see winograd_cached_reads below for
     # what fits in the cache); winograd_factor scales
-    # the whole to the other entries' measured time. Set from the kernel's
-    # times (fp32, 2 threads, one process) on ResNet-50's and VGG-16's 3x3
-    # layers against direct and fused (see README).
-    winograd_input: float = 850.0
-    winograd_output: float = 560.0
-    winograd_weights: float = 900.0
-    winograd_weight_reads: float = 3.5
+    # the whole to the other entries' measured time. Refitted (2026-11-24,
+    # Zen 5) on 46 forward cases, fp32, 2 threads, one process: ResNet-50 2a,
+    # 3b, 4b, 5b, YOLO 13x13, Inception 35x35, ArcFace 128, VGG-16 conv3_2
+    # and conv5 at 1, 2, 4 and 8 images, conv1_2, the dilated layer and six
+    # layers of 1-3 channels or small groups; a least-squares fit of the
+    # five terms (GEMMs, input, output, weights, kept reads), scaled to the
+    # direct and fused models' own measured / modelled time (0.24 in
+    # median). The old model (input 850, output 560, weights 900, reads
+    # 3.5 / 1.0, factor 1.6) ran at 0.16-0.19 of measured / modelled on
+    # layers of 256-1024 channels, 0.25-0.28 on 64, so few images of deep
+    # layers planned the direct kernel at 1.1-1.9x Winograd's time: one
+    # 14x14 image of 4b, one 13x13 YOLO image, one 14x14 conv5 image, four
+    # 7x7 images of 5b. Each changed choice, old plan / new, one process,
+    # fp32 / fp64: 0.75-0.95 / 0.58-0.88; the input-kept order on YOLO at 8
+    # images (input gradient, fp32) 0.75-0.77 and at 4 (fp64) 0.61. The
+    # weight gradient keeps its own terms (winograd_weight_grad_tiles).
+    winograd_input: float = 5700.0
+    winograd_output: float = 3300.0
+    winograd_weights: float = 1500.0
+    winograd_weight_reads: float = 11.5
     # The kept operand (transformed weights, or transformed input) read
     # again per panel of tiles, or per block of filters: per element, at
     # winograd_weight_reads from memory, or at winograd_cached_reads where
@@ -238,7 +251,7 @@ class Tuning:
     # VGG-16 conv3_2 0.95x; 2a 1.05-1.13x, 3b 1.10x, VGG-16 conv1_2 1.32x
     # (its transformed input, 58 MB, from memory twice); this model picks
     # the faster on each but conv3_2 (a tie).
-    winograd_cached_reads: float = 1.0
+    winograd_cached_reads: float = 3.3
     winograd_cache_bytes: int = 8 * 2**20
     # ... the weight gradient's transform of an output-gradient tile (a 4x4
     # gather, 10 lane transforms), per filter and tile; and the weight
@@ -264,7 +277,11 @@ class Tuning:
     # fused at 1.5x Winograd's time.
     winograd_grad_output: float = 400.0
     winograd_weight_grad_factor: float = 1.2
-    winograd_factor: float = 1.6
+    # (the weight gradient's input transform per channel and tile: the
+    # forward model's before its refit, which the weight gradient's terms
+    # were fitted beside)
+    winograd_weight_grad_tiles: float = 850.0
+    winograd_factor: float = 0.85
     # Rows of the stretched matrix (the micro-kernel's depth) below which
     # fused runs at fused_shallow_rate. Was 64; a sweep of every forward
     # lowering on 41 layers (2026-11-23, fp32, 2 threads, one process per

@@ -407,6 +407,24 @@ def test_planner_weighs_it():
         one = fastconv.plan_conv2d((1, 256, 14, 14), (256, 256, 3, 3), dtype, padding=1,
                                    kind="weight_grad")
         assert one.method == "fused", one
+    # few images of deep layers: the forward pass and the input gradient on
+    # Winograd's input-kept order (the refitted transform costs), where the
+    # old model took the direct kernel at 1.05-1.7x Winograd's time (one
+    # 14x14 image of 4b, one 13x13 YOLO image, four 7x7 images of 5b); but
+    # not one or two 7x7 images of 5b (4 tiles an image: the direct kernel
+    # and fused took 0.45-0.85x Winograd's time, Zen 5)
+    for shape, filters in (((1, 256, 14, 14), 256), ((1, 512, 13, 13), 1024),
+                           ((4, 512, 7, 7), 512)):
+        for dtype in ("float32", "float64"):
+            for kind in ("forward", "input_grad"):
+                plan = fastconv.plan_conv2d(shape, (filters, shape[1], 3, 3), dtype, padding=1,
+                                            kind=kind, num_threads=2)
+                assert plan.method == "winograd" and plan.blocking.keep_input, plan
+    for n in (1, 2):
+        for kind in ("forward", "input_grad"):
+            plan = fastconv.plan_conv2d((n, 512, 7, 7), (512, 512, 3, 3), padding=1, kind=kind,
+                                        num_threads=2)
+            assert plan.method != "winograd", plan
     # groups of 4 channels (ResNeXt): 36 GEMMs 4 deep, at fused's shallow
     # rate; the input gradient measured fused 5.1-5.3 ms against Winograd's
     # 6.3-7.2 (2 threads)
