@@ -16,6 +16,13 @@ import fastconv
 MODULES = sorted(
     f"fastconv.{path.stem}" for path in pathlib.Path(fastconv.__file__).parent.glob("*.py")
     if ">>>" in path.read_text())
+# the compiled kernels' examples, found in the sources next to these tests
+# (an installed wheel holds only the compiled modules)
+KERNEL_MODULES = sorted(
+    f"fastconv._kernels.{path.stem}"
+    for path in (pathlib.Path(__file__).resolve().parent.parent / "fastconv" / "_kernels").glob(
+        "*.pyx")
+    if ">>>" in path.read_text())
 
 _RUN = """
 import doctest, importlib, sys
@@ -28,9 +35,10 @@ sys.exit(1 if result.failed or not result.attempted else 0)
 
 def test_modules_with_examples_are_found():
     assert {"fastconv.conv", "fastconv._plan", "fastconv._config"} <= set(MODULES)
+    assert {"fastconv._kernels.fused", "fastconv._kernels.winograd"} <= set(KERNEL_MODULES)
 
 
-@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("module", MODULES + KERNEL_MODULES)
 def test_docstring_examples(module, tmp_path):
     if module == "fastconv.dask" and importlib.util.find_spec("distributed") is None:
         pytest.skip("fastconv.dask needs the dask extra")

@@ -298,17 +298,23 @@ def test_weight_grad_layer_sized(isa, dtype):
     # channels over two blocks (the last partial, not a multiple of MR),
     # filters over two micro-panels, tiles over several panels of the depth
     # (the last partial), 1 and 2 threads alike
+    # (two blocks of filters: the items in channel-major order; one block:
+    # filter-major, weight_grad_channel_major)
     sizes = winograd.weight_grad_blocking(dtype, isa)
     rng = np.random.default_rng(9)
-    C, K = sizes["CB"] + sizes["MR"] + 3, sizes["NR"] + 5
-    x = rng.standard_normal((5, C, 17, 15)).astype(dtype)
-    grad = rng.standard_normal((5, K, 17, 15)).astype(dtype)
-    conv = dict(padding=((1, 1), (1, 1)))
-    expected = conv2d_weight_grad_reference(x, (K, C, 3, 3), grad, **conv)
-    assert 5 * np.prod(winograd.tiles(17, 15)) > sizes["TB"]
-    one = run_weight_grad(x, grad, isa=isa, threads=1, **conv)
-    assert_close(one, expected, dtype)
-    np.testing.assert_array_equal(run_weight_grad(x, grad, isa=isa, threads=2, **conv), one)
+    C = sizes["CB"] + sizes["MR"] + 3
+    orders = set()
+    for K in (sizes["NR"] + 5, sizes["NR"] - 3):
+        orders.add(winograd.weight_grad_channel_major(K, C, 17, 15, 17, 15, 1, dtype, isa))
+        x = rng.standard_normal((5, C, 17, 15)).astype(dtype)
+        grad = rng.standard_normal((5, K, 17, 15)).astype(dtype)
+        conv = dict(padding=((1, 1), (1, 1)))
+        expected = conv2d_weight_grad_reference(x, (K, C, 3, 3), grad, **conv)
+        assert 5 * np.prod(winograd.tiles(17, 15)) > sizes["TB"]
+        one = run_weight_grad(x, grad, isa=isa, threads=1, **conv)
+        assert_close(one, expected, dtype)
+        np.testing.assert_array_equal(run_weight_grad(x, grad, isa=isa, threads=2, **conv), one)
+    assert orders == {True, False}
 
 
 def test_weight_grad_front_end_and_bad_arguments():
