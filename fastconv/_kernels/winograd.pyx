@@ -523,10 +523,23 @@ def weight_grad_channel_major(K, C, Ho, Wo, H, W, groups, dtype, isa=None):
     """
     sizes = weight_grad_blocking(dtype, isa)
     kg, cg = K // groups, C // groups
-    kblocks = -(-kg // sizes["NR"])
-    cblocks = -(-cg // min(sizes["CB"], -(-cg // sizes["MR"]) * sizes["MR"]))
-    # re-reads beyond the first: input (channels x H x W per image) and gradient
-    return bool((cblocks - 1) * K * Ho * Wo < (kblocks - 1) * C * H * W)
+    return bool(_channel_major(_ceil_div(kg, sizes["NR"]),
+                               _ceil_div(cg, _channel_block(cg, sizes)), K, C, Ho, Wo, H, W))
+
+
+cdef inline bint _channel_major(Py_ssize_t kblocks, Py_ssize_t cblocks, Py_ssize_t K,
+                                Py_ssize_t C, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t H,
+                                Py_ssize_t W) noexcept:
+    # re-reads beyond the first: the gradient's (K x Ho x Wo an image) per
+    # extra block of channels against the input's (C x H x W) per extra
+    # block of filters
+    return (cblocks - 1) * K * Ho * Wo < (kblocks - 1) * C * H * W
+
+
+cdef inline Py_ssize_t _channel_block(Py_ssize_t cg, sizes):
+    """Channels of a weight-gradient item: CB, or a group's channels rounded
+    up to MR where fewer."""
+    return min(<Py_ssize_t> sizes["CB"], _round_up(max(1, cg), <Py_ssize_t> sizes["MR"]))
 
 
 def weight_grad_buffer_size(C, groups, dtype, isa=None):
@@ -538,7 +551,7 @@ def weight_grad_buffer_size(C, groups, dtype, isa=None):
     """
     sizes = weight_grad_blocking(dtype, isa)
     mr, nr, tb = sizes["MR"], sizes["NR"], sizes["TB"]
-    cb = min(sizes["CB"], _round_up(max(1, C // groups), mr))
+    cb = _channel_block(C // groups, sizes)
     itemsize = 8 if _dtype_is_double(dtype) else 4
     return (FW_POINTS * (cb * tb + tb * nr + cb * nr + 2 * tb) + (16 + 24 + 9) * nr
             + ALIGN_BYTES // itemsize)
@@ -602,7 +615,7 @@ def _weight_grad_undilated(const floating[:, :, :, :] x,
     cdef fw_geometry geo = _geometry(x, K, Ho, Wo, groups, pad_top, pad_left, sizes["MR"],
                                      itemsize)
     cdef Py_ssize_t nr = sizes["NR"], tb = sizes["TB"]
-    cdef Py_ssize_t cb = min(sizes["CB"], _round_up(geo.Cg, geo.mr))
+    cdef Py_ssize_t cb = _channel_block(geo.Cg, sizes)
     cdef Py_ssize_t gs_n = grad.strides[0] // itemsize, gs_k = grad.strides[1] // itemsize
     cdef Py_ssize_t gs_h = grad.strides[2] // itemsize, gs_w = grad.strides[3] // itemsize
     cdef Py_ssize_t kblocks = _ceil_div(geo.Kg, nr), cblocks = _ceil_div(geo.Cg, cb)
@@ -610,8 +623,7 @@ def _weight_grad_undilated(const floating[:, :, :, :] x,
     cdef const floating *g0 = &grad[0, 0, 0, 0]
     cdef floating *out0 = &out[0, 0]
     cdef Py_ssize_t item, g, kb, cblock, nk, nc
-    cdef bint channel_major = weight_grad_channel_major(K, C, Ho, Wo, H, W, groups,
-                                                        dtype, code)
+    cdef bint channel_major = _channel_major(kblocks, cblocks, K, C, Ho, Wo, H, W)
     with nogil:
         for item in prange(groups * kblocks * cblocks, schedule="dynamic",
                            num_threads=num_threads):
